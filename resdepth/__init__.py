@@ -1,0 +1,7 @@
+"""resdepth: plain vs residual CIFAR networks by depth, as in He et al. 2016, section 4.2."""
+
+__version__ = "0.1.0"
+
+from .models import build_model, list_models  # noqa: E402
+
+__all__ = ["__version__", "build_model", "list_models"]

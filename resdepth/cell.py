@@ -1,0 +1,134 @@
+"""One sweep cell's lifecycle in its run folder: lock, train or resume, final state. Shared by every executor."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+from .results import CONFIG_FILE, ERROR_FILE, LOCK_FILE, RunStatus, read_json
+from .train import TrainConfig, run_training
+
+STALE_FOREIGN_LOCK_SECONDS = 900  # a lock from another host whose run shows no progress for this long is dead
+
+EXIT_CODES = {"done": 0, "failed": 1, "diverged": 3, "busy": 4, "interrupted": 130}
+
+
+@dataclass
+class CellOutcome:
+    run_dir: Path
+    state: str  # done, diverged, failed, interrupted, busy (locked by another live process)
+    error: str | None = None
+    final_test_error: float | None = None
+
+
+class RunLock:
+    """An exclusive lock file holding pid and host; a lock whose owner is gone is taken over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> bool:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self.is_stale():
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, handle)
+            self.held = True
+            return True
+        return False
+
+    def owner(self) -> dict | None:
+        return read_json(self.path)
+
+    def is_stale(self) -> bool:
+        owner = self.owner()
+        if owner is None:  # empty or half-written: its writer died between create and write
+            return time.time() - self.path.stat().st_mtime > 5 if self.path.exists() else True
+        if owner.get("host") == socket.gethostname():
+            return not pid_alive(int(owner.get("pid", -1)))
+        status = RunStatus.read(self.path.parent)
+        last_sign = status.updated if status else owner.get("time", 0)
+        return time.time() - last_sign > STALE_FOREIGN_LOCK_SECONDS
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_locked(run_dir: Path) -> bool:
+    lock = RunLock(run_dir)
+    return lock.path.exists() and not lock.is_stale()
+
+
+def run_cell(run_dir: Path, device: str, threads: int | None, should_stop: Callable[[], bool]) -> CellOutcome:
+    """Train or resume the run whose config.json is in run_dir, under its lock; the final state lands in status.json."""
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        return CellOutcome(run_dir, "busy", error=f"running elsewhere: {lock.owner()}")
+    try:
+        config = TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE) or {})
+        config.device, config.threads = device, threads or config.threads
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        try:
+            result = run_training(config, run_dir, should_stop=should_stop)
+        except UserError as exc:
+            return mark_failed(run_dir, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any crash (CUDA OOM, bug) stays in this cell
+            (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+            return mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
+        set_state(run_dir, result.state)
+        return CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
+    finally:
+        lock.release()
+
+
+def set_state(run_dir: Path, state: str, error: str | None = None) -> None:
+    status = RunStatus.read(run_dir) or RunStatus()
+    status.state, status.error = state, error
+    status.write(run_dir)
+
+
+def mark_failed(run_dir: Path, error: str) -> CellOutcome:
+    set_state(run_dir, "failed", error)
+    if not (run_dir / ERROR_FILE).exists():
+        (run_dir / ERROR_FILE).write_text(error + "\n")
+    return CellOutcome(run_dir, "failed", error=error)
+
+
+def outcome_from_status(run_dir: Path, exit_code: int) -> CellOutcome:
+    """How a worker process ended, from its run folder; a process that died without saying so is a failure."""
+    if exit_code == EXIT_CODES["busy"]:
+        return CellOutcome(run_dir, "busy", error="running elsewhere")
+    status = RunStatus.read(run_dir)
+    state = status.state if status else "failed"
+    if state in ("running", "pending"):
+        reason = f"worker process died (signal {-exit_code})" if exit_code < 0 else f"worker process exited with code {exit_code}"
+        return mark_failed(run_dir, reason)
+    return CellOutcome(run_dir, state, error=status.error if status else None,
+                       final_test_error=status.test_error if status else None)

@@ -1,0 +1,298 @@
+"""The `resdepth` command line: the only module that prints or exits.
+
+Known user errors (`UserError`) become one line on stderr and exit code 2; a sweep's exit code says how its
+cells ended (0 all done, 1 some failed, 3 some diverged, 130/143 interrupted).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .data import DataConfig
+from .errors import UserError
+from .results import RunStatus
+from .sweep import (PlannedCell, SweepConfig, SweepProgress, count_actions, load_saved_sweep, load_sweep_file,
+                    plan_sweep, run_sweep)
+from .train import TrainConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Plain vs residual CIFAR networks by depth (He et al. 2016, section 4.2).")
+console = Console()
+errors = Console(stderr=True)
+
+T, D = TrainConfig(), DataConfig()
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: Optional[str]) -> Optional[list[Any]]:
+        if text is None:
+            return None
+        try:
+            return [kind(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+# Options shared by `train` and `sweep`, declared once. None means "not given": the config default applies.
+Shortcut = Annotated[Optional[str], typer.Option(help=f"A: zero-padding identity (paper), B: projection. [default: {T.shortcut}]")]
+Iterations = Annotated[Optional[int], typer.Option(help=f"SGD iterations; lr milestones scale with it (50%/75%). [default: {T.iterations}]")]
+Epochs = Annotated[Optional[int], typer.Option(help="Train for this many epochs instead (converted to iterations).")]
+BatchSize = Annotated[Optional[int], typer.Option(help=f"Mini-batch size (images). [default: {T.batch_size}]")]
+Lr = Annotated[Optional[float], typer.Option(help=f"Initial learning rate, /10 at 50% and 75% of the iterations. [default: {T.lr}]")]
+Momentum = Annotated[Optional[float], typer.Option(help=f"SGD momentum. [default: {T.momentum}]")]
+WeightDecay = Annotated[Optional[float], typer.Option(help=f"L2 weight decay. [default: {T.weight_decay}]")]
+Warmup = Annotated[Optional[str], typer.Option(help=f"auto: lr {T.warmup_lr} until train error < {T.warmup_until_error:g}% for depth >= {T.warmup_min_depth} (paper); on; off. [default: auto]")]
+WarmupMinDepth = Annotated[Optional[int], typer.Option(help=f"Smallest depth that warms up with --warmup auto. [default: {T.warmup_min_depth}]")]
+Dataset = Annotated[Optional[str], typer.Option(help=f"cifar10, cifar100, folder (needs --data-dir) or synthetic (embedded). [default: {D.dataset}]")]
+DataDir = Annotated[Optional[str], typer.Option(help="Dataset folder (cifar download target, or train/<class>/ + test/<class>/ images). [default: $RESDEPTH_DATA or ~/.cache/resdepth/data]")]
+TrainSize = Annotated[Optional[int], typer.Option(help="Use a seeded, class-balanced subset of this many training images. [default: all]")]
+TestSize = Annotated[Optional[int], typer.Option(help="Use a seeded, class-balanced subset of this many test images. [default: all]")]
+ValSize = Annotated[Optional[int], typer.Option(help="Hold out this many training images as a validation split (5000: the paper's 45k/5k). [default: 0, off]")]
+SyntheticTrain = Annotated[Optional[int], typer.Option(help=f"Training images of --dataset synthetic. [default: {D.synthetic_train}]")]
+SyntheticTest = Annotated[Optional[int], typer.Option(help=f"Test images of --dataset synthetic. [default: {D.synthetic_test}]")]
+Augment = Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Pad-4 random crop + flip (paper). [default: on]")]
+Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]")]
+Threads = Annotated[Optional[int], typer.Option(help="Torch CPU threads per job. [default: cores / jobs]")]
+Precision = Annotated[Optional[str], typer.Option(help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast; BN stays fp32). [default: auto]")]
+ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format. [default: on for CUDA, off for CPU]")]
+Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the network (pays off on long runs). [default: off]")]
+Out = Annotated[Optional[Path], typer.Option(help="Results folder; one sub-folder per run. [default: results/<name or dataset>]")]
+Force = Annotated[bool, typer.Option(help="Start run folders whose config differs over (old folders are kept, renamed).")]
+
+TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
+GRID_FIELDS = {"kind", "depth", "seed"}  # set per cell by the sweep grid, never as a plain override
+DATA_OPTIONS = {f.name for f in fields(DataConfig)}
+
+
+def apply_overrides(train: TrainConfig, options: dict[str, Any]) -> TrainConfig:
+    """Command-line values that were given replace those of the config (or sweep file)."""
+    given = {k: v for k, v in options.items() if v is not None and k not in GRID_FIELDS}
+    data = replace(train.data, **{k: v for k, v in given.items() if k in DATA_OPTIONS})
+    return replace(train, **{k: v for k, v in given.items() if k in TRAIN_OPTIONS}, data=data)
+
+
+@app.command()
+def models(
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'plain*' or 'resnet1*'.")] = "*",
+    num_classes: Annotated[int, typer.Option(help="Classes of the FC layer (10: CIFAR-10, 100: CIFAR-100).")] = 10,
+) -> None:
+    """List the registered networks: name, kind, depth, parameters, forward multiply-adds."""
+    from .models import describe_models
+
+    table = Table(title=f"resdepth networks ({num_classes} classes)")
+    for column in ("name", "kind", "depth", "params", "MFLOPs (mult-adds)"):
+        table.add_column(column, justify="right" if column not in ("name", "kind") else "left")
+    for row in describe_models(pattern, num_classes):
+        table.add_row(str(row["name"]), str(row["kind"]), str(row["depth"]), f"{row['params']:,}", f"{row['mflops']:.1f}")
+    console.print(table)
+
+
+@app.command()
+def train(
+    depth: Annotated[int, typer.Option(help="Layers, 6n+2: 20, 32, 44, 56, 110, 1202 (8, 14 for quick tests).")] = T.depth,
+    kind: Annotated[str, typer.Option(help="plain or residual.")] = T.kind,
+    seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation.")] = T.seed,
+    shortcut: Shortcut = None, iterations: Iterations = None, epochs: Epochs = None, batch_size: BatchSize = None,
+    lr: Lr = None, momentum: Momentum = None, weight_decay: WeightDecay = None, warmup: Warmup = None,
+    warmup_min_depth: WarmupMinDepth = None, dataset: Dataset = None, data_dir: DataDir = None,
+    train_size: TrainSize = None, test_size: TestSize = None, val_size: ValSize = None,
+    synthetic_train: SyntheticTrain = None, synthetic_test: SyntheticTest = None, augment: Augment = None,
+    device: Device = None, threads: Threads = None, precision: Precision = None, channels_last: ChannelsLast = None,
+    compile: Compile = None, out: Out = None, force: Force = False,
+) -> None:
+    """Train one network with the paper's protocol (resumes if its folder holds a checkpoint)."""
+    options = dict(locals())
+    base = apply_overrides(TrainConfig(), options)
+    sweep = SweepConfig(depths=[depth], kinds=[kind], seeds=[seed], out=str(out) if out else None, train=base, force=force)
+    raise typer.Exit(execute(sweep, dry_run=False))
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Optional[Path], typer.Argument(help="TOML sweep file (see sweeps/); options given here override it.")] = None,
+    depths: Annotated[Optional[str], typer.Option(help="Comma-separated depths (6n+2). [default: 20,32,44,56]")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", "--kinds", help="Comma-separated kinds. [default: plain,residual]")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds. [default: 0]")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Sweep name: results go to results/<name>. [default: file name, else dataset]")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Resume the sweep saved in this results folder.")] = None,
+    jobs: Annotated[Optional[int], typer.Option(help="CPU jobs at once (threads split between them). [default: 1]")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="Comma-separated GPU indices. [default: all visible with --device auto]")] = None,
+    jobs_per_gpu: Annotated[Optional[int], typer.Option(help="Jobs sharing each GPU. [default: 1]")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="auto, sequential (in-process) or local (a process per job). [default: auto]")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Run failed and diverged cells again from their last checkpoint.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="List the cells, their folders and devices; train nothing.")] = False,
+    shortcut: Shortcut = None, iterations: Iterations = None, epochs: Epochs = None, batch_size: BatchSize = None,
+    lr: Lr = None, momentum: Momentum = None, weight_decay: WeightDecay = None, warmup: Warmup = None,
+    warmup_min_depth: WarmupMinDepth = None, dataset: Dataset = None, data_dir: DataDir = None,
+    train_size: TrainSize = None, test_size: TestSize = None, val_size: ValSize = None,
+    synthetic_train: SyntheticTrain = None, synthetic_test: SyntheticTest = None, augment: Augment = None,
+    device: Device = None, threads: Threads = None, precision: Precision = None, channels_last: ChannelsLast = None,
+    compile: Compile = None, out: Out = None, force: Force = False,
+) -> None:
+    """Train every cell of depths x kinds x seeds; finished cells are skipped, unfinished ones resumed."""
+    options = dict(locals())
+    if resume is not None and sweep_file is not None:
+        raise UserError("give either a sweep file or --resume RESULTS_DIR, not both")
+    config = load_saved_sweep(resume) if resume else load_sweep_file(sweep_file) if sweep_file else SweepConfig()
+    config.train = apply_overrides(config.train, options)
+    given = {"depths": _csv(int)(depths), "kinds": _csv(str)(kind), "seeds": _csv(int)(seeds), "name": name,
+             "out": str(out) if out else None, "jobs": jobs, "gpus": _csv(int)(gpus), "jobs_per_gpu": jobs_per_gpu,
+             "executor": executor}
+    config = replace(config, **{k: v for k, v in given.items() if v is not None},
+                     retry_failed=retry_failed, force=force)
+    raise typer.Exit(execute(config, dry_run))
+
+
+def execute(config: SweepConfig, dry_run: bool) -> int:
+    """Plan, show the plan, run with a live display, print the summary; returns the exit code."""
+    from .executors import make_executor
+    from .sweep import device_slots
+
+    planned = plan_sweep(config)
+    if dry_run:
+        print_plan(config, planned)
+        return 0
+    counts = count_actions(planned)
+    console.print(f"[bold]{config.out_dir()}[/]: {len(planned)} cell(s): "
+                  + ", ".join(f"{n} {a}" for a, n in counts.items()))
+    executor = make_executor(config.executor, len(device_slots(config)))
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda s, _f: received.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    display = LiveDisplay(len(planned))
+    try:
+        with display:
+            outcomes = run_sweep(config, executor, planned, on_progress=display.update, stop_requested=lambda: bool(received))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print_summary(planned, outcomes)
+    if received:
+        return 143 if received[0] == signal.SIGTERM else 130
+    states = {o.state for o in outcomes.values()}
+    return 1 if "failed" in states else 3 if "diverged" in states else 0
+
+
+def print_plan(config: SweepConfig, planned: list[PlannedCell]) -> None:
+    from .sweep import device_slots, threads_per_job
+
+    slots = device_slots(config)
+    table = Table(title=f"dry run: {config.out_dir()} ({len(slots)} job slot(s): {', '.join(slots)}, "
+                        f"{config.train.threads or threads_per_job(slots)} thread(s) each)")
+    for column in ("cell", "action", "device", "folder"):
+        table.add_column(column)
+    for item in planned:
+        table.add_row(item.cell.name, item.action, item.device or "-", str(item.cell.run_dir))
+    console.print(table)
+
+
+def print_summary(planned: list[PlannedCell], outcomes: dict[str, Any]) -> None:
+    table = Table(title="sweep summary")
+    for column in ("cell", "state", "epochs", "train err %", "test err %", "note"):
+        table.add_column(column, justify="right" if "err" in column or column == "epochs" else "left")
+    for item in planned:
+        outcome = outcomes.get(item.cell.name)
+        status = RunStatus.read(item.cell.run_dir)
+        state = outcome.state if outcome else item.action.replace("skip-", "") if item.action.startswith("skip") else item.action
+        note = (outcome.error or "") if outcome else "skipped" if item.action.startswith("skip") else ""
+        if status and status.warmup_end_iteration:
+            note = (note + f" warm-up ended at iteration {status.warmup_end_iteration}").strip()
+        table.add_row(item.cell.name, state, f"{status.epoch}/{status.epochs}" if status else "-",
+                      _pct(status.train_error if status else None), _pct(status.test_error if status else None), note[:80])
+    console.print(table)
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+class LiveDisplay:
+    """A rich live table while a terminal is attached; one plain line per finished epoch otherwise."""
+
+    def __init__(self, total: int):
+        from rich.live import Live
+
+        self.total = total
+        self.tty = console.is_terminal
+        self.live = Live(console=console, refresh_per_second=2, transient=False) if self.tty else None
+        self.logged: dict[str, tuple[str, int]] = {}
+
+    def __enter__(self) -> "LiveDisplay":
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def update(self, progress: SweepProgress) -> None:
+        if self.live:
+            self.live.update(self.render(progress))
+            return
+        for name, status in progress.running.items():
+            if self.logged.get(name) != (status.state, status.epoch) and status.epoch:
+                self.logged[name] = (status.state, status.epoch)
+                console.print(f"{name}: epoch {status.epoch}/{status.epochs} iteration {status.iteration}/{status.iterations} "
+                              f"train {_pct(status.train_error)}% test {_pct(status.test_error)}% "
+                              f"{status.images_per_second or 0:.0f} img/s", highlight=False)
+        for name, outcome in progress.outcomes.items():
+            if self.logged.get(name, ("", 0))[0] != outcome.state:
+                self.logged[name] = (outcome.state, -1)
+                console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""), highlight=False)
+
+    def render(self, progress: SweepProgress) -> Table:
+        finished = sum(o.state == "done" for o in progress.outcomes.values())
+        failed = sum(o.state in ("failed", "diverged") for o in progress.outcomes.values())
+        table = Table(title=f"{len(progress.outcomes)}/{sum(1 for p in progress.planned if p.device)} cells ended "
+                            f"({finished} done, {failed} failed/diverged), {len(progress.running)} running")
+        for column in ("cell", "device", "epoch", "iteration", "train err %", "test err %", "img/s", "ETA"):
+            table.add_column(column, justify="left" if column in ("cell", "device") else "right")
+        for name, status in progress.running.items():
+            table.add_row(name, status.device, f"{status.epoch}/{status.epochs}", f"{status.iteration}/{status.iterations}",
+                          _pct(status.train_error), _pct(status.test_error), f"{status.images_per_second or 0:.0f}", eta(status))
+        return table
+
+
+def eta(status: RunStatus) -> str:
+    import time
+
+    if not status.iteration or status.iteration >= status.iterations:
+        return "-"
+    elapsed = time.time() - status.started
+    seconds = elapsed / max(status.iteration, 1) * (status.iterations - status.iteration)
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def main() -> None:
+    """Console entry point: user errors become one line and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        errors.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        errors.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

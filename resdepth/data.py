@@ -1,0 +1,270 @@
+"""Datasets as in-memory uint8 tensors, with the paper's augmentation done in whole-batch tensor ops.
+
+Every dataset becomes a `Dataset` of (N, 3, 32, 32) uint8 images and int64 labels, moved once to the
+training device; there are no per-sample transforms and no loader worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+IMAGE_SIZE = 32
+PAD = 4  # §4.2: "4 pixels are padded on each side"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"  # §4.2 studies CIFAR-10
+    data_dir: str | None = None  # None: $RESDEPTH_DATA or ~/.cache/resdepth/data for cifar*, required for folder
+    train_size: int | None = None  # None: the whole training set; else a seeded, class-balanced subset
+    test_size: int | None = None  # None: the whole test set
+    val_size: int = 0  # 5000 gives the paper's 45k/5k split; 0 (off) as most reproductions do
+    split_seed: int = 0  # fixed apart from the run seed so every seed sees the same split
+    augment: bool = True  # §4.2: pad 4 + random 32x32 crop + horizontal flip; off is a named deviation
+    synthetic_train: int = 1500  # synthetic set sizes: the demo's four small nets train in about a minute on 2 cores
+    synthetic_test: int = 500
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    train_images: torch.Tensor  # (N, 3, 32, 32) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device) -> "Dataset":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Dataset(self.name, self.classes, *(move(t) for t in (
+            self.train_images, self.train_labels, self.test_images, self.test_labels, self.val_images, self.val_labels)))
+
+    def pixel_mean(self) -> torch.Tensor:
+        """Per-pixel mean (3, 32, 32) of the training split in [0, 1], the paper's mean subtraction."""
+        total = torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float64, device=self.train_images.device)
+        for chunk in self.train_images.split(4096):
+            total += chunk.to(torch.float64).sum(0)
+        return (total / (255.0 * len(self.train_images))).float()
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """The configured dataset on the CPU, with validation split and subsets applied."""
+    if config.dataset not in DATASETS:
+        raise UserError(f"unknown dataset {config.dataset!r}: use one of {', '.join(DATASETS)}")
+    for name in ("train_size", "test_size"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number of images, got {value}")
+    if config.val_size < 0:
+        raise UserError(f"--val-size must be 0 (no split) or a positive number of images, got {config.val_size}")
+    data = _load_raw(config)
+    if config.val_size:
+        if config.val_size >= len(data.train_labels):
+            raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has {len(data.train_labels)})")
+        val = balanced_subset(data.train_labels, config.val_size, config.split_seed)
+        keep = torch.ones(len(data.train_labels), dtype=torch.bool)
+        keep[val] = False
+        data.val_images, data.val_labels = data.train_images[val], data.train_labels[val]
+        data.train_images, data.train_labels = data.train_images[keep], data.train_labels[keep]
+    if config.train_size is not None and config.train_size < len(data.train_labels):
+        pick = balanced_subset(data.train_labels, config.train_size, config.split_seed + 1)
+        data.train_images, data.train_labels = data.train_images[pick], data.train_labels[pick]
+    if config.test_size is not None and config.test_size < len(data.test_labels):
+        pick = balanced_subset(data.test_labels, config.test_size, config.split_seed + 2)
+        data.test_images, data.test_labels = data.test_images[pick], data.test_labels[pick]
+    return data
+
+
+def _load_raw(config: DataConfig) -> Dataset:
+    if config.dataset == "synthetic":
+        return make_synthetic(config.synthetic_train, config.synthetic_test)
+    if config.dataset == "folder":
+        if not config.data_dir:
+            raise UserError("--dataset folder needs --data-dir PATH holding train/<class>/* and test/<class>/* images")
+        return load_image_folder(Path(config.data_dir))
+    return load_torchvision_cifar(config.dataset, Path(config.data_dir) if config.data_dir else default_data_dir())
+
+
+def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded subset with the classes as equal in number as `size` allows."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    shuffled = labels[order]
+    rank = torch.zeros(len(labels), dtype=torch.long)
+    for cls in shuffled.unique():
+        where = (shuffled == cls).nonzero().flatten()
+        rank[where] = torch.arange(len(where))
+    # Taking items by rank within class (first of each class, then second ...) keeps the classes balanced.
+    by_rank = torch.argsort(rank, stable=True)
+    return order[by_rank[:size]].sort().values
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+def normalize(images: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float in [0, 1] minus the per-pixel training mean (no std division, as in §4.2)."""
+    return images.float().div_(255.0).sub_(mean)
+
+
+def augment(images: torch.Tensor, mean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """§4.2 augmentation of a whole uint8 batch: mean-subtract, zero-pad 4, random 32x32 crop, random flip.
+
+    One gather does crop and flip together; the random numbers come from `generator` so a run resumes exactly.
+    """
+    batch, device = images.shape[0], images.device
+    padded = F.pad(normalize(images, mean), (PAD, PAD, PAD, PAD))
+    offsets = torch.randint(0, 2 * PAD + 1, (2, batch), generator=generator, device=device)
+    flip = torch.rand(batch, generator=generator, device=device) < 0.5
+    steps = torch.arange(IMAGE_SIZE, device=device)
+    rows = offsets[0, :, None] + steps
+    cols = offsets[1, :, None] + torch.where(flip[:, None], IMAGE_SIZE - 1 - steps, steps)
+    return padded[
+        torch.arange(batch, device=device)[:, None, None, None],
+        torch.arange(3, device=device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+SYNTHETIC_CLASSES = [f"{band}-{angle}deg" for band in ("wide", "fine") for angle in (0, 36, 72, 108, 144)]
+
+
+def make_synthetic(train_size: int, test_size: int, seed: int = 0) -> Dataset:
+    """A deterministic 10-class 32x32 RGB task: stripes whose orientation (5 angles) and spatial frequency
+    (wide or fine) give the class, under random phase, colours, small rotation jitter and pixel noise.
+    Colour never gives the class away, so a network has to learn spatial filters; small nets get well below
+    chance (90% error) within a few epochs."""
+    images, labels = _synthetic_images(train_size + test_size, torch.Generator().manual_seed(seed))
+    return Dataset("synthetic", SYNTHETIC_CLASSES, images[:train_size], labels[:train_size],
+                   images[train_size:], labels[train_size:])
+
+
+def _synthetic_images(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = (torch.arange(count) % 10)[torch.randperm(count, generator=generator)]
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    axis = torch.linspace(-1, 1, IMAGE_SIZE)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    angle = (labels % 5).float() * math.pi / 5 + (rand(count) - 0.5) * 0.2
+    cycles = torch.where(labels < 5, 2.0, 4.5) + 0.6 * rand(count)  # cycles per half image
+    along = x * torch.cos(angle)[:, None, None] + y * torch.sin(angle)[:, None, None]
+    pattern = torch.sin(math.pi * cycles[:, None, None] * along + 2 * math.pi * rand(count)[:, None, None])
+    foreground, background = rand(count, 3), rand(count, 3)
+    blend = (pattern[:, None] + 1) / 2
+    images = blend * foreground[:, :, None, None] + (1 - blend) * background[:, :, None, None]
+    images = images + 0.08 * torch.randn(images.shape, generator=generator)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR via torchvision
+def default_data_dir() -> Path:
+    return Path(os.environ.get("RESDEPTH_DATA", Path.home() / ".cache" / "resdepth" / "data"))
+
+
+def load_torchvision_cifar(name: str, root: Path) -> Dataset:
+    """CIFAR-10/100 from torchvision: downloaded with its checksum into root, or read from there."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    archive = root / cls.filename
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        train = cls(str(root), train=True, download=True)
+        test = cls(str(root), train=False, download=True)
+    except (OSError, RuntimeError) as exc:
+        if root.is_dir() and not os.access(root, os.W_OK) and not archive.exists():
+            raise UserError(f"{name} is not in {root} and that folder is not writable: pass --data-dir to a writable folder") from None
+        raise UserError(
+            f"{name} is not in {root} and could not be downloaded ({type(exc).__name__}): put {cls.filename} "
+            f"(from {cls.url}) in {root}, pass --data-dir to a folder holding it, or use --dataset folder/synthetic"
+        ) from None
+    as_tensor = lambda d: torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    return Dataset(name, list(train.classes), as_tensor(train), torch.tensor(train.targets),
+                   as_tensor(test), torch.tensor(test.targets))
+
+
+# ---------------------------------------------------------------------------------------------- image folders
+def load_image_folder(root: Path) -> Dataset:
+    """train/<class>/* and test/<class>/* images of 32x32, decoded once and cached as a tensor file."""
+    if not root.is_dir():
+        raise UserError(f"--data-dir {root} is not a readable folder: it must hold train/<class>/ and test/<class>/ images")
+    files = {split: _class_files(root, split) for split in ("train", "test")}
+    classes = sorted(files["train"])
+    if sorted(files["test"]) != classes:
+        raise UserError(f"{root}/train and {root}/test must hold the same class folders")
+    cache = _cache_path(root, files)
+    if cache.exists():
+        try:
+            return Dataset(**torch.load(cache, weights_only=True))
+        except Exception:  # a broken cache is only a lost speed-up: decode again
+            cache.unlink(missing_ok=True)
+    tensors = {}
+    for split in ("train", "test"):
+        images, labels = _decode_split(files[split], classes)
+        tensors[f"{split}_images"], tensors[f"{split}_labels"] = images, labels
+    dataset = Dataset(root.name, classes, **tensors)
+    try:
+        torch.save({"name": dataset.name, "classes": classes, **tensors}, cache)
+    except OSError:
+        pass  # read-only data and cache: decoding again next time is slower but correct
+    return dataset
+
+
+def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
+    folder = root / split
+    if not folder.is_dir():
+        raise UserError(f"{folder} is missing: --dataset folder needs {root}/train/<class>/ and {root}/test/<class>/")
+    classes = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+               for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    classes = {name: paths for name, paths in classes.items() if paths}
+    if not classes:
+        raise UserError(f"{folder} holds no class folders with images (.jpg, .png, ...)")
+    return classes
+
+
+def _cache_path(root: Path, files: dict[str, dict[str, list[Path]]]) -> Path:
+    digest = hashlib.sha1()
+    for split in sorted(files):
+        for cls in sorted(files[split]):
+            for path in files[split][cls]:
+                stat = path.stat()
+                digest.update(f"{split}/{cls}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    name = f".resdepth-cache-{digest.hexdigest()[:16]}.pt"
+    if os.access(root, os.W_OK):
+        return root / name
+    fallback = Path.home() / ".cache" / "resdepth" / "folders"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback / name
+
+
+def _decode_split(files: dict[str, list[Path]], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in files[cls]:
+            try:
+                image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            except RuntimeError:
+                raise UserError(f"cannot decode image {path}: remove it or convert it to PNG/JPEG") from None
+            if tuple(image.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+                raise UserError(f"{path} is {image.shape[2]}x{image.shape[1]}; resdepth needs 32x32 images (resize the folder first)")
+            images.append(image)
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels)

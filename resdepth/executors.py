@@ -1,0 +1,107 @@
+"""Executors run sweep cells; the sweep runner decides what to run and where.
+
+Every executor has the same interface, `submit(job) -> Future[CellOutcome]` plus `interrupt()`, in the
+manner of submitit: `SequentialExecutor` trains in this process (one job at a time, instant start, used by
+tests), `LocalProcessExecutor` runs each job in its own Python process so a crash stays in its job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cell import CellOutcome, outcome_from_status, run_cell
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """What an executor needs to run one cell: its prepared folder and the slot it was given."""
+
+    run_dir: Path
+    device: str
+    threads: int | None = None
+
+
+class Executor(ABC):
+    @abstractmethod
+    def submit(self, job: CellJob) -> "Future[CellOutcome]":
+        """Start the job; the future resolves when it ends, whatever the way it ends."""
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Ask running jobs to checkpoint and stop soon (Ctrl-C, SIGTERM, preemption)."""
+
+    def shutdown(self) -> None:
+        """Release the executor's resources once every future has resolved."""
+
+
+class SequentialExecutor(Executor):
+    """Runs jobs one after another in this process, on a worker thread so the caller can keep displaying."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resdepth-cell")
+        self._stop = threading.Event()
+
+    def submit(self, job: CellJob) -> "Future[CellOutcome]":
+        return self._pool.submit(run_cell, job.run_dir, job.device, job.threads, self._stop.is_set)
+
+    def interrupt(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class LocalProcessExecutor(Executor):
+    """One `python -m resdepth.worker` process per job; its exit, even by SIGKILL, is read from the run folder."""
+
+    def __init__(self) -> None:
+        self._processes: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, job: CellJob) -> "Future[CellOutcome]":
+        future: Future[CellOutcome] = Future()
+        command = [sys.executable, "-m", "resdepth.worker", str(job.run_dir), "--device", job.device]
+        if job.threads:
+            command += ["--threads", str(job.threads)]
+        log = (job.run_dir / "worker.log").open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        log.close()
+        with self._lock:
+            self._processes.add(process)
+        threading.Thread(target=self._watch, args=(process, job, future), daemon=True).start()
+        return future
+
+    def _watch(self, process: "subprocess.Popen[bytes]", job: CellJob, future: "Future[CellOutcome]") -> None:
+        code = process.wait()
+        with self._lock:
+            self._processes.discard(process)
+        future.set_result(outcome_from_status(job.run_dir, exit_code=code))
+
+    def interrupt(self) -> None:
+        with self._lock:
+            for process in self._processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+
+
+EXECUTORS = ("auto", "sequential", "local", "ray")
+
+
+def make_executor(name: str, slots: int) -> Executor:
+    """auto: in-process for a single slot, one process per job for several."""
+    if name == "sequential" or (name == "auto" and slots == 1):
+        return SequentialExecutor()
+    if name in ("local", "auto"):
+        return LocalProcessExecutor()
+    from .errors import UserError
+
+    raise UserError(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")

@@ -1,0 +1,207 @@
+"""The results format: one folder per run holding config.json, metrics.csv, status.json and checkpoint.pt.
+
+The metric schema is defined here once; the trainer's CSV writer, the plots, the table and the tests import it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UserError
+
+# Errors are in percent. train_* are measured on the augmented mini-batches during the epoch, in training
+# mode, as the paper's curves are; test_* (and val_*) on the un-augmented images in evaluation mode.
+METRIC_COLUMNS: tuple[str, ...] = (
+    "epoch", "iteration", "lr", "train_loss", "train_error", "test_loss", "test_error",
+    "epoch_seconds", "images_per_second",
+)
+VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_error")  # present only when the run holds out a validation split
+
+CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE = (
+    "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",
+)
+STATES = ("pending", "running", "interrupted", "done", "failed", "diverged")
+FINISHED_STATES = ("done",)
+TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
+
+
+def metric_columns(with_validation: bool) -> list[str]:
+    columns = list(METRIC_COLUMNS)
+    if with_validation:
+        columns[7:7] = VAL_COLUMNS  # keep timing columns last
+    return columns
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class MetricsWriter:
+    """Appends one row per epoch to metrics.csv and flushes it, so a crash never loses a finished epoch."""
+
+    def __init__(self, path: Path, columns: list[str], keep_rows: int = 0):
+        self.path, self.columns = path, columns
+        truncate_csv(path, keep_rows, columns)
+        self.rows = keep_rows
+
+    def append(self, row: dict[str, float | int]) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=self.columns).writerow({k: row.get(k, "") for k in self.columns})
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.rows += 1
+
+
+def truncate_csv(path: Path, keep_rows: int, columns: list[str]) -> None:
+    """Keep the header and the first keep_rows rows: rows written after the last checkpoint are redone on resume."""
+    lines = path.read_text().splitlines(keepends=True)[: keep_rows + 1] if path.exists() and keep_rows else []
+    header = ",".join(columns) + "\n"
+    atomic_write_bytes(path, (header + "".join(lines[1:])).encode())
+
+
+@dataclass
+class RunStatus:
+    """What status.json says: the state and the live progress that displays poll."""
+
+    state: str = "pending"
+    epoch: int = 0
+    epochs: int = 0
+    iteration: int = 0
+    iterations: int = 0
+    train_error: float | None = None
+    test_error: float | None = None
+    images_per_second: float | None = None
+    warmup_end_iteration: int | None = None
+    error: str | None = None
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    device: str = ""
+    started: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "RunStatus | None":
+        payload = read_json(run_dir / STATUS_FILE)
+        if payload is None:
+            return None
+        known = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def write(self, run_dir: Path) -> None:
+        self.updated = time.time()
+        write_json(run_dir / STATUS_FILE, self.__dict__)
+
+
+@dataclass
+class Run:
+    """One run folder as read back for plots and tables."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: pd.DataFrame
+    status: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "done"
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        """A config value, looking into the nested data section too (config['data'][key])."""
+        if key in self.config:
+            return self.config[key]
+        return self.config.get("data", {}).get(key, default)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file()
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    if is_run_dir(root):
+        return [root]
+    return sorted(p.parent for p in root.rglob(CONFIG_FILE) if not any(part.startswith(".") for part in p.parts[len(root.parts):]))
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """metrics.csv as a DataFrame; raises ValueError when it is missing, empty or lacks the schema's columns."""
+    if not path.is_file():
+        raise ValueError(f"{path} is missing")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable CSV ({exc.__class__.__name__})") from None
+    missing = [c for c in METRIC_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {', '.join(missing)}")
+    if frame.empty:
+        raise ValueError(f"{path} has no epochs yet")
+    return frame
+
+
+def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
+    """Every readable run under root (recursively) and one warning line per run folder that was skipped."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"results folder {root} does not exist: pass the --out folder of a sweep, e.g. results/")
+    runs, warnings = [], []
+    for run_dir in find_run_dirs(root):
+        config = read_json(run_dir / CONFIG_FILE)
+        if config is None:
+            warnings.append(f"skipped {run_dir}: config.json is not valid JSON")
+            continue
+        try:
+            metrics = read_metrics(run_dir / METRICS_FILE)
+        except ValueError as exc:
+            warnings.append(f"skipped {run_dir}: {exc}")
+            continue
+        status = RunStatus.read(run_dir)
+        runs.append(Run(run_dir, config, metrics, status.state if status else "unknown"))
+    if not runs and not warnings:
+        raise UserError(f"no runs found under {root}: a run folder holds config.json and metrics.csv (run `resdepth sweep` first)")
+    return runs, warnings
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    write_json(run_dir / CONFIG_FILE, config)
+
+
+def ensure_writable_dir(path: Path) -> None:
+    """Create path (and parents) or raise a UserError that says why it cannot be used."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write results to {path} ({exc.strerror or exc}): choose another --out folder") from None

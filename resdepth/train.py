@@ -1,0 +1,373 @@
+"""One training run with the §4.2 protocol: SGD, iteration-based step schedule, warm-up for deep nets.
+
+`run_training(config, run_dir)` trains, writes metrics.csv row by row, checkpoints every epoch (and when
+asked to stop), resumes exactly from the last checkpoint, and returns a `RunResult`. It never prints.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import socket
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .data import DataConfig, Dataset, augment, load_dataset, normalize
+from .errors import UserError
+from .models import CifarNet, build_model, count_parameters
+from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
+                      metric_columns, write_config)
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+WARMUP_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "residual"
+    depth: int = 20
+    shortcut: str = "A"  # §4.2 CIFAR nets use option A (zero-padding) so plain and residual twins match
+    seed: int = 0
+    iterations: int = 64_000  # §4.2: "terminate training at 64k iterations"
+    epochs: int | None = None  # alternative to iterations: converted with the training split's size
+    batch_size: int = 128  # §4.2: mini-batch size of 128
+    lr: float = 0.1  # §4.2: start with 0.1, divided by 10 at 50% and 75% of the iterations (32k, 48k of 64k)
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_decay: float = 0.1
+    momentum: float = 0.9  # §4.2
+    weight_decay: float = 1e-4  # §4.2; applied to every parameter, as in the original Caffe training
+    warmup: str = "auto"  # auto: the paper's warm-up for depth >= warmup_min_depth (110), on, off
+    warmup_min_depth: int = 110
+    warmup_lr: float = 0.01  # §4.2: 0.01 until the training error is below 80% (about 400 iterations)
+    warmup_until_error: float = 80.0
+    data: DataConfig = field(default_factory=DataConfig)
+    device: str = "auto"  # auto: cuda if available, else cpu
+    threads: int | None = None  # torch CPU threads; None: torch's default (all cores)
+    precision: str = "auto"  # auto: fp32 on CPU, tf32 on CUDA (PyTorch's own default for convolutions)
+    channels_last: bool | None = None  # None: on for CUDA, off for CPU (measured: see BENCHMARKS.md)
+    compile: bool = False  # torch.compile the model; pays off only for long runs
+    eval_batch_size: int = 1000
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in payload.items() if k in known}
+        values["data"] = DataConfig(**{k: v for k, v in payload.get("data", {}).items() if k in DataConfig.__dataclass_fields__})
+        if "lr_milestones" in values:
+            values["lr_milestones"] = tuple(values["lr_milestones"])
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Refuse values that cannot train, with the fix in the message."""
+        for name in ("batch_size", "iterations", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise UserError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if self.warmup not in WARMUP_MODES:
+            raise UserError(f"unknown warm-up mode {self.warmup!r}: use one of {', '.join(WARMUP_MODES)}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be a positive integer, got {self.threads}")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
+        CifarNet(self.kind, self.depth, shortcut=self.shortcut)  # type: ignore[arg-type]  # kind/depth/shortcut checks
+
+    def uses_warmup(self) -> bool:
+        return self.warmup == "on" or (self.warmup == "auto" and self.depth >= self.warmup_min_depth)
+
+
+# Fields that change how a run executes but not what it computes; a resumed run may change them.
+EXECUTION_FIELDS = ("device", "threads", "compile", "channels_last", "eval_batch_size")
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
+
+
+@dataclass
+class RunResult:
+    state: str  # done, diverged or interrupted
+    epochs_done: int
+    iterations_done: int
+    final_test_error: float | None
+    warmup_end_iteration: int | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name} asked for, but this machine has no CUDA GPU: use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def learning_rate(config: TrainConfig, iteration: int, warming_up: bool) -> float:
+    """The lr for 0-based `iteration`: step decay at the milestone fractions, or the warm-up lr."""
+    if warming_up:
+        return config.warmup_lr
+    passed = sum(iteration >= round(m * config.iterations) for m in config.lr_milestones)
+    return config.lr * config.lr_decay ** passed
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    # Full batches only (static shapes); a training set smaller than a batch is one batch per epoch.
+    return max(1, train_size // batch_size)
+
+
+def resolve_iterations(config: TrainConfig, train_size: int) -> TrainConfig:
+    """--epochs E becomes E epochs' worth of iterations, so the schedule is always in iterations."""
+    if config.epochs is None:
+        return config
+    return replace(config, iterations=config.epochs * steps_per_epoch(train_size, config.batch_size))
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"python": platform.python_version(), "torch": torch.__version__, "resdepth": __version__,
+            "device": str(device), "device_name": name, "host": socket.gethostname(), "threads": torch.get_num_threads()}
+
+
+class Trainer:
+    """The state of one run: data, model, optimizer, schedule position and RNGs, all checkpointable."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, dataset: Dataset):
+        self.config, self.run_dir, self.device = config, run_dir, device
+        torch.manual_seed(config.seed)
+        self.data = dataset.to(device)
+        self.mean = self.data.pixel_mean()
+        self.batch = min(config.batch_size, len(self.data.train_labels))
+        self.steps_per_epoch = steps_per_epoch(len(self.data.train_labels), config.batch_size)
+        self.epochs = math.ceil(config.iterations / self.steps_per_epoch)
+        self.channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+        self.model = build_model(config.kind, config.depth, num_classes=dataset.num_classes, shortcut=config.shortcut).to(device)  # type: ignore[arg-type]
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay, foreach=True)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.iteration, self.epoch, self.csv_rows = 0, 0, 0
+        self.warming_up = config.uses_warmup()
+        self.warmup_end_iteration: int | None = None
+        self.partial: dict[str, Any] | None = None  # position inside an epoch stopped by a signal
+        self.autocast = precision_context(config.precision, device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "iteration": self.iteration, "epoch": self.epoch, "csv_rows": self.csv_rows,
+            "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "partial": self.partial,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration, self.epoch, self.csv_rows = state["iteration"], state["epoch"], state["csv_rows"]
+        self.warming_up, self.warmup_end_iteration = state["warming_up"], state["warmup_end_iteration"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.partial = state["partial"]
+        if self.partial is not None:
+            self.partial = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.partial.items()}
+
+    def save_checkpoint(self) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        atomic_write_bytes(self.run_dir / CHECKPOINT_FILE, buffer.getvalue())
+
+    def try_resume(self) -> bool:
+        path = self.run_dir / CHECKPOINT_FILE
+        if not path.exists():
+            return False
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        return True
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, should_stop: Callable[[], bool], report: Callable[[dict[str, float]], None]) -> dict[str, Any] | None:
+        """Train until the epoch ends (returns its sums) or a stop is asked (returns None, state kept in self.partial)."""
+        self.model.train()
+        state = self.partial or {
+            "order": torch.randperm(len(self.data.train_labels), generator=self.generator, device=self.device),
+            "step": 0, "loss_sum": torch.zeros((), device=self.device), "wrong": torch.zeros((), device=self.device),
+            "seconds": 0.0,
+        }
+        self.partial = None
+        steps = min(self.steps_per_epoch, self.config.iterations - (self.iteration - state["step"]))
+        started, last_report = time.perf_counter() - state["seconds"], time.monotonic()
+        window = torch.zeros((), device=self.device)  # wrong answers since the last warm-up check
+        while state["step"] < steps:
+            if should_stop():
+                state["seconds"] = time.perf_counter() - started
+                self.partial = state
+                return None
+            index = state["order"][state["step"] * self.batch:(state["step"] + 1) * self.batch]
+            loss, wrong = self.train_step(index)
+            state["loss_sum"] += loss * len(index)
+            state["wrong"] += wrong
+            window += wrong
+            state["step"] += 1
+            self.iteration += 1
+            if self.warming_up and self.iteration % 10 == 0:
+                self.check_warmup(window.item() / (10 * self.batch) * 100)
+                window.zero_()
+            if time.monotonic() - last_report > 1.0:
+                last_report = time.monotonic()
+                seen = state["step"] * self.batch
+                report({"train_error": state["wrong"].item() / seen * 100, "iteration": self.iteration,
+                        "images_per_second": seen / (time.perf_counter() - started)})
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        seen = steps * self.batch
+        return {"train_loss": state["loss_sum"].item() / seen, "train_error": state["wrong"].item() / seen * 100,
+                "epoch_seconds": seconds, "images_per_second": seen / seconds}
+
+    def train_step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lr = learning_rate(self.config, self.iteration, self.warming_up)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = self.data.train_images[index]
+        inputs = augment(images, self.mean, self.generator) if self.config.data.augment else normalize(images, self.mean)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        labels = self.data.train_labels[index]
+        with self.autocast():
+            logits = self.forward(inputs)
+            loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach().float(), (logits.detach().argmax(1) != labels).sum().float()
+
+    def check_warmup(self, recent_error: float) -> None:
+        # §4.2 (110 layers): warm up with lr 0.01 until the training error is below 80%, then go back to 0.1.
+        if recent_error < self.config.warmup_until_error:
+            self.warming_up = False
+            self.warmup_end_iteration = self.iteration
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """Mean loss and error (%) on un-augmented images, in eval mode (BN running statistics)."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device)
+        for start in range(0, len(labels), self.config.eval_batch_size):
+            batch = normalize(images[start:start + self.config.eval_batch_size], self.mean)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            target = labels[start:start + self.config.eval_batch_size]
+            with self.autocast():
+                logits = self.forward(batch)
+            loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
+            wrong += (logits.argmax(1) != target).sum()
+        self.model.train()
+        return loss_sum.item() / len(labels), wrong.item() / len(labels) * 100
+
+
+def precision_context(precision: str, device: torch.device) -> Callable[[], Any]:
+    """Set matmul/conv precision for the run and return the autocast context factory for its forward passes."""
+    import contextlib
+
+    if precision == "auto":
+        precision = "tf32" if device.type == "cuda" else "fp32"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if precision == "bf16":
+        # autocast keeps BN and the loss in fp32; only convs and the FC layer run in bf16
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], bool] = lambda: False,
+                 dataset: Dataset | None = None) -> RunResult:
+    """Train (or resume) the run in run_dir; rows go to metrics.csv as each epoch ends."""
+    config.validate()
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dataset = dataset or load_dataset(config.data)
+    write_config(run_dir, {**asdict(config), "resolved": describe_run(config, dataset), "environment": environment(device)})
+    config = resolve_iterations(config, len(dataset.train_labels))
+    trainer = Trainer(config, run_dir, device, dataset)
+    trainer.try_resume()
+    has_val = dataset.val_labels is not None
+    writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=trainer.csv_rows)
+    status = RunStatus(state="running", epoch=trainer.epoch, epochs=trainer.epochs, iteration=trainer.iteration,
+                       iterations=config.iterations, device=str(device))
+    status.write(run_dir)
+
+    def report(live: dict[str, float]) -> None:
+        for key, value in live.items():
+            setattr(status, key, value)
+        status.warmup_end_iteration = trainer.warmup_end_iteration
+        status.write(run_dir)
+
+    final_test_error = None
+    while trainer.iteration < config.iterations:
+        sums = trainer.train_epoch(should_stop, report)
+        if sums is None:
+            trainer.save_checkpoint()
+            return RunResult("interrupted", trainer.epoch, trainer.iteration, None, trainer.warmup_end_iteration)
+        trainer.epoch += 1
+        row = {"epoch": trainer.epoch, "iteration": trainer.iteration,
+               "lr": learning_rate(config, trainer.iteration - 1, trainer.warming_up), **sums}
+        row["test_loss"], row["test_error"] = trainer.evaluate(*dataset_split(trainer, "test"))
+        if has_val:
+            row["val_loss"], row["val_error"] = trainer.evaluate(*dataset_split(trainer, "val"))
+        writer.append(row)
+        trainer.csv_rows = writer.rows
+        final_test_error = row["test_error"]
+        report({"epoch": trainer.epoch, "iteration": trainer.iteration, "train_error": row["train_error"],
+                "test_error": row["test_error"], "images_per_second": row["images_per_second"]})
+        if not math.isfinite(row["train_loss"]):
+            return RunResult("diverged", trainer.epoch, trainer.iteration, final_test_error, trainer.warmup_end_iteration)
+        trainer.save_checkpoint()
+    return RunResult("done", trainer.epoch, trainer.iteration, final_test_error, trainer.warmup_end_iteration)
+
+
+def dataset_split(trainer: Trainer, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    data = trainer.data
+    return (data.test_images, data.test_labels) if split == "test" else (data.val_images, data.val_labels)  # type: ignore[return-value]
+
+
+def describe_run(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
+    """The resolved settings stored in config.json beside the raw config."""
+    resolved = resolve_iterations(config, len(dataset.train_labels))
+    spe = steps_per_epoch(len(dataset.train_labels), config.batch_size)
+    model = build_model(config.kind, config.depth, num_classes=dataset.num_classes, shortcut=config.shortcut)  # type: ignore[arg-type]
+    return {
+        "iterations": resolved.iterations, "steps_per_epoch": spe, "epochs": math.ceil(resolved.iterations / spe),
+        "lr_milestone_iterations": [round(m * resolved.iterations) for m in config.lr_milestones],
+        "warmup": config.uses_warmup(), "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
+        "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
+        "params": count_parameters(model),
+    }
