@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .data import DataConfig
+from .data import DataConfig, load_dataset
 from .errors import UserError
-from .results import RunStatus
+from .results import RunStatus, ensure_writable_dir
 from .sweep import (PlannedCell, SweepConfig, SweepProgress, count_actions, load_saved_sweep, load_sweep_file,
                     plan_sweep, run_sweep)
 from .train import TrainConfig
@@ -162,6 +162,9 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     if dry_run:
         print_plan(config, planned)
         return 0
+    ensure_writable_dir(config.out_dir())
+    if any(item.device for item in planned):
+        load_dataset(config.train.data)  # fail fast, before any cell starts: missing data is a user error
     counts = count_actions(planned)
     console.print(f"[bold]{config.out_dir()}[/]: {len(planned)} cell(s): "
                   + ", ".join(f"{n} {a}" for a, n in counts.items()))
@@ -178,7 +181,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     print_summary(planned, outcomes)
     if received:
         return 143 if received[0] == signal.SIGTERM else 130
-    states = {o.state for o in outcomes.values()}
+    states = {o.state for o in outcomes.values()} | {p.action.removeprefix("skip-") for p in planned}
     return 1 if "failed" in states else 3 if "diverged" in states else 0
 
 
@@ -276,22 +279,10 @@ def eta(status: RunStatus) -> str:
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        app()  # click itself turns usage errors into a message and exit code 2
     except UserError as exc:
         errors.print(f"error: {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        errors.print("interrupted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

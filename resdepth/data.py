@@ -151,9 +151,10 @@ def make_synthetic(train_size: int, test_size: int, seed: int = 0) -> Dataset:
     (wide or fine) give the class, under random phase, colours, small rotation jitter and pixel noise.
     Colour never gives the class away, so a network has to learn spatial filters; small nets get well below
     chance (90% error) within a few epochs."""
-    images, labels = _synthetic_images(train_size + test_size, torch.Generator().manual_seed(seed))
-    return Dataset("synthetic", SYNTHETIC_CLASSES, images[:train_size], labels[:train_size],
-                   images[train_size:], labels[train_size:])
+    generator = torch.Generator().manual_seed(seed)
+    train_images, train_labels = _synthetic_images(train_size, generator)
+    test_images, test_labels = _synthetic_images(test_size, generator)
+    return Dataset("synthetic", SYNTHETIC_CLASSES, train_images, train_labels, test_images, test_labels)
 
 
 def _synthetic_images(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,14 +255,16 @@ def _cache_path(root: Path, files: dict[str, dict[str, list[Path]]]) -> Path:
 
 
 def _decode_split(files: dict[str, list[Path]], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
     images, labels = [], []
     for label, cls in enumerate(classes):
         for path in files[cls]:
             try:
-                image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-            except RuntimeError:
+                with Image.open(path) as handle:
+                    image = torch.from_numpy(np.array(handle.convert("RGB"))).permute(2, 0, 1)
+            except (OSError, UnidentifiedImageError):
                 raise UserError(f"cannot decode image {path}: remove it or convert it to PNG/JPEG") from None
             if tuple(image.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
                 raise UserError(f"{path} is {image.shape[2]}x{image.shape[1]}; resdepth needs 32x32 images (resize the folder first)")

@@ -24,6 +24,7 @@ from .models import CifarNet, build_model, count_parameters
 from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
                       metric_columns, write_config)
 
+WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 WARMUP_MODES = ("auto", "on", "off")
 
@@ -169,6 +170,7 @@ class Trainer:
         self.iteration, self.epoch, self.csv_rows = 0, 0, 0
         self.warming_up = config.uses_warmup()
         self.warmup_end_iteration: int | None = None
+        self.warmup_window = torch.zeros((), device=device)  # wrong answers since the last warm-up check
         self.partial: dict[str, Any] | None = None  # position inside an epoch stopped by a signal
         self.autocast = precision_context(config.precision, device)
 
@@ -180,7 +182,7 @@ class Trainer:
             "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "partial": self.partial,
+            "partial": self.partial, "warmup_window": self.warmup_window,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -193,6 +195,7 @@ class Trainer:
         if state["cuda_rng"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.partial = state["partial"]
+        self.warmup_window = state["warmup_window"].to(self.device)
         if self.partial is not None:
             self.partial = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.partial.items()}
 
@@ -204,6 +207,8 @@ class Trainer:
         atomic_write_bytes(self.run_dir / CHECKPOINT_FILE, buffer.getvalue())
 
     def try_resume(self) -> bool:
+        for leftover in self.run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+            leftover.unlink(missing_ok=True)  # a checkpoint write cut short by a kill; the previous one is intact
         path = self.run_dir / CHECKPOINT_FILE
         if not path.exists():
             return False
@@ -222,7 +227,6 @@ class Trainer:
         self.partial = None
         steps = min(self.steps_per_epoch, self.config.iterations - (self.iteration - state["step"]))
         started, last_report = time.perf_counter() - state["seconds"], time.monotonic()
-        window = torch.zeros((), device=self.device)  # wrong answers since the last warm-up check
         while state["step"] < steps:
             if should_stop():
                 state["seconds"] = time.perf_counter() - started
@@ -232,12 +236,12 @@ class Trainer:
             loss, wrong = self.train_step(index)
             state["loss_sum"] += loss * len(index)
             state["wrong"] += wrong
-            window += wrong
+            self.warmup_window += wrong
             state["step"] += 1
             self.iteration += 1
-            if self.warming_up and self.iteration % 10 == 0:
-                self.check_warmup(window.item() / (10 * self.batch) * 100)
-                window.zero_()
+            if self.warming_up and self.iteration % WARMUP_CHECK_EVERY == 0:
+                self.check_warmup(self.warmup_window.item() / (WARMUP_CHECK_EVERY * self.batch) * 100)
+                self.warmup_window.zero_()
             if time.monotonic() - last_report > 1.0:
                 last_report = time.monotonic()
                 seen = state["step"] * self.batch

@@ -1,0 +1,113 @@
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from resdepth.data import DataConfig, augment, balanced_subset, load_dataset, make_synthetic, normalize
+from resdepth.errors import UserError
+
+
+def test_synthetic_is_deterministic_and_balanced():
+    a, b = make_synthetic(200, 50), make_synthetic(200, 50)
+    assert torch.equal(a.train_images, b.train_images) and torch.equal(a.test_labels, b.test_labels)
+    assert a.train_images.shape == (200, 3, 32, 32) and a.train_images.dtype == torch.uint8
+    assert a.train_labels.bincount().tolist() == [20] * 10
+
+
+def test_validation_split_and_subsets_have_the_asked_sizes_and_balance():
+    config = DataConfig(dataset="synthetic", synthetic_train=1000, synthetic_test=300, val_size=200, train_size=500, test_size=100)
+    data = load_dataset(config)
+    assert len(data.val_labels) == 200 and len(data.train_labels) == 500 and len(data.test_labels) == 100
+    assert data.val_labels.bincount().tolist() == [20] * 10
+    assert data.train_labels.bincount().tolist() == [50] * 10
+    again = load_dataset(config)
+    assert torch.equal(data.val_images, again.val_images) and torch.equal(data.train_images, again.train_images)
+    # the validation images are held out: none of them is in the training split
+    train_set = {bytes(img.numpy()) for img in data.train_images}
+    assert not any(bytes(img.numpy()) in train_set for img in data.val_images)
+
+
+def test_balanced_subset_with_remainder():
+    labels = torch.arange(100) % 10
+    pick = balanced_subset(labels, 25, seed=3)
+    counts = labels[pick].bincount(minlength=10)
+    assert len(pick) == 25 and counts.max() - counts.min() <= 1
+
+
+def test_bad_sizes_are_user_errors():
+    with pytest.raises(UserError, match="--val-size"):
+        load_dataset(DataConfig(dataset="synthetic", synthetic_train=100, val_size=100))
+    with pytest.raises(UserError, match="--train-size"):
+        load_dataset(DataConfig(dataset="synthetic", train_size=0))
+    with pytest.raises(UserError, match="unknown dataset"):
+        load_dataset(DataConfig(dataset="imagenet"))
+
+
+def test_augment_is_a_padded_crop_with_optional_flip():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    mean = torch.full((3, 32, 32), 0.5)
+    generator = torch.Generator().manual_seed(0)
+    out = augment(images, mean, generator)
+    assert out.shape == (64, 3, 32, 32)
+    # replay the same random draws and check every image against a hand-made crop
+    replay = torch.Generator().manual_seed(0)
+    offsets = torch.randint(0, 9, (2, 64), generator=replay)
+    flips = torch.rand(64, generator=replay) < 0.5
+    padded = torch.nn.functional.pad(normalize(images, mean), (4, 4, 4, 4))
+    for i in range(64):
+        y, x = offsets[0, i], offsets[1, i]
+        expected = padded[i, :, y:y + 32, x:x + 32]
+        expected = expected.flip(-1) if flips[i] else expected
+        assert torch.equal(out[i], expected)
+    assert flips.any() and (~flips).any() and (offsets != 4).any()
+
+
+def test_normalize_subtracts_the_per_pixel_training_mean():
+    data = make_synthetic(100, 10)
+    mean = data.pixel_mean()
+    assert mean.shape == (3, 32, 32)
+    assert normalize(data.train_images, mean).mean(0).abs().max() < 1e-5
+
+
+def write_folder(root, size=32, per_class=3):
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                colour = (200, 10, 10) if cls == "cat" else (10, 10, 200)
+                Image.new("RGB", (size, size), colour).save(root / split / cls / f"{i}.png")
+
+
+def test_image_folder_loads_and_caches(tmp_path):
+    write_folder(tmp_path)
+    data = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
+    assert data.classes == ["cat", "dog"] and data.train_images.shape == (6, 3, 32, 32)
+    assert data.train_images[0, 0, 0, 0] == 200 and data.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert list(tmp_path.glob(".resdepth-cache-*.pt"))
+    again = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
+    assert torch.equal(again.train_images, data.train_images)
+
+
+def test_image_folder_refuses_other_sizes(tmp_path):
+    write_folder(tmp_path, size=28)
+    with pytest.raises(UserError, match="32x32"):
+        load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
+
+
+def test_image_folder_missing_split(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(UserError, match="test"):
+        load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
+
+
+def test_cifar_offline_without_a_copy_says_where_to_put_it(tmp_path, monkeypatch):
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(UserError, match="cifar-10-python.tar.gz") as info:
+        load_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
+    assert str(tmp_path) in str(info.value) and "--dataset" in str(info.value)

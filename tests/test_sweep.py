@@ -1,0 +1,211 @@
+"""Sweeps: planning against existing folders, resume, kill-and-resume exactness, locks, failure isolation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import RESDEPTH, tiny_config
+from resdepth.cell import RunLock, run_cell
+from resdepth.errors import UserError
+from resdepth.executors import LocalProcessExecutor, SequentialExecutor
+from resdepth.results import atomic_write_bytes
+from resdepth.sweep import SweepConfig, load_sweep_file, plan_sweep, run_sweep
+
+TIMING = ["epoch_seconds", "images_per_second"]
+TINY_ARGS = ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "64", "--batch-size", "32",
+             "--threads", "1", "--device", "cpu"]
+
+
+def tiny_sweep(out: Path, **changes) -> SweepConfig:
+    return replace(SweepConfig(depths=[8], kinds=["plain", "residual"], seeds=[0], out=str(out), train=tiny_config()), **changes)
+
+
+def run(sweep: SweepConfig, executor=None):
+    planned = plan_sweep(sweep)
+    return planned, run_sweep(sweep, executor or SequentialExecutor(), planned, poll_seconds=0.05)
+
+
+def metrics(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING)
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sequential_sweep_runs_every_cell_and_resume_skips_finished(tmp_path):
+    sweep = tiny_sweep(tmp_path)
+    planned, outcomes = run(sweep)
+    assert [p.action for p in planned] == ["new", "new"]
+    assert {o.state for o in outcomes.values()} == {"done"}
+    before = {p.cell.name: (p.cell.run_dir / "metrics.csv").read_bytes() for p in planned}
+    planned, outcomes = run(sweep)
+    assert [p.action for p in planned] == ["skip-done", "skip-done"] and outcomes == {}
+    assert before == {p.cell.name: (p.cell.run_dir / "metrics.csv").read_bytes() for p in planned}
+    assert json.loads((tmp_path / "sweep.json").read_text())["depths"] == [8]
+
+
+def test_two_parallel_processes_give_the_same_metrics_as_sequential(tmp_path):
+    _, sequential = run(tiny_sweep(tmp_path / "seq"))
+    _, parallel = run(tiny_sweep(tmp_path / "par", jobs=2), LocalProcessExecutor())
+    assert {o.state for o in parallel.values()} == {"done"}
+    for name in ("plain-8-s0", "residual-8-s0"):
+        pd.testing.assert_frame_equal(metrics(tmp_path / "seq" / name), metrics(tmp_path / "par" / name))
+        assert_same_weights(tmp_path / "seq" / name, tmp_path / "par" / name)
+
+
+def test_a_changed_config_is_refused_unless_forced(tmp_path):
+    run(tiny_sweep(tmp_path, kinds=["plain"]))
+    changed = tiny_sweep(tmp_path, kinds=["plain"], train=replace(tiny_config(), lr=0.05))
+    with pytest.raises(UserError, match="different config.*lr: 0.1 there, 0.05 asked.*--force"):
+        plan_sweep(changed)
+    planned, outcomes = run(replace(changed, force=True))
+    assert planned[0].action == "replace" and outcomes["plain-8-s0"].state == "done"
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("plain-8-s0.replaced-")]
+    assert len(kept) == 1 and (kept[0] / "metrics.csv").exists()  # nothing lost
+
+
+def test_a_diverging_cell_is_isolated_and_not_retried(tmp_path):
+    sweep = SweepConfig(depths=[8], kinds=["plain"], seeds=[0, 1], out=str(tmp_path), train=tiny_config())
+    run(sweep)
+    diverging = replace(sweep, out=str(tmp_path / "d"), train=replace(tiny_config(), lr=1e8))
+    planned, outcomes = run(diverging)
+    assert {o.state for o in outcomes.values()} == {"diverged"}
+    planned, outcomes = run(diverging)
+    assert {p.action for p in planned} == {"skip-diverged"} and outcomes == {}
+    planned, _ = run(replace(diverging, retry_failed=True))
+    assert {p.action for p in planned} == {"retry"}
+
+
+def test_a_crashing_cell_is_marked_failed_with_its_error_and_others_finish(tmp_path):
+    sweep = tiny_sweep(tmp_path, jobs=2)
+    planned = plan_sweep(sweep)
+    broken = planned[0].cell.run_dir
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text(json.dumps({**json.loads(json.dumps(tiny_config().__dict__, default=vars)), "kind": "plain"}))
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")  # resuming from it raises inside the worker
+    planned = plan_sweep(sweep)
+    assert planned[0].action == "resume"
+    outcomes = run_sweep(sweep, LocalProcessExecutor(), planned, poll_seconds=0.05)
+    assert outcomes["plain-8-s0"].state == "failed" and outcomes["residual-8-s0"].state == "done"
+    assert (broken / "error.txt").read_text().strip()
+    assert json.loads((broken / "status.json").read_text())["state"] == "failed"
+
+
+def test_lock_keeps_a_second_process_out_and_stale_locks_are_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "time": time.time()}))
+        (tmp_path / "config.json").write_text(json.dumps({"data": {"dataset": "synthetic"}}))
+        outcome = run_cell(tmp_path, "cpu", 1, lambda: False)
+        assert outcome.state == "busy" and not (tmp_path / "metrics.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert RunLock(tmp_path).acquire()  # the owner is dead: the lock is stale and taken over
+
+
+def test_a_second_sweep_process_does_not_run_a_running_cell(tmp_path, cli_env):
+    args = [RESDEPTH, "train", "--depth", "8", "--epochs", "40", "--out", str(tmp_path), *TINY_ARGS]
+    first = subprocess.Popen(args, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_rows(tmp_path / "residual-8-s0" / "metrics.csv", 1)
+        second = subprocess.run(args, env=cli_env, capture_output=True, text=True, timeout=120)
+        assert "busy" in second.stdout
+    finally:
+        first.kill()
+        first.wait()
+    rows = metrics(tmp_path / "residual-8-s0")
+    assert rows["epoch"].is_unique
+
+
+def wait_for_rows(path: Path, rows: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) > rows:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never reached {rows} rows")
+
+
+@pytest.mark.parametrize("rows_before_kill", [1, 3])
+def test_sigkill_then_resume_gives_identical_metrics_and_weights(tmp_path, cli_env, rows_before_kill):
+    args = ["train", "--depth", "8", "--epochs", "20", *TINY_ARGS]
+    reference = subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "ref")], env=cli_env, capture_output=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    victim = subprocess.Popen([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "cut" / "residual-8-s0"
+    wait_for_rows(run_dir / "metrics.csv", rows_before_kill)
+    time.sleep(0.05 * rows_before_kill)  # land somewhere inside a later epoch
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_rows = len(pd.read_csv(run_dir / "metrics.csv"))
+    assert killed_rows < 20, "the run finished before it could be killed"
+    resumed = subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    pd.testing.assert_frame_equal(metrics(tmp_path / "ref" / "residual-8-s0"), metrics(run_dir))
+    assert_same_weights(tmp_path / "ref" / "residual-8-s0", run_dir)
+
+
+def test_sigint_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, cli_env):
+    args = ["train", "--depth", "8", "--epochs", "6", *TINY_ARGS[:-4], "--synthetic-train", "2048", "--threads", "1", "--device", "cpu"]
+    subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "ref")], env=cli_env, check=True, capture_output=True, timeout=300)
+    victim = subprocess.Popen([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "cut" / "residual-8-s0"
+    wait_for_rows(run_dir / "metrics.csv", 1)
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGINT)
+    assert victim.wait(timeout=60) == 130
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["partial"] is not None  # stopped inside an epoch
+    subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env, check=True, capture_output=True, timeout=300)
+    pd.testing.assert_frame_equal(metrics(tmp_path / "ref" / "residual-8-s0"), metrics(run_dir))
+    assert_same_weights(tmp_path / "ref" / "residual-8-s0", run_dir)
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(tmp_path):
+    target = tmp_path / "checkpoint.pt"
+    atomic_write_bytes(target, b"previous checkpoint")
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from resdepth.results import atomic_write_bytes\n"
+        "while True: atomic_write_bytes(Path(sys.argv[1]), b'x' * 300_000_000)"), str(target)])
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".checkpoint.pt.*.tmp")) and time.time() < deadline:
+        time.sleep(0.01)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert target.read_bytes() in (b"previous checkpoint", b"x" * 300_000_000)  # never a torn file
+
+
+def test_sweep_files_load_and_bad_ones_name_path_key_and_expectation(tmp_path):
+    shipped = Path(__file__).parents[1] / "sweeps"
+    for path in shipped.glob("*.toml"):
+        sweep = load_sweep_file(path)
+        sweep.validate()
+    assert load_sweep_file(shipped / "table6.toml").depths == [20, 32, 44, 56, 110, 1202]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('depths = [20]\n[train]\nlr = "fast"\n')
+    with pytest.raises(UserError, match=r"bad.toml: key train.lr: expected float, got 'fast'"):
+        load_sweep_file(bad)
+    bad.write_text("depths = [20]\ncolour = 3\n")
+    with pytest.raises(UserError, match="unknown key colour"):
+        load_sweep_file(bad)
+    bad.write_text("depths = [20\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_sweep_file(bad)

@@ -1,0 +1,127 @@
+import math
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_config
+from resdepth.data import DataConfig
+from resdepth.errors import UserError
+from resdepth.results import METRIC_COLUMNS, VAL_COLUMNS, metric_columns
+from resdepth.train import TrainConfig, learning_rate, resolve_iterations, run_training
+
+TIMING = ["epoch_seconds", "images_per_second"]
+
+
+def test_paper_defaults():
+    config = TrainConfig()
+    assert (config.iterations, config.batch_size, config.lr, config.momentum, config.weight_decay) == (64_000, 128, 0.1, 0.9, 1e-4)
+    assert config.shortcut == "A" and config.data.augment and config.data.val_size == 0
+
+
+@pytest.mark.parametrize("iteration, lr", [(0, 0.1), (31_999, 0.1), (32_000, 0.01), (47_999, 0.01), (48_000, 0.001), (63_999, 0.001)])
+def test_lr_schedule_divides_by_ten_at_32k_and_48k(iteration, lr):
+    assert learning_rate(TrainConfig(), iteration, warming_up=False) == pytest.approx(lr)
+
+
+def test_shorter_runs_scale_the_milestones():
+    config = TrainConfig(iterations=1000)
+    assert learning_rate(config, 499, False) == pytest.approx(0.1)
+    assert learning_rate(config, 500, False) == pytest.approx(0.01)
+    assert learning_rate(config, 750, False) == pytest.approx(0.001)
+    assert learning_rate(config, 10, True) == pytest.approx(0.01)  # warm-up lr
+
+
+def test_epochs_convert_to_iterations():
+    assert resolve_iterations(TrainConfig(epochs=3), 50_000).iterations == 3 * 390
+    assert resolve_iterations(TrainConfig(epochs=3), 45_000).iterations == 3 * 351
+
+
+def test_warmup_is_the_papers_for_110_layers_and_deeper():
+    assert TrainConfig(depth=110).uses_warmup() and TrainConfig(depth=1202).uses_warmup()
+    assert not TrainConfig(depth=56).uses_warmup()
+    assert not TrainConfig(depth=110, warmup="off").uses_warmup() and TrainConfig(depth=20, warmup="on").uses_warmup()
+
+
+def read(run_dir):
+    return pd.read_csv(run_dir / "metrics.csv")
+
+
+def test_run_writes_one_row_per_epoch_with_the_schema(tmp_path):
+    result = run_training(tiny_config(epochs=3), tmp_path)
+    frame = read(tmp_path)
+    assert list(frame.columns) == list(METRIC_COLUMNS)
+    assert result.state == "done" and frame["epoch"].tolist() == [1, 2, 3]
+    assert frame["iteration"].tolist() == [4, 8, 12]  # 128 images / batch 32
+    assert frame[["train_error", "test_error"]].stack().between(0, 100).all()
+    assert (frame["images_per_second"] > 0).all() and (frame["train_loss"] > 0).all()
+    assert frame["lr"].tolist() == pytest.approx([0.1, 0.01, 0.001])  # milestones at 6 and 9 of 12
+
+
+def test_validation_split_adds_val_columns(tmp_path):
+    config = tiny_config(data=DataConfig(dataset="synthetic", synthetic_train=160, synthetic_test=64, val_size=32))
+    run_training(config, tmp_path)
+    frame = read(tmp_path)
+    assert list(frame.columns) == metric_columns(True) and set(VAL_COLUMNS) <= set(frame.columns)
+    assert frame["val_error"].between(0, 100).all()
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        (tmp_path / name).mkdir()
+        run_training(tiny_config(seed=seed), tmp_path / name)
+    a, b, c = (read(tmp_path / n).drop(columns=TIMING) for n in "abc")
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(c)
+
+
+def test_warmup_switches_when_the_training_error_falls_below_the_threshold(tmp_path):
+    (tmp_path / "switch").mkdir(), (tmp_path / "never").mkdir()
+    switch = run_training(tiny_config(warmup="on", warmup_until_error=100.0, epochs=6), tmp_path / "switch")
+    never = run_training(tiny_config(warmup="on", warmup_until_error=0.0, epochs=6), tmp_path / "never")
+    assert switch.warmup_end_iteration == 10  # the first check, 10 iterations in
+    assert never.warmup_end_iteration is None
+    # 4 iterations per epoch: the switch at iteration 10 falls in epoch 3; the first milestone is at 12
+    assert read(tmp_path / "switch")["lr"].tolist()[:3] == pytest.approx([0.01, 0.01, 0.1])
+    assert set(read(tmp_path / "never")["lr"]) == {0.01}
+
+
+def test_synthetic_dataset_is_learnable(tmp_path):
+    config = tiny_config(data=DataConfig(dataset="synthetic", synthetic_train=1000, synthetic_test=300),
+                         batch_size=64, epochs=6)
+    run_training(config, tmp_path)
+    assert read(tmp_path)["test_error"].iloc[-1] < 70  # chance is 90%
+
+
+def test_absurd_lr_diverges_as_a_result(tmp_path):
+    result = run_training(tiny_config(lr=1e8), tmp_path)
+    assert result.state == "diverged"
+    assert not math.isfinite(read(tmp_path)["train_loss"].iloc[-1])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 0}, "--batch-size"), ({"iterations": -5}, "--iterations"), ({"lr": 0.0}, "--lr"),
+    ({"epochs": 0}, "--epochs"), ({"kind": "dense"}, "unknown kind"), ({"depth": 21}, "6n\\+2"),
+    ({"precision": "fp8"}, "precision"), ({"device": "tpu"}, "device"),
+])
+def test_bad_configs_are_user_errors(tmp_path, change, message):
+    with pytest.raises(UserError, match=message):
+        run_training(replace(tiny_config(), **change), tmp_path)
+
+
+def test_cuda_asked_without_gpu_is_a_user_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        run_training(tiny_config(device="cuda"), tmp_path)
+
+
+def test_config_json_holds_resolved_settings_and_versions(tmp_path):
+    import json
+
+    run_training(tiny_config(), tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["kind"] == "residual" and saved["data"]["dataset"] == "synthetic"
+    assert saved["resolved"]["iterations"] == 8 and saved["resolved"]["params"] == 75_290
+    assert saved["environment"]["torch"] == torch.__version__ and "resdepth" in saved["environment"]
