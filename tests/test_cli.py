@@ -1,0 +1,99 @@
+"""The command line through its real console entry point: smoke sweep, help, and every user error."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import RESDEPTH
+from resdepth.results import METRIC_COLUMNS
+
+
+def resdepth(*args: str, env=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([RESDEPTH, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_smoke_sweep_through_the_console_entry_point(tmp_path, cli_env):
+    done = resdepth("sweep", "--depths", "8,14", "--kind", "plain,residual", "--dataset", "synthetic",
+                    "--synthetic-train", "256", "--synthetic-test", "128", "--epochs", "2", "--out", str(tmp_path), env=cli_env)
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert names == ["plain-14-s0", "plain-8-s0", "residual-14-s0", "residual-8-s0"]
+    for name in names:
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert f"{config['kind']}-{config['depth']}-s{config['seed']}" == name
+        assert config["resolved"]["iterations"] == 4 and config["environment"]["torch"]
+        frame = pd.read_csv(tmp_path / name / "metrics.csv")
+        assert list(frame.columns) == list(METRIC_COLUMNS) and len(frame) == 2
+        assert frame[["train_error", "test_error"]].stack().between(0, 100).all()
+        assert (frame["train_loss"] > 0).all() and (frame["images_per_second"] > 0).all()
+        assert json.loads((tmp_path / name / "status.json").read_text())["state"] == "done"
+    assert "sweep summary" in done.stdout and done.stdout.count("done") >= 4
+
+
+def test_help_shows_defaults_and_units(cli_env):
+    for command in (["--help"], ["train", "--help"], ["sweep", "--help"], ["models", "--help"]):
+        assert resdepth(*command, env=cli_env).returncode == 0
+    text = resdepth("sweep", "--help", env=cli_env).stdout
+    for expected in ("[default: 64000]", "[default: 128]", "[default: 0.1]", "[default: 0.0001]", "images"):
+        assert expected in text
+
+
+def test_models_lists_names_params_and_flops(cli_env):
+    out = resdepth("models", "resnet*", env=cli_env).stdout
+    assert "resnet56" in out and "853,018" in out and "plain20" not in out
+
+
+def test_dry_run_lists_cells_folders_and_devices_without_training(tmp_path, cli_env):
+    out = resdepth("sweep", str(Path(__file__).parents[1] / "sweeps" / "figure6.toml"), "--dry-run",
+                   "--out", str(tmp_path / "f6"), "--device", "cpu", env=cli_env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(" new ") == 10 and "plain-110-s0" in out.stdout and "cpu" in out.stdout
+    assert not (tmp_path / "f6").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--depth", "21"], "depth 21 is not of the form 6n+2 (n >= 1): try 20 or 26"),
+    (["train", "--kind", "dense"], "unknown kind 'dense'"),
+    (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["train", "--iterations", "0"], "--iterations must be a positive integer"),
+    (["train", "--batch-size", "-1"], "--batch-size must be a positive integer"),
+    (["train", "--lr", "0"], "--lr must be a positive number"),
+    (["train", "--dataset", "folder", "--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data is not a readable folder"),
+    (["train", "--dataset", "folder"], "--dataset folder needs --data-dir"),
+    (["train", "--dataset", "synthetic", "--out", "/proc/forbidden"], "cannot write results to /proc/forbidden"),
+    (["sweep", "--depths", "20,abc"], "comma-separated list of ints"),
+    (["sweep", "/nonexistent/sweep.toml"], "cannot read sweep file /nonexistent/sweep.toml"),
+    (["sweep", "--resume", "/nonexistent/results"], "holds no sweep.json"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, cli_env, args, message):
+    if "--out" not in args:
+        args = [*args, "--out", str(tmp_path / "out")]
+    done = resdepth(*args, env=cli_env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
+
+
+def test_cifar_missing_offline_is_a_user_error_and_nothing_is_run(tmp_path, cli_env):
+    env = {**cli_env, "RESDEPTH_DATA": str(tmp_path / "data"), "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    done = resdepth("train", "--depth", "20", "--out", str(tmp_path / "out"), env=env)
+    assert done.returncode == 2 and "cifar-10-python.tar.gz" in done.stderr and "Traceback" not in done.stderr
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_user_error_leaves_finished_results_intact(tmp_path, cli_env):
+    args = ["train", "--depth", "8", "--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "64",
+            "--batch-size", "32", "--epochs", "1", "--out", str(tmp_path)]
+    assert resdepth(*args, env=cli_env).returncode == 0
+    before = (tmp_path / "residual-8-s0" / "metrics.csv").read_bytes()
+    changed = resdepth(*args[:-2], "--lr", "0.2", "--out", str(tmp_path), env=cli_env)
+    assert changed.returncode == 2 and "--force" in changed.stderr
+    assert (tmp_path / "residual-8-s0" / "metrics.csv").read_bytes() == before
+
+
+def test_a_diverged_sweep_exits_non_zero(tmp_path, cli_env):
+    done = resdepth("train", "--depth", "8", "--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "64",
+                    "--batch-size", "32", "--epochs", "1", "--lr", "1e8", "--out", str(tmp_path), env=cli_env)
+    assert done.returncode == 3 and "diverged" in done.stdout
