@@ -219,61 +219,65 @@ def _pct(value: Optional[float]) -> str:
 
 
 class LiveDisplay:
-    """A rich live table while a terminal is attached; one plain line per finished epoch otherwise."""
+    """Rich progress bars (overall, then one per running job) on a terminal; one plain line per epoch otherwise."""
 
     def __init__(self, total: int):
-        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.total = total
         self.tty = console.is_terminal
-        self.live = Live(console=console, refresh_per_second=2, transient=False) if self.tty else None
+        self.progress = Progress(
+            TextColumn("{task.description:<22}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console, transient=False,
+        ) if self.tty else None
+        self.overall = self.progress.add_task("sweep", total=total, info="") if self.progress else None
+        self.tasks: dict[str, Any] = {}
         self.logged: dict[str, tuple[str, int]] = {}
 
     def __enter__(self) -> "LiveDisplay":
-        if self.live:
-            self.live.__enter__()
+        if self.progress:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.live:
-            self.live.__exit__(*exc)
+        if self.progress:
+            self.progress.stop()
 
-    def update(self, progress: SweepProgress) -> None:
-        if self.live:
-            self.live.update(self.render(progress))
-            return
-        for name, status in progress.running.items():
+    def update(self, snapshot: SweepProgress) -> None:
+        if self.progress:
+            self.update_bars(snapshot)
+        else:
+            self.log_lines(snapshot)
+
+    def update_bars(self, snapshot: SweepProgress) -> None:
+        assert self.progress is not None
+        ended = snapshot.outcomes.values()
+        failed = sum(o.state in ("failed", "diverged") for o in ended)
+        skipped = sum(1 for p in snapshot.planned if not p.device)
+        self.progress.update(self.overall, completed=len(snapshot.outcomes) + skipped,
+                             info=f"{sum(o.state == 'done' for o in ended)} done, {failed} failed/diverged, "
+                                  f"{len(snapshot.running)} running, {skipped} skipped")
+        for name, status in snapshot.running.items():
+            if name not in self.tasks:
+                self.tasks[name] = self.progress.add_task(name, total=status.iterations or None, info="")
+            self.progress.update(self.tasks[name], total=status.iterations or None, completed=status.iteration,
+                                 info=f"{status.device} epoch {status.epoch}/{status.epochs} "
+                                      f"train {_pct(status.train_error)}% test {_pct(status.test_error)}% "
+                                      f"{status.images_per_second or 0:,.0f} img/s")
+        for name, outcome in snapshot.outcomes.items():
+            if name in self.tasks:
+                self.progress.update(self.tasks.pop(name), description=f"{name} {outcome.state}")
+
+    def log_lines(self, snapshot: SweepProgress) -> None:
+        for name, status in snapshot.running.items():
             if self.logged.get(name) != (status.state, status.epoch) and status.epoch:
                 self.logged[name] = (status.state, status.epoch)
                 console.print(f"{name}: epoch {status.epoch}/{status.epochs} iteration {status.iteration}/{status.iterations} "
                               f"train {_pct(status.train_error)}% test {_pct(status.test_error)}% "
                               f"{status.images_per_second or 0:.0f} img/s", highlight=False)
-        for name, outcome in progress.outcomes.items():
+        for name, outcome in snapshot.outcomes.items():
             if self.logged.get(name, ("", 0))[0] != outcome.state:
                 self.logged[name] = (outcome.state, -1)
                 console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""), highlight=False)
-
-    def render(self, progress: SweepProgress) -> Table:
-        finished = sum(o.state == "done" for o in progress.outcomes.values())
-        failed = sum(o.state in ("failed", "diverged") for o in progress.outcomes.values())
-        table = Table(title=f"{len(progress.outcomes)}/{sum(1 for p in progress.planned if p.device)} cells ended "
-                            f"({finished} done, {failed} failed/diverged), {len(progress.running)} running")
-        for column in ("cell", "device", "epoch", "iteration", "train err %", "test err %", "img/s", "ETA"):
-            table.add_column(column, justify="left" if column in ("cell", "device") else "right")
-        for name, status in progress.running.items():
-            table.add_row(name, status.device, f"{status.epoch}/{status.epochs}", f"{status.iteration}/{status.iterations}",
-                          _pct(status.train_error), _pct(status.test_error), f"{status.images_per_second or 0:.0f}", eta(status))
-        return table
-
-
-def eta(status: RunStatus) -> str:
-    import time
-
-    if not status.iteration or status.iteration >= status.iterations:
-        return "-"
-    elapsed = time.time() - status.started
-    seconds = elapsed / max(status.iteration, 1) * (status.iterations - status.iteration)
-    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
 
 def main() -> None:

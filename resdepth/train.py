@@ -245,12 +245,14 @@ class Trainer:
             if time.monotonic() - last_report > 1.0:
                 last_report = time.monotonic()
                 seen = state["step"] * self.batch
+                if not math.isfinite(state["loss_sum"].item()):
+                    break  # diverged: end the epoch here, its row records the NaN/inf
                 report({"train_error": state["wrong"].item() / seen * 100, "iteration": self.iteration,
                         "images_per_second": seen / (time.perf_counter() - started)})
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        seen = steps * self.batch
+        seen = state["step"] * self.batch
         return {"train_loss": state["loss_sum"].item() / seen, "train_error": state["wrong"].item() / seen * 100,
                 "epoch_seconds": seconds, "images_per_second": seen / seconds}
 
