@@ -138,10 +138,6 @@ for _depth in NAMED_DEPTHS:
     _register(f"resnet{_depth}", "residual", _depth)
 
 
-def model_name(kind: str, depth: int) -> str:
-    return f"{'resnet' if kind == 'residual' else 'plain'}{depth}"
-
-
 def list_models(pattern: str = "*") -> list[str]:
     """Registered builder names matching a shell-style pattern, e.g. list_models("plain*")."""
     return [name for name in _REGISTRY if fnmatch.fnmatch(name, pattern)]

@@ -30,8 +30,7 @@ VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_error")  # present only when th
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE = (
     "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",
 )
-STATES = ("pending", "running", "interrupted", "done", "failed", "diverged")
-FINISHED_STATES = ("done",)
+# A run is pending, running, interrupted (resumable), or in one of these:
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
 
 
