@@ -64,7 +64,7 @@ Augment = Annotated[Optional[bool], typer.Option("--augment/--no-augment", help=
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]")]
 Threads = Annotated[Optional[int], typer.Option(help="Torch CPU threads per job. [default: cores / jobs]")]
 Precision = Annotated[Optional[str], typer.Option(help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast; BN stays fp32). [default: auto]")]
-ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format. [default: on for CUDA, off for CPU]")]
+ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (measured faster on CPU and GPU). [default: on]")]
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the network (pays off on long runs). [default: off]")]
 Out = Annotated[Optional[Path], typer.Option(help="Results folder; one sub-folder per run. [default: results/<name or dataset>]")]
 Force = Annotated[bool, typer.Option(help="Start run folders whose config differs over (old folders are kept, renamed).")]
@@ -128,7 +128,9 @@ def sweep(
     jobs: Annotated[Optional[int], typer.Option(help="CPU jobs at once (threads split between them). [default: 1]")] = None,
     gpus: Annotated[Optional[str], typer.Option(help="Comma-separated GPU indices. [default: all visible with --device auto]")] = None,
     jobs_per_gpu: Annotated[Optional[int], typer.Option(help="Jobs sharing each GPU. [default: 1]")] = None,
-    executor: Annotated[Optional[str], typer.Option(help="auto, sequential (in-process) or local (a process per job). [default: auto]")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="auto, sequential (in-process), local (a process per job) or ray (a task per cell on a Ray cluster). [default: auto]")] = None,
+    address: Annotated[Optional[str], typer.Option(help="--executor ray: the cluster, auto (started here by `ray start`) or HOST:PORT. [default: $RAY_ADDRESS, else a new local one]")] = None,
+    gpus_per_job: Annotated[Optional[float], typer.Option(help="--executor ray: GPU share of each cell, e.g. 0.5 for two per GPU. [default: 1]")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run failed and diverged cells again from their last checkpoint.")] = False,
     dry_run: Annotated[bool, typer.Option(help="List the cells, their folders and devices; train nothing.")] = False,
     shortcut: Shortcut = None, iterations: Iterations = None, epochs: Epochs = None, batch_size: BatchSize = None,
@@ -147,7 +149,7 @@ def sweep(
     config.train = apply_overrides(config.train, options)
     given = {"depths": _csv(int)(depths), "kinds": _csv(str)(kind), "seeds": _csv(int)(seeds), "name": name,
              "out": str(out) if out else None, "jobs": jobs, "gpus": _csv(int)(gpus), "jobs_per_gpu": jobs_per_gpu,
-             "executor": executor}
+             "executor": executor, "ray_address": address, "gpus_per_job": gpus_per_job}
     config = replace(config, **{k: v for k, v in given.items() if v is not None},
                      retry_failed=retry_failed, force=force)
     raise typer.Exit(execute(config, dry_run))
@@ -156,7 +158,6 @@ def sweep(
 def execute(config: SweepConfig, dry_run: bool) -> int:
     """Plan, show the plan, run with a live display, print the summary; returns the exit code."""
     from .executors import make_executor
-    from .sweep import device_slots
 
     planned = plan_sweep(config)
     if dry_run:
@@ -168,7 +169,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     counts = count_actions(planned)
     console.print(f"[bold]{config.out_dir()}[/]: {len(planned)} cell(s): "
                   + ", ".join(f"{n} {a}" for a, n in counts.items()))
-    executor = make_executor(config.executor, len(device_slots(config)))
+    executor = make_executor(config)
     received: list[int] = []
     previous = {sig: signal.signal(sig, lambda s, _f: received.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
     display = LiveDisplay(len(planned))
@@ -280,12 +281,117 @@ class LiveDisplay:
                 console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""), highlight=False)
 
 
+@app.command()
+def plot(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read (recursively).")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the figures. [default: RESULTS_DIR/plots]")] = None,
+    x: Annotated[str, typer.Option(help="x axis: iterations (in 1e4, as the paper) or epochs.")] = "iterations",
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated file formats: png, pdf, svg.")] = "png",
+) -> None:
+    """Figure 1 (train | test error per kind) and Figure 6 (plain | residual) style curves, seeds averaged."""
+    from .plots import build_figures, parse_formats, save_figures
+    from .tables import load_results
+
+    chosen_formats = parse_formats(formats)
+    runs, warnings = load_results(results_dir)
+    for line in warnings:
+        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    figures = build_figures(runs, x=x)
+    out_dir = out or results_dir / "plots"
+    ensure_writable_dir(out_dir)
+    for path in save_figures(figures, out_dir, chosen_formats):
+        console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def table(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read (recursively).")],
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the numbers (unrounded columns) to this CSV file.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for papers and READMEs) instead.")] = False,
+) -> None:
+    """Table 6 style summary: one row per dataset x kind x depth, seeds as mean ± std, beside the paper."""
+    from rich import box
+    from rich.text import Text
+
+    from .tables import display_table, load_results, summarize, to_markdown, write_csv
+
+    runs, warnings = load_results(results_dir)
+    for line in warnings:
+        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    summary = summarize(runs)
+    if csv is not None:
+        write_csv(summary, csv)
+        errors.print(f"wrote {csv}", markup=False, highlight=False, soft_wrap=True)  # stdout stays the table
+    if markdown:
+        print(to_markdown(summary), end="")
+    else:
+        headers, rows, notes = display_table(summary)
+        datasets = ", ".join(summary["dataset"].unique())
+        view = Table(title=Text(f"{results_dir} ({datasets}): errors by depth"), box=box.SIMPLE_HEAD, show_edge=False,
+                     pad_edge=False, collapse_padding=True)
+        for i, header in enumerate(headers):  # numbers never wrap; long headers wrap onto two lines at most
+            width = max([len(row[i]) for row in rows] + [len(word) for word in header.split()] + [min(len(header), 11)])
+            view.add_column(header, justify="left" if header in ("dataset", "kind") else "right", width=width)
+        for row in rows:
+            view.add_row(*row)
+        console.print(view)
+        for note in notes:
+            console.print(f"[dim]{note}[/]", highlight=False)
+
+
+@app.command()
+def bench(
+    depths: Annotated[str, typer.Option(help="Comma-separated depths (6n+2).")] = "20,56,110",
+    kind: Annotated[str, typer.Option(help="plain or residual.")] = "residual",
+    device: Device = None,
+    iterations: Annotated[int, typer.Option(help="Timed training steps per window.")] = 30,
+    warmup: Annotated[int, typer.Option(help="Untimed steps per path and depth first (compilation included).")] = 10,
+    rounds: Annotated[int, typer.Option(help="Windows per path, resdepth and naive alternating; the median counts.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size (images).")] = 128,
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes of the naive recipe.")] = 2,
+    naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Time the naive PIL + DataLoader recipe too.")] = True,
+    threads: Threads = None, precision: Precision = None, channels_last: ChannelsLast = None, compile: Compile = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="CIFAR-10 folder (torchvision's download) instead of synthetic images.")] = None,
+    synthetic_train: Annotated[int, typer.Option(help="Synthetic training images (both paths draw batches from them).")] = 4096,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows, every window included, to this JSON file.")] = None,
+) -> None:
+    """Images/s of resdepth's training step vs the common PIL + DataLoader recipe, FLOP/s and peak memory."""
+    import json
+    from dataclasses import asdict
+
+    from .bench import BenchConfig, run_benchmark
+
+    data = (DataConfig(dataset="cifar10", data_dir=data_dir) if data_dir else
+            DataConfig(dataset="synthetic", synthetic_train=synthetic_train, synthetic_test=16))
+    config = BenchConfig(depths=tuple(_csv(int)(depths) or ()), kind=kind, device=device or "auto", iterations=iterations,
+                         warmup=warmup, rounds=rounds, batch_size=batch_size, num_workers=num_workers, naive=naive,
+                         threads=threads, precision=precision or "auto", channels_last=channels_last, compile=compile, data=data)
+    rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
+    if json_out is not None:
+        json_out.write_text(json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    first = rows[0]
+    view = Table(title=f"{kind} training throughput on {first.device_name} ({first.device}, {first.threads} threads, "
+                       f"{first.precision}, channels_last {'on' if first.channels_last else 'off'}, "
+                       f"compile {'on' if first.compile else 'off'})",
+                 caption=f"achieved FLOP/s = 3 x 2 x forward multiply-adds x resdepth img/s; memory: {first.memory_measure}")
+    for column in ("depth", "resdepth img/s", "naive img/s", "ratio", "achieved GFLOP/s", "matmul GFLOP/s",
+                   "% of matmul peak", "peak MB resdepth / naive"):
+        view.add_column(column, justify="right")
+    dash = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
+    for row in rows:
+        view.add_row(str(row.depth), f"{row.resdepth_images_per_second:,.0f}", dash(row.naive_images_per_second, ",.0f"),
+                     dash(row.speedup, ".2f") + ("x" if row.speedup else ""), f"{row.achieved_gflops:.1f}",
+                     f"{row.matmul_gflops:.1f}", f"{row.peak_fraction * 100:.0f}%",
+                     f"{row.resdepth_peak_memory_mb:,.0f} / {dash(row.naive_peak_memory_mb, ',.0f')}")
+    console.print(view)
+
+
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2, never a traceback."""
     try:
         app()  # click itself turns usage errors into a message and exit code 2
     except UserError as exc:
-        errors.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
         sys.exit(2)
 
 

@@ -39,6 +39,8 @@ class SweepConfig:
     jobs: int = 1  # CPU jobs at once; each gets cores/jobs torch threads
     gpus: list[int] | None = None  # None: every visible GPU when the device is auto/cuda
     jobs_per_gpu: int = 1
+    ray_address: str | None = None  # ray: auto or HOST:PORT of a cluster; None: $RAY_ADDRESS, else a new local one
+    gpus_per_job: float = 1.0  # ray: the GPU share each cell asks for (0.5: two cells per GPU)
     retry_failed: bool = False  # run failed and diverged cells again (from their last checkpoint)
     force: bool = False  # start mismatched run folders over, keeping the old ones renamed aside
 
@@ -91,7 +93,9 @@ def make_cells(sweep: SweepConfig) -> list[Cell]:
 
 
 def device_slots(sweep: SweepConfig) -> list[str]:
-    """One entry per concurrent job: a GPU (repeated jobs_per_gpu times) or 'cpu'."""
+    """One entry per concurrent job: a GPU (repeated jobs_per_gpu times) or 'cpu'; with Ray, one per cell."""
+    if sweep.executor == "ray":  # every cell is submitted at once; Ray places each where its share is free
+        return ["ray"] * (len(sweep.depths) * len(sweep.kinds) * len(sweep.seeds))
     device = sweep.train.device
     gpus = sweep.gpus
     if gpus is None and device in ("auto", "cuda"):

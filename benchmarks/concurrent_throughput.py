@@ -1,0 +1,125 @@
+"""Aggregate training images/s of N resdepth jobs sharing one device, per depth, and the Figure 6 sweep time
+extrapolated from them. A helper of benchmarks/gpu_bench.sh; it also runs on a CPU (for its own check).
+
+Each job is a process running the real Trainer (`resdepth.bench.OwnPath`, as `resdepth train` runs it).
+For each depth all jobs set up and warm up, wait at a barrier, run `--steps` timed steps and report their
+start and end times; the aggregate is all jobs' images over the span from the first start to the last end
+(CLOCK_MONOTONIC is shared by the processes of one Linux machine).
+
+    python benchmarks/concurrent_throughput.py --device cuda --jobs 1,2,4 --depths 20,56,110 --out c.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import queue
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FIGURE6_DEPTHS = (20, 32, 44, 56, 110)  # sweeps/figure6.toml: plain and residual at each depth
+FIGURE6_KINDS = ("plain", "residual")
+PAPER_ITERATIONS, PAPER_BATCH = 64_000, 128  # §4.2
+
+
+def job(rank: int, args: argparse.Namespace, barrier: Any, results: Any) -> None:
+    import torch
+
+    from resdepth.bench import BenchConfig, OwnPath, synchronize
+    from resdepth.data import DataConfig, load_dataset
+
+    config = BenchConfig(depths=tuple(args.depths), device=args.device, iterations=args.steps, warmup=args.warmup,
+                         rounds=1, batch_size=args.batch_size, naive=False,
+                         data=DataConfig(dataset="synthetic", synthetic_train=args.train_images, synthetic_test=16))
+    device = torch.device(args.device)
+    dataset = load_dataset(config.data)
+    with tempfile.TemporaryDirectory(prefix=f"resdepth-job{rank}-") as run_dir:
+        for depth in args.depths:
+            path = OwnPath(config, depth, device, dataset, Path(run_dir))  # set-up and warm-up steps
+            barrier.wait()
+            start = time.monotonic()
+            path.run(args.steps)
+            synchronize(device)
+            results.put({"rank": rank, "depth": depth, "start": start, "end": time.monotonic()})
+            del path
+            barrier.wait()  # the next depth starts together
+
+
+def measure(args: argparse.Namespace, jobs: int) -> list[dict[str, Any]]:
+    context = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    barrier, results = context.Barrier(jobs), context.Queue()
+    processes = [context.Process(target=job, args=(rank, args, barrier, results)) for rank in range(jobs)]
+    for process in processes:
+        process.start()
+    try:
+        reports = [results.get(timeout=args.timeout) for _ in range(jobs * len(args.depths))]
+    except queue.Empty:
+        for process in processes:
+            process.terminate()
+        raise SystemExit(f"a job sent no report within {args.timeout:.0f} s (its traceback, if any, is above)") from None
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise SystemExit(f"a job process failed with exit code {process.exitcode}")
+    rows = []
+    for depth in args.depths:
+        mine = [r for r in reports if r["depth"] == depth]
+        span = max(r["end"] for r in mine) - min(r["start"] for r in mine)
+        per_job = [args.steps * args.batch_size / (r["end"] - r["start"]) for r in mine]
+        rows.append({"jobs": jobs, "depth": depth, "aggregate_images_per_second": jobs * args.steps * args.batch_size / span,
+                     "per_job_images_per_second": per_job})
+    return rows
+
+
+def seconds_per_image(rows: list[dict[str, Any]], jobs: int, depth: int) -> float:
+    """Measured at the depths run; linear in depth between them (a net's cost grows linearly with its depth)."""
+    measured = sorted((r["depth"], 1 / r["aggregate_images_per_second"]) for r in rows if r["jobs"] == jobs)
+    for (d0, t0), (d1, t1) in zip(measured, measured[1:]):
+        if d0 <= depth <= d1:
+            return t0 + (t1 - t0) * (depth - d0) / (d1 - d0)
+    (d0, t0), (d1, t1) = (measured[0], measured[-1])
+    return t0 if depth <= d0 else t1 * depth / d1
+
+
+def extrapolate_figure6(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """EXTRAPOLATION: hours for the Figure 6 sweep (10 cells x 64k iterations), training steps only, plain nets
+    costed as residual ones, cells run `jobs` at a time beside cells of the same depth."""
+    estimates = []
+    for jobs in sorted({r["jobs"] for r in rows}):
+        seconds = sum(PAPER_ITERATIONS * PAPER_BATCH * seconds_per_image(rows, jobs, depth)
+                      for depth in FIGURE6_DEPTHS for _ in FIGURE6_KINDS)
+        estimates.append({"jobs_per_gpu": jobs, "figure6_hours_extrapolated": seconds / 3600})
+    return estimates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--jobs", default="1,2,4", help="comma-separated numbers of concurrent jobs")
+    parser.add_argument("--depths", default="20,56,110")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per job and depth")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=PAPER_BATCH)
+    parser.add_argument("--train-images", type=int, default=4096)
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for any one job's report")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    args.depths = [int(d) for d in args.depths.split(",")]
+    rows = [row for jobs in (int(j) for j in args.jobs.split(",")) for row in measure(args, jobs)]
+    result = {"device": args.device, "steps": args.steps, "batch_size": args.batch_size, "rows": rows,
+              "figure6_extrapolation": extrapolate_figure6(rows)}
+    for row in rows:
+        print(f"{row['jobs']} job(s) depth {row['depth']:>3}: {row['aggregate_images_per_second']:10,.0f} img/s aggregate "
+              f"(per job {', '.join(f'{x:,.0f}' for x in row['per_job_images_per_second'])})")
+    for estimate in result["figure6_extrapolation"]:
+        print(f"EXTRAPOLATED Figure 6 sweep (10 cells x 64k iterations, training steps only) at "
+              f"{estimate['jobs_per_gpu']} job(s)/GPU: {estimate['figure6_hours_extrapolated']:.2f} h")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The GPU half of issue #5, for one call of at most 8 minutes on one H100 (written on a CPU-only machine: not yet run).
+#
+#   bash benchmarks/gpu_bench.sh                 # synthetic images of CIFAR-10's size (50k train, 10k test)
+#   CIFAR_DIR=/path/to/cifar bash benchmarks/gpu_bench.sh   # CIFAR-10 (torchvision's cifar-10-batches-py) instead
+#   DEVICE=cpu DEPTHS=8 BENCH_ITERS=3 WARMUP=1 CONC_STEPS=3 WORKERS=1 TRAIN_ITERS=40 SYNTH_TRAIN=512 SYNTH_TEST=64 \
+#     PY=.venv/bin/python bash benchmarks/gpu_bench.sh   # a CPU smoke test of the script itself (about a minute)
+#
+# Results go to $OUT (the device tool's folder; else ./gpu-bench-out), at most 8 files:
+#   env.txt, bench.log + bench.json, concurrent.log + concurrent.json, train.log + metrics.csv, and summary.txt.
+# Steps, each with its own time limit, cheapest first, so that a slow step cannot starve the later ones:
+#   1. environment                                                               ~10 s
+#   2. resdepth bench: depths 20/56/110, resdepth vs the naive PIL + DataLoader recipe     <= 110 s
+#   3. 1, 2 and 4 concurrent jobs per GPU x depths 20/56/110, aggregate img/s, and the
+#      Figure 6 sweep time EXTRAPOLATED from them                                          <= 130 s
+#   4. a full 64k-iteration ResNet-20 run (`resdepth train`, the defaults: tf32, channels_last,
+#      fused SGD), cut at the time left; a cut run reports how far it got and its pace     the rest
+set -u
+START=$(date +%s)
+BUDGET=${BUDGET:-465}  # seconds for the whole script: 8 minutes less the tool's transfers
+OUT=${OUT:-gpu-bench-out}
+PY=${PY:-python3}  # the device image's python3 holds torch, torchvision, typer, rich and pandas
+DEVICE=${DEVICE:-cuda} DEPTHS=${DEPTHS:-20,56,110} WORKERS=${WORKERS:-8}  # 8 of the 16 cores load the naive recipe
+BENCH_ITERS=${BENCH_ITERS:-200} WARMUP=${WARMUP:-30} CONC_STEPS=${CONC_STEPS:-150}
+TRAIN_ITERS=${TRAIN_ITERS:-64000} SYNTH_TRAIN=${SYNTH_TRAIN:-50000} SYNTH_TEST=${SYNTH_TEST:-10000}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 COLUMNS=160
+RESDEPTH="$PY -m resdepth.cli"
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+
+if [ -n "${CIFAR_DIR:-}" ]; then
+  BENCH_DATA=(--data-dir "$CIFAR_DIR")
+  TRAIN_DATA=(--dataset cifar10 --data-dir "$CIFAR_DIR")
+else
+  BENCH_DATA=()
+  TRAIN_DATA=(--dataset synthetic --synthetic-train "$SYNTH_TRAIN" --synthetic-test "$SYNTH_TEST")
+fi
+
+# 1. environment
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  nproc; grep -m1 "model name" /proc/cpuinfo
+  $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cudnn', torch.backends.cudnn.version())"
+  git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head -20; } > "$OUT/env.txt" 2>&1
+
+# 2. resdepth vs the naive recipe, alternating in one process
+timeout 110 $RESDEPTH bench --device "$DEVICE" --depths "$DEPTHS" --iterations "$BENCH_ITERS" --warmup "$WARMUP" \
+  --rounds 3 --num-workers "$WORKERS" "${BENCH_DATA[@]}" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+echo "bench exit $? at $(( $(date +%s) - START )) s" >> "$OUT/bench.log"
+
+# 3. concurrent jobs per GPU, and the extrapolated Figure 6 sweep time
+timeout 130 $PY benchmarks/concurrent_throughput.py --device "$DEVICE" --jobs 1,2,4 --depths "$DEPTHS" \
+  --steps "$CONC_STEPS" --warmup "$WARMUP" --timeout 100 --out "$OUT/concurrent.json" > "$OUT/concurrent.log" 2>&1
+echo "concurrent exit $? at $(( $(date +%s) - START )) s" >> "$OUT/concurrent.log"
+
+# 4. the full paper-length ResNet-20 run, in whatever time is left (10 s kept for the summary)
+RUN_DIR=$(mktemp -d)/resnet20
+TRAIN_SECONDS=$(( $(left) - 10 ))
+if [ "$TRAIN_SECONDS" -gt 30 ]; then
+  timeout --signal=TERM "$TRAIN_SECONDS" $RESDEPTH train --depth 20 --kind residual --device "$DEVICE" --iterations "$TRAIN_ITERS" \
+    "${TRAIN_DATA[@]}" --out "$RUN_DIR" > "$OUT/train.log" 2>&1
+  echo "train exit $? after a limit of $TRAIN_SECONDS s" >> "$OUT/train.log"
+  cp "$(find "$RUN_DIR" -name metrics.csv | head -1)" "$OUT/metrics.csv" 2>/dev/null
+else
+  echo "no time left for the 64k run" > "$OUT/train.log"
+fi
+
+# 5. one summary: the bench table, the concurrency rows, the run's pace and the (labelled) extrapolations
+$PY - "$OUT" "$TRAIN_ITERS" > "$OUT/summary.txt" 2>&1 <<'EOF'
+import json, sys
+from pathlib import Path
+out, iterations = Path(sys.argv[1]), int(sys.argv[2])
+def load(name):
+    try:
+        return json.loads((out / name).read_text())
+    except (OSError, ValueError):
+        return None
+bench = load("bench.json")
+if bench:
+    for r in bench["rows"]:
+        print(f"bench depth {r['depth']}: resdepth {r['resdepth_images_per_second']:,.0f} img/s, naive "
+              f"{r['naive_images_per_second'] or 0:,.0f} img/s, ratio {r['speedup'] or 0:.2f}x, "
+              f"{r['achieved_gflops']:,.0f} GFLOP/s = {r['peak_fraction']*100:.0f}% of a {r['matmul_gflops']:,.0f} GFLOP/s "
+              f"{r['precision']} matmul, peak {r['resdepth_peak_memory_mb']:,.0f} MB vs {r['naive_peak_memory_mb'] or 0:,.0f} MB")
+concurrent = load("concurrent.json")
+if concurrent:
+    for r in concurrent["rows"]:
+        print(f"{r['jobs']} job(s)/GPU depth {r['depth']}: {r['aggregate_images_per_second']:,.0f} img/s aggregate")
+    for e in concurrent["figure6_extrapolation"]:
+        print(f"EXTRAPOLATION (from the rows above, training steps only): Figure 6 sweep at {e['jobs_per_gpu']} "
+              f"job(s)/GPU = {e['figure6_hours_extrapolated']:.2f} h")
+try:
+    import pandas as pd
+    m = pd.read_csv(out / "metrics.csv")
+    last = m.iloc[-1]
+    seconds = m["epoch_seconds"].sum()
+    pace = last["iteration"] / seconds
+    print(f"ResNet-20 run: {int(last['iteration'])} of {iterations} iterations in {seconds:.0f} s of training epochs "
+          f"({m['images_per_second'].iloc[1:].median() if len(m) > 1 else last['images_per_second']:,.0f} img/s median epoch), "
+          f"test error {last['test_error']:.2f}% at epoch {int(last['epoch'])}")
+    if last["iteration"] < iterations:
+        print(f"EXTRAPOLATION: the whole run would take {iterations / pace / 60:.1f} min of training epochs at this pace")
+except Exception as exc:  # no run, or no finished epoch
+    print(f"64k run: no metrics ({type(exc).__name__})")
+EOF
+cat "$OUT/summary.txt"

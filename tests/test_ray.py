@@ -1,0 +1,141 @@
+"""The Ray executor on a real local cluster: same numbers as in-process, a killed worker resumed, interrupts, errors."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import RESDEPTH, tiny_config
+from resdepth.errors import UserError
+from resdepth.executors import ATTEMPT_FILE, SequentialExecutor, make_executor, probe_folder, run_ray_cell
+from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config, write_json
+from resdepth.sweep import SweepConfig, SweepProgress, plan_sweep, run_sweep
+
+TIMING = ["epoch_seconds", "images_per_second"]
+TINY_ARGS = ["--depths", "8", "--epochs", "2", "--dataset", "synthetic", "--synthetic-train", "128",
+             "--synthetic-test", "64", "--batch-size", "32", "--threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A one-node Ray cluster with 2 CPUs, started by this process and stopped with it; yields its address."""
+    ray = pytest.importorskip("ray")
+    context = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
+                       logging_level=logging.WARNING)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+def tiny_sweep(out: Path, **changes) -> SweepConfig:
+    return replace(SweepConfig(depths=[8], kinds=["plain", "residual"], seeds=[0], out=str(out), train=tiny_config()),
+                   **changes)
+
+
+def run(sweep: SweepConfig, executor=None, **options):
+    planned = plan_sweep(sweep)
+    return planned, run_sweep(sweep, executor or make_executor(sweep), planned, poll_seconds=0.05, **options)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same metrics (timing columns aside) and bit-identical final weights."""
+    pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv").drop(columns=TIMING),
+                                  pd.read_csv(b / "metrics.csv").drop(columns=TIMING))
+    wa, wb = (torch.load(d / "checkpoint.pt", weights_only=False)["model"] for d in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def rows(run_dir: Path) -> int:
+    path = run_dir / "metrics.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+# ---------------------------------------------------------------------------------------------- without a cluster
+def test_without_ray_installed_the_ray_executor_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(UserError, match=r'--executor ray needs Ray.*pip install "resdepth\[ray\]"'):
+        make_executor(tiny_sweep(tmp_path, executor="ray"))
+
+
+def test_a_gpu_share_outside_zero_to_one_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"--gpus-per-job must be in \(0, 1\]"):
+        make_executor(tiny_sweep(tmp_path, executor="ray", gpus_per_job=2))
+
+
+def test_the_folder_probe_tells_a_node_without_the_shared_folder(tmp_path):
+    probe = tmp_path / ".ray-probe-abc"
+    assert "is not this folder there" in probe_folder(probe, "abc")
+    probe.write_text("abc")
+    assert probe_folder(probe, "abc") is None and sorted(tmp_path.iterdir()) == [probe]
+
+
+def test_a_retry_takes_over_the_lock_its_lost_attempt_left_on_another_node(tmp_path):
+    run_dir = tmp_path / "plain-8-s0"
+    run_dir.mkdir()
+    write_config(run_dir, asdict(tiny_config(kind="plain")))
+    RunStatus(state="running").write(run_dir)  # fresh progress: the lock does not look stale by age
+    lost = {"host": "lost-node", "pid": 4242}
+    write_json(run_dir / LOCK_FILE, {**lost, "time": time.time()})
+    write_json(run_dir / ATTEMPT_FILE, {**lost, "token": "first-submission"})
+    assert run_ray_cell(run_dir, "cpu", 1, "another-submission").state == "busy"  # someone else's lock is respected
+    assert run_ray_cell(run_dir, "cpu", 1, "first-submission").state == "done"
+    assert not (run_dir / LOCK_FILE).exists() and not (run_dir / ATTEMPT_FILE).exists()
+
+
+# ---------------------------------------------------------------------------------------------- on a local cluster
+def test_cli_ray_sweep_gives_the_sequential_executors_numbers(ray_cluster, tmp_path, cli_env):
+    _, sequential = run(tiny_sweep(tmp_path / "seq"), SequentialExecutor())
+    command = [RESDEPTH, "sweep", "--executor", "ray", "--address", ray_cluster, *TINY_ARGS, "--out", "ray"]
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("plain-8-s0", "residual-8-s0"):
+        assert RunStatus.read(tmp_path / "ray" / name).state == "done"
+        assert_same_run(tmp_path / "seq" / name, tmp_path / "ray" / name)
+        assert not (tmp_path / "ray" / name / ATTEMPT_FILE).exists()
+    saved = read_json(tmp_path / "ray" / "sweep.json")
+    assert (saved["executor"], saved["ray_address"]) == ("ray", ray_cluster)
+    again = plan_sweep(replace(tiny_sweep(tmp_path / "ray"), executor="ray"))
+    assert [p.action for p in again] == ["skip-done", "skip-done"]
+
+
+def test_a_killed_worker_is_run_again_from_its_checkpoint_and_ends_identical(ray_cluster, tmp_path):
+    train = tiny_config(kind="plain", epochs=8)
+    run(tiny_sweep(tmp_path / "seq", kinds=["plain"], train=train), SequentialExecutor())
+    sweep = tiny_sweep(tmp_path / "ray", kinds=["plain"], train=train, executor="ray")
+    run_dir = tmp_path / "ray" / "plain-8-s0"
+    killed: list[tuple[int, int]] = []  # (pid, rows written when killed)
+
+    def kill_once_two_epochs_are_in(_: SweepProgress) -> None:
+        owner = read_json(run_dir / LOCK_FILE)
+        if not killed and owner and rows(run_dir) >= 2:
+            os.kill(owner["pid"], signal.SIGKILL)  # the Ray worker process training the cell
+            killed.append((owner["pid"], rows(run_dir)))
+
+    _, outcomes = run(sweep, on_progress=kill_once_two_epochs_are_in)
+    assert killed and killed[0][1] < 8, "the run finished before it could be killed"
+    assert outcomes["plain-8-s0"].state == "done"
+    assert RunStatus.read(run_dir).pid != killed[0][0]  # finished by another worker
+    assert_same_run(tmp_path / "seq" / "plain-8-s0", run_dir)
+
+
+def test_interrupt_checkpoints_the_running_cell_and_cancels_waiting_ones(ray_cluster, tmp_path):
+    train = tiny_config(epochs=6, threads=2)  # each task asks for 2 CPUs: one cell runs, three wait
+    sweep = tiny_sweep(tmp_path, seeds=[0, 1], train=train, executor="ray")
+    cells = [tmp_path / f"{kind}-8-s{seed}" for kind in ("plain", "residual") for seed in (0, 1)]
+    _, outcomes = run(sweep, stop_requested=lambda: any(rows(cell) >= 1 for cell in cells))
+    assert {o.state for o in outcomes.values()} == {"interrupted"} and len(outcomes) == 4
+    assert sorted(o.error or "" for o in outcomes.values()) == ["", *["cancelled before it started"] * 3]
+    [started] = [cell for cell in cells if (cell / "checkpoint.pt").exists()]
+    status = RunStatus.read(started)
+    assert status.state == "interrupted" and 0 < status.iteration < status.iterations
+    assert not any((cell / LOCK_FILE).exists() for cell in cells)
+    planned, outcomes = run(sweep)  # the same command again: resume the one, start the other three
+    assert sorted(p.action for p in planned) == ["new", "new", "new", "resume"]
+    assert {o.state for o in outcomes.values()} == {"done"}
