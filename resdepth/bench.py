@@ -162,7 +162,7 @@ def make_row(config: BenchConfig, depth: int, device: torch.device, trainer: Tra
     return BenchRow(
         kind=config.kind, depth=depth, device=str(device), device_name=device_name(device),
         threads=torch.get_num_threads(), precision=resolved_precision(config.precision, device),
-        channels_last=trainer.channels_last, compile=trainer.config.compile,
+        channels_last=trainer.channels_last, compile=trainer.compiled,
         resdepth_images_per_second=own_ips, naive_images_per_second=naive_ips,
         speedup=own_ips / naive_ips if naive_ips else None, forward_multiply_adds=multiply_adds,
         achieved_gflops=achieved, matmul_gflops=matmul, peak_fraction=achieved / matmul,

@@ -65,7 +65,7 @@ Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. 
 Threads = Annotated[Optional[int], typer.Option(help="Torch CPU threads per job. [default: cores / jobs]")]
 Precision = Annotated[Optional[str], typer.Option(help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast; BN stays fp32). [default: auto]")]
 ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (measured faster on CPU and GPU). [default: on]")]
-Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the network (pays off on long runs). [default: off]")]
+Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step (+14% img/s on CPU after 1-2 min of compiling). [default: on for CPU runs of >= 2000 iterations, else off]")]
 Out = Annotated[Optional[Path], typer.Option(help="Results folder; one sub-folder per run. [default: results/<name or dataset>]")]
 Force = Annotated[bool, typer.Option(help="Start run folders whose config differs over (old folders are kept, renamed).")]
 

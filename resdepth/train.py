@@ -24,6 +24,7 @@ from .models import CifarNet, build_model, count_parameters
 from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
                       metric_columns, write_config)
 
+COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 WARMUP_MODES = ("auto", "on", "off")
@@ -52,7 +53,9 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None: torch's default (all cores)
     precision: str = "auto"  # auto: fp32 on CPU, tf32 on CUDA (PyTorch's own default for convolutions)
     channels_last: bool | None = None  # None: on (NHWC runs oneDNN's/cuDNN's native kernels: +19% img/s on 2 CPU cores, BENCHMARKS.md)
-    compile: bool = False  # torch.compile: +14% img/s on CPU after 1-2 min of compiling per process; long runs only
+    # torch.compile: +14% img/s on CPU (BENCHMARKS.md) after 1-2 min of compiling per process, so None (auto)
+    # turns it on for CPU runs of >= COMPILE_MIN_ITERATIONS, where that is repaid; off on CUDA until measured there
+    compile: bool | None = None
     eval_batch_size: int = 1000
 
     @classmethod
@@ -167,7 +170,8 @@ class Trainer:
         implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay, **implementation)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.compiled = uses_compile(config, device)
+        self.forward = torch.compile(self.model) if self.compiled else self.model  # training steps only
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.iteration, self.epoch, self.csv_rows = 0, 0, 0
         self.warming_up = config.uses_warmup()
@@ -293,11 +297,17 @@ class Trainer:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             target = labels[start:start + self.config.eval_batch_size]
             with self.autocast():
-                logits = self.forward(batch)
+                logits = self.model(batch)  # eager: compiling eval-mode graphs too would double the compile time
             loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
             wrong += (logits.argmax(1) != target).sum()
         self.model.train()
         return loss_sum.item() / len(labels), wrong.item() / len(labels) * 100
+
+
+def uses_compile(config: TrainConfig, device: torch.device) -> bool:
+    if config.compile is not None:
+        return config.compile
+    return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
 
 
 def precision_context(precision: str, device: torch.device) -> Callable[[], Any]:
