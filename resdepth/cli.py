@@ -6,7 +6,7 @@ cells ended (0 all done, 1 some failed, 3 some diverged, 130/143 interrupted).
 
 from __future__ import annotations
 
-import os
+import inspect
 import signal
 import sys
 from dataclasses import fields, replace
@@ -70,13 +70,31 @@ Out = Annotated[Optional[Path], typer.Option(help="Results folder; one sub-folde
 Force = Annotated[bool, typer.Option(help="Start run folders whose config differs over (old folders are kept, renamed).")]
 
 TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
-GRID_FIELDS = {"kind", "depth", "seed"}  # set per cell by the sweep grid, never as a plain override
 DATA_OPTIONS = {f.name for f in fields(DataConfig)}
+
+
+SHARED_OPTIONS = {  # name -> typed option alias; given to `train` and `sweep` by `with_training_options`
+    "shortcut": Shortcut, "iterations": Iterations, "epochs": Epochs, "batch_size": BatchSize, "lr": Lr,
+    "momentum": Momentum, "weight_decay": WeightDecay, "warmup": Warmup, "warmup_min_depth": WarmupMinDepth,
+    "dataset": Dataset, "data_dir": DataDir, "train_size": TrainSize, "test_size": TestSize, "val_size": ValSize,
+    "synthetic_train": SyntheticTrain, "synthetic_test": SyntheticTest, "augment": Augment, "device": Device,
+    "threads": Threads, "precision": Precision, "channels_last": ChannelsLast, "compile": Compile,
+}
+
+
+def with_training_options(command: Any) -> Any:
+    """Declare the shared training options once: they replace the command's **options in the signature Typer reads."""
+    signature = inspect.signature(command, eval_str=True)  # real annotations: Typer reads them from here
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=alias)
+              for name, alias in SHARED_OPTIONS.items()]
+    command.__signature__ = signature.replace(parameters=own + shared)
+    return command
 
 
 def apply_overrides(train: TrainConfig, options: dict[str, Any]) -> TrainConfig:
     """Command-line values that were given replace those of the config (or sweep file)."""
-    given = {k: v for k, v in options.items() if v is not None and k not in GRID_FIELDS}
+    given = {k: v for k, v in options.items() if v is not None}
     data = replace(train.data, **{k: v for k, v in given.items() if k in DATA_OPTIONS})
     return replace(train, **{k: v for k, v in given.items() if k in TRAIN_OPTIONS}, data=data)
 
@@ -98,26 +116,21 @@ def models(
 
 
 @app.command()
+@with_training_options
 def train(
     depth: Annotated[int, typer.Option(help="Layers, 6n+2: 20, 32, 44, 56, 110, 1202 (8, 14 for quick tests).")] = T.depth,
     kind: Annotated[str, typer.Option(help="plain or residual.")] = T.kind,
     seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation.")] = T.seed,
-    shortcut: Shortcut = None, iterations: Iterations = None, epochs: Epochs = None, batch_size: BatchSize = None,
-    lr: Lr = None, momentum: Momentum = None, weight_decay: WeightDecay = None, warmup: Warmup = None,
-    warmup_min_depth: WarmupMinDepth = None, dataset: Dataset = None, data_dir: DataDir = None,
-    train_size: TrainSize = None, test_size: TestSize = None, val_size: ValSize = None,
-    synthetic_train: SyntheticTrain = None, synthetic_test: SyntheticTest = None, augment: Augment = None,
-    device: Device = None, threads: Threads = None, precision: Precision = None, channels_last: ChannelsLast = None,
-    compile: Compile = None, out: Out = None, force: Force = False,
+    out: Out = None, force: Force = False, **options: Any,
 ) -> None:
     """Train one network with the paper's protocol (resumes if its folder holds a checkpoint)."""
-    options = dict(locals())
     base = apply_overrides(TrainConfig(), options)
     sweep = SweepConfig(depths=[depth], kinds=[kind], seeds=[seed], out=str(out) if out else None, train=base, force=force)
     raise typer.Exit(execute(sweep, dry_run=False))
 
 
 @app.command()
+@with_training_options
 def sweep(
     sweep_file: Annotated[Optional[Path], typer.Argument(help="TOML sweep file (see sweeps/); options given here override it.")] = None,
     depths: Annotated[Optional[str], typer.Option(help="Comma-separated depths (6n+2). [default: 20,32,44,56]")] = None,
@@ -133,16 +146,9 @@ def sweep(
     gpus_per_job: Annotated[Optional[float], typer.Option(help="--executor ray: GPU share of each cell, e.g. 0.5 for two per GPU. [default: 1]")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run failed and diverged cells again from their last checkpoint.")] = False,
     dry_run: Annotated[bool, typer.Option(help="List the cells, their folders and devices; train nothing.")] = False,
-    shortcut: Shortcut = None, iterations: Iterations = None, epochs: Epochs = None, batch_size: BatchSize = None,
-    lr: Lr = None, momentum: Momentum = None, weight_decay: WeightDecay = None, warmup: Warmup = None,
-    warmup_min_depth: WarmupMinDepth = None, dataset: Dataset = None, data_dir: DataDir = None,
-    train_size: TrainSize = None, test_size: TestSize = None, val_size: ValSize = None,
-    synthetic_train: SyntheticTrain = None, synthetic_test: SyntheticTest = None, augment: Augment = None,
-    device: Device = None, threads: Threads = None, precision: Precision = None, channels_last: ChannelsLast = None,
-    compile: Compile = None, out: Out = None, force: Force = False,
+    out: Out = None, force: Force = False, **options: Any,
 ) -> None:
     """Train every cell of depths x kinds x seeds; finished cells are skipped, unfinished ones resumed."""
-    options = dict(locals())
     if resume is not None and sweep_file is not None:
         raise UserError("give either a sweep file or --resume RESULTS_DIR, not both")
     config = load_saved_sweep(resume) if resume else load_sweep_file(sweep_file) if sweep_file else SweepConfig()
