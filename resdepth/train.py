@@ -333,9 +333,9 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
     if config.threads:
         torch.set_num_threads(config.threads)
     dataset = dataset or load_dataset(config.data)
-    write_config(run_dir, {**asdict(config), "resolved": describe_run(config, dataset), "environment": environment(device)})
-    config = resolve_iterations(config, len(dataset.train_labels))
-    trainer = Trainer(config, run_dir, device, dataset)
+    trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
+    write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, dataset), "environment": environment(device)})
+    config = trainer.config
     trainer.try_resume()
     has_val = dataset.val_labels is not None
     writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=trainer.csv_rows)
@@ -377,15 +377,14 @@ def dataset_split(trainer: Trainer, split: str) -> tuple[torch.Tensor, torch.Ten
     return (data.test_images, data.test_labels) if split == "test" else (data.val_images, data.val_labels)  # type: ignore[return-value]
 
 
-def describe_run(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
+def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:
     """The resolved settings stored in config.json beside the raw config."""
-    resolved = resolve_iterations(config, len(dataset.train_labels))
-    spe = steps_per_epoch(len(dataset.train_labels), config.batch_size)
-    model = build_model(config.kind, config.depth, num_classes=dataset.num_classes, shortcut=config.shortcut)  # type: ignore[arg-type]
+    config = trainer.config
     return {
-        "iterations": resolved.iterations, "steps_per_epoch": spe, "epochs": math.ceil(resolved.iterations / spe),
-        "lr_milestone_iterations": [round(m * resolved.iterations) for m in config.lr_milestones],
-        "warmup": config.uses_warmup(), "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
+        "iterations": config.iterations, "steps_per_epoch": trainer.steps_per_epoch, "epochs": trainer.epochs,
+        "lr_milestone_iterations": [round(m * config.iterations) for m in config.lr_milestones],
+        "warmup": config.uses_warmup(), "compile": trainer.compiled, "channels_last": trainer.channels_last,
+        "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
         "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
-        "params": count_parameters(model),
+        "params": count_parameters(trainer.model),
     }
