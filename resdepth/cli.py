@@ -287,6 +287,16 @@ class LiveDisplay:
                 console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""), highlight=False)
 
 
+def read_runs(results_dir: Path) -> list[Any]:
+    """The readable runs under results_dir; each skipped run folder gets one warning line on stderr."""
+    from .results import load_runs
+
+    runs, warnings = load_runs(results_dir)
+    for line in warnings:
+        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    return runs
+
+
 @app.command()
 def plot(
     results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read (recursively).")],
@@ -296,12 +306,9 @@ def plot(
 ) -> None:
     """Figure 1 (train | test error per kind) and Figure 6 (plain | residual) style curves, seeds averaged."""
     from .plots import build_figures, parse_formats, save_figures
-    from .tables import load_results
 
     chosen_formats = parse_formats(formats)
-    runs, warnings = load_results(results_dir)
-    for line in warnings:
-        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    runs = read_runs(results_dir)
     figures = build_figures(runs, x=x)
     out_dir = out or results_dir / "plots"
     ensure_writable_dir(out_dir)
@@ -319,12 +326,9 @@ def table(
     from rich import box
     from rich.text import Text
 
-    from .tables import display_table, load_results, summarize, to_markdown, write_csv
+    from .tables import display_table, summarize, to_markdown, write_csv
 
-    runs, warnings = load_results(results_dir)
-    for line in warnings:
-        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
-    summary = summarize(runs)
+    summary = summarize(read_runs(results_dir))
     if csv is not None:
         write_csv(summary, csv)
         errors.print(f"wrote {csv}", markup=False, highlight=False, soft_wrap=True)  # stdout stays the table

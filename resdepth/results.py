@@ -169,7 +169,8 @@ def read_metrics(path: Path) -> pd.DataFrame:
 
 
 def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
-    """Every readable run under root (recursively) and one warning line per run folder that was skipped."""
+    """Every readable run under root (recursively) and one warning line per run folder that was skipped;
+    a UserError when there is no readable run (nothing to plot or tabulate)."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"results folder {root} does not exist: pass the --out folder of a sweep, e.g. results/")
@@ -188,6 +189,9 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
         runs.append(Run(run_dir, config, metrics, status.state if status else "unknown"))
     if not runs and not warnings:
         raise UserError(f"no runs found under {root}: a run folder holds config.json and metrics.csv (run `resdepth sweep` first)")
+    if not runs:
+        raise UserError(f"no readable runs under {root}: {len(warnings)} run folder(s), all skipped "
+                        f"(first: {warnings[0].removeprefix('skipped ')})")
     return runs, warnings
 
 

@@ -95,7 +95,7 @@ def make_cells(sweep: SweepConfig) -> list[Cell]:
 def device_slots(sweep: SweepConfig) -> list[str]:
     """One entry per concurrent job: a GPU (repeated jobs_per_gpu times) or 'cpu'; with Ray, one per cell."""
     if sweep.executor == "ray":  # every cell is submitted at once; Ray places each where its share is free
-        return ["ray"] * (len(sweep.depths) * len(sweep.kinds) * len(sweep.seeds))
+        return ["ray"] * len(make_cells(sweep))
     device = sweep.train.device
     gpus = sweep.gpus
     if gpus is None and device in ("auto", "cuda"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UserError
-from .results import Run, load_runs
+from .results import Run
 
 # He et al. 2016, Table 6: CIFAR-10 test error (%) of the residual nets (option A shortcuts, 64k iterations).
 # One run per depth, except 110 layers: 6.43 is the best of 5 runs, whose mean and std are below.
@@ -61,15 +61,6 @@ def is_complete(run: Run) -> bool:
     planned = run.config.get("resolved", {}).get("iterations")
     reached = planned is not None and run.metrics["iteration"].iloc[-1] >= planned
     return run.finished or (run.status == "unknown" and reached)
-
-
-def load_results(root: Path | str) -> tuple[list[Run], list[str]]:
-    """load_runs, but a folder whose run folders were all skipped is an error too (there is nothing to show)."""
-    runs, warnings = load_runs(root)
-    if not runs:
-        raise UserError(f"no readable runs under {root}: {len(warnings)} run folder(s), all skipped "
-                        f"(first: {warnings[0].removeprefix('skipped ')})")
-    return runs, warnings
 
 
 def paper_test_error(key: GroupKey) -> float | None:
