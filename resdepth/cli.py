@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cluster import SlurmConfig
 from .data import DataConfig, load_dataset
 from .errors import UserError
 from .results import RunStatus, ensure_writable_dir
@@ -29,7 +30,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 console = Console()
 errors = Console(stderr=True)
 
-T, D = TrainConfig(), DataConfig()
+T, D, S = TrainConfig(), DataConfig(), SlurmConfig()
+CLUSTER = "Cluster (--executor ray or slurm)"
 
 
 def _csv(kind: type) -> Any:
@@ -141,9 +143,17 @@ def sweep(
     jobs: Annotated[Optional[int], typer.Option(help="CPU jobs at once (threads split between them). [default: 1]")] = None,
     gpus: Annotated[Optional[str], typer.Option(help="Comma-separated GPU indices. [default: all visible with --device auto]")] = None,
     jobs_per_gpu: Annotated[Optional[int], typer.Option(help="Jobs sharing each GPU. [default: 1]")] = None,
-    executor: Annotated[Optional[str], typer.Option(help="auto, sequential (in-process), local (a process per job) or ray (a task per cell on a Ray cluster). [default: auto]")] = None,
-    address: Annotated[Optional[str], typer.Option(help="--executor ray: the cluster, auto (started here by `ray start`) or HOST:PORT. [default: $RAY_ADDRESS, else a new local one]")] = None,
-    gpus_per_job: Annotated[Optional[float], typer.Option(help="--executor ray: GPU share of each cell, e.g. 0.5 for two per GPU. [default: 1]")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="auto, sequential (in-process), local (a process per job), ray (a task per cell on a Ray cluster) or slurm (a job array through submitit). [default: auto]")] = None,
+    address: Annotated[Optional[str], typer.Option(help="--executor ray: the cluster, auto (started here by `ray start`) or HOST:PORT. [default: $RAY_ADDRESS, else a new local one]", rich_help_panel=CLUSTER)] = None,
+    gpus_per_job: Annotated[Optional[float], typer.Option(help="--executor ray: GPU share of each cell, e.g. 0.5 for two per GPU; slurm: 1 (whole GPUs). [default: 1]", rich_help_panel=CLUSTER)] = None,
+    slurm_partition: Annotated[Optional[str], typer.Option(help="--executor slurm: partition. [default: the cluster's default]", rich_help_panel=CLUSTER)] = None,
+    slurm_time: Annotated[Optional[int], typer.Option(help=f"--executor slurm: minutes per job; longer cells are checkpointed and requeued. [default: {S.time}]", rich_help_panel=CLUSTER)] = None,
+    slurm_cpus: Annotated[Optional[int], typer.Option(help=f"--executor slurm: cores per cell (--threads overrides). [default: {S.cpus_per_job}]", rich_help_panel=CLUSTER)] = None,
+    slurm_mem_gb: Annotated[Optional[float], typer.Option(help="--executor slurm: memory per job. [default: the partition's]", rich_help_panel=CLUSTER)] = None,
+    slurm_account: Annotated[Optional[str], typer.Option(help="--executor slurm: account to charge.", rich_help_panel=CLUSTER)] = None,
+    slurm_qos: Annotated[Optional[str], typer.Option(help="--executor slurm: quality of service.", rich_help_panel=CLUSTER)] = None,
+    slurm_constraint: Annotated[Optional[str], typer.Option(help="--executor slurm: node features, e.g. h100.", rich_help_panel=CLUSTER)] = None,
+    slurm_array_parallelism: Annotated[Optional[int], typer.Option(help=f"--executor slurm: array tasks running at once. [default: {S.array_parallelism}]", rich_help_panel=CLUSTER)] = None,
     retry_failed: Annotated[bool, typer.Option(help="Run failed and diverged cells again from their last checkpoint.")] = False,
     dry_run: Annotated[bool, typer.Option(help="List the cells, their folders and devices; train nothing.")] = False,
     out: Out = None, force: Force = False, **options: Any,
@@ -156,7 +166,11 @@ def sweep(
     given = {"depths": _csv(int)(depths), "kinds": _csv(str)(kind), "seeds": _csv(int)(seeds), "name": name,
              "out": str(out) if out else None, "jobs": jobs, "gpus": _csv(int)(gpus), "jobs_per_gpu": jobs_per_gpu,
              "executor": executor, "ray_address": address, "gpus_per_job": gpus_per_job}
+    slurm = {"partition": slurm_partition, "time": slurm_time, "cpus_per_job": slurm_cpus, "mem_gb": slurm_mem_gb,
+             "account": slurm_account, "qos": slurm_qos, "constraint": slurm_constraint,
+             "array_parallelism": slurm_array_parallelism}
     config = replace(config, **{k: v for k, v in given.items() if v is not None},
+                     slurm=replace(config.slurm, **{k: v for k, v in slurm.items() if v is not None}),
                      retry_failed=retry_failed, force=force)
     raise typer.Exit(execute(config, dry_run))
 
@@ -196,8 +210,12 @@ def print_plan(config: SweepConfig, planned: list[PlannedCell]) -> None:
     from .sweep import device_slots, threads_per_job
 
     slots = device_slots(config)
-    table = Table(title=f"dry run: {config.out_dir()} ({len(slots)} job slot(s): {', '.join(slots)}, "
-                        f"{config.train.threads or threads_per_job(slots)} thread(s) each)")
+    if config.executor in ("ray", "slurm"):
+        threads = config.train.threads or (config.slurm.cpus_per_job if config.executor == "slurm" else 1)
+        where = f"one {config.executor} task per cell, {threads} thread(s) each"
+    else:
+        where = f"{len(slots)} job slot(s): {', '.join(slots)}, {config.train.threads or threads_per_job(slots)} thread(s) each"
+    table = Table(title=f"dry run: {config.out_dir()} ({where})")
     for column in ("cell", "action", "device", "folder"):
         table.add_column(column)
     for item in planned:

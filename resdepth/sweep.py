@@ -7,7 +7,6 @@ slot (GPU or CPU share); an `Executor` only runs it. `run_sweep` returns data; t
 from __future__ import annotations
 
 import os
-import tomllib
 import typing
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -15,7 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
 from .cell import CellOutcome, is_locked
+from .cluster import SlurmConfig
 from .data import DataConfig
 from .errors import UserError
 from .executors import CellJob, Executor
@@ -40,7 +45,8 @@ class SweepConfig:
     gpus: list[int] | None = None  # None: every visible GPU when the device is auto/cuda
     jobs_per_gpu: int = 1
     ray_address: str | None = None  # ray: auto or HOST:PORT of a cluster; None: $RAY_ADDRESS, else a new local one
-    gpus_per_job: float = 1.0  # ray: the GPU share each cell asks for (0.5: two cells per GPU)
+    gpus_per_job: float = 1.0  # ray: the GPU share each cell asks for (0.5: two cells per GPU); slurm: 1
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # slurm: what each cell's job asks for
     retry_failed: bool = False  # run failed and diverged cells again (from their last checkpoint)
     force: bool = False  # start mismatched run folders over, keeping the old ones renamed aside
 
@@ -94,8 +100,8 @@ def make_cells(sweep: SweepConfig) -> list[Cell]:
 
 def device_slots(sweep: SweepConfig) -> list[str]:
     """One entry per concurrent job: a GPU (repeated jobs_per_gpu times) or 'cpu'; with Ray, one per cell."""
-    if sweep.executor == "ray":  # every cell is submitted at once; Ray places each where its share is free
-        return ["ray"] * len(make_cells(sweep))
+    if sweep.executor in ("ray", "slurm"):  # every cell is submitted at once; the scheduler places each
+        return [sweep.executor] * len(make_cells(sweep))
     device = sweep.train.device
     gpus = sweep.gpus
     if gpus is None and device in ("auto", "cuda"):
@@ -199,10 +205,14 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
         if stop_requested() and not interrupted:
             interrupted = True
             executor.interrupt()
+        starting = []
         while queue and free and not interrupted:
             item, slot = queue.pop(0), free.pop(0)
             prepare_run_dir(item)
-            running[executor.submit(CellJob(item.cell.run_dir, slot, threads))] = (item, slot)
+            starting.append((item, slot))
+        if starting:
+            futures = executor.submit_all([CellJob(item.cell.run_dir, slot, threads) for item, slot in starting])
+            running.update(zip(futures, starting))
         done, _ = wait(list(running), timeout=poll_seconds, return_when=FIRST_COMPLETED)
         for future in done:
             item, slot = running.pop(future)
@@ -218,7 +228,7 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
 
 # ---------------------------------------------------------------------------------------------- sweep files
 def load_sweep_file(path: Path) -> SweepConfig:
-    """A TOML sweep file: top-level sweep keys, a [train] table (TrainConfig) and a [data] table (DataConfig)."""
+    """A TOML sweep file: top-level sweep keys and [train] (TrainConfig), [data] (DataConfig), [slurm] tables."""
     try:
         payload = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -226,15 +236,15 @@ def load_sweep_file(path: Path) -> SweepConfig:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path} is not valid TOML: {exc}") from None
     payload.setdefault("name", path.stem)
-    train = payload.pop("train", {})
-    data = payload.pop("data", {})
-    for section, value in (("train", train), ("data", data)):
+    tables = {section: payload.pop(section, {}) for section in ("train", "data", "slurm")}
+    for section, value in tables.items():
         if not isinstance(value, dict):
             raise UserError(f"{path}: [{section}] must be a table")
     sweep_values = typed_values(SweepConfig, payload, path, "")
-    train_values = typed_values(TrainConfig, train, path, "train.")
-    train_values["data"] = DataConfig(**typed_values(DataConfig, data, path, "data."))
-    return SweepConfig(**sweep_values, train=TrainConfig(**train_values))
+    train_values = typed_values(TrainConfig, tables["train"], path, "train.")
+    train_values["data"] = DataConfig(**typed_values(DataConfig, tables["data"], path, "data."))
+    slurm = SlurmConfig(**typed_values(SlurmConfig, tables["slurm"], path, "slurm."))
+    return SweepConfig(**sweep_values, train=TrainConfig(**train_values), slurm=slurm)
 
 
 def typed_values(cls: type, values: dict[str, Any], path: Path, prefix: str) -> dict[str, Any]:
@@ -273,8 +283,10 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
 
 def sweep_from_dict(payload: dict[str, Any]) -> SweepConfig:
     train = TrainConfig.from_dict(payload.get("train", {}))
-    values = {k: v for k, v in payload.items() if k in SweepConfig.__dataclass_fields__ and k != "train"}
-    return SweepConfig(**values, train=train)
+    slurm_fields = SlurmConfig.__dataclass_fields__
+    slurm = SlurmConfig(**{k: v for k, v in (payload.get("slurm") or {}).items() if k in slurm_fields})
+    values = {k: v for k, v in payload.items() if k in SweepConfig.__dataclass_fields__ and k not in ("train", "slurm")}
+    return SweepConfig(**values, train=train, slurm=slurm)
 
 
 def load_saved_sweep(results_dir: Path) -> SweepConfig:

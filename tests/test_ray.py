@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import RESDEPTH, tiny_config
+from conftest import RESDEPTH, assert_same_run, rows, run, tiny_config, tiny_sweep
+from resdepth.cluster import TASK_FILE, CellTask, probe_folder
 from resdepth.errors import UserError
-from resdepth.executors import ATTEMPT_FILE, SequentialExecutor, make_executor, probe_folder, run_ray_cell
+from resdepth.executors import SequentialExecutor, make_executor
 from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config, write_json
-from resdepth.sweep import SweepConfig, SweepProgress, plan_sweep, run_sweep
+from resdepth.sweep import SweepProgress, plan_sweep
 
-TIMING = ["epoch_seconds", "images_per_second"]
 TINY_ARGS = ["--depths", "8", "--epochs", "2", "--dataset", "synthetic", "--synthetic-train", "128",
              "--synthetic-test", "64", "--batch-size", "32", "--threads", "1", "--device", "cpu"]
 
@@ -32,29 +32,6 @@ def ray_cluster():
                        logging_level=logging.WARNING)
     yield context.address_info["gcs_address"]
     ray.shutdown()
-
-
-def tiny_sweep(out: Path, **changes) -> SweepConfig:
-    return replace(SweepConfig(depths=[8], kinds=["plain", "residual"], seeds=[0], out=str(out), train=tiny_config()),
-                   **changes)
-
-
-def run(sweep: SweepConfig, executor=None, **options):
-    planned = plan_sweep(sweep)
-    return planned, run_sweep(sweep, executor or make_executor(sweep), planned, poll_seconds=0.05, **options)
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    """Same metrics (timing columns aside) and bit-identical final weights."""
-    pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv").drop(columns=TIMING),
-                                  pd.read_csv(b / "metrics.csv").drop(columns=TIMING))
-    wa, wb = (torch.load(d / "checkpoint.pt", weights_only=False)["model"] for d in (a, b))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def rows(run_dir: Path) -> int:
-    path = run_dir / "metrics.csv"
-    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
 
 # ---------------------------------------------------------------------------------------------- without a cluster
@@ -83,10 +60,10 @@ def test_a_retry_takes_over_the_lock_its_lost_attempt_left_on_another_node(tmp_p
     RunStatus(state="running").write(run_dir)  # fresh progress: the lock does not look stale by age
     lost = {"host": "lost-node", "pid": 4242}
     write_json(run_dir / LOCK_FILE, {**lost, "time": time.time()})
-    write_json(run_dir / ATTEMPT_FILE, {**lost, "token": "first-submission"})
-    assert run_ray_cell(run_dir, "cpu", 1, "another-submission").state == "busy"  # someone else's lock is respected
-    assert run_ray_cell(run_dir, "cpu", 1, "first-submission").state == "done"
-    assert not (run_dir / LOCK_FILE).exists() and not (run_dir / ATTEMPT_FILE).exists()
+    write_json(run_dir / TASK_FILE, {**lost, "token": "first-submission"})
+    assert CellTask(run_dir, "cpu", 1, "another-submission")().state == "busy"  # someone else's lock is respected
+    assert CellTask(run_dir, "cpu", 1, "first-submission")().state == "done"
+    assert not (run_dir / LOCK_FILE).exists() and not (run_dir / TASK_FILE).exists()
 
 
 # ---------------------------------------------------------------------------------------------- on a local cluster
@@ -98,7 +75,7 @@ def test_cli_ray_sweep_gives_the_sequential_executors_numbers(ray_cluster, tmp_p
     for name in ("plain-8-s0", "residual-8-s0"):
         assert RunStatus.read(tmp_path / "ray" / name).state == "done"
         assert_same_run(tmp_path / "seq" / name, tmp_path / "ray" / name)
-        assert not (tmp_path / "ray" / name / ATTEMPT_FILE).exists()
+        assert not (tmp_path / "ray" / name / TASK_FILE).exists()
     saved = read_json(tmp_path / "ray" / "sweep.json")
     assert (saved["executor"], saved["ray_address"]) == ("ray", ray_cluster)
     again = plan_sweep(replace(tiny_sweep(tmp_path / "ray"), executor="ray"))

@@ -13,20 +13,15 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import RESDEPTH, tiny_config
+from conftest import RESDEPTH, TIMING, tiny_config, tiny_sweep
 from resdepth.cell import RunLock, run_cell
 from resdepth.errors import UserError
 from resdepth.executors import LocalProcessExecutor, SequentialExecutor
 from resdepth.results import atomic_write_bytes
 from resdepth.sweep import SweepConfig, load_sweep_file, plan_sweep, run_sweep
 
-TIMING = ["epoch_seconds", "images_per_second"]
 TINY_ARGS = ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "64", "--batch-size", "32",
              "--threads", "1", "--device", "cpu"]
-
-
-def tiny_sweep(out: Path, **changes) -> SweepConfig:
-    return replace(SweepConfig(depths=[8], kinds=["plain", "residual"], seeds=[0], out=str(out), train=tiny_config()), **changes)
 
 
 def run(sweep: SweepConfig, executor=None):

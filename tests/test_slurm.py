@@ -1,0 +1,243 @@
+"""The Slurm executor: submitit's local executor always, a real one-node Slurm cluster when one answers.
+
+`.ci/slurm-loopback` starts slurmctld + slurmd on this machine (CI runs it); without it the real-Slurm tests
+skip, unless RESDEPTH_REQUIRE_SLURM=1 turns that skip into a failure.
+"""
+
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+
+from conftest import RESDEPTH, assert_same_run, rows, run, tiny_config, tiny_sweep
+from resdepth.cluster import SLURM_LOGS, TASK_FILE, CellTask, SlurmConfig
+from resdepth.errors import UserError
+from resdepth.executors import SequentialExecutor, make_executor
+from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config
+from resdepth.sweep import SweepProgress, load_saved_sweep, load_sweep_file, plan_sweep
+
+pytest.importorskip("submitit")
+
+TINY_ARGS = ["--depths", "8", "--epochs", "2", "--dataset", "synthetic", "--synthetic-train", "128",
+             "--synthetic-test", "64", "--batch-size", "32", "--threads", "1", "--device", "cpu"]
+
+
+def slurm_sweep(out: Path, cluster: str, **changes):
+    slurm = SlurmConfig(cluster=cluster, time=10, poll_seconds=0.2)
+    return tiny_sweep(out, executor="slurm", slurm=slurm, **changes)
+
+
+def sequential_reference(tmp_path: Path, **changes) -> Path:
+    run(tiny_sweep(tmp_path / "seq", **changes), SequentialExecutor())
+    return tmp_path / "seq"
+
+
+def preempt_once_two_epochs_are_in(run_dir: Path, preempt) -> tuple[list, callable]:
+    """A progress callback that preempts the cell's job once, after two logged epochs; returns (record, callback)."""
+    sent: list[dict] = []
+
+    def callback(_: SweepProgress) -> None:
+        task = read_json(run_dir / TASK_FILE)
+        if not sent and task and rows(run_dir) >= 2:
+            preempt(task)
+            sent.append({**task, "rows": rows(run_dir)})
+
+    return sent, callback
+
+
+# ---------------------------------------------------------------------------------------------- set-up errors
+def test_without_submitit_the_slurm_executor_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(UserError, match=r'--executor slurm needs submitit.*pip install "resdepth\[slurm\]"'):
+        make_executor(slurm_sweep(tmp_path, "slurm"))
+
+
+def test_without_sbatch_the_slurm_executor_says_where_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(UserError, match="needs Slurm's sbatch on PATH: run the sweep from a login node"):
+        make_executor(slurm_sweep(tmp_path, "slurm"))
+
+
+def test_a_gpu_share_is_refused_on_slurm_which_gives_whole_gpus(tmp_path):
+    sweep = slurm_sweep(tmp_path, "local", gpus_per_job=0.5, train=tiny_config(device="auto"))
+    with pytest.raises(UserError, match=r"whole GPUs.*--gpus-per-job 1, not 0.5.*--executor ray"):
+        make_executor(sweep)
+
+
+def test_cli_slurm_errors_are_one_line_and_exit_2(tmp_path, cli_env):
+    env = {**cli_env, "PATH": str(Path(sys.executable).parent)}  # the venv's tools, but no sbatch
+    result = subprocess.run([RESDEPTH, "sweep", "--executor", "slurm", *TINY_ARGS, "--out", "r"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --executor slurm needs Slurm's sbatch on PATH: run the sweep from a login node of the cluster"]
+
+
+def test_the_slurm_table_of_a_sweep_file_is_typed_saved_and_restored(tmp_path):
+    good = tmp_path / "gpu.toml"
+    good.write_text('executor = "slurm"\ndepths = [8]\n[slurm]\npartition = "gpu"\ntime = 90\n'
+                    'setup = ["module load cuda"]\ncluster = "local"\npoll_seconds = 0.2\n')
+    sweep = load_sweep_file(good)
+    assert (sweep.slurm.partition, sweep.slurm.time, sweep.slurm.setup) == ("gpu", 90, ["module load cuda"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[slurm]\ntime = "two hours"\n')
+    with pytest.raises(UserError, match=r"bad.toml: key slurm.time: expected int, got 'two hours'"):
+        load_sweep_file(bad)
+    bad.write_text('[slurm]\nnodes = 2\n')
+    with pytest.raises(UserError, match=r"unknown key slurm.nodes"):
+        load_sweep_file(bad)
+    sweep = replace(sweep, out=str(tmp_path / "out"), train=tiny_config(epochs=1))
+    run(sweep)
+    assert load_saved_sweep(tmp_path / "out").slurm == sweep.slurm
+
+
+def test_a_task_refuses_a_run_folder_it_cannot_see(tmp_path):
+    with pytest.raises(RuntimeError, match="is not visible on .*: the results folder must be on a filesystem"):
+        CellTask(tmp_path / "elsewhere", "cpu", 1, "t")()
+
+
+def test_a_task_checkpoints_into_a_requeue_of_itself_and_pickles_for_the_node(tmp_path):
+    run_dir = tmp_path / "plain-8-s0"
+    run_dir.mkdir()
+    write_config(run_dir, asdict(tiny_config(kind="plain", epochs=40)))
+    task = CellTask(run_dir, "cpu", 1, "token-1")
+    again = pickle.loads(pickle.dumps(task))
+    assert vars(again).keys() == vars(task).keys() and again.token == "token-1"
+    stopper = CellTask(run_dir, "cpu", 1, "token-1")
+
+    def preempt_after_an_epoch() -> None:  # on a node submitit calls checkpoint() from its SIGUSR2 handler
+        while rows(run_dir) < 1:
+            time.sleep(0.01)
+        stopper.requeue = stopper.checkpoint()
+
+    preempter = threading.Thread(target=preempt_after_an_epoch)
+    preempter.start()
+    outcome = stopper()
+    preempter.join()
+    assert outcome.state == "interrupted"
+    status = RunStatus.read(run_dir)
+    assert 0 < status.iteration < status.iterations and (run_dir / "checkpoint.pt").exists()
+    requeued = stopper.requeue.function
+    assert isinstance(requeued, CellTask) and (requeued.run_dir, requeued.token) == (run_dir, "token-1")
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+# ---------------------------------------------------------------------------------------------- submitit's local executor
+def test_local_slurm_sweep_gives_the_sequential_executors_numbers(tmp_path):
+    reference = sequential_reference(tmp_path)
+    _, outcomes = run(slurm_sweep(tmp_path / "slurm", "local"))
+    assert {o.state for o in outcomes.values()} == {"done"}
+    for name in ("plain-8-s0", "residual-8-s0"):
+        assert_same_run(reference / name, tmp_path / "slurm" / name)
+        assert not (tmp_path / "slurm" / name / TASK_FILE).exists()
+    assert len(list((tmp_path / "slurm" / SLURM_LOGS).glob("*/*_result.pkl"))) == 2
+
+
+def test_local_preemption_checkpoints_requeues_and_ends_identical(tmp_path):
+    train = tiny_config(kind="plain", epochs=8)
+    reference = sequential_reference(tmp_path, kinds=["plain"], train=train)
+    run_dir = tmp_path / "slurm" / "plain-8-s0"
+    sent, preempt = preempt_once_two_epochs_are_in(run_dir, lambda task: os.kill(task["pid"], signal.SIGUSR2))
+    _, outcomes = run(slurm_sweep(tmp_path / "slurm", "local", kinds=["plain"], train=train), on_progress=preempt)
+    assert sent and sent[0]["rows"] < 8, "the run finished before it could be preempted"
+    assert outcomes["plain-8-s0"].state == "done"
+    assert RunStatus.read(run_dir).pid != sent[0]["pid"]  # finished by the requeued job's process
+    logs = "".join(p.read_text() for p in (tmp_path / "slurm" / SLURM_LOGS).glob("*/*_log.*"))
+    assert "Calling checkpoint method" in logs and "Requeued job" in logs
+    assert_same_run(reference / "plain-8-s0", run_dir)
+
+
+def test_local_interrupt_checkpoints_running_cells_and_a_rerun_resumes_them(tmp_path):
+    sweep = slurm_sweep(tmp_path, "local", train=tiny_config(epochs=20))
+    cells = [tmp_path / "plain-8-s0", tmp_path / "residual-8-s0"]
+    _, outcomes = run(sweep, stop_requested=lambda: all(rows(cell) >= 1 for cell in cells))
+    assert {o.state for o in outcomes.values()} == {"interrupted"}
+    for cell in cells:
+        status = RunStatus.read(cell)
+        assert status.state == "interrupted" and 0 < status.iteration < status.iterations
+        assert not (cell / LOCK_FILE).exists()
+    planned, outcomes = run(sweep)
+    assert [p.action for p in planned] == ["resume", "resume"]
+    assert {o.state for o in outcomes.values()} == {"done"}
+
+
+# ---------------------------------------------------------------------------------------------- a real Slurm cluster
+def slurm_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        listing = subprocess.run(["sinfo", "--noheader", "--states=idle,mixed,allocated"], capture_output=True,
+                                 text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return False
+    return listing.returncode == 0 and bool(listing.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    if not slurm_answers():
+        message = "no Slurm cluster answers here: start one with .ci/slurm-loopback and export the SLURM_CONF it prints"
+        if os.environ.get("RESDEPTH_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def release_requeued(job_id: str) -> None:
+    """Slurm holds a requeued job back about two minutes before it may start; let it start now."""
+    for _ in range(100):
+        state = subprocess.run(["squeue", "--noheader", "--format=%T", "--jobs", job_id], capture_output=True,
+                               text=True).stdout.strip()
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
+            return
+        time.sleep(0.2)
+
+
+def test_cli_slurm_sweep_runs_one_job_array_with_the_sequential_numbers(slurm_cluster, tmp_path, cli_env):
+    reference = sequential_reference(tmp_path)
+    command = [RESDEPTH, "sweep", "--executor", "slurm", "--slurm-time", "10", *TINY_ARGS, "--out", "slurm"]
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("plain-8-s0", "residual-8-s0"):
+        assert RunStatus.read(tmp_path / "slurm" / name).state == "done"
+        assert_same_run(reference / name, tmp_path / "slurm" / name)
+    jobs = [p.name for p in (tmp_path / "slurm" / SLURM_LOGS).iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
+    assert len(jobs) == 2 and len({job.split("_")[0] for job in jobs}) == 1  # two tasks of one array
+    assert read_json(tmp_path / "slurm" / "sweep.json")["slurm"]["time"] == 10
+
+
+def test_slurm_preemption_signal_checkpoints_requeues_and_ends_identical(slurm_cluster, tmp_path):
+    train = tiny_config(kind="plain", epochs=8)
+    reference = sequential_reference(tmp_path, kinds=["plain"], train=train)
+    run_dir = tmp_path / "slurm" / "plain-8-s0"
+
+    def preempt(task: dict) -> None:  # what Slurm sends before preempting a job or at its time limit
+        subprocess.run(["scancel", "--signal=USR2", task["slurm_job"]], check=True)
+        release_requeued(task["slurm_job"])
+
+    sent, callback = preempt_once_two_epochs_are_in(run_dir, preempt)
+    _, outcomes = run(slurm_sweep(tmp_path / "slurm", "slurm", kinds=["plain"], train=train), on_progress=callback)
+    assert sent and sent[0]["rows"] < 8, "the run finished before it could be preempted"
+    assert outcomes["plain-8-s0"].state == "done"
+    assert RunStatus.read(run_dir).pid != sent[0]["pid"]
+    assert_same_run(reference / "plain-8-s0", run_dir)
+
+
+def test_slurm_interrupt_signals_running_cells_which_checkpoint(slurm_cluster, tmp_path):
+    sweep = slurm_sweep(tmp_path, "slurm", train=tiny_config(epochs=20))
+    cells = [tmp_path / "plain-8-s0", tmp_path / "residual-8-s0"]
+    _, outcomes = run(sweep, stop_requested=lambda: all(rows(cell) >= 1 for cell in cells))
+    assert {o.state for o in outcomes.values()} == {"interrupted"}
+    assert all(0 < RunStatus.read(cell).iteration < RunStatus.read(cell).iterations for cell in cells)
+    planned, outcomes = run(sweep)
+    assert [p.action for p in planned] == ["resume", "resume"]
+    assert {o.state for o in outcomes.values()} == {"done"}
