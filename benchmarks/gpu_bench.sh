@@ -6,15 +6,17 @@
 #   DEVICE=cpu DEPTHS=8 BENCH_ITERS=3 WARMUP=1 CONC_STEPS=3 WORKERS=1 TRAIN_ITERS=40 SYNTH_TRAIN=512 SYNTH_TEST=64 \
 #     PY=.venv/bin/python bash benchmarks/gpu_bench.sh   # a CPU smoke test of the script itself (about a minute)
 #
-# Results go to $OUT (the device tool's folder; else ./gpu-bench-out), at most 8 files:
-#   env.txt, bench.log + bench.json, concurrent.log + concurrent.json, train.log + metrics.csv, and summary.txt.
+# Results go to $OUT (the device tool's folder; else ./gpu-bench-out), at most 11 files: env.txt, gpu-tests.log,
+#   bench.log + bench.json, graph.log + graph.json, concurrent.log + concurrent.json, train.log + metrics.csv, summary.txt.
 # Steps, each with its own time limit, cheapest first, so that a slow step cannot starve the later ones:
-#   1. environment                                                               ~10 s
+#   1. environment, and the GPU-only tests (CUDA-graph run == eager run, resumed)          <= 60 s
 #   2. resdepth bench: depths 20/56/110, resdepth vs the naive PIL + DataLoader recipe     <= 110 s
+#   2b. the same with --cuda-graph (no naive recipe)                                        <= 50 s
 #   3. 1, 2 and 4 concurrent jobs per GPU x depths 20/56/110, aggregate img/s, and the
-#      Figure 6 sweep time EXTRAPOLATED from them                                          <= 130 s
+#      Figure 6 sweep time EXTRAPOLATED from them                                          <= 110 s
 #   4. a full 64k-iteration ResNet-20 run (`resdepth train`, the defaults: tf32, channels_last,
-#      fused SGD), cut at the time left; a cut run reports how far it got and its pace     the rest
+#      fused SGD; --cuda-graph if 2b measured it faster at depth 20), cut at the time left;
+#      a cut run reports how far it got and its pace                                       the rest
 set -u
 START=$(date +%s)
 BUDGET=${BUDGET:-465}  # seconds for the whole script: 8 minutes less the tool's transfers
@@ -42,22 +44,44 @@ fi
   $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cudnn', torch.backends.cudnn.version())"
   git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head -20; } > "$OUT/env.txt" 2>&1
 
+# 1b. the tests that need a GPU (they skip on CPU-only machines, so they run only here)
+timeout 60 $PY -m pytest -q -p no:cacheprovider tests/test_bench.py -k cuda > "$OUT/gpu-tests.log" 2>&1
+echo "gpu tests exit $? at $(( $(date +%s) - START )) s" >> "$OUT/gpu-tests.log"
+
 # 2. resdepth vs the naive recipe, alternating in one process
 timeout 110 $RESDEPTH bench --device "$DEVICE" --depths "$DEPTHS" --iterations "$BENCH_ITERS" --warmup "$WARMUP" \
   --rounds 3 --num-workers "$WORKERS" "${BENCH_DATA[@]}" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 echo "bench exit $? at $(( $(date +%s) - START )) s" >> "$OUT/bench.log"
 
+# 2b. the training step captured as one CUDA graph
+timeout 50 $RESDEPTH bench --device "$DEVICE" --depths "$DEPTHS" --iterations "$BENCH_ITERS" --warmup "$WARMUP" \
+  --rounds 2 --no-naive --cuda-graph "${BENCH_DATA[@]}" --json "$OUT/graph.json" > "$OUT/graph.log" 2>&1
+echo "graph bench exit $? at $(( $(date +%s) - START )) s" >> "$OUT/graph.log"
+
 # 3. concurrent jobs per GPU, and the extrapolated Figure 6 sweep time
-timeout 130 $PY benchmarks/concurrent_throughput.py --device "$DEVICE" --jobs 1,2,4 --depths "$DEPTHS" \
+timeout 110 $PY benchmarks/concurrent_throughput.py --device "$DEVICE" --jobs 1,2,4 --depths "$DEPTHS" \
   --steps "$CONC_STEPS" --warmup "$WARMUP" --timeout 100 --out "$OUT/concurrent.json" > "$OUT/concurrent.log" 2>&1
 echo "concurrent exit $? at $(( $(date +%s) - START )) s" >> "$OUT/concurrent.log"
 
 # 4. the full paper-length ResNet-20 run, in whatever time is left (10 s kept for the summary)
 RUN_DIR=$(mktemp -d)/resnet20
 TRAIN_SECONDS=$(( $(left) - 10 ))
+GRAPH=$($PY - "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+def ips(name):
+    try:
+        rows = json.loads((Path(sys.argv[1]) / name).read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return next((r["resdepth_images_per_second"] for r in rows if r["depth"] == 20), 0)
+print("--cuda-graph" if ips("graph.json") > ips("bench.json") > 0 else "")
+EOF
+)
 if [ "$TRAIN_SECONDS" -gt 30 ]; then
+  echo "resdepth train ${GRAPH:-(eager step)}" > "$OUT/train.log"
   timeout --signal=TERM "$TRAIN_SECONDS" $RESDEPTH train --depth 20 --kind residual --device "$DEVICE" --iterations "$TRAIN_ITERS" \
-    "${TRAIN_DATA[@]}" --out "$RUN_DIR" > "$OUT/train.log" 2>&1
+    "${TRAIN_DATA[@]}" $GRAPH --out "$RUN_DIR" >> "$OUT/train.log" 2>&1
   echo "train exit $? after a limit of $TRAIN_SECONDS s" >> "$OUT/train.log"
   cp "$(find "$RUN_DIR" -name metrics.csv | head -1)" "$OUT/metrics.csv" 2>/dev/null
 else
@@ -74,10 +98,10 @@ def load(name):
         return json.loads((out / name).read_text())
     except (OSError, ValueError):
         return None
-bench = load("bench.json")
-if bench:
-    for r in bench["rows"]:
-        print(f"bench depth {r['depth']}: resdepth {r['resdepth_images_per_second']:,.0f} img/s, naive "
+for name in ("bench.json", "graph.json"):
+    bench = load(name)
+    for r in (bench or {}).get("rows", []):
+        print(f"bench{' --cuda-graph' if r.get('cuda_graph') else ''} depth {r['depth']}: resdepth {r['resdepth_images_per_second']:,.0f} img/s, naive "
               f"{r['naive_images_per_second'] or 0:,.0f} img/s, ratio {r['speedup'] or 0:.2f}x, "
               f"{r['achieved_gflops']:,.0f} GFLOP/s = {r['peak_fraction']*100:.0f}% of a {r['matmul_gflops']:,.0f} GFLOP/s "
               f"{r['precision']} matmul, peak {r['resdepth_peak_memory_mb']:,.0f} MB vs {r['naive_peak_memory_mb'] or 0:,.0f} MB")

@@ -52,6 +52,7 @@ class BenchConfig:
     precision: str = "auto"  # as TrainConfig: fp32 on CPU, tf32 on CUDA
     channels_last: bool | None = None  # None: TrainConfig's default for the device
     compile: bool | None = None  # None: TrainConfig's default
+    cuda_graph: bool = False  # as TrainConfig (CUDA only)
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="synthetic", synthetic_train=4096, synthetic_test=16))
     matmul_size: int = 2048
 
@@ -78,6 +79,7 @@ class BenchRow:
     precision: str  # resdepth's resolved setting: fp32, tf32 or bf16
     channels_last: bool  # resdepth's resolved setting
     compile: bool
+    cuda_graph: bool
     resdepth_images_per_second: float  # median window
     naive_images_per_second: float | None
     speedup: float | None  # resdepth / naive images per second
@@ -162,7 +164,7 @@ def make_row(config: BenchConfig, depth: int, device: torch.device, trainer: Tra
     return BenchRow(
         kind=config.kind, depth=depth, device=str(device), device_name=device_name(device),
         threads=torch.get_num_threads(), precision=resolved_precision(config.precision, device),
-        channels_last=trainer.channels_last, compile=trainer.compiled,
+        channels_last=trainer.channels_last, compile=trainer.compiled, cuda_graph=trainer.config.cuda_graph,
         resdepth_images_per_second=own_ips, naive_images_per_second=naive_ips,
         speedup=own_ips / naive_ips if naive_ips else None, forward_multiply_adds=multiply_adds,
         achieved_gflops=achieved, matmul_gflops=matmul, peak_fraction=achieved / matmul,
@@ -226,6 +228,7 @@ class OwnPath:
             train.channels_last = config.channels_last
         if config.compile is not None:
             train.compile = config.compile
+        train.cuda_graph = config.cuda_graph
         train.validate()
         self.trainer = Trainer(train, run_dir, device, dataset)
         self.run(config.warmup)

@@ -68,6 +68,7 @@ Threads = Annotated[Optional[int], typer.Option(help="Torch CPU threads per job.
 Precision = Annotated[Optional[str], typer.Option(help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast; BN stays fp32). [default: auto]")]
 ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (measured faster on CPU and GPU). [default: on]")]
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step (+14% img/s on CPU after 1-2 min of compiling). [default: on for CPU runs of >= 2000 iterations, else off]")]
+CudaGraph = Annotated[Optional[bool], typer.Option("--cuda-graph/--no-cuda-graph", help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch overhead; same math). [default: off]")]
 Out = Annotated[Optional[Path], typer.Option(help="Results folder; one sub-folder per run. [default: results/<name or dataset>]")]
 Force = Annotated[bool, typer.Option(help="Start run folders whose config differs over (old folders are kept, renamed).")]
 
@@ -81,6 +82,7 @@ SHARED_OPTIONS = {  # name -> typed option alias; given to `train` and `sweep` b
     "dataset": Dataset, "data_dir": DataDir, "train_size": TrainSize, "test_size": TestSize, "val_size": ValSize,
     "synthetic_train": SyntheticTrain, "synthetic_test": SyntheticTest, "augment": Augment, "device": Device,
     "threads": Threads, "precision": Precision, "channels_last": ChannelsLast, "compile": Compile,
+    "cuda_graph": CudaGraph,
 }
 
 
@@ -379,6 +381,7 @@ def bench(
     num_workers: Annotated[int, typer.Option(help="DataLoader worker processes of the naive recipe.")] = 2,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Time the naive PIL + DataLoader recipe too.")] = True,
     threads: Threads = None, precision: Precision = None, channels_last: ChannelsLast = None, compile: Compile = None,
+    cuda_graph: CudaGraph = None,
     data_dir: Annotated[Optional[str], typer.Option(help="CIFAR-10 folder (torchvision's download) instead of synthetic images.")] = None,
     synthetic_train: Annotated[int, typer.Option(help="Synthetic training images (both paths draw batches from them).")] = 4096,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows, every window included, to this JSON file.")] = None,
@@ -393,14 +396,15 @@ def bench(
             DataConfig(dataset="synthetic", synthetic_train=synthetic_train, synthetic_test=16))
     config = BenchConfig(depths=tuple(_csv(int)(depths) or ()), kind=kind, device=device or "auto", iterations=iterations,
                          warmup=warmup, rounds=rounds, batch_size=batch_size, num_workers=num_workers, naive=naive,
-                         threads=threads, precision=precision or "auto", channels_last=channels_last, compile=compile, data=data)
+                         threads=threads, precision=precision or "auto", channels_last=channels_last, compile=compile,
+                         cuda_graph=bool(cuda_graph), data=data)
     rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
     if json_out is not None:
         json_out.write_text(json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     first = rows[0]
     view = Table(title=f"{kind} training throughput on {first.device_name} ({first.device}, {first.threads} threads, "
                        f"{first.precision}, channels_last {'on' if first.channels_last else 'off'}, "
-                       f"compile {'on' if first.compile else 'off'})",
+                       f"compile {'on' if first.compile else 'off'}{', CUDA graph' if first.cuda_graph else ''})",
                  caption=f"achieved FLOP/s = 3 x 2 x forward multiply-adds x resdepth img/s; memory: {first.memory_measure}")
     for column in ("depth", "resdepth img/s", "naive img/s", "ratio", "achieved GFLOP/s", "matmul GFLOP/s",
                    "% of matmul peak", "peak MB resdepth / naive"):

@@ -56,6 +56,9 @@ class TrainConfig:
     # torch.compile: +14% img/s on CPU (BENCHMARKS.md) after 1-2 min of compiling per process, so None (auto)
     # turns it on for CPU runs of >= COMPILE_MIN_ITERATIONS, where that is repaid; off on CUDA until measured there
     compile: bool | None = None
+    # Replay forward + backward + SGD as one CUDA graph (CUDA only): removes kernel-launch overhead, which bounds
+    # these small nets on a fast GPU. Off until measured on one (benchmarks/gpu_bench.sh measures it).
+    cuda_graph: bool = False
     eval_batch_size: int = 1000
 
     @classmethod
@@ -84,6 +87,8 @@ class TrainConfig:
             raise UserError(f"unknown warm-up mode {self.warmup!r}: use one of {', '.join(WARMUP_MODES)}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be a positive integer, got {self.threads}")
+        if self.cuda_graph and self.compile:
+            raise UserError("--cuda-graph and --compile each rebuild the training step: choose one")
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
         CifarNet(self.kind, self.depth, shortcut=self.shortcut)  # type: ignore[arg-type]  # kind/depth/shortcut checks
@@ -93,7 +98,7 @@ class TrainConfig:
 
 
 # Fields that change how a run executes but not what it computes; a resumed run may change them.
-EXECUTION_FIELDS = ("device", "threads", "compile", "channels_last", "eval_batch_size")
+EXECUTION_FIELDS = ("device", "threads", "compile", "cuda_graph", "channels_last", "eval_batch_size")
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +183,10 @@ class Trainer:
         self.warmup_end_iteration: int | None = None
         self.warmup_window = torch.zeros((), device=device)  # wrong answers since the last warm-up check
         self.partial: dict[str, Any] | None = None  # position inside an epoch stopped by a signal
-        self.autocast = precision_context(config.precision, device)
+        self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
+        if config.cuda_graph and device.type != "cuda":
+            raise UserError(f"--cuda-graph needs a CUDA device, not {device}: leave it out on the CPU")
+        self.captured: CapturedStep | None = None  # captured at the first step, after any resume
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -263,18 +271,27 @@ class Trainer:
                 "epoch_seconds": seconds, "images_per_second": seen / seconds}
 
     def train_step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step on the images at index; returns the batch's mean loss and wrong answers (device tensors)."""
         lr = learning_rate(self.config, self.iteration, self.warming_up)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         images = self.data.train_images[index]
         inputs = augment(images, self.mean, self.generator) if self.config.data.augment else normalize(images, self.mean)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         labels = self.data.train_labels[index]
+        if self.config.cuda_graph and len(index) == self.batch:
+            if self.captured is None:
+                self.captured = CapturedStep(self, inputs, labels)
+            return self.captured.replay(inputs, labels, lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return self.sgd_step(inputs, labels, zero_grad=True)
+
+    def sgd_step(self, inputs: torch.Tensor, labels: torch.Tensor, zero_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
             logits = self.forward(inputs)
             loss = F.cross_entropy(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        if zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return loss.detach().float(), (logits.detach().argmax(1) != labels).sum().float()
@@ -304,13 +321,75 @@ class Trainer:
         return loss_sum.item() / len(labels), wrong.item() / len(labels) * 100
 
 
+class CapturedStep:
+    """The training step (forward, loss, backward, SGD update) recorded once as a CUDA graph, then replayed.
+
+    A replay launches the whole step at once. Shapes are static (full batches); the lr lives in a device tensor,
+    so the schedule and the warm-up change it without a new capture; augmentation stays outside the graph, drawing
+    from the run's generator as the eager step does, so checkpoints resume exactly. Capturing needs a few real
+    steps first (cuDNN plans, the momentum buffers, with lr 0); the model's weights, BN statistics and momentum
+    are restored afterwards, so the replayed run computes what the eager step computes (a test checks this on GPUs).
+    """
+
+    WARMUP_STEPS = 3  # PyTorch's recipe: run the step a few times on a side stream before capturing it
+
+    def __init__(self, trainer: Trainer, inputs: torch.Tensor, labels: torch.Tensor):
+        self.trainer = trainer
+        self.inputs, self.labels = inputs.clone(), labels.clone()  # the graph's fixed input addresses
+        self.lr = torch.zeros((), device=trainer.device)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = self.lr
+        saved = self.snapshot()
+        current = torch.cuda.current_stream(trainer.device)
+        side = torch.cuda.Stream(trainer.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_STEPS):
+                trainer.sgd_step(self.inputs, self.labels, zero_grad=True)
+        current.wait_stream(side)
+        trainer.optimizer.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph's pool
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss, self.wrong = trainer.sgd_step(self.inputs, self.labels, zero_grad=False)
+        self.restore(saved)
+
+    def replay(self, inputs: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the step on this batch; the returned tensors are overwritten by the next replay."""
+        self.inputs.copy_(inputs)
+        self.labels.copy_(labels)
+        self.lr.fill_(lr)
+        self.graph.replay()
+        return self.loss, self.wrong
+
+    def snapshot(self) -> dict[str, Any]:
+        model = {name: tensor.detach().clone() for name, tensor in self.trainer.model.state_dict().items()}
+        state = self.trainer.optimizer.state
+        momentum = {id(p): s["momentum_buffer"].clone() for p, s in state.items() if s.get("momentum_buffer") is not None}
+        return {"model": model, "momentum": momentum}
+
+    @torch.no_grad()
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Copy the saved values back into the same tensors: the graph holds their addresses."""
+        for name, tensor in self.trainer.model.state_dict().items():
+            tensor.copy_(saved["model"][name])
+        for param, state in self.trainer.optimizer.state.items():
+            buffer = state.get("momentum_buffer")
+            if buffer is None:
+                continue
+            before = saved["momentum"].get(id(param))
+            if before is not None:
+                buffer.copy_(before)
+            else:  # born in the warm-up steps: zero makes the first real step set it to the gradient, as SGD does
+                buffer.zero_()
+
+
 def uses_compile(config: TrainConfig, device: torch.device) -> bool:
     if config.compile is not None:
         return config.compile
     return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
 
 
-def precision_context(precision: str, device: torch.device) -> Callable[[], Any]:
+def precision_context(precision: str, device: torch.device, graph_safe: bool = False) -> Callable[[], Any]:
     """Set matmul/conv precision for the run and return the autocast context factory for its forward passes."""
     import contextlib
 
@@ -321,7 +400,8 @@ def precision_context(precision: str, device: torch.device) -> Callable[[], Any]
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
     if precision == "bf16":
         # autocast keeps BN and the loss in fp32; only convs and the FC layer run in bf16
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        # a CUDA graph must not keep autocast's cache of cast weights: a replay would read stale copies
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=not graph_safe)
     return contextlib.nullcontext
 
 
@@ -384,6 +464,7 @@ def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:
         "iterations": config.iterations, "steps_per_epoch": trainer.steps_per_epoch, "epochs": trainer.epochs,
         "lr_milestone_iterations": [round(m * config.iterations) for m in config.lr_milestones],
         "warmup": config.uses_warmup(), "compile": trainer.compiled, "channels_last": trainer.channels_last,
+        "cuda_graph": config.cuda_graph,
         "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
         "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
         "params": count_parameters(trainer.model),
