@@ -45,6 +45,7 @@ class CellTask:
         self.run_dir, self.device, self.threads, self.token = run_dir, device, threads, token
         self._stop = threading.Event()
         self._finished = threading.Event()
+        self._worker: threading.Thread | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # events hold locks, which do not pickle; a new node makes new ones
         return {"run_dir": self.run_dir, "device": self.device, "threads": self.threads, "token": self.token}
@@ -72,7 +73,8 @@ class CellTask:
         from submitit.helpers import DelayedSubmission
 
         self._stop.set()
-        self._finished.wait()
+        if self._worker is not None:  # else training has not begun, and cannot while this handler holds the main thread
+            self._finished.wait()
         return DelayedSubmission(CellTask(self.run_dir, self.device, self.threads, self.token))
 
     def _train_until_stopped(self) -> CellOutcome:
@@ -88,7 +90,8 @@ class CellTask:
 
         previous = signal.signal(signal.SIGINT, lambda _s, _f: self._stop.set())
         try:
-            threading.Thread(target=train, name="resdepth-cell", daemon=True).start()
+            self._worker = threading.Thread(target=train, name="resdepth-cell", daemon=True)
+            self._worker.start()
             while not self._finished.wait(0.05):  # handlers run between waits (Ray's cancel raises no real signal)
                 pass
         finally:

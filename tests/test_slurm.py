@@ -131,6 +131,11 @@ def test_a_task_checkpoints_into_a_requeue_of_itself_and_pickles_for_the_node(tm
     assert not (run_dir / LOCK_FILE).exists()
 
 
+def test_a_task_preempted_before_it_trains_requeues_at_once(tmp_path):
+    requeue = CellTask(tmp_path / "plain-8-s0", "cpu", 1, "token-2").checkpoint()  # would hang if it waited
+    assert requeue.function.token == "token-2"
+
+
 # ---------------------------------------------------------------------------------------------- submitit's local executor
 def test_local_slurm_sweep_gives_the_sequential_executors_numbers(tmp_path):
     reference = sequential_reference(tmp_path)
