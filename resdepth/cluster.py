@@ -454,16 +454,22 @@ def check_slurm_config(config: SlurmConfig, device: str, gpus_per_job: float) ->
 
 
 def queue_states(job_ids: list[str]) -> dict[str, str]:
-    """squeue's state of each listed job still known to Slurm (array tasks one by one: JOBID_TASK)."""
-    if not job_ids:
-        return {}
-    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
-    listing = subprocess.run(["squeue", "--array", "--noheader", "--format=%i|%T", "--jobs", ",".join(arrays)],
-                             capture_output=True, text=True, timeout=60)
+    """squeue's state of each listed job still known to Slurm (array tasks one by one: JOBID_TASK).
+
+    A job Slurm no longer knows is absent; a squeue that fails otherwise (controller busy) raises OSError, so that
+    a slow controller never makes running jobs look finished.
+    """
     states = {}
-    for line in listing.stdout.splitlines():
-        job_id, _, state = line.strip().partition("|")
-        states[job_id] = state
+    for array in sorted({job_id.split("_")[0] for job_id in job_ids}):
+        listing = subprocess.run(["squeue", "--array", "--noheader", "--format=%i|%T", "--jobs", array],
+                                 capture_output=True, text=True, timeout=60)
+        if listing.returncode != 0:
+            if "invalid job id" in listing.stderr.lower():
+                continue  # ended long enough ago that Slurm has forgotten it
+            raise OSError(f"squeue: {last_line(listing.stderr)}")
+        for line in listing.stdout.splitlines():
+            job_id, _, state = line.strip().partition("|")
+            states[job_id] = state
     return states
 
 

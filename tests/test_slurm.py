@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RESDEPTH, assert_same_run, rows, run, tiny_config, tiny_sweep
-from resdepth.cluster import SLURM_LOGS, TASK_FILE, CellTask, SlurmConfig
+from resdepth.cluster import SLURM_LOGS, TASK_FILE, CellTask, SlurmConfig, queue_states
 from resdepth.errors import UserError
 from resdepth.executors import SequentialExecutor, make_executor
 from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config
@@ -134,6 +134,17 @@ def test_a_task_checkpoints_into_a_requeue_of_itself_and_pickles_for_the_node(tm
 def test_a_task_preempted_before_it_trains_requeues_at_once(tmp_path):
     requeue = CellTask(tmp_path / "plain-8-s0", "cpu", 1, "token-2").checkpoint()  # would hang if it waited
     assert requeue.function.token == "token-2"
+
+
+def test_a_failing_squeue_is_not_taken_for_finished_jobs(tmp_path, monkeypatch):
+    squeue = tmp_path / "squeue"  # a stand-in answering as Slurm's squeue does when its controller is busy
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out on send/recv operation' >&2\nexit 1\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(OSError, match="Socket timed out"):
+        queue_states(["12_0"])
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    assert queue_states(["12_0"]) == {}  # forgotten by Slurm: ended
 
 
 # ---------------------------------------------------------------------------------------------- submitit's local executor
