@@ -359,10 +359,6 @@ class SlurmExecutor(Executor):
                 self._jobs[slurm_job] = (task.run_dir, future)
         return futures
 
-    def job_ids(self) -> list[str]:
-        with self._lock:
-            return [job.job_id for job in self._jobs]
-
     def _watch(self) -> None:
         while not self._closing.wait(self.config.poll_seconds):
             with self._lock:
