@@ -7,19 +7,22 @@ outcome never depends on the scheduler's bookkeeping beyond "is this job still q
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .cell import CellOutcome, RunLock, is_locked, mark_failed, outcome_from_status, run_cell, set_state
 from .errors import UserError
@@ -324,6 +327,7 @@ class SlurmExecutor(Executor):
         self.submitit = import_submitit()
         self.config = config
         check_slurm_config(config, device, gpus_per_job)
+        check_sbatch(config)
         self.device = device
         self.threads = threads or config.cpus_per_job
         gpus = 0 if device == "cpu" else int(gpus_per_job)
@@ -349,10 +353,14 @@ class SlurmExecutor(Executor):
 
     def submit_all(self, jobs: list[CellJob]) -> "list[Future[CellOutcome]]":
         tasks = [CellTask(job.run_dir.resolve(), self.device, self.threads, uuid.uuid4().hex) for job in jobs]
+        said: list[str] = []
         try:
-            submitted = self.executor.submit_array(tasks)
+            with stderr_into(said):
+                submitted = self.executor.submit_array(tasks)
         except Exception as exc:  # noqa: BLE001 - sbatch refused: bad partition, account, time...
-            raise UserError(f"Slurm refused the jobs: {last_line(str(exc))}") from None
+            reason = "; ".join(line.removeprefix("sbatch: error: ") for line in said[-3:]) or last_line(str(exc))
+            raise UserError(f"Slurm refused the jobs ({reason}): check "
+                            "--slurm-partition/--slurm-account/--slurm-qos/--slurm-time against `sinfo`") from None
         futures: list[Future[CellOutcome]] = [Future() for _ in submitted]
         with self._lock:
             for task, slurm_job, future in zip(tasks, submitted, futures):
@@ -438,15 +446,38 @@ def import_submitit() -> Any:
 
 
 def check_slurm_config(config: SlurmConfig, device: str, gpus_per_job: float) -> None:
+    """What can be told wrong before anything is submitted (the values alone: also checked when planning)."""
     if config.cluster not in ("slurm", "local"):
         raise UserError(f"[slurm] cluster must be slurm or local (submitit's local executor), got {config.cluster!r}")
-    if config.cluster == "slurm" and shutil.which("sbatch") is None:
-        raise UserError("--executor slurm needs Slurm's sbatch on PATH: run the sweep from a login node of the cluster")
+    for name, option, smallest in (("time", "--slurm-time", 1), ("cpus_per_job", "--slurm-cpus", 1),
+                                   ("array_parallelism", "--slurm-array-parallelism", 1), ("max_timeouts", None, 0)):
+        if getattr(config, name) < smallest:
+            given = f"{option} (or [slurm] {name})" if option else f"[slurm] {name}"
+            raise UserError(f"{given} must be at least {smallest}, got {getattr(config, name)}")
     if device != "cpu" and gpus_per_job != 1:
         raise UserError(f"Slurm gives a job whole GPUs and a cell trains on one: --gpus-per-job 1, not "
                         f"{gpus_per_job:g} (to share a GPU between cells use --executor ray)")
-    if config.time < 1 or config.cpus_per_job < 1 or config.array_parallelism < 1 or config.max_timeouts < 0:
-        raise UserError("[slurm] time, cpus_per_job and array_parallelism must be positive, max_timeouts >= 0")
+
+
+def check_sbatch(config: SlurmConfig) -> None:
+    if config.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--executor slurm needs Slurm's sbatch on PATH: run the sweep from a login node of the cluster")
+
+
+@contextlib.contextmanager
+def stderr_into(lines: list[str]) -> Iterator[None]:
+    """Collect what child processes (sbatch) write to stderr, to report it in one line instead of raw."""
+    with tempfile.TemporaryFile(mode="w+") as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line.strip() for line in sink if line.strip())
 
 
 def queue_states(job_ids: list[str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .cell import CellOutcome, is_locked
-from .cluster import SlurmConfig
+from .cluster import SlurmConfig, check_slurm_config
 from .data import DataConfig
 from .errors import UserError
 from .executors import CellJob, Executor
@@ -62,6 +62,8 @@ class SweepConfig:
             check_kind(kind)
         if self.jobs < 1 or self.jobs_per_gpu < 1:
             raise UserError("--jobs and --jobs-per-gpu must be positive integers")
+        if self.executor == "slurm":
+            check_slurm_config(self.slurm, self.train.device, self.gpus_per_job)
         self.train.validate()
 
 
