@@ -215,11 +215,15 @@ def slurm_cluster():
 
 
 def release_requeued(job_id: str) -> None:
-    """Slurm holds a requeued job back about two minutes before it may start; let it start now."""
+    """Slurm holds a requeued job back about two minutes before it may start; let it start in a few seconds.
+
+    Not at once: a job restarted while its node still cleans up the old run is killed ("Job credential revoked").
+    """
     for _ in range(100):
         state = subprocess.run(["squeue", "--noheader", "--format=%T", "--jobs", job_id], capture_output=True,
                                text=True).stdout.strip()
         if state == "PENDING":
+            time.sleep(5)
             # no check: a job that Slurm has let start meanwhile is no longer pending, which is what this is for
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
             return
