@@ -7,11 +7,8 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
-import pandas as pd
 import pytest
-import torch
 
 from conftest import RESDEPTH, assert_same_run, rows, run, tiny_config, tiny_sweep
 from resdepth.cluster import TASK_FILE, CellTask, probe_folder

@@ -1,7 +1,6 @@
 """The Table 6 style summary from hand-made results folders: means, sample stds, best and val-selected test
 error, the paper's numbers beside ours, the exports, and `resdepth table` on good, corrupt and empty folders."""
 
-import json
 import math
 
 import pandas as pd
