@@ -213,8 +213,9 @@ def print_plan(config: SweepConfig, planned: list[PlannedCell]) -> None:
 
     slots = device_slots(config)
     if config.executor in ("ray", "slurm"):
-        threads = config.train.threads or (config.slurm.cpus_per_job if config.executor == "slurm" else 1)
-        where = f"one {config.executor} task per cell, {threads} thread(s) each"
+        from .cluster import task_threads
+
+        where = f"one {config.executor} task per cell, {task_threads(config)} thread(s) each"
     else:
         where = f"{len(slots)} job slot(s): {', '.join(slots)}, {config.train.threads or threads_per_job(slots)} thread(s) each"
     table = Table(title=f"dry run: {config.out_dir()} ({where})")

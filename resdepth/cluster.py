@@ -513,9 +513,14 @@ def signal_local_task(run_dir: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- choosing one
+def task_threads(sweep: "SweepConfig") -> int:
+    """CPU cores (and torch threads) each cell's task asks for: --threads, else 1 on Ray, cpus_per_job on Slurm."""
+    return sweep.train.threads or (sweep.slurm.cpus_per_job if sweep.executor == "slurm" else 1)
+
+
 def make_cluster_executor(sweep: "SweepConfig") -> Executor:
-    train = sweep.train
+    train, threads = sweep.train, task_threads(sweep)
     if sweep.executor == "ray":
-        return RayExecutor(sweep.out_dir(), sweep.ray_address, sweep.gpus_per_job, train.device, train.threads)
-    return SlurmExecutor(sweep.out_dir(), sweep.slurm, train.device, sweep.gpus_per_job, train.threads,
+        return RayExecutor(sweep.out_dir(), sweep.ray_address, sweep.gpus_per_job, train.device, threads)
+    return SlurmExecutor(sweep.out_dir(), sweep.slurm, train.device, sweep.gpus_per_job, threads,
                          sweep.name or sweep.out_dir().name)
