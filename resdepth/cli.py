@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -403,19 +404,20 @@ def bench(
     if json_out is not None:
         json_out.write_text(json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     first = rows[0]
-    view = Table(title=f"{kind} training throughput on {first.device_name} ({first.device}, {first.threads} threads, "
+    view = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=f"{kind} training throughput on {first.device_name} ({first.device}, {first.threads} threads, "
                        f"{first.precision}, channels_last {'on' if first.channels_last else 'off'}, "
                        f"compile {'on' if first.compile else 'off'}{', CUDA graph' if first.cuda_graph else ''})",
-                 caption=f"achieved FLOP/s = 3 x 2 x forward multiply-adds x resdepth img/s; memory: {first.memory_measure}")
-    for column in ("depth", "resdepth img/s", "naive img/s", "ratio", "achieved GFLOP/s", "matmul GFLOP/s",
-                   "% of matmul peak", "peak MB resdepth / naive"):
-        view.add_column(column, justify="right")
+                 caption=f"achieved FLOP/s = 3 x 2 x forward multiply-adds x resdepth img/s; MB: {first.memory_measure}")
+    # Two-line headers and no vertical rules keep the table whole in an 80-column terminal or log (rich cuts words).
+    for column in ("depth", "resdepth\nimg/s", "naive\nimg/s", "ratio", "achieved\nGFLOP/s", "matmul\nGFLOP/s",
+                   "% of\npeak", "resdepth\nMB", "naive\nMB"):
+        view.add_column(column, justify="right", no_wrap=True)
     dash = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
     for row in rows:
         view.add_row(str(row.depth), f"{row.resdepth_images_per_second:,.0f}", dash(row.naive_images_per_second, ",.0f"),
-                     dash(row.speedup, ".2f") + ("x" if row.speedup else ""), f"{row.achieved_gflops:.1f}",
-                     f"{row.matmul_gflops:.1f}", f"{row.peak_fraction * 100:.0f}%",
-                     f"{row.resdepth_peak_memory_mb:,.0f} / {dash(row.naive_peak_memory_mb, ',.0f')}")
+                     dash(row.speedup, ".2f") + ("x" if row.speedup else ""), f"{row.achieved_gflops:,.0f}",
+                     f"{row.matmul_gflops:,.0f}", f"{row.peak_fraction * 100:.0f}%",
+                     f"{row.resdepth_peak_memory_mb:,.0f}", dash(row.naive_peak_memory_mb, ",.0f"))
     console.print(view)
 
 
