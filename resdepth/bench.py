@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .data import DataConfig, Dataset, load_dataset
 from .errors import UserError
 from .models import blocks_per_stage, build_model, check_kind, count_multiply_adds
-from .train import TrainConfig, Trainer, environment, resolve_device
+from .train import TrainConfig, Trainer, environment, resolve_device, resolved_precision
 
 # A training step costs about 3 forward passes (the backward pass computes input and weight gradients),
 # and one multiply-add is 2 FLOPs: achieved FLOP/s = 3 x 2 x forward multiply-adds x images/s.
@@ -193,10 +193,6 @@ def timed_window(run: Callable[[int], None], device: torch.device, config: Bench
     run(config.iterations)
     synchronize(device)
     return config.iterations * config.batch_size / (time.perf_counter() - started)
-
-
-def resolved_precision(precision: str, device: torch.device) -> str:
-    return precision if precision != "auto" else "tf32" if device.type == "cuda" else "fp32"  # as precision_context
 
 
 def device_name(device: torch.device) -> str:

@@ -43,7 +43,7 @@ class TrainConfig:
     lr_milestones: tuple[float, ...] = (0.5, 0.75)
     lr_decay: float = 0.1
     momentum: float = 0.9  # §4.2
-    weight_decay: float = 1e-4  # §4.2; applied to every parameter, as in the original Caffe training
+    weight_decay: float = 1e-4  # §4.2; on every parameter (BN and biases too): the paper names no exclusions
     warmup: str = "auto"  # auto: the paper's warm-up for depth >= warmup_min_depth (110), on, off
     warmup_min_depth: int = 110
     warmup_lr: float = 0.01  # §4.2: 0.01 until the training error is below 80% (about 400 iterations)
@@ -296,6 +296,11 @@ class Trainer:
         self.optimizer.step()
         return loss.detach().float(), (logits.detach().argmax(1) != labels).sum().float()
 
+    def last_step_lr(self) -> float:
+        # a warm-up that ended at this very iteration still ran its last step at the warm-up lr
+        ran_warming_up = self.warming_up or self.warmup_end_iteration == self.iteration
+        return learning_rate(self.config, self.iteration - 1, ran_warming_up)
+
     def check_warmup(self, recent_error: float) -> None:
         # §4.2 (110 layers): warm up with lr 0.01 until the training error is below 80%, then go back to 0.1.
         if recent_error < self.config.warmup_until_error:
@@ -389,12 +394,15 @@ def uses_compile(config: TrainConfig, device: torch.device) -> bool:
     return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
 
 
+def resolved_precision(precision: str, device: torch.device) -> str:
+    return precision if precision != "auto" else "tf32" if device.type == "cuda" else "fp32"
+
+
 def precision_context(precision: str, device: torch.device, graph_safe: bool = False) -> Callable[[], Any]:
     """Set matmul/conv precision for the run and return the autocast context factory for its forward passes."""
     import contextlib
 
-    if precision == "auto":
-        precision = "tf32" if device.type == "cuda" else "fp32"
+    precision = resolved_precision(precision, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
@@ -437,7 +445,7 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
             return RunResult("interrupted", trainer.epoch, trainer.iteration, None, trainer.warmup_end_iteration)
         trainer.epoch += 1
         row = {"epoch": trainer.epoch, "iteration": trainer.iteration,
-               "lr": learning_rate(config, trainer.iteration - 1, trainer.warming_up), **sums}
+               "lr": trainer.last_step_lr(), **sums}
         row["test_loss"], row["test_error"] = trainer.evaluate(*dataset_split(trainer, "test"))
         if has_val:
             row["val_loss"], row["val_error"] = trainer.evaluate(*dataset_split(trainer, "val"))
@@ -464,7 +472,7 @@ def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:
         "iterations": config.iterations, "steps_per_epoch": trainer.steps_per_epoch, "epochs": trainer.epochs,
         "lr_milestone_iterations": [round(m * config.iterations) for m in config.lr_milestones],
         "warmup": config.uses_warmup(), "compile": trainer.compiled, "channels_last": trainer.channels_last,
-        "cuda_graph": config.cuda_graph,
+        "cuda_graph": config.cuda_graph, "precision": resolved_precision(config.precision, trainer.device),
         "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
         "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
         "params": count_parameters(trainer.model),

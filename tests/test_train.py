@@ -87,6 +87,14 @@ def test_warmup_switches_when_the_training_error_falls_below_the_threshold(tmp_p
     assert set(read(tmp_path / "never")["lr"]) == {0.01}
 
 
+def test_an_epoch_whose_last_step_ends_the_warmup_logs_the_warmup_lr(tmp_path):
+    # 5 iterations per epoch: the switch after iteration 10 is epoch 2's last step, which ran at 0.01
+    data = DataConfig(dataset="synthetic", synthetic_train=160, synthetic_test=64)
+    result = run_training(tiny_config(warmup="on", warmup_until_error=100.0, epochs=8, data=data), tmp_path)
+    assert result.warmup_end_iteration == 10
+    assert read(tmp_path)["lr"].tolist()[:3] == pytest.approx([0.01, 0.01, 0.1])  # milestones at 20 and 30
+
+
 def test_synthetic_dataset_is_learnable(tmp_path):
     config = tiny_config(data=DataConfig(dataset="synthetic", synthetic_train=1000, synthetic_test=300),
                          batch_size=64, epochs=6)
@@ -124,4 +132,5 @@ def test_config_json_holds_resolved_settings_and_versions(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["kind"] == "residual" and saved["data"]["dataset"] == "synthetic"
     assert saved["resolved"]["iterations"] == 8 and saved["resolved"]["params"] == 75_290
+    assert saved["resolved"]["precision"] == "fp32"  # auto on the CPU
     assert saved["environment"]["torch"] == torch.__version__ and "resdepth" in saved["environment"]
