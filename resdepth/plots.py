@@ -7,6 +7,7 @@ caller's own plots (a notebook can still show the returned Figure).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -71,12 +72,22 @@ def build_figures(runs: list[Run], x: str = "iterations") -> dict[str, Figure]:
     suffix = "" if x == "iterations" else "-epochs"
     figures: dict[str, Figure] = {}
     every = group_curves(runs)
-    for dataset in dict.fromkeys(curve.key.dataset for curve in every):
-        curves = [c for c in every if c.key.dataset == dataset]
+    for study in dict.fromkeys((curve.key.dataset, curve.key.setting) for curve in every):
+        curves = [c for c in every if (c.key.dataset, c.key.setting) == study]
+        name = "-".join(filter(None, (study[0], file_slug(study[1]))))
         for variant in dict.fromkeys(c.key.variant for c in curves):
-            figures[f"figure1-{variant}-{dataset}{suffix}"] = figure1(curves, variant, x)
-        figures[f"figure6-{dataset}{suffix}"] = figure6(curves, x)
+            figures[f"figure1-{variant}-{name}{suffix}"] = figure1(curves, variant, x)
+        figures[f"figure6-{name}{suffix}"] = figure6(curves, x)
     return figures
+
+
+def file_slug(setting: str) -> str:
+    """'iterations 400, lr 0.05' -> 'iterations400_lr0.05': a setting as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9._]+", "", setting.replace(", ", "_"))
+
+
+def study_title(key: GroupKey) -> str:
+    return f"{key.dataset} ({key.setting})" if key.setting else key.dataset
 
 
 def plot_figure1(runs: list[Run], kind: str = "plain", x: str = "iterations") -> Figure:
@@ -102,7 +113,7 @@ def figure1(curves: list[SeedCurves], variant: str, x: str) -> Figure:
             draw(axes, curve, metric, xaxis, colours[curve.key.depth], TEST_WIDTH, "-")
         style_axes(axes, f"{variant} nets: {title}", xaxis, ylabel=axes is train_axes)
     set_error_range([train_axes, test_axes], chosen)
-    figure.suptitle(f"{chosen[0].key.dataset}: {variant} nets by depth", fontsize=TITLE_FONT)
+    figure.suptitle(f"{study_title(chosen[0].key)}: {variant} nets by depth", fontsize=TITLE_FONT)
     add_depth_legend(figure, chosen, colours)
     return figure
 
@@ -121,7 +132,7 @@ def figure6(curves: list[SeedCurves], x: str) -> Figure:
             draw(axes, curve, "test_error", xaxis, colours[curve.key.depth], TEST_WIDTH, "-")
         style_axes(axes, f"{variant} nets", xaxis, ylabel=axes is panels[0])
     set_error_range(panels, curves)
-    figure.suptitle(f"{curves[0].key.dataset}: dashed = training error, bold = test error", fontsize=TITLE_FONT)
+    figure.suptitle(f"{study_title(curves[0].key)}: dashed = training error, bold = test error", fontsize=TITLE_FONT)
     add_depth_legend(figure, curves, colours)
     return figure
 
@@ -204,9 +215,9 @@ def depth_colours(curves: list[SeedCurves]) -> dict[int, str]:
 
 
 def one_dataset(curves: list[SeedCurves]) -> list[SeedCurves]:
-    datasets = {c.key.dataset for c in curves}
-    if len(datasets) > 1:
-        raise ValueError(f"runs of several datasets ({', '.join(sorted(datasets))}): pass one dataset's runs")
+    studies = sorted({study_title(c.key) for c in curves})
+    if len(studies) > 1:
+        raise ValueError(f"runs of several datasets or settings ({'; '.join(studies)}): pass one study's runs")
     return curves
 
 

@@ -6,6 +6,7 @@ The metric schema is defined here once; the trainer's CSV writer, the plots, the
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import socket
@@ -30,6 +31,9 @@ VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_error")  # present only when th
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE = (
     "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",
 )
+# TrainConfig fields that change how a run executes but not what it computes: a resumed run may change them,
+# and runs that differ only in them are seeds of one setting.
+EXECUTION_FIELDS = ("device", "threads", "compile", "cuda_graph", "channels_last", "eval_batch_size")
 # A run is pending, running, interrupted (resumable), or in one of these:
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
 
@@ -146,26 +150,46 @@ def is_run_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file()
 
 
-def find_run_dirs(root: Path) -> list[Path]:
+REPLACED_MARK = ".replaced-"  # `sweep --force` keeps a superseded run as <name>.replaced-<time>
+
+
+def find_run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
+    """The run folders under root, and apart from them the ones --force replaced (read only when named)."""
     if is_run_dir(root):
-        return [root]
-    return sorted(p.parent for p in root.rglob(CONFIG_FILE) if not any(part.startswith(".") for part in p.parts[len(root.parts):]))
+        return [root], []
+    found = sorted(p.parent for p in root.rglob(CONFIG_FILE)
+                   if not any(part.startswith(".") for part in p.parts[len(root.parts):]))
+    replaced = [p for p in found if any(REPLACED_MARK in part for part in p.parts[len(root.parts):])]
+    return [p for p in found if p not in replaced], replaced
 
 
-def read_metrics(path: Path) -> pd.DataFrame:
-    """metrics.csv as a DataFrame; raises ValueError when it is missing, empty or lacks the schema's columns."""
+def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
+    """metrics.csv as a DataFrame, and a note when a last line cut short (a write killed midway) was left out.
+    Raises ValueError when the file is missing, empty, lacks the schema's columns or has a broken line elsewhere."""
     if not path.is_file():
         raise ValueError(f"{path} is missing")
     try:
-        frame = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        lines = list(csv.reader(io.StringIO(path.read_text())))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{path} is not a readable CSV ({exc.__class__.__name__})") from None
-    missing = [c for c in METRIC_COLUMNS if c not in frame.columns]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError(f"{path} is empty")
+    header, body, note = lines[0], lines[1:], None
+    missing = [c for c in METRIC_COLUMNS if c not in header]
     if missing:
         raise ValueError(f"{path} lacks the columns {', '.join(missing)}")
-    if frame.empty:
+    broken = [number for number, line in enumerate(body, start=2) if len(line) != len(header)]
+    if broken == [len(body) + 1]:
+        body, note = body[:-1], f"left out the last line of {path}: {len(lines[-1])} of {len(header)} fields, cut short"
+    elif broken:
+        raise ValueError(f"{path} line {broken[0]} has {len(lines[broken[0] - 1])} fields, not {len(header)}")
+    if not body:
         raise ValueError(f"{path} has no epochs yet")
-    return frame
+    frame = pd.DataFrame(body, columns=header).apply(pd.to_numeric, errors="coerce")
+    if frame[["epoch", "iteration"]].isna().any().any():
+        raise ValueError(f"{path} has an epoch or iteration that is not a number")
+    return frame, note
 
 
 def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
@@ -174,17 +198,21 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     root = Path(root)
     if not root.exists():
         raise UserError(f"results folder {root} does not exist: pass the --out folder of a sweep, e.g. results/")
+    run_dirs, replaced = find_run_dirs(root)
     runs, warnings = [], []
-    for run_dir in find_run_dirs(root):
+    for run_dir in run_dirs:
         config = read_json(run_dir / CONFIG_FILE)
-        if config is None:
-            warnings.append(f"skipped {run_dir}: config.json is not valid JSON")
+        problem = "config.json is not valid JSON" if config is None else config_problem(config)
+        if problem:
+            warnings.append(f"skipped {run_dir}: {problem}")
             continue
         try:
-            metrics = read_metrics(run_dir / METRICS_FILE)
+            metrics, note = read_metrics(run_dir / METRICS_FILE)
         except ValueError as exc:
             warnings.append(f"skipped {run_dir}: {exc}")
             continue
+        if note:
+            warnings.append(note)
         status = RunStatus.read(run_dir)
         runs.append(Run(run_dir, config, metrics, status.state if status else "unknown"))
     if not runs and not warnings:
@@ -192,7 +220,21 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     if not runs:
         raise UserError(f"no readable runs under {root}: {len(warnings)} run folder(s), all skipped "
                         f"(first: {warnings[0].removeprefix('skipped ')})")
+    if replaced:
+        warnings.append(f"left out {len(replaced)} run folder(s) that sweep --force replaced (*{REPLACED_MARK}*, e.g. "
+                        f"{replaced[0]}): name one to read it")
     return runs, warnings
+
+
+def config_problem(config: Any) -> str | None:
+    """What makes a config.json unusable for grouping runs (hand-edited or foreign files), or None."""
+    if not isinstance(config, dict) or not isinstance(config.get("data", {}), dict):
+        return "config.json is not a resdepth config (a JSON object with a data object)"
+    try:
+        int(config.get("depth", 0))
+    except (TypeError, ValueError):
+        return f"config.json has depth {config['depth']!r}, not a whole number"
+    return None
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from . import __version__
 from .data import DataConfig, Dataset, augment, load_dataset, normalize
 from .errors import UserError
 from .models import CifarNet, build_model, count_parameters
-from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
+from .results import (CHECKPOINT_FILE, EXECUTION_FIELDS, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
                       metric_columns, write_config)
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
@@ -96,9 +96,6 @@ class TrainConfig:
     def uses_warmup(self) -> bool:
         return self.warmup == "on" or (self.warmup == "auto" and self.depth >= self.warmup_min_depth)
 
-
-# Fields that change how a run executes but not what it computes; a resumed run may change them.
-EXECUTION_FIELDS = ("device", "threads", "compile", "cuda_graph", "channels_last", "eval_batch_size")
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:

@@ -167,6 +167,17 @@ def test_build_figures_names_one_set_per_dataset_and_save_writes_every_format(tm
         plot_figure6(runs)  # the single-figure builders take one dataset's runs
 
 
+def test_two_sweeps_trained_differently_get_figures_of_their_own(paper_like):
+    other = write_run(paper_like / "longer", "plain", 20, test=(40.0, 12.0, 9.0))
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "resolved": {**config["resolved"], "iterations": 60000}}))
+    figures = build_figures(load_runs(paper_like)[0])
+    assert sorted(n for n in figures if n.startswith("figure6")) == [
+        "figure6-cifar10-iterations30000", "figure6-cifar10-iterations60000"]
+    assert "(iterations 60000)" in figures["figure6-cifar10-iterations60000"]._suptitle.get_text()
+    assert len(figures["figure6-cifar10-iterations30000"].axes[0].lines) >= 4  # plain-20 and -56, train and test
+
+
 def test_cli_plot_writes_and_prints_the_files_and_warns_about_a_corrupt_run(monkeypatch, capsys, paper_like):
     corrupt = paper_like / "plain-32-s0"
     corrupt.mkdir()

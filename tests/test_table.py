@@ -1,6 +1,7 @@
 """The Table 6 style summary from hand-made results folders: means, sample stds, best and val-selected test
 error, the paper's numbers beside ours, the exports, and `resdepth table` on good, corrupt and empty folders."""
 
+import json
 import math
 
 import pandas as pd
@@ -121,3 +122,49 @@ def test_cli_table_warns_about_corrupt_runs_and_fails_on_empty_folders(monkeypat
     empty.mkdir()
     code, out, err = run_cli(monkeypatch, capsys, "table", str(empty))
     assert code == 2 and err.startswith("error: no runs found under") and len(err.strip().splitlines()) == 1
+
+
+def test_hand_broken_configs_and_a_last_line_cut_short(monkeypatch, capsys, results):
+    (results / "plain-20-s0" / "config.json").write_text("[]")
+    config = json.loads((results / "plain-56-s0" / "config.json").read_text())
+    (results / "plain-56-s0" / "config.json").write_text(json.dumps({**config, "depth": "abc"}))
+    with (results / "residual-56-s2" / "metrics.csv").open("a") as handle:
+        handle.write("4,40000,0.001,0.6\n")  # a write killed midway: kept epochs stay, the torn line goes
+    code, out, err = run_cli(monkeypatch, capsys, "table", str(results), "--markdown")
+    assert code == 0, err
+    warnings = err.strip().splitlines()
+    assert any("plain-20-s0" in w and "not a resdepth config" in w for w in warnings)
+    assert any("plain-56-s0" in w and "'abc', not a whole number" in w for w in warnings)
+    assert any("residual-56-s2" in w and "4 of 9 fields, cut short" in w for w in warnings)
+    assert "| residual | 56 | 0.85M | 3 | 2.00 | 8.00 ± 1.00 |" in out  # the torn line did not count
+    (results / "residual-56-s1" / "metrics.csv").write_text(
+        (results / "residual-56-s0" / "metrics.csv").read_text().replace("\n2,", "\n2,9,", 1))  # a broken middle line
+    runs, warnings = load_runs(results)
+    assert any("residual-56-s1" in w and "line 3 has 10 fields, not 9" in w for w in warnings)
+
+
+def test_runs_that_sweep_force_replaced_are_left_out_with_a_note(results):
+    replaced = write_run(results / "old", "residual", 56, seed=0, test=(90.0,))
+    replaced.rename(replaced.with_name("residual-56-s0.replaced-20260101-000000"))
+    runs, warnings = load_runs(results)
+    assert not any("replaced" in str(run.path) for run in runs)
+    assert len(warnings) == 1 and "sweep --force replaced" in warnings[0]
+    named, _ = load_runs(results / "old" / "residual-56-s0.replaced-20260101-000000")  # named: read
+    assert len(named) == 1
+
+
+def test_runs_trained_differently_are_kept_apart_not_averaged_as_seeds(monkeypatch, capsys, tmp_path):
+    # two sweeps in one folder: A at depths 20 and 56 with the default lr, B at depth 20 with another lr
+    for sweep, lr, depths in (("a", 0.1, (20, 56)), ("b", 0.05, (20,))):
+        for depth in depths:
+            run_dir = write_run(tmp_path / sweep, "plain", depth, test=(30.0, 10.0 if sweep == "a" else 20.0))
+            config = json.loads((run_dir / "config.json").read_text())
+            (run_dir / "config.json").write_text(json.dumps({**config, "lr": lr}))
+    summary = summarize(load_runs(tmp_path)[0])
+    assert [(r.setting, r.depth, r.runs, r.final_test_error_mean) for r in summary.itertuples()] == [
+        ("lr 0.05", 20, 1, 20.0), ("lr 0.1", 20, 1, 10.0), ("lr 0.1", 56, 1, 10.0)]
+    code, out, err = run_cli(monkeypatch, capsys, "table", str(tmp_path), "--markdown")
+    assert code == 0 and out.startswith("| setting | kind | depth |") and "| lr 0.05 | plain | 20 |" in out
+    # a folder of one sweep has nothing to tell apart: no setting column
+    code, out, err = run_cli(monkeypatch, capsys, "table", str(tmp_path / "a"), "--markdown")
+    assert code == 0 and out.startswith("| kind | depth |")
