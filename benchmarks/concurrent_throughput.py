@@ -20,19 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from resdepth.sweep import threads_per_job
+
 FIGURE6_DEPTHS = (20, 32, 44, 56, 110)  # sweeps/figure6.toml: plain and residual at each depth
 FIGURE6_KINDS = ("plain", "residual")
 PAPER_ITERATIONS, PAPER_BATCH = 64_000, 128  # §4.2
 
 
-def job(rank: int, args: argparse.Namespace, barrier: Any, results: Any) -> None:
+def job(rank: int, args: argparse.Namespace, threads: int | None, barrier: Any, results: Any) -> None:
     import torch
 
     from resdepth.bench import BenchConfig, OwnPath, synchronize
     from resdepth.data import DataConfig, load_dataset
 
     config = BenchConfig(depths=tuple(args.depths), device=args.device, iterations=args.steps, warmup=args.warmup,
-                         rounds=1, batch_size=args.batch_size, naive=False,
+                         rounds=1, batch_size=args.batch_size, naive=False, threads=threads,
                          data=DataConfig(dataset="synthetic", synthetic_train=args.train_images, synthetic_test=16))
     device = torch.device(args.device)
     dataset = load_dataset(config.data)
@@ -51,7 +53,9 @@ def job(rank: int, args: argparse.Namespace, barrier: Any, results: Any) -> None
 def measure(args: argparse.Namespace, jobs: int) -> list[dict[str, Any]]:
     context = mp.get_context("spawn")  # CUDA cannot be used in forked children
     barrier, results = context.Barrier(jobs), context.Queue()
-    processes = [context.Process(target=job, args=(rank, args, barrier, results)) for rank in range(jobs)]
+    # on the CPU the cores are shared out as `resdepth sweep --jobs N` does; GPU jobs keep torch's default
+    threads = threads_per_job(["cpu"] * jobs) if args.device == "cpu" else None
+    processes = [context.Process(target=job, args=(rank, args, threads, barrier, results)) for rank in range(jobs)]
     for process in processes:
         process.start()
     try:

@@ -1,12 +1,13 @@
 """The `resdepth` command line: the only module that prints or exits.
 
 Known user errors (`UserError`) become one line on stderr and exit code 2; a sweep's exit code says how its
-cells ended (0 all done, 1 some failed, 3 some diverged, 130/143 interrupted).
+cells ended (0 all done, 1 some failed, 3 some diverged, 4 some busy elsewhere, 130/143 interrupted).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import signal
 import sys
 from dataclasses import fields, replace
@@ -206,7 +207,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     if received:
         return 143 if received[0] == signal.SIGTERM else 130
     states = {o.state for o in outcomes.values()} | {p.action.removeprefix("skip-") for p in planned}
-    return 1 if "failed" in states else 3 if "diverged" in states else 0
+    return 1 if "failed" in states else 3 if "diverged" in states else 4 if "busy" in states else 0
 
 
 def print_plan(config: SweepConfig, planned: list[PlannedCell]) -> None:
@@ -382,7 +383,8 @@ def bench(
     batch_size: Annotated[int, typer.Option(help="Mini-batch size (images).")] = 128,
     num_workers: Annotated[int, typer.Option(help="DataLoader worker processes of the naive recipe.")] = 2,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Time the naive PIL + DataLoader recipe too.")] = True,
-    threads: Threads = None, precision: Precision = None, channels_last: ChannelsLast = None, compile: Compile = None,
+    threads: Threads = None, precision: Precision = None, channels_last: ChannelsLast = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step. [default: as a paper-length `resdepth train` run: on for CPU, off on CUDA]")] = None,
     cuda_graph: CudaGraph = None,
     data_dir: Annotated[Optional[str], typer.Option(help="CIFAR-10 folder (torchvision's download) instead of synthetic images.")] = None,
     synthetic_train: Annotated[int, typer.Option(help="Synthetic training images (both paths draw batches from them).")] = 4096,
@@ -393,6 +395,9 @@ def bench(
     from dataclasses import asdict
 
     from .bench import BenchConfig, run_benchmark
+
+    if json_out is not None:
+        check_output_file(json_out, "--json")  # before minutes of measuring, not after
 
     data = (DataConfig(dataset="cifar10", data_dir=data_dir) if data_dir else
             DataConfig(dataset="synthetic", synthetic_train=synthetic_train, synthetic_test=16))
@@ -419,6 +424,11 @@ def bench(
                      f"{row.matmul_gflops:,.0f}", f"{row.peak_fraction * 100:.0f}%",
                      f"{row.resdepth_peak_memory_mb:,.0f}", dash(row.naive_peak_memory_mb, ",.0f"))
     console.print(view)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UserError(f"{option} {path}: not a file in a writable folder; name a file such as bench.json")
 
 
 def main() -> None:

@@ -64,16 +64,21 @@ class Dataset:
         return (total / (255.0 * len(self.train_images))).float()
 
 
-def load_dataset(config: DataConfig) -> Dataset:
-    """The configured dataset on the CPU, with validation split and subsets applied."""
+def check_data_config(config: DataConfig) -> None:
+    """Refuse values no dataset can satisfy, before anything is loaded or written."""
     if config.dataset not in DATASETS:
         raise UserError(f"unknown dataset {config.dataset!r}: use one of {', '.join(DATASETS)}")
-    for name in ("train_size", "test_size"):
+    for name in ("train_size", "test_size", "synthetic_train", "synthetic_test"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number of images, got {value}")
     if config.val_size < 0:
         raise UserError(f"--val-size must be 0 (no split) or a positive number of images, got {config.val_size}")
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """The configured dataset on the CPU, with validation split and subsets applied."""
+    check_data_config(config)
     data = _load_raw(config)
     if config.val_size:
         if config.val_size >= len(data.train_labels):
@@ -83,6 +88,11 @@ def load_dataset(config: DataConfig) -> Dataset:
         keep[val] = False
         data.val_images, data.val_labels = data.train_images[val], data.train_labels[val]
         data.train_images, data.train_labels = data.train_images[keep], data.train_labels[keep]
+    for name, labels in (("train_size", data.train_labels), ("test_size", data.test_labels)):
+        if (getattr(config, name) or 0) > len(labels):
+            split = name.split("_")[0]
+            raise UserError(f"--{name.replace('_', '-')} {getattr(config, name)} is more than the {len(labels)} "
+                            f"{split} images of {config.dataset} (after any --val-size): ask for at most {len(labels)}, or leave it out for all")
     if config.train_size is not None and config.train_size < len(data.train_labels):
         pick = balanced_subset(data.train_labels, config.train_size, config.split_seed + 1)
         data.train_images, data.train_labels = data.train_images[pick], data.train_labels[pick]

@@ -74,6 +74,8 @@ class CifarNet(nn.Module):
         check_kind(kind)
         if shortcut not in SHORTCUTS:
             raise UserError(f"unknown shortcut {shortcut!r}: use A (zero-padding, the paper's default) or B (projection)")
+        if num_classes < 1:
+            raise UserError(f"--num-classes must be a positive integer (10 for CIFAR-10), got {num_classes}")
         self.kind, self.depth, self.shortcut_option = kind, depth, shortcut
         residual = kind == "residual"
         self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)

@@ -23,11 +23,11 @@ from .cell import CellOutcome, is_locked
 from .cluster import SlurmConfig, check_slurm_config
 from .data import DataConfig
 from .errors import UserError
-from .executors import CellJob, Executor
+from .executors import EXECUTORS, CellJob, Executor
 from .models import check_kind, blocks_per_stage
 from .results import (CHECKPOINT_FILE, CONFIG_FILE, TERMINAL_STATES, RunStatus, ensure_writable_dir, read_json,
                       write_config, write_json)
-from .train import TrainConfig, comparable
+from .train import TrainConfig, comparable, resolve_device
 
 SWEEP_FILE = "sweep.json"  # the sweep's own config, saved in its results folder so --resume can rebuild it
 
@@ -54,14 +54,29 @@ class SweepConfig:
         return Path(self.out) if self.out else Path("results") / (self.name or self.train.data.dataset)
 
     def validate(self) -> None:
+        """Everything that can be checked without running: a dry run refuses what the real run would."""
         if not self.depths or not self.kinds or not self.seeds:
             raise UserError("a sweep needs at least one depth, one kind and one seed")
+        for option, values in (("--depths", self.depths), ("--kinds", self.kinds), ("--seeds", self.seeds)):
+            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            if repeated:
+                raise UserError(f"{option} lists {', '.join(repeated)} more than once: name each value once")
+        if any(seed < 0 for seed in self.seeds):
+            raise UserError(f"--seed must be 0 or a positive integer, got {min(self.seeds)}")
         for depth in self.depths:
             blocks_per_stage(depth)
         for kind in self.kinds:
             check_kind(kind)
+        if self.name is not None and (not self.name.strip(".") or any(sep in self.name for sep in "/\\")):
+            raise UserError(f"--name {self.name!r} must be a plain folder name (no '/', not '.' or '..'): "
+                            "use --out for a path")
+        if self.executor not in EXECUTORS:
+            raise UserError(f"unknown executor {self.executor!r}: use one of {', '.join(EXECUTORS)}")
         if self.jobs < 1 or self.jobs_per_gpu < 1:
             raise UserError("--jobs and --jobs-per-gpu must be positive integers")
+        if self.gpus is not None and (self.train.device == "cpu" or any(gpu < 0 for gpu in self.gpus)):
+            raise UserError("--gpus lists CUDA GPU numbers (0, 1, ...) and needs --device auto or cuda: "
+                            "on the CPU use --jobs instead")
         if self.executor == "slurm":
             check_slurm_config(self.slurm, self.train.device, self.gpus_per_job)
         self.train.validate()
@@ -104,19 +119,23 @@ def device_slots(sweep: SweepConfig) -> list[str]:
     """One entry per concurrent job: a GPU (repeated jobs_per_gpu times) or 'cpu'; with Ray, one per cell."""
     if sweep.executor in ("ray", "slurm"):  # every cell is submitted at once; the scheduler places each
         return [sweep.executor] * len(make_cells(sweep))
-    device = sweep.train.device
-    gpus = sweep.gpus
-    if gpus is None and device in ("auto", "cuda"):
-        import torch
+    import torch
 
-        gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else None
-        if gpus is None and device == "cuda":
-            raise UserError("--device cuda asked for, but this machine has no CUDA GPU: use --device cpu")
+    device, gpus = sweep.train.device, sweep.gpus
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus is None and device in ("auto", "cuda"):
+        gpus = list(range(visible)) or None
+    if device != "auto" or gpus:
+        resolve_device(device if device != "auto" else "cuda")  # here, where the cells run: refused before any starts
+    if gpus and max(gpus) >= visible:
+        raise UserError(f"--gpus {','.join(map(str, gpus))}: this machine has {visible} CUDA GPU(s), numbered from 0")
     if gpus:
-        return [f"cuda:{gpu}" for gpu in gpus for _ in range(sweep.jobs_per_gpu)]
-    if device not in ("auto", "cpu"):
-        return [device] * sweep.jobs
-    return ["cpu"] * sweep.jobs
+        slots = [f"cuda:{gpu}" for gpu in gpus for _ in range(sweep.jobs_per_gpu)]
+    else:
+        slots = [device if device not in ("auto", "cpu") else "cpu"] * sweep.jobs
+    if sweep.train.cuda_graph and slots[0] == "cpu":
+        raise UserError("--cuda-graph needs a CUDA device, and this sweep runs on the CPU: leave it out")
+    return slots
 
 
 def threads_per_job(slots: list[str]) -> int:
@@ -292,10 +311,18 @@ def sweep_from_dict(payload: dict[str, Any]) -> SweepConfig:
 
 
 def load_saved_sweep(results_dir: Path) -> SweepConfig:
-    payload = read_json(results_dir / SWEEP_FILE)
-    if payload is None:
+    path = results_dir / SWEEP_FILE
+    if not path.is_file():
         raise UserError(f"{results_dir} holds no {SWEEP_FILE}: pass the --out folder of an earlier sweep to --resume")
-    sweep = sweep_from_dict(payload)
+    payload = read_json(path)
+    try:
+        if not isinstance(payload, dict):
+            raise TypeError("not valid JSON" if payload is None else "not a JSON object")
+        sweep = sweep_from_dict(payload)
+        sweep.validate()
+    except (TypeError, ValueError, AttributeError, UserError) as exc:
+        raise UserError(f"{path} is not a sweep that resdepth can resume ({exc}): rerun the sweep's own command "
+                        "(same --out) instead of --resume") from None
     sweep.out = str(results_dir)
     return sweep
 

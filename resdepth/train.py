@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .data import DataConfig, Dataset, augment, load_dataset, normalize
+from .data import DataConfig, Dataset, augment, check_data_config, load_dataset, normalize
 from .errors import UserError
 from .models import CifarNet, build_model, count_parameters
 from .results import (CHECKPOINT_FILE, EXECUTION_FIELDS, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
-                      metric_columns, write_config)
+                      ensure_writable_dir, metric_columns, write_config)
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
@@ -89,6 +89,14 @@ class TrainConfig:
             raise UserError(f"--threads must be a positive integer, got {self.threads}")
         if self.cuda_graph and self.compile:
             raise UserError("--cuda-graph and --compile each rebuild the training step: choose one")
+        check_device_name(self.device)
+        if self.cuda_graph and self.device == "cpu":
+            raise UserError("--cuda-graph needs a CUDA device, not cpu: leave it out on the CPU")
+        if self.seed < 0:
+            raise UserError(f"--seed must be 0 or a positive integer, got {self.seed}")
+        if self.warmup_min_depth < 1 or not self.warmup_lr > 0 or not 0 <= self.warmup_until_error <= 100:
+            raise UserError("warm-up settings: warmup_min_depth >= 1, warmup_lr > 0, warmup_until_error in [0, 100]")
+        check_data_config(self.data)
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
         CifarNet(self.kind, self.depth, shortcut=self.shortcut)  # type: ignore[arg-type]  # kind/depth/shortcut checks
@@ -111,19 +119,23 @@ class RunResult:
     warmup_end_iteration: int | None
 
 
+def check_device_name(name: str) -> None:
+    """The spelling of --device, checked without touching any GPU (a sweep may be planned on a login node)."""
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(name: str) -> torch.device:
+    """The device a run on this machine uses; a UserError when this machine does not have it."""
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} asked for, but this machine has no CUDA GPU: use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -414,6 +426,7 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
                  dataset: Dataset | None = None) -> RunResult:
     """Train (or resume) the run in run_dir; rows go to metrics.csv as each epoch ends."""
     config.validate()
+    ensure_writable_dir(run_dir)
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -97,3 +97,50 @@ def test_a_diverged_sweep_exits_non_zero(tmp_path, cli_env):
     done = resdepth("train", "--depth", "8", "--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "64",
                     "--batch-size", "32", "--epochs", "1", "--lr", "1e8", "--out", str(tmp_path), env=cli_env)
     assert done.returncode == 3 and "diverged" in done.stdout
+
+
+SYNTHETIC = ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "64", "--iterations", "2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--device", "tpu"], "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
+    (["train", "--device", "cuda:7"], "device cuda:7"),  # no GPU here, or no 8th GPU on a GPU machine
+    (["train", "--device", "cpu", "--cuda-graph"], "--cuda-graph needs a CUDA device"),
+    (["train", "--synthetic-train", "0"], "--synthetic-train must be a positive number of images, got 0"),
+    (["train", "--synthetic-test", "-1"], "--synthetic-test must be a positive number of images, got -1"),
+    (["train", "--train-size", "3000"], "--train-size 3000 is more than the 128 train images of synthetic"),
+    (["train", "--seed", "-1"], "--seed must be 0 or a positive integer"),
+    (["train", "--warmup-min-depth", "-1"], "warm-up settings"),
+    (["sweep", "--device", "cpu", "--gpus", "0"], "--gpus lists CUDA GPU numbers (0, 1, ...) and needs --device auto or cuda"),
+    (["sweep", "--depths", "8,14,8"], "--depths lists 8 more than once"),
+    (["sweep", "--seeds", "0,1,0"], "--seeds lists 0 more than once"),
+    (["sweep", "--name", ".."], "--name '..' must be a plain folder name"),
+])
+def test_bad_options_are_refused_before_any_run_folder_is_written(monkeypatch, capsys, tmp_path, args, message):
+    from test_plots import run_cli
+
+    out = tmp_path / "out"
+    command = [args[0], *SYNTHETIC, "--device", "cpu", "--out", str(out), *args[1:]]  # the case's values come last
+    code, _, err = run_cli(monkeypatch, capsys, *command)
+    assert code == 2 and message in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() or not any(out.iterdir())
+    if args[0] == "sweep":
+        assert run_cli(monkeypatch, capsys, *command, "--dry-run")[0] == 2  # a dry run refuses what the real run would
+
+
+def test_bad_files_and_values_outside_the_training_options(monkeypatch, capsys, tmp_path):
+    from test_plots import run_cli
+
+    sweep_file = tmp_path / "magic.toml"
+    sweep_file.write_text('depths = [8]\nexecutor = "magic"\n')
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", str(sweep_file), "--out", str(tmp_path / "m"), "--dry-run")
+    assert code == 2 and "unknown executor 'magic'" in err and not (tmp_path / "m").exists()
+    (tmp_path / "saved").mkdir()
+    for broken in ("[]", "{bad", '{"depths": "x"}'):
+        (tmp_path / "saved" / "sweep.json").write_text(broken)
+        code, _, err = run_cli(monkeypatch, capsys, "sweep", "--resume", str(tmp_path / "saved"))
+        assert code == 2 and "is not a sweep that resdepth can resume" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(monkeypatch, capsys, "models", "--num-classes", "-3")
+    assert code == 2 and "--num-classes must be a positive integer" in err
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--depths", "8", "--json", str(tmp_path))  # a folder
+    assert code == 2 and "--json" in err and "name a file" in err

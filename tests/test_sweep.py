@@ -120,7 +120,7 @@ def test_a_second_sweep_process_does_not_run_a_running_cell(tmp_path, cli_env):
     try:
         wait_for_rows(tmp_path / "residual-8-s0" / "metrics.csv", 1)
         second = subprocess.run(args, env=cli_env, capture_output=True, text=True, timeout=120)
-        assert "busy" in second.stdout
+        assert "busy" in second.stdout and second.returncode == 4  # not all cells done: not 0
     finally:
         first.kill()
         first.wait()
