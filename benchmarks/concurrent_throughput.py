@@ -36,6 +36,8 @@ def job(rank: int, args: argparse.Namespace, threads: int | None, barrier: Any, 
     config = BenchConfig(depths=tuple(args.depths), device=args.device, iterations=args.steps, warmup=args.warmup,
                          rounds=1, batch_size=args.batch_size, naive=False, threads=threads,
                          data=DataConfig(dataset="synthetic", synthetic_train=args.train_images, synthetic_test=16))
+    if threads:
+        torch.set_num_threads(threads)  # as run_training does for a sweep's cell
     device = torch.device(args.device)
     dataset = load_dataset(config.data)
     with tempfile.TemporaryDirectory(prefix=f"resdepth-job{rank}-") as run_dir:
@@ -120,7 +122,8 @@ def main() -> None:
               f"(per job {', '.join(f'{x:,.0f}' for x in row['per_job_images_per_second'])})")
     for estimate in result["figure6_extrapolation"]:
         print(f"EXTRAPOLATED Figure 6 sweep (10 cells x 64k iterations, training steps only) at "
-              f"{estimate['jobs_per_gpu']} job(s)/GPU: {estimate['figure6_hours_extrapolated']:.2f} h")
+              f"{estimate['jobs_per_gpu']} job(s) per {'GPU' if args.device.startswith('cuda') else args.device}: "
+              f"{estimate['figure6_hours_extrapolated']:.2f} h")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
