@@ -101,8 +101,12 @@ def with_training_options(command: Any) -> Any:
 def apply_overrides(train: TrainConfig, options: dict[str, Any]) -> TrainConfig:
     """Command-line values that were given replace those of the config (or sweep file)."""
     given = {k: v for k, v in options.items() if v is not None}
+    if "iterations" in given and "epochs" in given:
+        raise UserError("give --iterations or --epochs, not both: the run's length is one of them")
+    if "iterations" in given:
+        given["epochs"] = None  # the command line's length replaces a sweep file's epochs too
     data = replace(train.data, **{k: v for k, v in given.items() if k in DATA_OPTIONS})
-    return replace(train, **{k: v for k, v in given.items() if k in TRAIN_OPTIONS}, data=data)
+    return replace(train, **{k: given[k] for k in given.keys() & TRAIN_OPTIONS}, data=data)
 
 
 @app.command()
@@ -127,7 +131,8 @@ def train(
     depth: Annotated[int, typer.Option(help="Layers, 6n+2: 20, 32, 44, 56, 110, 1202 (8, 14 for quick tests).")] = T.depth,
     kind: Annotated[str, typer.Option(help="plain or residual.")] = T.kind,
     seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation.")] = T.seed,
-    out: Out = None, force: Force = False, **options: Any,
+    out: Annotated[Optional[Path], typer.Option(help="Results folder; the run goes to its sub-folder <kind>-<depth>-s<seed>. [default: results/<dataset>]")] = None,
+    force: Force = False, **options: Any,
 ) -> None:
     """Train one network with the paper's protocol (resumes if its folder holds a checkpoint)."""
     base = apply_overrides(TrainConfig(), options)

@@ -25,6 +25,7 @@ from .tables import GroupKey, group_runs, is_complete
 
 X_AXES = ("iterations", "epochs")
 FORMATS = ("png", "pdf", "svg")
+METRIC_WORDS = {"train_error": "train", "test_error": "test"}
 PAPER_Y_MAX = 20.0  # the paper's figures show 0-20% error and clip the first, higher iterations
 # A page's text width (7 in) at 9-10 pt text and thick lines: legible printed at that size, still readable at
 # half of it (a single column). Test error is the bold line, as in the paper's Figure 6.
@@ -112,7 +113,9 @@ def figure1(curves: list[SeedCurves], variant: str, x: str) -> Figure:
         for curve in chosen:
             draw(axes, curve, metric, xaxis, colours[curve.key.depth], TEST_WIDTH, "-")
         style_axes(axes, f"{variant} nets: {title}", xaxis, ylabel=axes is train_axes)
-    set_error_range([train_axes, test_axes], chosen)
+    top = set_error_range([train_axes, test_axes], chosen)
+    for axes, metric in ((train_axes, "train_error"), (test_axes, "test_error")):
+        note_off_axis(axes, chosen, (metric,), top)
     figure.suptitle(f"{study_title(chosen[0].key)}: {variant} nets by depth", fontsize=TITLE_FONT)
     add_depth_legend(figure, chosen, colours)
     return figure
@@ -131,7 +134,9 @@ def figure6(curves: list[SeedCurves], x: str) -> Figure:
             draw(axes, curve, "train_error", xaxis, colours[curve.key.depth], TRAIN_WIDTH, "--")
             draw(axes, curve, "test_error", xaxis, colours[curve.key.depth], TEST_WIDTH, "-")
         style_axes(axes, f"{variant} nets", xaxis, ylabel=axes is panels[0])
-    set_error_range(panels, curves)
+    top = set_error_range(panels, curves)
+    for axes, variant in zip(panels, variants):
+        note_off_axis(axes, [c for c in curves if c.key.variant == variant], ("train_error", "test_error"), top)
     figure.suptitle(f"{study_title(curves[0].key)}: dashed = training error, bold = test error", fontsize=TITLE_FONT)
     add_depth_legend(figure, curves, colours)
     return figure
@@ -182,18 +187,39 @@ def style_axes(axes: Axes, title: str, xaxis: XAxis, ylabel: bool) -> None:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no half epochs on short runs
 
 
-def set_error_range(panels: list[Axes], curves: list[SeedCurves]) -> None:
-    """0-20% as the paper when every curve ends inside it (early iterations are clipped, as there);
-    otherwise 0 up to the next 10% above the highest curve (short runs sit higher)."""
-    metrics = [c.frame[f"{m}_mean"] for c in curves for m in ("train_error", "test_error")]
-    finals = pd.Series([values.dropna().iloc[-1] for values in metrics if values.notna().any()], dtype=float)
+def set_error_range(panels: list[Axes], curves: list[SeedCurves]) -> float:
+    """0-20% as the paper when at least half the curves end inside it (early iterations are clipped, as there;
+    a curve that stays above, like the paper's plain-110 at over 60%, is named in its panel instead of drawn in
+    range); otherwise 0 up to the next 10% above the highest curve (short runs sit higher). Returns the top."""
+    inside = [all(final <= PAPER_Y_MAX for final in final_errors(c, ("train_error", "test_error")).values())
+              for c in curves]
     highest = pd.concat([c.frame[f"{m}_max"] for c in curves for m in ("train_error", "test_error")]).max()
-    if not finals.empty and finals.max() <= PAPER_Y_MAX:
+    if inside and 2 * sum(inside) >= len(inside):
         top = PAPER_Y_MAX
     else:  # NaN-proof: a diverged run may have logged non-finite numbers
         top = min(100.0, 10 * math.ceil(highest / 10 + 1e-9)) if math.isfinite(highest) else 100.0
     for axes in panels:
         axes.set_ylim(0, top)
+    return top
+
+
+def final_errors(curve: SeedCurves, metrics: Sequence[str]) -> dict[str, float]:
+    """The last logged mean of each metric (metrics a curve never logged are left out)."""
+    means = {m: curve.frame[f"{m}_mean"].dropna() for m in metrics}
+    return {m: float(values.iloc[-1]) for m, values in means.items() if not values.empty}
+
+
+def note_off_axis(axes: Axes, curves: list[SeedCurves], metrics: Sequence[str], top: float) -> None:
+    """Name the curves that end above the axis, with where they end, in the panel's top right corner."""
+    lines = []
+    for curve in curves:
+        above = {m: v for m, v in final_errors(curve, metrics).items() if v > top}
+        if above:
+            ends = ", ".join(f"{METRIC_WORDS[m]} {v:.1f}%" for m, v in above.items())
+            lines.append(f"{curve.key.variant}-{curve.key.depth} ends above the axis:\n{ends}")
+    if lines:
+        axes.text(0.98, 0.97, "\n".join(lines), transform=axes.transAxes, ha="right", va="top", fontsize=FONT - 1,
+                  bbox={"facecolor": "white", "edgecolor": "0.7", "boxstyle": "round,pad=0.3"})
 
 
 def add_depth_legend(figure: Figure, curves: list[SeedCurves], colours: dict[int, str]) -> None:

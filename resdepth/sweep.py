@@ -261,6 +261,8 @@ def load_sweep_file(path: Path) -> SweepConfig:
     for section, value in tables.items():
         if not isinstance(value, dict):
             raise UserError(f"{path}: [{section}] must be a table")
+    if {"iterations", "epochs"} <= tables["train"].keys():
+        raise UserError(f"{path}: [train] sets both iterations and epochs: keep one, the run's length")
     sweep_values = typed_values(SweepConfig, payload, path, "")
     train_values = typed_values(TrainConfig, tables["train"], path, "train.")
     train_values["data"] = DataConfig(**typed_values(DataConfig, tables["data"], path, "data."))

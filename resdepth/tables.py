@@ -72,8 +72,11 @@ def run_protocol(run: Run) -> dict[str, str]:
     """What a run computed beyond its group key and seed, as text: equal protocols make seeds of one setting."""
     config, resolved = run.config, run.config.get("resolved", {})
     values = {key: value for key, value in config.items() if key not in NOT_PROTOCOL}
-    values.update({key: value for key, value in config.get("data", {}).items() if key not in NOT_DATA_PROTOCOL
-                   and (config["data"].get("dataset") == "synthetic" or not key.startswith("synthetic_"))})
+    data = config.get("data", {})
+    values.update({key: value for key, value in data.items() if key not in NOT_DATA_PROTOCOL
+                   and (data.get("dataset") == "synthetic" or not key.startswith("synthetic_"))})
+    if data.get("dataset") == "folder":
+        values["data_dir"] = data.get("data_dir")  # for image folders the path is what names the dataset
     for key in ("iterations", "train_size", "test_size", "val_size"):
         values[key] = resolved.get(key, config.get(key, config.get("data", {}).get(key)))
     precision = config.get("precision", "auto")
@@ -99,8 +102,16 @@ def setting_labels(runs: list[Run]) -> list[str]:
     labels = []
     for run, protocol in zip(runs, protocols):
         keys = sorted(split_keys.get(group_key(run).dataset, ()))
-        labels.append(", ".join(f"{k} {protocol.get(k, '-')}" for k in keys))
+        labels.append(", ".join(f"{k} {shown(protocol.get(k))}" for k in keys))
     return labels
+
+
+def shown(value: str | None) -> str:
+    """A protocol value as a label shows it: strings without their JSON quotes, a missing key as '-'."""
+    if value is None:
+        return "-"
+    decoded = json.loads(value)
+    return decoded if isinstance(decoded, str) else value
 
 
 def is_complete(run: Run) -> bool:
@@ -186,6 +197,8 @@ def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], li
 
 def to_markdown(summary: pd.DataFrame) -> str:
     headers, rows, notes = display_table(summary)
+    if summary["dataset"].nunique() == 1:  # a terminal table says it in its title; a pasted table must too
+        notes.insert(0, f"dataset: {summary['dataset'].iloc[0]}")
     numeric = {"depth", "params", "runs"} | {h for h in headers if "%" in h or "paper" in h}
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h in numeric else "---" for h in headers) + "|"]

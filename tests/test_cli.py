@@ -144,3 +144,20 @@ def test_bad_files_and_values_outside_the_training_options(monkeypatch, capsys, 
     assert code == 2 and "--num-classes must be a positive integer" in err
     code, _, err = run_cli(monkeypatch, capsys, "bench", "--depths", "8", "--json", str(tmp_path))  # a folder
     assert code == 2 and "--json" in err and "name a file" in err
+
+
+def test_the_command_lines_length_replaces_the_sweep_files(monkeypatch, capsys, tmp_path):
+    from test_plots import run_cli
+
+    sweep_file = tmp_path / "short.toml"
+    sweep_file.write_text('depths = [8]\nkinds = ["plain"]\n[train]\nepochs = 6\nbatch_size = 32\ndevice = "cpu"\n'
+                          '[data]\ndataset = "synthetic"\nsynthetic_train = 64\nsynthetic_test = 32\n')
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", str(sweep_file), "--iterations", "3", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    saved = json.loads((tmp_path / "r" / "plain-8-s0" / "config.json").read_text())
+    assert saved["epochs"] is None and saved["resolved"]["iterations"] == 3  # not the file's 6 epochs (12 iterations)
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--iterations", "3", "--epochs", "2", "--out", str(tmp_path / "t"))
+    assert code == 2 and "give --iterations or --epochs, not both" in err
+    sweep_file.write_text(sweep_file.read_text().replace("epochs = 6", "epochs = 6\niterations = 10"))
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", str(sweep_file), "--dry-run")
+    assert code == 2 and "sets both iterations and epochs" in err

@@ -91,6 +91,17 @@ def test_figure6_draws_the_csv_numbers_dashed_train_bold_test(paper_like):
     assert not plain.collections  # one seed: no spread band
 
 
+def test_a_plain_110_stuck_above_60_percent_keeps_the_papers_axis_and_is_named(paper_like, tmp_path):
+    write_run(paper_like, "plain", 110, test=(90.0, 70.0, 65.0), train=(90.0, 68.0, 63.0))  # as §4.2's plain-110
+    write_run(paper_like, "residual", 110, test=(40.0, 10.0, 7.0), train=(45.0, 5.0, 1.0))
+    figure = plot_figure6(load_runs(paper_like)[0])
+    plain, residual = figure.axes
+    assert plain.get_ylim() == residual.get_ylim() == (0.0, 20.0)  # 5 of 6 curves end inside: the paper's range
+    assert [t.get_text() for t in plain.texts] == ["plain-110 ends above the axis:\ntrain 63.0%, test 65.0%"]
+    assert not residual.texts and "plain-110 test_error" in lines_by_label(plain)  # still drawn (clipped)
+    figure.savefig(tmp_path / "f6.png")  # the note fits the figure as drawn
+
+
 def test_figure1_training_error_left_test_error_right_for_each_kind(paper_like):
     runs, _ = load_runs(paper_like)
     figure = plot_figure1(runs, "plain")

@@ -88,6 +88,7 @@ def test_display_and_markdown_label_best_as_picked_on_test(results):
     assert len([line for line in markdown if line.startswith("| ")]) == 1 + len(summary)
     assert "| residual | 56 | 0.85M | 3 | 2.00 | 8.00 ± 1.00 |" in markdown[4]
     assert any(line.startswith("- ") and "selected on the test set" in line for line in markdown)
+    assert "- dataset: cifar10" in markdown  # one dataset: no column for it, so a pasted table names it below
 
 
 def test_csv_export_holds_the_unrounded_numbers(results, tmp_path):
@@ -168,3 +169,14 @@ def test_runs_trained_differently_are_kept_apart_not_averaged_as_seeds(monkeypat
     # a folder of one sweep has nothing to tell apart: no setting column
     code, out, err = run_cli(monkeypatch, capsys, "table", str(tmp_path / "a"), "--markdown")
     assert code == 0 and out.startswith("| kind | depth |")
+
+
+def test_two_image_folders_are_two_datasets_even_with_one_seed_each(tmp_path):
+    for name in ("jpeg-a", "jpeg-b"):
+        run_dir = write_run(tmp_path / name, "residual", 8, dataset="folder", test=(50.0, 20.0 if name == "jpeg-a" else 30.0))
+        config = json.loads((run_dir / "config.json").read_text())
+        config["data"]["data_dir"] = f"/data/{name}"
+        (run_dir / "config.json").write_text(json.dumps(config))
+    summary = summarize(load_runs(tmp_path)[0])
+    assert summary["runs"].tolist() == [1, 1]
+    assert summary["setting"].tolist() == ["data_dir /data/jpeg-a", "data_dir /data/jpeg-b"]
