@@ -241,12 +241,16 @@ def print_summary(planned: list[PlannedCell], outcomes: dict[str, Any]) -> None:
         outcome = outcomes.get(item.cell.name)
         status = RunStatus.read(item.cell.run_dir)
         state = outcome.state if outcome else item.action.replace("skip-", "") if item.action.startswith("skip") else item.action
-        note = (outcome.error or "") if outcome else "skipped" if item.action.startswith("skip") else ""
+        note = (outcome.error or "") if outcome else skip_note(item.action) if item.action.startswith("skip") else ""
         if status and status.warmup_end_iteration:
             note = (note + f" warm-up ended at iteration {status.warmup_end_iteration}").strip()
         table.add_row(item.cell.name, state, f"{status.epoch}/{status.epochs}" if status else "-",
                       _pct(status.train_error if status else None), _pct(status.test_error if status else None), note[:80])
     console.print(table)
+
+
+def skip_note(action: str) -> str:
+    return "skipped" if action == "skip-done" else "skipped: --retry-failed runs it again"
 
 
 def _pct(value: Optional[float]) -> str:

@@ -56,6 +56,17 @@ class Dataset:
         return Dataset(self.name, self.classes, *(move(t) for t in (
             self.train_images, self.train_labels, self.test_images, self.test_labels, self.val_images, self.val_labels)))
 
+    def fingerprint(self) -> str:
+        """A short hash of the splits' labels and exact pixel sums: a resumed run checks its data is the same."""
+        digest = hashlib.sha1()
+        for tensor in (self.train_labels, self.test_labels, self.val_labels):
+            if tensor is not None:
+                digest.update(tensor.cpu().numpy().tobytes())
+        for images in (self.train_images, self.test_images, self.val_images):
+            if images is not None:  # integer sums: exact, so equal on every device
+                digest.update(images.sum(0, dtype=torch.int64).cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def pixel_mean(self) -> torch.Tensor:
         """Per-pixel mean (3, 32, 32) of the training split in [0, 1], the paper's mean subtraction."""
         total = torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float64, device=self.train_images.device)
@@ -260,7 +271,10 @@ def _cache_path(root: Path, files: dict[str, dict[str, list[Path]]]) -> Path:
     if os.access(root, os.W_OK):
         return root / name
     fallback = Path.home() / ".cache" / "resdepth" / "folders"
-    fallback.mkdir(parents=True, exist_ok=True)
+    try:
+        fallback.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # no writable cache anywhere: torch.save below fails and the folder is decoded again next time
     return fallback / name
 
 

@@ -165,12 +165,12 @@ def plan_sweep(sweep: SweepConfig) -> list[PlannedCell]:
 
 def plan_action(cell: Cell, retry_failed: bool) -> str:
     existing = read_json(cell.run_dir / CONFIG_FILE)
+    if is_locked(cell.run_dir):
+        return "busy"  # before any mismatch: --force must never move a folder that a live run writes into
     if existing is None:
         return "new"
     if comparable(asdict(TrainConfig.from_dict(existing))) != comparable(asdict(cell.config)):
         return "mismatch"
-    if is_locked(cell.run_dir):
-        return "busy"
     status = RunStatus.read(cell.run_dir)
     state = status.state if status else "pending"
     if state == "done":
@@ -194,6 +194,8 @@ def prepare_run_dir(item: PlannedCell) -> None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.replaced-{stamp}"))
     run_dir.mkdir(parents=True, exist_ok=True)
+    if is_locked(run_dir):
+        return  # another sweep process started this cell since planning: its config.json and status are its own
     if item.action in ("new", "replace") or not (run_dir / CONFIG_FILE).exists():
         write_config(run_dir, asdict(item.cell.config))
         RunStatus(state="pending").write(run_dir)

@@ -171,6 +171,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, dataset: Dataset):
         self.config, self.run_dir, self.device = config, run_dir, device
         torch.manual_seed(config.seed)
+        self.data_fingerprint = dataset.fingerprint()
         self.data = dataset.to(device)
         self.mean = self.data.pixel_mean()
         self.batch = min(config.batch_size, len(self.data.train_labels))
@@ -205,7 +206,7 @@ class Trainer:
             "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "partial": self.partial, "warmup_window": self.warmup_window,
+            "partial": self.partial, "warmup_window": self.warmup_window, "data_fingerprint": self.data_fingerprint,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -235,7 +236,16 @@ class Trainer:
         path = self.run_dir / CHECKPOINT_FILE
         if not path.exists():
             return False
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign: all mean the same to the user
+            raise UserError(f"{path} cannot be read ({type(exc).__name__}): delete it and rerun with --retry-failed "
+                            "to start this run over") from None
+        saved = state.get("data_fingerprint")  # absent in checkpoints written before it existed
+        if saved is not None and saved != self.data_fingerprint:
+            raise UserError(f"the training data is not what {path} was trained on (images or labels changed): "
+                            "restore the data, or delete checkpoint.pt and rerun with --retry-failed to start over")
+        self.load_state_dict(state)
         return True
 
     # ------------------------------------------------------------------ one epoch

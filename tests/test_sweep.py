@@ -204,3 +204,49 @@ def test_sweep_files_load_and_bad_ones_name_path_key_and_expectation(tmp_path):
     bad.write_text("depths = [20\n")
     with pytest.raises(UserError, match="not valid TOML"):
         load_sweep_file(bad)
+
+
+def test_force_never_moves_a_folder_that_a_live_run_holds(tmp_path):
+    sweep = tiny_sweep(tmp_path, kinds=["plain"])
+    run(sweep)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:  # another sweep process is running plain-8-s0 right now
+        (tmp_path / "plain-8-s0" / "lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "time": time.time()}))
+        before = (tmp_path / "plain-8-s0" / "config.json").read_bytes()
+        changed = replace(sweep, train=replace(sweep.train, lr=0.05), force=True)
+        planned, outcomes = run(changed)
+        assert [p.action for p in planned] == ["busy"] and not outcomes
+        assert not list(tmp_path.glob("*.replaced-*")) and (tmp_path / "plain-8-s0" / "config.json").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_corrupt_checkpoint_or_changed_data_fails_the_cell_with_what_to_do(tmp_path):
+    sweep = tiny_sweep(tmp_path, kinds=["plain"])
+    run(sweep)
+    status = tmp_path / "plain-8-s0" / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "state": "interrupted"}))  # to be resumed
+    checkpoint = tmp_path / "plain-8-s0" / "checkpoint.pt"
+    good = checkpoint.read_bytes()
+    checkpoint.write_bytes(os.urandom(3000))
+    _, outcomes = run(sweep)
+    assert outcomes["plain-8-s0"].state == "failed"
+    assert "checkpoint.pt cannot be read" in outcomes["plain-8-s0"].error and "--retry-failed" in outcomes["plain-8-s0"].error
+    checkpoint.write_bytes(good)
+    state = torch.load(checkpoint, weights_only=False)
+    state["data_fingerprint"] = "0" * 16  # a checkpoint of other images (an image folder changed in between)
+    atomic_write_bytes(checkpoint, _saved(state))
+    _, outcomes = run(replace(sweep, retry_failed=True))
+    assert outcomes["plain-8-s0"].state == "failed" and "training data is not what" in outcomes["plain-8-s0"].error
+    checkpoint.unlink()
+    _, outcomes = run(replace(sweep, retry_failed=True))
+    assert outcomes["plain-8-s0"].state == "done"  # deleted, as the message says: started over
+
+
+def _saved(state: dict) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
