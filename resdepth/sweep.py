@@ -193,7 +193,7 @@ def prepare_run_dir(item: PlannedCell) -> None:
     if item.action == "replace":
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.replaced-{stamp}"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(run_dir)
     if is_locked(run_dir):
         return  # another sweep process started this cell since planning: its config.json and status are its own
     if item.action in ("new", "replace") or not (run_dir / CONFIG_FILE).exists():
@@ -231,7 +231,12 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
         starting = []
         while queue and free and not interrupted:
             item, slot = queue.pop(0), free.pop(0)
-            prepare_run_dir(item)
+            try:
+                prepare_run_dir(item)
+            except (OSError, UserError) as exc:  # this cell's folder only (say a read-only mount): the rest go on
+                outcomes[item.cell.name] = CellOutcome(item.cell.run_dir, "failed", error=str(exc))
+                free.append(slot)
+                continue
             starting.append((item, slot))
         if starting:
             futures = executor.submit_all([CellJob(item.cell.run_dir, slot, threads) for item, slot in starting])

@@ -250,3 +250,10 @@ def _saved(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
+
+
+def test_a_cell_whose_folder_cannot_be_written_fails_alone(tmp_path):
+    tmp_path.joinpath("plain-8-s0").write_text("a stray file where the run folder goes")  # as a read-only mount would
+    _, outcomes = run(tiny_sweep(tmp_path))
+    assert outcomes["plain-8-s0"].state == "failed" and "cannot write results to" in outcomes["plain-8-s0"].error
+    assert outcomes["residual-8-s0"].state == "done"
