@@ -229,7 +229,9 @@ def load_image_folder(root: Path) -> Dataset:
     files = {split: _class_files(root, split) for split in ("train", "test")}
     classes = sorted(files["train"])
     if sorted(files["test"]) != classes:
-        raise UserError(f"{root}/train and {root}/test must hold the same class folders")
+        only = {split: sorted(set(files[split]) - set(files[other])) for split, other in (("train", "test"), ("test", "train"))}
+        differ = "; ".join(f"only in {split}: {', '.join(names)}" for split, names in only.items() if names)
+        raise UserError(f"{root}/train and {root}/test must hold the same class folders with images ({differ})")
     cache = _cache_path(root, files)
     if cache.exists():
         try:
@@ -252,7 +254,8 @@ def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
     folder = root / split
     if not folder.is_dir():
         raise UserError(f"{folder} is missing: --dataset folder needs {root}/train/<class>/ and {root}/test/<class>/")
-    classes = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    # hidden files are never images: macOS leaves ._name.jpg beside name.jpg on foreign disks
+    classes = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
                for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     classes = {name: paths for name, paths in classes.items() if paths}
     if not classes:

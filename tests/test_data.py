@@ -94,6 +94,17 @@ def test_image_folder_refuses_other_sizes(tmp_path):
         load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
 
 
+def test_image_folder_ignores_hidden_files_and_names_classes_that_differ(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # not an image
+    data = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
+    assert data.train_images.shape == (6, 3, 32, 32)
+    for image in (tmp_path / "train" / "dog").iterdir():
+        image.unlink()  # an emptied class folder drops the class from train only
+    with pytest.raises(UserError, match="same class folders with images \\(only in test: dog\\)"):
+        load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
+
+
 def test_image_folder_missing_split(tmp_path):
     (tmp_path / "train" / "cat").mkdir(parents=True)
     with pytest.raises(UserError, match="test"):
