@@ -78,7 +78,7 @@ def run_protocol(run: Run) -> dict[str, str]:
     if data.get("dataset") == "folder":
         values["data_dir"] = data.get("data_dir")  # for image folders the path is what names the dataset
     for key in ("iterations", "train_size", "test_size", "val_size"):
-        values[key] = resolved.get(key, config.get(key, config.get("data", {}).get(key)))
+        values[key] = resolved.get(key, config.get(key, data.get(key)))
     precision = config.get("precision", "auto")
     device = str(config.get("environment", {}).get("device", ""))
     values["precision"] = resolved.get("precision") or (precision if precision != "auto" else
