@@ -114,18 +114,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.depths = [int(d) for d in args.depths.split(",")]
-    rows = [row for jobs in (int(j) for j in args.jobs.split(",")) for row in measure(args, jobs)]
-    result = {"device": args.device, "steps": args.steps, "batch_size": args.batch_size, "rows": rows,
-              "figure6_extrapolation": extrapolate_figure6(rows)}
-    for row in rows:
-        print(f"{row['jobs']} job(s) depth {row['depth']:>3}: {row['aggregate_images_per_second']:10,.0f} img/s aggregate "
-              f"(per job {', '.join(f'{x:,.0f}' for x in row['per_job_images_per_second'])})")
-    for estimate in result["figure6_extrapolation"]:
+    rows: list[dict[str, Any]] = []
+    for jobs in (int(j) for j in args.jobs.split(",")):
+        for row in measure(args, jobs):
+            rows.append(row)
+            print(f"{row['jobs']} job(s) depth {row['depth']:>3}: {row['aggregate_images_per_second']:10,.0f} img/s "
+                  f"aggregate (per job {', '.join(f'{x:,.0f}' for x in row['per_job_images_per_second'])})", flush=True)
+        write_result(args, rows)  # after every job count: a time limit that cuts the script keeps what was measured
+    for estimate in extrapolate_figure6(rows):
         print(f"EXTRAPOLATED Figure 6 sweep (10 cells x 64k iterations, training steps only) at "
               f"{estimate['jobs_per_gpu']} job(s) per {'GPU' if args.device.startswith('cuda') else args.device}: "
               f"{estimate['figure6_hours_extrapolated']:.2f} h")
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def write_result(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    if not args.out:
+        return
+    result = {"device": args.device, "steps": args.steps, "batch_size": args.batch_size, "rows": rows,
+              "figure6_extrapolation": extrapolate_figure6(rows)}
+    partial = args.out.with_name(args.out.name + ".tmp")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(args.out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU half of issue #5, for one call of at most 8 minutes on one H100 (written on a CPU-only machine: not yet run).
+# resdepth's GPU check: the GPU-only tests, then throughput, in one call of at most 8 minutes on one H100 or H200.
 #
 #   bash benchmarks/gpu_bench.sh                 # synthetic images of CIFAR-10's size (50k train, 10k test)
 #   CIFAR_DIR=/path/to/cifar bash benchmarks/gpu_bench.sh   # CIFAR-10 (torchvision's cifar-10-batches-py) instead
@@ -9,11 +9,12 @@
 # Results go to $OUT (the device tool's folder; else ./gpu-bench-out), at most 11 files: env.txt, gpu-tests.log,
 #   bench.log + bench.json, graph.log + graph.json, concurrent.log + concurrent.json, train.log + metrics.csv, summary.txt.
 # Steps, each with its own time limit, cheapest first, so that a slow step cannot starve the later ones:
-#   1. environment, and the GPU-only tests (CUDA-graph run == eager run, resumed)          <= 60 s
-#   2. resdepth bench: depths 20/56/110, resdepth vs the naive PIL + DataLoader recipe     <= 110 s
-#   2b. the same with --cuda-graph (no naive recipe)                                        <= 50 s
+#   1. environment, and the GPU-only tests (tests/test_gpu.py: resume after SIGKILL, CUDA graph
+#      vs eager and resumed, the last visible GPU, bf16, 2 jobs per GPU, memory released) <= 120 s
+#   2. resdepth bench: depths 20/56/110, resdepth vs the naive PIL + DataLoader recipe     <= 90 s
+#   2b. the same with --cuda-graph (no naive recipe)                                        <= 45 s
 #   3. 1, 2 and 4 concurrent jobs per GPU x depths 20/56/110, aggregate img/s, and the
-#      Figure 6 sweep time EXTRAPOLATED from them                                          <= 110 s
+#      Figure 6 sweep time EXTRAPOLATED from them (rows kept as they are measured)         <= 90 s
 #   4. a full 64k-iteration ResNet-20 run (`resdepth train`, the defaults: tf32, channels_last,
 #      fused SGD; --cuda-graph if 2b measured it faster at depth 20), cut at the time left;
 #      a cut run reports how far it got and its pace                                       the rest
@@ -45,22 +46,22 @@ fi
   git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head -20; } > "$OUT/env.txt" 2>&1
 
 # 1b. the tests that need a GPU (they skip on CPU-only machines, so they run only here)
-timeout 60 $PY -m pytest -q -p no:cacheprovider tests/test_bench.py -k cuda > "$OUT/gpu-tests.log" 2>&1
+timeout 120 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py > "$OUT/gpu-tests.log" 2>&1
 echo "gpu tests exit $? at $(( $(date +%s) - START )) s" >> "$OUT/gpu-tests.log"
 
 # 2. resdepth vs the naive recipe, alternating in one process
-timeout 110 $RESDEPTH bench --device "$DEVICE" --depths "$DEPTHS" --iterations "$BENCH_ITERS" --warmup "$WARMUP" \
+timeout 90 $RESDEPTH bench --device "$DEVICE" --depths "$DEPTHS" --iterations "$BENCH_ITERS" --warmup "$WARMUP" \
   --rounds 3 --num-workers "$WORKERS" "${BENCH_DATA[@]}" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 echo "bench exit $? at $(( $(date +%s) - START )) s" >> "$OUT/bench.log"
 
 # 2b. the training step captured as one CUDA graph
-timeout 50 $RESDEPTH bench --device "$DEVICE" --depths "$DEPTHS" --iterations "$BENCH_ITERS" --warmup "$WARMUP" \
+timeout 45 $RESDEPTH bench --device "$DEVICE" --depths "$DEPTHS" --iterations "$BENCH_ITERS" --warmup "$WARMUP" \
   --rounds 2 --no-naive --cuda-graph "${BENCH_DATA[@]}" --json "$OUT/graph.json" > "$OUT/graph.log" 2>&1
 echo "graph bench exit $? at $(( $(date +%s) - START )) s" >> "$OUT/graph.log"
 
 # 3. concurrent jobs per GPU, and the extrapolated Figure 6 sweep time
-timeout 110 $PY benchmarks/concurrent_throughput.py --device "$DEVICE" --jobs 1,2,4 --depths "$DEPTHS" \
-  --steps "$CONC_STEPS" --warmup "$WARMUP" --timeout 100 --out "$OUT/concurrent.json" > "$OUT/concurrent.log" 2>&1
+timeout 90 $PY benchmarks/concurrent_throughput.py --device "$DEVICE" --jobs 1,2,4 --depths "$DEPTHS" \
+  --steps "$CONC_STEPS" --warmup "$WARMUP" --timeout 80 --out "$OUT/concurrent.json" > "$OUT/concurrent.log" 2>&1
 echo "concurrent exit $? at $(( $(date +%s) - START )) s" >> "$OUT/concurrent.log"
 
 # 4. the full paper-length ResNet-20 run, in whatever time is left (10 s kept for the summary)

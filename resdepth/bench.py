@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from .data import DataConfig, Dataset, load_dataset
 from .errors import UserError
 from .models import blocks_per_stage, build_model, check_kind, count_multiply_adds
-from .train import TrainConfig, Trainer, environment, resolve_device, resolved_precision
+from .train import (PYTORCH_DEFAULT_PRECISION, TrainConfig, Trainer, environment, pytorch_default_precision,
+                    resolve_device, resolved_precision)
 
 # A training step costs about 3 forward passes (the backward pass computes input and weight gradients),
 # and one multiply-add is 2 FLOPs: achieved FLOP/s = 3 x 2 x forward multiply-adds x images/s.
@@ -89,6 +90,7 @@ class BenchRow:
     peak_fraction: float  # achieved / matmul
     resdepth_peak_memory_mb: float
     naive_peak_memory_mb: float | None  # main process only: the loader workers are separate processes
+    naive_precision: str | None  # PyTorch's defaults, which the recipe runs with (CUDA: TF32 convolutions)
     memory_measure: str
     warmup_seconds: float  # resdepth's setup and warm-up steps, torch.compile's compilation included
     resdepth_windows: list[float] = field(default_factory=list)
@@ -140,18 +142,22 @@ def bench_depth(config: BenchConfig, depth: int, device: torch.device, dataset: 
     naive = None
     if config.naive:
         on_progress(f"depth {depth}: naive recipe set-up ({config.num_workers} loader workers) and warm-up")
-        naive, naive_measured.setup = meter.track(lambda: NaivePath(config, depth, device, dataset))
+        with pytorch_default_precision():  # as the recipe runs in a process of its own, not as our Trainer set it
+            naive, naive_measured.setup = meter.track(lambda: NaivePath(config, depth, device, dataset))
     matmul_windows: list[float] = []
     for round_index in range(config.rounds):
         on_progress(f"depth {depth}: round {round_index + 1}/{config.rounds}")
         own_measured.windows.append(meter.track(lambda: timed_window(own.run, device, config)))
         if naive is not None:
-            naive_measured.windows.append(meter.track(lambda: timed_window(naive.run, device, config)))
+            with pytorch_default_precision():
+                naive_measured.windows.append(meter.track(lambda: timed_window(naive.run, device, config)))
         matmul_windows.append(matmul_gflops(device, config.matmul_size, own.trainer.autocast))
     if naive is not None:
         naive.close()
-    return make_row(config, depth, device, own.trainer, own_measured, naive_measured, matmul_windows,
-                    meter.measure, warmup_seconds)
+    row = make_row(config, depth, device, own.trainer, own_measured, naive_measured, matmul_windows,
+                   meter.measure, warmup_seconds)
+    own.trainer.close()  # this depth's GPU memory is free before the next depth is set up
+    return row
 
 
 def make_row(config: BenchConfig, depth: int, device: torch.device, trainer: Trainer, own: Measured,
@@ -169,6 +175,7 @@ def make_row(config: BenchConfig, depth: int, device: torch.device, trainer: Tra
         speedup=own_ips / naive_ips if naive_ips else None, forward_multiply_adds=multiply_adds,
         achieved_gflops=achieved, matmul_gflops=matmul, peak_fraction=achieved / matmul,
         resdepth_peak_memory_mb=own.peak_mb() or 0.0, naive_peak_memory_mb=naive.peak_mb(),
+        naive_precision=PYTORCH_DEFAULT_PRECISION[device.type] if naive_ips else None,
         memory_measure=memory_measure, warmup_seconds=warmup_seconds,
         resdepth_windows=own.rates(), naive_windows=naive.rates(), matmul_windows=matmul_windows,
     )

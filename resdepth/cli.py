@@ -421,7 +421,8 @@ def bench(
     view = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=f"{kind} training throughput on {first.device_name} ({first.device}, {first.threads} threads, "
                        f"{first.precision}, channels_last {'on' if first.channels_last else 'off'}, "
                        f"compile {'on' if first.compile else 'off'}{', CUDA graph' if first.cuda_graph else ''})",
-                 caption=f"achieved FLOP/s = 3 x 2 x forward multiply-adds x resdepth img/s; MB: {first.memory_measure}")
+                 caption=f"achieved FLOP/s = 3 x 2 x forward multiply-adds x resdepth img/s; MB: {first.memory_measure}"
+                         + (f"; naive precision: {first.naive_precision}" if first.naive_precision else ""))
     # Two-line headers and no vertical rules keep the table whole in an 80-column terminal or log (rich cuts words).
     for column in ("depth", "resdepth\nimg/s", "naive\nimg/s", "ratio", "achieved\nGFLOP/s", "matmul\nGFLOP/s",
                    "% of\npeak", "resdepth\nMB", "naive\nMB"):

@@ -173,7 +173,9 @@ class RayExecutor(Executor):
         except BaseException:
             self.shutdown()
             raise
-        self._task = self.ray.remote(run_task)
+        # A fresh worker process per cell: one that has initialised CUDA keeps its first CUDA_VISIBLE_DEVICES, so a
+        # reused worker would train its next cell on the previous cell's GPU while the one Ray gave it idles.
+        self._task = self.ray.remote(max_calls=1)(run_task)
         self._running: dict[Any, Path] = {}  # ObjectRef -> run folder
         self._lock = threading.Lock()
 

@@ -6,11 +6,13 @@ training device; there are no per-sample transforms and no loader worker process
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,8 +96,25 @@ def check_data_config(config: DataConfig) -> None:
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """The configured dataset on the CPU, with validation split and subsets applied."""
+    """The configured dataset on the CPU, with validation split and subsets applied.
+
+    The last synthetic or CIFAR set loaded is kept in memory: a sweep's fail-fast check and its in-process cells
+    share one copy instead of generating or reading it again per cell. An image folder may change between
+    calls, so it is listed every time (its decoded images are cached on disk, keyed by the files' sizes and
+    times). Callers must not change the returned tensors in place.
+    """
     check_data_config(config)
+    if config.dataset == "folder":
+        return _prepare(config)
+    return _load_cached(tuple(asdict(config).items()))
+
+
+@functools.lru_cache(maxsize=1)
+def _load_cached(key: tuple[tuple[str, Any], ...]) -> Dataset:
+    return _prepare(DataConfig(**dict(key)))
+
+
+def _prepare(config: DataConfig) -> Dataset:
     data = _load_raw(config)
     if config.val_size:
         if config.val_size >= len(data.train_labels):

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from .cell import CellOutcome, outcome_from_status, run_cell
 from .errors import UserError
@@ -78,11 +78,12 @@ class LocalProcessExecutor(Executor):
 
     def submit(self, job: CellJob) -> "Future[CellOutcome]":
         future: Future[CellOutcome] = Future()
-        command = [sys.executable, "-m", "resdepth.worker", str(job.run_dir), "--device", job.device]
+        device, env = worker_device(job.device, os.environ)
+        command = [sys.executable, "-m", "resdepth.worker", str(job.run_dir), "--device", device]
         if job.threads:
             command += ["--threads", str(job.threads)]
         log = (job.run_dir / "worker.log").open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONUNBUFFERED"] = "1"
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.close()
         with self._lock:
@@ -101,6 +102,20 @@ class LocalProcessExecutor(Executor):
             for process in self._processes:
                 if process.poll() is None:
                     process.send_signal(signal.SIGINT)
+
+
+def worker_device(slot: str, environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The --device and environment of a worker process for a slot: a GPU slot becomes the only GPU the worker
+    sees (CUDA_VISIBLE_DEVICES), as Ray and Slurm give theirs, so every CUDA call in it, graph capture streams
+    and cuDNN handles included, lands on that GPU. Slot numbers count the GPUs this process sees."""
+    env = dict(environ)
+    kind, _, index = slot.partition(":")
+    if kind != "cuda" or not index:
+        return slot, env
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [part.strip() for part in visible.split(",")] if visible else None
+    env["CUDA_VISIBLE_DEVICES"] = ids[int(index)] if ids else index
+    return "cuda:0", env
 
 
 # ---------------------------------------------------------------------------------------------- choosing one

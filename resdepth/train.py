@@ -6,13 +6,16 @@ asked to stop), resumes exactly from the last checkpoint, and returns a `RunResu
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
 import platform
 import socket
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -162,7 +165,67 @@ def resolve_iterations(config: TrainConfig, train_size: int) -> TrainConfig:
 def environment(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {"python": platform.python_version(), "torch": torch.__version__, "resdepth": __version__,
-            "device": str(device), "device_name": name, "host": socket.gethostname(), "threads": torch.get_num_threads()}
+            "device": str(device), "device_name": name, "host": socket.gethostname(), "threads": torch.get_num_threads(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def device_label(device: torch.device, environ: Mapping[str, str] = os.environ) -> str:
+    """The device as the machine numbers it: a worker that sees only GPU 3 (CUDA_VISIBLE_DEVICES=3, as the local,
+    Ray and Slurm executors give it) trains on its cuda:0, which a progress display should call cuda:3."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if device.type != "cuda" or not visible:
+        return str(device)
+    ids = [part.strip() for part in visible.split(",")]
+    index = device.index or 0
+    return f"cuda:{ids[index]}" if index < len(ids) else str(device)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU, read without running any code it may carry (`weights_only=True`).
+
+    Always onto the CPU whatever the training device: the RNG states must be CPU byte tensors to be restored,
+    and `load_state_dict` moves everything else to the run's device.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign: all mean the same to the user
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}): delete it and rerun with --retry-failed "
+                        "to start this run over") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path} is not a resdepth checkpoint: delete it and rerun with --retry-failed to start over")
+    return state
+
+
+def rng_state(device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor | None]:
+    """The random states a run draws from: its own generator (data order, augmentation), torch's global CPU RNG
+    and, on CUDA, the global RNG of the run's own GPU only (a model with dropout draws from it). Saving one state
+    per visible GPU would tie a checkpoint to the number of GPUs the process saw."""
+    return {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device, generator: torch.Generator) -> None:
+    """Put back what `rng_state` saved; states are CPU byte tensors whatever device they were mapped to."""
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    cuda_rng = state.get("cuda_rng")
+    if device.type == "cuda" and torch.is_tensor(cuda_rng):  # checkpoints of older versions saved a list: skip it
+        torch.cuda.set_rng_state(cuda_rng.cpu(), device)
+
+
+CPU_GENERATOR_STATE_BYTES = 5056  # a CPU torch.Generator's state; a CUDA one's is 16 bytes (seed and offset)
+
+
+def check_same_device_type(state: dict[str, Any], device: torch.device) -> None:
+    """Refuse to resume on another kind of device: the generator's state (data order and augmentation) does not
+    carry over between CPU and CUDA, and `--precision auto` means fp32 on one and tf32 on the other."""
+    saved = state.get("device_type")
+    if saved is None:  # written before device_type was saved: the generator state's size tells
+        saved = "cpu" if state["generator"].numel() == CPU_GENERATOR_STATE_BYTES else "cuda"
+    if saved != device.type:
+        raise UserError(f"this run was trained on {saved} and is now asked to resume on {device.type}: the two draw "
+                        f"different random numbers, so resume it on {saved} (--device {saved}), or delete "
+                        "checkpoint.pt and rerun with --retry-failed to start over")
 
 
 class Trainer:
@@ -200,32 +263,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, in types that `torch.load(weights_only=True)` accepts."""
+        optimizer = self.optimizer.state_dict()
+        for group in optimizer["param_groups"]:  # a CUDA graph keeps the lr in a device tensor: save the number
+            group["lr"] = float(group["lr"])
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(), "optimizer": optimizer,
             "iteration": self.iteration, "epoch": self.epoch, "csv_rows": self.csv_rows,
             "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
-            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "device_type": self.device.type, **rng_state(self.device, self.generator),
             "partial": self.partial, "warmup_window": self.warmup_window, "data_fingerprint": self.data_fingerprint,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint read onto the CPU (`read_checkpoint`): tensors move to this run's device here."""
+        check_same_device_type(state, self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration, self.epoch, self.csv_rows = state["iteration"], state["epoch"], state["csv_rows"]
         self.warming_up, self.warmup_end_iteration = state["warming_up"], state["warmup_end_iteration"]
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        restore_rng_state(state, self.device, self.generator)
         self.partial = state["partial"]
         self.warmup_window = state["warmup_window"].to(self.device)
         if self.partial is not None:
             self.partial = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.partial.items()}
 
     def save_checkpoint(self) -> None:
-        import io
-
         buffer = io.BytesIO()
         torch.save(self.state_dict(), buffer)
         atomic_write_bytes(self.run_dir / CHECKPOINT_FILE, buffer.getvalue())
@@ -236,17 +299,20 @@ class Trainer:
         path = self.run_dir / CHECKPOINT_FILE
         if not path.exists():
             return False
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign: all mean the same to the user
-            raise UserError(f"{path} cannot be read ({type(exc).__name__}): delete it and rerun with --retry-failed "
-                            "to start this run over") from None
+        state = read_checkpoint(path)
         saved = state.get("data_fingerprint")  # absent in checkpoints written before it existed
         if saved is not None and saved != self.data_fingerprint:
             raise UserError(f"the training data is not what {path} was trained on (images or labels changed): "
                             "restore the data, or delete checkpoint.pt and rerun with --retry-failed to start over")
         self.load_state_dict(state)
         return True
+
+    def close(self) -> None:
+        """Drop the model, data, optimizer and CUDA graph now: a finished run's GPU memory is free at once, not
+        when the cyclic garbage collector gets round to it (the next cell of an in-process sweep needs it)."""
+        self.captured = None
+        self.model = self.forward = self.optimizer = self.data = None  # type: ignore[assignment]
+        self.partial = None
 
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self, should_stop: Callable[[], bool], report: Callable[[dict[str, float]], None]) -> dict[str, Any] | None:
@@ -351,31 +417,34 @@ class CapturedStep:
     A replay launches the whole step at once. Shapes are static (full batches); the lr lives in a device tensor,
     so the schedule and the warm-up change it without a new capture; augmentation stays outside the graph, drawing
     from the run's generator as the eager step does, so checkpoints resume exactly. Capturing needs a few real
-    steps first (cuDNN plans, the momentum buffers, with lr 0); the model's weights, BN statistics and momentum
-    are restored afterwards, so the replayed run computes what the eager step computes (a test checks this on GPUs).
+    steps first (cuDNN plans, the momentum buffers, with lr 0); `restore_training_state` then puts the weights,
+    BN statistics and momentum back, so the replayed run computes what the eager step computes (a GPU test checks
+    this; the CPU suite checks the restore itself). Everything happens under the run's own device: a capture
+    stream made on another GPU than the model's records nothing that replays.
     """
 
     WARMUP_STEPS = 3  # PyTorch's recipe: run the step a few times on a side stream before capturing it
 
-    def __init__(self, trainer: Trainer, inputs: torch.Tensor, labels: torch.Tensor):
-        self.trainer = trainer
+    def __init__(self, trainer: "Trainer", inputs: torch.Tensor, labels: torch.Tensor):
+        device = trainer.device
         self.inputs, self.labels = inputs.clone(), labels.clone()  # the graph's fixed input addresses
-        self.lr = torch.zeros((), device=trainer.device)
+        self.lr = torch.zeros((), device=device)
         for group in trainer.optimizer.param_groups:
             group["lr"] = self.lr
-        saved = self.snapshot()
-        current = torch.cuda.current_stream(trainer.device)
-        side = torch.cuda.Stream(trainer.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP_STEPS):
-                trainer.sgd_step(self.inputs, self.labels, zero_grad=True)
-        current.wait_stream(side)
-        trainer.optimizer.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph's pool
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.loss, self.wrong = trainer.sgd_step(self.inputs, self.labels, zero_grad=False)
-        self.restore(saved)
+        saved = snapshot_training_state(trainer.model, trainer.optimizer)
+        with torch.cuda.device(device):
+            current = torch.cuda.current_stream(device)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP_STEPS):
+                    trainer.sgd_step(self.inputs, self.labels, zero_grad=True)
+            current.wait_stream(side)
+            trainer.optimizer.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph's pool
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device)):
+                self.loss, self.wrong = trainer.sgd_step(self.inputs, self.labels, zero_grad=False)
+        restore_training_state(trainer.model, trainer.optimizer, saved)
 
     def replay(self, inputs: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the step on this batch; the returned tensors are overwritten by the next replay."""
@@ -385,26 +454,30 @@ class CapturedStep:
         self.graph.replay()
         return self.loss, self.wrong
 
-    def snapshot(self) -> dict[str, Any]:
-        model = {name: tensor.detach().clone() for name, tensor in self.trainer.model.state_dict().items()}
-        state = self.trainer.optimizer.state
-        momentum = {id(p): s["momentum_buffer"].clone() for p, s in state.items() if s.get("momentum_buffer") is not None}
-        return {"model": model, "momentum": momentum}
 
-    @torch.no_grad()
-    def restore(self, saved: dict[str, Any]) -> None:
-        """Copy the saved values back into the same tensors: the graph holds their addresses."""
-        for name, tensor in self.trainer.model.state_dict().items():
-            tensor.copy_(saved["model"][name])
-        for param, state in self.trainer.optimizer.state.items():
-            buffer = state.get("momentum_buffer")
-            if buffer is None:
-                continue
-            before = saved["momentum"].get(id(param))
-            if before is not None:
-                buffer.copy_(before)
-            else:  # born in the warm-up steps: zero makes the first real step set it to the gradient, as SGD does
-                buffer.zero_()
+def snapshot_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Copies of the weights, BN statistics and momentum buffers, to undo steps taken only to prepare a capture."""
+    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    momentum = {id(p): s["momentum_buffer"].clone() for p, s in optimizer.state.items()
+                if s.get("momentum_buffer") is not None}
+    return {"model": weights, "momentum": momentum}
+
+
+@torch.no_grad()
+def restore_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Copy the snapshot back into the same tensors (a CUDA graph holds their addresses). A momentum buffer born
+    in the undone steps becomes zero, so the next real step sets it to the gradient, as SGD's first step does."""
+    for name, tensor in model.state_dict().items():
+        tensor.copy_(saved["model"][name])
+    for param, state in optimizer.state.items():
+        buffer = state.get("momentum_buffer")
+        if buffer is None:
+            continue
+        before = saved["momentum"].get(id(param))
+        if before is not None:
+            buffer.copy_(before)
+        else:
+            buffer.zero_()
 
 
 def uses_compile(config: TrainConfig, device: torch.device) -> bool:
@@ -419,8 +492,6 @@ def resolved_precision(precision: str, device: torch.device) -> str:
 
 def precision_context(precision: str, device: torch.device, graph_safe: bool = False) -> Callable[[], Any]:
     """Set matmul/conv precision for the run and return the autocast context factory for its forward passes."""
-    import contextlib
-
     precision = resolved_precision(precision, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
@@ -432,6 +503,21 @@ def precision_context(precision: str, device: torch.device, graph_safe: bool = F
     return contextlib.nullcontext
 
 
+# What the TF32 switches give in a process that never touched them: cuDNN convolutions in TF32, matmuls in fp32.
+PYTORCH_DEFAULT_PRECISION = {"cuda": "PyTorch default: tf32 convolutions, fp32 matmuls", "cpu": "fp32"}
+
+
+@contextlib.contextmanager
+def pytorch_default_precision() -> Iterator[None]:
+    """PyTorch's own TF32 switches for the duration, whatever a Trainer in this process set (they are global)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], bool] = lambda: False,
                  dataset: Dataset | None = None) -> RunResult:
     """Train (or resume) the run in run_dir; rows go to metrics.csv as each epoch ends."""
@@ -440,15 +526,24 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # streams, graphs and cuDNN handles of this process are made on the run's GPU
     dataset = dataset or load_dataset(config.data)
     trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
-    write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, dataset), "environment": environment(device)})
-    config = trainer.config
+    try:
+        write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, dataset), "environment": environment(device)})
+        return train_to_the_end(trainer, dataset, should_stop)
+    finally:
+        trainer.close()
+
+
+def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[], bool]) -> RunResult:
+    config, run_dir, device = trainer.config, trainer.run_dir, trainer.device
     trainer.try_resume()
     has_val = dataset.val_labels is not None
     writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=trainer.csv_rows)
     status = RunStatus(state="running", epoch=trainer.epoch, epochs=trainer.epochs, iteration=trainer.iteration,
-                       iterations=config.iterations, device=str(device))
+                       iterations=config.iterations, device=device_label(device))
     status.write(run_dir)
 
     def report(live: dict[str, float]) -> None:

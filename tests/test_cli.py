@@ -104,7 +104,7 @@ SYNTHETIC = ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--device", "tpu"], "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
-    (["train", "--device", "cuda:7"], "device cuda:7"),  # no GPU here, or no 8th GPU on a GPU machine
+    (["train", "--device", "cuda:4096"], "device cuda:4096"),  # no GPU here, or no such GPU on a GPU machine
     (["train", "--device", "cpu", "--cuda-graph"], "--cuda-graph needs a CUDA device"),
     (["train", "--synthetic-train", "0"], "--synthetic-train must be a positive number of images, got 0"),
     (["train", "--synthetic-test", "-1"], "--synthetic-test must be a positive number of images, got -1"),

@@ -113,3 +113,13 @@ def test_interrupt_checkpoints_the_running_cell_and_cancels_waiting_ones(ray_clu
     planned, outcomes = run(sweep)  # the same command again: resume the one, start the other three
     assert sorted(p.action for p in planned) == ["new", "new", "new", "resume"]
     assert {o.state for o in outcomes.values()} == {"done"}
+
+
+def test_every_cell_starts_in_a_fresh_worker_process(ray_cluster, tmp_path):
+    # Each task asks for both CPUs, so the cells run one after another; a reused worker would have initialised
+    # CUDA for the first cell's GPU and kept it for the next (a process keeps its first CUDA_VISIBLE_DEVICES).
+    sweep = tiny_sweep(tmp_path, train=tiny_config(epochs=1, threads=2), executor="ray")
+    _, outcomes = run(sweep)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    pids = {RunStatus.read(tmp_path / name).pid for name in ("plain-8-s0", "residual-8-s0")}
+    assert len(pids) == 2 and os.getpid() not in pids

@@ -1,0 +1,161 @@
+"""The device logic of the GPU paths, run on the CPU: how checkpoints are read and what they restore, which GPU a
+worker process gets, what preparing a CUDA-graph capture does to the optimizer, the precision the benchmark's naive
+recipe runs at, and that a Ray task starts in a fresh process. test_gpu.py holds what only a GPU can show."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run, tiny_config, tiny_sweep
+from resdepth.data import load_dataset
+from resdepth.executors import SequentialExecutor, worker_device
+from resdepth.train import (Trainer, device_label, pytorch_default_precision, read_checkpoint, restore_training_state,
+                            run_training, snapshot_training_state)
+
+CPU = torch.device("cpu")
+
+
+def interrupted_run(run_dir: Path, steps: int = 6) -> Path:
+    """A tiny run stopped mid-way, with a checkpoint to resume."""
+    seen: list[int] = []
+    stopped = run_training(tiny_config(epochs=4), run_dir, should_stop=lambda: seen.append(1) or len(seen) > steps)
+    assert stopped.state == "interrupted"
+    return run_dir / "checkpoint.pt"
+
+
+def test_checkpoints_are_read_safely_onto_the_cpu(tmp_path, monkeypatch):
+    checkpoint = interrupted_run(tmp_path)
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real_load(*a, **k))
+    state = read_checkpoint(checkpoint)
+    # on the CPU whatever the training device: Generator.set_state takes only CPU byte tensors
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+    assert all(state[key].device == CPU and state[key].dtype == torch.uint8 for key in ("generator", "torch_rng"))
+    assert state["device_type"] == "cpu" and state["cuda_rng"] is None  # a CPU run uses no CUDA RNG
+
+
+def test_a_run_resumes_from_a_checkpoint_of_an_older_layout(tmp_path, monkeypatch):
+    reference = tmp_path / "ref"
+    run_training(tiny_config(epochs=4), reference)
+    checkpoint = interrupted_run(tmp_path / "old")
+    state = read_checkpoint(checkpoint)
+    del state["device_type"]  # versions before it saved it, and one CUDA state per visible GPU
+    state["cuda_rng"] = [torch.zeros(16, dtype=torch.uint8)] * 8
+    torch.save(state, checkpoint)
+    assert run_training(tiny_config(epochs=4), tmp_path / "old").state == "done"
+    assert (tmp_path / "old" / "metrics.csv").read_text().count("\n") == (reference / "metrics.csv").read_text().count("\n")
+
+
+@pytest.mark.parametrize("layout", ["current", "older"])
+def test_resuming_on_another_kind_of_device_is_refused_naming_both(tmp_path, layout):
+    train = tiny_config(kind="plain", epochs=4)
+    seen: list[int] = []
+    run_training(train, tmp_path / "plain-8-s0", should_stop=lambda: seen.append(1) or len(seen) > 6)
+    checkpoint = tmp_path / "plain-8-s0" / "checkpoint.pt"
+    state = read_checkpoint(checkpoint)
+    if layout == "current":
+        state["device_type"] = "cuda"
+    else:  # no device_type: a CUDA generator's state is 16 bytes
+        del state["device_type"]
+        state["generator"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(state, checkpoint)
+    planned, outcomes = run(tiny_sweep(tmp_path, kinds=["plain"], train=train), SequentialExecutor())
+    assert planned[0].action == "resume" and outcomes["plain-8-s0"].state == "failed"
+    error = outcomes["plain-8-s0"].error
+    assert "trained on cuda and is now asked to resume on cpu" in error and "--device cuda" in error
+    assert read_checkpoint(checkpoint)["iteration"] == state["iteration"]  # the checkpoint is left as it was
+
+
+@pytest.mark.parametrize("slot, visible, device, gets", [
+    ("cpu", None, "cpu", None),
+    ("cuda:0", None, "cuda:0", "0"),
+    ("cuda:3", None, "cuda:0", "3"),
+    ("cuda:1", "4,6", "cuda:0", "6"),  # slots count the GPUs this process sees
+    ("cuda:0", "GPU-8a1b,GPU-77c2", "cuda:0", "GPU-8a1b"),
+])
+def test_a_worker_process_sees_only_its_gpu(slot, visible, device, gets):
+    environ = {"PATH": "/bin"} | ({"CUDA_VISIBLE_DEVICES": visible} if visible else {})
+    worker, env = worker_device(slot, environ)
+    assert worker == device and env.get("CUDA_VISIBLE_DEVICES") == gets and env["PATH"] == "/bin"
+
+
+def test_progress_names_the_gpu_as_the_machine_numbers_it():
+    assert device_label(torch.device("cuda:0"), {"CUDA_VISIBLE_DEVICES": "3"}) == "cuda:3"
+    assert device_label(torch.device("cuda:1"), {"CUDA_VISIBLE_DEVICES": "2,5"}) == "cuda:5"
+    assert device_label(torch.device("cuda:1"), {}) == "cuda:1"
+    assert device_label(CPU, {"CUDA_VISIBLE_DEVICES": "3"}) == "cpu"
+
+
+def test_preparing_a_capture_leaves_the_run_as_if_it_had_not_happened(tmp_path):
+    # What CapturedStep does around its warm-up steps, on the CPU: steps taken with lr 0 (BN statistics and
+    # momentum move) are undone, so the next real step is the step a fresh trainer takes.
+    config = tiny_config(channels_last=False)
+    fresh, prepared = (Trainer(config, tmp_path, CPU, load_dataset(config.data)) for _ in range(2))
+    index = torch.arange(fresh.batch)
+    saved = snapshot_training_state(prepared.model, prepared.optimizer)
+    for group in prepared.optimizer.param_groups:
+        group["lr"] = 0.0
+    inputs, labels = prepared.data.train_images[index].float(), prepared.data.train_labels[index]
+    for _ in range(3):
+        prepared.sgd_step(inputs, labels, zero_grad=True)
+    assert any(s.get("momentum_buffer") is not None for s in prepared.optimizer.state.values())
+    restore_training_state(prepared.model, prepared.optimizer, saved)
+    assert all(torch.count_nonzero(s["momentum_buffer"]) == 0 for s in prepared.optimizer.state.values())
+    fresh.train_step(index)
+    prepared.train_step(index)
+    for (name, a), b in zip(fresh.model.state_dict().items(), prepared.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_benchmarks_naive_recipe_runs_at_pytorchs_own_precision(monkeypatch):
+    from resdepth import bench
+
+    seen = []
+    real_run = bench.NaivePath.run
+    monkeypatch.setattr(bench.NaivePath, "run", lambda self, steps: seen.append(
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)) or real_run(self, steps))
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False  # as a Trainer may leave them
+    try:
+        from test_bench import tiny_bench
+
+        row = bench.run_benchmark(tiny_bench(rounds=1))[0]
+        after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert seen and set(seen) == {(False, True)}  # PyTorch's defaults, in set-up and in every window
+    assert after == (True, False) and row.naive_precision == "fp32"
+    with pytest.raises(RuntimeError):
+        with pytorch_default_precision():
+            raise RuntimeError("restored on the way out too")
+
+
+def test_one_sweep_process_loads_its_dataset_once(tmp_path, monkeypatch, capsys):
+    from resdepth import data
+    from test_plots import run_cli
+
+    loads = []
+    real = data._load_raw
+    monkeypatch.setattr(data, "_load_raw", lambda config: loads.append(config) or real(config))
+    data._load_cached.cache_clear()
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", "--depths", "8", "--kind", "plain,residual", "--dataset",
+                           "synthetic", "--synthetic-train", "96", "--synthetic-test", "32", "--batch-size", "32",
+                           "--iterations", "2", "--device", "cpu", "--out", str(tmp_path))
+    assert code == 0, err
+    assert len(loads) == 1  # the fail-fast check and both in-process cells share it
+
+
+def test_concurrent_throughput_keeps_the_rows_measured_before_a_failure(tmp_path):
+    out = tmp_path / "c.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "concurrent_throughput.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--jobs", "1,0", "--depths", "8",
+                           "--steps", "1", "--warmup", "0", "--batch-size", "8", "--train-images", "16",
+                           "--timeout", "120", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0  # 0 jobs cannot be measured: the script dies on the second job count
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["jobs"], row["depth"]) for row in rows] == [(1, 8)]
