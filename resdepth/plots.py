@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .errors import UserError
 from .results import Run
-from .tables import GroupKey, group_runs, is_complete
+from .groups import GroupKey, group_runs, is_complete
 
 X_AXES = ("iterations", "epochs")
 FORMATS = ("png", "pdf", "svg")

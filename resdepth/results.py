@@ -31,9 +31,6 @@ VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_error")  # present only when th
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE = (
     "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",
 )
-# TrainConfig fields that change how a run executes but not what it computes: a resumed run may change them,
-# and runs that differ only in them are seeds of one setting.
-EXECUTION_FIELDS = ("device", "threads", "compile", "cuda_graph", "channels_last", "eval_batch_size")
 # A run is pending, running, interrupted (resumable), or in one of these:
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
 

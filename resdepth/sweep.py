@@ -27,7 +27,8 @@ from .executors import EXECUTORS, CellJob, Executor
 from .models import check_kind, blocks_per_stage
 from .results import (CHECKPOINT_FILE, CONFIG_FILE, TERMINAL_STATES, RunStatus, ensure_writable_dir, read_json,
                       write_config, write_json)
-from .train import TrainConfig, comparable, resolve_device
+from .groups import comparable
+from .train import TrainConfig, resolve_device
 
 SWEEP_FILE = "sweep.json"  # the sweep's own config, saved in its results folder so --resume can rebuild it
 

@@ -24,7 +24,7 @@ from . import __version__
 from .data import DataConfig, Dataset, augment, check_data_config, load_dataset, normalize
 from .errors import UserError
 from .models import CifarNet, build_model, count_parameters
-from .results import (CHECKPOINT_FILE, EXECUTION_FIELDS, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
+from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
                       ensure_writable_dir, metric_columns, write_config)
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
@@ -107,10 +107,6 @@ class TrainConfig:
     def uses_warmup(self) -> bool:
         return self.warmup == "on" or (self.warmup == "auto" and self.depth >= self.warmup_min_depth)
 
-
-
-def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
 
 
 @dataclass
