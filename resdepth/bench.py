@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from .data import DataConfig, Dataset, load_dataset
 from .errors import UserError
 from .models import blocks_per_stage, build_model, check_kind, count_multiply_adds
-from .train import (PYTORCH_DEFAULT_PRECISION, TrainConfig, Trainer, environment, pytorch_default_precision,
-                    resolve_device, resolved_precision)
+from .devices import (PYTORCH_DEFAULT_PRECISION, environment, pytorch_default_precision, resolve_device,
+                      resolved_precision)
+from .train import TrainConfig, Trainer
 
 # A training step costs about 3 forward passes (the backward pass computes input and weight gradients),
 # and one multiply-add is 2 FLOPs: achieved FLOP/s = 3 x 2 x forward multiply-adds x images/s.
@@ -241,8 +242,7 @@ class OwnPath:
         # train_epoch's own stop hook ends the window mid-epoch; the next window resumes the epoch as a run would.
         target = self.trainer.iteration + steps
         while self.trainer.iteration < target:
-            if self.trainer.train_epoch(lambda: self.trainer.iteration >= target, lambda _: None) is not None:
-                self.trainer.epoch += 1
+            self.trainer.train_epoch(lambda: self.trainer.iteration >= target)
 
 
 class PilImages(torch.utils.data.Dataset):

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .results import CONFIG_FILE, ERROR_FILE, LOCK_FILE, RunStatus, read_json
+from .config import from_dict
+from .results import CONFIG_FILE, ERROR_FILE, LOCK_FILE, RUN_CONFIG_SECTIONS, RunStatus, read_json
 from .train import TrainConfig, run_training
 
 STALE_FOREIGN_LOCK_SECONDS = 900  # a lock from another host whose run shows no progress for this long is dead
@@ -81,6 +82,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def describe_owner(owner: dict | None) -> str:
+    """'running elsewhere: pid 19320 on vm since 10:42', from a lock file's contents."""
+    if not owner:
+        return "running elsewhere"
+    since = time.strftime("%H:%M", time.localtime(owner["time"])) if isinstance(owner.get("time"), (int, float)) else "?"
+    return f"running elsewhere: pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {since}"
+
+
 def is_locked(run_dir: Path) -> bool:
     lock = RunLock(run_dir)
     return lock.path.exists() and not lock.is_stale()
@@ -90,22 +99,31 @@ def run_cell(run_dir: Path, device: str, threads: int | None, should_stop: Calla
     """Train or resume the run whose config.json is in run_dir, under its lock; the final state lands in status.json."""
     lock = RunLock(run_dir)
     if not lock.acquire():
-        return CellOutcome(run_dir, "busy", error=f"running elsewhere: {lock.owner()}")
+        return CellOutcome(run_dir, "busy", error=describe_owner(lock.owner()))
     try:
-        config = TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE) or {})
-        config.device, config.threads = device, threads or config.threads
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
         try:
-            result = run_training(config, run_dir, should_stop=should_stop)
+            config = read_run_config(run_dir)
+            config.device, config.threads = device, threads or config.threads
+            result = run_training(config, run_dir, should_stop=should_stop)  # it records its end in status.json
         except UserError as exc:
             return mark_failed(run_dir, str(exc))
         except Exception as exc:  # noqa: BLE001 - any crash (CUDA OOM, bug) stays in this cell
             (run_dir / ERROR_FILE).write_text(traceback.format_exc())
             return mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
-        set_state(run_dir, result.state)
         return CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
     finally:
         lock.release()
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The run's config.json as a TrainConfig, strictly (the sections training adds, resolved and environment,
+    are read elsewhere); a UserError names the file and what is wrong in it."""
+    path = run_dir / CONFIG_FILE
+    payload = read_json(path)
+    if payload is None:
+        raise UserError(f"{path} is missing or not valid JSON: rerun the sweep, or delete the folder to start over")
+    return from_dict(TrainConfig, payload, str(path), ignore=RUN_CONFIG_SECTIONS)
 
 
 def set_state(run_dir: Path, state: str, error: str | None = None) -> None:
@@ -124,7 +142,7 @@ def mark_failed(run_dir: Path, error: str) -> CellOutcome:
 def outcome_from_status(run_dir: Path, exit_code: int) -> CellOutcome:
     """How a worker process ended, from its run folder; a process that died without saying so is a failure."""
     if exit_code == EXIT_CODES["busy"]:
-        return CellOutcome(run_dir, "busy", error="running elsewhere")
+        return CellOutcome(run_dir, "busy", error=describe_owner(RunLock(run_dir).owner()))
     status = RunStatus.read(run_dir)
     state = status.state if status else "failed"
     if state in ("running", "pending"):

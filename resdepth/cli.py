@@ -2,6 +2,8 @@
 
 Known user errors (`UserError`) become one line on stderr and exit code 2; a sweep's exit code says how its
 cells ended (0 all done, 1 some failed, 3 some diverged, 4 some busy elsewhere, 130/143 interrupted).
+The training, data, sweep and Slurm options are generated from their config dataclasses' fields (help, flag and
+panel live there, see config.py); only options that belong to one command are declared here.
 """
 
 from __future__ import annotations
@@ -10,191 +12,203 @@ import inspect
 import os
 import signal
 import sys
-from dataclasses import fields, replace
+import types
+import typing
+from dataclasses import Field, replace
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from .cluster import SlurmConfig
+from . import __version__
+from .bench import BenchConfig, BenchRow, run_benchmark
+from .cluster import CLUSTER, SlurmConfig
+from .config import DATA, EXECUTION, PROTOCOL, cli_fields, flag_name, help_text
 from .data import DataConfig, load_dataset
 from .errors import UserError
-from .results import RunStatus, ensure_writable_dir
-from .sweep import (PlannedCell, SweepConfig, SweepProgress, count_actions, load_saved_sweep, load_sweep_file,
-                    plan_sweep, run_sweep)
+from .models import describe_models
+from .results import RunStatus, ensure_writable_dir, load_runs
+from .sweep import (WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots, load_saved_sweep,
+                    load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere, task_threads)
 from .train import TrainConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Plain vs residual CIFAR networks by depth (He et al. 2016, section 4.2).")
 console = Console()
 errors = Console(stderr=True)
 
-T, D, S = TrainConfig(), DataConfig(), SlurmConfig()
-CLUSTER = "Cluster (--executor ray or slurm)"
+
+# ---------------------------------------------------------------------------------------------- options from configs
+def parse_list(text: str, kind: type, flag: str) -> list[Any]:
+    """'20,32,44' -> [20, 32, 44]; an empty item ('20,,56') or a value of another type is refused."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise UserError(f"{flag} {text!r} has an empty item: list the values with one comma between each, "
+                        f"e.g. {','.join(p for p in parts if p) or '20,56'}")
+    try:
+        return [kind(part) for part in parts]
+    except ValueError:
+        raise UserError(f"{flag} expects a comma-separated list of {kind.__name__}s, got {text!r}") from None
 
 
-def _csv(kind: type) -> Any:
-    def parse(text: Optional[str]) -> Optional[list[Any]]:
-        if text is None:
-            return None
-        try:
-            return [kind(part.strip()) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise typer.BadParameter(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
-    return parse
+class ConfigOption:
+    """One command-line option generated from a config field: its Typer parameter and how its value is read."""
+
+    def __init__(self, owner: type, field: Field, hint: Any, default: Any):
+        self.owner, self.field = owner, field
+        self.flag = flag_name(field).split("/")[0]
+        self.param = self.flag.removeprefix("--").replace("-", "_")
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = typing.get_args(hint) if union else (hint,)
+        base = next(o for o in options if o is not type(None))
+        self.item = typing.get_args(base)[0] if typing.get_origin(base) is list else None
+        self.type = str if self.item else base  # a list is given as one comma-separated string
+        declarations = [flag_name(field)] if base is not bool or "/" in flag_name(field) else \
+            [f"{self.flag}/--no-{self.flag.removeprefix('--')}"]
+        if self.param == "kind":
+            declarations.append("--kinds")  # the config field is `kinds`; both spellings are accepted
+        self.annotation = Annotated[Optional[self.type], typer.Option(
+            *declarations, help=escape(help_text(field, default)), rich_help_panel=field.metadata["panel"],
+            show_default=False)]
+
+    def value(self, given: Any) -> Any:
+        return given if given is None or self.item is None else parse_list(given, self.item, self.flag)
 
 
-# Options shared by `train` and `sweep`, declared once. None means "not given": the config default applies.
-Shortcut = Annotated[Optional[str], typer.Option(help=f"A: zero-padding identity (paper), B: projection. [default: {T.shortcut}]")]
-Iterations = Annotated[Optional[int], typer.Option(help=f"SGD iterations; lr milestones scale with it (50%/75%). [default: {T.iterations}]")]
-Epochs = Annotated[Optional[int], typer.Option(help="Train for this many epochs instead (converted to iterations).")]
-BatchSize = Annotated[Optional[int], typer.Option(help=f"Mini-batch size (images). [default: {T.batch_size}]")]
-Lr = Annotated[Optional[float], typer.Option(help=f"Initial learning rate, /10 at 50% and 75% of the iterations. [default: {T.lr}]")]
-Momentum = Annotated[Optional[float], typer.Option(help=f"SGD momentum. [default: {T.momentum}]")]
-WeightDecay = Annotated[Optional[float], typer.Option(help=f"L2 weight decay. [default: {T.weight_decay}]")]
-Warmup = Annotated[Optional[str], typer.Option(help=f"auto: lr {T.warmup_lr} until train error < {T.warmup_until_error:g}% for depth >= {T.warmup_min_depth} (paper); on; off. [default: auto]")]
-WarmupMinDepth = Annotated[Optional[int], typer.Option(help=f"Smallest depth that warms up with --warmup auto. [default: {T.warmup_min_depth}]")]
-Dataset = Annotated[Optional[str], typer.Option(help=f"cifar10, cifar100, folder (needs --data-dir) or synthetic (embedded). [default: {D.dataset}]")]
-DataDir = Annotated[Optional[str], typer.Option(help="Dataset folder (cifar download target, or train/<class>/ + test/<class>/ images). [default: $RESDEPTH_DATA or ~/.cache/resdepth/data]")]
-TrainSize = Annotated[Optional[int], typer.Option(help="Use a seeded, class-balanced subset of this many training images. [default: all]")]
-TestSize = Annotated[Optional[int], typer.Option(help="Use a seeded, class-balanced subset of this many test images. [default: all]")]
-ValSize = Annotated[Optional[int], typer.Option(help="Hold out this many training images as a validation split (5000: the paper's 45k/5k). [default: 0, off]")]
-SyntheticTrain = Annotated[Optional[int], typer.Option(help=f"Training images of --dataset synthetic. [default: {D.synthetic_train}]")]
-SyntheticTest = Annotated[Optional[int], typer.Option(help=f"Test images of --dataset synthetic. [default: {D.synthetic_test}]")]
-Augment = Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Pad-4 random crop + flip (paper). [default: on]")]
-Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]")]
-Threads = Annotated[Optional[int], typer.Option(help="Torch CPU threads per job. [default: cores / jobs]")]
-Precision = Annotated[Optional[str], typer.Option(help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast; BN stays fp32). [default: auto]")]
-ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (measured faster on CPU and GPU). [default: on]")]
-Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step (+14% img/s on CPU after 1-2 min of compiling). [default: on for CPU runs of >= 2000 iterations, else off]")]
-CudaGraph = Annotated[Optional[bool], typer.Option("--cuda-graph/--no-cuda-graph", help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch overhead; same math). [default: off]")]
-Out = Annotated[Optional[Path], typer.Option(help="Results folder; one sub-folder per run. [default: results/<name or dataset>]")]
-Force = Annotated[bool, typer.Option(help="Start run folders whose config differs over (old folders are kept, renamed).")]
-
-TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
-DATA_OPTIONS = {f.name for f in fields(DataConfig)}
+def config_options(cls: type) -> list[ConfigOption]:
+    hints, defaults = typing.get_type_hints(cls), cls()
+    return [ConfigOption(cls, f, hints[f.name], getattr(defaults, f.name)) for f in cli_fields(cls)]
 
 
-SHARED_OPTIONS = {  # name -> typed option alias; given to `train` and `sweep` by `with_training_options`
-    "shortcut": Shortcut, "iterations": Iterations, "epochs": Epochs, "batch_size": BatchSize, "lr": Lr,
-    "momentum": Momentum, "weight_decay": WeightDecay, "warmup": Warmup, "warmup_min_depth": WarmupMinDepth,
-    "dataset": Dataset, "data_dir": DataDir, "train_size": TrainSize, "test_size": TestSize, "val_size": ValSize,
-    "synthetic_train": SyntheticTrain, "synthetic_test": SyntheticTest, "augment": Augment, "device": Device,
-    "threads": Threads, "precision": Precision, "channels_last": ChannelsLast, "compile": Compile,
-    "cuda_graph": CudaGraph,
-}
+TRAINING_OPTIONS = config_options(TrainConfig) + config_options(DataConfig)
+SWEEP_OPTIONS = config_options(SweepConfig) + config_options(SlurmConfig)
 
 
-def with_training_options(command: Any) -> Any:
-    """Declare the shared training options once: they replace the command's **options in the signature Typer reads."""
-    signature = inspect.signature(command, eval_str=True)  # real annotations: Typer reads them from here
-    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=alias)
-              for name, alias in SHARED_OPTIONS.items()]
-    command.__signature__ = signature.replace(parameters=own + shared)
-    return command
+def with_options(*groups: list[ConfigOption]) -> Callable[[Any], Any]:
+    """Give a command the generated options: they replace its **options in the signature Typer reads."""
+    def decorate(command: Any) -> Any:
+        signature = inspect.signature(command, eval_str=True)  # real annotations: Typer reads them from here
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        generated = [inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=o.annotation)
+                     for o in sorted((o for group in groups for o in group), key=panel_order)]
+        command.__signature__ = signature.replace(parameters=own + generated)
+        return command
+    return decorate
+
+
+PANELS = (WHAT, PROTOCOL, DATA, EXECUTION, CLUSTER)  # the order of the help panels
+
+
+def panel_order(option: ConfigOption) -> int:
+    return PANELS.index(option.field.metadata["panel"])
+
+
+def given_values(group: list[ConfigOption], owner: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The field values of `owner` that the command line gave (None means not given)."""
+    values = {o.field.name: o.value(options.get(o.param)) for o in group if o.owner is owner}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def apply_overrides(train: TrainConfig, options: dict[str, Any]) -> TrainConfig:
-    """Command-line values that were given replace those of the config (or sweep file)."""
-    given = {k: v for k, v in options.items() if v is not None}
+    """Command-line training and data values that were given replace those of the config (or sweep file)."""
+    given = given_values(TRAINING_OPTIONS, TrainConfig, options)
     if "iterations" in given and "epochs" in given:
         raise UserError("give --iterations or --epochs, not both: the run's length is one of them")
     if "iterations" in given:
         given["epochs"] = None  # the command line's length replaces a sweep file's epochs too
-    data = replace(train.data, **{k: v for k, v in given.items() if k in DATA_OPTIONS})
-    return replace(train, **{k: given[k] for k in given.keys() & TRAIN_OPTIONS}, data=data)
+    data = replace(train.data, **given_values(TRAINING_OPTIONS, DataConfig, options))
+    return replace(train, **given, data=data)
 
 
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"resdepth {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
+                                                    help="Show the version and exit.")] = None,
+) -> None:
+    """Plain vs residual CIFAR networks by depth (He et al. 2016, section 4.2)."""
+
+
+# ---------------------------------------------------------------------------------------------- models
 @app.command()
 def models(
     pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'plain*' or 'resnet1*'.")] = "*",
     num_classes: Annotated[int, typer.Option(help="Classes of the FC layer (10: CIFAR-10, 100: CIFAR-100).")] = 10,
 ) -> None:
     """List the registered networks: name, kind, depth, parameters, forward multiply-adds."""
-    from .models import describe_models
-
     table = Table(title=f"resdepth networks ({num_classes} classes)")
     for column in ("name", "kind", "depth", "params", "MFLOPs (mult-adds)"):
         table.add_column(column, justify="right" if column not in ("name", "kind") else "left")
     for row in describe_models(pattern, num_classes):
-        table.add_row(str(row["name"]), str(row["kind"]), str(row["depth"]), f"{row['params']:,}", f"{row['mflops']:.1f}")
+        table.add_row(str(row["name"]), str(row["kind"]), str(row["depth"]), f"{row['params']:,}",
+                      f"{row['mflops']:.1f}")
     console.print(table)
 
 
+# ---------------------------------------------------------------------------------------------- train, sweep
 @app.command()
-@with_training_options
+@with_options(TRAINING_OPTIONS)
 def train(
-    depth: Annotated[int, typer.Option(help="Layers, 6n+2: 20, 32, 44, 56, 110, 1202 (8, 14 for quick tests).")] = T.depth,
-    kind: Annotated[str, typer.Option(help="plain or residual.")] = T.kind,
-    seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation.")] = T.seed,
-    out: Annotated[Optional[Path], typer.Option(help="Results folder; the run goes to its sub-folder <kind>-<depth>-s<seed>. [default: results/<dataset>]")] = None,
-    force: Force = False, **options: Any,
+    depth: Annotated[int, typer.Option(help="Layers, 6n+2: 20, 32, 44, 56, 110, 1202 (8, 14 for quick tests).",
+                                       rich_help_panel=WHAT)] = TrainConfig.depth,
+    kind: Annotated[str, typer.Option(help="plain or residual.", rich_help_panel=WHAT)] = TrainConfig.kind,
+    seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation.",
+                                      rich_help_panel=WHAT)] = TrainConfig.seed,
+    out: Annotated[Optional[Path], typer.Option(help="Results folder; the run goes to its sub-folder "
+                                                     "<kind>-<depth>-s<seed>. \\[default: results/<dataset>]",
+                                                rich_help_panel=WHAT)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Start a run folder whose config differs over (the old folder is "
+                                             "kept, renamed).", rich_help_panel=WHAT)] = False,
+    **options: Any,
 ) -> None:
     """Train one network with the paper's protocol (resumes if its folder holds a checkpoint)."""
     base = apply_overrides(TrainConfig(), options)
-    sweep = SweepConfig(depths=[depth], kinds=[kind], seeds=[seed], out=str(out) if out else None, train=base, force=force)
+    sweep = SweepConfig(depths=[depth], kinds=[kind], seeds=[seed], out=str(out) if out else None, train=base,
+                        force=force)
     raise typer.Exit(execute(sweep, dry_run=False))
 
 
 @app.command()
-@with_training_options
+@with_options(SWEEP_OPTIONS, TRAINING_OPTIONS)
 def sweep(
-    sweep_file: Annotated[Optional[Path], typer.Argument(help="TOML sweep file (see sweeps/); options given here override it.")] = None,
-    depths: Annotated[Optional[str], typer.Option(help="Comma-separated depths (6n+2). [default: 20,32,44,56]")] = None,
-    kind: Annotated[Optional[str], typer.Option("--kind", "--kinds", help="Comma-separated kinds. [default: plain,residual]")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds. [default: 0]")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Sweep name: results go to results/<name>. [default: file name, else dataset]")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Resume the sweep saved in this results folder.")] = None,
-    jobs: Annotated[Optional[int], typer.Option(help="CPU jobs at once (threads split between them). [default: 1]")] = None,
-    gpus: Annotated[Optional[str], typer.Option(help="Comma-separated GPU indices. [default: all visible with --device auto]")] = None,
-    jobs_per_gpu: Annotated[Optional[int], typer.Option(help="Jobs sharing each GPU. [default: 1]")] = None,
-    executor: Annotated[Optional[str], typer.Option(help="auto, sequential (in-process), local (a process per job), ray (a task per cell on a Ray cluster) or slurm (a job array through submitit). [default: auto]")] = None,
-    address: Annotated[Optional[str], typer.Option(help="--executor ray: the cluster, auto (started here by `ray start`) or HOST:PORT. [default: $RAY_ADDRESS, else a new local one]", rich_help_panel=CLUSTER)] = None,
-    gpus_per_job: Annotated[Optional[float], typer.Option(help="--executor ray: GPU share of each cell, e.g. 0.5 for two per GPU; slurm: 1 (whole GPUs). [default: 1]", rich_help_panel=CLUSTER)] = None,
-    slurm_partition: Annotated[Optional[str], typer.Option(help="--executor slurm: partition. [default: the cluster's default]", rich_help_panel=CLUSTER)] = None,
-    slurm_time: Annotated[Optional[int], typer.Option(help=f"--executor slurm: minutes per job; longer cells are checkpointed and requeued. [default: {S.time}]", rich_help_panel=CLUSTER)] = None,
-    slurm_cpus: Annotated[Optional[int], typer.Option(help=f"--executor slurm: cores per cell (--threads overrides). [default: {S.cpus_per_job}]", rich_help_panel=CLUSTER)] = None,
-    slurm_mem_gb: Annotated[Optional[float], typer.Option(help="--executor slurm: memory per job. [default: the partition's]", rich_help_panel=CLUSTER)] = None,
-    slurm_account: Annotated[Optional[str], typer.Option(help="--executor slurm: account to charge.", rich_help_panel=CLUSTER)] = None,
-    slurm_qos: Annotated[Optional[str], typer.Option(help="--executor slurm: quality of service.", rich_help_panel=CLUSTER)] = None,
-    slurm_constraint: Annotated[Optional[str], typer.Option(help="--executor slurm: node features, e.g. h100.", rich_help_panel=CLUSTER)] = None,
-    slurm_array_parallelism: Annotated[Optional[int], typer.Option(help=f"--executor slurm: array tasks running at once. [default: {S.array_parallelism}]", rich_help_panel=CLUSTER)] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Run failed and diverged cells again from their last checkpoint.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="List the cells, their folders and devices; train nothing.")] = False,
-    out: Out = None, force: Force = False, **options: Any,
+    sweep_file: Annotated[Optional[Path], typer.Argument(help="TOML sweep file (see sweeps/); options given here "
+                                                              "override it.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Resume the sweep saved in this results folder.",
+                                                   rich_help_panel=WHAT)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells, their folders and devices; train nothing.",
+                                          rich_help_panel=WHAT)] = False,
+    **options: Any,
 ) -> None:
     """Train every cell of depths x kinds x seeds; finished cells are skipped, unfinished ones resumed."""
     if resume is not None and sweep_file is not None:
         raise UserError("give either a sweep file or --resume RESULTS_DIR, not both")
     config = load_saved_sweep(resume) if resume else load_sweep_file(sweep_file) if sweep_file else SweepConfig()
-    config.train = apply_overrides(config.train, options)
-    given = {"depths": _csv(int)(depths), "kinds": _csv(str)(kind), "seeds": _csv(int)(seeds), "name": name,
-             "out": str(out) if out else None, "jobs": jobs, "gpus": _csv(int)(gpus), "jobs_per_gpu": jobs_per_gpu,
-             "executor": executor, "ray_address": address, "gpus_per_job": gpus_per_job}
-    slurm = {"partition": slurm_partition, "time": slurm_time, "cpus_per_job": slurm_cpus, "mem_gb": slurm_mem_gb,
-             "account": slurm_account, "qos": slurm_qos, "constraint": slurm_constraint,
-             "array_parallelism": slurm_array_parallelism}
-    config = replace(config, **{k: v for k, v in given.items() if v is not None},
-                     slurm=replace(config.slurm, **{k: v for k, v in slurm.items() if v is not None}),
-                     retry_failed=retry_failed, force=force)
+    config = replace(config, **given_values(SWEEP_OPTIONS, SweepConfig, options),
+                     slurm=replace(config.slurm, **given_values(SWEEP_OPTIONS, SlurmConfig, options)),
+                     train=apply_overrides(config.train, options))
     raise typer.Exit(execute(config, dry_run))
 
 
 def execute(config: SweepConfig, dry_run: bool) -> int:
-    """Plan, show the plan, run with a live display, print the summary; returns the exit code."""
-    from .executors import make_executor
-
+    """Plan, show the plan, run with a live display, print the summary; returns the exit code. A command refused
+    while planning or for missing data writes nothing, not even the results folder."""
     planned = plan_sweep(config)
     if dry_run:
-        print_plan(config, planned)
+        console.print(render_plan(config, planned))
         return 0
-    ensure_writable_dir(config.out_dir())
     if any(item.device for item in planned):
         load_dataset(config.train.data)  # fail fast, before any cell starts: missing data is a user error
+        ensure_writable_dir(config.out_dir())
     counts = count_actions(planned)
     console.print(f"[bold]{config.out_dir()}[/]: {len(planned)} cell(s): "
                   + ", ".join(f"{n} {a}" for a, n in counts.items()))
@@ -204,57 +218,80 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     display = LiveDisplay(len(planned))
     try:
         with display:
-            outcomes = run_sweep(config, executor, planned, on_progress=display.update, stop_requested=lambda: bool(received))
+            outcomes = run_sweep(config, executor, planned, on_progress=display.update,
+                                 stop_requested=lambda: bool(received))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print_summary(planned, outcomes)
+    states = final_states(planned, outcomes)
+    console.print(render_summary(planned, outcomes, states))
     if received:
         return 143 if received[0] == signal.SIGTERM else 130
-    states = {o.state for o in outcomes.values()} | {p.action.removeprefix("skip-") for p in planned}
-    return 1 if "failed" in states else 3 if "diverged" in states else 4 if "busy" in states else 0
+    ended = set(states.values())
+    return 1 if "failed" in ended else 3 if "diverged" in ended else 4 if "busy" in ended else 0
 
 
-def print_plan(config: SweepConfig, planned: list[PlannedCell]) -> None:
-    from .sweep import device_slots, threads_per_job
+def final_states(planned: list[PlannedCell], outcomes: dict[str, Any]) -> dict[str, str]:
+    """Each cell's state for the summary and the exit code. A cell that was busy in another sweep process and has
+    ended there since counts as that process left it (a cell another sweep finished is done, not busy)."""
+    states = {}
+    for item in planned:
+        outcome = outcomes.get(item.cell.name)
+        state = outcome.state if outcome else item.action.removeprefix("skip-")
+        if state == "busy":
+            state = settled_elsewhere(item) or "busy"
+        states[item.cell.name] = state
+    return states
 
+
+def render_plan(config: SweepConfig, planned: list[PlannedCell]) -> Table:
     slots = device_slots(config)
     if config.executor in ("ray", "slurm"):
-        from .cluster import task_threads
-
         where = f"one {config.executor} task per cell, {task_threads(config)} thread(s) each"
     else:
-        where = f"{len(slots)} job slot(s): {', '.join(slots)}, {config.train.threads or threads_per_job(slots)} thread(s) each"
+        where = f"{len(slots)} job slot(s): {', '.join(slots)}, {task_threads(config)} thread(s) each"
     table = Table(title=f"dry run: {config.out_dir()} ({where})")
     for column in ("cell", "action", "device", "folder"):
         table.add_column(column)
     for item in planned:
         table.add_row(item.cell.name, item.action, item.device or "-", str(item.cell.run_dir))
-    console.print(table)
+    return table
 
 
-def print_summary(planned: list[PlannedCell], outcomes: dict[str, Any]) -> None:
+def render_summary(planned: list[PlannedCell], outcomes: dict[str, Any], states: dict[str, str]) -> Table:
+    """One row per cell: its state, the epochs it finished, its last finished epoch's errors, and a note."""
     table = Table(title="sweep summary")
     for column in ("cell", "state", "epochs", "train err %", "test err %", "note"):
         table.add_column(column, justify="right" if "err" in column or column == "epochs" else "left")
     for item in planned:
-        outcome = outcomes.get(item.cell.name)
         status = RunStatus.read(item.cell.run_dir)
-        state = outcome.state if outcome else item.action.replace("skip-", "") if item.action.startswith("skip") else item.action
-        note = (outcome.error or "") if outcome else skip_note(item.action) if item.action.startswith("skip") else ""
-        if status and status.warmup_end_iteration:
-            note = (note + f" warm-up ended at iteration {status.warmup_end_iteration}").strip()
-        table.add_row(item.cell.name, state, f"{status.epoch}/{status.epochs}" if status else "-",
-                      _pct(status.train_error if status else None), _pct(status.test_error if status else None), note[:80])
-    console.print(table)
+        table.add_row(item.cell.name, states[item.cell.name], f"{status.epoch}/{status.epochs}" if status else "-",
+                      _pct(status.train_error if status else None), _pct(status.test_error if status else None),
+                      summary_note(item, outcomes.get(item.cell.name), status, states[item.cell.name]))
+    return table
 
 
-def skip_note(action: str) -> str:
-    return "skipped" if action == "skip-done" else "skipped: --retry-failed runs it again"
+def summary_note(item: PlannedCell, outcome: Any, status: RunStatus | None, state: str) -> str:
+    notes = []
+    if outcome is not None and outcome.error:
+        notes.append(outcome.error)
+    elif item.action == "busy":
+        notes.append(item.note if state == "busy" else f"finished by another sweep process: {state}")
+    elif item.action.startswith("skip"):
+        notes.append("skipped" if item.action == "skip-done" else "skipped: --retry-failed runs it again")
+    if status and state == "interrupted" and status.iteration < status.iterations:
+        notes.append(f"stopped at iteration {status.iteration}/{status.iterations} (in epoch {status.epoch + 1})")
+    if status and status.warmup_end_iteration:
+        notes.append(f"warm-up ended at iteration {status.warmup_end_iteration}")
+    return "; ".join(notes)
 
 
 def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _rate(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 class LiveDisplay:
@@ -298,31 +335,38 @@ class LiveDisplay:
         for name, status in snapshot.running.items():
             if name not in self.tasks:
                 self.tasks[name] = self.progress.add_task(name, total=status.iterations or None, info="")
+            train = status.live_train_error if status.live_train_error is not None else status.train_error
             self.progress.update(self.tasks[name], total=status.iterations or None, completed=status.iteration,
-                                 info=f"{status.device} epoch {status.epoch}/{status.epochs} "
-                                      f"train {_pct(status.train_error)}% test {_pct(status.test_error)}% "
-                                      f"{status.images_per_second or 0:,.0f} img/s")
+                                 info=f"{status.device} epoch {min(status.epoch + 1, status.epochs)}/{status.epochs} "
+                                      f"train {_pct(train)}% test {_pct(status.test_error)}% "
+                                      f"{_rate(status.images_per_second)} img/s")
         for name, outcome in snapshot.outcomes.items():
             if name in self.tasks:
                 self.progress.update(self.tasks.pop(name), description=f"{name} {outcome.state}")
 
     def log_lines(self, snapshot: SweepProgress) -> None:
+        """A line when a run (re)starts from a checkpoint, one per finished epoch, and one when it ends."""
         for name, status in snapshot.running.items():
-            if self.logged.get(name) != (status.state, status.epoch) and status.epoch:
-                self.logged[name] = (status.state, status.epoch)
-                console.print(f"{name}: epoch {status.epoch}/{status.epochs} iteration {status.iteration}/{status.iterations} "
-                              f"train {_pct(status.train_error)}% test {_pct(status.test_error)}% "
-                              f"{status.images_per_second or 0:.0f} img/s", highlight=False)
+            seen = self.logged.get(name)
+            if seen is None and status.epoch and status.iteration < status.iterations:
+                console.print(f"{name}: resumed at iteration {status.iteration}/{status.iterations}, after epoch "
+                              f"{status.epoch}/{status.epochs} (train {_pct(status.train_error)}% test "
+                              f"{_pct(status.test_error)}%)", highlight=False)
+            elif seen != (status.state, status.epoch) and status.epoch:
+                console.print(f"{name}: epoch {status.epoch}/{status.epochs} iteration {status.iteration}/"
+                              f"{status.iterations} train {_pct(status.train_error)}% test {_pct(status.test_error)}% "
+                              f"{_rate(status.images_per_second)} img/s", highlight=False)
+            self.logged[name] = (status.state, status.epoch)
         for name, outcome in snapshot.outcomes.items():
             if self.logged.get(name, ("", 0))[0] != outcome.state:
                 self.logged[name] = (outcome.state, -1)
-                console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""), highlight=False)
+                console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""),
+                              highlight=False)
 
 
+# ---------------------------------------------------------------------------------------------- plot, table
 def read_runs(results_dir: Path) -> list[Any]:
     """The readable runs under results_dir; each skipped run folder gets one warning line on stderr."""
-    from .results import load_runs
-
     runs, warnings = load_runs(results_dir)
     for line in warnings:
         errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
@@ -331,13 +375,14 @@ def read_runs(results_dir: Path) -> list[Any]:
 
 @app.command()
 def plot(
-    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read (recursively).")],
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the figures. [default: RESULTS_DIR/plots]")] = None,
+    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read "
+                                                     "(recursively).")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the figures. \\[default: RESULTS_DIR/plots]")] = None,
     x: Annotated[str, typer.Option(help="x axis: iterations (in 1e4, as the paper) or epochs.")] = "iterations",
     formats: Annotated[str, typer.Option("--format", help="Comma-separated file formats: png, pdf, svg.")] = "png",
 ) -> None:
     """Figure 1 (train | test error per kind) and Figure 6 (plain | residual) style curves, seeds averaged."""
-    from .plots import build_figures, parse_formats, save_figures
+    from .plots import build_figures, parse_formats, save_figures  # matplotlib: loaded only by the commands using it
 
     chosen_formats = parse_formats(formats)
     runs = read_runs(results_dir)
@@ -350,14 +395,14 @@ def plot(
 
 @app.command()
 def table(
-    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read (recursively).")],
-    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the numbers (unrounded columns) to this CSV file.")] = None,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for papers and READMEs) instead.")] = False,
+    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read "
+                                                     "(recursively).")],
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the numbers (unrounded columns) to this "
+                                                              "CSV file.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for papers and READMEs) "
+                                                              "instead.")] = False,
 ) -> None:
     """Table 6 style summary: one row per dataset x kind x depth, seeds as mean ± std, beside the paper."""
-    from rich import box
-    from rich.text import Text
-
     from .tables import display_table, summarize, to_markdown, write_csv
 
     summary = summarize(read_runs(results_dir))
@@ -366,64 +411,83 @@ def table(
         errors.print(f"wrote {csv}", markup=False, highlight=False, soft_wrap=True)  # stdout stays the table
     if markdown:
         print(to_markdown(summary), end="")
-    else:
-        headers, rows, notes = display_table(summary)
-        datasets = ", ".join(summary["dataset"].unique())
-        view = Table(title=Text(f"{results_dir} ({datasets}): errors by depth"), box=box.SIMPLE_HEAD, show_edge=False,
-                     pad_edge=False, collapse_padding=True)
-        for i, header in enumerate(headers):  # numbers never wrap; long headers wrap onto two lines at most
-            width = max([len(row[i]) for row in rows] + [len(word) for word in header.split()] + [min(len(header), 11)])
-            view.add_column(header, justify="left" if header in ("dataset", "kind") else "right", width=width)
-        for row in rows:
-            view.add_row(*row)
-        console.print(view)
-        for note in notes:
-            console.print(f"[dim]{note}[/]", highlight=False)
+        return
+    headers, rows, notes = display_table(summary)
+    datasets = ", ".join(summary["dataset"].unique())
+    console.print(render_text_table(f"{results_dir} ({datasets}): errors by depth", headers, rows))
+    for note in notes:
+        console.print(f"[dim]{note}[/]", highlight=False)
+
+
+def render_text_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
+    """Rows of text under headers; numbers never wrap, long headers wrap onto two lines at most."""
+    view = Table(title=Text(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for i, header in enumerate(headers):
+        width = max([len(row[i]) for row in rows] + [len(word) for word in header.split()] + [min(len(header), 11)])
+        view.add_column(header, justify="left" if header in ("dataset", "setting", "kind") else "right", width=width)
+    for row in rows:
+        view.add_row(*row)
+    return view
+
+
+# ---------------------------------------------------------------------------------------------- bench
+DEVICE = next(o for o in TRAINING_OPTIONS if o.param == "device").annotation
+THREADS = next(o for o in TRAINING_OPTIONS if o.param == "threads").annotation
+PRECISION = next(o for o in TRAINING_OPTIONS if o.param == "precision").annotation
+CHANNELS_LAST = next(o for o in TRAINING_OPTIONS if o.param == "channels_last").annotation
+CUDA_GRAPH = next(o for o in TRAINING_OPTIONS if o.param == "cuda_graph").annotation
 
 
 @app.command()
 def bench(
     depths: Annotated[str, typer.Option(help="Comma-separated depths (6n+2).")] = "20,56,110",
     kind: Annotated[str, typer.Option(help="plain or residual.")] = "residual",
-    device: Device = None,
+    device: DEVICE = None,
     iterations: Annotated[int, typer.Option(help="Timed training steps per window.")] = 30,
     warmup: Annotated[int, typer.Option(help="Untimed steps per path and depth first (compilation included).")] = 10,
-    rounds: Annotated[int, typer.Option(help="Windows per path, resdepth and naive alternating; the median counts.")] = 3,
+    rounds: Annotated[int, typer.Option(help="Windows per path, resdepth and naive alternating; the median "
+                                             "counts.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size (images).")] = 128,
     num_workers: Annotated[int, typer.Option(help="DataLoader worker processes of the naive recipe.")] = 2,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Time the naive PIL + DataLoader recipe too.")] = True,
-    threads: Threads = None, precision: Precision = None, channels_last: ChannelsLast = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step. [default: as a paper-length `resdepth train` run: on for CPU, off on CUDA]")] = None,
-    cuda_graph: CudaGraph = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="CIFAR-10 folder (torchvision's download) instead of synthetic images.")] = None,
-    synthetic_train: Annotated[int, typer.Option(help="Synthetic training images (both paths draw batches from them).")] = 4096,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows, every window included, to this JSON file.")] = None,
+    threads: THREADS = None, precision: PRECISION = None, channels_last: CHANNELS_LAST = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step. "
+                       "\\[default: as a paper-length `resdepth train` run: on for CPU, off on CUDA]")] = None,
+    cuda_graph: CUDA_GRAPH = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="CIFAR-10 folder (torchvision's download) instead of "
+                                                         "synthetic images.")] = None,
+    synthetic_train: Annotated[int, typer.Option(help="Synthetic training images (both paths draw batches from "
+                                                      "them).")] = 4096,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows, every window included, to "
+                                                                    "this JSON file.")] = None,
 ) -> None:
     """Images/s of resdepth's training step vs the common PIL + DataLoader recipe, FLOP/s and peak memory."""
     import json
     from dataclasses import asdict
 
-    from .bench import BenchConfig, run_benchmark
-
     if json_out is not None:
         check_output_file(json_out, "--json")  # before minutes of measuring, not after
-
     data = (DataConfig(dataset="cifar10", data_dir=data_dir) if data_dir else
             DataConfig(dataset="synthetic", synthetic_train=synthetic_train, synthetic_test=16))
-    config = BenchConfig(depths=tuple(_csv(int)(depths) or ()), kind=kind, device=device or "auto", iterations=iterations,
-                         warmup=warmup, rounds=rounds, batch_size=batch_size, num_workers=num_workers, naive=naive,
-                         threads=threads, precision=precision or "auto", channels_last=channels_last, compile=compile,
-                         cuda_graph=bool(cuda_graph), data=data)
+    config = BenchConfig(depths=tuple(parse_list(depths, int, "--depths")), kind=kind, device=device or "auto",
+                         iterations=iterations, warmup=warmup, rounds=rounds, batch_size=batch_size,
+                         num_workers=num_workers, naive=naive, threads=threads, precision=precision or "auto",
+                         channels_last=channels_last, compile=compile, cuda_graph=bool(cuda_graph), data=data)
     rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
     if json_out is not None:
         json_out.write_text(json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    console.print(render_bench(kind, rows))
+
+
+def render_bench(kind: str, rows: list[BenchRow]) -> Table:
+    """The bench rows as a table that fits 80 columns: two-line headers, no vertical rules (rich cuts words)."""
     first = rows[0]
-    view = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=f"{kind} training throughput on {first.device_name} ({first.device}, {first.threads} threads, "
-                       f"{first.precision}, channels_last {'on' if first.channels_last else 'off'}, "
-                       f"compile {'on' if first.compile else 'off'}{', CUDA graph' if first.cuda_graph else ''})",
-                 caption=f"achieved FLOP/s = 3 x 2 x forward multiply-adds x resdepth img/s; MB: {first.memory_measure}"
-                         + (f"; naive precision: {first.naive_precision}" if first.naive_precision else ""))
-    # Two-line headers and no vertical rules keep the table whole in an 80-column terminal or log (rich cuts words).
+    title = (f"{kind} training throughput on {first.device_name} ({first.device}, {first.threads} threads, "
+             f"{first.precision}, channels_last {'on' if first.channels_last else 'off'}, "
+             f"compile {'on' if first.compile else 'off'}{', CUDA graph' if first.cuda_graph else ''})")
+    caption = (f"achieved FLOP/s = 3 x 2 x forward multiply-adds x resdepth img/s; MB: {first.memory_measure}"
+               + (f"; naive precision: {first.naive_precision}" if first.naive_precision else ""))
+    view = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, caption=caption)
     for column in ("depth", "resdepth\nimg/s", "naive\nimg/s", "ratio", "achieved\nGFLOP/s", "matmul\nGFLOP/s",
                    "% of\npeak", "resdepth\nMB", "naive\nMB"):
         view.add_column(column, justify="right", no_wrap=True)
@@ -433,7 +497,7 @@ def bench(
                      dash(row.speedup, ".2f") + ("x" if row.speedup else ""), f"{row.achieved_gflops:,.0f}",
                      f"{row.matmul_gflops:,.0f}", f"{row.peak_fraction * 100:.0f}%",
                      f"{row.resdepth_peak_memory_mb:,.0f}", dash(row.naive_peak_memory_mb, ",.0f"))
-    console.print(view)
+    return view
 
 
 def check_output_file(path: Path, option: str) -> None:

@@ -20,17 +20,17 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
-from .cell import CellOutcome, RunLock, is_locked, mark_failed, outcome_from_status, run_cell, set_state
+from .cell import CellOutcome, RunLock, describe_owner, is_locked, mark_failed, outcome_from_status, run_cell, set_state
+from .config import flag_name, option
 from .errors import UserError
 from .executors import CellJob, Executor
 from .results import CONFIG_FILE, RunStatus, ensure_writable_dir, read_json, write_json
 
-if TYPE_CHECKING:
-    from .sweep import SweepConfig
+CLUSTER = "Cluster (--executor ray or slurm)"  # the help panel of the cluster options
 
 TASK_FILE = "task.json"  # the attempt running a cell (token, host, pid): lets a retry take over its dead lock
 
@@ -62,7 +62,7 @@ class CellTask:
                                "be on a filesystem every node mounts at the same path (choose it with --out)")
         take_over_own_lock(self.run_dir, self.token)
         if is_locked(self.run_dir):  # another live run holds the cell: leave its attempt record alone
-            return CellOutcome(self.run_dir, "busy", error=f"running elsewhere: {RunLock(self.run_dir).owner()}")
+            return CellOutcome(self.run_dir, "busy", error=describe_owner(RunLock(self.run_dir).owner()))
         attempt = self.run_dir / TASK_FILE
         me = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job_id()}
         write_json(attempt, me)
@@ -302,18 +302,30 @@ RESULT_GRACE_SECONDS = 30.0  # a shared filesystem may show a job's result file 
 class SlurmConfig:
     """What `--executor slurm` asks Slurm for, per cell (one array task each); saved in sweep.json."""
 
-    partition: str | None = None  # None: the cluster's default partition
-    time: int = 240  # minutes per job; a cell that needs longer is checkpointed before the limit and requeued
-    cpus_per_job: int = 4  # cores and torch threads per cell (--threads overrides); GPU cells need few
-    mem_gb: float | None = None  # None: the partition's default
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None  # node features, e.g. "h100"
-    array_parallelism: int = 256  # array tasks running at once (Slurm's --array=...%N)
-    max_timeouts: int = 10  # requeues after hitting the time limit before a cell is given up (preemption: no limit)
-    setup: list[str] = field(default_factory=list)  # shell lines run first in each job, e.g. "module load cuda"
-    cluster: str = "slurm"  # local: submitit's local executor, to try a sweep on this machine without Slurm
-    poll_seconds: float = 10.0  # how often the driver asks squeue about its jobs
+    partition: str | None = option(None, help="--executor slurm: partition.", flag="--slurm-partition",
+                                   panel=CLUSTER, default_text="the cluster's default")
+    # a cell that needs longer is checkpointed before the limit and requeued
+    time: int = option(240, help="--executor slurm: minutes per job; longer cells are checkpointed and requeued.",
+                       flag="--slurm-time", panel=CLUSTER)
+    cpus_per_job: int = option(4, help="--executor slurm: cores per cell (--threads overrides); GPU cells need few.",
+                               flag="--slurm-cpus", panel=CLUSTER)
+    mem_gb: float | None = option(None, help="--executor slurm: memory per job (GB).", flag="--slurm-mem-gb",
+                                  panel=CLUSTER, default_text="the partition's")
+    account: str | None = option(None, help="--executor slurm: account to charge.", flag="--slurm-account",
+                                 panel=CLUSTER, default_text="yours")
+    qos: str | None = option(None, help="--executor slurm: quality of service.", flag="--slurm-qos", panel=CLUSTER,
+                             default_text="the partition's")
+    constraint: str | None = option(None, help="--executor slurm: node features, e.g. h100.",
+                                    flag="--slurm-constraint", panel=CLUSTER, default_text="none")
+    array_parallelism: int = option(256, help="--executor slurm: array tasks running at once (Slurm's %N).",
+                                    flag="--slurm-array-parallelism", panel=CLUSTER)
+    # requeues after hitting the time limit before a cell is given up (preemption: no limit)
+    max_timeouts: int = option(10, help="Requeues after hitting the time limit before a cell is given up.", cli=False)
+    setup: list[str] = option(help='Shell lines run first in each job, e.g. ["module load cuda"].', cli=False,
+                              default_factory=list)
+    cluster: str = option("slurm", help="local: submitit's local executor, to try a sweep on this machine without "
+                                        "Slurm.", cli=False)
+    poll_seconds: float = option(10.0, help="How often the driver asks squeue about its jobs.", cli=False)
 
 
 class SlurmExecutor(Executor):
@@ -334,7 +346,8 @@ class SlurmExecutor(Executor):
         self.threads = threads or config.cpus_per_job
         gpus = 0 if device == "cpu" else int(gpus_per_job)
         ensure_writable_dir(out_dir)
-        self.executor = self.submitit.AutoExecutor(folder=out_dir.resolve() / SLURM_LOGS / "%j", cluster=config.cluster,
+        self.log_folder = out_dir.resolve() / SLURM_LOGS / "%j"  # submitit puts each job's files in <job id>/
+        self.executor = self.submitit.AutoExecutor(folder=self.log_folder, cluster=config.cluster,
                                                    slurm_max_num_timeout=config.max_timeouts,
                                                    local_max_num_timeout=config.max_timeouts)
         self.executor.update_parameters(
@@ -437,6 +450,9 @@ class SlurmExecutor(Executor):
     def shutdown(self) -> None:
         self._closing.set()
         self._watcher.join()
+        literal = self.log_folder  # submitit's local controller also makes the folder named as given, '%j' and all
+        if self.config.cluster == "local" and literal.is_dir() and not any(literal.iterdir()):
+            literal.rmdir()
 
 
 def import_submitit() -> Any:
@@ -451,10 +467,10 @@ def check_slurm_config(config: SlurmConfig, device: str, gpus_per_job: float) ->
     """What can be told wrong before anything is submitted (the values alone: also checked when planning)."""
     if config.cluster not in ("slurm", "local"):
         raise UserError(f"[slurm] cluster must be slurm or local (submitit's local executor), got {config.cluster!r}")
-    for name, option, smallest in (("time", "--slurm-time", 1), ("cpus_per_job", "--slurm-cpus", 1),
-                                   ("array_parallelism", "--slurm-array-parallelism", 1), ("max_timeouts", None, 0)):
+    for name, smallest in (("time", 1), ("cpus_per_job", 1), ("array_parallelism", 1), ("max_timeouts", 0)):
         if getattr(config, name) < smallest:
-            given = f"{option} (or [slurm] {name})" if option else f"[slurm] {name}"
+            field = next(f for f in fields(SlurmConfig) if f.name == name)
+            given = f"{flag_name(field)} (or [slurm] {name})" if field.metadata["cli"] else f"[slurm] {name}"
             raise UserError(f"{given} must be at least {smallest}, got {getattr(config, name)}")
     if device != "cpu" and gpus_per_job != 1:
         raise UserError(f"Slurm gives a job whole GPUs and a cell trains on one: --gpus-per-job 1, not "
@@ -512,17 +528,3 @@ def signal_local_task(run_dir: Path) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-# ---------------------------------------------------------------------------------------------- choosing one
-def task_threads(sweep: "SweepConfig") -> int:
-    """CPU cores (and torch threads) each cell's task asks for: --threads, else 1 on Ray, cpus_per_job on Slurm."""
-    return sweep.train.threads or (sweep.slurm.cpus_per_job if sweep.executor == "slurm" else 1)
-
-
-def make_cluster_executor(sweep: "SweepConfig") -> Executor:
-    train, threads = sweep.train, task_threads(sweep)
-    if sweep.executor == "ray":
-        return RayExecutor(sweep.out_dir(), sweep.ray_address, sweep.gpus_per_job, train.device, threads)
-    return SlurmExecutor(sweep.out_dir(), sweep.slurm, train.device, sweep.gpus_per_job, threads,
-                         sweep.name or sweep.out_dir().name)

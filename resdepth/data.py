@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .config import DATA, option
 from .errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
@@ -27,15 +28,27 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar10"  # §4.2 studies CIFAR-10
-    data_dir: str | None = None  # None: $RESDEPTH_DATA or ~/.cache/resdepth/data for cifar*, required for folder
-    train_size: int | None = None  # None: the whole training set; else a seeded, class-balanced subset
-    test_size: int | None = None  # None: the whole test set
-    val_size: int = 0  # 5000 gives the paper's 45k/5k split; 0 (off) as most reproductions do
-    split_seed: int = 0  # fixed apart from the run seed so every seed sees the same split
-    augment: bool = True  # §4.2: pad 4 + random 32x32 crop + horizontal flip; off is a named deviation
-    synthetic_train: int = 1500  # synthetic set sizes: the demo's four small nets train in about a minute on 2 cores
-    synthetic_test: int = 500
+    """The dataset a run trains and tests on, and the subsets and split taken from it."""
+
+    dataset: str = option("cifar10", help="cifar10 (§4.2), cifar100, folder (needs --data-dir) or synthetic "
+                                          "(embedded).", panel=DATA)
+    data_dir: str | None = option(None, help="Dataset folder (cifar download target, or train/<class>/ + "
+                                             "test/<class>/ images).", panel=DATA,
+                                  default_text="$RESDEPTH_DATA or ~/.cache/resdepth/data")
+    train_size: int | None = option(None, help="Use a seeded, class-balanced subset of this many training images.",
+                                    panel=DATA, default_text="all")
+    test_size: int | None = option(None, help="Use a seeded, class-balanced subset of this many test images.",
+                                   panel=DATA, default_text="all")
+    # §4.2 tuned the schedule on a 45k/5k split, then trained on all 50k; most reproductions do without it
+    val_size: int = option(0, help="Hold out this many training images as a validation split (5000: the paper's "
+                                   "45k/5k).", panel=DATA, default_text="0, off")
+    split_seed: int = option(0, help="Seed of the split and subsets, fixed apart from the run seed so every seed "
+                                     "sees the same images.", panel=DATA, cli=False)
+    augment: bool = option(True, help="Pad-4 random crop + flip (§4.2); --no-augment is a named deviation.",
+                           flag="--augment/--no-augment", panel=DATA)
+    # the demo's four small nets train in about a minute on 2 cores at these sizes
+    synthetic_train: int = option(1500, help="Training images of --dataset synthetic.", panel=DATA)
+    synthetic_test: int = option(500, help="Test images of --dataset synthetic.", panel=DATA)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Every executor has the same interface, `submit(job) -> Future[CellOutcome]` plus `interrupt()`, in the
 manner of submitit: `SequentialExecutor` trains in this process (one job at a time, instant start, used by
 tests) and `LocalProcessExecutor` runs each job in its own Python process so a crash stays in its job. The
-cluster executors (`RayExecutor`, `SlurmExecutor`) live in `cluster.py` behind the same interface.
+cluster executors (`RayExecutor`, `SlurmExecutor`) live in `cluster.py` behind the same interface; which one a
+sweep uses is decided above them all, by `sweep.make_executor`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,9 @@ from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from .cell import CellOutcome, outcome_from_status, run_cell
-from .errors import UserError
-
-if TYPE_CHECKING:
-    from .sweep import SweepConfig
 
 
 @dataclass(frozen=True)
@@ -116,23 +113,3 @@ def worker_device(slot: str, environ: Mapping[str, str]) -> tuple[str, dict[str,
     ids = [part.strip() for part in visible.split(",")] if visible else None
     env["CUDA_VISIBLE_DEVICES"] = ids[int(index)] if ids else index
     return "cuda:0", env
-
-
-# ---------------------------------------------------------------------------------------------- choosing one
-EXECUTORS = ("auto", "sequential", "local", "ray", "slurm")
-
-
-def make_executor(sweep: "SweepConfig") -> Executor:
-    """auto: in-process for a single slot, one process per job for several; ray/slurm: one task per cell on a cluster."""
-    from .sweep import device_slots
-
-    if sweep.executor in ("ray", "slurm"):
-        from .cluster import make_cluster_executor
-
-        return make_cluster_executor(sweep)
-    slots = len(device_slots(sweep))
-    if sweep.executor == "sequential" or (sweep.executor == "auto" and slots == 1):
-        return SequentialExecutor()
-    if sweep.executor in ("local", "auto"):
-        return LocalProcessExecutor()
-    raise UserError(f"unknown executor {sweep.executor!r}: use one of {', '.join(EXECUTORS)}")

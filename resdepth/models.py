@@ -1,14 +1,15 @@
 """Plain and residual CIFAR networks of depth 6n+2, as defined in He et al. 2016, section 4.2.
 
-One general class (`CifarNet`) and thin named builders (`plain20`, `resnet56`, ...) registered by name,
-in the manner of torchvision/timm. Module names follow the common option-A CIFAR ResNet layout
-(conv1, bn1, layer1..3 with conv1/bn1/conv2/bn2 per block, linear) so published weights load in order.
+One general class (`CifarNet`) and thin named builders (`resdepth.models.plain20`, `resnet56`, ...), each
+registered with `@register_model` as timm does, so `list_models("res*")` finds them and the tests run over every
+one. Module names follow the common option-A CIFAR ResNet layout (conv1, bn1, layer1..3 with conv1/bn1/conv2/bn2
+per block, linear) so published weights load in order.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Literal
+from typing import Callable, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,6 @@ Shortcut = Literal["A", "B"]
 KINDS: tuple[str, ...] = ("plain", "residual")
 SHORTCUTS: tuple[str, ...] = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)  # §4.2: 16/32/64 filters on 32/16/8 feature maps
-NAMED_DEPTHS = (8, 14, 20, 32, 44, 56, 110, 1202)  # 8/14 are tiny test nets; the rest are the paper's
 
 
 class ZeroPadShortcut(nn.Module):
@@ -70,12 +70,10 @@ class CifarNet(nn.Module):
 
     def __init__(self, kind: Kind, depth: int, num_classes: int = 10, shortcut: Shortcut = "A"):
         super().__init__()
-        n = blocks_per_stage(depth)
-        check_kind(kind)
-        if shortcut not in SHORTCUTS:
-            raise UserError(f"unknown shortcut {shortcut!r}: use A (zero-padding, the paper's default) or B (projection)")
+        check_network(kind, depth, shortcut)
         if num_classes < 1:
             raise UserError(f"--num-classes must be a positive integer (10 for CIFAR-10), got {num_classes}")
+        n = blocks_per_stage(depth)
         self.kind, self.depth, self.shortcut_option = kind, depth, shortcut
         residual = kind == "residual"
         self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
@@ -123,21 +121,118 @@ def check_kind(kind: str) -> None:
         raise UserError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
+def check_network(kind: str, depth: int, shortcut: str) -> None:
+    """Refuse what CifarNet cannot build, without building it (a 1202-layer net has 19M parameters)."""
+    check_kind(kind)
+    blocks_per_stage(depth)
+    if shortcut not in SHORTCUTS:
+        raise UserError(f"unknown shortcut {shortcut!r}: use A (zero-padding, the paper's default) or B (projection)")
+
+
 _REGISTRY: dict[str, Callable[..., CifarNet]] = {}
+ModelBuilder = TypeVar("ModelBuilder", bound=Callable[..., CifarNet])
 
 
-def _register(name: str, kind: Kind, depth: int) -> None:
-    def builder(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
-        return CifarNet(kind, depth, num_classes=num_classes, shortcut=shortcut)
-
-    builder.__name__ = name
-    builder.__doc__ = f"{kind} network with {depth} layers (n={(depth - 2) // 6})."
-    _REGISTRY[name] = builder
+def register_model(builder: ModelBuilder) -> ModelBuilder:
+    """Make a builder findable by its name: build_model("resnet56"), list_models("res*")."""
+    _REGISTRY[builder.__name__] = builder
+    return builder
 
 
-for _depth in NAMED_DEPTHS:
-    _register(f"plain{_depth}", "plain", _depth)
-    _register(f"resnet{_depth}", "residual", _depth)
+@register_model
+def plain8(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Plain net, 8 layers (n=1): a test-sized twin."""
+    return CifarNet("plain", 8, num_classes, shortcut)
+
+
+@register_model
+def resnet8(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Residual net, 8 layers (n=1): a test-sized twin."""
+    return CifarNet("residual", 8, num_classes, shortcut)
+
+
+@register_model
+def plain14(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Plain net, 14 layers (n=2): a test-sized twin."""
+    return CifarNet("plain", 14, num_classes, shortcut)
+
+
+@register_model
+def resnet14(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Residual net, 14 layers (n=2): a test-sized twin."""
+    return CifarNet("residual", 14, num_classes, shortcut)
+
+
+@register_model
+def plain20(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Plain net, 20 layers (n=3): Figure 1 and 6."""
+    return CifarNet("plain", 20, num_classes, shortcut)
+
+
+@register_model
+def resnet20(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """ResNet-20 (n=3): Table 6, 8.75% test error."""
+    return CifarNet("residual", 20, num_classes, shortcut)
+
+
+@register_model
+def plain32(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Plain net, 32 layers (n=5): Figure 6."""
+    return CifarNet("plain", 32, num_classes, shortcut)
+
+
+@register_model
+def resnet32(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """ResNet-32 (n=5): Table 6, 7.51% test error."""
+    return CifarNet("residual", 32, num_classes, shortcut)
+
+
+@register_model
+def plain44(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Plain net, 44 layers (n=7): Figure 6."""
+    return CifarNet("plain", 44, num_classes, shortcut)
+
+
+@register_model
+def resnet44(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """ResNet-44 (n=7): Table 6, 7.17% test error."""
+    return CifarNet("residual", 44, num_classes, shortcut)
+
+
+@register_model
+def plain56(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Plain net, 56 layers (n=9): Figure 1 and 6, higher training error than plain-20."""
+    return CifarNet("plain", 56, num_classes, shortcut)
+
+
+@register_model
+def resnet56(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """ResNet-56 (n=9): Table 6, 6.97% test error."""
+    return CifarNet("residual", 56, num_classes, shortcut)
+
+
+@register_model
+def plain110(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Plain net, 110 layers (n=18): Figure 6, above 60% error in the paper."""
+    return CifarNet("plain", 110, num_classes, shortcut)
+
+
+@register_model
+def resnet110(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """ResNet-110 (n=18): Table 6, 6.43% (best of 5 runs; 6.61 +- 0.16)."""
+    return CifarNet("residual", 110, num_classes, shortcut)
+
+
+@register_model
+def plain1202(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """Plain net, 1202 layers (n=200): no paper result."""
+    return CifarNet("plain", 1202, num_classes, shortcut)
+
+
+@register_model
+def resnet1202(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+    """ResNet-1202 (n=200): Table 6, 7.93% test error (overfitting)."""
+    return CifarNet("residual", 1202, num_classes, shortcut)
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -31,6 +31,9 @@ VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_error")  # present only when th
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE = (
     "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",
 )
+# What training adds to a run's config.json beside the TrainConfig fields: the values as they took effect
+# (iterations, milestones, sizes, params) and the machine it ran on.
+RUN_CONFIG_SECTIONS = frozenset({"resolved", "environment"})
 # A run is pending, running, interrupted (resumable), or in one of these:
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
 
@@ -99,8 +102,9 @@ class RunStatus:
     epochs: int = 0
     iteration: int = 0
     iterations: int = 0
-    train_error: float | None = None
+    train_error: float | None = None  # of the last finished epoch, as metrics.csv has it
     test_error: float | None = None
+    live_train_error: float | None = None  # so far in the epoch being trained (None between epochs)
     images_per_second: float | None = None
     warmup_end_iteration: int | None = None
     error: str | None = None
@@ -121,6 +125,12 @@ class RunStatus:
     def write(self, run_dir: Path) -> None:
         self.updated = time.time()
         write_json(run_dir / STATUS_FILE, self.__dict__)
+
+    def update(self, run_dir: Path, **values: Any) -> None:
+        """Set some fields and write the file."""
+        for key, value in values.items():
+            setattr(self, key, value)
+        self.write(run_dir)
 
 
 @dataclass

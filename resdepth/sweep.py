@@ -1,55 +1,78 @@
 """Sweeps: the grid depths x kinds x seeds, planned against what the results folder already holds, then run.
 
-The runner decides what to run (skip finished, resume unfinished, refuse mismatched folders) and on which
-slot (GPU or CPU share); an `Executor` only runs it. `run_sweep` returns data; the CLI displays it.
+The runner decides what to run (skip finished, resume unfinished, refuse mismatched folders), on which slot
+(GPU or CPU share), and with which executor (`make_executor`: the choice sits here, above executors.py and
+cluster.py, which never see a SweepConfig). An `Executor` only runs cells. `run_sweep` returns data; the CLI
+displays it.
 """
 
 from __future__ import annotations
 
 import os
-import typing
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .cell import CellOutcome, is_locked
-from .cluster import SlurmConfig, check_slurm_config
+from .cell import CellOutcome, RunLock, describe_owner, is_locked
+from .cluster import CLUSTER, RayExecutor, SlurmConfig, SlurmExecutor, check_slurm_config
+from .config import EXECUTION, from_dict, option
 from .data import DataConfig
+from .devices import check_cuda_graph_device, resolve_device
 from .errors import UserError
-from .executors import EXECUTORS, CellJob, Executor
-from .models import check_kind, blocks_per_stage
-from .results import (CHECKPOINT_FILE, CONFIG_FILE, TERMINAL_STATES, RunStatus, ensure_writable_dir, read_json,
-                      write_config, write_json)
+from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
 from .groups import comparable
-from .train import TrainConfig, resolve_device
+from .models import blocks_per_stage, check_kind
+from .results import (CHECKPOINT_FILE, CONFIG_FILE, RUN_CONFIG_SECTIONS, TERMINAL_STATES, RunStatus,
+                      ensure_writable_dir, read_json, write_config, write_json)
+from .train import TrainConfig
 
 SWEEP_FILE = "sweep.json"  # the sweep's own config, saved in its results folder so --resume can rebuild it
+WHAT = "What to run"  # the help panel of the grid's options
+EXECUTORS = ("auto", "sequential", "local", "ray", "slurm")
+# Flags of one invocation, not of the sweep: never saved in sweep.json, so --resume does not repeat them.
+INVOCATION_FIELDS = ("retry_failed", "force")
 
 
 @dataclass
 class SweepConfig:
-    name: str | None = None  # results go to results/<name> (default: the dataset's name) unless `out` is set
-    depths: list[int] = field(default_factory=lambda: [20, 32, 44, 56])  # Figure 6's depths (110 is opt-in: slow)
-    kinds: list[str] = field(default_factory=lambda: ["plain", "residual"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    out: str | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
-    executor: str = "auto"  # auto: in-process for one job at a time, one process per job for several
-    jobs: int = 1  # CPU jobs at once; each gets cores/jobs torch threads
-    gpus: list[int] | None = None  # None: every visible GPU when the device is auto/cuda
-    jobs_per_gpu: int = 1
-    ray_address: str | None = None  # ray: auto or HOST:PORT of a cluster; None: $RAY_ADDRESS, else a new local one
-    gpus_per_job: float = 1.0  # ray: the GPU share each cell asks for (0.5: two cells per GPU); slurm: 1
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # slurm: what each cell's job asks for
-    retry_failed: bool = False  # run failed and diverged cells again (from their last checkpoint)
-    force: bool = False  # start mismatched run folders over, keeping the old ones renamed aside
+    """A grid of runs and how to execute it; saved as the results folder's sweep.json."""
+
+    name: str | None = option(None, help="Sweep name: results go to results/<name>.", panel=WHAT,
+                              default_text="the sweep file's name, else the dataset")
+    # Figure 6's depths; 110 is opt-in, being the slowest
+    depths: list[int] = option(help="Comma-separated depths (6n+2).", panel=WHAT,
+                               default_factory=lambda: [20, 32, 44, 56], default_text="20,32,44,56")
+    kinds: list[str] = option(help="Comma-separated kinds.", flag="--kind", panel=WHAT,
+                              default_factory=lambda: ["plain", "residual"], default_text="plain,residual")
+    seeds: list[int] = option(help="Comma-separated seeds.", panel=WHAT, default_factory=lambda: [0], default_text="0")
+    out: str | None = option(None, help="Results folder; one sub-folder per run.", panel=WHAT,
+                             default_text="results/<name or dataset>")
+    train: TrainConfig = option(help="Each run's training.", default_factory=TrainConfig, cli=False)
+    executor: str = option("auto", help="auto (in-process for one job at a time, a process per job for several), "
+                                        "sequential, local, ray (a task per cell on a Ray cluster) or slurm (a job "
+                                        "array through submitit).", panel=EXECUTION)
+    jobs: int = option(1, help="CPU jobs at once (the cores are split between them).", panel=EXECUTION)
+    gpus: list[int] | None = option(None, help="Comma-separated GPU indices.", panel=EXECUTION,
+                                    default_text="every visible GPU with --device auto")
+    jobs_per_gpu: int = option(1, help="Jobs sharing each GPU.", panel=EXECUTION)
+    ray_address: str | None = option(None, help="--executor ray: the cluster, auto (started here by `ray start`) or "
+                                                "HOST:PORT.", flag="--address", panel=CLUSTER,
+                                     default_text="$RAY_ADDRESS, else a new local one")
+    gpus_per_job: float = option(1.0, help="--executor ray: GPU share of each cell, e.g. 0.5 for two per GPU; "
+                                           "slurm: 1 (whole GPUs).", panel=CLUSTER)
+    slurm: SlurmConfig = option(help="--executor slurm: what each cell's job asks for.", default_factory=SlurmConfig,
+                                cli=False)
+    retry_failed: bool = option(False, help="Run failed and diverged cells again from their last checkpoint.",
+                                panel=WHAT)
+    force: bool = option(False, help="Start run folders whose config differs over (old folders are kept, renamed).",
+                         panel=WHAT)
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("results") / (self.name or self.train.data.dataset)
@@ -58,10 +81,10 @@ class SweepConfig:
         """Everything that can be checked without running: a dry run refuses what the real run would."""
         if not self.depths or not self.kinds or not self.seeds:
             raise UserError("a sweep needs at least one depth, one kind and one seed")
-        for option, values in (("--depths", self.depths), ("--kinds", self.kinds), ("--seeds", self.seeds)):
+        for option_name, values in (("--depths", self.depths), ("--kinds", self.kinds), ("--seeds", self.seeds)):
             repeated = sorted({str(v) for v in values if values.count(v) > 1})
             if repeated:
-                raise UserError(f"{option} lists {', '.join(repeated)} more than once: name each value once")
+                raise UserError(f"{option_name} lists {', '.join(repeated)} more than once: name each value once")
         if any(seed < 0 for seed in self.seeds):
             raise UserError(f"--seed must be 0 or a positive integer, got {min(self.seeds)}")
         for depth in self.depths:
@@ -93,8 +116,9 @@ class Cell:
 @dataclass
 class PlannedCell:
     cell: Cell
-    action: str  # new, resume, skip-done, skip-failed, skip-diverged, retry, busy
+    action: str  # new, resume, retry, replace, skip-done, skip-failed, skip-diverged, busy
     device: str = ""
+    note: str = ""  # why it is busy (and whether its config differs from this sweep's)
 
 
 RUNNABLE = ("new", "resume", "retry", "replace")
@@ -117,10 +141,11 @@ def make_cells(sweep: SweepConfig) -> list[Cell]:
 
 
 def device_slots(sweep: SweepConfig) -> list[str]:
-    """One entry per concurrent job: a GPU (repeated jobs_per_gpu times) or 'cpu'; with Ray, one per cell."""
+    """One entry per concurrent job: a GPU (repeated jobs_per_gpu times) or 'cpu'; on a cluster, one per cell,
+    saying what each cell's task asks the scheduler for."""
     if sweep.executor in ("ray", "slurm"):  # every cell is submitted at once; the scheduler places each
-        return [sweep.executor] * len(make_cells(sweep))
-    import torch
+        return [cluster_slot(sweep)] * len(make_cells(sweep))
+    import torch  # here, not at import: planning a cluster sweep on a login node needs no CUDA probe
 
     device, gpus = sweep.train.device, sweep.gpus
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -134,9 +159,18 @@ def device_slots(sweep: SweepConfig) -> list[str]:
         slots = [f"cuda:{gpu}" for gpu in gpus for _ in range(sweep.jobs_per_gpu)]
     else:
         slots = [device if device not in ("auto", "cpu") else "cpu"] * sweep.jobs
-    if sweep.train.cuda_graph and slots[0] == "cpu":
-        raise UserError("--cuda-graph needs a CUDA device, and this sweep runs on the CPU: leave it out")
+    check_cuda_graph_device(sweep.train.cuda_graph, slots[0])
     return slots
+
+
+def cluster_slot(sweep: SweepConfig) -> str:
+    """What a cluster cell's task asks for, as the plan shows it: 'slurm: 1 GPU', 'ray: cpu', ..."""
+    if sweep.train.device == "cpu":
+        return f"{sweep.executor}: cpu"
+    if sweep.executor == "slurm":
+        return "slurm: 1 GPU"
+    return f"ray: {sweep.gpus_per_job:g} GPU, else cpu" if sweep.train.device == "auto" else \
+        f"ray: {sweep.gpus_per_job:g} GPU"
 
 
 def threads_per_job(slots: list[str]) -> int:
@@ -144,11 +178,38 @@ def threads_per_job(slots: list[str]) -> int:
     return max(1, cores // len(slots))
 
 
+def task_threads(sweep: SweepConfig) -> int:
+    """CPU cores (and torch threads) each cell asks for: --threads, else the cores split between the jobs that
+    run here at once (local jobs, or Slurm's local cluster), else 1 on Ray and cpus_per_job on Slurm."""
+    if sweep.train.threads:
+        return sweep.train.threads
+    if sweep.executor == "slurm" and sweep.slurm.cluster == "local":  # every array task runs on this machine
+        return threads_per_job(["cpu"] * min(len(make_cells(sweep)), sweep.slurm.array_parallelism))
+    if sweep.executor == "slurm":
+        return sweep.slurm.cpus_per_job
+    if sweep.executor == "ray":
+        return 1
+    return threads_per_job(device_slots(sweep))
+
+
+def make_executor(sweep: SweepConfig) -> Executor:
+    """auto: in-process for a single slot, one process per job for several; ray/slurm: a task per cell."""
+    if sweep.executor == "ray":
+        return RayExecutor(sweep.out_dir(), sweep.ray_address, sweep.gpus_per_job, sweep.train.device,
+                           task_threads(sweep))
+    if sweep.executor == "slurm":
+        return SlurmExecutor(sweep.out_dir(), sweep.slurm, sweep.train.device, sweep.gpus_per_job, task_threads(sweep),
+                             sweep.name or sweep.out_dir().name)
+    if sweep.executor == "sequential" or (sweep.executor == "auto" and len(device_slots(sweep)) == 1):
+        return SequentialExecutor()
+    return LocalProcessExecutor()
+
+
 # ---------------------------------------------------------------------------------------------- planning
 def plan_sweep(sweep: SweepConfig) -> list[PlannedCell]:
     """What each cell will do, judged from its folder; mismatched folders are refused unless --force."""
     sweep.validate()
-    planned = [PlannedCell(cell, plan_action(cell, sweep.retry_failed)) for cell in make_cells(sweep)]
+    planned = [plan_cell(cell, sweep.retry_failed) for cell in make_cells(sweep)]
     mismatched = [p for p in planned if p.action == "mismatch"]
     if mismatched and not sweep.force:
         first = mismatched[0].cell
@@ -164,13 +225,20 @@ def plan_sweep(sweep: SweepConfig) -> list[PlannedCell]:
     return planned
 
 
+def plan_cell(cell: Cell, retry_failed: bool) -> PlannedCell:
+    if is_locked(cell.run_dir):  # before any mismatch: --force must never move a folder that a live run writes into
+        differs = saved_config(cell) is not None and describe_difference(cell)
+        note = describe_owner(RunLock(cell.run_dir).owner())
+        return PlannedCell(cell, "busy", note=note + (f"; its config differs from this sweep's ({differs})"
+                                                       if differs else ""))
+    return PlannedCell(cell, plan_action(cell, retry_failed))
+
+
 def plan_action(cell: Cell, retry_failed: bool) -> str:
-    existing = read_json(cell.run_dir / CONFIG_FILE)
-    if is_locked(cell.run_dir):
-        return "busy"  # before any mismatch: --force must never move a folder that a live run writes into
+    existing = saved_config(cell)
     if existing is None:
         return "new"
-    if comparable(asdict(TrainConfig.from_dict(existing))) != comparable(asdict(cell.config)):
+    if comparable(asdict(existing)) != comparable(asdict(cell.config)):
         return "mismatch"
     status = RunStatus.read(cell.run_dir)
     state = status.state if status else "pending"
@@ -181,8 +249,17 @@ def plan_action(cell: Cell, retry_failed: bool) -> str:
     return "resume" if (cell.run_dir / CHECKPOINT_FILE).exists() else "new"
 
 
+def saved_config(cell: Cell) -> TrainConfig | None:
+    """The config a cell's folder holds (None: a new cell); a foreign or hand-broken one is a UserError."""
+    path = cell.run_dir / CONFIG_FILE
+    payload = read_json(path)
+    return None if payload is None else from_dict(TrainConfig, payload, str(path), ignore=RUN_CONFIG_SECTIONS)
+
+
 def describe_difference(cell: Cell) -> str:
-    old = comparable(asdict(TrainConfig.from_dict(read_json(cell.run_dir / CONFIG_FILE) or {})))
+    """'lr: 0.1 there, 0.05 asked', for the first few protocol fields where the folder and the sweep differ."""
+    saved = saved_config(cell)
+    old = comparable(asdict(saved)) if saved else {}
     new = comparable(asdict(cell.config))
     diffs = [f"{key}: {old.get(key)} there, {new.get(key)} asked" for key in new if old.get(key) != new.get(key)]
     return "; ".join(diffs[:3])
@@ -215,12 +292,15 @@ class SweepProgress:
 def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell],
               on_progress: Callable[[SweepProgress], None] = lambda _: None,
               stop_requested: Callable[[], bool] = lambda: False, poll_seconds: float = 0.5) -> dict[str, CellOutcome]:
-    """Run every runnable cell on the executor, at most one per slot at a time; returns each cell's outcome."""
-    ensure_writable_dir(sweep.out_dir())
-    write_json(sweep.out_dir() / SWEEP_FILE, asdict(sweep))
-    slots = device_slots(sweep)
-    threads = sweep.train.threads or threads_per_job(slots)
+    """Run every runnable cell on the executor, at most one per slot at a time; returns each cell's outcome.
+    sweep.json is (re)written only when some cell runs: a sweep that only skips or finds busy cells changes
+    nothing."""
     queue = [p for p in planned if p.action in RUNNABLE]
+    if queue:
+        ensure_writable_dir(sweep.out_dir())
+        save_sweep(sweep)
+    slots = device_slots(sweep)
+    threads = task_threads(sweep)
     free = list(slots)
     running: dict[Future[CellOutcome], tuple[PlannedCell, str]] = {}
     outcomes: dict[str, CellOutcome] = {}
@@ -256,6 +336,11 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
 
 
 # ---------------------------------------------------------------------------------------------- sweep files
+def save_sweep(sweep: SweepConfig) -> None:
+    payload = {k: v for k, v in asdict(sweep).items() if k not in INVOCATION_FIELDS}
+    write_json(sweep.out_dir() / SWEEP_FILE, payload)
+
+
 def load_sweep_file(path: Path) -> SweepConfig:
     """A TOML sweep file: top-level sweep keys and [train] (TrainConfig), [data] (DataConfig), [slurm] tables."""
     try:
@@ -269,55 +354,15 @@ def load_sweep_file(path: Path) -> SweepConfig:
     for section, value in tables.items():
         if not isinstance(value, dict):
             raise UserError(f"{path}: [{section}] must be a table")
+    if "data" in tables["train"]:
+        raise UserError(f"{path}: put the dataset's keys in a [data] table, not in [train]")
     if {"iterations", "epochs"} <= tables["train"].keys():
         raise UserError(f"{path}: [train] sets both iterations and epochs: keep one, the run's length")
-    sweep_values = typed_values(SweepConfig, payload, path, "")
-    train_values = typed_values(TrainConfig, tables["train"], path, "train.")
-    train_values["data"] = DataConfig(**typed_values(DataConfig, tables["data"], path, "data."))
-    slurm = SlurmConfig(**typed_values(SlurmConfig, tables["slurm"], path, "slurm."))
-    return SweepConfig(**sweep_values, train=TrainConfig(**train_values), slurm=slurm)
-
-
-def typed_values(cls: type, values: dict[str, Any], path: Path, prefix: str) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls) if not is_dataclass(hints[f.name])}
-    result = {}
-    for key, value in values.items():
-        if key not in known:
-            raise UserError(f"{path}: unknown key {prefix}{key} (known: {', '.join(sorted(known))})")
-        result[key] = check_type(value, hints[key], f"{path}: key {prefix}{key}")
-    return result
-
-
-def check_type(value: Any, hint: Any, where: str) -> Any:
-    """Accept value if it fits the annotation (ints for floats too); else one line saying what was expected."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType")) else (hint,)
-    for option in options:
-        origin = typing.get_origin(option)
-        if option is type(None) and value is None:
-            return value
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if option is str and isinstance(value, str):
-            return value
-        if origin in (list, tuple) and isinstance(value, list):
-            inner = typing.get_args(option)[0]
-            items = [check_type(item, inner, where) for item in value]
-            return tuple(items) if origin is tuple else items
-    expected = " or ".join(getattr(o, "__name__", str(o)) for o in options).replace("NoneType", "nothing")
-    raise UserError(f"{where}: expected {expected}, got {value!r}")
-
-
-def sweep_from_dict(payload: dict[str, Any]) -> SweepConfig:
-    train = TrainConfig.from_dict(payload.get("train", {}))
-    slurm_fields = SlurmConfig.__dataclass_fields__
-    slurm = SlurmConfig(**{k: v for k, v in (payload.get("slurm") or {}).items() if k in slurm_fields})
-    values = {k: v for k, v in payload.items() if k in SweepConfig.__dataclass_fields__ and k not in ("train", "slurm")}
-    return SweepConfig(**values, train=train, slurm=slurm)
+    where = str(path)
+    data = from_dict(DataConfig, tables["data"], where, "data.")
+    train = from_dict(TrainConfig, {**tables["train"], "data": data}, where, "train.")
+    slurm = from_dict(SlurmConfig, tables["slurm"], where, "slurm.")
+    return from_dict(SweepConfig, {**payload, "train": train, "slurm": slurm}, where)
 
 
 def load_saved_sweep(results_dir: Path) -> SweepConfig:
@@ -328,13 +373,13 @@ def load_saved_sweep(results_dir: Path) -> SweepConfig:
     try:
         if not isinstance(payload, dict):
             raise TypeError("not valid JSON" if payload is None else "not a JSON object")
-        sweep = sweep_from_dict(payload)
+        sweep = from_dict(SweepConfig, payload, str(path))
         sweep.validate()
-    except (TypeError, ValueError, AttributeError, UserError) as exc:
+    except (TypeError, ValueError, UserError) as exc:
         raise UserError(f"{path} is not a sweep that resdepth can resume ({exc}): rerun the sweep's own command "
                         "(same --out) instead of --resume") from None
-    sweep.out = str(results_dir)
-    return sweep
+    # where it was saved; and never an earlier invocation's --force or --retry-failed (older versions saved them)
+    return replace(sweep, out=str(results_dir), retry_failed=False, force=False)
 
 
 def count_actions(planned: list[PlannedCell]) -> dict[str, int]:
@@ -342,3 +387,10 @@ def count_actions(planned: list[PlannedCell]) -> dict[str, int]:
     for item in planned:
         counts[item.action] = counts.get(item.action, 0) + 1
     return counts
+
+
+def settled_elsewhere(item: PlannedCell) -> str | None:
+    """The state a busy cell reached in another process by now (done, failed, ...), or None while it still runs."""
+    status = RunStatus.read(item.cell.run_dir)
+    return status.state if status and status.state in TERMINAL_STATES and not is_locked(item.cell.run_dir) else None
+

@@ -1,83 +1,86 @@
 """One training run with the §4.2 protocol: SGD, iteration-based step schedule, warm-up for deep nets.
 
 `run_training(config, run_dir)` trains, writes metrics.csv row by row, checkpoints every epoch (and when
-asked to stop), resumes exactly from the last checkpoint, and returns a `RunResult`. It never prints.
+asked to stop), resumes exactly from the last checkpoint, records how it ended in status.json, and returns a
+`RunResult`. It never prints.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
-import platform
-import socket
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from .config import EXECUTION, flag, option
 from .data import DataConfig, Dataset, augment, check_data_config, load_dataset, normalize
+from .devices import (PRECISIONS, CapturedStep, check_cuda_graph_device, check_device_name, device_label, environment,
+                      precision_context, resolve_device, resolved_precision, restore_rng_state, rng_state)
 from .errors import UserError
-from .models import CifarNet, build_model, count_parameters
-from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
-                      ensure_writable_dir, metric_columns, write_config)
+from .models import build_model, check_network, count_parameters
+from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes, ensure_writable_dir,
+                      metric_columns, read_metrics, write_config)
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
-PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+NAN_CHECK_EVERY = 50  # iterations per divergence check: one host sync per 50 steps, at the same steps every run
 WARMUP_MODES = ("auto", "on", "off")
 
 
 @dataclass
 class TrainConfig:
-    kind: str = "residual"
-    depth: int = 20
-    shortcut: str = "A"  # §4.2 CIFAR nets use option A (zero-padding) so plain and residual twins match
-    seed: int = 0
-    iterations: int = 64_000  # §4.2: "terminate training at 64k iterations"
-    epochs: int | None = None  # alternative to iterations: converted with the training split's size
-    batch_size: int = 128  # §4.2: mini-batch size of 128
-    lr: float = 0.1  # §4.2: start with 0.1, divided by 10 at 50% and 75% of the iterations (32k, 48k of 64k)
-    lr_milestones: tuple[float, ...] = (0.5, 0.75)
-    lr_decay: float = 0.1
-    momentum: float = 0.9  # §4.2
-    weight_decay: float = 1e-4  # §4.2; on every parameter (BN and biases too): the paper names no exclusions
-    warmup: str = "auto"  # auto: the paper's warm-up for depth >= warmup_min_depth (110), on, off
-    warmup_min_depth: int = 110
-    warmup_lr: float = 0.01  # §4.2: 0.01 until the training error is below 80% (about 400 iterations)
-    warmup_until_error: float = 80.0
-    data: DataConfig = field(default_factory=DataConfig)
-    device: str = "auto"  # auto: cuda if available, else cpu
-    threads: int | None = None  # torch CPU threads; None: torch's default (all cores)
-    precision: str = "auto"  # auto: fp32 on CPU, tf32 on CUDA (PyTorch's own default for convolutions)
-    channels_last: bool | None = None  # None: on (NHWC runs oneDNN's/cuDNN's native kernels: +19% img/s on 2 CPU cores, BENCHMARKS.md)
+    """One run's training protocol and how it executes; saved as the run's config.json."""
+
+    kind: str = option("residual", help="plain or residual.", cli=False)
+    depth: int = option(20, help="Layers, 6n+2: 20, 32, 44, 56, 110, 1202 (8, 14 for quick tests).", cli=False)
+    shortcut: str = option("A", help="A: zero-padding identity (paper; plain and residual twins then have the same "
+                                     "parameters), B: projection.")
+    seed: int = option(0, help="Seed of init, shuffling and augmentation.", cli=False)
+    iterations: int = option(64_000, help="SGD iterations (§4.2: stop at 64k); lr milestones scale with it (50%/75%).")
+    epochs: int | None = option(None, help="Train for this many epochs instead (converted to iterations).",
+                                default_text="none: --iterations")
+    batch_size: int = option(128, help="Mini-batch size (images), §4.2.")
+    lr: float = option(0.1, help="Initial learning rate (§4.2), /10 at 50% and 75% of the iterations (32k, 48k of 64k).")
+    lr_milestones: tuple[float, ...] = option((0.5, 0.75), help="Fractions of the iterations where lr is divided.",
+                                              cli=False)
+    lr_decay: float = option(0.1, help="Factor applied to lr at each milestone.", cli=False)
+    momentum: float = option(0.9, help="SGD momentum (§4.2).")
+    # §4.2 names no exclusions, so BN parameters and biases are decayed too
+    weight_decay: float = option(1e-4, help="L2 weight decay on every parameter (§4.2).")
+    warmup: str = option("auto", help="auto: lr 0.01 until the train error is below 80% for depth >= 110 (§4.2); "
+                                      "on; off.")
+    warmup_min_depth: int = option(110, help="Smallest depth that warms up with --warmup auto.")
+    warmup_lr: float = option(0.01, help="§4.2: 0.01 until the training error is below 80% (about 400 iterations).",
+                              cli=False)
+    warmup_until_error: float = option(80.0, help="Training error (%) that ends the warm-up.", cli=False)
+    data: DataConfig = option(help="The dataset.", default_factory=DataConfig, cli=False)
+    device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", panel=EXECUTION)
+    threads: int | None = option(None, help="Torch CPU threads per job.", panel=EXECUTION, default_text="cores / jobs")
+    precision: str = option("auto", help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast; BN stays "
+                                         "fp32).", panel=EXECUTION)
+    # NHWC runs oneDNN's and cuDNN's native kernels: +16-19% img/s on 2 CPU cores (BENCHMARKS.md), GPU not measured
+    channels_last: bool | None = option(None, help="NHWC memory format (measured faster on CPU).", panel=EXECUTION,
+                                        default_text="on")
     # torch.compile: +14% img/s on CPU (BENCHMARKS.md) after 1-2 min of compiling per process, so None (auto)
     # turns it on for CPU runs of >= COMPILE_MIN_ITERATIONS, where that is repaid; off on CUDA until measured there
-    compile: bool | None = None
-    # Replay forward + backward + SGD as one CUDA graph (CUDA only): removes kernel-launch overhead, which bounds
-    # these small nets on a fast GPU. Off until measured on one (benchmarks/gpu_bench.sh measures it).
-    cuda_graph: bool = False
-    eval_batch_size: int = 1000
-
-    @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in payload.items() if k in known}
-        values["data"] = DataConfig(**{k: v for k, v in payload.get("data", {}).items() if k in DataConfig.__dataclass_fields__})
-        if "lr_milestones" in values:
-            values["lr_milestones"] = tuple(values["lr_milestones"])
-        return cls(**values)
+    compile: bool | None = option(None, help="torch.compile the training step (+14% img/s on CPU after 1-2 min of "
+                                             "compiling).", panel=EXECUTION,
+                                  default_text="on for CPU runs of >= 2000 iterations, else off")
+    # One CUDA graph per step removes the kernel-launch overhead that bounds these small nets on a fast GPU
+    cuda_graph: bool = option(False, help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch "
+                                          "overhead; same math).", panel=EXECUTION)
+    eval_batch_size: int = option(1000, help="Images per evaluation batch.", panel=EXECUTION, cli=False)
 
     def validate(self) -> None:
         """Refuse values that cannot train, with the fix in the message."""
         for name in ("batch_size", "iterations", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+                raise UserError(f"{flag(TrainConfig, name)} must be a positive integer, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -93,8 +96,7 @@ class TrainConfig:
         if self.cuda_graph and self.compile:
             raise UserError("--cuda-graph and --compile each rebuild the training step: choose one")
         check_device_name(self.device)
-        if self.cuda_graph and self.device == "cpu":
-            raise UserError("--cuda-graph needs a CUDA device, not cpu: leave it out on the CPU")
+        check_cuda_graph_device(self.cuda_graph, self.device)
         if self.seed < 0:
             raise UserError(f"--seed must be 0 or a positive integer, got {self.seed}")
         if self.warmup_min_depth < 1 or not self.warmup_lr > 0 or not 0 <= self.warmup_until_error <= 100:
@@ -102,11 +104,10 @@ class TrainConfig:
         check_data_config(self.data)
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
-        CifarNet(self.kind, self.depth, shortcut=self.shortcut)  # type: ignore[arg-type]  # kind/depth/shortcut checks
+        check_network(self.kind, self.depth, self.shortcut)
 
     def uses_warmup(self) -> bool:
         return self.warmup == "on" or (self.warmup == "auto" and self.depth >= self.warmup_min_depth)
-
 
 
 @dataclass
@@ -116,26 +117,6 @@ class RunResult:
     iterations_done: int
     final_test_error: float | None
     warmup_end_iteration: int | None
-
-
-def check_device_name(name: str) -> None:
-    """The spelling of --device, checked without touching any GPU (a sweep may be planned on a login node)."""
-    kind, _, index = name.partition(":")
-    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device a run on this machine uses; a UserError when this machine does not have it."""
-    check_device_name(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name} asked for, but this machine has no CUDA GPU: use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
 
 
 def learning_rate(config: TrainConfig, iteration: int, warming_up: bool) -> float:
@@ -158,22 +139,10 @@ def resolve_iterations(config: TrainConfig, train_size: int) -> TrainConfig:
     return replace(config, iterations=config.epochs * steps_per_epoch(train_size, config.batch_size))
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    return {"python": platform.python_version(), "torch": torch.__version__, "resdepth": __version__,
-            "device": str(device), "device_name": name, "host": socket.gethostname(), "threads": torch.get_num_threads(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-
-
-def device_label(device: torch.device, environ: Mapping[str, str] = os.environ) -> str:
-    """The device as the machine numbers it: a worker that sees only GPU 3 (CUDA_VISIBLE_DEVICES=3, as the local,
-    Ray and Slurm executors give it) trains on its cuda:0, which a progress display should call cuda:3."""
-    visible = environ.get("CUDA_VISIBLE_DEVICES")
-    if device.type != "cuda" or not visible:
-        return str(device)
-    ids = [part.strip() for part in visible.split(",")]
-    index = device.index or 0
-    return f"cuda:{ids[index]}" if index < len(ids) else str(device)
+def uses_compile(config: TrainConfig, device: torch.device) -> bool:
+    if config.compile is not None:
+        return config.compile
+    return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -192,42 +161,30 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def rng_state(device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor | None]:
-    """The random states a run draws from: its own generator (data order, augmentation), torch's global CPU RNG
-    and, on CUDA, the global RNG of the run's own GPU only (a model with dropout draws from it). Saving one state
-    per visible GPU would tie a checkpoint to the number of GPUs the process saw."""
-    return {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+@dataclass
+class EpochInProgress:
+    """The epoch being trained: its data order, how far it got, and its running sums (device tensors), so a run
+    stopped inside an epoch resumes at the same step with the same sums."""
 
+    order: torch.Tensor
+    loss_sum: torch.Tensor
+    wrong: torch.Tensor
+    step: int = 0
+    seconds: float = 0.0
 
-def restore_rng_state(state: dict[str, Any], device: torch.device, generator: torch.Generator) -> None:
-    """Put back what `rng_state` saved; states are CPU byte tensors whatever device they were mapped to."""
-    generator.set_state(state["generator"].cpu())
-    torch.set_rng_state(state["torch_rng"].cpu())
-    cuda_rng = state.get("cuda_rng")
-    if device.type == "cuda" and torch.is_tensor(cuda_rng):  # checkpoints of older versions saved a list: skip it
-        torch.cuda.set_rng_state(cuda_rng.cpu(), device)
-
-
-CPU_GENERATOR_STATE_BYTES = 5056  # a CPU torch.Generator's state; a CUDA one's is 16 bytes (seed and offset)
-
-
-def check_same_device_type(state: dict[str, Any], device: torch.device) -> None:
-    """Refuse to resume on another kind of device: the generator's state (data order and augmentation) does not
-    carry over between CPU and CUDA, and `--precision auto` means fp32 on one and tf32 on the other."""
-    saved = state.get("device_type")
-    if saved is None:  # written before device_type was saved: the generator state's size tells
-        saved = "cpu" if state["generator"].numel() == CPU_GENERATOR_STATE_BYTES else "cuda"
-    if saved != device.type:
-        raise UserError(f"this run was trained on {saved} and is now asked to resume on {device.type}: the two draw "
-                        f"different random numbers, so resume it on {saved} (--device {saved}), or delete "
-                        "checkpoint.pt and rerun with --retry-failed to start over")
+    def to(self, device: torch.device) -> "EpochInProgress":
+        return replace(self, order=self.order.to(device), loss_sum=self.loss_sum.to(device), wrong=self.wrong.to(device))
 
 
 class Trainer:
-    """The state of one run: data, model, optimizer, schedule position and RNGs, all checkpointable."""
+    """The state of one run: data, model, optimizer, schedule position and RNGs, all checkpointable.
+
+    `train_epoch` trains one epoch (or until asked to stop) and counts it; `epoch_row` evaluates it into the
+    metrics row. The Trainer owns its position (iteration, epoch, the epoch in progress): callers only read it.
+    """
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, dataset: Dataset):
+        check_cuda_graph_device(config.cuda_graph, str(device))
         self.config, self.run_dir, self.device = config, run_dir, device
         torch.manual_seed(config.seed)
         self.data_fingerprint = dataset.fingerprint()
@@ -237,7 +194,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.data.train_labels), config.batch_size)
         self.epochs = math.ceil(config.iterations / self.steps_per_epoch)
         self.channels_last = config.channels_last is not False  # None (auto): on for CPU and CUDA alike
-        self.model = build_model(config.kind, config.depth, num_classes=dataset.num_classes, shortcut=config.shortcut).to(device)  # type: ignore[arg-type]
+        self.model = build_model(config.kind, config.depth, num_classes=dataset.num_classes,
+                                 shortcut=config.shortcut).to(device)  # type: ignore[arg-type]
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The same update either way: fused (one kernel for all parameters) on CUDA, foreach on the CPU
@@ -247,14 +205,12 @@ class Trainer:
         self.compiled = uses_compile(config, device)
         self.forward = torch.compile(self.model) if self.compiled else self.model  # training steps only
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.iteration, self.epoch, self.csv_rows = 0, 0, 0
+        self.iteration, self.epoch = 0, 0
         self.warming_up = config.uses_warmup()
         self.warmup_end_iteration: int | None = None
         self.warmup_window = torch.zeros((), device=device)  # wrong answers since the last warm-up check
-        self.partial: dict[str, Any] | None = None  # position inside an epoch stopped by a signal
+        self.in_progress: EpochInProgress | None = None  # an epoch stopped by a signal, resumed where it stopped
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
-        if config.cuda_graph and device.type != "cuda":
-            raise UserError(f"--cuda-graph needs a CUDA device, not {device}: leave it out on the CPU")
         self.captured: CapturedStep | None = None  # captured at the first step, after any resume
 
     # ------------------------------------------------------------------ checkpoints
@@ -264,25 +220,23 @@ class Trainer:
         for group in optimizer["param_groups"]:  # a CUDA graph keeps the lr in a device tensor: save the number
             group["lr"] = float(group["lr"])
         return {
-            "model": self.model.state_dict(), "optimizer": optimizer,
-            "iteration": self.iteration, "epoch": self.epoch, "csv_rows": self.csv_rows,
+            "model": self.model.state_dict(), "optimizer": optimizer, "iteration": self.iteration, "epoch": self.epoch,
             "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
-            "device_type": self.device.type, **rng_state(self.device, self.generator),
-            "partial": self.partial, "warmup_window": self.warmup_window, "data_fingerprint": self.data_fingerprint,
+            **rng_state(self.device, self.generator), "warmup_window": self.warmup_window,
+            "partial": None if self.in_progress is None else asdict(self.in_progress),
+            "data_fingerprint": self.data_fingerprint,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint read onto the CPU (`read_checkpoint`): tensors move to this run's device here."""
-        check_same_device_type(state, self.device)
+        restore_rng_state(state, self.device, self.generator)  # first: it refuses a checkpoint of another device type
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.iteration, self.epoch, self.csv_rows = state["iteration"], state["epoch"], state["csv_rows"]
+        self.iteration, self.epoch = state["iteration"], state["epoch"]
         self.warming_up, self.warmup_end_iteration = state["warming_up"], state["warmup_end_iteration"]
-        restore_rng_state(state, self.device, self.generator)
-        self.partial = state["partial"]
         self.warmup_window = state["warmup_window"].to(self.device)
-        if self.partial is not None:
-            self.partial = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.partial.items()}
+        partial = state["partial"]
+        self.in_progress = None if partial is None else EpochInProgress(**partial).to(self.device)
 
     def save_checkpoint(self) -> None:
         buffer = io.BytesIO()
@@ -290,6 +244,7 @@ class Trainer:
         atomic_write_bytes(self.run_dir / CHECKPOINT_FILE, buffer.getvalue())
 
     def try_resume(self) -> bool:
+        """Continue from the run folder's checkpoint if it has one; refuses one trained on other data."""
         for leftover in self.run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
             leftover.unlink(missing_ok=True)  # a checkpoint write cut short by a kill; the previous one is intact
         path = self.run_dir / CHECKPOINT_FILE
@@ -306,50 +261,59 @@ class Trainer:
     def close(self) -> None:
         """Drop the model, data, optimizer and CUDA graph now: a finished run's GPU memory is free at once, not
         when the cyclic garbage collector gets round to it (the next cell of an in-process sweep needs it)."""
-        self.captured = None
+        self.captured = self.in_progress = None
         self.model = self.forward = self.optimizer = self.data = None  # type: ignore[assignment]
-        self.partial = None
+
+    @property
+    def finished(self) -> bool:
+        return self.iteration >= self.config.iterations
 
     # ------------------------------------------------------------------ one epoch
-    def train_epoch(self, should_stop: Callable[[], bool], report: Callable[[dict[str, float]], None]) -> dict[str, Any] | None:
-        """Train until the epoch ends (returns its sums) or a stop is asked (returns None, state kept in self.partial)."""
+    def train_epoch(self, should_stop: Callable[[], bool] = lambda: False,
+                    report: Callable[[dict[str, float]], None] = lambda _: None) -> dict[str, float] | None:
+        """Train to the end of the epoch, count it and return its sums; or stop early when asked (returns None;
+        the position is kept for the checkpoint). A NaN/inf loss ends the epoch early: its sums say so."""
         self.model.train()
-        state = self.partial or {
-            "order": torch.randperm(len(self.data.train_labels), generator=self.generator, device=self.device),
-            "step": 0, "loss_sum": torch.zeros((), device=self.device), "wrong": torch.zeros((), device=self.device),
-            "seconds": 0.0,
-        }
-        self.partial = None
-        steps = min(self.steps_per_epoch, self.config.iterations - (self.iteration - state["step"]))
-        started, last_report = time.perf_counter() - state["seconds"], time.monotonic()
-        while state["step"] < steps:
+        epoch = self.in_progress or self.new_epoch()
+        self.in_progress = None
+        steps = min(self.steps_per_epoch, self.config.iterations - (self.iteration - epoch.step))
+        started, last_report = time.perf_counter() - epoch.seconds, time.monotonic()
+        while epoch.step < steps:
             if should_stop():
-                state["seconds"] = time.perf_counter() - started
-                self.partial = state
+                epoch.seconds = time.perf_counter() - started
+                self.in_progress = epoch
                 return None
-            index = state["order"][state["step"] * self.batch:(state["step"] + 1) * self.batch]
-            loss, wrong = self.train_step(index)
-            state["loss_sum"] += loss * len(index)
-            state["wrong"] += wrong
-            self.warmup_window += wrong
-            state["step"] += 1
-            self.iteration += 1
-            if self.warming_up and self.iteration % WARMUP_CHECK_EVERY == 0:
-                self.check_warmup(self.warmup_window.item() / (WARMUP_CHECK_EVERY * self.batch) * 100)
-                self.warmup_window.zero_()
-            if time.monotonic() - last_report > 1.0:
+            self.train_batch(epoch)
+            if epoch.step % NAN_CHECK_EVERY == 0 and not torch.isfinite(epoch.loss_sum).item():
+                break  # diverged: end the epoch here, its row records the NaN/inf
+            if time.monotonic() - last_report > 1.0:  # progress for displays only: decides nothing
                 last_report = time.monotonic()
-                seen = state["step"] * self.batch
-                if not math.isfinite(state["loss_sum"].item()):
-                    break  # diverged: end the epoch here, its row records the NaN/inf
-                report({"train_error": state["wrong"].item() / seen * 100, "iteration": self.iteration,
+                seen = epoch.step * self.batch
+                report({"live_train_error": epoch.wrong.item() / seen * 100, "iteration": self.iteration,
                         "images_per_second": seen / (time.perf_counter() - started)})
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - started
-        seen = state["step"] * self.batch
-        return {"train_loss": state["loss_sum"].item() / seen, "train_error": state["wrong"].item() / seen * 100,
+        self.epoch += 1
+        seconds, seen = time.perf_counter() - started, epoch.step * self.batch
+        return {"train_loss": epoch.loss_sum.item() / seen, "train_error": epoch.wrong.item() / seen * 100,
                 "epoch_seconds": seconds, "images_per_second": seen / seconds}
+
+    def new_epoch(self) -> EpochInProgress:
+        order = torch.randperm(len(self.data.train_labels), generator=self.generator, device=self.device)
+        return EpochInProgress(order, torch.zeros((), device=self.device), torch.zeros((), device=self.device))
+
+    def train_batch(self, epoch: EpochInProgress) -> None:
+        """The epoch's next step, its sums and the warm-up check."""
+        index = epoch.order[epoch.step * self.batch:(epoch.step + 1) * self.batch]
+        loss, wrong = self.train_step(index)
+        epoch.loss_sum += loss * len(index)
+        epoch.wrong += wrong
+        self.warmup_window += wrong
+        epoch.step += 1
+        self.iteration += 1
+        if self.warming_up and self.iteration % WARMUP_CHECK_EVERY == 0:
+            self.check_warmup(self.warmup_window.item() / (WARMUP_CHECK_EVERY * self.batch) * 100)
+            self.warmup_window.zero_()
 
     def train_step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on the images at index; returns the batch's mean loss and wrong answers (device tensors)."""
@@ -361,11 +325,11 @@ class Trainer:
         labels = self.data.train_labels[index]
         if self.config.cuda_graph and len(index) == self.batch:
             if self.captured is None:
-                self.captured = CapturedStep(self, inputs, labels)
+                self.captured = CapturedStep(self.sgd_step, self.model, self.optimizer, self.device, inputs, labels)
             return self.captured.replay(inputs, labels, lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        return self.sgd_step(inputs, labels, zero_grad=True)
+        return self.sgd_step(inputs, labels, True)
 
     def sgd_step(self, inputs: torch.Tensor, labels: torch.Tensor, zero_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
@@ -377,16 +341,33 @@ class Trainer:
         self.optimizer.step()
         return loss.detach().float(), (logits.detach().argmax(1) != labels).sum().float()
 
-    def last_step_lr(self) -> float:
-        # a warm-up that ended at this very iteration still ran its last step at the warm-up lr
-        ran_warming_up = self.warming_up or self.warmup_end_iteration == self.iteration
-        return learning_rate(self.config, self.iteration - 1, ran_warming_up)
-
     def check_warmup(self, recent_error: float) -> None:
         # §4.2 (110 layers): warm up with lr 0.01 until the training error is below 80%, then go back to 0.1.
         if recent_error < self.config.warmup_until_error:
             self.warming_up = False
             self.warmup_end_iteration = self.iteration
+
+    # ------------------------------------------------------------------ the epoch's row
+    def epoch_row(self, sums: dict[str, float]) -> dict[str, float | int]:
+        """The metrics row of the epoch just trained: its sums, the lr its last step ran at, test (and val) errors."""
+        row: dict[str, float | int] = {"epoch": self.epoch, "iteration": self.iteration, "lr": self.last_step_lr(),
+                                       **sums}
+        row["test_loss"], row["test_error"] = self.evaluate(*self.split("test"))
+        if self.data.val_labels is not None:
+            row["val_loss"], row["val_error"] = self.evaluate(*self.split("val"))
+        return row
+
+    def last_step_lr(self) -> float:
+        # a warm-up that ended at this very iteration still ran its last step at the warm-up lr
+        ran_warming_up = self.warming_up or self.warmup_end_iteration == self.iteration
+        return learning_rate(self.config, self.iteration - 1, ran_warming_up)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The un-augmented images and labels of the test or val split, on the device."""
+        if name == "test":
+            return self.data.test_images, self.data.test_labels
+        assert self.data.val_images is not None and self.data.val_labels is not None, "the run has no val split"
+        return self.data.val_images, self.data.val_labels
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -407,173 +388,84 @@ class Trainer:
         return loss_sum.item() / len(labels), wrong.item() / len(labels) * 100
 
 
-class CapturedStep:
-    """The training step (forward, loss, backward, SGD update) recorded once as a CUDA graph, then replayed.
-
-    A replay launches the whole step at once. Shapes are static (full batches); the lr lives in a device tensor,
-    so the schedule and the warm-up change it without a new capture; augmentation stays outside the graph, drawing
-    from the run's generator as the eager step does, so checkpoints resume exactly. Capturing needs a few real
-    steps first (cuDNN plans, the momentum buffers, with lr 0); `restore_training_state` then puts the weights,
-    BN statistics and momentum back, so the replayed run computes what the eager step computes (a GPU test checks
-    this; the CPU suite checks the restore itself). Everything happens under the run's own device: a capture
-    stream made on another GPU than the model's records nothing that replays.
-    """
-
-    WARMUP_STEPS = 3  # PyTorch's recipe: run the step a few times on a side stream before capturing it
-
-    def __init__(self, trainer: "Trainer", inputs: torch.Tensor, labels: torch.Tensor):
-        device = trainer.device
-        self.inputs, self.labels = inputs.clone(), labels.clone()  # the graph's fixed input addresses
-        self.lr = torch.zeros((), device=device)
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = self.lr
-        saved = snapshot_training_state(trainer.model, trainer.optimizer)
-        with torch.cuda.device(device):
-            current = torch.cuda.current_stream(device)
-            side = torch.cuda.Stream(device)
-            side.wait_stream(current)
-            with torch.cuda.stream(side):
-                for _ in range(self.WARMUP_STEPS):
-                    trainer.sgd_step(self.inputs, self.labels, zero_grad=True)
-            current.wait_stream(side)
-            trainer.optimizer.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph's pool
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device)):
-                self.loss, self.wrong = trainer.sgd_step(self.inputs, self.labels, zero_grad=False)
-        restore_training_state(trainer.model, trainer.optimizer, saved)
-
-    def replay(self, inputs: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the step on this batch; the returned tensors are overwritten by the next replay."""
-        self.inputs.copy_(inputs)
-        self.labels.copy_(labels)
-        self.lr.fill_(lr)
-        self.graph.replay()
-        return self.loss, self.wrong
-
-
-def snapshot_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Copies of the weights, BN statistics and momentum buffers, to undo steps taken only to prepare a capture."""
-    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    momentum = {id(p): s["momentum_buffer"].clone() for p, s in optimizer.state.items()
-                if s.get("momentum_buffer") is not None}
-    return {"model": weights, "momentum": momentum}
-
-
-@torch.no_grad()
-def restore_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
-    """Copy the snapshot back into the same tensors (a CUDA graph holds their addresses). A momentum buffer born
-    in the undone steps becomes zero, so the next real step sets it to the gradient, as SGD's first step does."""
-    for name, tensor in model.state_dict().items():
-        tensor.copy_(saved["model"][name])
-    for param, state in optimizer.state.items():
-        buffer = state.get("momentum_buffer")
-        if buffer is None:
-            continue
-        before = saved["momentum"].get(id(param))
-        if before is not None:
-            buffer.copy_(before)
-        else:
-            buffer.zero_()
-
-
-def uses_compile(config: TrainConfig, device: torch.device) -> bool:
-    if config.compile is not None:
-        return config.compile
-    return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
-
-
-def resolved_precision(precision: str, device: torch.device) -> str:
-    return precision if precision != "auto" else "tf32" if device.type == "cuda" else "fp32"
-
-
-def precision_context(precision: str, device: torch.device, graph_safe: bool = False) -> Callable[[], Any]:
-    """Set matmul/conv precision for the run and return the autocast context factory for its forward passes."""
-    precision = resolved_precision(precision, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    if precision == "bf16":
-        # autocast keeps BN and the loss in fp32; only convs and the FC layer run in bf16
-        # a CUDA graph must not keep autocast's cache of cast weights: a replay would read stale copies
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=not graph_safe)
-    return contextlib.nullcontext
-
-
-# What the TF32 switches give in a process that never touched them: cuDNN convolutions in TF32, matmuls in fp32.
-PYTORCH_DEFAULT_PRECISION = {"cuda": "PyTorch default: tf32 convolutions, fp32 matmuls", "cpu": "fp32"}
-
-
-@contextlib.contextmanager
-def pytorch_default_precision() -> Iterator[None]:
-    """PyTorch's own TF32 switches for the duration, whatever a Trainer in this process set (they are global)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], bool] = lambda: False,
                  dataset: Dataset | None = None) -> RunResult:
-    """Train (or resume) the run in run_dir; rows go to metrics.csv as each epoch ends."""
+    """Train (or resume) the run in run_dir: metrics.csv gets a row as each epoch ends, and status.json says how
+    the run ended (done, diverged or interrupted) whichever entry point called it. A finished run asked again
+    trains nothing and returns its result."""
     config.validate()
     ensure_writable_dir(run_dir)
     device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # streams, graphs and cuDNN handles of this process are made on the run's GPU
+    prepare_process(config, device)
     dataset = dataset or load_dataset(config.data)
     trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
     try:
-        write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, dataset), "environment": environment(device)})
-        return train_to_the_end(trainer, dataset, should_stop)
+        write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, dataset),
+                               "environment": environment(device)})
+        trainer.try_resume()
+        return train_to_the_end(trainer, should_stop)
     finally:
         trainer.close()
 
 
-def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[], bool]) -> RunResult:
-    config, run_dir, device = trainer.config, trainer.run_dir, trainer.device
-    trainer.try_resume()
-    has_val = dataset.val_labels is not None
-    writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=trainer.csv_rows)
-    status = RunStatus(state="running", epoch=trainer.epoch, epochs=trainer.epochs, iteration=trainer.iteration,
-                       iterations=config.iterations, device=device_label(device))
+def prepare_process(config: TrainConfig, device: torch.device) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # streams, graphs and cuDNN handles of this process are made on the run's GPU
+
+
+def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False) -> RunResult:
+    """Epochs until the last iteration, a NaN/inf loss or a stop; each epoch's row, checkpoint and status."""
+    run_dir = trainer.run_dir
+    writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(trainer.data.val_labels is not None),
+                           keep_rows=trainer.epoch)
+    status = starting_status(trainer)
     status.write(run_dir)
 
     def report(live: dict[str, float]) -> None:
-        for key, value in live.items():
-            setattr(status, key, value)
-        status.warmup_end_iteration = trainer.warmup_end_iteration
-        status.write(run_dir)
+        status.update(run_dir, **live, warmup_end_iteration=trainer.warmup_end_iteration)
 
-    final_test_error = None
-    while trainer.iteration < config.iterations:
+    while not trainer.finished:
         sums = trainer.train_epoch(should_stop, report)
         if sums is None:
             trainer.save_checkpoint()
-            return RunResult("interrupted", trainer.epoch, trainer.iteration, None, trainer.warmup_end_iteration)
-        trainer.epoch += 1
-        row = {"epoch": trainer.epoch, "iteration": trainer.iteration,
-               "lr": trainer.last_step_lr(), **sums}
-        row["test_loss"], row["test_error"] = trainer.evaluate(*dataset_split(trainer, "test"))
-        if has_val:
-            row["val_loss"], row["val_error"] = trainer.evaluate(*dataset_split(trainer, "val"))
+            return end_run(trainer, status, "interrupted")
+        row = trainer.epoch_row(sums)
         writer.append(row)
-        trainer.csv_rows = writer.rows
-        final_test_error = row["test_error"]
-        report({"epoch": trainer.epoch, "iteration": trainer.iteration, "train_error": row["train_error"],
-                "test_error": row["test_error"], "images_per_second": row["images_per_second"]})
+        status.update(run_dir, **epoch_progress(row), live_train_error=None,
+                      warmup_end_iteration=trainer.warmup_end_iteration)
         if not math.isfinite(row["train_loss"]):
-            return RunResult("diverged", trainer.epoch, trainer.iteration, final_test_error, trainer.warmup_end_iteration)
+            return end_run(trainer, status, "diverged")
         trainer.save_checkpoint()
-    return RunResult("done", trainer.epoch, trainer.iteration, final_test_error, trainer.warmup_end_iteration)
+    return end_run(trainer, status, "done")
 
 
-def dataset_split(trainer: Trainer, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    data = trainer.data
-    return (data.test_images, data.test_labels) if split == "test" else (data.val_images, data.val_labels)  # type: ignore[return-value]
+def epoch_progress(row: dict[str, Any]) -> dict[str, Any]:
+    """What status.json shows of the last finished epoch."""
+    return {key: row[key] for key in ("epoch", "iteration", "train_error", "test_error", "images_per_second")}
+
+
+def starting_status(trainer: Trainer) -> RunStatus:
+    """status.json as a run (re)starts: a resumed run shows its last finished epoch's numbers, not blanks."""
+    status = RunStatus(state="running", epoch=trainer.epoch, epochs=trainer.epochs, iteration=trainer.iteration,
+                       iterations=trainer.config.iterations, device=device_label(trainer.device),
+                       warmup_end_iteration=trainer.warmup_end_iteration)
+    if trainer.epoch:
+        try:
+            metrics, _ = read_metrics(trainer.run_dir / METRICS_FILE)
+        except ValueError:  # rows lost (deleted by hand): the next epoch's numbers fill the blanks
+            return status
+        last = metrics.iloc[-1]
+        status.train_error, status.test_error = float(last["train_error"]), float(last["test_error"])
+        status.images_per_second = float(last["images_per_second"])
+    return status
+
+
+def end_run(trainer: Trainer, status: RunStatus, state: str) -> RunResult:
+    status.update(trainer.run_dir, state=state, live_train_error=None)
+    final = status.test_error if state != "interrupted" else None
+    return RunResult(state, trainer.epoch, trainer.iteration, final, trainer.warmup_end_iteration)
 
 
 def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from resdepth.data import DataConfig
-from resdepth.executors import make_executor
+from resdepth.sweep import make_executor
 from resdepth.sweep import SweepConfig, plan_sweep, run_sweep
 from resdepth.train import TrainConfig
 

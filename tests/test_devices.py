@@ -13,8 +13,9 @@ import torch
 from conftest import run, tiny_config, tiny_sweep
 from resdepth.data import load_dataset
 from resdepth.executors import SequentialExecutor, worker_device
-from resdepth.train import (Trainer, device_label, pytorch_default_precision, read_checkpoint, restore_training_state,
-                            run_training, snapshot_training_state)
+from resdepth.devices import (device_label, pytorch_default_precision, restore_training_state,
+                              snapshot_training_state)
+from resdepth.train import Trainer, read_checkpoint, run_training
 
 CPU = torch.device("cpu")
 

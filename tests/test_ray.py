@@ -13,7 +13,8 @@ import pytest
 from conftest import RESDEPTH, assert_same_run, rows, run, tiny_config, tiny_sweep
 from resdepth.cluster import TASK_FILE, CellTask, probe_folder
 from resdepth.errors import UserError
-from resdepth.executors import SequentialExecutor, make_executor
+from resdepth.executors import SequentialExecutor
+from resdepth.sweep import make_executor
 from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config, write_json
 from resdepth.sweep import SweepProgress, plan_sweep
 

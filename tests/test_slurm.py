@@ -21,7 +21,8 @@ import pytest
 from conftest import RESDEPTH, assert_same_run, rows, run, tiny_config, tiny_sweep
 from resdepth.cluster import SLURM_LOGS, TASK_FILE, CellTask, SlurmConfig, queue_states
 from resdepth.errors import UserError
-from resdepth.executors import SequentialExecutor, make_executor
+from resdepth.executors import SequentialExecutor
+from resdepth.sweep import make_executor
 from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config
 from resdepth.sweep import SweepProgress, load_saved_sweep, load_sweep_file, plan_sweep
 

@@ -1,0 +1,102 @@
+"""One way from plain data (sweep files, sweep.json, config.json) to the typed config dataclasses, and the option
+metadata that the command line is generated from.
+
+Each config field is declared once, with `option(...)`: its default, its help text, its command-line flag and the
+help panel it shows in. `cli.py` builds the shared Typer options from `fields(...)`, and error messages name a
+field by its flag through `flag()`, so adding a training option is one line in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, Field, fields, is_dataclass
+from typing import Any, TypeVar
+
+from .errors import UserError
+
+T = TypeVar("T")
+
+# Help panels of `resdepth train/sweep --help`, in the order they are shown.
+PROTOCOL, DATA, EXECUTION = "Training protocol", "Data", "Execution"
+
+
+def option(default: Any = MISSING, *, help: str, flag: str | None = None, panel: str = PROTOCOL, cli: bool = True,
+           default_factory: Any = MISSING, default_text: str | None = None) -> Any:
+    """A config field with its documentation. flag: the command-line name (default --field-name; booleans get
+    --name/--no-name); cli=False keeps it to sweep files and the Python API; default_text replaces the shown
+    default where the value alone would mislead (None meaning 'decided at run time')."""
+    metadata = {"help": help, "flag": flag, "panel": panel, "cli": cli, "default_text": default_text}
+    if default_factory is not MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_name(field: Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def flag(cls: type, name: str) -> str:
+    """The command-line flag of a config field, as error messages name it: flag(TrainConfig, "lr") -> '--lr'."""
+    return flag_name(next(f for f in fields(cls) if f.name == name))
+
+
+def help_text(field: Field, default: Any) -> str:
+    """The field's help with its default, as --help shows it."""
+    shown = field.metadata.get("default_text")
+    if shown is None:
+        shown = default if not isinstance(default, bool) else ("on" if default else "off")
+    return f"{field.metadata['help']} [default: {shown}]"
+
+
+def cli_fields(cls: type) -> list[Field]:
+    """The fields of cls that are command-line options, in declaration order."""
+    return [f for f in fields(cls) if f.metadata.get("cli") and not is_dataclass(typing.get_type_hints(cls)[f.name])]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def from_dict(cls: type[T], payload: Any, where: str, prefix: str = "", ignore: frozenset[str] = frozenset()) -> T:
+    """Build cls from a mapping, strictly: every key must be a field (or in `ignore`), every value of the field's
+    type (ints pass for floats), nested dataclasses from nested mappings (or given ready-made). Anything else is a
+    UserError naming `where`, the key as `prefix` + name, and what was expected."""
+    if not isinstance(payload, dict):
+        raise UserError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a table of keys, got {payload!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(payload) - known - ignore)
+    if unknown:
+        raise UserError(f"{where}: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})")
+    values = {}
+    for name, value in payload.items():
+        if name in ignore:
+            continue
+        hint = hints[name]
+        if is_dataclass(hint):
+            values[name] = value if isinstance(value, hint) else from_dict(hint, value, where, f"{prefix}{name}.")
+        else:
+            values[name] = check_type(value, hint, f"{where}: key {prefix}{name}")
+    return cls(**values)
+
+
+def check_type(value: Any, hint: Any, where: str) -> Any:
+    """value if it fits the annotation (ints for floats too, lists for tuples); else one line saying what was expected."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option_type in options:
+        origin = typing.get_origin(option_type)
+        if option_type is type(None) and value is None:
+            return value
+        if option_type is bool and isinstance(value, bool):
+            return value
+        if option_type is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option_type is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option_type is str and isinstance(value, str):
+            return value
+        if origin in (list, tuple) and isinstance(value, (list, tuple)):
+            inner = typing.get_args(option_type)[0]
+            items = [check_type(item, inner, where) for item in value]
+            return tuple(items) if origin is tuple else items
+    expected = " or ".join(getattr(o, "__name__", str(o)) for o in options).replace("NoneType", "nothing")
+    raise UserError(f"{where}: expected {expected}, got {value!r}")
