@@ -7,7 +7,9 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= test,ray,slurm
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
+# The suite's line coverage of resdepth/, subprocesses included (93% when set; README): `make test` fails below it
+COVERAGE_MIN ?= 90
 
 install: $(STAMP)
 
@@ -23,7 +25,10 @@ demo: $(STAMP)
 	$(VENV)/bin/resdepth plot results/smoke
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_MIN)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check resdepth tests benchmarks
 
 clean:
 	rm -rf $(VENV) results/smoke

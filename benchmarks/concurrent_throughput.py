@@ -12,6 +12,7 @@ start and end times; the aggregate is all jobs' images over the span from the fi
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing as mp
 import queue
@@ -65,7 +66,8 @@ def measure(args: argparse.Namespace, jobs: int) -> list[dict[str, Any]]:
     except queue.Empty:
         for process in processes:
             process.terminate()
-        raise SystemExit(f"a job sent no report within {args.timeout:.0f} s (its traceback, if any, is above)") from None
+        message = f"a job sent no report within {args.timeout:.0f} s (its traceback, if any, is above)"
+        raise SystemExit(message) from None
     for process in processes:
         process.join()
         if process.exitcode != 0:
@@ -75,7 +77,8 @@ def measure(args: argparse.Namespace, jobs: int) -> list[dict[str, Any]]:
         mine = [r for r in reports if r["depth"] == depth]
         span = max(r["end"] for r in mine) - min(r["start"] for r in mine)
         per_job = [args.steps * args.batch_size / (r["end"] - r["start"]) for r in mine]
-        rows.append({"jobs": jobs, "depth": depth, "aggregate_images_per_second": jobs * args.steps * args.batch_size / span,
+        rows.append({"jobs": jobs, "depth": depth,
+                     "aggregate_images_per_second": jobs * args.steps * args.batch_size / span,
                      "per_job_images_per_second": per_job})
     return rows
 
@@ -83,7 +86,7 @@ def measure(args: argparse.Namespace, jobs: int) -> list[dict[str, Any]]:
 def seconds_per_image(rows: list[dict[str, Any]], jobs: int, depth: int) -> float:
     """Measured at the depths run; linear in depth between them (a net's cost grows linearly with its depth)."""
     measured = sorted((r["depth"], 1 / r["aggregate_images_per_second"]) for r in rows if r["jobs"] == jobs)
-    for (d0, t0), (d1, t1) in zip(measured, measured[1:]):
+    for (d0, t0), (d1, t1) in itertools.pairwise(measured):
         if d0 <= depth <= d1:
             return t0 + (t1 - t0) * (depth - d0) / (d1 - d0)
     (d0, t0), (d1, t1) = (measured[0], measured[-1])

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .models import build_model, list_models  # noqa: E402
+from .models import build_model, list_models
 
 __all__ = ["__version__", "build_model", "list_models"]

@@ -15,18 +15,24 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .data import DataConfig, Dataset, load_dataset
+from .devices import (
+    PYTORCH_DEFAULT_PRECISION,
+    environment,
+    pytorch_default_precision,
+    resolve_device,
+    resolved_precision,
+)
 from .errors import UserError
 from .models import blocks_per_stage, build_model, check_kind, count_multiply_adds
-from .devices import (PYTORCH_DEFAULT_PRECISION, environment, pytorch_default_precision, resolve_device,
-                      resolved_precision)
 from .train import TrainConfig, Trainer
 
 # A training step costs about 3 forward passes (the backward pass computes input and weight gradients),
@@ -55,7 +61,8 @@ class BenchConfig:
     channels_last: bool | None = None  # None: TrainConfig's default for the device
     compile: bool | None = None  # None: TrainConfig's default
     cuda_graph: bool = False  # as TrainConfig (CUDA only)
-    data: DataConfig = field(default_factory=lambda: DataConfig(dataset="synthetic", synthetic_train=4096, synthetic_test=16))
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(dataset="synthetic", synthetic_train=4096, synthetic_test=16))
     matmul_size: int = 2048
 
     def validate(self) -> None:
@@ -107,7 +114,8 @@ def run_benchmark(config: BenchConfig, on_progress: Callable[[str], None] = lamb
         torch.set_num_threads(config.threads)
     dataset = load_dataset(config.data)
     if len(dataset.train_labels) < config.batch_size:
-        raise UserError(f"the training set has {len(dataset.train_labels)} images, fewer than one batch of {config.batch_size}")
+        raise UserError(f"the training set has {len(dataset.train_labels)} images, fewer than one batch of "
+                        f"{config.batch_size}")
     warm_process(device, config.batch_size)
     with tempfile.TemporaryDirectory(prefix="resdepth-bench-") as run_dir:
         return [bench_depth(config, depth, device, dataset, Path(run_dir), on_progress) for depth in config.depths]
@@ -188,7 +196,8 @@ def warm_process(device: torch.device, batch_size: int) -> None:
 
     for memory_format in (torch.contiguous_format, torch.channels_last):
         model = build_model("residual", 8).to(device, memory_format=memory_format)
-        model(torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format)).sum().backward()
+        model(torch.randn(batch_size, 3, 32, 32,
+                          device=device).contiguous(memory_format=memory_format)).sum().backward()
     matmul_gflops(device, 256, contextlib.nullcontext)
     synchronize(device)
 

@@ -7,12 +7,12 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from .errors import UserError
 from .config import from_dict
+from .errors import UserError
 from .results import CONFIG_FILE, ERROR_FILE, LOCK_FILE, RUN_CONFIG_SECTIONS, RunStatus, read_json
 from .train import TrainConfig, run_training
 
@@ -86,7 +86,8 @@ def describe_owner(owner: dict | None) -> str:
     """'running elsewhere: pid 19320 on vm since 10:42', from a lock file's contents."""
     if not owner:
         return "running elsewhere"
-    since = time.strftime("%H:%M", time.localtime(owner["time"])) if isinstance(owner.get("time"), (int, float)) else "?"
+    started = owner.get("time")
+    since = time.strftime("%H:%M", time.localtime(started)) if isinstance(started, (int, float)) else "?"
     return f"running elsewhere: pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {since}"
 
 
@@ -108,7 +109,7 @@ def run_cell(run_dir: Path, device: str, threads: int | None, should_stop: Calla
             result = run_training(config, run_dir, should_stop=should_stop)  # it records its end in status.json
         except UserError as exc:
             return mark_failed(run_dir, str(exc))
-        except Exception as exc:  # noqa: BLE001 - any crash (CUDA OOM, bug) stays in this cell
+        except Exception as exc:
             (run_dir / ERROR_FILE).write_text(traceback.format_exc())
             return mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
         return CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
@@ -146,7 +147,8 @@ def outcome_from_status(run_dir: Path, exit_code: int) -> CellOutcome:
     status = RunStatus.read(run_dir)
     state = status.state if status else "failed"
     if state in ("running", "pending"):
-        reason = f"worker process died (signal {-exit_code})" if exit_code < 0 else f"worker process exited with code {exit_code}"
+        reason = (f"worker process died (signal {-exit_code})" if exit_code < 0 else
+                  f"worker process exited with code {exit_code}")
         return mark_failed(run_dir, reason)
     return CellOutcome(run_dir, state, error=status.error if status else None,
                        final_test_error=status.test_error if status else None)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import inspect
 import os
 import signal
-import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import Field, replace
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -33,14 +33,40 @@ from .data import DataConfig, load_dataset
 from .errors import UserError
 from .models import describe_models
 from .results import RunStatus, ensure_writable_dir, load_runs
-from .sweep import (WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots, load_saved_sweep,
-                    load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere, task_threads)
+from .sweep import (
+    WHAT,
+    PlannedCell,
+    SweepConfig,
+    SweepProgress,
+    count_actions,
+    device_slots,
+    load_saved_sweep,
+    load_sweep_file,
+    make_executor,
+    plan_sweep,
+    run_sweep,
+    settled_elsewhere,
+    task_threads,
+)
 from .train import TrainConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Plain vs residual CIFAR networks by depth (He et al. 2016, section 4.2).")
 console = Console()
 errors = Console(stderr=True)
+
+
+class Commands(typer.core.TyperGroup):
+    """resdepth's commands: a UserError raised anywhere in one becomes one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            errors.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Plain vs residual CIFAR networks by depth (He et al. 2016, section 4.2).")
 
 
 # ---------------------------------------------------------------------------------------------- options from configs
@@ -72,7 +98,7 @@ class ConfigOption:
             [f"{self.flag}/--no-{self.flag.removeprefix('--')}"]
         if self.param == "kind":
             declarations.append("--kinds")  # the config field is `kinds`; both spellings are accepted
-        self.annotation = Annotated[Optional[self.type], typer.Option(
+        self.annotation = Annotated[self.type | None, typer.Option(
             *declarations, help=escape(help_text(field, default)), rich_help_panel=field.metadata["panel"],
             show_default=False)]
 
@@ -133,7 +159,7 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=version_callback, is_eager=True,
                                                     help="Show the version and exit.")] = None,
 ) -> None:
     """Plain vs residual CIFAR networks by depth (He et al. 2016, section 4.2)."""
@@ -164,10 +190,11 @@ def train(
     kind: Annotated[str, typer.Option(help="plain or residual.", rich_help_panel=WHAT)] = TrainConfig.kind,
     seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation.",
                                       rich_help_panel=WHAT)] = TrainConfig.seed,
-    out: Annotated[Optional[Path], typer.Option(help="Results folder; the run goes to its sub-folder "
+    out: Annotated[Path | None, typer.Option(help="Results folder; the run goes to its sub-folder "
                                                      "<kind>-<depth>-s<seed>. \\[default: results/<dataset>]",
                                                 rich_help_panel=WHAT)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Start a run folder whose config differs over (the old folder is "
+    force: Annotated[bool, typer.Option("--force",
+                                        help="Start a run folder whose config differs over (the old folder is "
                                              "kept, renamed).", rich_help_panel=WHAT)] = False,
     **options: Any,
 ) -> None:
@@ -181,9 +208,9 @@ def train(
 @app.command()
 @with_options(SWEEP_OPTIONS, TRAINING_OPTIONS)
 def sweep(
-    sweep_file: Annotated[Optional[Path], typer.Argument(help="TOML sweep file (see sweeps/); options given here "
+    sweep_file: Annotated[Path | None, typer.Argument(help="TOML sweep file (see sweeps/); options given here "
                                                               "override it.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Resume the sweep saved in this results folder.",
+    resume: Annotated[Path | None, typer.Option(help="Resume the sweep saved in this results folder.",
                                                    rich_help_panel=WHAT)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells, their folders and devices; train nothing.",
                                           rich_help_panel=WHAT)] = False,
@@ -286,11 +313,11 @@ def summary_note(item: PlannedCell, outcome: Any, status: RunStatus | None, stat
     return "; ".join(notes)
 
 
-def _pct(value: Optional[float]) -> str:
+def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _rate(value: Optional[float]) -> str:
+def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
@@ -309,7 +336,7 @@ class LiveDisplay:
         self.tasks: dict[str, Any] = {}
         self.logged: dict[str, tuple[str, int]] = {}
 
-    def __enter__(self) -> "LiveDisplay":
+    def __enter__(self) -> LiveDisplay:
         if self.progress:
             self.progress.start()
         return self
@@ -351,17 +378,17 @@ class LiveDisplay:
             if seen is None and status.epoch and status.iteration < status.iterations:
                 console.print(f"{name}: resumed at iteration {status.iteration}/{status.iterations}, after epoch "
                               f"{status.epoch}/{status.epochs} (train {_pct(status.train_error)}% test "
-                              f"{_pct(status.test_error)}%)", highlight=False)
+                              f"{_pct(status.test_error)}%)", highlight=False, soft_wrap=True)
             elif seen != (status.state, status.epoch) and status.epoch:
                 console.print(f"{name}: epoch {status.epoch}/{status.epochs} iteration {status.iteration}/"
                               f"{status.iterations} train {_pct(status.train_error)}% test {_pct(status.test_error)}% "
-                              f"{_rate(status.images_per_second)} img/s", highlight=False)
+                              f"{_rate(status.images_per_second)} img/s", highlight=False, soft_wrap=True)
             self.logged[name] = (status.state, status.epoch)
         for name, outcome in snapshot.outcomes.items():
             if self.logged.get(name, ("", 0))[0] != outcome.state:
                 self.logged[name] = (outcome.state, -1)
                 console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""),
-                              highlight=False)
+                              highlight=False, soft_wrap=True)  # a log line is never wrapped
 
 
 # ---------------------------------------------------------------------------------------------- plot, table
@@ -377,7 +404,7 @@ def read_runs(results_dir: Path) -> list[Any]:
 def plot(
     results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read "
                                                      "(recursively).")],
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the figures. \\[default: RESULTS_DIR/plots]")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the figures. \\[default: RESULTS_DIR/plots]")] = None,
     x: Annotated[str, typer.Option(help="x axis: iterations (in 1e4, as the paper) or epochs.")] = "iterations",
     formats: Annotated[str, typer.Option("--format", help="Comma-separated file formats: png, pdf, svg.")] = "png",
 ) -> None:
@@ -397,7 +424,7 @@ def plot(
 def table(
     results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read "
                                                      "(recursively).")],
-    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the numbers (unrounded columns) to this "
+    csv: Annotated[Path | None, typer.Option("--csv", help="Also write the numbers (unrounded columns) to this "
                                                               "CSV file.")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for papers and READMEs) "
                                                               "instead.")] = False,
@@ -449,16 +476,17 @@ def bench(
                                              "counts.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size (images).")] = 128,
     num_workers: Annotated[int, typer.Option(help="DataLoader worker processes of the naive recipe.")] = 2,
-    naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Time the naive PIL + DataLoader recipe too.")] = True,
+    naive: Annotated[bool, typer.Option("--naive/--no-naive",
+                                        help="Time the naive PIL + DataLoader recipe too.")] = True,
     threads: THREADS = None, precision: PRECISION = None, channels_last: CHANNELS_LAST = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step. "
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the training step. "
                        "\\[default: as a paper-length `resdepth train` run: on for CPU, off on CUDA]")] = None,
     cuda_graph: CUDA_GRAPH = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="CIFAR-10 folder (torchvision's download) instead of "
+    data_dir: Annotated[str | None, typer.Option(help="CIFAR-10 folder (torchvision's download) instead of "
                                                          "synthetic images.")] = None,
     synthetic_train: Annotated[int, typer.Option(help="Synthetic training images (both paths draw batches from "
                                                       "them).")] = 4096,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows, every window included, to "
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the rows, every window included, to "
                                                                     "this JSON file.")] = None,
 ) -> None:
     """Images/s of resdepth's training step vs the common PIL + DataLoader recipe, FLOP/s and peak memory."""
@@ -493,7 +521,8 @@ def render_bench(kind: str, rows: list[BenchRow]) -> Table:
         view.add_column(column, justify="right", no_wrap=True)
     dash = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
     for row in rows:
-        view.add_row(str(row.depth), f"{row.resdepth_images_per_second:,.0f}", dash(row.naive_images_per_second, ",.0f"),
+        view.add_row(str(row.depth), f"{row.resdepth_images_per_second:,.0f}",
+                     dash(row.naive_images_per_second, ",.0f"),
                      dash(row.speedup, ".2f") + ("x" if row.speedup else ""), f"{row.achieved_gflops:,.0f}",
                      f"{row.matmul_gflops:,.0f}", f"{row.peak_fraction * 100:.0f}%",
                      f"{row.resdepth_peak_memory_mb:,.0f}", dash(row.naive_peak_memory_mb, ",.0f"))
@@ -506,12 +535,8 @@ def check_output_file(path: Path, option: str) -> None:
 
 
 def main() -> None:
-    """Console entry point: user errors become one line and exit code 2, never a traceback."""
-    try:
-        app()  # click itself turns usage errors into a message and exit code 2
-    except UserError as exc:
-        errors.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
-        sys.exit(2)
+    """Console entry point: user errors become one line and exit code 2 (see Commands), never a traceback."""
+    app()  # click itself turns usage errors into a message and exit code 2
 
 
 if __name__ == "__main__":

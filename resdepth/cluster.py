@@ -19,10 +19,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .cell import CellOutcome, RunLock, describe_owner, is_locked, mark_failed, outcome_from_status, run_cell, set_state
 from .config import flag_name, option
@@ -86,7 +87,7 @@ class CellTask:
         def train() -> None:
             try:
                 result.append(run_cell(self.run_dir, self.device, self.threads, self._stop.is_set))
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread below
+            except BaseException as exc:
                 result.append(exc)
             finally:
                 self._finished.set()
@@ -179,7 +180,7 @@ class RayExecutor(Executor):
         self._running: dict[Any, Path] = {}  # ObjectRef -> run folder
         self._lock = threading.Lock()
 
-    def submit(self, job: CellJob) -> "Future[CellOutcome]":
+    def submit(self, job: CellJob) -> Future[CellOutcome]:
         run_dir = job.run_dir.resolve()  # the same path on every node; job.device and job.threads are the driver's
         task = CellTask(run_dir, self.device, self.threads, uuid.uuid4().hex)
         ref = self._task.options(**self._options).remote(task)
@@ -189,14 +190,14 @@ class RayExecutor(Executor):
         ref.future().add_done_callback(lambda done: future.set_result(self._outcome(ref, done)))
         return future
 
-    def _outcome(self, ref: Any, done: "Future[CellOutcome]") -> CellOutcome:
+    def _outcome(self, ref: Any, done: Future[CellOutcome]) -> CellOutcome:
         with self._lock:
             run_dir = self._running.pop(ref)
         try:
             return done.result()
         except self.ray.exceptions.TaskCancelledError:
             return CellOutcome(run_dir, "interrupted", error="cancelled before it started")
-        except Exception as exc:  # noqa: BLE001 - retries used up, worker setup failed: the run folder tells the rest
+        except Exception as exc:
             try:
                 return outcome_without_result(run_dir, f"Ray task ended without a result ({type(exc).__name__}): "
                                                        f"{last_line(str(exc))}")
@@ -260,13 +261,13 @@ def check_shared_folder(ray: Any, folder: Path, resource: str) -> None:
         check = ray.remote(probe_folder)
         on_node = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=False) for node in nodes]
         refs = {check.options(num_cpus=0, scheduling_strategy=where).remote(probe, token): node["NodeManagerHostname"]
-                for node, where in zip(nodes, on_node)}
+                for node, where in zip(nodes, on_node, strict=True)}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_SECONDS)
         problems = []
         for ref, host in refs.items():
             try:
                 problem = ray.get(ref) if ref in ready else f"no answer within {PROBE_TIMEOUT_SECONDS} s"
-            except Exception as exc:  # noqa: BLE001 - e.g. resdepth not installed on that node
+            except Exception as exc:
                 problem = f"{type(exc).__name__}: {last_line(str(exc))}"
             if problem:
                 problems.append(f"{host}: {problem}")
@@ -363,22 +364,22 @@ class SlurmExecutor(Executor):
         self._watcher = threading.Thread(target=self._watch, name="resdepth-slurm-watch", daemon=True)
         self._watcher.start()
 
-    def submit(self, job: CellJob) -> "Future[CellOutcome]":
+    def submit(self, job: CellJob) -> Future[CellOutcome]:
         return self.submit_all([job])[0]
 
-    def submit_all(self, jobs: list[CellJob]) -> "list[Future[CellOutcome]]":
+    def submit_all(self, jobs: list[CellJob]) -> list[Future[CellOutcome]]:
         tasks = [CellTask(job.run_dir.resolve(), self.device, self.threads, uuid.uuid4().hex) for job in jobs]
         said: list[str] = []
         try:
             with stderr_into(said):
                 submitted = self.executor.submit_array(tasks)
-        except Exception as exc:  # noqa: BLE001 - sbatch refused: bad partition, account, time...
+        except Exception as exc:
             reason = "; ".join(line.removeprefix("sbatch: error: ") for line in said[-3:]) or last_line(str(exc))
             raise UserError(f"Slurm refused the jobs ({reason}): check "
                             "--slurm-partition/--slurm-account/--slurm-qos/--slurm-time against `sinfo`") from None
         futures: list[Future[CellOutcome]] = [Future() for _ in submitted]
         with self._lock:
-            for task, slurm_job, future in zip(tasks, submitted, futures):
+            for task, slurm_job, future in zip(tasks, submitted, futures, strict=True):
                 self._jobs[slurm_job] = (task.run_dir, future)
         return futures
 
@@ -424,9 +425,9 @@ class SlurmExecutor(Executor):
                 set_state(run_dir, "interrupted")
                 return CellOutcome(run_dir, "interrupted", error="stopped before its mid-epoch checkpoint")
             log = last_line(job.stderr() or "") if job.paths.stderr.exists() else ""
-            return outcome_without_result(run_dir, f"Slurm job {job.job_id} ended without a result"
-                                                   + (f": {log}" if log else "; see its log in " + str(job.paths.folder)))
-        except Exception as exc:  # noqa: BLE001 - the job raised: its message is the cell's error
+            where = f": {log}" if log else f"; see its log in {job.paths.folder}"
+            return outcome_without_result(run_dir, f"Slurm job {job.job_id} ended without a result{where}")
+        except Exception as exc:
             try:
                 return outcome_without_result(run_dir, f"Slurm job {job.job_id} failed: {last_line(str(exc))}")
             except OSError as unreadable:  # the future must resolve, or the sweep would wait forever

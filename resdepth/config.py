@@ -80,7 +80,7 @@ def from_dict(cls: type[T], payload: Any, where: str, prefix: str = "", ignore: 
 
 
 def check_type(value: Any, hint: Any, where: str) -> Any:
-    """value if it fits the annotation (ints for floats too, lists for tuples); else one line saying what was expected."""
+    """value if it fits the annotation (ints for floats, lists for tuples); else one line saying what was expected."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     for option_type in options:
         origin = typing.get_origin(option_type)

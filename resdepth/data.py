@@ -66,10 +66,11 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def to(self, device: torch.device) -> "Dataset":
+    def to(self, device: torch.device) -> Dataset:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Dataset(self.name, self.classes, *(move(t) for t in (
-            self.train_images, self.train_labels, self.test_images, self.test_labels, self.val_images, self.val_labels)))
+        tensors = (self.train_images, self.train_labels, self.test_images, self.test_labels, self.val_images,
+                   self.val_labels)
+        return Dataset(self.name, self.classes, *(move(t) for t in tensors))
 
     def fingerprint(self) -> str:
         """A short hash of the splits' labels and exact pixel sums: a resumed run checks its data is the same."""
@@ -131,7 +132,8 @@ def _prepare(config: DataConfig) -> Dataset:
     data = _load_raw(config)
     if config.val_size:
         if config.val_size >= len(data.train_labels):
-            raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has {len(data.train_labels)})")
+            raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has "
+                            f"{len(data.train_labels)})")
         val = balanced_subset(data.train_labels, config.val_size, config.split_seed)
         keep = torch.ones(len(data.train_labels), dtype=torch.bool)
         keep[val] = False
@@ -141,7 +143,8 @@ def _prepare(config: DataConfig) -> Dataset:
         if (getattr(config, name) or 0) > len(labels):
             split = name.split("_")[0]
             raise UserError(f"--{name.replace('_', '-')} {getattr(config, name)} is more than the {len(labels)} "
-                            f"{split} images of {config.dataset} (after any --val-size): ask for at most {len(labels)}, or leave it out for all")
+                            f"{split} images of {config.dataset} (after any --val-size): ask for at most "
+                            f"{len(labels)}, or leave it out for all")
     if config.train_size is not None and config.train_size < len(data.train_labels):
         pick = balanced_subset(data.train_labels, config.train_size, config.split_seed + 1)
         data.train_images, data.train_labels = data.train_images[pick], data.train_labels[pick]
@@ -249,7 +252,8 @@ def load_torchvision_cifar(name: str, root: Path) -> Dataset:
         test = cls(str(root), train=False, download=True)
     except (OSError, RuntimeError) as exc:
         if root.is_dir() and not os.access(root, os.W_OK) and not archive.exists():
-            raise UserError(f"{name} is not in {root} and that folder is not writable: pass --data-dir to a writable folder") from None
+            raise UserError(f"{name} is not in {root} and that folder is not writable: pass --data-dir to a "
+                            "writable folder") from None
         raise UserError(
             f"{name} is not in {root} and could not be downloaded ({type(exc).__name__}): put {cls.filename} "
             f"(from {cls.url}) in {root}, pass --data-dir to a folder holding it, or use --dataset folder/synthetic"
@@ -263,11 +267,13 @@ def load_torchvision_cifar(name: str, root: Path) -> Dataset:
 def load_image_folder(root: Path) -> Dataset:
     """train/<class>/* and test/<class>/* images of 32x32, decoded once and cached as a tensor file."""
     if not root.is_dir():
-        raise UserError(f"--data-dir {root} is not a readable folder: it must hold train/<class>/ and test/<class>/ images")
+        raise UserError(f"--data-dir {root} is not a readable folder: it must hold train/<class>/ and "
+                        "test/<class>/ images")
     files = {split: _class_files(root, split) for split in ("train", "test")}
     classes = sorted(files["train"])
     if sorted(files["test"]) != classes:
-        only = {split: sorted(set(files[split]) - set(files[other])) for split, other in (("train", "test"), ("test", "train"))}
+        only = {split: sorted(set(files[split]) - set(files[other]))
+                for split, other in (("train", "test"), ("test", "train"))}
         differ = "; ".join(f"only in {split}: {', '.join(names)}" for split, names in only.items() if names)
         raise UserError(f"{root}/train and {root}/test must hold the same class folders with images ({differ})")
     cache = _cache_path(root, files)
@@ -293,7 +299,8 @@ def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise UserError(f"{folder} is missing: --dataset folder needs {root}/train/<class>/ and {root}/test/<class>/")
     # hidden files are never images: macOS leaves ._name.jpg beside name.jpg on foreign disks
-    classes = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    classes = {d.name: sorted(p for p in d.iterdir()
+                              if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
                for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     classes = {name: paths for name, paths in classes.items() if paths}
     if not classes:
@@ -332,7 +339,8 @@ def _decode_split(files: dict[str, list[Path]], classes: list[str]) -> tuple[tor
             except (OSError, UnidentifiedImageError):
                 raise UserError(f"cannot decode image {path}: remove it or convert it to PNG/JPEG") from None
             if tuple(image.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
-                raise UserError(f"{path} is {image.shape[2]}x{image.shape[1]}; resdepth needs 32x32 images (resize the folder first)")
+                raise UserError(f"{path} is {image.shape[2]}x{image.shape[1]}; resdepth needs 32x32 images "
+                                "(resize the folder first)")
             images.append(image)
             labels.append(label)
     return torch.stack(images), torch.tensor(labels)

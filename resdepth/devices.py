@@ -10,7 +10,8 @@ import contextlib
 import os
 import platform
 import socket
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -64,7 +65,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     """What config.json records of the machine a run trained on."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {"python": platform.python_version(), "torch": torch.__version__, "resdepth": __version__,
-            "device": str(device), "device_name": name, "host": socket.gethostname(), "threads": torch.get_num_threads(),
+            "device": str(device), "device_name": name, "host": socket.gethostname(),
+            "threads": torch.get_num_threads(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 

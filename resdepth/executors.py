@@ -15,10 +15,10 @@ import subprocess
 import sys
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from .cell import CellOutcome, outcome_from_status, run_cell
 
@@ -34,18 +34,18 @@ class CellJob:
 
 class Executor(ABC):
     @abstractmethod
-    def submit(self, job: CellJob) -> "Future[CellOutcome]":
+    def submit(self, job: CellJob) -> Future[CellOutcome]:
         """Start the job; the future resolves when it ends, whatever the way it ends."""
 
     @abstractmethod
     def interrupt(self) -> None:
         """Ask running jobs to checkpoint and stop soon (Ctrl-C, SIGTERM, preemption)."""
 
-    def submit_all(self, jobs: list[CellJob]) -> "list[Future[CellOutcome]]":
+    def submit_all(self, jobs: list[CellJob]) -> list[Future[CellOutcome]]:
         """Start several jobs at once; a scheduler may take them as one request (Slurm: one job array)."""
         return [self.submit(job) for job in jobs]
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027 - an optional hook: most executors hold nothing to release
         """Release the executor's resources once every future has resolved."""
 
 
@@ -56,7 +56,7 @@ class SequentialExecutor(Executor):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resdepth-cell")
         self._stop = threading.Event()
 
-    def submit(self, job: CellJob) -> "Future[CellOutcome]":
+    def submit(self, job: CellJob) -> Future[CellOutcome]:
         return self._pool.submit(run_cell, job.run_dir, job.device, job.threads, self._stop.is_set)
 
     def interrupt(self) -> None:
@@ -73,7 +73,7 @@ class LocalProcessExecutor(Executor):
         self._processes: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
 
-    def submit(self, job: CellJob) -> "Future[CellOutcome]":
+    def submit(self, job: CellJob) -> Future[CellOutcome]:
         future: Future[CellOutcome] = Future()
         device, env = worker_device(job.device, os.environ)
         command = [sys.executable, "-m", "resdepth.worker", str(job.run_dir), "--device", device]
@@ -88,7 +88,7 @@ class LocalProcessExecutor(Executor):
         threading.Thread(target=self._watch, args=(process, job, future), daemon=True).start()
         return future
 
-    def _watch(self, process: "subprocess.Popen[bytes]", job: CellJob, future: "Future[CellOutcome]") -> None:
+    def _watch(self, process: subprocess.Popen[bytes], job: CellJob, future: Future[CellOutcome]) -> None:
         code = process.wait()
         with self._lock:
             self._processes.discard(process)

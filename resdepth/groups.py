@@ -51,10 +51,14 @@ def group_runs(runs: list[Run]) -> dict[GroupKey, list[Run]]:
     """Runs grouped by dataset, kind, shortcut and depth (the seeds of one setting), plain before residual;
     runs of one such group that were trained differently are kept apart by their setting."""
     groups: dict[GroupKey, list[Run]] = {}
-    for run, setting in zip(runs, setting_labels(runs)):
+    for run, setting in zip(runs, setting_labels(runs), strict=True):
         groups.setdefault(group_key(run, setting), []).append(run)
-    order = lambda key: (key.dataset, key.setting, KIND_ORDER.get(key.kind, 2), key.kind, key.shortcut, key.depth)  # noqa: E731
-    return {key: groups[key] for key in sorted(groups, key=order)}
+    return {key: groups[key] for key in sorted(groups, key=group_order)}
+
+
+def group_order(key: GroupKey) -> tuple:
+    """Dataset, setting, plain before residual, then shallow to deep: the order of table rows and legends."""
+    return key.dataset, key.setting, KIND_ORDER.get(key.kind, 2), key.kind, key.shortcut, key.depth
 
 
 # Saved config keys that do not make runs different experiments: the group key, the seed, how a run executed,
@@ -89,14 +93,14 @@ def setting_labels(runs: list[Run]) -> list[str]:
     each sweep's depths stay together in one figure and one block of the table."""
     protocols = [run_protocol(run) for run in runs]
     by_group: dict[GroupKey, list[dict[str, str]]] = {}
-    for run, protocol in zip(runs, protocols):
+    for run, protocol in zip(runs, protocols, strict=True):
         by_group.setdefault(group_key(run), []).append(protocol)
     split_keys: dict[str, set[str]] = {}  # dataset -> keys that differ inside one of its groups
     for key, members in by_group.items():
         differing = {k for k in set().union(*members) if len({m.get(k) for m in members}) > 1}
         split_keys.setdefault(key.dataset, set()).update(differing)
     labels = []
-    for run, protocol in zip(runs, protocols):
+    for run, protocol in zip(runs, protocols, strict=True):
         keys = sorted(split_keys.get(group_key(run).dataset, ()))
         labels.append(", ".join(f"{k} {shown(protocol.get(k))}" for k in keys))
     return labels

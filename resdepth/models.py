@@ -9,7 +9,8 @@ per block, linear) so published weights load in order.
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Literal, TypeVar
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if residual and (stride != 1 or in_planes != planes):
-            self.shortcut = ZeroPadShortcut(in_planes, planes) if shortcut == "A" else projection_shortcut(in_planes, planes)
+            self.shortcut = (ZeroPadShortcut(in_planes, planes) if shortcut == "A" else
+                             projection_shortcut(in_planes, planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -240,7 +242,8 @@ def list_models(pattern: str = "*") -> list[str]:
     return [name for name in _REGISTRY if fnmatch.fnmatch(name, pattern)]
 
 
-def build_model(name_or_kind: str, depth: int | None = None, *, num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
+def build_model(name_or_kind: str, depth: int | None = None, *, num_classes: int = 10,
+                shortcut: Shortcut = "A") -> CifarNet:
     """build_model("resnet56") or build_model("residual", 56); any 6n+2 depth works with a kind."""
     if depth is not None:
         return CifarNet(name_or_kind, depth, num_classes=num_classes, shortcut=shortcut)  # type: ignore[arg-type]
@@ -248,7 +251,8 @@ def build_model(name_or_kind: str, depth: int | None = None, *, num_classes: int
         return _REGISTRY[name_or_kind](num_classes=num_classes, shortcut=shortcut)
     for prefix, kind in (("resnet", "residual"), ("plain", "plain")):
         if name_or_kind.startswith(prefix) and name_or_kind[len(prefix):].isdigit():
-            return CifarNet(kind, int(name_or_kind[len(prefix):]), num_classes=num_classes, shortcut=shortcut)  # type: ignore[arg-type]
+            return CifarNet(kind, int(name_or_kind[len(prefix):]), num_classes=num_classes,
+                            shortcut=shortcut)  # type: ignore[arg-type]
     raise UserError(f"unknown model {name_or_kind!r}: see `resdepth models`, e.g. resnet56 or plain20")
 
 

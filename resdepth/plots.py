@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 from matplotlib.axes import Axes
@@ -20,8 +20,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .errors import UserError
-from .results import Run
 from .groups import GroupKey, group_runs, is_complete
+from .results import Run
 
 X_AXES = ("iterations", "epochs")
 FORMATS = ("png", "pdf", "svg")
@@ -129,13 +129,13 @@ def figure6(curves: list[SeedCurves], x: str) -> Figure:
     colours = depth_colours(curves)
     xaxis = XAxis.choose(x, curves)
     figure, panels = new_figure(len(variants))
-    for axes, variant in zip(panels, variants):
+    for axes, variant in zip(panels, variants, strict=True):
         for curve in (c for c in curves if c.key.variant == variant):
             draw(axes, curve, "train_error", xaxis, colours[curve.key.depth], TRAIN_WIDTH, "--")
             draw(axes, curve, "test_error", xaxis, colours[curve.key.depth], TEST_WIDTH, "-")
         style_axes(axes, f"{variant} nets", xaxis, ylabel=axes is panels[0])
     top = set_error_range(panels, curves)
-    for axes, variant in zip(panels, variants):
+    for axes, variant in zip(panels, variants, strict=True):
         note_off_axis(axes, [c for c in curves if c.key.variant == variant], ("train_error", "test_error"), top)
     figure.suptitle(f"{study_title(curves[0].key)}: dashed = training error, bold = test error", fontsize=TITLE_FONT)
     add_depth_legend(figure, curves, colours)
@@ -149,7 +149,7 @@ class XAxis:
     label: str
 
     @classmethod
-    def choose(cls, x: str, curves: list[SeedCurves]) -> "XAxis":
+    def choose(cls, x: str, curves: list[SeedCurves]) -> XAxis:
         """Iterations in units of 1e4 as the paper; plain iterations for runs too short for that unit to read."""
         if x == "epochs":
             return cls("epoch", 1.0, "epoch")

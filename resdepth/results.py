@@ -80,7 +80,8 @@ class MetricsWriter:
 
     def append(self, row: dict[str, float | int]) -> None:
         with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.columns).writerow({k: row.get(k, "") for k in self.columns})
+            writer = csv.DictWriter(handle, fieldnames=self.columns, lineterminator="\n")
+            writer.writerow({k: row.get(k, "") for k in self.columns})
             handle.flush()
             os.fsync(handle.fileno())
         self.rows += 1
@@ -115,7 +116,7 @@ class RunStatus:
     updated: float = field(default_factory=time.time)
 
     @classmethod
-    def read(cls, run_dir: Path) -> "RunStatus | None":
+    def read(cls, run_dir: Path) -> RunStatus | None:
         payload = read_json(run_dir / STATUS_FILE)
         if payload is None:
             return None
@@ -223,7 +224,8 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
         status = RunStatus.read(run_dir)
         runs.append(Run(run_dir, config, metrics, status.state if status else "unknown"))
     if not runs and not warnings:
-        raise UserError(f"no runs found under {root}: a run folder holds config.json and metrics.csv (run `resdepth sweep` first)")
+        raise UserError(f"no runs found under {root}: a run folder holds config.json and metrics.csv "
+                        "(run `resdepth sweep` first)")
     if not runs:
         raise UserError(f"no readable runs under {root}: {len(warnings)} run folder(s), all skipped "
                         f"(first: {warnings[0].removeprefix('skipped ')})")
@@ -256,4 +258,5 @@ def ensure_writable_dir(path: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write results to {path} ({exc.strerror or exc}): choose another --out folder") from None
+        raise UserError(f"cannot write results to {path} ({exc.strerror or exc}): choose another --out "
+                        "folder") from None

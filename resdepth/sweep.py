@@ -9,11 +9,11 @@ displays it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 try:
     import tomllib
@@ -29,8 +29,17 @@ from .errors import UserError
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
 from .groups import comparable
 from .models import blocks_per_stage, check_kind
-from .results import (CHECKPOINT_FILE, CONFIG_FILE, RUN_CONFIG_SECTIONS, TERMINAL_STATES, RunStatus,
-                      ensure_writable_dir, read_json, write_config, write_json)
+from .results import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    RUN_CONFIG_SECTIONS,
+    TERMINAL_STATES,
+    RunStatus,
+    ensure_writable_dir,
+    read_json,
+    write_config,
+    write_json,
+)
 from .train import TrainConfig
 
 SWEEP_FILE = "sweep.json"  # the sweep's own config, saved in its results folder so --resume can rebuild it
@@ -321,7 +330,7 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
             starting.append((item, slot))
         if starting:
             futures = executor.submit_all([CellJob(item.cell.run_dir, slot, threads) for item, slot in starting])
-            running.update(zip(futures, starting))
+            running.update(zip(futures, starting, strict=True))
         done, _ = wait(list(running), timeout=poll_seconds, return_when=FIRST_COMPLETED)
         for future in done:
             item, slot = running.pop(future)

@@ -10,21 +10,42 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .config import EXECUTION, flag, option
 from .data import DataConfig, Dataset, augment, check_data_config, load_dataset, normalize
-from .devices import (PRECISIONS, CapturedStep, check_cuda_graph_device, check_device_name, device_label, environment,
-                      precision_context, resolve_device, resolved_precision, restore_rng_state, rng_state)
+from .devices import (
+    PRECISIONS,
+    CapturedStep,
+    check_cuda_graph_device,
+    check_device_name,
+    device_label,
+    environment,
+    precision_context,
+    resolve_device,
+    resolved_precision,
+    restore_rng_state,
+    rng_state,
+)
 from .errors import UserError
 from .models import build_model, check_network, count_parameters
-from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes, ensure_writable_dir,
-                      metric_columns, read_metrics, write_config)
+from .results import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    MetricsWriter,
+    RunStatus,
+    atomic_write_bytes,
+    ensure_writable_dir,
+    metric_columns,
+    read_metrics,
+    write_config,
+)
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
@@ -45,7 +66,8 @@ class TrainConfig:
     epochs: int | None = option(None, help="Train for this many epochs instead (converted to iterations).",
                                 default_text="none: --iterations")
     batch_size: int = option(128, help="Mini-batch size (images), §4.2.")
-    lr: float = option(0.1, help="Initial learning rate (§4.2), /10 at 50% and 75% of the iterations (32k, 48k of 64k).")
+    lr: float = option(0.1,
+                       help="Initial learning rate (§4.2), /10 at 50% and 75% of the iterations (32k, 48k of 64k).")
     lr_milestones: tuple[float, ...] = option((0.5, 0.75), help="Fractions of the iterations where lr is divided.",
                                               cli=False)
     lr_decay: float = option(0.1, help="Factor applied to lr at each milestone.", cli=False)
@@ -153,7 +175,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign: all mean the same to the user
+    except Exception as exc:
         raise UserError(f"{path} cannot be read ({type(exc).__name__}): delete it and rerun with --retry-failed "
                         "to start this run over") from None
     if not isinstance(state, dict) or "model" not in state:
@@ -172,8 +194,9 @@ class EpochInProgress:
     step: int = 0
     seconds: float = 0.0
 
-    def to(self, device: torch.device) -> "EpochInProgress":
-        return replace(self, order=self.order.to(device), loss_sum=self.loss_sum.to(device), wrong=self.wrong.to(device))
+    def to(self, device: torch.device) -> EpochInProgress:
+        return replace(self, order=self.order.to(device), loss_sum=self.loss_sum.to(device),
+                       wrong=self.wrong.to(device))
 
 
 class Trainer:
@@ -319,7 +342,10 @@ class Trainer:
         """One SGD step on the images at index; returns the batch's mean loss and wrong answers (device tensors)."""
         lr = learning_rate(self.config, self.iteration, self.warming_up)
         images = self.data.train_images[index]
-        inputs = augment(images, self.mean, self.generator) if self.config.data.augment else normalize(images, self.mean)
+        if self.config.data.augment:
+            inputs = augment(images, self.mean, self.generator)
+        else:
+            inputs = normalize(images, self.mean)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         labels = self.data.train_labels[index]
@@ -331,7 +357,8 @@ class Trainer:
             group["lr"] = lr
         return self.sgd_step(inputs, labels, True)
 
-    def sgd_step(self, inputs: torch.Tensor, labels: torch.Tensor, zero_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def sgd_step(self, inputs: torch.Tensor, labels: torch.Tensor,
+                 zero_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
             logits = self.forward(inputs)
             loss = F.cross_entropy(logits, labels)
@@ -463,7 +490,7 @@ def starting_status(trainer: Trainer) -> RunStatus:
 
 
 def end_run(trainer: Trainer, status: RunStatus, state: str) -> RunResult:
-    status.update(trainer.run_dir, state=state, live_train_error=None)
+    status.update(trainer.run_dir, state=state, iteration=trainer.iteration, live_train_error=None)
     final = status.test_error if state != "interrupted" else None
     return RunResult(state, trainer.epoch, trainer.iteration, final, trainer.warmup_end_iteration)
 

@@ -1,27 +1,86 @@
+"""Fixtures every test module shares: tiny configs and sweeps, running sweeps and the CLI, hand-made results
+folders, and comparisons of runs. Helpers live here as fixtures only; test modules never import each other."""
+
+import json
 import os
 import sys
-from dataclasses import replace
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from resdepth.bench import BenchConfig
+from resdepth.cli import app
 from resdepth.data import DataConfig
-from resdepth.sweep import make_executor
-from resdepth.sweep import SweepConfig, plan_sweep, run_sweep
+from resdepth.results import metric_columns
+from resdepth.sweep import SweepConfig, make_executor, plan_sweep, run_sweep
 from resdepth.train import TrainConfig
 
 torch.set_num_threads(1)  # same numerics in every test process, and room for a second job on 2 cores
 
-RESDEPTH = str(Path(sys.executable).with_name("resdepth"))  # the real console entry point of this venv
+TIMING = ["epoch_seconds", "images_per_second"]  # wall-clock columns: never equal between two runs
 
 
-def tiny_config(**changes) -> TrainConfig:
-    """A network and dataset small enough to train in about a second on one CPU thread."""
+# ---------------------------------------------------------------------------------------------- configs
+def _tiny_config(**changes) -> TrainConfig:
     data = DataConfig(dataset="synthetic", synthetic_train=128, synthetic_test=64)
     base = TrainConfig(kind="residual", depth=8, batch_size=32, epochs=2, data=data, device="cpu", threads=1)
     return replace(base, **changes)
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., TrainConfig]:
+    """A factory: a network and dataset small enough to train in about a second on one CPU thread."""
+    return _tiny_config
+
+
+@pytest.fixture
+def tiny_sweep() -> Callable[..., SweepConfig]:
+    """A factory: plain-8 and residual-8 on the tiny config, written to `out`."""
+    def make(out: Path, **changes) -> SweepConfig:
+        base = SweepConfig(depths=[8], kinds=["plain", "residual"], seeds=[0], out=str(out), train=_tiny_config())
+        return replace(base, **changes)
+    return make
+
+
+@pytest.fixture
+def tiny_bench() -> Callable[..., BenchConfig]:
+    """A factory: a benchmark of the 8-layer net that takes a few seconds on one CPU thread."""
+    def make(**changes) -> BenchConfig:
+        data = DataConfig(dataset="synthetic", synthetic_train=64, synthetic_test=16)
+        base = BenchConfig(depths=(8,), iterations=2, warmup=1, rounds=2, batch_size=16, num_workers=0,
+                           device="cpu", threads=1, data=data, matmul_size=256)
+        return replace(base, **changes)
+    return make
+
+
+@pytest.fixture
+def tiny_args() -> list[str]:
+    """The tiny config's data and device as command-line options."""
+    return ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "64", "--batch-size", "32",
+            "--threads", "1", "--device", "cpu"]
+
+
+# ---------------------------------------------------------------------------------------------- running
+@pytest.fixture
+def run_sweep_now():
+    """Plan and run a sweep (on its own executor unless one is given); returns (planned cells, outcomes by name)."""
+    def run(sweep: SweepConfig, executor=None, **options):
+        planned = plan_sweep(sweep)
+        return planned, run_sweep(sweep, executor or make_executor(sweep), planned, poll_seconds=0.05, **options)
+    return run
+
+
+@pytest.fixture
+def resdepth_cli() -> str:
+    """The real console entry point of this venv, for the tests that need a separate process."""
+    return str(Path(sys.executable).with_name("resdepth"))
 
 
 @pytest.fixture
@@ -29,31 +88,93 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
 
-# ---------------------------------------------------------------------------------------------- sweeps on executors
-TIMING = ["epoch_seconds", "images_per_second"]  # wall-clock columns: never equal between two runs
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def __iter__(self):  # code, out, err = run_cli(...)
+        return iter((self.code, self.out, self.err))
 
 
-def tiny_sweep(out: Path, **changes) -> SweepConfig:
-    """plain-8 and residual-8 on the tiny config, written to out."""
-    return replace(SweepConfig(depths=[8], kinds=["plain", "residual"], seeds=[0], out=str(out), train=tiny_config()),
-                   **changes)
+@pytest.fixture
+def run_cli() -> Callable[..., CliResult]:
+    """The command line in this process, through Typer's CliRunner: exit code, stdout and stderr."""
+    def invoke(*args: str, columns: int = 200) -> CliResult:
+        result = CliRunner().invoke(app, list(args), env={"COLUMNS": str(columns)}, catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+    return invoke
 
 
-def run(sweep: SweepConfig, executor=None, **options):
-    """Plan and run a sweep; returns (planned cells, outcomes by cell name)."""
-    planned = plan_sweep(sweep)
-    return planned, run_sweep(sweep, executor or make_executor(sweep), planned, poll_seconds=0.05, **options)
+@pytest.fixture
+def wait_for_rows() -> Callable[[Path, int], None]:
+    """Wait until a metrics.csv holds more than `rows` epochs (a run in another process is under way)."""
+    def wait(path: Path, rows: int, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if path.exists() and len(path.read_text().splitlines()) > rows:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{path} never reached {rows} rows")
+    return wait
 
 
-def assert_same_run(a: Path, b: Path) -> None:
+@pytest.fixture
+def logged_epochs() -> Callable[[Path], int]:
+    """Epochs a run folder's metrics.csv holds so far."""
+    def count(run_dir: Path) -> int:
+        path = run_dir / "metrics.csv"
+        return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+    return count
+
+
+# ---------------------------------------------------------------------------------------------- comparing runs
+@pytest.fixture
+def metrics_of() -> Callable[[Path], pd.DataFrame]:
+    """A run folder's metrics.csv without its wall-clock columns."""
+    return lambda run_dir: pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING)
+
+
+@pytest.fixture
+def weights_of() -> Callable[[Path], dict]:
+    return lambda run_dir: torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+@pytest.fixture
+def assert_same_run(metrics_of, weights_of) -> Callable[[Path, Path], None]:
     """Same metrics (timing columns aside) and bit-identical final weights."""
-    pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv").drop(columns=TIMING),
-                                  pd.read_csv(b / "metrics.csv").drop(columns=TIMING))
-    wa, wb = (torch.load(d / "checkpoint.pt", weights_only=False)["model"] for d in (a, b))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    def check(a: Path, b: Path) -> None:
+        pd.testing.assert_frame_equal(metrics_of(a), metrics_of(b))
+        wa, wb = weights_of(a), weights_of(b)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return check
 
 
-def rows(run_dir: Path) -> int:
-    """Epochs logged so far."""
-    path = run_dir / "metrics.csv"
-    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+# ---------------------------------------------------------------------------------------------- results folders
+@pytest.fixture
+def write_run() -> Callable[..., Path]:
+    """A run folder as the trainer writes it, with the given errors (%) per epoch; iteration = epoch * step."""
+    def write(root: Path, kind: str = "plain", depth: int = 20, seed: int = 0, test=(50.0, 20.0, 9.0), train=None,
+              *, dataset: str = "cifar10", state: str | None = "done", val=None, shortcut: str = "A",
+              step: int = 10000, planned_epochs: int | None = None, params: int | None = 1000) -> Path:
+        name = f"{kind}-{depth}-{shortcut + '-' if shortcut != 'A' else ''}s{seed}"
+        run_dir = root / name
+        run_dir.mkdir(parents=True)
+        train = train if train is not None else [t - 2.0 for t in test]
+        epochs = np.arange(1, len(test) + 1)
+        frame = pd.DataFrame({"epoch": epochs, "iteration": epochs * step, "lr": 0.1, "train_loss": 1.0,
+                              "train_error": train, "test_loss": 1.0, "test_error": test,
+                              "epoch_seconds": 1.0, "images_per_second": 100.0})
+        if val is not None:
+            frame["val_loss"], frame["val_error"] = 1.0, val
+        frame[metric_columns(val is not None)].to_csv(run_dir / "metrics.csv", index=False)
+        iterations = (planned_epochs or len(test)) * step
+        config = {"kind": kind, "depth": depth, "seed": seed, "shortcut": shortcut, "iterations": iterations,
+                  "data": {"dataset": dataset, "val_size": 5000 if val is not None else 0},
+                  "resolved": {"iterations": iterations, "params": params}}
+        (run_dir / "config.json").write_text(json.dumps(config))
+        if state is not None:
+            (run_dir / "status.json").write_text(json.dumps({"state": state}))
+        return run_dir
+    return write

@@ -4,26 +4,26 @@ No timing assertions: the machines that run these tests are shared.
 """
 
 import os
-from dataclasses import replace
 
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import tiny_config
-from resdepth.bench import BenchConfig, BenchRow, run_benchmark
-from resdepth.cli import app
-from resdepth.data import DataConfig, load_dataset
+from resdepth.bench import BenchRow, run_benchmark
+from resdepth.data import load_dataset
 from resdepth.errors import UserError
 from resdepth.train import Trainer, run_training
 
 CPU = torch.device("cpu")
 
 
-def trainer(tmp_path, **changes) -> Trainer:
-    config = tiny_config(**changes)
-    return Trainer(config, tmp_path, CPU, load_dataset(config.data))
+@pytest.fixture
+def trainer(tiny_config):
+    """A factory: a Trainer of the tiny config (with changes) in a folder."""
+    def make(run_dir, **changes) -> Trainer:
+        config = tiny_config(**changes)
+        return Trainer(config, run_dir, CPU, load_dataset(config.data))
+    return make
 
 
 def assert_same_step(fast: Trainer, eager: Trainer) -> None:
@@ -42,21 +42,22 @@ def assert_same_step(fast: Trainer, eager: Trainer) -> None:
         assert difference < 1e-2, f"{name}: gradients differ by {difference:.1e} (relative norm)"
 
 
-def test_cpu_default_is_the_fast_path(tmp_path):
+def test_cpu_default_is_the_fast_path(tmp_path, trainer):
     assert trainer(tmp_path).channels_last  # the measured CPU default (BENCHMARKS.md); the guards below test it
 
 
-def test_channels_last_step_matches_eager_nchw(tmp_path):
+def test_channels_last_step_matches_eager_nchw(tmp_path, trainer):
     assert_same_step(trainer(tmp_path / "fast", channels_last=True), trainer(tmp_path / "eager", channels_last=False))
 
 
-@pytest.mark.skipif(not os.environ.get("RESDEPTH_SLOW_TESTS"), reason="torch.compile takes minutes on 2 CPU cores; set RESDEPTH_SLOW_TESTS=1")
-def test_compiled_step_matches_eager_nchw(tmp_path):
+@pytest.mark.skipif(not os.environ.get("RESDEPTH_SLOW_TESTS"),
+                    reason="torch.compile takes minutes on 2 CPU cores; set RESDEPTH_SLOW_TESTS=1")
+def test_compiled_step_matches_eager_nchw(tmp_path, trainer):
     assert_same_step(trainer(tmp_path / "fast", channels_last=True, compile=True),
                      trainer(tmp_path / "eager", channels_last=False))
 
 
-def test_fast_path_trains_like_eager_nchw(tmp_path):
+def test_fast_path_trains_like_eager_nchw(tmp_path, tiny_config):
     # 8 epochs x 4 steps on 128 images. fp32 rounding differences grow as training goes on, so the curves agree
     # closely at first and within noise later: measured, channels-last vs NCHW differ by 0.008 on average and
     # 0.02 at most, while another seed differs by 0.07 on average and 0.12 at most.
@@ -72,21 +73,14 @@ def test_fast_path_trains_like_eager_nchw(tmp_path):
     assert difference.mean() < 0.025 and difference.max() < 0.05, f"loss curves differ: {difference.round(4).tolist()}"
 
 
-def test_cuda_graph_is_refused_on_the_cpu_and_beside_compile(tmp_path):
+def test_cuda_graph_is_refused_on_the_cpu_and_beside_compile(tmp_path, tiny_config, trainer):
     with pytest.raises(UserError, match="--cuda-graph needs a CUDA device, not cpu"):
         trainer(tmp_path, cuda_graph=True)
-    with pytest.raises(UserError, match="--cuda-graph and --compile .* choose one"):
+    with pytest.raises(UserError, match=r"--cuda-graph and --compile .* choose one"):
         tiny_config(cuda_graph=True, compile=True).validate()
 
 
-def tiny_bench(**changes) -> BenchConfig:
-    data = DataConfig(dataset="synthetic", synthetic_train=64, synthetic_test=16)
-    base = BenchConfig(depths=(8,), iterations=2, warmup=1, rounds=2, batch_size=16, num_workers=0,
-                       device="cpu", threads=1, data=data, matmul_size=256)
-    return replace(base, **changes)
-
-
-def test_benchmark_runs_end_to_end():
+def test_benchmark_runs_end_to_end(tiny_bench):
     lines: list[str] = []
     rows = run_benchmark(tiny_bench(), on_progress=lines.append)
     assert len(rows) == 1 and isinstance(rows[0], BenchRow) and lines
@@ -98,26 +92,29 @@ def test_benchmark_runs_end_to_end():
     assert row.resdepth_peak_memory_mb >= 0 and row.naive_peak_memory_mb is not None
 
 
-def test_benchmark_without_the_naive_recipe():
+def test_benchmark_without_the_naive_recipe(tiny_bench):
     row = run_benchmark(tiny_bench(naive=False, rounds=1))[0]
     assert row.naive_images_per_second is None and row.speedup is None and row.resdepth_images_per_second > 0
 
 
-@pytest.mark.parametrize("changes", [{"depths": (9,)}, {"kind": "dense"}, {"iterations": 0}, {"num_workers": -1}])
-def test_benchmark_refuses_bad_configs(changes):
-    with pytest.raises(UserError):
+@pytest.mark.parametrize("changes, message", [
+    ({"depths": (9,)}, "depth 9 is not of the form 6n\\+2"), ({"kind": "dense"}, "unknown kind 'dense'"),
+    ({"iterations": 0}, "--iterations must be a positive integer, got 0"),
+    ({"num_workers": -1}, "--warmup and --num-workers must be 0 or more"),
+])
+def test_benchmark_refuses_bad_configs(changes, message, tiny_bench):
+    with pytest.raises(UserError, match=message):
         run_benchmark(tiny_bench(**changes))
 
 
-def test_bench_command_prints_the_table(tmp_path):
+def test_bench_command_prints_the_table(tmp_path, run_cli):
     # one loader worker process: the naive recipe's real DataLoader path, started and shut down
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--depths", "8", "--iterations", "2", "--warmup", "1", "--rounds", "1",
-                                      "--batch-size", "16", "--synthetic-train", "64", "--num-workers", "1",
-                                      "--device", "cpu", "--threads", "1", "--json", str(out)],
-                                env={"COLUMNS": "80"})
-    assert result.exit_code == 0, result.output
-    table = result.output[result.output.index("training throughput"):]
+    result = run_cli("bench", "--depths", "8", "--iterations", "2", "--warmup", "1", "--rounds", "1", "--batch-size",
+                     "16", "--synthetic-train", "64", "--num-workers", "1", "--device", "cpu", "--threads", "1",
+                     "--json", str(out), columns=80)
+    assert result.code == 0, result.err
+    table = result.out[result.out.index("training throughput"):]
     assert "…" not in table, "a header or number was cut to fit 80 columns"  # what rich does to a cramped column
     assert max(len(line) for line in table.splitlines()) <= 80
     assert "resdepth" in table and "% of" in table and "matmul" in table

@@ -1,4 +1,6 @@
 
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -15,7 +17,8 @@ def test_synthetic_is_deterministic_and_balanced():
 
 
 def test_validation_split_and_subsets_have_the_asked_sizes_and_balance():
-    config = DataConfig(dataset="synthetic", synthetic_train=1000, synthetic_test=300, val_size=200, train_size=500, test_size=100)
+    config = DataConfig(dataset="synthetic", synthetic_train=1000, synthetic_test=300, val_size=200, train_size=500,
+                        test_size=100)
     data = load_dataset(config)
     assert len(data.val_labels) == 200 and len(data.train_labels) == 500 and len(data.test_labels) == 100
     assert data.val_labels.bincount().tolist() == [20] * 10
@@ -106,8 +109,13 @@ def test_image_folder_ignores_hidden_files_and_names_classes_that_differ(tmp_pat
 
 
 def test_image_folder_missing_split(tmp_path):
-    (tmp_path / "train" / "cat").mkdir(parents=True)
-    with pytest.raises(UserError, match="test"):
+    write_folder(tmp_path)
+    for image in (tmp_path / "test" / "cat").iterdir():
+        image.unlink()
+    (tmp_path / "test" / "cat").rmdir()
+    (tmp_path / "test" / "dog").rename(tmp_path / "elsewhere")
+    (tmp_path / "test").rmdir()  # a complete train split, no test split at all
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'test'} is missing: --dataset folder needs")):
         load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
 
 
@@ -118,6 +126,6 @@ def test_cifar_offline_without_a_copy_says_where_to_put_it(tmp_path, monkeypatch
         raise urllib.error.URLError("network is unreachable")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    with pytest.raises(UserError, match="cifar-10-python.tar.gz") as info:
+    with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz") as info:
         load_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
     assert str(tmp_path) in str(info.value) and "--dataset" in str(info.value)

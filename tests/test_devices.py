@@ -10,25 +10,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run, tiny_config, tiny_sweep
 from resdepth.data import load_dataset
+from resdepth.devices import device_label, pytorch_default_precision, restore_training_state, snapshot_training_state
 from resdepth.executors import SequentialExecutor, worker_device
-from resdepth.devices import (device_label, pytorch_default_precision, restore_training_state,
-                              snapshot_training_state)
 from resdepth.train import Trainer, read_checkpoint, run_training
 
 CPU = torch.device("cpu")
 
 
-def interrupted_run(run_dir: Path, steps: int = 6) -> Path:
-    """A tiny run stopped mid-way, with a checkpoint to resume."""
-    seen: list[int] = []
-    stopped = run_training(tiny_config(epochs=4), run_dir, should_stop=lambda: seen.append(1) or len(seen) > steps)
-    assert stopped.state == "interrupted"
-    return run_dir / "checkpoint.pt"
+@pytest.fixture
+def interrupted_run(tiny_config):
+    """A factory: a tiny run stopped mid-way in run_dir; returns its checkpoint."""
+    def make(run_dir: Path, steps: int = 6) -> Path:
+        seen: list[int] = []
+        stopped = run_training(tiny_config(epochs=4), run_dir, should_stop=lambda: seen.append(1) or len(seen) > steps)
+        assert stopped.state == "interrupted"
+        return run_dir / "checkpoint.pt"
+    return make
 
 
-def test_checkpoints_are_read_safely_onto_the_cpu(tmp_path, monkeypatch):
+def test_checkpoints_are_read_safely_onto_the_cpu(tmp_path, monkeypatch, interrupted_run):
     checkpoint = interrupted_run(tmp_path)
     calls = []
     real_load = torch.load
@@ -40,7 +41,7 @@ def test_checkpoints_are_read_safely_onto_the_cpu(tmp_path, monkeypatch):
     assert state["device_type"] == "cpu" and state["cuda_rng"] is None  # a CPU run uses no CUDA RNG
 
 
-def test_a_run_resumes_from_a_checkpoint_of_an_older_layout(tmp_path, monkeypatch):
+def test_a_run_resumes_from_a_checkpoint_of_an_older_layout(tmp_path, monkeypatch, tiny_config, interrupted_run):
     reference = tmp_path / "ref"
     run_training(tiny_config(epochs=4), reference)
     checkpoint = interrupted_run(tmp_path / "old")
@@ -49,11 +50,13 @@ def test_a_run_resumes_from_a_checkpoint_of_an_older_layout(tmp_path, monkeypatc
     state["cuda_rng"] = [torch.zeros(16, dtype=torch.uint8)] * 8
     torch.save(state, checkpoint)
     assert run_training(tiny_config(epochs=4), tmp_path / "old").state == "done"
-    assert (tmp_path / "old" / "metrics.csv").read_text().count("\n") == (reference / "metrics.csv").read_text().count("\n")
+    rows = [len((folder / "metrics.csv").read_text().splitlines()) for folder in (tmp_path / "old", reference)]
+    assert rows[0] == rows[1]
 
 
 @pytest.mark.parametrize("layout", ["current", "older"])
-def test_resuming_on_another_kind_of_device_is_refused_naming_both(tmp_path, layout):
+def test_resuming_on_another_kind_of_device_is_refused_naming_both(tmp_path, layout, tiny_config, tiny_sweep,
+                                                                   run_sweep_now):
     train = tiny_config(kind="plain", epochs=4)
     seen: list[int] = []
     run_training(train, tmp_path / "plain-8-s0", should_stop=lambda: seen.append(1) or len(seen) > 6)
@@ -65,7 +68,7 @@ def test_resuming_on_another_kind_of_device_is_refused_naming_both(tmp_path, lay
         del state["device_type"]
         state["generator"] = torch.zeros(16, dtype=torch.uint8)
     torch.save(state, checkpoint)
-    planned, outcomes = run(tiny_sweep(tmp_path, kinds=["plain"], train=train), SequentialExecutor())
+    planned, outcomes = run_sweep_now(tiny_sweep(tmp_path, kinds=["plain"], train=train), SequentialExecutor())
     assert planned[0].action == "resume" and outcomes["plain-8-s0"].state == "failed"
     error = outcomes["plain-8-s0"].error
     assert "trained on cuda and is now asked to resume on cpu" in error and "--device cuda" in error
@@ -92,7 +95,7 @@ def test_progress_names_the_gpu_as_the_machine_numbers_it():
     assert device_label(CPU, {"CUDA_VISIBLE_DEVICES": "3"}) == "cpu"
 
 
-def test_preparing_a_capture_leaves_the_run_as_if_it_had_not_happened(tmp_path):
+def test_preparing_a_capture_leaves_the_run_as_if_it_had_not_happened(tmp_path, tiny_config):
     # What CapturedStep does around its warm-up steps, on the CPU: steps taken with lr 0 (BN statistics and
     # momentum move) are undone, so the next real step is the step a fresh trainer takes.
     config = tiny_config(channels_last=False)
@@ -109,11 +112,11 @@ def test_preparing_a_capture_leaves_the_run_as_if_it_had_not_happened(tmp_path):
     assert all(torch.count_nonzero(s["momentum_buffer"]) == 0 for s in prepared.optimizer.state.values())
     fresh.train_step(index)
     prepared.train_step(index)
-    for (name, a), b in zip(fresh.model.state_dict().items(), prepared.model.state_dict().values()):
+    for (name, a), b in zip(fresh.model.state_dict().items(), prepared.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
-def test_the_benchmarks_naive_recipe_runs_at_pytorchs_own_precision(monkeypatch):
+def test_the_benchmarks_naive_recipe_runs_at_pytorchs_own_precision(monkeypatch, tiny_bench):
     from resdepth import bench
 
     seen = []
@@ -123,8 +126,6 @@ def test_the_benchmarks_naive_recipe_runs_at_pytorchs_own_precision(monkeypatch)
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False  # as a Trainer may leave them
     try:
-        from test_bench import tiny_bench
-
         row = bench.run_benchmark(tiny_bench(rounds=1))[0]
         after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     finally:
@@ -136,15 +137,13 @@ def test_the_benchmarks_naive_recipe_runs_at_pytorchs_own_precision(monkeypatch)
             raise RuntimeError("restored on the way out too")
 
 
-def test_one_sweep_process_loads_its_dataset_once(tmp_path, monkeypatch, capsys):
+def test_one_sweep_process_loads_its_dataset_once(tmp_path, monkeypatch, run_cli):
     from resdepth import data
-    from test_plots import run_cli
-
     loads = []
     real = data._load_raw
     monkeypatch.setattr(data, "_load_raw", lambda config: loads.append(config) or real(config))
     data._load_cached.cache_clear()
-    code, _, err = run_cli(monkeypatch, capsys, "sweep", "--depths", "8", "--kind", "plain,residual", "--dataset",
+    code, _, err = run_cli("sweep", "--depths", "8", "--kind", "plain,residual", "--dataset",
                            "synthetic", "--synthetic-train", "96", "--synthetic-test", "32", "--batch-size", "32",
                            "--iterations", "2", "--device", "cpu", "--out", str(tmp_path))
     assert code == 0, err

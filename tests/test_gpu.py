@@ -55,7 +55,8 @@ def test_cuda_interrupted_run_resumes_with_its_rng_on_the_cpu(tmp_path, gpu_conf
 def test_cuda_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, resdepth_cli, cli_env, wait_for_rows):
     args = ["train", "--depth", "8", "--epochs", "12", "--dataset", "synthetic", "--synthetic-train", "1024",
             "--synthetic-test", "256", "--batch-size", "32", "--device", "cuda", "--precision", "fp32"]
-    assert subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "ref")], env=cli_env, timeout=300).returncode == 0
+    assert subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "ref")], env=cli_env,
+                          timeout=300).returncode == 0
     victim = subprocess.Popen([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "cut" / "residual-8-s0"
@@ -64,7 +65,8 @@ def test_cuda_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, resdept
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert len(pd.read_csv(run_dir / "metrics.csv")) < 12, "the run finished before it could be killed"
-    assert subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env, timeout=300).returncode == 0
+    assert subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env,
+                          timeout=300).returncode == 0
     assert_close_curves(losses(run_dir), losses(tmp_path / "ref" / "residual-8-s0"))
 
 

@@ -4,8 +4,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from resdepth.errors import UserError
-from resdepth.models import (BasicBlock, CifarNet, ZeroPadShortcut, build_model, count_multiply_adds,
-                             count_parameters, list_models)
+from resdepth.models import (
+    BasicBlock,
+    CifarNet,
+    ZeroPadShortcut,
+    build_model,
+    count_multiply_adds,
+    count_parameters,
+    list_models,
+)
 
 PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 
@@ -76,6 +83,16 @@ def test_option_a_subsamples_and_zero_pads_half_on_each_side():
 def test_invalid_depth_names_the_nearest_valid_ones(depth, hint):
     with pytest.raises(UserError, match=f"try {hint}"):
         build_model("residual", depth)
+
+
+def test_every_registered_builder_is_a_named_attribute_of_the_module():
+    import resdepth.models as models
+
+    for name in list_models():
+        builder = getattr(models, name)
+        model = builder()
+        assert builder.__name__ == name and builder.__doc__
+        assert f"{'resnet' if model.kind == 'residual' else 'plain'}{model.depth}" == name
 
 
 def test_builders_by_name_and_by_kind_agree():
@@ -149,7 +166,7 @@ def test_reference_weights_loaded_in_order_give_the_same_outputs():
     ours = build_model("resnet20")
     ref_values, our_keys = list(reference.state_dict().values()), list(ours.state_dict().keys())
     assert [v.shape for v in ref_values] == [ours.state_dict()[k].shape for k in our_keys]
-    ours.load_state_dict(dict(zip(our_keys, ref_values)))
+    ours.load_state_dict(dict(zip(our_keys, ref_values, strict=True)))
     reference.eval(), ours.eval()
     x = torch.randn(4, 3, 32, 32)
     assert torch.allclose(reference(x), ours(x), atol=1e-5)

@@ -2,58 +2,18 @@
 legends, labels and y range are as the paper's, and `resdepth plot` writes the files or fails in one line."""
 
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from resdepth.plots import (build_figures, group_curves, parse_formats, plot_figure1, plot_figure6,
-                            save_figures)
 from resdepth.errors import UserError
-from resdepth.results import load_runs, metric_columns
-
-
-def write_run(root: Path, kind: str = "plain", depth: int = 20, seed: int = 0, test=(50.0, 20.0, 9.0),
-              train=None, *, dataset: str = "cifar10", state: str | None = "done", val=None, shortcut: str = "A",
-              step: int = 10000, planned_epochs: int | None = None, params: int | None = 1000) -> Path:
-    """A run folder as the trainer writes it, with the given errors (%) per epoch; iteration = epoch * step."""
-    name = f"{kind}-{depth}-{shortcut + '-' if shortcut != 'A' else ''}s{seed}"
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    train = train if train is not None else [t - 2.0 for t in test]
-    epochs = np.arange(1, len(test) + 1)
-    frame = pd.DataFrame({"epoch": epochs, "iteration": epochs * step, "lr": 0.1, "train_loss": 1.0,
-                          "train_error": train, "test_loss": 1.0, "test_error": test,
-                          "epoch_seconds": 1.0, "images_per_second": 100.0})
-    if val is not None:
-        frame["val_loss"], frame["val_error"] = 1.0, val
-    frame[metric_columns(val is not None)].to_csv(run_dir / "metrics.csv", index=False)
-    iterations = (planned_epochs or len(test)) * step
-    config = {"kind": kind, "depth": depth, "seed": seed, "shortcut": shortcut, "iterations": iterations,
-              "data": {"dataset": dataset, "val_size": 5000 if val is not None else 0},
-              "resolved": {"iterations": iterations, "params": params}}
-    (run_dir / "config.json").write_text(json.dumps(config))
-    if state is not None:
-        (run_dir / "status.json").write_text(json.dumps({"state": state}))
-    return run_dir
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """resdepth.cli.main in this process (UserError -> exit 2 happens there); returns code, stdout, stderr."""
-    from resdepth.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["resdepth", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
+from resdepth.plots import build_figures, group_curves, parse_formats, plot_figure1, plot_figure6, save_figures
+from resdepth.results import load_runs
 
 
 @pytest.fixture
-def paper_like(tmp_path) -> Path:
+def paper_like(tmp_path, write_run) -> Path:
     """plain and residual at 20 and 56 layers, one seed each, curves ending inside 0-20%."""
     write_run(tmp_path, "plain", 20, test=(40.0, 12.0, 9.0), train=(45.0, 8.0, 4.0))
     write_run(tmp_path, "plain", 56, test=(50.0, 15.0, 12.0), train=(55.0, 10.0, 7.0))
@@ -91,7 +51,7 @@ def test_figure6_draws_the_csv_numbers_dashed_train_bold_test(paper_like):
     assert not plain.collections  # one seed: no spread band
 
 
-def test_a_plain_110_stuck_above_60_percent_keeps_the_papers_axis_and_is_named(paper_like, tmp_path):
+def test_a_plain_110_stuck_above_60_percent_keeps_the_papers_axis_and_is_named(paper_like, tmp_path, write_run):
     write_run(paper_like, "plain", 110, test=(90.0, 70.0, 65.0), train=(90.0, 68.0, 63.0))  # as §4.2's plain-110
     write_run(paper_like, "residual", 110, test=(40.0, 10.0, 7.0), train=(45.0, 5.0, 1.0))
     figure = plot_figure6(load_runs(paper_like)[0])
@@ -117,7 +77,7 @@ def test_figure1_training_error_left_test_error_right_for_each_kind(paper_like):
     assert residual_titles == ["residual nets: training error", "residual nets: test error"]
 
 
-def test_seeds_are_averaged_with_a_band_for_their_range(tmp_path):
+def test_seeds_are_averaged_with_a_band_for_their_range(tmp_path, write_run):
     write_run(tmp_path, "plain", 20, seed=0, test=(60.0, 30.0, 10.0), train=(70.0, 40.0, 20.0))
     write_run(tmp_path, "plain", 20, seed=1, test=(80.0, 40.0, 14.0), train=(90.0, 50.0, 30.0))
     runs, _ = load_runs(tmp_path)
@@ -133,7 +93,7 @@ def test_seeds_are_averaged_with_a_band_for_their_range(tmp_path):
     assert panel.get_ylim() == (0.0, 100.0)  # curves end above 20%: automatic range (next 10% above the max)
 
 
-def test_unfinished_runs_are_drawn_with_what_they_have_and_marked(tmp_path):
+def test_unfinished_runs_are_drawn_with_what_they_have_and_marked(tmp_path, write_run):
     write_run(tmp_path, "residual", 20, seed=0, test=(40.0, 12.0, 8.0))
     write_run(tmp_path, "residual", 20, seed=1, test=(42.0,), state="running", planned_epochs=3)
     write_run(tmp_path, "residual", 32, seed=0, test=(30.0, 10.0, 7.0), state=None)  # copied: no status.json
@@ -147,7 +107,7 @@ def test_unfinished_runs_are_drawn_with_what_they_have_and_marked(tmp_path):
     assert legend_texts(plot_figure6([r for r in runs if r.setting("depth") == 32])) == ["32-layer"]
 
 
-def test_epoch_axis_and_plain_iterations_for_short_runs(tmp_path):
+def test_epoch_axis_and_plain_iterations_for_short_runs(tmp_path, write_run):
     write_run(tmp_path, "plain", 8, test=(80.0, 70.0), step=11, dataset="synthetic")
     runs, _ = load_runs(tmp_path)
     by_epoch = plot_figure6(runs, x="epochs").axes[0]
@@ -158,7 +118,7 @@ def test_epoch_axis_and_plain_iterations_for_short_runs(tmp_path):
         plot_figure6(runs, x="seconds")
 
 
-def test_build_figures_names_one_set_per_dataset_and_save_writes_every_format(tmp_path, paper_like):
+def test_build_figures_names_one_set_per_dataset_and_save_writes_every_format(tmp_path, paper_like, write_run):
     write_run(paper_like / "other", "plain", 8, dataset="synthetic")
     runs, _ = load_runs(paper_like)
     figures = build_figures(runs)
@@ -178,7 +138,7 @@ def test_build_figures_names_one_set_per_dataset_and_save_writes_every_format(tm
         plot_figure6(runs)  # the single-figure builders take one dataset's runs
 
 
-def test_two_sweeps_trained_differently_get_figures_of_their_own(paper_like):
+def test_two_sweeps_trained_differently_get_figures_of_their_own(paper_like, write_run):
     other = write_run(paper_like / "longer", "plain", 20, test=(40.0, 12.0, 9.0))
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "resolved": {**config["resolved"], "iterations": 60000}}))
@@ -189,12 +149,12 @@ def test_two_sweeps_trained_differently_get_figures_of_their_own(paper_like):
     assert len(figures["figure6-cifar10-iterations30000"].axes[0].lines) >= 4  # plain-20 and -56, train and test
 
 
-def test_cli_plot_writes_and_prints_the_files_and_warns_about_a_corrupt_run(monkeypatch, capsys, paper_like):
+def test_cli_plot_writes_and_prints_the_files_and_warns_about_a_corrupt_run(paper_like, run_cli):
     corrupt = paper_like / "plain-32-s0"
     corrupt.mkdir()
     (corrupt / "config.json").write_text(json.dumps({"kind": "plain", "depth": 32}))
     (corrupt / "metrics.csv").write_bytes(b"\x00\xff garbage")
-    code, out, err = run_cli(monkeypatch, capsys, "plot", str(paper_like), "--format", "png,pdf")
+    code, out, err = run_cli("plot", str(paper_like), "--format", "png,pdf")
     assert code == 0, err
     printed = [Path(line) for line in out.split()]
     assert len(printed) == 6 and all(p.parent == paper_like / "plots" and p.stat().st_size > 0 for p in printed)
@@ -208,20 +168,20 @@ def test_cli_plot_writes_and_prints_the_files_and_warns_about_a_corrupt_run(monk
     ("all corrupt", "no readable runs under"),
     ("missing", "does not exist"),
 ])
-def test_cli_plot_without_readable_runs_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, setup, message):
+def test_cli_plot_without_readable_runs_is_one_line_and_exit_2(tmp_path, setup, message, write_run, run_cli):
     root = tmp_path / "results"
     if setup != "missing":
         root.mkdir()
     if setup == "all corrupt":
         write_run(root, "plain", 20)
         (root / "plain-20-s0" / "metrics.csv").write_text("")
-    code, out, err = run_cli(monkeypatch, capsys, "plot", str(root))
+    code, out, err = run_cli("plot", str(root))
     assert code == 2 and message in err and "Traceback" not in err and out == ""
     assert not (root / "plots").exists()
 
 
-def test_cli_plot_rejects_an_unknown_format_or_axis_before_reading(monkeypatch, capsys, paper_like):
-    code, _, err = run_cli(monkeypatch, capsys, "plot", str(paper_like), "--format", "bmp")
+def test_cli_plot_rejects_an_unknown_format_or_axis_before_reading(paper_like, run_cli):
+    code, _, err = run_cli("plot", str(paper_like), "--format", "bmp")
     assert code == 2 and "unknown figure format bmp" in err
-    code, _, err = run_cli(monkeypatch, capsys, "plot", str(paper_like), "--x", "time", "--out", str(paper_like / "f"))
+    code, _, err = run_cli("plot", str(paper_like), "--x", "time", "--out", str(paper_like / "f"))
     assert code == 2 and "unknown x axis 'time'" in err

@@ -10,16 +10,11 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from conftest import RESDEPTH, assert_same_run, rows, run, tiny_config, tiny_sweep
 from resdepth.cluster import TASK_FILE, CellTask, probe_folder
 from resdepth.errors import UserError
 from resdepth.executors import SequentialExecutor
-from resdepth.sweep import make_executor
 from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config, write_json
-from resdepth.sweep import SweepProgress, plan_sweep
-
-TINY_ARGS = ["--depths", "8", "--epochs", "2", "--dataset", "synthetic", "--synthetic-train", "128",
-             "--synthetic-test", "64", "--batch-size", "32", "--threads", "1", "--device", "cpu"]
+from resdepth.sweep import SweepProgress, make_executor, plan_sweep
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +28,13 @@ def ray_cluster():
 
 
 # ---------------------------------------------------------------------------------------------- without a cluster
-def test_without_ray_installed_the_ray_executor_says_how_to_install_it(tmp_path, monkeypatch):
+def test_without_ray_installed_the_ray_executor_says_how_to_install_it(tmp_path, monkeypatch, tiny_sweep):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(UserError, match=r'--executor ray needs Ray.*pip install "resdepth\[ray\]"'):
         make_executor(tiny_sweep(tmp_path, executor="ray"))
 
 
-def test_a_gpu_share_outside_zero_to_one_is_refused(tmp_path):
+def test_a_gpu_share_outside_zero_to_one_is_refused(tmp_path, tiny_sweep):
     with pytest.raises(UserError, match=r"--gpus-per-job must be in \(0, 1\]"):
         make_executor(tiny_sweep(tmp_path, executor="ray", gpus_per_job=2))
 
@@ -51,7 +46,7 @@ def test_the_folder_probe_tells_a_node_without_the_shared_folder(tmp_path):
     assert probe_folder(probe, "abc") is None and sorted(tmp_path.iterdir()) == [probe]
 
 
-def test_a_retry_takes_over_the_lock_its_lost_attempt_left_on_another_node(tmp_path):
+def test_a_retry_takes_over_the_lock_its_lost_attempt_left_on_another_node(tmp_path, tiny_config):
     run_dir = tmp_path / "plain-8-s0"
     run_dir.mkdir()
     write_config(run_dir, asdict(tiny_config(kind="plain")))
@@ -65,9 +60,11 @@ def test_a_retry_takes_over_the_lock_its_lost_attempt_left_on_another_node(tmp_p
 
 
 # ---------------------------------------------------------------------------------------------- on a local cluster
-def test_cli_ray_sweep_gives_the_sequential_executors_numbers(ray_cluster, tmp_path, cli_env):
-    _, sequential = run(tiny_sweep(tmp_path / "seq"), SequentialExecutor())
-    command = [RESDEPTH, "sweep", "--executor", "ray", "--address", ray_cluster, *TINY_ARGS, "--out", "ray"]
+def test_cli_ray_sweep_gives_the_sequential_executors_numbers(ray_cluster, tmp_path, cli_env, tiny_sweep, run_sweep_now,
+                                                              resdepth_cli, tiny_args, assert_same_run):
+    run_sweep_now(tiny_sweep(tmp_path / "seq"), SequentialExecutor())
+    command = [resdepth_cli, "sweep", "--executor", "ray", "--address", ray_cluster, "--depths", "8", "--epochs", "2",
+               *tiny_args, "--out", "ray"]
     result = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("plain-8-s0", "residual-8-s0"):
@@ -80,47 +77,50 @@ def test_cli_ray_sweep_gives_the_sequential_executors_numbers(ray_cluster, tmp_p
     assert [p.action for p in again] == ["skip-done", "skip-done"]
 
 
-def test_a_killed_worker_is_run_again_from_its_checkpoint_and_ends_identical(ray_cluster, tmp_path):
+def test_a_killed_worker_is_run_again_from_its_checkpoint_and_ends_identical(ray_cluster, tmp_path, tiny_config,
+                                                                             tiny_sweep, run_sweep_now, logged_epochs,
+                                                                             assert_same_run):
     train = tiny_config(kind="plain", epochs=8)
-    run(tiny_sweep(tmp_path / "seq", kinds=["plain"], train=train), SequentialExecutor())
+    run_sweep_now(tiny_sweep(tmp_path / "seq", kinds=["plain"], train=train), SequentialExecutor())
     sweep = tiny_sweep(tmp_path / "ray", kinds=["plain"], train=train, executor="ray")
     run_dir = tmp_path / "ray" / "plain-8-s0"
     killed: list[tuple[int, int]] = []  # (pid, rows written when killed)
 
     def kill_once_two_epochs_are_in(_: SweepProgress) -> None:
         owner = read_json(run_dir / LOCK_FILE)
-        if not killed and owner and rows(run_dir) >= 2:
+        if not killed and owner and logged_epochs(run_dir) >= 2:
             os.kill(owner["pid"], signal.SIGKILL)  # the Ray worker process training the cell
-            killed.append((owner["pid"], rows(run_dir)))
+            killed.append((owner["pid"], logged_epochs(run_dir)))
 
-    _, outcomes = run(sweep, on_progress=kill_once_two_epochs_are_in)
+    _, outcomes = run_sweep_now(sweep, on_progress=kill_once_two_epochs_are_in)
     assert killed and killed[0][1] < 8, "the run finished before it could be killed"
     assert outcomes["plain-8-s0"].state == "done"
     assert RunStatus.read(run_dir).pid != killed[0][0]  # finished by another worker
     assert_same_run(tmp_path / "seq" / "plain-8-s0", run_dir)
 
 
-def test_interrupt_checkpoints_the_running_cell_and_cancels_waiting_ones(ray_cluster, tmp_path):
+def test_interrupt_checkpoints_the_running_cell_and_cancels_waiting_ones(ray_cluster, tmp_path, tiny_config, tiny_sweep,
+                                                                         run_sweep_now, logged_epochs):
     train = tiny_config(epochs=6, threads=2)  # each task asks for 2 CPUs: one cell runs, three wait
     sweep = tiny_sweep(tmp_path, seeds=[0, 1], train=train, executor="ray")
     cells = [tmp_path / f"{kind}-8-s{seed}" for kind in ("plain", "residual") for seed in (0, 1)]
-    _, outcomes = run(sweep, stop_requested=lambda: any(rows(cell) >= 1 for cell in cells))
+    _, outcomes = run_sweep_now(sweep, stop_requested=lambda: any(logged_epochs(cell) >= 1 for cell in cells))
     assert {o.state for o in outcomes.values()} == {"interrupted"} and len(outcomes) == 4
     assert sorted(o.error or "" for o in outcomes.values()) == ["", *["cancelled before it started"] * 3]
     [started] = [cell for cell in cells if (cell / "checkpoint.pt").exists()]
     status = RunStatus.read(started)
     assert status.state == "interrupted" and 0 < status.iteration < status.iterations
     assert not any((cell / LOCK_FILE).exists() for cell in cells)
-    planned, outcomes = run(sweep)  # the same command again: resume the one, start the other three
+    planned, outcomes = run_sweep_now(sweep)  # the same command again: resume the one, start the other three
     assert sorted(p.action for p in planned) == ["new", "new", "new", "resume"]
     assert {o.state for o in outcomes.values()} == {"done"}
 
 
-def test_every_cell_starts_in_a_fresh_worker_process(ray_cluster, tmp_path):
+def test_every_cell_starts_in_a_fresh_worker_process(ray_cluster, tmp_path, tiny_config, tiny_sweep, run_sweep_now):
     # Each task asks for both CPUs, so the cells run one after another; a reused worker would have initialised
     # CUDA for the first cell's GPU and kept it for the next (a process keeps its first CUDA_VISIBLE_DEVICES).
     sweep = tiny_sweep(tmp_path, train=tiny_config(epochs=1, threads=2), executor="ray")
-    _, outcomes = run(sweep)
+    _, outcomes = run_sweep_now(sweep)
     assert {o.state for o in outcomes.values()} == {"done"}
     pids = {RunStatus.read(tmp_path / name).pid for name in ("plain-8-s0", "residual-8-s0")}
     assert len(pids) == 2 and os.getpid() not in pids

@@ -18,79 +18,88 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RESDEPTH, assert_same_run, rows, run, tiny_config, tiny_sweep
 from resdepth.cluster import SLURM_LOGS, TASK_FILE, CellTask, SlurmConfig, queue_states
 from resdepth.errors import UserError
 from resdepth.executors import SequentialExecutor
-from resdepth.sweep import make_executor
 from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config
-from resdepth.sweep import SweepProgress, load_saved_sweep, load_sweep_file, plan_sweep
+from resdepth.sweep import SweepProgress, load_saved_sweep, load_sweep_file, make_executor, plan_sweep
 
 pytest.importorskip("submitit")
 
-TINY_ARGS = ["--depths", "8", "--epochs", "2", "--dataset", "synthetic", "--synthetic-train", "128",
-             "--synthetic-test", "64", "--batch-size", "32", "--threads", "1", "--device", "cpu"]
+
+@pytest.fixture
+def slurm_sweep(tiny_sweep):
+    """A factory: the tiny sweep on the Slurm executor, submitit's local cluster or a real one."""
+    def make(out: Path, cluster: str, **changes):
+        return tiny_sweep(out, executor="slurm", slurm=SlurmConfig(cluster=cluster, time=10, poll_seconds=0.2),
+                          **changes)
+    return make
 
 
-def slurm_sweep(out: Path, cluster: str, **changes):
-    slurm = SlurmConfig(cluster=cluster, time=10, poll_seconds=0.2)
-    return tiny_sweep(out, executor="slurm", slurm=slurm, **changes)
+@pytest.fixture
+def sequential_reference(tmp_path, tiny_sweep, run_sweep_now):
+    """A factory: the same cells run in this process, for comparison; returns their results folder."""
+    def make(**changes) -> Path:
+        run_sweep_now(tiny_sweep(tmp_path / "seq", **changes), SequentialExecutor())
+        return tmp_path / "seq"
+    return make
 
 
-def sequential_reference(tmp_path: Path, **changes) -> Path:
-    run(tiny_sweep(tmp_path / "seq", **changes), SequentialExecutor())
-    return tmp_path / "seq"
+@pytest.fixture
+def preempt_once_two_epochs_are_in(logged_epochs):
+    """A factory of progress callbacks that preempt a cell's job once, after two logged epochs; returns (record,
+    callback)."""
+    def make(run_dir: Path, preempt) -> tuple[list, callable]:
+        sent: list[dict] = []
 
+        def callback(_: SweepProgress) -> None:
+            task = read_json(run_dir / TASK_FILE)
+            if not sent and task and logged_epochs(run_dir) >= 2:
+                preempt(task)
+                sent.append({**task, "rows": logged_epochs(run_dir)})
 
-def preempt_once_two_epochs_are_in(run_dir: Path, preempt) -> tuple[list, callable]:
-    """A progress callback that preempts the cell's job once, after two logged epochs; returns (record, callback)."""
-    sent: list[dict] = []
-
-    def callback(_: SweepProgress) -> None:
-        task = read_json(run_dir / TASK_FILE)
-        if not sent and task and rows(run_dir) >= 2:
-            preempt(task)
-            sent.append({**task, "rows": rows(run_dir)})
-
-    return sent, callback
+        return sent, callback
+    return make
 
 
 # ---------------------------------------------------------------------------------------------- set-up errors
-def test_without_submitit_the_slurm_executor_says_how_to_install_it(tmp_path, monkeypatch):
+def test_without_submitit_the_slurm_executor_says_how_to_install_it(tmp_path, monkeypatch, slurm_sweep):
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(UserError, match=r'--executor slurm needs submitit.*pip install "resdepth\[slurm\]"'):
         make_executor(slurm_sweep(tmp_path, "slurm"))
 
 
-def test_without_sbatch_the_slurm_executor_says_where_to_run(tmp_path, monkeypatch):
+def test_without_sbatch_the_slurm_executor_says_where_to_run(tmp_path, monkeypatch, slurm_sweep):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     with pytest.raises(UserError, match="needs Slurm's sbatch on PATH: run the sweep from a login node"):
         make_executor(slurm_sweep(tmp_path, "slurm"))
 
 
-def test_a_gpu_share_is_refused_on_slurm_which_gives_whole_gpus(tmp_path):
+def test_a_gpu_share_is_refused_on_slurm_which_gives_whole_gpus(tmp_path, tiny_config, slurm_sweep):
     sweep = slurm_sweep(tmp_path, "local", gpus_per_job=0.5, train=tiny_config(device="auto"))
     with pytest.raises(UserError, match=r"whole GPUs.*--gpus-per-job 1, not 0.5.*--executor ray"):
         make_executor(sweep)
 
 
-def test_cli_slurm_errors_are_one_line_and_exit_2(tmp_path, cli_env):
+def test_cli_slurm_errors_are_one_line_and_exit_2(tmp_path, cli_env, resdepth_cli, tiny_args):
     env = {**cli_env, "PATH": str(Path(sys.executable).parent)}  # the venv's tools, but no sbatch
-    result = subprocess.run([RESDEPTH, "sweep", "--executor", "slurm", *TINY_ARGS, "--out", "r"], cwd=tmp_path,
+    result = subprocess.run([resdepth_cli, "sweep", "--executor", "slurm", "--depths", "8", "--epochs", "2",
+                             *tiny_args, "--out", "r"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: --executor slurm needs Slurm's sbatch on PATH: run the sweep from a login node of the cluster"]
 
 
-def test_bad_slurm_values_are_refused_while_planning(tmp_path, cli_env):
-    result = subprocess.run([RESDEPTH, "sweep", "--executor", "slurm", "--slurm-time", "0", *TINY_ARGS, "--out", "r"],
+def test_bad_slurm_values_are_refused_while_planning(tmp_path, cli_env, resdepth_cli, tiny_args):
+    result = subprocess.run([resdepth_cli, "sweep", "--executor", "slurm", "--slurm-time", "0", "--depths", "8",
+                             "--epochs", "2", *tiny_args, "--out", "r"],
                             cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and not (tmp_path / "r").exists()
     assert result.stderr.strip() == "error: --slurm-time (or [slurm] time) must be at least 1, got 0"
 
 
-def test_the_slurm_table_of_a_sweep_file_is_typed_saved_and_restored(tmp_path):
+def test_the_slurm_table_of_a_sweep_file_is_typed_saved_and_restored(tmp_path, tiny_config, run_sweep_now):
     good = tmp_path / "gpu.toml"
     good.write_text('executor = "slurm"\ndepths = [8]\n[slurm]\npartition = "gpu"\ntime = 90\n'
                     'setup = ["module load cuda"]\ncluster = "local"\npoll_seconds = 0.2\n')
@@ -104,16 +113,16 @@ def test_the_slurm_table_of_a_sweep_file_is_typed_saved_and_restored(tmp_path):
     with pytest.raises(UserError, match=r"unknown key slurm.nodes"):
         load_sweep_file(bad)
     sweep = replace(sweep, out=str(tmp_path / "out"), train=tiny_config(epochs=1))
-    run(sweep)
+    run_sweep_now(sweep)
     assert load_saved_sweep(tmp_path / "out").slurm == sweep.slurm
 
 
 def test_a_task_refuses_a_run_folder_it_cannot_see(tmp_path):
-    with pytest.raises(RuntimeError, match="is not visible on .*: the results folder must be on a filesystem"):
+    with pytest.raises(RuntimeError, match=r"is not visible on .*: the results folder must be on a filesystem"):
         CellTask(tmp_path / "elsewhere", "cpu", 1, "t")()
 
 
-def test_a_task_checkpoints_into_a_requeue_of_itself_and_pickles_for_the_node(tmp_path):
+def test_a_task_checkpoints_into_a_requeue_of_itself_and_pickles_for_the_node(tmp_path, tiny_config, logged_epochs):
     run_dir = tmp_path / "plain-8-s0"
     run_dir.mkdir()
     write_config(run_dir, asdict(tiny_config(kind="plain", epochs=40)))
@@ -123,7 +132,7 @@ def test_a_task_checkpoints_into_a_requeue_of_itself_and_pickles_for_the_node(tm
     stopper = CellTask(run_dir, "cpu", 1, "token-1")
 
     def preempt_after_an_epoch() -> None:  # on a node submitit calls checkpoint() from its SIGUSR2 handler
-        while rows(run_dir) < 1:
+        while logged_epochs(run_dir) < 1:
             time.sleep(0.01)
         stopper.requeue = stopper.checkpoint()
 
@@ -155,23 +164,39 @@ def test_a_failing_squeue_is_not_taken_for_finished_jobs(tmp_path, monkeypatch):
     assert queue_states(["12_0"]) == {}  # forgotten by Slurm: ended
 
 
-# ---------------------------------------------------------------------------------------------- submitit's local executor
-def test_local_slurm_sweep_gives_the_sequential_executors_numbers(tmp_path):
-    reference = sequential_reference(tmp_path)
-    _, outcomes = run(slurm_sweep(tmp_path / "slurm", "local"))
+# ------------------------------------------------------------------------------------------ submitit's local executor
+def test_local_slurm_sweep_gives_the_sequential_executors_numbers(tmp_path, run_sweep_now, assert_same_run, slurm_sweep,
+                                                                  sequential_reference):
+    reference = sequential_reference()
+    _, outcomes = run_sweep_now(slurm_sweep(tmp_path / "slurm", "local"))
     assert {o.state for o in outcomes.values()} == {"done"}
     for name in ("plain-8-s0", "residual-8-s0"):
         assert_same_run(reference / name, tmp_path / "slurm" / name)
         assert not (tmp_path / "slurm" / name / TASK_FILE).exists()
     assert len(list((tmp_path / "slurm" / SLURM_LOGS).glob("*/*_result.pkl"))) == 2
+    assert not (tmp_path / "slurm" / SLURM_LOGS / "%j").exists()  # only the jobs' own folders
 
 
-def test_local_preemption_checkpoints_requeues_and_ends_identical(tmp_path):
+def test_a_local_slurm_dry_run_says_what_each_task_gets_here(tmp_path, run_cli):
+    sweep_file = tmp_path / "local.toml"
+    sweep_file.write_text('executor = "slurm"\ndepths = [8, 14]\nkinds = ["plain"]\n[train]\ndevice = "cpu"\n'
+                          '[slurm]\ncluster = "local"\n')
+    code, out, err = run_cli("sweep", str(sweep_file), "--dry-run", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    cores = len(os.sched_getaffinity(0))
+    assert f"one slurm task per cell, {max(1, cores // 2)} thread(s) each" in " ".join(out.split())  # both run here
+    assert out.count("slurm: cpu") == 2 and not (tmp_path / "r").exists()
+
+
+def test_local_preemption_checkpoints_requeues_and_ends_identical(tmp_path, tiny_config, run_sweep_now, assert_same_run,
+                                                                  slurm_sweep, sequential_reference,
+                                                                  preempt_once_two_epochs_are_in):
     train = tiny_config(kind="plain", epochs=24)
-    reference = sequential_reference(tmp_path, kinds=["plain"], train=train)
+    reference = sequential_reference(kinds=["plain"], train=train)
     run_dir = tmp_path / "slurm" / "plain-8-s0"
     sent, preempt = preempt_once_two_epochs_are_in(run_dir, lambda task: os.kill(task["pid"], signal.SIGUSR2))
-    _, outcomes = run(slurm_sweep(tmp_path / "slurm", "local", kinds=["plain"], train=train), on_progress=preempt)
+    _, outcomes = run_sweep_now(slurm_sweep(tmp_path / "slurm", "local", kinds=["plain"], train=train),
+                                on_progress=preempt)
     assert sent and sent[0]["rows"] < 24, "the run finished before it could be preempted"
     assert outcomes["plain-8-s0"].state == "done"
     assert RunStatus.read(run_dir).pid != sent[0]["pid"]  # finished by the requeued job's process
@@ -180,16 +205,17 @@ def test_local_preemption_checkpoints_requeues_and_ends_identical(tmp_path):
     assert_same_run(reference / "plain-8-s0", run_dir)
 
 
-def test_local_interrupt_checkpoints_running_cells_and_a_rerun_resumes_them(tmp_path):
+def test_local_interrupt_checkpoints_running_cells_and_a_rerun_resumes_them(tmp_path, tiny_config, run_sweep_now,
+                                                                            logged_epochs, slurm_sweep):
     sweep = slurm_sweep(tmp_path, "local", train=tiny_config(epochs=60))
     cells = [tmp_path / "plain-8-s0", tmp_path / "residual-8-s0"]
-    _, outcomes = run(sweep, stop_requested=lambda: all(rows(cell) >= 1 for cell in cells))
+    _, outcomes = run_sweep_now(sweep, stop_requested=lambda: all(logged_epochs(cell) >= 1 for cell in cells))
     assert {o.state for o in outcomes.values()} == {"interrupted"}
     for cell in cells:
         status = RunStatus.read(cell)
         assert status.state == "interrupted" and 0 < status.iteration < status.iterations
         assert not (cell / LOCK_FILE).exists()
-    planned, outcomes = run(sweep)
+    planned, outcomes = run_sweep_now(sweep)
     assert [p.action for p in planned] == ["resume", "resume"]
     assert {o.state for o in outcomes.values()} == {"done"}
 
@@ -231,9 +257,12 @@ def release_requeued(job_id: str) -> None:
         time.sleep(0.2)
 
 
-def test_cli_slurm_sweep_runs_one_job_array_with_the_sequential_numbers(slurm_cluster, tmp_path, cli_env):
-    reference = sequential_reference(tmp_path)
-    command = [RESDEPTH, "sweep", "--executor", "slurm", "--slurm-time", "10", *TINY_ARGS, "--out", "slurm"]
+def test_cli_slurm_sweep_runs_one_job_array_with_the_sequential_numbers(slurm_cluster, tmp_path, cli_env, resdepth_cli,
+                                                                        tiny_args, assert_same_run,
+                                                                        sequential_reference):
+    reference = sequential_reference()
+    command = [resdepth_cli, "sweep", "--executor", "slurm", "--slurm-time", "10", "--depths", "8", "--epochs", "2",
+               *tiny_args, "--out", "slurm"]
     result = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("plain-8-s0", "residual-8-s0"):
@@ -244,8 +273,10 @@ def test_cli_slurm_sweep_runs_one_job_array_with_the_sequential_numbers(slurm_cl
     assert read_json(tmp_path / "slurm" / "sweep.json")["slurm"]["time"] == 10
 
 
-def test_cli_sbatch_refusal_is_one_line_and_keeps_the_folders(slurm_cluster, tmp_path, cli_env):
-    command = [RESDEPTH, "sweep", "--executor", "slurm", "--slurm-partition", "no-such-partition", *TINY_ARGS,
+def test_cli_sbatch_refusal_is_one_line_and_keeps_the_folders(slurm_cluster, tmp_path, cli_env, resdepth_cli, tiny_args,
+                                                              slurm_sweep):
+    command = [resdepth_cli, "sweep", "--executor", "slurm", "--slurm-partition", "no-such-partition", "--depths", "8",
+               "--epochs", "2", *tiny_args,
                "--out", "slurm"]
     result = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -255,9 +286,12 @@ def test_cli_sbatch_refusal_is_one_line_and_keeps_the_folders(slurm_cluster, tmp
     assert [p.action for p in planned] == ["new", "new"]  # nothing ran; a corrected command starts them
 
 
-def test_slurm_preemption_signal_checkpoints_requeues_and_ends_identical(slurm_cluster, tmp_path):
+def test_slurm_preemption_signal_checkpoints_requeues_and_ends_identical(slurm_cluster, tmp_path, tiny_config,
+                                                                         run_sweep_now, assert_same_run, slurm_sweep,
+                                                                         sequential_reference,
+                                                                         preempt_once_two_epochs_are_in):
     train = tiny_config(kind="plain", epochs=24)
-    reference = sequential_reference(tmp_path, kinds=["plain"], train=train)
+    reference = sequential_reference(kinds=["plain"], train=train)
     run_dir = tmp_path / "slurm" / "plain-8-s0"
 
     def preempt(task: dict) -> None:  # what Slurm sends before preempting a job or at its time limit
@@ -265,19 +299,21 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_ends_identical(slurm_c
         release_requeued(task["slurm_job"])
 
     sent, callback = preempt_once_two_epochs_are_in(run_dir, preempt)
-    _, outcomes = run(slurm_sweep(tmp_path / "slurm", "slurm", kinds=["plain"], train=train), on_progress=callback)
+    _, outcomes = run_sweep_now(slurm_sweep(tmp_path / "slurm", "slurm", kinds=["plain"], train=train),
+                                on_progress=callback)
     assert sent and sent[0]["rows"] < 24, "the run finished before it could be preempted"
     assert outcomes["plain-8-s0"].state == "done"
     assert RunStatus.read(run_dir).pid != sent[0]["pid"]
     assert_same_run(reference / "plain-8-s0", run_dir)
 
 
-def test_slurm_interrupt_signals_running_cells_which_checkpoint(slurm_cluster, tmp_path):
+def test_slurm_interrupt_signals_running_cells_which_checkpoint(slurm_cluster, tmp_path, tiny_config, run_sweep_now,
+                                                                logged_epochs, slurm_sweep):
     sweep = slurm_sweep(tmp_path, "slurm", train=tiny_config(epochs=60))
     cells = [tmp_path / "plain-8-s0", tmp_path / "residual-8-s0"]
-    _, outcomes = run(sweep, stop_requested=lambda: all(rows(cell) >= 1 for cell in cells))
+    _, outcomes = run_sweep_now(sweep, stop_requested=lambda: all(logged_epochs(cell) >= 1 for cell in cells))
     assert {o.state for o in outcomes.values()} == {"interrupted"}
     assert all(0 < RunStatus.read(cell).iteration < RunStatus.read(cell).iterations for cell in cells)
-    planned, outcomes = run(sweep)
+    planned, outcomes = run_sweep_now(sweep)
     assert [p.action for p in planned] == ["resume", "resume"]
     assert {o.state for o in outcomes.values()} == {"done"}

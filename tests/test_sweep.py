@@ -13,85 +13,65 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import RESDEPTH, TIMING, tiny_config, tiny_sweep
 from resdepth.cell import RunLock, run_cell
 from resdepth.errors import UserError
-from resdepth.executors import LocalProcessExecutor, SequentialExecutor
+from resdepth.executors import LocalProcessExecutor
 from resdepth.results import atomic_write_bytes
 from resdepth.sweep import SweepConfig, load_sweep_file, plan_sweep, run_sweep
-
-TINY_ARGS = ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "64", "--batch-size", "32",
-             "--threads", "1", "--device", "cpu"]
+from resdepth.train import read_checkpoint
 
 
-def run(sweep: SweepConfig, executor=None):
-    planned = plan_sweep(sweep)
-    return planned, run_sweep(sweep, executor or SequentialExecutor(), planned, poll_seconds=0.05)
-
-
-def metrics(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING)
-
-
-def weights(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def test_sequential_sweep_runs_every_cell_and_resume_skips_finished(tmp_path):
+def test_sequential_sweep_runs_every_cell_and_resume_skips_finished(tmp_path, tiny_sweep, run_sweep_now):
     sweep = tiny_sweep(tmp_path)
-    planned, outcomes = run(sweep)
+    planned, outcomes = run_sweep_now(sweep)
     assert [p.action for p in planned] == ["new", "new"]
     assert {o.state for o in outcomes.values()} == {"done"}
     before = {p.cell.name: (p.cell.run_dir / "metrics.csv").read_bytes() for p in planned}
-    planned, outcomes = run(sweep)
+    planned, outcomes = run_sweep_now(sweep)
     assert [p.action for p in planned] == ["skip-done", "skip-done"] and outcomes == {}
     assert before == {p.cell.name: (p.cell.run_dir / "metrics.csv").read_bytes() for p in planned}
     assert json.loads((tmp_path / "sweep.json").read_text())["depths"] == [8]
 
 
-def test_two_parallel_processes_give_the_same_metrics_as_sequential(tmp_path):
-    _, sequential = run(tiny_sweep(tmp_path / "seq"))
-    _, parallel = run(tiny_sweep(tmp_path / "par", jobs=2), LocalProcessExecutor())
+def test_two_parallel_processes_give_the_same_metrics_as_sequential(tmp_path, tiny_sweep, run_sweep_now,
+                                                                    assert_same_run):
+    run_sweep_now(tiny_sweep(tmp_path / "seq"))
+    _, parallel = run_sweep_now(tiny_sweep(tmp_path / "par", jobs=2), LocalProcessExecutor())
     assert {o.state for o in parallel.values()} == {"done"}
     for name in ("plain-8-s0", "residual-8-s0"):
-        pd.testing.assert_frame_equal(metrics(tmp_path / "seq" / name), metrics(tmp_path / "par" / name))
-        assert_same_weights(tmp_path / "seq" / name, tmp_path / "par" / name)
+        assert_same_run(tmp_path / "seq" / name, tmp_path / "par" / name)
 
 
-def test_a_changed_config_is_refused_unless_forced(tmp_path):
-    run(tiny_sweep(tmp_path, kinds=["plain"]))
+def test_a_changed_config_is_refused_unless_forced(tmp_path, tiny_config, tiny_sweep, run_sweep_now):
+    run_sweep_now(tiny_sweep(tmp_path, kinds=["plain"]))
     changed = tiny_sweep(tmp_path, kinds=["plain"], train=replace(tiny_config(), lr=0.05))
-    with pytest.raises(UserError, match="different config.*lr: 0.1 there, 0.05 asked.*--force"):
+    with pytest.raises(UserError, match=r"different config.*lr: 0\.1 there, 0\.05 asked.*--force"):
         plan_sweep(changed)
-    planned, outcomes = run(replace(changed, force=True))
+    planned, outcomes = run_sweep_now(replace(changed, force=True))
     assert planned[0].action == "replace" and outcomes["plain-8-s0"].state == "done"
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("plain-8-s0.replaced-")]
     assert len(kept) == 1 and (kept[0] / "metrics.csv").exists()  # nothing lost
 
 
-def test_a_diverging_cell_is_isolated_and_not_retried(tmp_path):
+def test_a_diverging_cell_is_isolated_and_not_retried(tmp_path, tiny_config, run_sweep_now):
     sweep = SweepConfig(depths=[8], kinds=["plain"], seeds=[0, 1], out=str(tmp_path), train=tiny_config())
-    run(sweep)
+    run_sweep_now(sweep)
     diverging = replace(sweep, out=str(tmp_path / "d"), train=replace(tiny_config(), lr=1e8))
-    planned, outcomes = run(diverging)
+    planned, outcomes = run_sweep_now(diverging)
     assert {o.state for o in outcomes.values()} == {"diverged"}
-    planned, outcomes = run(diverging)
+    planned, outcomes = run_sweep_now(diverging)
     assert {p.action for p in planned} == {"skip-diverged"} and outcomes == {}
-    planned, _ = run(replace(diverging, retry_failed=True))
+    planned, _ = run_sweep_now(replace(diverging, retry_failed=True))
     assert {p.action for p in planned} == {"retry"}
 
 
-def test_a_crashing_cell_is_marked_failed_with_its_error_and_others_finish(tmp_path):
+def test_a_crashing_cell_is_marked_failed_with_its_error_and_others_finish(tmp_path, tiny_config, tiny_sweep):
     sweep = tiny_sweep(tmp_path, jobs=2)
     planned = plan_sweep(sweep)
     broken = planned[0].cell.run_dir
     broken.mkdir(parents=True)
-    (broken / "config.json").write_text(json.dumps({**json.loads(json.dumps(tiny_config().__dict__, default=vars)), "kind": "plain"}))
+    (broken / "config.json").write_text(json.dumps({**json.loads(json.dumps(tiny_config().__dict__, default=vars)),
+                                                    "kind": "plain"}))
     (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")  # resuming from it raises inside the worker
     planned = plan_sweep(sweep)
     assert planned[0].action == "resume"
@@ -104,7 +84,8 @@ def test_a_crashing_cell_is_marked_failed_with_its_error_and_others_finish(tmp_p
 def test_lock_keeps_a_second_process_out_and_stale_locks_are_taken_over(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        (tmp_path / "lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "time": time.time()}))
+        (tmp_path / "lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+                                                   "time": time.time()}))
         (tmp_path / "config.json").write_text(json.dumps({"data": {"dataset": "synthetic"}}))
         outcome = run_cell(tmp_path, "cpu", 1, lambda: False)
         assert outcome.state == "busy" and not (tmp_path / "metrics.csv").exists()
@@ -114,8 +95,9 @@ def test_lock_keeps_a_second_process_out_and_stale_locks_are_taken_over(tmp_path
     assert RunLock(tmp_path).acquire()  # the owner is dead: the lock is stale and taken over
 
 
-def test_a_second_sweep_process_does_not_run_a_running_cell(tmp_path, cli_env):
-    args = [RESDEPTH, "train", "--depth", "8", "--epochs", "40", "--out", str(tmp_path), *TINY_ARGS]
+def test_a_second_sweep_process_does_not_run_a_running_cell(tmp_path, cli_env, resdepth_cli, tiny_args, metrics_of,
+                                                            wait_for_rows):
+    args = [resdepth_cli, "train", "--depth", "8", "--epochs", "40", "--out", str(tmp_path), *tiny_args]
     first = subprocess.Popen(args, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_rows(tmp_path / "residual-8-s0" / "metrics.csv", 1)
@@ -124,25 +106,18 @@ def test_a_second_sweep_process_does_not_run_a_running_cell(tmp_path, cli_env):
     finally:
         first.kill()
         first.wait()
-    rows = metrics(tmp_path / "residual-8-s0")
+    rows = metrics_of(tmp_path / "residual-8-s0")
     assert rows["epoch"].is_unique
 
 
-def wait_for_rows(path: Path, rows: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) > rows:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never reached {rows} rows")
-
-
 @pytest.mark.parametrize("rows_before_kill", [1, 3])
-def test_sigkill_then_resume_gives_identical_metrics_and_weights(tmp_path, cli_env, rows_before_kill):
-    args = ["train", "--depth", "8", "--epochs", "20", *TINY_ARGS]
-    reference = subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "ref")], env=cli_env, capture_output=True, timeout=300)
+def test_sigkill_then_resume_gives_identical_metrics_and_weights(tmp_path, cli_env, rows_before_kill, resdepth_cli,
+                                                                 tiny_args, assert_same_run, wait_for_rows):
+    args = ["train", "--depth", "8", "--epochs", "20", *tiny_args]
+    reference = subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "ref")], env=cli_env, capture_output=True,
+                               timeout=300)
     assert reference.returncode == 0, reference.stderr
-    victim = subprocess.Popen([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env,
+    victim = subprocess.Popen([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "cut" / "residual-8-s0"
     wait_for_rows(run_dir / "metrics.csv", rows_before_kill)
@@ -151,16 +126,18 @@ def test_sigkill_then_resume_gives_identical_metrics_and_weights(tmp_path, cli_e
     victim.wait()
     killed_rows = len(pd.read_csv(run_dir / "metrics.csv"))
     assert killed_rows < 20, "the run finished before it could be killed"
-    resumed = subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env, capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    pd.testing.assert_frame_equal(metrics(tmp_path / "ref" / "residual-8-s0"), metrics(run_dir))
-    assert_same_weights(tmp_path / "ref" / "residual-8-s0", run_dir)
+    assert_same_run(tmp_path / "ref" / "residual-8-s0", run_dir)
 
 
-def test_sigint_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, cli_env):
-    args = ["train", "--depth", "8", "--epochs", "6", *TINY_ARGS[:-4], "--synthetic-train", "2048", "--threads", "1", "--device", "cpu"]
-    subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "ref")], env=cli_env, check=True, capture_output=True, timeout=300)
-    victim = subprocess.Popen([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env,
+def test_sigint_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, cli_env, resdepth_cli, tiny_args, assert_same_run,
+                                                          wait_for_rows):
+    args = ["train", "--depth", "8", "--epochs", "6", *tiny_args, "--synthetic-train", "2048"]
+    subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "ref")], env=cli_env, check=True, capture_output=True,
+                   timeout=300)
+    victim = subprocess.Popen([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "cut" / "residual-8-s0"
     wait_for_rows(run_dir / "metrics.csv", 1)
@@ -168,24 +145,40 @@ def test_sigint_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, cli_env):
     victim.send_signal(signal.SIGINT)
     assert victim.wait(timeout=60) == 130
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["partial"] is not None  # stopped inside an epoch
-    subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env, check=True, capture_output=True, timeout=300)
-    pd.testing.assert_frame_equal(metrics(tmp_path / "ref" / "residual-8-s0"), metrics(run_dir))
-    assert_same_weights(tmp_path / "ref" / "residual-8-s0", run_dir)
+    assert read_checkpoint(run_dir / "checkpoint.pt")["partial"] is not None  # stopped inside an epoch
+    subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env, check=True, capture_output=True,
+                   timeout=300)
+    assert_same_run(tmp_path / "ref" / "residual-8-s0", run_dir)
+
+
+KILL_INSIDE_A_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from resdepth import results
+
+class Handle:  # the temp file's handle: writes the first `cut` bytes, makes them durable, then SIGKILLs itself
+    def __init__(self, handle): self.handle = handle
+    def __enter__(self): return self
+    def __exit__(self, *exc): return self.handle.__exit__(*exc)
+    def write(self, data):
+        self.handle.write(data[:int(sys.argv[2])]); self.handle.flush(); os.fsync(self.handle.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    def __getattr__(self, name): return getattr(self.handle, name)
+
+real_fdopen = os.fdopen
+results.os.fdopen = lambda *args, **kwargs: Handle(real_fdopen(*args, **kwargs))
+results.atomic_write_bytes(Path(sys.argv[1]), b"x" * 1_000_000)
+"""
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(tmp_path):
     target = tmp_path / "checkpoint.pt"
     atomic_write_bytes(target, b"previous checkpoint")
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from pathlib import Path; from resdepth.results import atomic_write_bytes\n"
-        "while True: atomic_write_bytes(Path(sys.argv[1]), b'x' * 300_000_000)"), str(target)])
-    deadline = time.time() + 60
-    while not list(tmp_path.glob(".checkpoint.pt.*.tmp")) and time.time() < deadline:
-        time.sleep(0.01)
-    writer.send_signal(signal.SIGKILL)
-    writer.wait()
-    assert target.read_bytes() in (b"previous checkpoint", b"x" * 300_000_000)  # never a torn file
+    killed = subprocess.run([sys.executable, "-c", KILL_INSIDE_A_WRITE, str(target), "4096"], timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    [torn] = tmp_path.glob(".checkpoint.pt.*.tmp")
+    assert torn.stat().st_size == 4096  # the kill landed inside the write, at the chosen byte
+    assert target.read_bytes() == b"previous checkpoint"  # the checkpoint itself is never torn
 
 
 def test_sweep_files_load_and_bad_ones_name_path_key_and_expectation(tmp_path):
@@ -206,41 +199,44 @@ def test_sweep_files_load_and_bad_ones_name_path_key_and_expectation(tmp_path):
         load_sweep_file(bad)
 
 
-def test_force_never_moves_a_folder_that_a_live_run_holds(tmp_path):
+def test_force_never_moves_a_folder_that_a_live_run_holds(tmp_path, tiny_sweep, run_sweep_now):
     sweep = tiny_sweep(tmp_path, kinds=["plain"])
-    run(sweep)
+    run_sweep_now(sweep)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:  # another sweep process is running plain-8-s0 right now
-        (tmp_path / "plain-8-s0" / "lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "time": time.time()}))
+        (tmp_path / "plain-8-s0" / "lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+                                                                  "time": time.time()}))
         before = (tmp_path / "plain-8-s0" / "config.json").read_bytes()
         changed = replace(sweep, train=replace(sweep.train, lr=0.05), force=True)
-        planned, outcomes = run(changed)
+        planned, outcomes = run_sweep_now(changed)
         assert [p.action for p in planned] == ["busy"] and not outcomes
-        assert not list(tmp_path.glob("*.replaced-*")) and (tmp_path / "plain-8-s0" / "config.json").read_bytes() == before
+        assert not list(tmp_path.glob("*.replaced-*"))
+        assert (tmp_path / "plain-8-s0" / "config.json").read_bytes() == before
     finally:
         holder.kill()
         holder.wait()
 
 
-def test_a_corrupt_checkpoint_or_changed_data_fails_the_cell_with_what_to_do(tmp_path):
+def test_a_corrupt_checkpoint_or_changed_data_fails_the_cell_with_what_to_do(tmp_path, tiny_sweep, run_sweep_now):
     sweep = tiny_sweep(tmp_path, kinds=["plain"])
-    run(sweep)
+    run_sweep_now(sweep)
     status = tmp_path / "plain-8-s0" / "status.json"
     status.write_text(json.dumps({**json.loads(status.read_text()), "state": "interrupted"}))  # to be resumed
     checkpoint = tmp_path / "plain-8-s0" / "checkpoint.pt"
     good = checkpoint.read_bytes()
     checkpoint.write_bytes(os.urandom(3000))
-    _, outcomes = run(sweep)
+    _, outcomes = run_sweep_now(sweep)
     assert outcomes["plain-8-s0"].state == "failed"
-    assert "checkpoint.pt cannot be read" in outcomes["plain-8-s0"].error and "--retry-failed" in outcomes["plain-8-s0"].error
+    error = outcomes["plain-8-s0"].error
+    assert "checkpoint.pt cannot be read" in error and "--retry-failed" in error
     checkpoint.write_bytes(good)
-    state = torch.load(checkpoint, weights_only=False)
+    state = read_checkpoint(checkpoint)
     state["data_fingerprint"] = "0" * 16  # a checkpoint of other images (an image folder changed in between)
     atomic_write_bytes(checkpoint, _saved(state))
-    _, outcomes = run(replace(sweep, retry_failed=True))
+    _, outcomes = run_sweep_now(replace(sweep, retry_failed=True))
     assert outcomes["plain-8-s0"].state == "failed" and "training data is not what" in outcomes["plain-8-s0"].error
     checkpoint.unlink()
-    _, outcomes = run(replace(sweep, retry_failed=True))
+    _, outcomes = run_sweep_now(replace(sweep, retry_failed=True))
     assert outcomes["plain-8-s0"].state == "done"  # deleted, as the message says: started over
 
 
@@ -252,8 +248,8 @@ def _saved(state: dict) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_cell_whose_folder_cannot_be_written_fails_alone(tmp_path):
+def test_a_cell_whose_folder_cannot_be_written_fails_alone(tmp_path, tiny_sweep, run_sweep_now):
     tmp_path.joinpath("plain-8-s0").write_text("a stray file where the run folder goes")  # as a read-only mount would
-    _, outcomes = run(tiny_sweep(tmp_path))
+    _, outcomes = run_sweep_now(tiny_sweep(tmp_path))
     assert outcomes["plain-8-s0"].state == "failed" and "cannot write results to" in outcomes["plain-8-s0"].error
     assert outcomes["residual-8-s0"].state == "done"

@@ -9,11 +9,10 @@ import pytest
 
 from resdepth.results import load_runs
 from resdepth.tables import PAPER_TABLE6, SUMMARY_COLUMNS, display_table, summarize, to_markdown, write_csv
-from test_plots import run_cli, write_run
 
 
 @pytest.fixture
-def results(tmp_path):
+def results(tmp_path, write_run):
     write_run(tmp_path, "residual", 56, seed=0, test=(30.0, 9.0, 7.0), train=(35.0, 4.0, 1.0), params=853018)
     write_run(tmp_path, "residual", 56, seed=1, test=(31.0, 8.0, 8.0), train=(36.0, 5.0, 2.0), params=853018)
     write_run(tmp_path, "residual", 56, seed=2, test=(32.0, 6.5, 9.0), train=(37.0, 6.0, 3.0), params=853018)
@@ -47,7 +46,7 @@ def test_one_row_per_kind_and_depth_with_hand_computed_means_and_stds(results):
     assert plain["final_train_error_mean"] > rows_by_name(summary)["plain-20"]["final_train_error_mean"]
 
 
-def test_paper_table6_beside_cifar10_residual_rows_only(results, tmp_path):
+def test_paper_table6_beside_cifar10_residual_rows_only(results, tmp_path, write_run):
     write_run(results / "b", "residual", 56, shortcut="B")
     write_run(results / "syn", "residual", 56, dataset="synthetic")
     summary = summarize(load_runs(results)[0])
@@ -63,13 +62,13 @@ def test_paper_table6_beside_cifar10_residual_rows_only(results, tmp_path):
     assert len(synthetic) == 1 and math.isnan(synthetic[0].paper_test_error)
 
 
-def test_val_selected_test_error_is_taken_at_the_lowest_validation_error(tmp_path):
+def test_val_selected_test_error_is_taken_at_the_lowest_validation_error(tmp_path, write_run):
     write_run(tmp_path, "residual", 20, seed=0, test=(30.0, 9.0, 10.0), val=(31.0, 12.0, 11.0))
     write_run(tmp_path, "residual", 20, seed=1, test=(30.0, 9.5, 8.5), val=(31.0, 10.0, 11.0))
     summary = summarize(load_runs(tmp_path)[0])
     assert summary.loc[0, "val_selected_test_error_mean"] == pytest.approx((10.0 + 9.5) / 2)
     assert summary.loc[0, "best_test_error_mean"] == pytest.approx((9.0 + 8.5) / 2)
-    headers, rows, notes = display_table(summary)
+    headers, rows, _ = display_table(summary)
     assert "test err % at best val" in headers and rows[0][headers.index("test err % at best val")] == "9.75"
 
 
@@ -101,19 +100,19 @@ def test_csv_export_holds_the_unrounded_numbers(results, tmp_path):
     assert back.loc[2, "params"] == 853018 and back.loc[2, "seeds"] == "0,1,2"
 
 
-def test_cli_table_prints_the_rich_table_and_exports(monkeypatch, capsys, results, tmp_path):
-    code, out, err = run_cli(monkeypatch, capsys, "table", str(results), "--csv", str(tmp_path / "t.csv"))
+def test_cli_table_prints_the_rich_table_and_exports(results, tmp_path, run_cli):
+    code, out, err = run_cli("table", str(results), "--csv", str(tmp_path / "t.csv"))
     assert code == 0, err
     assert "8.00 ± 1.00" in out and "6.97 (+1.03)" in out and "selected on the test set" in out
     assert (tmp_path / "t.csv").stat().st_size > 0 and "t.csv" in err
-    code, out, err = run_cli(monkeypatch, capsys, "table", str(results), "--markdown")
+    code, out, err = run_cli("table", str(results), "--markdown")
     assert code == 0 and out.startswith("| kind | depth |") and "| residual | 56 | 0.85M | 3 |" in out
 
 
-def test_cli_table_warns_about_corrupt_runs_and_fails_on_empty_folders(monkeypatch, capsys, results, tmp_path):
+def test_cli_table_warns_about_corrupt_runs_and_fails_on_empty_folders(results, tmp_path, run_cli):
     (results / "plain-20-s0" / "metrics.csv").write_text("epoch,iteration\n1,10\n")  # lacks the schema's columns
     (results / "plain-56-s0" / "config.json").write_text("{not json")
-    code, out, err = run_cli(monkeypatch, capsys, "table", str(results), "--markdown")
+    code, out, err = run_cli("table", str(results), "--markdown")
     warnings = err.strip().splitlines()
     assert code == 0 and len(warnings) == 2
     assert "plain-20-s0" in warnings[0] and "lacks the columns" in warnings[0]
@@ -121,17 +120,17 @@ def test_cli_table_warns_about_corrupt_runs_and_fails_on_empty_folders(monkeypat
     assert "| plain |" not in out and "| residual | 56 |" in out
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, out, err = run_cli(monkeypatch, capsys, "table", str(empty))
+    code, out, err = run_cli("table", str(empty))
     assert code == 2 and err.startswith("error: no runs found under") and len(err.strip().splitlines()) == 1
 
 
-def test_hand_broken_configs_and_a_last_line_cut_short(monkeypatch, capsys, results):
+def test_hand_broken_configs_and_a_last_line_cut_short(results, run_cli):
     (results / "plain-20-s0" / "config.json").write_text("[]")
     config = json.loads((results / "plain-56-s0" / "config.json").read_text())
     (results / "plain-56-s0" / "config.json").write_text(json.dumps({**config, "depth": "abc"}))
     with (results / "residual-56-s2" / "metrics.csv").open("a") as handle:
         handle.write("4,40000,0.001,0.6\n")  # a write killed midway: kept epochs stay, the torn line goes
-    code, out, err = run_cli(monkeypatch, capsys, "table", str(results), "--markdown")
+    code, out, err = run_cli("table", str(results), "--markdown")
     assert code == 0, err
     warnings = err.strip().splitlines()
     assert any("plain-20-s0" in w and "not a resdepth config" in w for w in warnings)
@@ -140,11 +139,11 @@ def test_hand_broken_configs_and_a_last_line_cut_short(monkeypatch, capsys, resu
     assert "| residual | 56 | 0.85M | 3 | 2.00 | 8.00 ± 1.00 |" in out  # the torn line did not count
     (results / "residual-56-s1" / "metrics.csv").write_text(
         (results / "residual-56-s0" / "metrics.csv").read_text().replace("\n2,", "\n2,9,", 1))  # a broken middle line
-    runs, warnings = load_runs(results)
+    _, warnings = load_runs(results)
     assert any("residual-56-s1" in w and "line 3 has 10 fields, not 9" in w for w in warnings)
 
 
-def test_runs_that_sweep_force_replaced_are_left_out_with_a_note(results):
+def test_runs_that_sweep_force_replaced_are_left_out_with_a_note(results, write_run):
     replaced = write_run(results / "old", "residual", 56, seed=0, test=(90.0,))
     replaced.rename(replaced.with_name("residual-56-s0.replaced-20260101-000000"))
     runs, warnings = load_runs(results)
@@ -154,7 +153,7 @@ def test_runs_that_sweep_force_replaced_are_left_out_with_a_note(results):
     assert len(named) == 1
 
 
-def test_runs_trained_differently_are_kept_apart_not_averaged_as_seeds(monkeypatch, capsys, tmp_path):
+def test_runs_trained_differently_are_kept_apart_not_averaged_as_seeds(tmp_path, write_run, run_cli):
     # two sweeps in one folder: A at depths 20 and 56 with the default lr, B at depth 20 with another lr
     for sweep, lr, depths in (("a", 0.1, (20, 56)), ("b", 0.05, (20,))):
         for depth in depths:
@@ -164,16 +163,17 @@ def test_runs_trained_differently_are_kept_apart_not_averaged_as_seeds(monkeypat
     summary = summarize(load_runs(tmp_path)[0])
     assert [(r.setting, r.depth, r.runs, r.final_test_error_mean) for r in summary.itertuples()] == [
         ("lr 0.05", 20, 1, 20.0), ("lr 0.1", 20, 1, 10.0), ("lr 0.1", 56, 1, 10.0)]
-    code, out, err = run_cli(monkeypatch, capsys, "table", str(tmp_path), "--markdown")
+    code, out, _ = run_cli("table", str(tmp_path), "--markdown")
     assert code == 0 and out.startswith("| setting | kind | depth |") and "| lr 0.05 | plain | 20 |" in out
     # a folder of one sweep has nothing to tell apart: no setting column
-    code, out, err = run_cli(monkeypatch, capsys, "table", str(tmp_path / "a"), "--markdown")
+    code, out, _ = run_cli("table", str(tmp_path / "a"), "--markdown")
     assert code == 0 and out.startswith("| kind | depth |")
 
 
-def test_two_image_folders_are_two_datasets_even_with_one_seed_each(tmp_path):
+def test_two_image_folders_are_two_datasets_even_with_one_seed_each(tmp_path, write_run):
     for name in ("jpeg-a", "jpeg-b"):
-        run_dir = write_run(tmp_path / name, "residual", 8, dataset="folder", test=(50.0, 20.0 if name == "jpeg-a" else 30.0))
+        final = 20.0 if name == "jpeg-a" else 30.0
+        run_dir = write_run(tmp_path / name, "residual", 8, dataset="folder", test=(50.0, final))
         config = json.loads((run_dir / "config.json").read_text())
         config["data"]["data_dir"] = f"/data/{name}"
         (run_dir / "config.json").write_text(json.dumps(config))

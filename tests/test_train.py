@@ -5,22 +5,21 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_config
 from resdepth.data import DataConfig
 from resdepth.errors import UserError
-from resdepth.results import METRIC_COLUMNS, VAL_COLUMNS, metric_columns
+from resdepth.results import METRIC_COLUMNS, VAL_COLUMNS, RunStatus, metric_columns
 from resdepth.train import TrainConfig, learning_rate, resolve_iterations, run_training
-
-TIMING = ["epoch_seconds", "images_per_second"]
 
 
 def test_paper_defaults():
     config = TrainConfig()
-    assert (config.iterations, config.batch_size, config.lr, config.momentum, config.weight_decay) == (64_000, 128, 0.1, 0.9, 1e-4)
+    paper = (64_000, 128, 0.1, 0.9, 1e-4)
+    assert (config.iterations, config.batch_size, config.lr, config.momentum, config.weight_decay) == paper
     assert config.shortcut == "A" and config.data.augment and config.data.val_size == 0
 
 
-@pytest.mark.parametrize("iteration, lr", [(0, 0.1), (31_999, 0.1), (32_000, 0.01), (47_999, 0.01), (48_000, 0.001), (63_999, 0.001)])
+@pytest.mark.parametrize("iteration, lr", [(0, 0.1), (31_999, 0.1), (32_000, 0.01), (47_999, 0.01), (48_000, 0.001),
+                                           (63_999, 0.001)])
 def test_lr_schedule_divides_by_ten_at_32k_and_48k(iteration, lr):
     assert learning_rate(TrainConfig(), iteration, warming_up=False) == pytest.approx(lr)
 
@@ -48,7 +47,7 @@ def read(run_dir):
     return pd.read_csv(run_dir / "metrics.csv")
 
 
-def test_run_writes_one_row_per_epoch_with_the_schema(tmp_path):
+def test_run_writes_one_row_per_epoch_with_the_schema(tmp_path, tiny_config):
     result = run_training(tiny_config(epochs=3), tmp_path)
     frame = read(tmp_path)
     assert list(frame.columns) == list(METRIC_COLUMNS)
@@ -59,7 +58,7 @@ def test_run_writes_one_row_per_epoch_with_the_schema(tmp_path):
     assert frame["lr"].tolist() == pytest.approx([0.1, 0.01, 0.001])  # milestones at 6 and 9 of 12
 
 
-def test_validation_split_adds_val_columns(tmp_path):
+def test_validation_split_adds_val_columns(tmp_path, tiny_config):
     config = tiny_config(data=DataConfig(dataset="synthetic", synthetic_train=160, synthetic_test=64, val_size=32))
     run_training(config, tmp_path)
     frame = read(tmp_path)
@@ -67,16 +66,16 @@ def test_validation_split_adds_val_columns(tmp_path):
     assert frame["val_error"].between(0, 100).all()
 
 
-def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, tiny_config, metrics_of):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         (tmp_path / name).mkdir()
         run_training(tiny_config(seed=seed), tmp_path / name)
-    a, b, c = (read(tmp_path / n).drop(columns=TIMING) for n in "abc")
+    a, b, c = (metrics_of(tmp_path / n) for n in "abc")
     pd.testing.assert_frame_equal(a, b)
     assert not a.equals(c)
 
 
-def test_warmup_switches_when_the_training_error_falls_below_the_threshold(tmp_path):
+def test_warmup_switches_when_the_training_error_falls_below_the_threshold(tmp_path, tiny_config):
     (tmp_path / "switch").mkdir(), (tmp_path / "never").mkdir()
     switch = run_training(tiny_config(warmup="on", warmup_until_error=100.0, epochs=6), tmp_path / "switch")
     never = run_training(tiny_config(warmup="on", warmup_until_error=0.0, epochs=6), tmp_path / "never")
@@ -87,7 +86,7 @@ def test_warmup_switches_when_the_training_error_falls_below_the_threshold(tmp_p
     assert set(read(tmp_path / "never")["lr"]) == {0.01}
 
 
-def test_an_epoch_whose_last_step_ends_the_warmup_logs_the_warmup_lr(tmp_path):
+def test_an_epoch_whose_last_step_ends_the_warmup_logs_the_warmup_lr(tmp_path, tiny_config):
     # 5 iterations per epoch: the switch after iteration 10 is epoch 2's last step, which ran at 0.01
     data = DataConfig(dataset="synthetic", synthetic_train=160, synthetic_test=64)
     result = run_training(tiny_config(warmup="on", warmup_until_error=100.0, epochs=8, data=data), tmp_path)
@@ -95,14 +94,14 @@ def test_an_epoch_whose_last_step_ends_the_warmup_logs_the_warmup_lr(tmp_path):
     assert read(tmp_path)["lr"].tolist()[:3] == pytest.approx([0.01, 0.01, 0.1])  # milestones at 20 and 30
 
 
-def test_synthetic_dataset_is_learnable(tmp_path):
+def test_synthetic_dataset_is_learnable(tmp_path, tiny_config):
     config = tiny_config(data=DataConfig(dataset="synthetic", synthetic_train=1000, synthetic_test=300),
                          batch_size=64, epochs=6)
     run_training(config, tmp_path)
     assert read(tmp_path)["test_error"].iloc[-1] < 70  # chance is 90%
 
 
-def test_absurd_lr_diverges_as_a_result(tmp_path):
+def test_absurd_lr_diverges_as_a_result(tmp_path, tiny_config):
     result = run_training(tiny_config(lr=1e8), tmp_path)
     assert result.state == "diverged"
     assert not math.isfinite(read(tmp_path)["train_loss"].iloc[-1])
@@ -113,19 +112,19 @@ def test_absurd_lr_diverges_as_a_result(tmp_path):
     ({"epochs": 0}, "--epochs"), ({"kind": "dense"}, "unknown kind"), ({"depth": 21}, "6n\\+2"),
     ({"precision": "fp8"}, "precision"), ({"device": "tpu"}, "device"),
 ])
-def test_bad_configs_are_user_errors(tmp_path, change, message):
+def test_bad_configs_are_user_errors(tmp_path, change, message, tiny_config):
     with pytest.raises(UserError, match=message):
         run_training(replace(tiny_config(), **change), tmp_path)
 
 
-def test_cuda_asked_without_gpu_is_a_user_error(tmp_path):
+def test_cuda_asked_without_gpu_is_a_user_error(tmp_path, tiny_config):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(UserError, match="no CUDA GPU"):
         run_training(tiny_config(device="cuda"), tmp_path)
 
 
-def test_config_json_holds_resolved_settings_and_versions(tmp_path):
+def test_config_json_holds_resolved_settings_and_versions(tmp_path, tiny_config):
     import json
 
     run_training(tiny_config(), tmp_path)
@@ -134,3 +133,22 @@ def test_config_json_holds_resolved_settings_and_versions(tmp_path):
     assert saved["resolved"]["iterations"] == 8 and saved["resolved"]["params"] == 75_290
     assert saved["resolved"]["precision"] == "fp32"  # auto on the CPU
     assert saved["environment"]["torch"] == torch.__version__ and "resdepth" in saved["environment"]
+
+
+def test_the_python_api_records_how_a_run_ended_and_returns_a_finished_runs_result(tmp_path, tiny_config):
+    first = run_training(tiny_config(epochs=3), tmp_path)
+    status = RunStatus.read(tmp_path)
+    assert first.state == status.state == "done" and first.final_test_error is not None
+    before = (tmp_path / "metrics.csv").read_bytes()
+    again = run_training(tiny_config(epochs=3), tmp_path)  # nothing left to train: the same result, no new rows
+    assert (again.state, again.final_test_error, again.epochs_done) == ("done", first.final_test_error, 3)
+    assert (tmp_path / "metrics.csv").read_bytes() == before
+
+
+def test_an_interrupted_run_reports_its_last_finished_epoch_not_the_partial_one(tmp_path, tiny_config):
+    steps: list[int] = []  # 4 steps per epoch: stop 2 steps into the second epoch
+    result = run_training(tiny_config(epochs=3), tmp_path, should_stop=lambda: steps.append(1) or len(steps) > 6)
+    status, rows = RunStatus.read(tmp_path), pd.read_csv(tmp_path / "metrics.csv")
+    assert result.state == status.state == "interrupted" and len(rows) == 1
+    assert (status.epoch, status.iteration) == (1, 6)
+    assert status.train_error == rows["train_error"].iloc[-1] and status.live_train_error is None
