@@ -55,8 +55,9 @@ BatchSize = Annotated[Optional[int], typer.Option(help=f"Mini-batch size (images
 Lr = Annotated[Optional[float], typer.Option(help=f"Initial learning rate, /10 at 50% and 75% of the iterations. [default: {T.lr}]")]
 Momentum = Annotated[Optional[float], typer.Option(help=f"SGD momentum. [default: {T.momentum}]")]
 WeightDecay = Annotated[Optional[float], typer.Option(help=f"L2 weight decay. [default: {T.weight_decay}]")]
-Warmup = Annotated[Optional[str], typer.Option(help=f"auto: lr {T.warmup_lr} until train error < {T.warmup_until_error:g}% for depth >= {T.warmup_min_depth} (paper); on; off. [default: auto]")]
-WarmupMinDepth = Annotated[Optional[int], typer.Option(help=f"Smallest depth that warms up with --warmup auto. [default: {T.warmup_min_depth}]")]
+Warmup = Annotated[Optional[str], typer.Option(help=f"auto: lr {T.warmup_lr} until train error < {T.warmup_until_error:g}% for residual nets of depth >= {T.warmup_min_depth} (paper); deep: plain nets that deep too; on; off. [default: auto]")]
+WarmupMinDepth = Annotated[Optional[int], typer.Option(help=f"Smallest depth that warms up with --warmup auto or deep. [default: {T.warmup_min_depth}]")]
+WarmupMaxIterations = Annotated[Optional[int], typer.Option(help=f"A warm-up still on after this many iterations ends anyway (lr {T.lr}); the milestones apply either way. [default: {T.warmup_max_iterations}, 10x the paper's ~400]")]
 Dataset = Annotated[Optional[str], typer.Option(help=f"cifar10, cifar100, folder (needs --data-dir) or synthetic (embedded). [default: {D.dataset}]")]
 DataDir = Annotated[Optional[str], typer.Option(help="Dataset folder (cifar download target, or train/<class>/ + test/<class>/ images). [default: $RESDEPTH_DATA or ~/.cache/resdepth/data]")]
 TrainSize = Annotated[Optional[int], typer.Option(help="Use a seeded, class-balanced subset of this many training images. [default: all]")]
@@ -81,6 +82,7 @@ DATA_OPTIONS = {f.name for f in fields(DataConfig)}
 SHARED_OPTIONS = {  # name -> typed option alias; given to `train` and `sweep` by `with_training_options`
     "shortcut": Shortcut, "iterations": Iterations, "epochs": Epochs, "batch_size": BatchSize, "lr": Lr,
     "momentum": Momentum, "weight_decay": WeightDecay, "warmup": Warmup, "warmup_min_depth": WarmupMinDepth,
+    "warmup_max_iterations": WarmupMaxIterations,
     "dataset": Dataset, "data_dir": DataDir, "train_size": TrainSize, "test_size": TestSize, "val_size": ValSize,
     "synthetic_train": SyntheticTrain, "synthetic_test": SyntheticTest, "augment": Augment, "device": Device,
     "threads": Threads, "precision": Precision, "channels_last": ChannelsLast, "compile": Compile,
@@ -120,7 +122,10 @@ def models(
     table = Table(title=f"resdepth networks ({num_classes} classes)")
     for column in ("name", "kind", "depth", "params", "MFLOPs (mult-adds)"):
         table.add_column(column, justify="right" if column not in ("name", "kind") else "left")
-    for row in describe_models(pattern, num_classes):
+    described = describe_models(pattern, num_classes)
+    if not described:
+        raise UserError(f"no network matches {pattern!r}: try 'resnet*', 'plain*' or leave the pattern out for all")
+    for row in described:
         table.add_row(str(row["name"]), str(row["kind"]), str(row["depth"]), f"{row['params']:,}", f"{row['mflops']:.1f}")
     console.print(table)
 
@@ -242,11 +247,19 @@ def print_summary(planned: list[PlannedCell], outcomes: dict[str, Any]) -> None:
         status = RunStatus.read(item.cell.run_dir)
         state = outcome.state if outcome else item.action.replace("skip-", "") if item.action.startswith("skip") else item.action
         note = (outcome.error or "") if outcome else skip_note(item.action) if item.action.startswith("skip") else ""
-        if status and status.warmup_end_iteration:
-            note = (note + f" warm-up ended at iteration {status.warmup_end_iteration}").strip()
+        if status and status.warmup_end_iteration is not None:
+            note = (note + f" warm-up ended: {warmup_words(status)}").strip()
         table.add_row(item.cell.name, state, f"{status.epoch}/{status.epochs}" if status else "-",
                       _pct(status.train_error if status else None), _pct(status.test_error if status else None), note[:80])
     console.print(table)
+
+
+def warmup_words(status: RunStatus) -> str:
+    from .results import warmup_end
+    from .tables import describe_warmup_end
+
+    iteration, reason = warmup_end(status)
+    return describe_warmup_end(reason, iteration)
 
 
 def skip_note(action: str) -> str:
@@ -335,13 +348,16 @@ def plot(
     out: Annotated[Optional[Path], typer.Option(help="Folder for the figures. [default: RESULTS_DIR/plots]")] = None,
     x: Annotated[str, typer.Option(help="x axis: iterations (in 1e4, as the paper) or epochs.")] = "iterations",
     formats: Annotated[str, typer.Option("--format", help="Comma-separated file formats: png, pdf, svg.")] = "png",
+    paper: Annotated[bool, typer.Option("--paper", help="Mark the paper's Table 6 test errors on Figure 6's residual panels (a tick at the end of each curve), for runs that follow the paper's protocol.")] = False,
 ) -> None:
     """Figure 1 (train | test error per kind) and Figure 6 (plain | residual) style curves, seeds averaged."""
-    from .plots import build_figures, parse_formats, save_figures
+    from .plots import build_figures, paper_tick_notes, parse_formats, save_figures
 
     chosen_formats = parse_formats(formats)
     runs = read_runs(results_dir)
-    figures = build_figures(runs, x=x)
+    figures = build_figures(runs, x=x, paper=paper)
+    for line in paper_tick_notes(runs) if paper else ():
+        errors.print(f"note: --paper: {line}", markup=False, highlight=False, soft_wrap=True)
     out_dir = out or results_dir / "plots"
     ensure_writable_dir(out_dir)
     for path in save_figures(figures, out_dir, chosen_formats):
@@ -353,30 +369,34 @@ def table(
     results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read (recursively).")],
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the numbers (unrounded columns) to this CSV file.")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for papers and READMEs) instead.")] = False,
+    runs: Annotated[bool, typer.Option("--runs", help="One row per run instead (seed, state, epochs, final errors, best-val epoch, how the warm-up ended); --csv writes these rows.")] = False,
 ) -> None:
-    """Table 6 style summary: one row per dataset x kind x depth, seeds as mean ± std, beside the paper."""
+    """Table 6 style summary: one row per dataset x kind x depth, seeds as best (mean ± std), beside the paper."""
     from rich import box
     from rich.text import Text
 
-    from .tables import display_table, summarize, to_markdown, write_csv
+    from .tables import display_runs, display_table, summarize, summarize_runs, to_markdown, write_csv
 
-    summary = summarize(read_runs(results_dir))
+    summary = summarize_runs(read_runs(results_dir)) if runs else summarize(read_runs(results_dir))
     if csv is not None:
         write_csv(summary, csv)
         errors.print(f"wrote {csv}", markup=False, highlight=False, soft_wrap=True)  # stdout stays the table
     if markdown:
-        print(to_markdown(summary), end="")
+        print(to_markdown(summary, runs=runs), end="")
     else:
-        headers, rows, notes = display_table(summary)
+        headers, rows, notes = display_runs(summary) if runs else display_table(summary)
         datasets = ", ".join(summary["dataset"].unique())
-        view = Table(title=Text(f"{results_dir} ({datasets}): errors by depth"), box=box.SIMPLE_HEAD, show_edge=False,
-                     pad_edge=False, collapse_padding=True)
+        view = Table(title=Text(f"{results_dir} ({datasets}): {'runs' if runs else 'errors by depth'}"),
+                     box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
         for i, header in enumerate(headers):  # numbers never wrap; long headers wrap onto two lines at most
             width = max([len(row[i]) for row in rows] + [len(word) for word in header.split()] + [min(len(header), 11)])
-            view.add_column(header, justify="left" if header in ("dataset", "kind") else "right", width=width)
+            view.add_column(header, justify="left" if header in ("dataset", "setting", "kind", "state", "folder")
+                            else "right", width=width)
         for row in rows:
             view.add_row(*row)
-        console.print(view)
+        # a terminal gets its own width; a pipe or a log the table's full width, never numbers cut to "…"
+        needed = view.__rich_measure__(console, console.options.update(max_width=10_000)).maximum
+        (console if console.is_terminal or needed <= console.width else Console(width=needed)).print(view)
         for note in notes:
             console.print(f"[dim]{note}[/]", highlight=False)
 

@@ -30,7 +30,9 @@ from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, a
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
-WARMUP_MODES = ("auto", "on", "off")
+# auto: the paper's warm-up, residual nets of depth >= warmup_min_depth (§4.2 used it for ResNet-110; it says nothing
+# of plain-110); deep: every net that deep, plain ones too; on: every net; off: none
+WARMUP_MODES = ("auto", "deep", "on", "off")
 
 
 @dataclass
@@ -47,10 +49,13 @@ class TrainConfig:
     lr_decay: float = 0.1
     momentum: float = 0.9  # §4.2
     weight_decay: float = 1e-4  # §4.2; on every parameter (BN and biases too): the paper names no exclusions
-    warmup: str = "auto"  # auto: the paper's warm-up for depth >= warmup_min_depth (110), on, off
+    warmup: str = "auto"  # auto: the paper's warm-up for residual nets of depth >= warmup_min_depth (110); deep, on, off
     warmup_min_depth: int = 110
     warmup_lr: float = 0.01  # §4.2: 0.01 until the training error is below 80% (about 400 iterations)
     warmup_until_error: float = 80.0
+    # A warm-up that never reaches the threshold (a net stuck above 80% at lr 0.01) ends here anyway, at 10x the
+    # paper's "about 400 iterations": without a bound it would train the whole run at 0.01 and skip the schedule.
+    warmup_max_iterations: int = 4_000
     data: DataConfig = field(default_factory=DataConfig)
     device: str = "auto"  # auto: cuda if available, else cpu
     threads: int | None = None  # torch CPU threads; None: torch's default (all cores)
@@ -99,13 +104,17 @@ class TrainConfig:
             raise UserError(f"--seed must be 0 or a positive integer, got {self.seed}")
         if self.warmup_min_depth < 1 or not self.warmup_lr > 0 or not 0 <= self.warmup_until_error <= 100:
             raise UserError("warm-up settings: warmup_min_depth >= 1, warmup_lr > 0, warmup_until_error in [0, 100]")
+        if self.warmup_max_iterations < 1:
+            raise UserError(f"--warmup-max-iterations must be a positive integer, got {self.warmup_max_iterations}")
         check_data_config(self.data)
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
         CifarNet(self.kind, self.depth, shortcut=self.shortcut)  # type: ignore[arg-type]  # kind/depth/shortcut checks
 
     def uses_warmup(self) -> bool:
-        return self.warmup == "on" or (self.warmup == "auto" and self.depth >= self.warmup_min_depth)
+        deep = self.depth >= self.warmup_min_depth
+        return self.warmup == "on" or (self.warmup == "deep" and deep) or (self.warmup == "auto" and deep
+                                                                             and self.kind == "residual")
 
 
 
@@ -116,6 +125,7 @@ class RunResult:
     iterations_done: int
     final_test_error: float | None
     warmup_end_iteration: int | None
+    warmup_end_reason: str | None = None  # threshold (training error below warmup_until_error) or cap
 
 
 def check_device_name(name: str) -> None:
@@ -139,11 +149,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def learning_rate(config: TrainConfig, iteration: int, warming_up: bool) -> float:
-    """The lr for 0-based `iteration`: step decay at the milestone fractions, or the warm-up lr."""
-    if warming_up:
-        return config.warmup_lr
+    """The lr for 0-based `iteration`: step decay at the milestone fractions; while warming up the warm-up lr,
+    unless a milestone has already brought the schedule below it (§4.2: "the rest of the schedule is as before")."""
     passed = sum(iteration >= round(m * config.iterations) for m in config.lr_milestones)
-    return config.lr * config.lr_decay ** passed
+    scheduled = config.lr * config.lr_decay ** passed
+    return min(config.warmup_lr, scheduled) if warming_up else scheduled
 
 
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
@@ -250,6 +260,7 @@ class Trainer:
         self.iteration, self.epoch, self.csv_rows = 0, 0, 0
         self.warming_up = config.uses_warmup()
         self.warmup_end_iteration: int | None = None
+        self.warmup_end_reason: str | None = None  # threshold or cap
         self.warmup_window = torch.zeros((), device=device)  # wrong answers since the last warm-up check
         self.partial: dict[str, Any] | None = None  # position inside an epoch stopped by a signal
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
@@ -267,6 +278,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": optimizer,
             "iteration": self.iteration, "epoch": self.epoch, "csv_rows": self.csv_rows,
             "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
+            "warmup_end_reason": self.warmup_end_reason,
             "device_type": self.device.type, **rng_state(self.device, self.generator),
             "partial": self.partial, "warmup_window": self.warmup_window, "data_fingerprint": self.data_fingerprint,
         }
@@ -278,6 +290,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration, self.epoch, self.csv_rows = state["iteration"], state["epoch"], state["csv_rows"]
         self.warming_up, self.warmup_end_iteration = state["warming_up"], state["warmup_end_iteration"]
+        self.warmup_end_reason = state.get("warmup_end_reason")  # absent in checkpoints of older versions
         restore_rng_state(state, self.device, self.generator)
         self.partial = state["partial"]
         self.warmup_window = state["warmup_window"].to(self.device)
@@ -337,6 +350,8 @@ class Trainer:
             if self.warming_up and self.iteration % WARMUP_CHECK_EVERY == 0:
                 self.check_warmup(self.warmup_window.item() / (WARMUP_CHECK_EVERY * self.batch) * 100)
                 self.warmup_window.zero_()
+            if self.warming_up and self.iteration >= self.config.warmup_max_iterations:
+                self.end_warmup("cap")
             if time.monotonic() - last_report > 1.0:
                 last_report = time.monotonic()
                 seen = state["step"] * self.batch
@@ -385,8 +400,12 @@ class Trainer:
     def check_warmup(self, recent_error: float) -> None:
         # §4.2 (110 layers): warm up with lr 0.01 until the training error is below 80%, then go back to 0.1.
         if recent_error < self.config.warmup_until_error:
-            self.warming_up = False
-            self.warmup_end_iteration = self.iteration
+            self.end_warmup("threshold")
+
+    def end_warmup(self, reason: str) -> None:
+        """From the next step on, the schedule's lr: reason is threshold (the paper's rule) or cap (the bound)."""
+        self.warming_up = False
+        self.warmup_end_iteration, self.warmup_end_reason = self.iteration, reason
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -546,6 +565,7 @@ def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[
         for key, value in live.items():
             setattr(status, key, value)
         status.warmup_end_iteration = trainer.warmup_end_iteration
+        status.warmup_end_reason = trainer.warmup_end_reason
         status.write(run_dir)
 
     final_test_error = None
@@ -553,10 +573,11 @@ def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[
         sums = trainer.train_epoch(should_stop, report)
         if sums is None:
             trainer.save_checkpoint()
-            return RunResult("interrupted", trainer.epoch, trainer.iteration, None, trainer.warmup_end_iteration)
+            return RunResult("interrupted", trainer.epoch, trainer.iteration, None, trainer.warmup_end_iteration,
+                             trainer.warmup_end_reason)
         trainer.epoch += 1
         row = {"epoch": trainer.epoch, "iteration": trainer.iteration,
-               "lr": trainer.last_step_lr(), **sums}
+               "lr": round(trainer.last_step_lr(), 12), **sums}  # the schedule's value, not 0.0010000000000000002
         row["test_loss"], row["test_error"] = trainer.evaluate(*dataset_split(trainer, "test"))
         if has_val:
             row["val_loss"], row["val_error"] = trainer.evaluate(*dataset_split(trainer, "val"))
@@ -566,9 +587,11 @@ def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[
         report({"epoch": trainer.epoch, "iteration": trainer.iteration, "train_error": row["train_error"],
                 "test_error": row["test_error"], "images_per_second": row["images_per_second"]})
         if not math.isfinite(row["train_loss"]):
-            return RunResult("diverged", trainer.epoch, trainer.iteration, final_test_error, trainer.warmup_end_iteration)
+            return RunResult("diverged", trainer.epoch, trainer.iteration, final_test_error, trainer.warmup_end_iteration,
+                             trainer.warmup_end_reason)
         trainer.save_checkpoint()
-    return RunResult("done", trainer.epoch, trainer.iteration, final_test_error, trainer.warmup_end_iteration)
+    return RunResult("done", trainer.epoch, trainer.iteration, final_test_error, trainer.warmup_end_iteration,
+                     trainer.warmup_end_reason)
 
 
 def dataset_split(trainer: Trainer, split: str) -> tuple[torch.Tensor, torch.Tensor]:

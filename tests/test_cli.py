@@ -109,6 +109,8 @@ SYNTHETIC = ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-
     (["train", "--synthetic-train", "0"], "--synthetic-train must be a positive number of images, got 0"),
     (["train", "--synthetic-test", "-1"], "--synthetic-test must be a positive number of images, got -1"),
     (["train", "--train-size", "3000"], "--train-size 3000 is more than the 128 train images of synthetic"),
+    (["train", "--train-size", "3"], "--train-size 3 is fewer images than the 10 classes of synthetic"),
+    (["train", "--warmup-max-iterations", "0"], "--warmup-max-iterations must be a positive integer, got 0"),
     (["train", "--seed", "-1"], "--seed must be 0 or a positive integer"),
     (["train", "--warmup-min-depth", "-1"], "warm-up settings"),
     (["sweep", "--device", "cpu", "--gpus", "0"], "--gpus lists CUDA GPU numbers (0, 1, ...) and needs --device auto or cuda"),
@@ -142,6 +144,9 @@ def test_bad_files_and_values_outside_the_training_options(monkeypatch, capsys, 
         assert code == 2 and "is not a sweep that resdepth can resume" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(monkeypatch, capsys, "models", "--num-classes", "-3")
     assert code == 2 and "--num-classes must be a positive integer" in err
+    code, out, err = run_cli(monkeypatch, capsys, "models", "xyz*")
+    assert code == 2 and out == "" and err.strip() == (
+        "error: no network matches 'xyz*': try 'resnet*', 'plain*' or leave the pattern out for all")
     code, _, err = run_cli(monkeypatch, capsys, "bench", "--depths", "8", "--json", str(tmp_path))  # a folder
     assert code == 2 and "--json" in err and "name a file" in err
 
@@ -161,3 +166,18 @@ def test_the_command_lines_length_replaces_the_sweep_files(monkeypatch, capsys, 
     sweep_file.write_text(sweep_file.read_text().replace("epochs = 6", "epochs = 6\niterations = 10"))
     code, _, err = run_cli(monkeypatch, capsys, "sweep", str(sweep_file), "--dry-run")
     assert code == 2 and "sets both iterations and epochs" in err
+
+
+def test_the_sweep_summary_says_how_each_warmup_ended(monkeypatch, capsys, tmp_path):
+    from test_plots import run_cli
+
+    code, out, err = run_cli(monkeypatch, capsys, "sweep", "--depths", "8", "--kind", "plain", *SYNTHETIC[:-2],
+                             "--iterations", "12", "--batch-size", "32", "--device", "cpu", "--warmup", "on",
+                             "--warmup-max-iterations", "3", "--out", str(tmp_path))
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if "plain-8-s0" in line and "│" in line]  # the summary row
+    assert "warm-up ended: cap at iteration 3" in line
+    status = json.loads((tmp_path / "plain-8-s0" / "status.json").read_text())
+    assert (status["warmup_end_reason"], status["warmup_end_iteration"]) == ("cap", 3)
+    # 4 steps an epoch: 0.01 for 3 steps, then 0.1 (the epoch's last step), /10 at the milestones 6 and 9 of 12
+    assert pd.read_csv(tmp_path / "plain-8-s0" / "metrics.csv")["lr"].tolist() == [0.1, 0.01, 0.001]
