@@ -573,6 +573,7 @@ def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[
         sums = trainer.train_epoch(should_stop, report)
         if sums is None:
             trainer.save_checkpoint()
+            report({})  # status.json says how far the warm-up got, up to the stop
             return RunResult("interrupted", trainer.epoch, trainer.iteration, None, trainer.warmup_end_iteration,
                              trainer.warmup_end_reason)
         trainer.epoch += 1
