@@ -32,7 +32,7 @@ from .config import DATA, EXECUTION, PROTOCOL, cli_fields, flag_name, help_text
 from .data import DataConfig, load_dataset
 from .errors import UserError
 from .models import describe_models
-from .results import RunStatus, ensure_writable_dir, load_runs
+from .results import RunStatus, ensure_writable_dir, load_runs, warmup_end
 from .sweep import (
     WHAT,
     PlannedCell,
@@ -48,6 +48,7 @@ from .sweep import (
     settled_elsewhere,
     task_threads,
 )
+from .tables import describe_warmup_end
 from .train import TrainConfig
 
 console = Console()
@@ -175,7 +176,10 @@ def models(
     table = Table(title=f"resdepth networks ({num_classes} classes)")
     for column in ("name", "kind", "depth", "params", "MFLOPs (mult-adds)"):
         table.add_column(column, justify="right" if column not in ("name", "kind") else "left")
-    for row in describe_models(pattern, num_classes):
+    described = describe_models(pattern, num_classes)
+    if not described:
+        raise UserError(f"no network matches {pattern!r}: try 'resnet*', 'plain*' or leave the pattern out for all")
+    for row in described:
         table.add_row(str(row["name"]), str(row["kind"]), str(row["depth"]), f"{row['params']:,}",
                       f"{row['mflops']:.1f}")
     console.print(table)
@@ -308,8 +312,9 @@ def summary_note(item: PlannedCell, outcome: Any, status: RunStatus | None, stat
         notes.append("skipped" if item.action == "skip-done" else "skipped: --retry-failed runs it again")
     if status and state == "interrupted" and status.iteration < status.iterations:
         notes.append(f"stopped at iteration {status.iteration}/{status.iterations} (in epoch {status.epoch + 1})")
-    if status and status.warmup_end_iteration:
-        notes.append(f"warm-up ended at iteration {status.warmup_end_iteration}")
+    if status and status.warmup_end_iteration is not None:
+        iteration, reason = warmup_end(status)
+        notes.append(f"warm-up ended: {describe_warmup_end(reason, iteration)}")
     return "; ".join(notes)
 
 
@@ -407,13 +412,18 @@ def plot(
     out: Annotated[Path | None, typer.Option(help="Folder for the figures. \\[default: RESULTS_DIR/plots]")] = None,
     x: Annotated[str, typer.Option(help="x axis: iterations (in 1e4, as the paper) or epochs.")] = "iterations",
     formats: Annotated[str, typer.Option("--format", help="Comma-separated file formats: png, pdf, svg.")] = "png",
+    paper: Annotated[bool, typer.Option("--paper", help="Mark the paper's Table 6 test errors on Figure 6's residual "
+                                                        "panels (a tick at the end of each curve), for runs that "
+                                                        "follow the paper's protocol.")] = False,
 ) -> None:
     """Figure 1 (train | test error per kind) and Figure 6 (plain | residual) style curves, seeds averaged."""
-    from .plots import build_figures, parse_formats, save_figures  # matplotlib: loaded only by the commands using it
+    from .plots import build_figures, paper_tick_notes, parse_formats, save_figures  # matplotlib: only when drawing
 
     chosen_formats = parse_formats(formats)
     runs = read_runs(results_dir)
-    figures = build_figures(runs, x=x)
+    figures = build_figures(runs, x=x, paper=paper)
+    for line in paper_tick_notes(runs) if paper else ():
+        errors.print(f"note: --paper: {line}", markup=False, highlight=False, soft_wrap=True)
     out_dir = out or results_dir / "plots"
     ensure_writable_dir(out_dir)
     for path in save_figures(figures, out_dir, chosen_formats):
@@ -428,20 +438,25 @@ def table(
                                                               "CSV file.")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for papers and READMEs) "
                                                               "instead.")] = False,
+    runs: Annotated[bool, typer.Option("--runs", help="One row per run instead (seed, state, epochs, final errors, "
+                                                      "best-val epoch, how the warm-up ended); --csv writes these "
+                                                      "rows.")] = False,
 ) -> None:
-    """Table 6 style summary: one row per dataset x kind x depth, seeds as mean ± std, beside the paper."""
-    from .tables import display_table, summarize, to_markdown, write_csv
+    """Table 6 style summary: one row per dataset x kind x depth, seeds as best (mean ± std), beside the paper."""
+    from .tables import display_runs, display_table, summarize, summarize_runs, to_markdown, write_csv
 
-    summary = summarize(read_runs(results_dir))
+    found = read_runs(results_dir)
+    summary = summarize_runs(found) if runs else summarize(found)
     if csv is not None:
         write_csv(summary, csv)
         errors.print(f"wrote {csv}", markup=False, highlight=False, soft_wrap=True)  # stdout stays the table
     if markdown:
-        print(to_markdown(summary), end="")
+        print(to_markdown(summary, runs=runs), end="")
         return
-    headers, rows, notes = display_table(summary)
+    headers, rows, notes = display_runs(summary) if runs else display_table(summary)
     datasets = ", ".join(summary["dataset"].unique())
-    console.print(render_text_table(f"{results_dir} ({datasets}): errors by depth", headers, rows))
+    print_full_width(render_text_table(f"{results_dir} ({datasets}): {'runs' if runs else 'errors by depth'}",
+                                       headers, rows))
     for note in notes:
         console.print(f"[dim]{note}[/]", highlight=False)
 
@@ -451,10 +466,18 @@ def render_text_table(title: str, headers: list[str], rows: list[list[str]]) -> 
     view = Table(title=Text(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for i, header in enumerate(headers):
         width = max([len(row[i]) for row in rows] + [len(word) for word in header.split()] + [min(len(header), 11)])
-        view.add_column(header, justify="left" if header in ("dataset", "setting", "kind") else "right", width=width)
+        left = header in ("dataset", "setting", "kind", "state", "folder")
+        view.add_column(header, justify="left" if left else "right", width=width)
     for row in rows:
         view.add_row(*row)
     return view
+
+
+def print_full_width(view: Table) -> None:
+    """A terminal gets the table at its own width; a pipe or a log at the table's full width, never numbers cut to
+    '…' to fit 80 columns."""
+    needed = view.__rich_measure__(console, console.options.update(max_width=10_000)).maximum
+    (console if console.is_terminal or needed <= console.width else Console(width=needed)).print(view)
 
 
 # ---------------------------------------------------------------------------------------------- bench

@@ -145,6 +145,9 @@ def _prepare(config: DataConfig) -> Dataset:
             raise UserError(f"--{name.replace('_', '-')} {getattr(config, name)} is more than the {len(labels)} "
                             f"{split} images of {config.dataset} (after any --val-size): ask for at most "
                             f"{len(labels)}, or leave it out for all")
+    if config.train_size is not None and config.train_size < data.num_classes:
+        raise UserError(f"--train-size {config.train_size} is fewer images than the {data.num_classes} classes of "
+                        f"{config.dataset}: ask for at least one image per class, or leave it out for all")
     if config.train_size is not None and config.train_size < len(data.train_labels):
         pick = balanced_subset(data.train_labels, config.train_size, config.split_seed + 1)
         data.train_images, data.train_labels = data.train_images[pick], data.train_labels[pick]

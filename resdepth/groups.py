@@ -5,7 +5,9 @@ executed, and the grouping of runs into seeds of one setting that the table, the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from .results import Run
@@ -44,7 +46,18 @@ class GroupKey:
 def group_key(run: Run, setting: str = "") -> GroupKey:
     kind = str(run.setting("kind", "unknown"))
     shortcut = str(run.setting("shortcut", "A")) if kind == "residual" else ""
-    return GroupKey(str(run.setting("dataset", "unknown")), kind, shortcut, int(run.setting("depth", 0)), setting)
+    return GroupKey(dataset_name(run.config), kind, shortcut, int(run.setting("depth", 0)), setting)
+
+
+def dataset_name(config: dict[str, Any]) -> str:
+    """The dataset as tables and figures name it: cifar10, synthetic, ...; for an image folder the folder's own
+    name (/tmp/cifar10-jpeg -> cifar10-jpeg), which says more than 'folder' and fits in a file name."""
+    data = config.get("data", {})
+    dataset = str(data.get("dataset", "unknown"))
+    if dataset != "folder" or not data.get("data_dir"):
+        return dataset
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePath(str(data["data_dir"]).rstrip("/\\")).name).strip("-.")
+    return name or dataset
 
 
 def group_runs(runs: list[Run]) -> dict[GroupKey, list[Run]]:
@@ -65,6 +78,9 @@ def group_order(key: GroupKey) -> tuple:
 # where its data lives, and raw values that "resolved" holds as they took effect (--epochs -> iterations).
 NOT_PROTOCOL = {"kind", "depth", "shortcut", "seed", "epochs", "iterations", "precision", "resolved", "environment",
                 "data", *EXECUTION_FIELDS}
+# The warm-up settings only matter to a run that warmed up; which runs do is "resolved"'s warmup (a mode such as
+# auto or deep is only the rule that decided it).
+WARMUP_FIELDS = ("warmup", "warmup_min_depth", "warmup_lr", "warmup_until_error", "warmup_max_iterations")
 NOT_DATA_PROTOCOL = {"dataset", "data_dir", "train_size", "test_size", "val_size"}
 
 
@@ -79,6 +95,12 @@ def run_protocol(run: Run) -> dict[str, str]:
         values["data_dir"] = data.get("data_dir")  # for image folders the path is what names the dataset
     for key in ("iterations", "train_size", "test_size", "val_size"):
         values[key] = resolved.get(key, config.get(key, data.get(key)))
+    if "warmup" in resolved:
+        for key in WARMUP_FIELDS:
+            values.pop(key, None)
+        values["warmup"] = resolved["warmup"]
+        if resolved["warmup"]:
+            values.update({key: config.get(key) for key in WARMUP_FIELDS[2:]})
     precision = config.get("precision", "auto")
     device = str(config.get("environment", {}).get("device", ""))
     values["precision"] = resolved.get("precision") or (precision if precision != "auto" else
@@ -119,3 +141,81 @@ def is_complete(run: Run) -> bool:
     planned = run.config.get("resolved", {}).get("iterations")
     reached = planned is not None and run.metrics["iteration"].iloc[-1] >= planned
     return run.finished or (run.status == "unknown" and reached)
+
+
+# ---------------------------------------------------------------------------------------------- the paper's protocol
+# §4.2's CIFAR-10 training, as far as a run's config can say: what a run must match for its numbers to stand
+# beside the paper's Table 6 (and, with --paper, its figures). The dataset, the option-A shortcut, the split
+# and the warm-up rule are checked apart, in `paper_differences`.
+PAPER_TRAINING: dict[str, tuple[Any, str]] = {  # config key -> (the paper's value, how a difference reads)
+    "batch_size": (128, "batch {}"),
+    "lr": (0.1, "lr {}"),
+    "lr_milestones": ([0.5, 0.75], "lr divided at {} of the iterations"),
+    "lr_decay": (0.1, "lr multiplied by {} at the milestones"),
+    "momentum": (0.9, "momentum {}"),
+    "weight_decay": (1e-4, "weight decay {}"),
+}
+PAPER_ITERATIONS, PAPER_TRAIN_IMAGES, PAPER_TEST_IMAGES = 64_000, 50_000, 10_000
+PAPER_WARMUP_DEPTH, PAPER_WARMUP_LR, PAPER_WARMUP_ERROR = 110, 0.01, 80.0
+
+
+def paper_differences(run: Run) -> list[str]:
+    """How the run's protocol differs from the paper's §4.2 CIFAR-10 training, one short phrase each (the
+    paper's value in brackets); empty when it matches. Values a hand-made config leaves out count as the paper's."""
+    config, data, resolved = run.config, run.config.get("data", {}), run.config.get("resolved", {})
+    differences = []
+    if data.get("dataset", "cifar10") != "cifar10":
+        name = dataset_name(config)
+        what = f"{name} (an image folder)" if data.get("dataset") == "folder" else name
+        differences.append(f"dataset {what} (paper: CIFAR-10)")
+    if config.get("kind") == "residual" and config.get("shortcut", "A") != "A":
+        differences.append(f"shortcut {config.get('shortcut')} (paper: A, zero-padding)")
+    iterations = resolved.get("iterations", config.get("iterations", PAPER_ITERATIONS))
+    if iterations != PAPER_ITERATIONS:
+        differences.append(f"trained {iterations:,} iterations (paper: 64k)")
+    for key, (paper, words) in PAPER_TRAINING.items():
+        value = config.get(key, paper)
+        if (list(value) if isinstance(value, (list, tuple)) else value) != paper:
+            shown_value = ", ".join(f"{v:.0%}" for v in value) if key == "lr_milestones" else f"{value:g}"
+            paper_value = ", ".join(f"{v:.0%}" for v in paper) if key == "lr_milestones" else f"{paper:g}"
+            differences.append(f"{words.format(shown_value)} (paper: {paper_value})")
+    differences += split_differences(data, resolved)
+    if not data.get("augment", True):
+        differences.append("no augmentation (paper: pad 4, random crop, flip)")
+    differences += warmup_differences(run)
+    if resolved.get("precision", config.get("precision")) == "bf16":
+        differences.append("bf16 (paper: fp32)")
+    return differences
+
+
+def split_differences(data: dict[str, Any], resolved: dict[str, Any]) -> list[str]:
+    """The paper trains on all 50k training images (its 45k/5k split only set the schedule) and tests on all 10k."""
+    differences = []
+    if data.get("val_size"):
+        differences.append(f"{data['val_size']:,} training images held out for validation (paper: trained on all 50k)")
+    if data.get("train_size") is not None and data["train_size"] < PAPER_TRAIN_IMAGES:
+        differences.append(f"a {data['train_size']:,}-image training subset (paper: all 50k)")
+    elif not data.get("val_size") and resolved.get("train_size", PAPER_TRAIN_IMAGES) != PAPER_TRAIN_IMAGES:
+        differences.append(f"{resolved['train_size']:,} training images (paper: 50k)")
+    if resolved.get("test_size", PAPER_TEST_IMAGES) != PAPER_TEST_IMAGES:
+        differences.append(f"tested on {resolved['test_size']:,} images (paper: the 10k test set)")
+    return differences
+
+
+def warmup_differences(run: Run) -> list[str]:
+    """§4.2 warms up the 110-layer ResNet (and, "trained as described above", the 1202-layer one): lr 0.01 until the
+    training error is below 80%. Nothing else warms up."""
+    config, resolved = run.config, run.config.get("resolved", {})
+    expected = config.get("kind") == "residual" and int(config.get("depth", 0)) >= PAPER_WARMUP_DEPTH
+    warmed = resolved.get("warmup", expected)
+    if warmed != expected:
+        return ["a warm-up (paper: none below 110 layers nor for plain nets)" if warmed else
+                "no warm-up (paper: lr 0.01 until training error < 80%)"]
+    if not warmed:
+        return []
+    lr, until = config.get("warmup_lr", PAPER_WARMUP_LR), config.get("warmup_until_error", PAPER_WARMUP_ERROR)
+    if (lr, until) != (PAPER_WARMUP_LR, PAPER_WARMUP_ERROR):
+        return [f"warm-up lr {lr:g} until training error < {until:g}% (paper: 0.01 until < 80%)"]
+    if run.warmup_end_reason == "cap":
+        return [f"warm-up ended at its cap, iteration {run.warmup_end_iteration:,} (paper: at < 80% training error)"]
+    return []

@@ -22,16 +22,27 @@ from matplotlib.ticker import MaxNLocator
 from .errors import UserError
 from .groups import GroupKey, group_runs, is_complete
 from .results import Run
+from .tables import PAPER_TABLE6, group_differences, nets_by_difference, paper_test_error, summarize
 
 X_AXES = ("iterations", "epochs")
 FORMATS = ("png", "pdf", "svg")
-METRIC_WORDS = {"train_error": "train", "test_error": "test"}
+METRICS = ("train_error", "test_error", "val_error")
+METRIC_WORDS = {"train_error": "train", "test_error": "test", "val_error": "val"}
 PAPER_Y_MAX = 20.0  # the paper's figures show 0-20% error and clip the first, higher iterations
 # A page's text width (7 in) at 9-10 pt text and thick lines: legible printed at that size, still readable at
 # half of it (a single column). Test error is the bold line, as in the paper's Figure 6.
 FIG_WIDTH, FIG_HEIGHT, FONT, TITLE_FONT = 7.0, 3.2, 9, 10
-TRAIN_WIDTH, TEST_WIDTH, BAND_ALPHA = 1.3, 2.2, 0.18
+TRAIN_WIDTH, TEST_WIDTH, VAL_WIDTH, BAND_ALPHA = 1.3, 2.2, 1.6, 0.18
+# Line style, width and point marker per metric in Figure 6 (dashed training, bold test, dotted validation); the
+# point markers are drawn only on curves with few points (short runs), where overlapping lines would hide each other.
+STYLES = {"train_error": ("--", TRAIN_WIDTH, "s"), "test_error": ("-", TEST_WIDTH, "o"),
+          "val_error": (":", VAL_WIDTH, "^")}
+STYLE_WORDS = {"train_error": "training error", "test_error": "test error", "val_error": "validation error"}
+MARKED_POINTS = 30  # curves with at most this many points show them
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+DEEPEST_PAIR = (110, 1202)  # Figure 6, right: ResNet-110 against ResNet-1202, in a panel of their own
+LEGEND_ENTRY_WIDTH = 1.7  # inches a legend entry takes at FONT, the longest ("warm-up end (cap)") included
+PAPER_TICK_WIDTH = 0.05  # the paper's final test error: a tick this share of the x range long, after the curve's end
 
 
 @dataclass
@@ -40,11 +51,20 @@ class SeedCurves:
 
     key: GroupKey
     runs: list[Run]
-    frame: pd.DataFrame  # iteration, epoch, runs, {train,test}_error_{mean,min,max}
+    frame: pd.DataFrame  # iteration, epoch, runs, {train,test[,val]}_error_{mean,min,max}
 
     @property
     def finished(self) -> bool:
         return all(is_complete(run) for run in self.runs)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics the runs logged: training and test error, and validation error with a held-out split."""
+        return [m for m in METRICS if f"{m}_mean" in self.frame and self.frame[f"{m}_mean"].notna().any()]
+
+    @property
+    def paper_protocol(self) -> bool:
+        return not group_differences(self.runs)
 
     def label(self, metric: str) -> str:
         """Names the line for code that inspects a figure (e.g. 'plain-20 test_error'); legends name depths."""
@@ -58,17 +78,19 @@ def group_curves(runs: list[Run]) -> list[SeedCurves]:
 
 
 def average_seeds(runs: list[Run]) -> pd.DataFrame:
-    metrics = pd.concat([run.metrics[["iteration", "epoch", "train_error", "test_error"]] for run in runs])
+    logged = [m for m in METRICS if any(m in run.metrics for run in runs)]
+    metrics = pd.concat([run.metrics.reindex(columns=["iteration", "epoch", *logged]) for run in runs])
     grouped = metrics.groupby("iteration", sort=True)
-    frame = grouped[["train_error", "test_error"]].agg(["mean", "min", "max"])
+    frame = grouped[logged].agg(["mean", "min", "max"])
     frame.columns = [f"{metric}_{stat}" for metric, stat in frame.columns]
     frame.insert(0, "runs", grouped.size())
     frame.insert(0, "epoch", grouped["epoch"].first())
     return frame.reset_index()
 
 
-def build_figures(runs: list[Run], x: str = "iterations") -> dict[str, Figure]:
-    """Every figure for the runs, by file stem: figure1-<kind>-<dataset> per kind, figure6-<dataset>."""
+def build_figures(runs: list[Run], x: str = "iterations", paper: bool = False) -> dict[str, Figure]:
+    """Every figure for the runs, by file stem: figure1-<kind>-<dataset> per kind, figure6-<dataset>. With paper,
+    Figure 6 marks the paper's Table 6 test errors beside the curves of runs that follow the paper's protocol."""
     check_axis(x)
     suffix = "" if x == "iterations" else "-epochs"
     figures: dict[str, Figure] = {}
@@ -78,8 +100,20 @@ def build_figures(runs: list[Run], x: str = "iterations") -> dict[str, Figure]:
         name = "-".join(filter(None, (study[0], file_slug(study[1]))))
         for variant in dict.fromkeys(c.key.variant for c in curves):
             figures[f"figure1-{variant}-{name}{suffix}"] = figure1(curves, variant, x)
-        figures[f"figure6-{name}{suffix}"] = figure6(curves, x)
+        figures[f"figure6-{name}{suffix}"] = figure6(curves, x, paper=paper)
     return figures
+
+
+def paper_tick_notes(runs: list[Run]) -> list[str]:
+    """Why `--paper` leaves nets of Table 6 without a tick: one line per way their protocol differs from the paper's
+    (or one line when no run is a residual net of Table 6's depths); empty when every such net got its tick."""
+    summary = summarize(runs)
+    eligible = summary[summary["paper_test_error"].notna()]
+    if eligible.empty:
+        return [f"no residual net of Table 6's depths ({', '.join(map(str, PAPER_TABLE6))}) here: nothing to mark"]
+    several = summary["dataset"].nunique() > 1 or summary["setting"].ne("").any()
+    return [f"no tick for {nets}: not the paper's protocol ({differences})"
+            for nets, differences in nets_by_difference(eligible[~eligible["paper_protocol"]], several)]
 
 
 def file_slug(setting: str) -> str:
@@ -96,12 +130,15 @@ def plot_figure1(runs: list[Run], kind: str = "plain", x: str = "iterations") ->
     return figure1(one_dataset(group_curves(runs)), kind, x)
 
 
-def plot_figure6(runs: list[Run], x: str = "iterations") -> Figure:
-    """Figure 6 style for one dataset's runs: a panel per kind, dashed training error, bold test error."""
-    return figure6(one_dataset(group_curves(runs)), x)
+def plot_figure6(runs: list[Run], x: str = "iterations", paper: bool = False) -> Figure:
+    """Figure 6 style for one dataset's runs: a panel per kind, dashed training error, bold test error, dotted
+    validation error; ResNet-110 vs ResNet-1202 in a third panel when both are there."""
+    return figure6(one_dataset(group_curves(runs)), x, paper=paper)
 
 
 def figure1(curves: list[SeedCurves], variant: str, x: str) -> Figure:
+    """Training error left, test (and validation) error right, one colour per depth. The y range is the one every
+    kind's Figure 1 of this study gets (from all its curves), so the plain and residual files compare side by side."""
     check_axis(x)
     chosen = [c for c in curves if c.key.variant == variant]
     if not chosen:
@@ -109,37 +146,68 @@ def figure1(curves: list[SeedCurves], variant: str, x: str) -> Figure:
     colours = depth_colours(curves)
     figure, (train_axes, test_axes) = new_figure(2)
     xaxis = XAxis.choose(x, chosen)
-    for axes, metric, title in ((train_axes, "train_error", "training error"), (test_axes, "test_error", "test error")):
+    with_val = any("val_error" in c.metrics for c in chosen)
+    panels = ((train_axes, ("train_error",), "training error"),
+              (test_axes, ("test_error", "val_error"), "test and validation error" if with_val else "test error"))
+    for axes, metrics, title in panels:
         for curve in chosen:
-            draw(axes, curve, metric, xaxis, colours[curve.key.depth], TEST_WIDTH, "-")
+            for metric in (m for m in metrics if m in curve.metrics):
+                style = "-" if metric != "val_error" else ":"
+                width = TEST_WIDTH if style == "-" else VAL_WIDTH
+                draw(axes, curve, metric, xaxis, colours[curve.key.depth], width, style)
+            mark_warmup_ends(axes, curve, xaxis, colours[curve.key.depth])
         style_axes(axes, f"{variant} nets: {title}", xaxis, ylabel=axes is train_axes)
-    top = set_error_range([train_axes, test_axes], chosen)
-    for axes, metric in ((train_axes, "train_error"), (test_axes, "test_error")):
-        note_off_axis(axes, chosen, (metric,), top)
+    top = set_error_range([train_axes, test_axes], curves)
+    for axes, metrics, _ in panels:
+        note_off_axis(axes, chosen, metrics, top)
     figure.suptitle(f"{study_title(chosen[0].key)}: {variant} nets by depth", fontsize=TITLE_FONT)
-    add_depth_legend(figure, chosen, colours)
+    styles = [("test_error", "-"), ("val_error", ":")] if with_val else []
+    add_legend(figure, chosen, colours, styles)
     return figure
 
 
-def figure6(curves: list[SeedCurves], x: str) -> Figure:
+def figure6(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
     check_axis(x)
     if not curves:
         raise ValueError("no runs to plot")
-    variants = list(dict.fromkeys(c.key.variant for c in curves))
+    panels = figure6_panels(curves)
     colours = depth_colours(curves)
     xaxis = XAxis.choose(x, curves)
-    figure, panels = new_figure(len(variants))
-    for axes, variant in zip(panels, variants, strict=True):
-        for curve in (c for c in curves if c.key.variant == variant):
-            draw(axes, curve, "train_error", xaxis, colours[curve.key.depth], TRAIN_WIDTH, "--")
-            draw(axes, curve, "test_error", xaxis, colours[curve.key.depth], TEST_WIDTH, "-")
-        style_axes(axes, f"{variant} nets", xaxis, ylabel=axes is panels[0])
-    top = set_error_range(panels, curves)
-    for axes, variant in zip(panels, variants, strict=True):
-        note_off_axis(axes, [c for c in curves if c.key.variant == variant], ("train_error", "test_error"), top)
-    figure.suptitle(f"{study_title(curves[0].key)}: dashed = training error, bold = test error", fontsize=TITLE_FONT)
-    add_depth_legend(figure, curves, colours)
+    figure, axes_list = new_figure(len(panels))
+    ticked = False
+    for axes, (title, members) in zip(axes_list, panels, strict=True):
+        for curve in members:
+            for metric in curve.metrics:
+                style, width, _ = STYLES[metric]
+                draw(axes, curve, metric, xaxis, colours[curve.key.depth], width, style)
+            mark_warmup_ends(axes, curve, xaxis, colours[curve.key.depth])
+        if paper:
+            ticked |= mark_paper_errors(axes, members, xaxis, colours)
+        style_axes(axes, title, xaxis, ylabel=axes is axes_list[0])
+    top = set_error_range(axes_list, curves)
+    for axes, (_, members) in zip(axes_list, panels, strict=True):
+        note_off_axis(axes, members, METRICS, top)
+    with_val = any("val_error" in c.metrics for c in curves)
+    words = "dashed = training error, bold = test error" + (", dotted = validation error" if with_val else "")
+    figure.suptitle(f"{study_title(curves[0].key)}: {words}", fontsize=TITLE_FONT)
+    styles = [(m, STYLES[m][0]) for m in METRICS if with_val or m != "val_error"]
+    add_legend(figure, curves, colours, styles, paper_ticks=ticked)
     return figure
+
+
+def figure6_panels(curves: list[SeedCurves]) -> list[tuple[str, list[SeedCurves]]]:
+    """A panel per kind, as the paper's left and middle panels; a kind with both 110 and 1202 layers gets the
+    paper's right panel, ResNet-110 vs ResNet-1202, and its 1202-layer curve moves there."""
+    panels = []
+    for variant in dict.fromkeys(c.key.variant for c in curves):
+        members = [c for c in curves if c.key.variant == variant]
+        pair = [c for c in members if c.key.depth in DEEPEST_PAIR]
+        if len(pair) == len(DEEPEST_PAIR):
+            panels.append((f"{variant} nets", [c for c in members if c.key.depth != DEEPEST_PAIR[1]]))
+            panels.append((f"{variant} nets: {DEEPEST_PAIR[0]} vs {DEEPEST_PAIR[1]} layers", pair))
+        else:
+            panels.append((f"{variant} nets", members))
+    return panels
 
 
 @dataclass(frozen=True)
@@ -165,14 +233,59 @@ def new_figure(panels: int) -> tuple[Figure, list[Axes]]:
 
 
 def draw(axes: Axes, curve: SeedCurves, metric: str, xaxis: XAxis, colour: str, width: float, style: str) -> None:
-    """The mean over seeds as a line; the range over seeds as a band where there are several; an open circle
-    at the end of an unfinished curve."""
-    xs, frame = curve.frame[xaxis.column] / xaxis.divisor, curve.frame
+    """The mean over seeds as a line (with its points marked when there are few); the range over seeds as a band
+    where there are several; an open circle at the end of an unfinished curve."""
+    frame = curve.frame.dropna(subset=[f"{metric}_mean"])
+    xs = frame[xaxis.column] / xaxis.divisor
+    few = len(frame) <= MARKED_POINTS
     axes.plot(xs, frame[f"{metric}_mean"], color=colour, linewidth=width, linestyle=style, label=curve.label(metric),
-              marker=None if curve.finished else "o", markevery=[-1], markerfacecolor="white", markersize=4)
-    if len(curve.runs) > 1:
+              marker=STYLES[metric][2] if few else None, markersize=3.5 if metric == "test_error" else 3)
+    if not curve.finished:
+        axes.plot(xs.iloc[-1:], frame[f"{metric}_mean"].iloc[-1:], color=colour, marker="o", markerfacecolor="white",
+                  markersize=6, linestyle="none", label=f"_unfinished {curve.label(metric)}")
+    if len(curve.runs) > 1 and metric != "val_error":  # a third band would mostly repeat the test error's
         axes.fill_between(xs, frame[f"{metric}_min"], frame[f"{metric}_max"], color=colour, alpha=BAND_ALPHA,
                           linewidth=0)
+
+
+def mark_warmup_ends(axes: Axes, curve: SeedCurves, xaxis: XAxis, colour: str) -> None:
+    """A small triangle on the x axis, in the depth's colour, where each run's warm-up ended: filled when the
+    training error fell below the threshold (§4.2), open when the cap ended it. On the axis rather than on the
+    curve: in the paper's 0-20% range a curve is still far above the top at the end of a warm-up."""
+    for run in curve.runs:
+        if run.warmup_end_iteration is None:
+            continue
+        x = warmup_end_x(run, xaxis)
+        if x is None:
+            continue
+        axes.plot([x], [0.025], transform=axes.get_xaxis_transform(), clip_on=False, linestyle="none", marker="^",
+                  markersize=6, color=colour, markerfacecolor=colour if run.warmup_end_reason != "cap" else "white",
+                  label=f"_warm-up end {curve.label(run.warmup_end_reason or '')}")
+
+
+def warmup_end_x(run: Run, xaxis: XAxis) -> float | None:
+    if xaxis.column == "iteration":
+        return run.warmup_end_iteration / xaxis.divisor
+    steps = run.config.get("resolved", {}).get("steps_per_epoch")
+    return run.warmup_end_iteration / steps if steps else None
+
+
+def mark_paper_errors(axes: Axes, curves: list[SeedCurves], xaxis: XAxis, colours: dict[int, str]) -> bool:
+    """A short horizontal tick just after the end of each curve at the paper's Table 6 test error for that depth
+    (110 layers: the mean of its 5 runs, as our line is a mean), only for curves whose every run followed the
+    paper's protocol. Returns whether it drew any."""
+    chosen = [(c, paper_test_error(c.key)) for c in curves if c.paper_protocol and c.key.shortcut == "A"]
+    chosen = [(c, value) for c, value in chosen if value is not None]
+    if not chosen:
+        return False
+    right = max(c.frame[xaxis.column].max() for c in curves) / xaxis.divisor
+    for curve, value in chosen:
+        end = curve.frame[xaxis.column].iloc[-1] / xaxis.divisor
+        start = end + 0.01 * right
+        axes.plot([start, start + PAPER_TICK_WIDTH * right], [value, value], color=colours[curve.key.depth],
+                  linewidth=3.0, solid_capstyle="butt", label=f"_paper {curve.label('test_error')}")
+    axes.set_xlim(right=right * (1.02 + PAPER_TICK_WIDTH))
+    return True
 
 
 def style_axes(axes: Axes, title: str, xaxis: XAxis, ylabel: bool) -> None:
@@ -183,8 +296,8 @@ def style_axes(axes: Axes, title: str, xaxis: XAxis, ylabel: bool) -> None:
     axes.tick_params(labelsize=FONT - 1)
     axes.grid(True, linewidth=0.5, alpha=0.4)
     axes.set_xlim(left=0)
-    if xaxis.column == "epoch":
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no half epochs on short runs
+    if xaxis.divisor == 1:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no half epochs or iterations on short runs
 
 
 def set_error_range(panels: list[Axes], curves: list[SeedCurves]) -> float:
@@ -193,7 +306,7 @@ def set_error_range(panels: list[Axes], curves: list[SeedCurves]) -> float:
     range); otherwise 0 up to the next 10% above the highest curve (short runs sit higher). Returns the top."""
     inside = [all(final <= PAPER_Y_MAX for final in final_errors(c, ("train_error", "test_error")).values())
               for c in curves]
-    highest = pd.concat([c.frame[f"{m}_max"] for c in curves for m in ("train_error", "test_error")]).max()
+    highest = pd.concat([c.frame[f"{m}_max"] for c in curves for m in c.metrics]).max()
     if inside and 2 * sum(inside) >= len(inside):
         top = PAPER_Y_MAX
     else:  # NaN-proof: a diverged run may have logged non-finite numbers
@@ -205,7 +318,7 @@ def set_error_range(panels: list[Axes], curves: list[SeedCurves]) -> float:
 
 def final_errors(curve: SeedCurves, metrics: Sequence[str]) -> dict[str, float]:
     """The last logged mean of each metric (metrics a curve never logged are left out)."""
-    means = {m: curve.frame[f"{m}_mean"].dropna() for m in metrics}
+    means = {m: curve.frame[f"{m}_mean"].dropna() for m in metrics if f"{m}_mean" in curve.frame}
     return {m: float(values.iloc[-1]) for m, values in means.items() if not values.empty}
 
 
@@ -222,16 +335,38 @@ def note_off_axis(axes: Axes, curves: list[SeedCurves], metrics: Sequence[str], 
                   bbox={"facecolor": "white", "edgecolor": "0.7", "boxstyle": "round,pad=0.3"})
 
 
-def add_depth_legend(figure: Figure, curves: list[SeedCurves], colours: dict[int, str]) -> None:
-    """One entry per depth (its colour is the same in every panel), and the open-circle key if a curve is
-    unfinished; below the panels, where it never covers a curve."""
+def add_legend(figure: Figure, curves: list[SeedCurves], colours: dict[int, str],
+               styles: list[tuple[str, str]] = (), paper_ticks: bool = False) -> None:
+    """One entry per depth (its colour is the same in every panel), the line styles where a figure mixes metrics,
+    and the keys of the marks it uses (unfinished runs, warm-up ends, the paper's errors); below the panels,
+    where it never covers a curve."""
     depths = sorted({c.key.depth for c in curves})
     handles = [Line2D([], [], color=colours[depth], linewidth=TEST_WIDTH, label=f"{depth}-layer") for depth in depths]
+    grey = "0.35"
+    points = any(len(c.frame) <= MARKED_POINTS for c in curves)  # the keys show the point markers the curves do
+    handles += [Line2D([], [], color=grey, linestyle=style, linewidth=STYLES[metric][1], label=STYLE_WORDS[metric],
+                       marker=STYLES[metric][2] if points else None, markersize=3.5) for metric, style in styles]
     if not all(c.finished for c in curves):
-        handles.append(Line2D([], [], color="0.4", marker="o", markerfacecolor="white", markersize=5,
+        handles.append(Line2D([], [], color=grey, marker="o", markerfacecolor="white", markersize=6,
                               linestyle="none", label="unfinished runs"))
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=FONT,
+    reasons = {run.warmup_end_reason for c in curves for run in c.runs if run.warmup_end_iteration is not None}
+    for reason, face, words in (("threshold", grey, "warm-up end (threshold)"), ("cap", "white", "warm-up end (cap)")):
+        if reason in reasons:
+            handles.append(Line2D([], [], color=grey, marker="^", markerfacecolor=face, markersize=6,
+                                  linestyle="none", label=words))
+    if paper_ticks:
+        handles.append(Line2D([], [], color=grey, marker="_", markersize=12, markeredgewidth=3, linestyle="none",
+                              label="paper (Table 6)"))
+    columns = min(len(handles), max(2, int(figure.get_figwidth() / LEGEND_ENTRY_WIDTH)))
+    figure.legend(handles=row_major(handles, columns), loc="outside lower center", ncol=columns, fontsize=FONT,
                   frameon=False)
+
+
+def row_major(handles: list[Line2D], columns: int) -> list[Line2D]:
+    """Matplotlib fills a legend column by column; reordered, the entries read left to right, depths first."""
+    rows = math.ceil(len(handles) / columns)
+    grid = [handles[r * columns:(r + 1) * columns] for r in range(rows)]
+    return [grid[r][c] for c in range(columns) for r in range(rows) if c < len(grid[r])]
 
 
 def depth_colours(curves: list[SeedCurves]) -> dict[int, str]:

@@ -107,7 +107,9 @@ class RunStatus:
     test_error: float | None = None
     live_train_error: float | None = None  # so far in the epoch being trained (None between epochs)
     images_per_second: float | None = None
-    warmup_end_iteration: int | None = None
+    warmup_end_iteration: int | None = None  # the iteration after which the lr left the warm-up lr
+    # threshold (training error below the bound, §4.2) or cap (--warmup-max-iterations)
+    warmup_end_reason: str | None = None
     error: str | None = None
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
@@ -142,6 +144,8 @@ class Run:
     config: dict[str, Any]
     metrics: pd.DataFrame
     status: str
+    warmup_end_iteration: int | None = None  # from status.json: how the warm-up ended, if it did
+    warmup_end_reason: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -222,7 +226,7 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
         if note:
             warnings.append(note)
         status = RunStatus.read(run_dir)
-        runs.append(Run(run_dir, config, metrics, status.state if status else "unknown"))
+        runs.append(Run(run_dir, config, metrics, status.state if status else "unknown", *warmup_end(status)))
     if not runs and not warnings:
         raise UserError(f"no runs found under {root}: a run folder holds config.json and metrics.csv "
                         "(run `resdepth sweep` first)")
@@ -233,6 +237,14 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
         warnings.append(f"left out {len(replaced)} run folder(s) that sweep --force replaced (*{REPLACED_MARK}*, e.g. "
                         f"{replaced[0]}): name one to read it")
     return runs, warnings
+
+
+def warmup_end(status: RunStatus | None) -> tuple[int | None, str | None]:
+    """(iteration, reason) of a warm-up that ended. Runs of versions without the cap record no reason: theirs
+    could only end at the threshold."""
+    if status is None or status.warmup_end_iteration is None:
+        return None, None
+    return status.warmup_end_iteration, status.warmup_end_reason or "threshold"
 
 
 def config_problem(config: Any) -> str | None:

@@ -1,4 +1,5 @@
-"""The Table 6 style summary: one row per dataset x kind x depth, seeds aggregated, beside the paper's numbers.
+"""The Table 6 style summary: one row per dataset x kind x depth, seeds aggregated as the paper reports them
+("best (mean ± std)"), beside the paper's numbers where the protocol is the paper's; and one row per run.
 
 The runs are grouped as `groups.group_runs` groups them, as the plots are: a row of the table is a line of a figure.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UserError
-from .groups import GroupKey, group_runs, is_complete
+from .groups import GroupKey, group_runs, is_complete, paper_differences
 from .results import Run
 
 # He et al. 2016, Table 6: CIFAR-10 test error (%) of the residual nets (option A shortcuts, 64k iterations).
@@ -20,42 +21,65 @@ PAPER_TABLE6_110_MEAN_STD: tuple[float, float] = (6.61, 0.16)
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "dataset", "setting", "kind", "shortcut", "depth", "params", "runs", "unfinished", "seeds",
-    "final_train_error_mean", "final_test_error_mean", "final_test_error_std",
-    "best_test_error_mean", "val_selected_test_error_mean", "paper_test_error", "vs_paper",
+    "final_train_error_mean", "final_test_error_best", "final_test_error_mean", "final_test_error_std",
+    "min_epoch_test_error_mean", "val_selected_test_error_mean",
+    "paper_test_error", "paper_protocol", "vs_paper", "protocol_differences",
 )
+RUN_COLUMNS: tuple[str, ...] = (
+    "dataset", "setting", "kind", "shortcut", "depth", "seed", "state", "epochs", "planned_epochs", "iteration",
+    "final_train_error", "final_test_error", "min_epoch_test_error", "best_val_epoch", "val_selected_test_error",
+    "warmup", "warmup_end_reason", "warmup_end_iteration", "path",
+)
+
+
 def paper_test_error(key: GroupKey) -> float | None:
-    """The Table 6 number a mean over seeds compares with: for 110 layers the paper's mean of 5 runs."""
-    if key.dataset != "cifar10" or key.variant != "residual":
+    """The Table 6 number a mean over seeds compares with (for 110 layers the paper's mean of 5 runs), for the
+    residual nets of Table 6's depths; None where the paper has no table number (plain nets, other depths)."""
+    if key.kind != "residual":
         return None
     return PAPER_TABLE6_110_MEAN_STD[0] if key.depth == 110 else PAPER_TABLE6.get(key.depth)
 
 
+def group_differences(runs: list[Run]) -> list[str]:
+    """How the group's runs differ from the paper's protocol, each phrase once, in the order first met."""
+    return list(dict.fromkeys(phrase for run in runs for phrase in paper_differences(run)))
+
+
 def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
     final = pd.DataFrame([run.metrics.iloc[-1] for run in runs])
-    best = [run.metrics["test_error"].min() for run in runs]
-    val_selected = [val_selected_test_error(run) for run in runs]
-    val_selected = [v for v in val_selected if v is not None]
+    lowest = [run.metrics["test_error"].min() for run in runs]
+    val_selected = [v for v in (val_selected_test_error(run) for run in runs) if v is not None]
     paper = paper_test_error(key)
+    differences = group_differences(runs)
+    matches = paper is not None and not differences
     test_mean = float(final["test_error"].mean())
     return {
         "dataset": key.dataset, "setting": key.setting, "kind": key.kind, "shortcut": key.shortcut, "depth": key.depth,
         "params": run_params(runs), "runs": len(runs), "unfinished": sum(not is_complete(run) for run in runs),
         "seeds": ",".join(str(run.setting("seed", "?")) for run in runs),
         "final_train_error_mean": float(final["train_error"].mean()),
+        "final_test_error_best": float(final["test_error"].min()),
         "final_test_error_mean": test_mean,
         "final_test_error_std": float(final["test_error"].std(ddof=1)) if len(runs) > 1 else float("nan"),
-        "best_test_error_mean": float(sum(best) / len(best)),
+        "min_epoch_test_error_mean": float(sum(lowest) / len(lowest)),
         "val_selected_test_error_mean": sum(val_selected) / len(val_selected) if val_selected else float("nan"),
         "paper_test_error": paper if paper is not None else float("nan"),
-        "vs_paper": test_mean - paper if paper is not None else float("nan"),
+        "paper_protocol": not differences,
+        "vs_paper": test_mean - paper if matches else float("nan"),
+        "protocol_differences": "; ".join(differences),
     }
 
 
 def val_selected_test_error(run: Run) -> float | None:
     """Test error at the epoch of the lowest validation error (the honest model selection), if the run had one."""
+    epoch = best_val_row(run)
+    return None if epoch is None else float(run.metrics.loc[epoch, "test_error"])
+
+
+def best_val_row(run: Run) -> int | None:
     if "val_error" not in run.metrics or run.metrics["val_error"].isna().all():
         return None
-    return float(run.metrics.loc[run.metrics["val_error"].idxmin(), "test_error"])
+    return int(run.metrics["val_error"].idxmin())
 
 
 def run_params(runs: list[Run]) -> int | None:
@@ -64,32 +88,74 @@ def run_params(runs: list[Run]) -> int | None:
 
 
 def summarize(runs: list[Run]) -> pd.DataFrame:
-    """One row per dataset x kind x shortcut x depth: final errors over seeds (mean, sample std), best and
-    val-selected test error, and for CIFAR-10 residual nets the paper's Table 6 value and our difference."""
+    """One row per dataset x kind x shortcut x depth: final errors over seeds (best, mean, sample std), the
+    test-selected and val-selected test error, and the paper's Table 6 value with our difference where the
+    protocol is the paper's (`protocol_differences` says what differs otherwise)."""
     rows = [summarize_group(key, group) for key, group in group_runs(runs).items()]
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    return frame.astype({"params": "Int64", "depth": int, "runs": int, "unfinished": int})
+    return frame.astype({"params": "Int64", "depth": int, "runs": int, "unfinished": int, "paper_protocol": bool})
 
 
+def summarize_runs(runs: list[Run]) -> pd.DataFrame:
+    """One row per run, in the table's group order then by seed: where it stands, its final errors, the epoch of
+    its lowest validation error (when it held out a split) and how its warm-up ended (when it warmed up)."""
+    rows = []
+    for key, group in group_runs(runs).items():
+        for run in sorted(group, key=lambda r: (seed_order(r), str(r.path))):
+            rows.append(run_row(key, run))
+    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    return frame.astype({"depth": int, "epochs": int, "iteration": int, "planned_epochs": "Int64",
+                         "best_val_epoch": "Int64", "warmup_end_iteration": "Int64"})
+
+
+def seed_order(run: Run) -> tuple[int, str]:
+    seed = run.setting("seed")
+    return (seed, "") if isinstance(seed, int) else (0, str(seed))  # 2 before 10; a hand-written seed after
+
+
+def run_row(key: GroupKey, run: Run) -> dict[str, object]:
+    last, resolved = run.metrics.iloc[-1], run.config.get("resolved", {})
+    best_val = best_val_row(run)
+    return {
+        "dataset": key.dataset, "setting": key.setting, "kind": key.kind, "shortcut": key.shortcut,
+        "depth": key.depth, "seed": run.setting("seed"), "state": run.status,
+        "epochs": int(last["epoch"]), "planned_epochs": resolved.get("epochs"), "iteration": int(last["iteration"]),
+        "final_train_error": float(last["train_error"]), "final_test_error": float(last["test_error"]),
+        "min_epoch_test_error": float(run.metrics["test_error"].min()),
+        "best_val_epoch": None if best_val is None else int(run.metrics.loc[best_val, "epoch"]),
+        "val_selected_test_error": val_selected_test_error(run),
+        "warmup": bool(resolved.get("warmup", False)), "warmup_end_reason": run.warmup_end_reason,
+        "warmup_end_iteration": run.warmup_end_iteration, "path": str(run.path),
+    }
+
+
+def describe_warmup_end(reason: str | None, iteration: int | None) -> str:
+    """'threshold at iteration 410' (the training error fell below the bound, §4.2) or 'cap at iteration 4,000'."""
+    if reason is None:
+        return "still on"
+    return f"{reason} at iteration {iteration:,}" if iteration is not None else reason
+
+
+# ---------------------------------------------------------------------------------------------- displays
 def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, rows of text and footnotes for a terminal or Markdown table; columns nobody filled are left out."""
+    seeds = bool((summary["runs"] > 1).any())  # with one run per group there is no best, mean or std to tell apart
     columns = [("kind", _kind), ("depth", _text("depth")), ("params", _params), ("runs", _runs),
-               ("train err %", _mean("final_train_error_mean")), ("test err %", _mean_std),
-               ("best test err %†", _mean("best_test_error_mean"))]
-    if summary["setting"].ne("").any():
-        columns.insert(0, ("setting", _text("setting")))
-    if summary["dataset"].nunique() > 1:
-        columns.insert(0, ("dataset", _text("dataset")))
-    notes = ["train/test err: at the last epoch, mean ± sample std over the runs (seeds). †best: the lowest test "
-             "error over the epochs, i.e. selected on the test set (optimistic)."]
+               ("train err %", _mean("final_train_error_mean")),
+               ("test err % best (mean±std)" if seeds else "test err %", _best_mean_std),
+               ("min over epochs (test-selected)†", _mean("min_epoch_test_error_mean"))]
+    columns[:0] = _study_columns(summary)
+    notes = ["train/test err: at the last epoch of each run (seed)" + (
+                 "; best (mean±std): the lowest of the runs' final test errors, then their mean and sample std "
+                 "(ddof=1), as the paper's Table 6 gives 110 layers." if seeds else "."),
+             "† min over epochs: each run's lowest test error over its epochs, averaged; it is selected on the test "
+             "set, so optimistic, and not the paper's \"best\"."]
     if summary["val_selected_test_error_mean"].notna().any():
         columns.append(("test err % at best val", _mean("val_selected_test_error_mean")))
         notes.append("at best val: the test error at the epoch of the lowest validation error (held-out split).")
-    if summary["paper_test_error"].notna().any():
-        columns.append(("paper Table 6 (Δ)", _paper))
-        notes.append(f"paper: He et al. 2016, Table 6 (CIFAR-10); for 110 layers the mean of 5 runs "
-                     f"({PAPER_TABLE6_110_MEAN_STD[0]} ± {PAPER_TABLE6_110_MEAN_STD[1]}; best {PAPER_TABLE6[110]}). "
-                     "Δ: our test err mean minus the paper's.")
+    columns_paper, notes_paper = paper_columns(summary)
+    columns += columns_paper
+    notes += notes_paper
     if summary["unfinished"].any():
         notes.append("runs marked * include unfinished runs (running, interrupted, failed or diverged), "
                      "counted with the epochs they have.")
@@ -97,27 +163,109 @@ def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], li
     return [header for header, _ in columns], rows, notes
 
 
-def to_markdown(summary: pd.DataFrame) -> str:
-    headers, rows, notes = display_table(summary)
+def paper_columns(summary: pd.DataFrame) -> tuple[list[tuple[str, object]], list[str]]:
+    """The paper's Table 6 column (‡ where our protocol differs, with a note naming how), Δ only where it is
+    the paper's protocol, and a word for the nets the paper gives no number for."""
+    has_number = summary["paper_test_error"].notna()
+    matching = has_number & summary["paper_protocol"]
+    if not has_number.any():
+        return [], ["paper: no Table 6 number for these nets: " + no_number_reason(summary) + "."]
+    columns: list[tuple[str, object]] = [("paper Table 6", _paper)]
+    notes = [f"paper: He et al. 2016, Table 6 (CIFAR-10, one run per depth; 110 layers: best of 5 runs "
+             f"({PAPER_TABLE6_110_MEAN_STD[0]} ± {PAPER_TABLE6_110_MEAN_STD[1]}))."]
+    if matching.any():
+        columns.append(("Δ vs paper", _delta))
+        notes.append("Δ: our mean test err minus the paper's (110 layers: its mean of 5), only where every run "
+                     "followed the paper's protocol (CIFAR-10, option A, 64k iterations, batch 128, lr 0.1, all 50k "
+                     "training images, augmentation).")
+    differing = summary[has_number & ~summary["paper_protocol"]]
+    for nets, differences in nets_by_difference(differing, several_studies=len(_study_columns(summary)) > 0):
+        notes.append(f"‡ {nets}: not the paper's protocol, so no Δ: {differences}.")
+    if (~has_number).any():
+        notes.append("none: " + no_number_reason(summary[~has_number]) + ".")
+    return columns, notes
+
+
+def no_number_reason(rows: pd.DataFrame) -> str:
+    reasons = []
+    if (rows["kind"] == "plain").any():
+        reasons.append("the paper gives plain nets only as curves (Figure 6), in no table")
+    other = sorted(set(rows.loc[rows["kind"] != "plain", "depth"]) - set(PAPER_TABLE6))
+    if other:
+        reasons.append(f"Table 6 has no {' or '.join(map(str, other))}-layer net, only "
+                       f"{', '.join(map(str, PAPER_TABLE6))} layers")
+    return "; ".join(reasons)
+
+
+def nets_by_difference(rows: pd.DataFrame, several_studies: bool) -> list[tuple[str, str]]:
+    """(the nets, what differs) per distinct deviation: a sweep's common deviation is named once, for all its depths."""
+    found: dict[str, dict[tuple[str, str], list[str]]] = {}
+    for row in rows.to_dict("records"):
+        study = ", ".join(filter(None, (row["dataset"], row["setting"]))) if several_studies else ""
+        found.setdefault(row["protocol_differences"], {}).setdefault((_kind(row), study), []).append(str(row["depth"]))
+    return [("; ".join(f"{kind} {', '.join(depths)}" + (f" ({study})" if study else "")
+                       for (kind, study), depths in nets.items()), differences.replace("; ", ", "))
+            for differences, nets in found.items()]
+
+
+def display_runs(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    """Headers, rows and footnotes for `resdepth table --runs`: one row per run."""
+    columns = [("kind", _kind), ("depth", _text("depth")), ("seed", _text("seed")), ("state", _text("state")),
+               ("epochs", _epochs), ("train err %", _mean("final_train_error")),
+               ("test err %", _mean("final_test_error")), ("min over epochs†", _mean("min_epoch_test_error"))]
+    columns[:0] = _study_columns(frame)
+    notes = ["train/test err: at the run's last epoch. † min over epochs: its lowest test error over the epochs "
+             "(selected on the test set)."]
+    if frame["best_val_epoch"].notna().any():
+        columns += [("best val epoch", _optional("best_val_epoch")),
+                    ("test err % at best val", _mean("val_selected_test_error"))]
+        notes.append("best val epoch: the epoch of the lowest validation error; the test error there beside it.")
+    if frame["warmup"].any():
+        columns.append(("warm-up ended", _warmup))
+        notes.append("warm-up ended: threshold (training error below 80% at lr 0.01, §4.2) or cap "
+                     "(--warmup-max-iterations reached first: then lr 0.1 anyway), at that iteration; "
+                     "still on: the run has not left it yet.")
+    columns.append(("folder", lambda row: Path(row["path"]).name))
+    rows = [[render(row) for _, render in columns] for row in frame.to_dict("records")]
+    return [header for header, _ in columns], rows, notes
+
+
+def to_markdown(summary: pd.DataFrame, runs: bool = False) -> str:
+    """The summary (or, with runs, a `summarize_runs` frame) as a Markdown table with its notes below."""
+    headers, rows, notes = display_runs(summary) if runs else display_table(summary)
     if summary["dataset"].nunique() == 1:  # a terminal table says it in its title; a pasted table must too
         notes.insert(0, f"dataset: {summary['dataset'].iloc[0]}")
-    numeric = {"depth", "params", "runs"} | {h for h in headers if "%" in h or "paper" in h}
+    numeric = {"depth", "params", "runs", "seed", "epochs", "best val epoch"} | {
+        h for h in headers if "%" in h or "paper" in h or "Δ" in h or "min over" in h}
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h in numeric else "---" for h in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
 
 
-def write_csv(summary: pd.DataFrame, path: Path) -> None:
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        summary.to_csv(path, index=False, float_format="%.4f")
+        frame.to_csv(path, index=False, float_format="%.4f")
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --csv file") from None
 
 
+def _study_columns(frame: pd.DataFrame) -> list[tuple[str, object]]:
+    columns: list[tuple[str, object]] = []
+    if frame["dataset"].nunique() > 1:
+        columns.append(("dataset", _text("dataset")))
+    if frame["setting"].ne("").any():
+        columns.append(("setting", _text("setting")))
+    return columns
+
+
 def _text(column: str):
     return lambda row: str(row[column])
+
+
+def _optional(column: str):
+    return lambda row: "-" if pd.isna(row[column]) else str(row[column])
 
 
 def _kind(row: dict) -> str:
@@ -132,14 +280,33 @@ def _runs(row: dict) -> str:
     return f"{row['runs']}*" if row["unfinished"] else str(row["runs"])
 
 
+def _epochs(row: dict) -> str:
+    return str(row["epochs"]) if pd.isna(row["planned_epochs"]) else f"{row['epochs']}/{row['planned_epochs']}"
+
+
 def _mean(column: str):
     return lambda row: "-" if pd.isna(row[column]) else f"{row[column]:.2f}"
 
 
-def _mean_std(row: dict) -> str:
-    mean, std = row["final_test_error_mean"], row["final_test_error_std"]
-    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+def _best_mean_std(row: dict) -> str:
+    best, mean, std = row["final_test_error_best"], row["final_test_error_mean"], row["final_test_error_std"]
+    return f"{mean:.2f}" if pd.isna(std) else f"{best:.2f} ({mean:.2f}±{std:.2f})"  # the paper's "6.43 (6.61±0.16)"
 
 
 def _paper(row: dict) -> str:
-    return "-" if pd.isna(row["paper_test_error"]) else f"{row['paper_test_error']:.2f} ({row['vs_paper']:+.2f})"
+    if pd.isna(row["paper_test_error"]):
+        return "none"
+    text = (f"{PAPER_TABLE6[110]:.2f} ({PAPER_TABLE6_110_MEAN_STD[0]:.2f}±{PAPER_TABLE6_110_MEAN_STD[1]:.2f})"
+            if row["kind"] == "residual" and row["depth"] == 110 else f"{row['paper_test_error']:.2f}")
+    return text if row["paper_protocol"] else f"{text}‡"
+
+
+def _delta(row: dict) -> str:
+    return "-" if pd.isna(row["vs_paper"]) else f"{row['vs_paper']:+.2f}"
+
+
+def _warmup(row: dict) -> str:
+    if not row["warmup"]:
+        return "-"
+    iteration = None if pd.isna(row["warmup_end_iteration"]) else int(row["warmup_end_iteration"])
+    return describe_warmup_end(row["warmup_end_reason"], iteration).replace(" iteration", "")

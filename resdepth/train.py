@@ -50,7 +50,9 @@ from .results import (
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
 NAN_CHECK_EVERY = 50  # iterations per divergence check: one host sync per 50 steps, at the same steps every run
-WARMUP_MODES = ("auto", "on", "off")
+# auto: the paper's warm-up, residual nets of depth >= warmup_min_depth (§4.2 used it for ResNet-110; it says nothing
+# of plain-110); deep: every net that deep, plain ones too; on: every net; off: none
+WARMUP_MODES = ("auto", "deep", "on", "off")
 
 
 @dataclass
@@ -74,12 +76,16 @@ class TrainConfig:
     momentum: float = option(0.9, help="SGD momentum (§4.2).")
     # §4.2 names no exclusions, so BN parameters and biases are decayed too
     weight_decay: float = option(1e-4, help="L2 weight decay on every parameter (§4.2).")
-    warmup: str = option("auto", help="auto: lr 0.01 until the train error is below 80% for depth >= 110 (§4.2); "
-                                      "on; off.")
+    warmup: str = option("auto", help="auto: lr 0.01 until the train error is below 80% for residual nets of depth "
+                                      ">= 110 (§4.2); deep: plain nets that deep too; on: every net; off.")
     warmup_min_depth: int = option(110, help="Smallest depth that warms up with --warmup auto.")
     warmup_lr: float = option(0.01, help="§4.2: 0.01 until the training error is below 80% (about 400 iterations).",
                               cli=False)
     warmup_until_error: float = option(80.0, help="Training error (%) that ends the warm-up.", cli=False)
+    # A warm-up that never reaches the threshold (a net stuck above 80% at lr 0.01) ends here anyway, at 10x the
+    # paper's "about 400 iterations": without a bound it would train the whole run at 0.01 and skip the schedule.
+    warmup_max_iterations: int = option(4_000, help="The warm-up ends here at the latest (10x the paper's about 400 "
+                                                    "iterations); the lr milestones apply either way.")
     data: DataConfig = option(help="The dataset.", default_factory=DataConfig, cli=False)
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", panel=EXECUTION)
     threads: int | None = option(None, help="Torch CPU threads per job.", panel=EXECUTION, default_text="cores / jobs")
@@ -123,13 +129,17 @@ class TrainConfig:
             raise UserError(f"--seed must be 0 or a positive integer, got {self.seed}")
         if self.warmup_min_depth < 1 or not self.warmup_lr > 0 or not 0 <= self.warmup_until_error <= 100:
             raise UserError("warm-up settings: warmup_min_depth >= 1, warmup_lr > 0, warmup_until_error in [0, 100]")
+        if self.warmup_max_iterations < 1:
+            raise UserError(f"--warmup-max-iterations must be a positive integer, got {self.warmup_max_iterations}")
         check_data_config(self.data)
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
         check_network(self.kind, self.depth, self.shortcut)
 
     def uses_warmup(self) -> bool:
-        return self.warmup == "on" or (self.warmup == "auto" and self.depth >= self.warmup_min_depth)
+        deep = self.depth >= self.warmup_min_depth
+        return self.warmup == "on" or (self.warmup == "deep" and deep) or (self.warmup == "auto" and deep
+                                                                             and self.kind == "residual")
 
 
 @dataclass
@@ -139,14 +149,15 @@ class RunResult:
     iterations_done: int
     final_test_error: float | None
     warmup_end_iteration: int | None
+    warmup_end_reason: str | None = None  # threshold (training error below warmup_until_error) or cap
 
 
 def learning_rate(config: TrainConfig, iteration: int, warming_up: bool) -> float:
-    """The lr for 0-based `iteration`: step decay at the milestone fractions, or the warm-up lr."""
-    if warming_up:
-        return config.warmup_lr
+    """The lr for 0-based `iteration`: step decay at the milestone fractions; while warming up the warm-up lr,
+    unless a milestone has already brought the schedule below it (§4.2: "the rest of the schedule is as before")."""
     passed = sum(iteration >= round(m * config.iterations) for m in config.lr_milestones)
-    return config.lr * config.lr_decay ** passed
+    scheduled = config.lr * config.lr_decay ** passed
+    return min(config.warmup_lr, scheduled) if warming_up else scheduled
 
 
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
@@ -231,6 +242,7 @@ class Trainer:
         self.iteration, self.epoch = 0, 0
         self.warming_up = config.uses_warmup()
         self.warmup_end_iteration: int | None = None
+        self.warmup_end_reason: str | None = None  # threshold or cap
         self.warmup_window = torch.zeros((), device=device)  # wrong answers since the last warm-up check
         self.in_progress: EpochInProgress | None = None  # an epoch stopped by a signal, resumed where it stopped
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
@@ -245,7 +257,8 @@ class Trainer:
         return {
             "model": self.model.state_dict(), "optimizer": optimizer, "iteration": self.iteration, "epoch": self.epoch,
             "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
-            **rng_state(self.device, self.generator), "warmup_window": self.warmup_window,
+            "warmup_end_reason": self.warmup_end_reason, "warmup_window": self.warmup_window,
+            **rng_state(self.device, self.generator),
             "partial": None if self.in_progress is None else asdict(self.in_progress),
             "data_fingerprint": self.data_fingerprint,
         }
@@ -257,6 +270,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration, self.epoch = state["iteration"], state["epoch"]
         self.warming_up, self.warmup_end_iteration = state["warming_up"], state["warmup_end_iteration"]
+        self.warmup_end_reason = state.get("warmup_end_reason")  # absent in checkpoints of older versions
         self.warmup_window = state["warmup_window"].to(self.device)
         partial = state["partial"]
         self.in_progress = None if partial is None else EpochInProgress(**partial).to(self.device)
@@ -337,6 +351,8 @@ class Trainer:
         if self.warming_up and self.iteration % WARMUP_CHECK_EVERY == 0:
             self.check_warmup(self.warmup_window.item() / (WARMUP_CHECK_EVERY * self.batch) * 100)
             self.warmup_window.zero_()
+        if self.warming_up and self.iteration >= self.config.warmup_max_iterations:
+            self.end_warmup("cap")
 
     def train_step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on the images at index; returns the batch's mean loss and wrong answers (device tensors)."""
@@ -371,14 +387,19 @@ class Trainer:
     def check_warmup(self, recent_error: float) -> None:
         # §4.2 (110 layers): warm up with lr 0.01 until the training error is below 80%, then go back to 0.1.
         if recent_error < self.config.warmup_until_error:
-            self.warming_up = False
-            self.warmup_end_iteration = self.iteration
+            self.end_warmup("threshold")
+
+    def end_warmup(self, reason: str) -> None:
+        """From the next step on, the schedule's lr: reason is threshold (the paper's rule) or cap (the bound)."""
+        self.warming_up = False
+        self.warmup_end_iteration, self.warmup_end_reason = self.iteration, reason
 
     # ------------------------------------------------------------------ the epoch's row
     def epoch_row(self, sums: dict[str, float]) -> dict[str, float | int]:
         """The metrics row of the epoch just trained: its sums, the lr its last step ran at, test (and val) errors."""
-        row: dict[str, float | int] = {"epoch": self.epoch, "iteration": self.iteration, "lr": self.last_step_lr(),
-                                       **sums}
+        # the lr rounded to the schedule's value (0.001, not 0.0010000000000000002); training used the exact one
+        row: dict[str, float | int] = {"epoch": self.epoch, "iteration": self.iteration,
+                                       "lr": round(self.last_step_lr(), 12), **sums}
         row["test_loss"], row["test_error"] = self.evaluate(*self.split("test"))
         if self.data.val_labels is not None:
             row["val_loss"], row["val_error"] = self.evaluate(*self.split("val"))
@@ -451,7 +472,7 @@ def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda:
     status.write(run_dir)
 
     def report(live: dict[str, float]) -> None:
-        status.update(run_dir, **live, warmup_end_iteration=trainer.warmup_end_iteration)
+        status.update(run_dir, **live, **warmup_progress(trainer))
 
     while not trainer.finished:
         sums = trainer.train_epoch(should_stop, report)
@@ -460,12 +481,16 @@ def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda:
             return end_run(trainer, status, "interrupted")
         row = trainer.epoch_row(sums)
         writer.append(row)
-        status.update(run_dir, **epoch_progress(row), live_train_error=None,
-                      warmup_end_iteration=trainer.warmup_end_iteration)
+        status.update(run_dir, **epoch_progress(row), live_train_error=None, **warmup_progress(trainer))
         if not math.isfinite(row["train_loss"]):
             return end_run(trainer, status, "diverged")
         trainer.save_checkpoint()
     return end_run(trainer, status, "done")
+
+
+def warmup_progress(trainer: Trainer) -> dict[str, Any]:
+    """How the warm-up ended (iteration, threshold or cap), as status.json records it; None while it goes on."""
+    return {"warmup_end_iteration": trainer.warmup_end_iteration, "warmup_end_reason": trainer.warmup_end_reason}
 
 
 def epoch_progress(row: dict[str, Any]) -> dict[str, Any]:
@@ -477,7 +502,7 @@ def starting_status(trainer: Trainer) -> RunStatus:
     """status.json as a run (re)starts: a resumed run shows its last finished epoch's numbers, not blanks."""
     status = RunStatus(state="running", epoch=trainer.epoch, epochs=trainer.epochs, iteration=trainer.iteration,
                        iterations=trainer.config.iterations, device=device_label(trainer.device),
-                       warmup_end_iteration=trainer.warmup_end_iteration)
+                       **warmup_progress(trainer))
     if trainer.epoch:
         try:
             metrics, _ = read_metrics(trainer.run_dir / METRICS_FILE)
@@ -490,9 +515,11 @@ def starting_status(trainer: Trainer) -> RunStatus:
 
 
 def end_run(trainer: Trainer, status: RunStatus, state: str) -> RunResult:
-    status.update(trainer.run_dir, state=state, iteration=trainer.iteration, live_train_error=None)
+    status.update(trainer.run_dir, state=state, iteration=trainer.iteration, live_train_error=None,
+                  **warmup_progress(trainer))
     final = status.test_error if state != "interrupted" else None
-    return RunResult(state, trainer.epoch, trainer.iteration, final, trainer.warmup_end_iteration)
+    return RunResult(state, trainer.epoch, trainer.iteration, final, trainer.warmup_end_iteration,
+                     trainer.warmup_end_reason)
 
 
 def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:

@@ -154,10 +154,15 @@ def assert_same_run(metrics_of, weights_of) -> Callable[[Path, Path], None]:
 # ---------------------------------------------------------------------------------------------- results folders
 @pytest.fixture
 def write_run() -> Callable[..., Path]:
-    """A run folder as the trainer writes it, with the given errors (%) per epoch; iteration = epoch * step."""
-    def write(root: Path, kind: str = "plain", depth: int = 20, seed: int = 0, test=(50.0, 20.0, 9.0), train=None,
-              *, dataset: str = "cifar10", state: str | None = "done", val=None, shortcut: str = "A",
-              step: int = 10000, planned_epochs: int | None = None, params: int | None = 1000) -> Path:
+    """A factory of run folders as the trainer writes them (see its docstring)."""
+    def write(root: Path, kind: str = "plain", depth: int = 20, seed: int = 0, test=(50.0, 20.0, 9.0),
+              train=None, *, dataset: str = "cifar10", state: str | None = "done", val=None, shortcut: str = "A",
+              step: int = 10000, planned_epochs: int | None = None, params: int | None = 1000,
+              iterations: int | None = None, warmup_end: tuple[str, int] | None = None, **changes) -> Path:
+        """A run folder as the trainer writes it, with the given errors (%) per epoch; iteration = epoch * step.
+        iterations: the planned length (default: planned_epochs or the epochs given, times step; 64000 with the
+        defaults' other values is the paper's protocol); warmup_end: (reason, iteration) in status.json, and the
+        run marked as warming up; changes: other config keys (a dict for "data" or "resolved" is merged)."""
         name = f"{kind}-{depth}-{shortcut + '-' if shortcut != 'A' else ''}s{seed}"
         run_dir = root / name
         run_dir.mkdir(parents=True)
@@ -169,12 +174,18 @@ def write_run() -> Callable[..., Path]:
         if val is not None:
             frame["val_loss"], frame["val_error"] = 1.0, val
         frame[metric_columns(val is not None)].to_csv(run_dir / "metrics.csv", index=False)
-        iterations = (planned_epochs or len(test)) * step
+        iterations = iterations or (planned_epochs or len(test)) * step
         config = {"kind": kind, "depth": depth, "seed": seed, "shortcut": shortcut, "iterations": iterations,
                   "data": {"dataset": dataset, "val_size": 5000 if val is not None else 0},
-                  "resolved": {"iterations": iterations, "params": params}}
+                  "resolved": {"iterations": iterations, "params": params, "steps_per_epoch": step,
+                               "epochs": planned_epochs or len(test), "warmup": warmup_end is not None}}
+        for key, value in changes.items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) else value
         (run_dir / "config.json").write_text(json.dumps(config))
         if state is not None:
-            (run_dir / "status.json").write_text(json.dumps({"state": state}))
+            status = {"state": state}
+            if warmup_end:
+                status["warmup_end_reason"], status["warmup_end_iteration"] = warmup_end
+            (run_dir / "status.json").write_text(json.dumps(status))
         return run_dir
     return write

@@ -123,6 +123,8 @@ SYNTHETIC = ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-
     (["train", "--synthetic-train", "0"], "--synthetic-train must be a positive number of images, got 0"),
     (["train", "--synthetic-test", "-1"], "--synthetic-test must be a positive number of images, got -1"),
     (["train", "--train-size", "3000"], "--train-size 3000 is more than the 128 train images of synthetic"),
+    (["train", "--train-size", "3"], "--train-size 3 is fewer images than the 10 classes of synthetic"),
+    (["train", "--warmup-max-iterations", "0"], "--warmup-max-iterations must be a positive integer, got 0"),
     (["train", "--seed", "-1"], "--seed must be 0 or a positive integer"),
     (["train", "--warmup-min-depth", "-1"], "warm-up settings"),
     (["sweep", "--device", "cpu", "--gpus", "0"],
@@ -153,6 +155,9 @@ def test_bad_files_and_values_outside_the_training_options(tmp_path, run_cli):
         assert code == 2 and "is not a sweep that resdepth can resume" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("models", "--num-classes", "-3")
     assert code == 2 and "--num-classes must be a positive integer" in err
+    code, out, err = run_cli("models", "xyz*")
+    assert code == 2 and out == "" and err.strip() == (
+        "error: no network matches 'xyz*': try 'resnet*', 'plain*' or leave the pattern out for all")
     code, _, err = run_cli("bench", "--depths", "8", "--json", str(tmp_path))  # a folder
     assert code == 2 and "--json" in err and "name a file" in err
 
@@ -228,3 +233,16 @@ def test_progress_lines_say_where_a_resumed_run_starts_and_what_an_epoch_ended_a
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["plain-8-s0: resumed at iteration 60/92, after epoch 2/4 (train 40.00% test 45.00%)",
                      "plain-8-s0: epoch 3/4 iteration 69/92 train 30.00% test 35.00% 512 img/s"]
+
+
+def test_the_sweep_summary_says_how_each_warmup_ended(tmp_path, run_cli):
+    code, out, err = run_cli("sweep", "--depths", "8", "--kind", "plain", *SYNTHETIC[:-2],
+                             "--iterations", "12", "--batch-size", "32", "--device", "cpu", "--warmup", "on",
+                             "--warmup-max-iterations", "3", "--out", str(tmp_path))
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if "plain-8-s0" in line and "│" in line]  # the summary row
+    assert "warm-up ended: cap at iteration 3" in line
+    status = json.loads((tmp_path / "plain-8-s0" / "status.json").read_text())
+    assert (status["warmup_end_reason"], status["warmup_end_iteration"]) == ("cap", 3)
+    # 4 steps an epoch: 0.01 for 3 steps, then 0.1 (the epoch's last step), /10 at the milestones 6 and 9 of 12
+    assert pd.read_csv(tmp_path / "plain-8-s0" / "metrics.csv")["lr"].tolist() == [0.1, 0.01, 0.001]

@@ -4,11 +4,21 @@ legends, labels and y range are as the paper's, and `resdepth plot` writes the f
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from resdepth.errors import UserError
-from resdepth.plots import build_figures, group_curves, parse_formats, plot_figure1, plot_figure6, save_figures
+from resdepth.plots import (
+    MARKED_POINTS,
+    build_figures,
+    group_curves,
+    paper_tick_notes,
+    parse_formats,
+    plot_figure1,
+    plot_figure6,
+    save_figures,
+)
 from resdepth.results import load_runs
 
 
@@ -26,9 +36,21 @@ def lines_by_label(axes) -> dict[str, object]:
     return {line.get_label(): line for line in axes.get_lines()}
 
 
+def curve_lines(axes) -> list:
+    """The error curves of a panel, without the marks (unfinished ends, warm-up ends, the paper's ticks)."""
+    return [line for line in axes.get_lines() if not line.get_label().startswith("_")]
+
+
+def no_marker(line) -> bool:
+    return line.get_marker() in (None, "None", "")
+
+
 def legend_texts(figure) -> list[str]:
+    """The legend's entries in reading order (left to right, then the next row), as they were given."""
     [legend] = figure.legends
-    return [text.get_text() for text in legend.get_texts()]
+    texts = [text.get_text() for text in legend.get_texts()]
+    columns = [list(column) for column in np.array_split(np.array(texts, dtype=object), legend._ncols)]
+    return [column[row] for row in range(len(columns[0])) for column in columns if row < len(column)]
 
 
 def test_figure6_draws_the_csv_numbers_dashed_train_bold_test(paper_like):
@@ -37,8 +59,9 @@ def test_figure6_draws_the_csv_numbers_dashed_train_bold_test(paper_like):
     plain, residual = figure.axes
     assert [plain.get_title(), residual.get_title()] == ["plain nets", "residual nets"]
     assert plain.get_xlabel() == residual.get_xlabel() == "iter. (1e4)" and plain.get_ylabel() == "error (%)"
-    assert len(plain.get_lines()) == len(residual.get_lines()) == 4  # train + test per depth
-    assert legend_texts(figure) == ["20-layer", "56-layer"]  # one legend, by depth, for both panels
+    assert len(curve_lines(plain)) == len(curve_lines(residual)) == 4  # train + test per depth
+    assert legend_texts(figure) == ["20-layer", "56-layer", "training error",
+                                    "test error"]  # one legend for both panels
     csv = pd.read_csv(paper_like / "plain-56-s0" / "metrics.csv")
     test, train = lines_by_label(plain)["plain-56 test_error"], lines_by_label(plain)["plain-56 train_error"]
     assert test.get_xdata().tolist() == (csv["iteration"] / 1e4).tolist() == [1.0, 2.0, 3.0]
@@ -67,12 +90,12 @@ def test_figure1_training_error_left_test_error_right_for_each_kind(paper_like):
     figure = plot_figure1(runs, "plain")
     train_axes, test_axes = figure.axes
     assert "training error" in train_axes.get_title() and "test error" in test_axes.get_title()
-    assert legend_texts(figure) == ["20-layer", "56-layer"]
+    assert legend_texts(figure) == ["20-layer", "56-layer"]  # one metric per panel: no line-style key
     assert train_axes.get_xlabel() == "iter. (1e4)" and train_axes.get_ylabel() == "error (%)"
     csv = pd.read_csv(paper_like / "plain-20-s0" / "metrics.csv")
     assert lines_by_label(train_axes)["plain-20 train_error"].get_ydata().tolist() == csv["train_error"].tolist()
     assert lines_by_label(test_axes)["plain-20 test_error"].get_ydata().tolist() == csv["test_error"].tolist()
-    assert len(train_axes.get_lines()) == len(test_axes.get_lines()) == 2
+    assert len(curve_lines(train_axes)) == len(curve_lines(test_axes)) == 2
     residual_titles = [axes.get_title() for axes in plot_figure1(runs, "residual").axes]
     assert residual_titles == ["residual nets: training error", "residual nets: test error"]
 
@@ -99,12 +122,13 @@ def test_unfinished_runs_are_drawn_with_what_they_have_and_marked(tmp_path, writ
     write_run(tmp_path, "residual", 32, seed=0, test=(30.0, 10.0, 7.0), state=None)  # copied: no status.json
     runs, _ = load_runs(tmp_path)
     figure = plot_figure6(runs)
-    assert legend_texts(figure) == ["20-layer", "32-layer", "unfinished runs"]
-    line = lines_by_label(figure.axes[0])["residual-20 test_error"]
-    assert line.get_ydata().tolist() == [41.0, 12.0, 8.0]  # the mean over the seeds that reached each point
-    assert line.get_marker() == "o"  # an open circle ends an unfinished curve
-    assert lines_by_label(figure.axes[0])["residual-32 test_error"].get_marker() in (None, "None", "")
-    assert legend_texts(plot_figure6([r for r in runs if r.setting("depth") == 32])) == ["32-layer"]
+    assert legend_texts(figure)[:2] == ["20-layer", "32-layer"] and legend_texts(figure)[-1] == "unfinished runs"
+    panel = lines_by_label(figure.axes[0])
+    assert panel["residual-20 test_error"].get_ydata().tolist() == [41.0, 12.0, 8.0]  # mean over the seeds there
+    end = panel["_unfinished residual-20 test_error"]  # an open circle ends an unfinished curve
+    assert end.get_marker() == "o" and end.get_markerfacecolor() == "white" and end.get_ydata().tolist() == [8.0]
+    assert "_unfinished residual-32 test_error" not in panel
+    assert "unfinished runs" not in legend_texts(plot_figure6([r for r in runs if r.setting("depth") == 32]))
 
 
 def test_epoch_axis_and_plain_iterations_for_short_runs(tmp_path, write_run):
@@ -114,6 +138,7 @@ def test_epoch_axis_and_plain_iterations_for_short_runs(tmp_path, write_run):
     assert by_epoch.get_xlabel() == "epoch" and by_epoch.get_lines()[1].get_xdata().tolist() == [1, 2]
     by_iteration = plot_figure6(runs).axes[0]
     assert by_iteration.get_xlabel() == "iterations" and by_iteration.get_lines()[1].get_xdata().tolist() == [11, 22]
+    assert by_iteration.get_lines()[0].get_marker() == "s" and by_iteration.get_lines()[1].get_marker() == "o"
     with pytest.raises(UserError, match="unknown x axis"):
         plot_figure6(runs, x="seconds")
 
@@ -185,3 +210,127 @@ def test_cli_plot_rejects_an_unknown_format_or_axis_before_reading(paper_like, r
     assert code == 2 and "unknown figure format bmp" in err
     code, _, err = run_cli("plot", str(paper_like), "--x", "time", "--out", str(paper_like / "f"))
     assert code == 2 and "unknown x axis 'time'" in err
+
+
+def test_few_points_are_marked_so_a_short_runs_lines_stay_visible_and_long_runs_are_plain_lines(tmp_path, write_run):
+    write_run(tmp_path, "plain", 8, test=(80.0, 70.0, 60.0), train=(80.0, 70.0, 60.0), dataset="synthetic")  # on top
+    write_run(tmp_path / "long", "plain", 8, test=tuple(np.linspace(80, 40, MARKED_POINTS + 1)), dataset="synthetic")
+    short = lines_by_label(plot_figure6(load_runs(tmp_path / "plain-8-s0")[0]).axes[0])
+    assert short["plain-8 train_error"].get_marker() == "s" and short["plain-8 test_error"].get_marker() == "o"
+    long = lines_by_label(plot_figure6(load_runs(tmp_path / "long")[0]).axes[0])
+    assert no_marker(long["plain-8 train_error"]) and no_marker(long["plain-8 test_error"])
+
+
+def test_validation_error_is_a_dotted_third_line_in_figures_1_and_6(tmp_path, write_run):
+    for seed, val in ((0, (45.0, 14.0, 10.0)), (1, (47.0, 16.0, 12.0))):
+        write_run(tmp_path, "plain", 20, seed=seed, test=(40.0, 12.0, 9.0), val=val)
+    write_run(tmp_path, "residual", 20, test=(40.0, 12.0, 9.0), val=(44.0, 13.0, 9.5))
+    runs, _ = load_runs(tmp_path)
+    figure = plot_figure6(runs)
+    val = lines_by_label(figure.axes[0])["plain-20 val_error"]
+    assert val.get_linestyle() == ":" and val.get_ydata().tolist() == [46.0, 15.0, 11.0]  # the mean over seeds
+    assert len(figure.axes[0].collections) == 2  # bands for training and test error only
+    assert legend_texts(figure)[-3:] == ["training error", "test error", "validation error"]
+    assert "dotted = validation error" in figure._suptitle.get_text()
+    train_axes, test_axes = plot_figure1(runs, "plain").axes
+    assert lines_by_label(test_axes)["plain-20 val_error"].get_linestyle() == ":"
+    assert "plain-20 val_error" not in lines_by_label(train_axes) and "validation" in test_axes.get_title()
+    assert legend_texts(plot_figure1(runs, "plain"))[-2:] == ["test error", "validation error"]
+
+
+def test_resnet_110_and_1202_get_the_papers_third_panel(tmp_path, write_run):
+    for depth in (20, 56, 110, 1202):
+        write_run(tmp_path, "residual", depth, test=(40.0, 10.0, 7.0))
+    write_run(tmp_path, "plain", 20, test=(40.0, 10.0, 8.0))
+    figure = plot_figure6(load_runs(tmp_path)[0])
+    plain, residual, deepest = figure.axes
+    assert deepest.get_title() == "residual nets: 110 vs 1202 layers"
+    assert {line.get_label().split()[0] for line in curve_lines(residual)} == {"residual-20", "residual-56",
+                                                                               "residual-110"}
+    assert {line.get_label().split()[0] for line in curve_lines(deepest)} == {"residual-110", "residual-1202"}
+    assert deepest.get_ylim() == residual.get_ylim() == plain.get_ylim()
+    colour = lambda axes, name: lines_by_label(axes)[f"{name} test_error"].get_color()  # noqa: E731
+    assert colour(residual, "residual-110") == colour(deepest, "residual-110")
+    without_110 = [run for run in load_runs(tmp_path)[0] if run.setting("depth") != 110]
+    assert len(plot_figure6(without_110).axes) == 2  # 1202 alone stays in the residual panel
+    assert "residual-1202 test_error" in lines_by_label(plot_figure6(without_110).axes[1])
+
+
+@pytest.fixture
+def paper_protocol_runs(tmp_path, write_run) -> Path:
+    """Residual nets at 20, 56, 110 and 1202 layers as the paper trained them (64k iterations, all of CIFAR-10's
+    training images, option A, the warm-up for 110 layers and deeper), and a plain-20."""
+    for depth, final in ((20, 8.5), (56, 7.0), (110, 6.7), (1202, 8.0)):
+        warmup = ("threshold", 400) if depth >= 110 else None
+        write_run(tmp_path, "residual", depth, test=(40.0, 10.0, final), step=64_000 // 3 + 1, iterations=64_000,
+                  warmup_end=warmup)
+    write_run(tmp_path, "plain", 20, test=(40.0, 10.0, 9.0), iterations=64_000)
+    return tmp_path
+
+
+def ticks(axes) -> dict[str, object]:
+    marks = lines_by_label(axes).items()
+    return {label.removeprefix("_paper "): line for label, line in marks if label.startswith("_paper")}
+
+
+def test_paper_ticks_mark_table6_beside_runs_that_follow_the_papers_protocol(paper_protocol_runs):
+    runs, _ = load_runs(paper_protocol_runs)
+    plain, residual, deepest = plot_figure6(runs, paper=True).axes
+    assert set(ticks(residual)) == {"residual-20 test_error", "residual-56 test_error", "residual-110 test_error"}
+    assert set(ticks(deepest)) == {"residual-110 test_error", "residual-1202 test_error"} and not ticks(plain)
+    tick = ticks(residual)["residual-56 test_error"]
+    curve = lines_by_label(residual)["residual-56 test_error"]
+    assert tick.get_ydata().tolist() == [6.97, 6.97] and tick.get_color() == curve.get_color()
+    assert curve.get_xdata()[-1] < tick.get_xdata()[0] < tick.get_xdata()[1] <= residual.get_xlim()[1]  # after the end
+    assert ticks(residual)["residual-110 test_error"].get_ydata()[0] == 6.61  # the paper's mean of 5, as our line
+    assert "paper (Table 6)" in legend_texts(plot_figure6(runs, paper=True))
+    assert not ticks(plot_figure6(runs).axes[1]) and paper_tick_notes(runs) == []
+
+
+def test_paper_ticks_leave_out_runs_of_another_protocol_and_say_why(tmp_path, write_run, paper_protocol_runs):
+    write_run(tmp_path / "short", "residual", 56, test=(40.0, 10.0, 9.0), iterations=400)  # another sweep
+    runs, _ = load_runs(tmp_path)
+    figures = build_figures(runs, paper=True)
+    assert not any(ticks(axes) for axes in figures["figure6-cifar10-iterations400"].axes)
+    assert ticks(figures["figure6-cifar10-iterations64000"].axes[1])
+    assert paper_tick_notes(runs) == [
+        "no tick for residual 56 (cifar10, iterations 400): not the paper's protocol "
+        "(trained 400 iterations (paper: 64k))"]
+    synthetic, _ = load_runs(write_run(tmp_path / "syn", "plain", 8, dataset="synthetic"))
+    assert paper_tick_notes(synthetic) == [
+        "no residual net of Table 6's depths (20, 32, 44, 56, 110, 1202) here: nothing to mark"]
+
+
+def test_warmup_ends_are_marked_on_the_x_axis_filled_for_threshold_open_for_cap(tmp_path, write_run):
+    write_run(tmp_path, "residual", 110, seed=0, test=(40.0, 10.0, 7.0), warmup_end=("threshold", 400))
+    write_run(tmp_path, "residual", 110, seed=1, test=(40.0, 10.0, 7.0), warmup_end=("cap", 4000))
+    write_run(tmp_path, "residual", 20, test=(40.0, 10.0, 8.0))
+    runs, _ = load_runs(tmp_path)
+    figure = plot_figure6(runs)
+    marks = {label: line for label, line in lines_by_label(figure.axes[0]).items() if label.startswith("_warm-up")}
+    threshold, cap = marks["_warm-up end residual-110 threshold"], marks["_warm-up end residual-110 cap"]
+    assert threshold.get_xdata().tolist() == [0.04] and cap.get_xdata().tolist() == [0.4]  # iterations in 1e4
+    assert threshold.get_markerfacecolor() != "white" and cap.get_markerfacecolor() == "white"
+    assert threshold.get_color() == lines_by_label(figure.axes[0])["residual-110 test_error"].get_color()
+    assert legend_texts(figure)[-2:] == ["warm-up end (threshold)", "warm-up end (cap)"]
+    by_epoch = lines_by_label(plot_figure6(runs, x="epochs").axes[0])
+    assert by_epoch["_warm-up end residual-110 cap"].get_xdata().tolist() == [0.4]  # 4000 of 10000 steps per epoch
+    for axes in plot_figure1(runs, "residual").axes:
+        assert "_warm-up end residual-110 cap" in lines_by_label(axes)
+
+
+def test_figure1_of_each_kind_shares_one_y_range_to_compare_side_by_side(tmp_path, write_run):
+    write_run(tmp_path, "plain", 20, test=(90.0, 60.0, 50.0), train=(90.0, 55.0, 45.0), dataset="synthetic")
+    write_run(tmp_path, "plain", 56, test=(90.0, 70.0, 60.0), train=(90.0, 65.0, 55.0), dataset="synthetic")
+    write_run(tmp_path, "residual", 20, test=(50.0, 20.0, 15.0), train=(40.0, 15.0, 10.0), dataset="synthetic")
+    figures = build_figures(load_runs(tmp_path)[0])
+    plain, residual = figures["figure1-plain-synthetic"], figures["figure1-residual-synthetic"]
+    # the residual curves alone would get the paper's 0-20%, the plain ones 0-100%: both get the study's range
+    assert plain.axes[0].get_ylim() == residual.axes[0].get_ylim() == residual.axes[1].get_ylim() == (0.0, 100.0)
+
+
+def test_image_folder_runs_are_named_by_the_folder_in_titles_and_file_names(tmp_path, write_run):
+    write_run(tmp_path, "plain", 20, dataset="folder", data={"data_dir": "/tmp/cifar10-jpeg"})
+    figures = build_figures(load_runs(tmp_path)[0])
+    assert sorted(figures) == ["figure1-plain-cifar10-jpeg", "figure6-cifar10-jpeg"]
+    assert figures["figure6-cifar10-jpeg"]._suptitle.get_text().startswith("cifar10-jpeg:")

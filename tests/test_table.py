@@ -1,5 +1,6 @@
-"""The Table 6 style summary from hand-made results folders: means, sample stds, best and val-selected test
-error, the paper's numbers beside ours, the exports, and `resdepth table` on good, corrupt and empty folders."""
+"""The Table 6 style summary from hand-made results folders: best (mean ± std), the test- and val-selected test
+errors, the paper's numbers beside ours only where the protocol is the paper's, one row per run, the exports,
+and `resdepth table` on good, corrupt and empty folders."""
 
 import json
 import math
@@ -8,18 +9,30 @@ import pandas as pd
 import pytest
 
 from resdepth.results import load_runs
-from resdepth.tables import PAPER_TABLE6, SUMMARY_COLUMNS, display_table, summarize, to_markdown, write_csv
+from resdepth.tables import (
+    PAPER_TABLE6,
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    display_runs,
+    display_table,
+    summarize,
+    summarize_runs,
+    to_markdown,
+    write_csv,
+)
+
+PAPER = {"iterations": 64_000}  # with write_run's other defaults: the paper's protocol
 
 
 @pytest.fixture
 def results(tmp_path, write_run):
-    write_run(tmp_path, "residual", 56, seed=0, test=(30.0, 9.0, 7.0), train=(35.0, 4.0, 1.0), params=853018)
-    write_run(tmp_path, "residual", 56, seed=1, test=(31.0, 8.0, 8.0), train=(36.0, 5.0, 2.0), params=853018)
-    write_run(tmp_path, "residual", 56, seed=2, test=(32.0, 6.5, 9.0), train=(37.0, 6.0, 3.0), params=853018)
-    write_run(tmp_path, "plain", 56, seed=0, test=(40.0, 14.0, 12.5), train=(45.0, 9.0, 8.0), params=853018)
-    write_run(tmp_path, "plain", 20, seed=0, test=(35.0, 11.0, 10.0), train=(40.0, 6.0, 5.0), params=269722)
+    write_run(tmp_path, "residual", 56, seed=0, test=(30.0, 9.0, 7.0), train=(35.0, 4.0, 1.0), params=853018, **PAPER)
+    write_run(tmp_path, "residual", 56, seed=1, test=(31.0, 8.0, 8.0), train=(36.0, 5.0, 2.0), params=853018, **PAPER)
+    write_run(tmp_path, "residual", 56, seed=2, test=(32.0, 6.5, 9.0), train=(37.0, 6.0, 3.0), params=853018, **PAPER)
+    write_run(tmp_path, "plain", 56, seed=0, test=(40.0, 14.0, 12.5), train=(45.0, 9.0, 8.0), params=853018, **PAPER)
+    write_run(tmp_path, "plain", 20, seed=0, test=(35.0, 11.0, 10.0), train=(40.0, 6.0, 5.0), params=269722, **PAPER)
     write_run(tmp_path, "residual", 110, seed=0, test=(30.0, 7.0), train=(40.0, 1.0), state="running",
-              planned_epochs=3, params=1727962)
+              planned_epochs=3, params=1727962, warmup_end=("threshold", 400), **PAPER)
     return tmp_path
 
 
@@ -36,10 +49,11 @@ def test_one_row_per_kind_and_depth_with_hand_computed_means_and_stds(results):
         ("plain", 20), ("plain", 56), ("residual", 56), ("residual", 110)]  # plain first, shallow to deep
     row = rows_by_name(summary)["residual-56"]
     assert (row["runs"], row["unfinished"], row["seeds"], row["params"]) == (3, 0, "0,1,2", 853018)
+    assert row["final_test_error_best"] == 7.0  # the best final test error of the runs, as the paper's "6.43"
     assert row["final_test_error_mean"] == pytest.approx(8.0)  # (7 + 8 + 9) / 3
     assert row["final_test_error_std"] == pytest.approx(1.0)  # sample std (ddof=1) of 7, 8, 9
     assert row["final_train_error_mean"] == pytest.approx(2.0)
-    assert row["best_test_error_mean"] == pytest.approx((7.0 + 8.0 + 6.5) / 3)  # each run's lowest, then the mean
+    assert row["min_epoch_test_error_mean"] == pytest.approx((7.0 + 8.0 + 6.5) / 3)  # each run's lowest, then the mean
     assert math.isnan(row["val_selected_test_error_mean"])
     plain = rows_by_name(summary)["plain-56"]
     assert plain["final_test_error_mean"] == 12.5 and math.isnan(plain["final_test_error_std"])  # one run: no std
@@ -47,19 +61,69 @@ def test_one_row_per_kind_and_depth_with_hand_computed_means_and_stds(results):
 
 
 def test_paper_table6_beside_cifar10_residual_rows_only(results, tmp_path, write_run):
-    write_run(results / "b", "residual", 56, shortcut="B")
-    write_run(results / "syn", "residual", 56, dataset="synthetic")
+    write_run(results / "b", "residual", 56, shortcut="B", **PAPER)
+    write_run(results / "syn", "residual", 56, dataset="synthetic", **PAPER)
     summary = summarize(load_runs(results)[0])
     rows = rows_by_name(summary[summary["dataset"] == "cifar10"])
     residual = rows["residual-56"]
-    assert residual["paper_test_error"] == PAPER_TABLE6[56] == 6.97
-    assert residual["vs_paper"] == pytest.approx(8.0 - 6.97)
+    assert residual["paper_test_error"] == PAPER_TABLE6[56] == 6.97 and residual["paper_protocol"]
+    assert residual["vs_paper"] == pytest.approx(8.0 - 6.97) and residual["protocol_differences"] == ""
     assert rows["residual-110"]["paper_test_error"] == 6.61  # a mean compares with the paper's mean of 5 runs
     assert rows["residual-110"]["unfinished"] == 1 and rows["residual-110"]["final_test_error_mean"] == 7.0
     assert math.isnan(rows["plain-56"]["paper_test_error"]) and math.isnan(rows["plain-56"]["vs_paper"])
-    assert math.isnan(rows["residualB-56"]["paper_test_error"])  # Table 6 used option A shortcuts
-    synthetic = [r for r in summary.itertuples() if r.dataset == "synthetic"]
-    assert len(synthetic) == 1 and math.isnan(synthetic[0].paper_test_error)
+    option_b = rows["residualB-56"]  # Table 6 used option A shortcuts: its number, marked, and no Δ
+    assert not option_b["paper_protocol"] and math.isnan(option_b["vs_paper"])
+    assert option_b["protocol_differences"] == "shortcut B (paper: A, zero-padding)"
+    [synthetic] = summary[summary["dataset"] == "synthetic"].to_dict("records")
+    assert math.isnan(synthetic["vs_paper"])
+    assert "dataset synthetic (paper: CIFAR-10)" in synthetic["protocol_differences"]
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"iterations": 400}, "trained 400 iterations (paper: 64k)"),
+    ({"val": (31.0, 9.0, 7.5)}, "5,000 training images held out for validation (paper: trained on all 50k)"),
+    ({"data": {"train_size": 10_000}}, "a 10,000-image training subset (paper: all 50k)"),
+    ({"data": {"augment": False}}, "no augmentation (paper: pad 4, random crop, flip)"),
+    ({"batch_size": 64, "lr": 0.05}, "batch 64 (paper: 128), lr 0.05 (paper: 0.1)"),
+    ({"dataset": "folder", "data": {"data_dir": "/data/cifar10-jpeg"}},
+     "dataset cifar10-jpeg (an image folder) (paper: CIFAR-10)"),
+])
+def test_a_protocol_other_than_the_papers_gets_no_delta_and_a_note_naming_the_difference(tmp_path, changes, named,
+                                                                                         write_run):
+    write_run(tmp_path, "residual", 20, seed=0, **{**PAPER, **changes})
+    write_run(tmp_path, "residual", 20, seed=1, **{**PAPER, **changes})
+    [row] = summarize(load_runs(tmp_path)[0]).to_dict("records")
+    assert not row["paper_protocol"] and math.isnan(row["vs_paper"]) and row["paper_test_error"] == 8.75
+    headers, rows, notes = display_table(summarize(load_runs(tmp_path)[0]))
+    assert rows[0][headers.index("paper Table 6")] == "8.75‡" and "Δ vs paper" not in headers
+    [note] = [n for n in notes if n.startswith("‡")]
+    assert note.startswith("‡ residual 20: not the paper's protocol, so no Δ:") and named in note
+
+
+def test_a_warmup_ended_by_its_cap_is_not_the_papers_protocol(tmp_path, write_run):
+    write_run(tmp_path, "residual", 110, seed=0, warmup_end=("threshold", 410), **PAPER)
+    write_run(tmp_path, "residual", 110, seed=1, warmup_end=("cap", 4000), **PAPER)
+    write_run(tmp_path / "no-warmup", "residual", 56, seed=0, warmup_end=None, **PAPER)
+    summary = summarize(load_runs(tmp_path)[0])
+    rows = rows_by_name(summary)
+    assert rows["residual-110"]["protocol_differences"] == (
+        "warm-up ended at its cap, iteration 4,000 (paper: at < 80% training error)")
+    assert rows["residual-56"]["paper_protocol"]  # the paper warms up 110 layers and deeper only
+    write_run(tmp_path / "no-warmup", "residual", 110, seed=2, **PAPER)  # 110 layers that never warmed up
+    rows = rows_by_name(summarize(load_runs(tmp_path / "no-warmup")[0]))
+    assert rows["residual-110"]["protocol_differences"] == "no warm-up (paper: lr 0.01 until training error < 80%)"
+
+
+def test_plain_nets_say_the_paper_gives_no_table_number(results, tmp_path, write_run):
+    headers, rows, notes = display_table(summarize(load_runs(results)[0]))
+    assert rows[0][:2] == ["plain", "20"] and rows[0][headers.index("paper Table 6")] == "none"
+    assert any(n.startswith("none:") and "plain nets only as curves (Figure 6)" in n for n in notes)
+    write_run(tmp_path / "small", "plain", 8, **PAPER)
+    write_run(tmp_path / "small", "residual", 14, **PAPER)
+    headers, rows, notes = display_table(summarize(load_runs(tmp_path / "small")[0]))
+    assert "paper Table 6" not in headers  # no row has a number: a note says why instead of a column of blanks
+    assert notes[-1] == ("paper: no Table 6 number for these nets: the paper gives plain nets only as curves "
+                         "(Figure 6), in no table; Table 6 has no 14-layer net, only 20, 32, 44, 56, 110, 1202 layers.")
 
 
 def test_val_selected_test_error_is_taken_at_the_lowest_validation_error(tmp_path, write_run):
@@ -67,26 +131,30 @@ def test_val_selected_test_error_is_taken_at_the_lowest_validation_error(tmp_pat
     write_run(tmp_path, "residual", 20, seed=1, test=(30.0, 9.5, 8.5), val=(31.0, 10.0, 11.0))
     summary = summarize(load_runs(tmp_path)[0])
     assert summary.loc[0, "val_selected_test_error_mean"] == pytest.approx((10.0 + 9.5) / 2)
-    assert summary.loc[0, "best_test_error_mean"] == pytest.approx((9.0 + 8.5) / 2)
-    headers, rows, _ = display_table(summary)
+    assert summary.loc[0, "min_epoch_test_error_mean"] == pytest.approx((9.0 + 8.5) / 2)
+    headers, rows, _notes = display_table(summary)
     assert "test err % at best val" in headers and rows[0][headers.index("test err % at best val")] == "9.75"
 
 
-def test_display_and_markdown_label_best_as_picked_on_test(results):
+def test_display_and_markdown_give_best_mean_std_as_the_paper_and_name_the_test_selected_column(results):
     summary = summarize(load_runs(results)[0])
     headers, rows, notes = display_table(summary)
-    assert "best test err %†" in headers and "dataset" not in headers  # one dataset: in the title
+    assert "min over epochs (test-selected)†" in headers and "dataset" not in headers  # one dataset: in the title
     assert "test err % at best val" not in headers  # no run held out a validation split
     residual = rows[2]
     assert residual[:5] == ["residual", "56", "0.85M", "3", "2.00"]
-    assert residual[headers.index("test err %")] == "8.00 ± 1.00"
-    assert residual[headers.index("paper Table 6 (Δ)")] == "6.97 (+1.03)"
+    # as the paper's "6.43 (6.61±0.16)"
+    assert residual[headers.index("test err % best (mean±std)")] == "7.00 (8.00±1.00)"
+    assert residual[headers.index("paper Table 6")] == "6.97" and residual[headers.index("Δ vs paper")] == "+1.03"
+    assert rows[3][headers.index("paper Table 6")] == "6.43 (6.61±0.16)"
+    assert rows[3][headers.index("Δ vs paper")] == "+0.39"
+    assert rows[0][headers.index("test err % best (mean±std)")] == "10.00"  # one run: no spread to give
     assert rows[3][headers.index("runs")] == "1*" and any("unfinished" in note for note in notes)
     markdown = to_markdown(summary).splitlines()
     assert markdown[0].startswith("| kind | depth | params | runs |") and markdown[1].startswith("|---|---:|")
     assert len([line for line in markdown if line.startswith("| ")]) == 1 + len(summary)
-    assert "| residual | 56 | 0.85M | 3 | 2.00 | 8.00 ± 1.00 |" in markdown[4]
-    assert any(line.startswith("- ") and "selected on the test set" in line for line in markdown)
+    assert "| residual | 56 | 0.85M | 3 | 2.00 | 7.00 (8.00±1.00) |" in markdown[4]
+    assert any(line.startswith("- †") and "selected on the test set" in line for line in markdown)
     assert "- dataset: cifar10" in markdown  # one dataset: no column for it, so a pasted table names it below
 
 
@@ -103,7 +171,7 @@ def test_csv_export_holds_the_unrounded_numbers(results, tmp_path):
 def test_cli_table_prints_the_rich_table_and_exports(results, tmp_path, run_cli):
     code, out, err = run_cli("table", str(results), "--csv", str(tmp_path / "t.csv"))
     assert code == 0, err
-    assert "8.00 ± 1.00" in out and "6.97 (+1.03)" in out and "selected on the test set" in out
+    assert "7.00 (8.00±1.00)" in out and "+1.03" in out and "selected on the test set" in out
     assert (tmp_path / "t.csv").stat().st_size > 0 and "t.csv" in err
     code, out, err = run_cli("table", str(results), "--markdown")
     assert code == 0 and out.startswith("| kind | depth |") and "| residual | 56 | 0.85M | 3 |" in out
@@ -136,7 +204,7 @@ def test_hand_broken_configs_and_a_last_line_cut_short(results, run_cli):
     assert any("plain-20-s0" in w and "not a resdepth config" in w for w in warnings)
     assert any("plain-56-s0" in w and "'abc', not a whole number" in w for w in warnings)
     assert any("residual-56-s2" in w and "4 of 9 fields, cut short" in w for w in warnings)
-    assert "| residual | 56 | 0.85M | 3 | 2.00 | 8.00 ± 1.00 |" in out  # the torn line did not count
+    assert "| residual | 56 | 0.85M | 3 | 2.00 | 7.00 (8.00±1.00) |" in out  # the torn line did not count
     (results / "residual-56-s1" / "metrics.csv").write_text(
         (results / "residual-56-s0" / "metrics.csv").read_text().replace("\n2,", "\n2,9,", 1))  # a broken middle line
     _, warnings = load_runs(results)
@@ -170,13 +238,52 @@ def test_runs_trained_differently_are_kept_apart_not_averaged_as_seeds(tmp_path,
     assert code == 0 and out.startswith("| kind | depth |")
 
 
-def test_two_image_folders_are_two_datasets_even_with_one_seed_each(tmp_path, write_run):
+def test_image_folders_are_named_by_their_folder_and_two_are_two_datasets(tmp_path, write_run):
     for name in ("jpeg-a", "jpeg-b"):
         final = 20.0 if name == "jpeg-a" else 30.0
         run_dir = write_run(tmp_path / name, "residual", 8, dataset="folder", test=(50.0, final))
         config = json.loads((run_dir / "config.json").read_text())
-        config["data"]["data_dir"] = f"/data/{name}"
+        config["data"]["data_dir"] = f"/data/{name}/"
         (run_dir / "config.json").write_text(json.dumps(config))
     summary = summarize(load_runs(tmp_path)[0])
-    assert summary["runs"].tolist() == [1, 1]
-    assert summary["setting"].tolist() == ["data_dir /data/jpeg-a", "data_dir /data/jpeg-b"]
+    assert summary["dataset"].tolist() == ["jpeg-a", "jpeg-b"] and summary["runs"].tolist() == [1, 1]
+    assert summary["setting"].tolist() == ["", ""]  # the folder's name already tells them apart
+    assert display_table(summary)[0][0] == "dataset"
+
+
+def test_runs_lists_one_row_per_run_with_best_val_epoch_and_warmup_end(tmp_path, write_run, run_cli):
+    write_run(tmp_path, "residual", 110, seed=0, test=(30.0, 9.0, 10.0), val=(31.0, 12.0, 11.0),
+              warmup_end=("threshold", 410))
+    write_run(tmp_path, "residual", 110, seed=1, test=(30.0, 9.5, 8.5), val=(31.0, 10.0, 11.0),
+              warmup_end=("cap", 4000))
+    write_run(tmp_path, "residual", 56, seed=0, test=(40.0, 20.0), val=(41.0, 21.0), state="running", planned_epochs=3)
+    frame = summarize_runs(load_runs(tmp_path)[0])
+    assert list(frame.columns) == list(RUN_COLUMNS)
+    assert [(r.depth, r.seed, r.state, r.epochs, r.planned_epochs) for r in frame.itertuples()] == [
+        (56, 0, "running", 2, 3), (110, 0, "done", 3, 3), (110, 1, "done", 3, 3)]
+    assert frame["best_val_epoch"].tolist() == [2, 3, 2] and frame["val_selected_test_error"].tolist() == [20.0, 10.0,
+                                                                                                           9.5]
+    headers, rows, _notes = display_runs(frame)
+    assert headers[:5] == ["kind", "depth", "seed", "state", "epochs"] and headers[-1] == "folder"
+    assert [row[headers.index("warm-up ended")] for row in rows] == ["-", "threshold at 410", "cap at 4,000"]
+    assert rows[0][headers.index("epochs")] == "2/3" and rows[2][headers.index("test err %")] == "8.50"
+    code, out, err = run_cli("table", str(tmp_path), "--runs", "--csv", str(tmp_path / "runs.csv"))
+    assert code == 0, err
+    assert "cap at 4,000" in out and "residual-110-s1" in out and "best val epoch" in out
+    back = pd.read_csv(tmp_path / "runs.csv")
+    assert list(back.columns) == list(RUN_COLUMNS) and len(back) == 3
+    assert back["warmup_end_reason"].tolist()[1:] == ["threshold", "cap"] and back["seed"].tolist() == [0, 0, 1]
+    code, out, _ = run_cli("table", str(tmp_path), "--runs", "--markdown")
+    assert code == 0 and out.startswith("| kind | depth | seed | state | epochs |") and "| cap at 4,000 |" in out
+
+
+def test_warmup_settings_split_seeds_only_of_runs_that_warmed_up(tmp_path, write_run):
+    # runs that never warmed up compute the same whatever their warm-up settings (an older config lacks the cap)
+    write_run(tmp_path / "new", "residual", 20, seed=0, warmup="auto", warmup_max_iterations=4000)
+    write_run(tmp_path / "old", "residual", 20, seed=1, warmup="off")
+    write_run(tmp_path / "new", "residual", 110, seed=0, warmup_end=("threshold", 400), warmup_max_iterations=4000)
+    write_run(tmp_path / "old", "residual", 110, seed=1, warmup_end=("threshold", 400), warmup_max_iterations=1000)
+    summary = summarize(load_runs(tmp_path)[0])
+    assert [(r.depth, r.setting, r.runs) for r in summary.itertuples()] == [
+        (20, "warmup_max_iterations -", 2), (110, "warmup_max_iterations 1000", 1), (110, "warmup_max_iterations 4000",
+                                                                                     1)]

@@ -1,3 +1,4 @@
+import json
 import math
 from dataclasses import replace
 
@@ -30,6 +31,7 @@ def test_shorter_runs_scale_the_milestones():
     assert learning_rate(config, 500, False) == pytest.approx(0.01)
     assert learning_rate(config, 750, False) == pytest.approx(0.001)
     assert learning_rate(config, 10, True) == pytest.approx(0.01)  # warm-up lr
+    assert learning_rate(config, 750, True) == pytest.approx(0.001)  # a milestone passed: the schedule's lower lr
 
 
 def test_epochs_convert_to_iterations():
@@ -37,10 +39,15 @@ def test_epochs_convert_to_iterations():
     assert resolve_iterations(TrainConfig(epochs=3), 45_000).iterations == 3 * 351
 
 
-def test_warmup_is_the_papers_for_110_layers_and_deeper():
+def test_warmup_is_the_papers_for_residual_nets_of_110_layers_and_deeper():
     assert TrainConfig(depth=110).uses_warmup() and TrainConfig(depth=1202).uses_warmup()
     assert not TrainConfig(depth=56).uses_warmup()
     assert not TrainConfig(depth=110, warmup="off").uses_warmup() and TrainConfig(depth=20, warmup="on").uses_warmup()
+    # §4.2 warms up ResNet-110 and says nothing of plain-110: plain nets start at 0.1 unless asked (--warmup deep)
+    assert not TrainConfig(kind="plain", depth=110).uses_warmup()
+    assert TrainConfig(kind="plain", depth=110, warmup="deep").uses_warmup()
+    assert not TrainConfig(kind="plain", depth=56, warmup="deep").uses_warmup()
+    assert TrainConfig().warmup_max_iterations == 4000  # 10x the paper's "about 400 iterations"
 
 
 def read(run_dir):
@@ -79,11 +86,12 @@ def test_warmup_switches_when_the_training_error_falls_below_the_threshold(tmp_p
     (tmp_path / "switch").mkdir(), (tmp_path / "never").mkdir()
     switch = run_training(tiny_config(warmup="on", warmup_until_error=100.0, epochs=6), tmp_path / "switch")
     never = run_training(tiny_config(warmup="on", warmup_until_error=0.0, epochs=6), tmp_path / "never")
-    assert switch.warmup_end_iteration == 10  # the first check, 10 iterations in
-    assert never.warmup_end_iteration is None
+    assert (switch.warmup_end_iteration, switch.warmup_end_reason) == (10, "threshold")  # the first check, 10 in
+    assert never.warmup_end_iteration is None and never.warmup_end_reason is None  # 24 iterations: before the cap
     # 4 iterations per epoch: the switch at iteration 10 falls in epoch 3; the first milestone is at 12
     assert read(tmp_path / "switch")["lr"].tolist()[:3] == pytest.approx([0.01, 0.01, 0.1])
-    assert set(read(tmp_path / "never")["lr"]) == {0.01}
+    # a warm-up still on at a milestone gives way to the schedule: the milestones at 12 and 18 apply
+    assert read(tmp_path / "never")["lr"].tolist() == [0.01, 0.01, 0.01, 0.01, 0.001, 0.001]
 
 
 def test_an_epoch_whose_last_step_ends_the_warmup_logs_the_warmup_lr(tmp_path, tiny_config):
@@ -92,6 +100,46 @@ def test_an_epoch_whose_last_step_ends_the_warmup_logs_the_warmup_lr(tmp_path, t
     result = run_training(tiny_config(warmup="on", warmup_until_error=100.0, epochs=8, data=data), tmp_path)
     assert result.warmup_end_iteration == 10
     assert read(tmp_path)["lr"].tolist()[:3] == pytest.approx([0.01, 0.01, 0.1])  # milestones at 20 and 30
+
+
+ONE_STEP_EPOCHS = DataConfig(dataset="synthetic", synthetic_train=32, synthetic_test=32)  # batch 32: a CSV row per step
+
+
+def test_a_warmup_that_never_reaches_the_threshold_ends_at_the_cap_then_follows_the_milestones(tmp_path, tiny_config):
+    config = tiny_config(warmup="on", warmup_until_error=0.0, warmup_max_iterations=7, epochs=24, data=ONE_STEP_EPOCHS)
+    result = run_training(config, tmp_path)
+    assert (result.warmup_end_reason, result.warmup_end_iteration) == ("cap", 7)  # not a multiple of the 10-step check
+    # one iteration per row: 7 steps at the warm-up lr, 0.1 from the cap on, /10 at 12 and 18 of 24
+    assert read(tmp_path)["lr"].tolist() == [0.01] * 7 + [0.1] * 5 + [0.01] * 6 + [0.001] * 6
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert (status["warmup_end_reason"], status["warmup_end_iteration"]) == ("cap", 7)
+    assert "0.0010000000000000002" not in (tmp_path / "metrics.csv").read_text()  # the lr as the schedule states it
+    assert ",0.001," in (tmp_path / "metrics.csv").read_text()
+
+
+def test_resuming_in_the_middle_of_a_warmup_is_exact(tmp_path, tiny_config, assert_same_run):
+    # 4 steps per epoch, 32 in all; stopped after 6 steps: inside epoch 2 and inside the warm-up's first 10-step
+    # window. The threshold (85%) is near where these nets start, so a window not carried over would show.
+    config = tiny_config(warmup="on", warmup_until_error=85.0, warmup_max_iterations=13, epochs=8)
+    (tmp_path / "straight").mkdir(), (tmp_path / "resumed").mkdir()
+    straight = run_training(config, tmp_path / "straight")
+    calls = iter(range(1000))
+    stopped = run_training(config, tmp_path / "resumed", should_stop=lambda: next(calls) == 6)
+    assert stopped.state == "interrupted" and stopped.iterations_done == 6 and stopped.warmup_end_reason is None
+    resumed = run_training(config, tmp_path / "resumed")
+    assert (resumed.warmup_end_reason, resumed.warmup_end_iteration) == (straight.warmup_end_reason,
+                                                                         straight.warmup_end_iteration)
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_resuming_before_the_cap_still_ends_the_warmup_there(tmp_path, tiny_config):
+    config = tiny_config(warmup="on", warmup_until_error=0.0, warmup_max_iterations=10, epochs=8)
+    calls = iter(range(1000))
+    run_training(config, tmp_path, should_stop=lambda: next(calls) == 6)
+    resumed = run_training(config, tmp_path)
+    assert (resumed.warmup_end_reason, resumed.warmup_end_iteration) == ("cap", 10)
+    # epochs end at steps 4, 8, ... 32: 0.01 up to the cap, 0.1 until the milestone at 16, then /10 at 16 and 24
+    assert read(tmp_path)["lr"].tolist() == [0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
 
 
 def test_synthetic_dataset_is_learnable(tmp_path, tiny_config):
@@ -111,6 +159,7 @@ def test_absurd_lr_diverges_as_a_result(tmp_path, tiny_config):
     ({"batch_size": 0}, "--batch-size"), ({"iterations": -5}, "--iterations"), ({"lr": 0.0}, "--lr"),
     ({"epochs": 0}, "--epochs"), ({"kind": "dense"}, "unknown kind"), ({"depth": 21}, "6n\\+2"),
     ({"precision": "fp8"}, "precision"), ({"device": "tpu"}, "device"),
+    ({"warmup": "sometimes"}, "warm-up mode"), ({"warmup_max_iterations": 0}, "--warmup-max-iterations"),
 ])
 def test_bad_configs_are_user_errors(tmp_path, change, message, tiny_config):
     with pytest.raises(UserError, match=message):
@@ -125,8 +174,6 @@ def test_cuda_asked_without_gpu_is_a_user_error(tmp_path, tiny_config):
 
 
 def test_config_json_holds_resolved_settings_and_versions(tmp_path, tiny_config):
-    import json
-
     run_training(tiny_config(), tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["kind"] == "residual" and saved["data"]["dataset"] == "synthetic"
