@@ -6,7 +6,7 @@
 #   DEVICE=cpu DEPTHS=8 BENCH_ITERS=3 WARMUP=1 CONC_STEPS=3 WORKERS=1 TRAIN_ITERS=40 SYNTH_TRAIN=512 SYNTH_TEST=64 \
 #     PY=.venv/bin/python bash benchmarks/gpu_bench.sh   # a CPU smoke test of the script itself (about a minute)
 #
-# Results go to $OUT (the device tool's folder; else ./gpu-bench-out), at most 11 files: env.txt, gpu-tests.log,
+# Results go to $OUT (default ./gpu-bench-out), at most 11 files: env.txt, gpu-tests.log,
 #   bench.log + bench.json, graph.log + graph.json, concurrent.log + concurrent.json, train.log + metrics.csv, summary.txt.
 # Steps, each with its own time limit, cheapest first, so that a slow step cannot starve the later ones:
 #   1. environment, and the GPU-only tests (tests/test_gpu.py: resume after SIGKILL, CUDA graph
@@ -20,9 +20,9 @@
 #      a cut run reports how far it got and its pace                                       the rest
 set -u
 START=$(date +%s)
-BUDGET=${BUDGET:-465}  # seconds for the whole script: 8 minutes less the tool's transfers
+BUDGET=${BUDGET:-465}  # seconds for the whole script: under 8 minutes, leaving time to copy $OUT off the machine
 OUT=${OUT:-gpu-bench-out}
-PY=${PY:-python3}  # the device image's python3 holds torch, torchvision, typer, rich and pandas
+PY=${PY:-python3}  # a python with torch, torchvision, typer, rich, pandas and pytest
 DEVICE=${DEVICE:-cuda} DEPTHS=${DEPTHS:-20,56,110} WORKERS=${WORKERS:-8}  # 8 of the 16 cores load the naive recipe
 BENCH_ITERS=${BENCH_ITERS:-200} WARMUP=${WARMUP:-30} CONC_STEPS=${CONC_STEPS:-150}
 TRAIN_ITERS=${TRAIN_ITERS:-64000} SYNTH_TRAIN=${SYNTH_TRAIN:-50000} SYNTH_TEST=${SYNTH_TEST:-10000}
