@@ -109,7 +109,7 @@ def run_cell(run_dir: Path, device: str, threads: int | None, should_stop: Calla
             result = run_training(config, run_dir, should_stop=should_stop)  # it records its end in status.json
         except UserError as exc:
             return mark_failed(run_dir, str(exc))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the job raised: its message is the cell's error
             (run_dir / ERROR_FILE).write_text(traceback.format_exc())
             return mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
         return CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)

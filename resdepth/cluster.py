@@ -87,7 +87,7 @@ class CellTask:
         def train() -> None:
             try:
                 result.append(run_cell(self.run_dir, self.device, self.threads, self._stop.is_set))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread below
                 result.append(exc)
             finally:
                 self._finished.set()
@@ -197,7 +197,7 @@ class RayExecutor(Executor):
             return done.result()
         except self.ray.exceptions.TaskCancelledError:
             return CellOutcome(run_dir, "interrupted", error="cancelled before it started")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the job raised: its message is the cell's error
             try:
                 return outcome_without_result(run_dir, f"Ray task ended without a result ({type(exc).__name__}): "
                                                        f"{last_line(str(exc))}")
@@ -267,7 +267,7 @@ def check_shared_folder(ray: Any, folder: Path, resource: str) -> None:
         for ref, host in refs.items():
             try:
                 problem = ray.get(ref) if ref in ready else f"no answer within {PROBE_TIMEOUT_SECONDS} s"
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - e.g. resdepth not installed on that node
                 problem = f"{type(exc).__name__}: {last_line(str(exc))}"
             if problem:
                 problems.append(f"{host}: {problem}")
@@ -373,7 +373,7 @@ class SlurmExecutor(Executor):
         try:
             with stderr_into(said):
                 submitted = self.executor.submit_array(tasks)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the job raised: its message is the cell's error
             reason = "; ".join(line.removeprefix("sbatch: error: ") for line in said[-3:]) or last_line(str(exc))
             raise UserError(f"Slurm refused the jobs ({reason}): check "
                             "--slurm-partition/--slurm-account/--slurm-qos/--slurm-time against `sinfo`") from None
@@ -415,23 +415,25 @@ class SlurmExecutor(Executor):
         return ended
 
     def _outcome(self, job: Any, run_dir: Path) -> CellOutcome:
+        """How a cell's job ended, read from its run folder and the text of its log. The job's result pickle is
+        never loaded: a results folder that others can write must not be able to run code in this process."""
         try:
-            if job.paths.result_pickle.exists():
-                return job.result()
-            state = (RunStatus.read(run_dir) or RunStatus()).state
-            if self._interrupted and state == "pending":
+            status = RunStatus.read(run_dir) or RunStatus()
+            if status.state not in ("running", "pending"):  # the run recorded its own end
+                return outcome_from_status(run_dir, exit_code=0)
+            if self._interrupted and status.state == "pending":
                 return CellOutcome(run_dir, "interrupted", error="cancelled before it started")
-            if self._interrupted and state == "running":  # stopped before it could checkpoint: resumable all the same
+            if self._interrupted:  # stopped before it could checkpoint: resumable all the same
                 set_state(run_dir, "interrupted")
                 return CellOutcome(run_dir, "interrupted", error="stopped before its mid-epoch checkpoint")
+            if job.paths.result_pickle.exists() and is_locked(run_dir):  # the task found another run holding it
+                return CellOutcome(run_dir, "busy", error=describe_owner(RunLock(run_dir).owner()))
             log = last_line(job.stderr() or "") if job.paths.stderr.exists() else ""
+            ended = "failed" if job.paths.result_pickle.exists() else "ended without a result"
             where = f": {log}" if log else f"; see its log in {job.paths.folder}"
-            return outcome_without_result(run_dir, f"Slurm job {job.job_id} ended without a result{where}")
-        except Exception as exc:
-            try:
-                return outcome_without_result(run_dir, f"Slurm job {job.job_id} failed: {last_line(str(exc))}")
-            except OSError as unreadable:  # the future must resolve, or the sweep would wait forever
-                return CellOutcome(run_dir, "failed", error=f"{type(exc).__name__}; run folder: {unreadable}")
+            return outcome_without_result(run_dir, f"Slurm job {job.job_id} {ended}{where}")
+        except OSError as unreadable:  # the future must resolve, or the sweep would wait forever
+            return CellOutcome(run_dir, "failed", error=f"Slurm job {job.job_id}: run folder unreadable ({unreadable})")
 
     def interrupt(self) -> None:
         """Cancel cells still queued; running ones get SIGINT, checkpoint and stop (no requeue)."""

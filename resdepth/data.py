@@ -283,7 +283,7 @@ def load_image_folder(root: Path) -> Dataset:
     if cache.exists():
         try:
             return Dataset(**torch.load(cache, weights_only=True))
-        except Exception:  # a broken cache is only a lost speed-up: decode again
+        except Exception:  # noqa: BLE001 - a broken cache is only a lost speed-up: decode again
             cache.unlink(missing_ok=True)
     tensors = {}
     for split in ("train", "test"):
@@ -330,20 +330,28 @@ def _cache_path(root: Path, files: dict[str, dict[str, list[Path]]]) -> Path:
 
 
 def _decode_split(files: dict[str, list[Path]], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
     images, labels = [], []
     for label, cls in enumerate(classes):
         for path in files[cls]:
-            try:
-                with Image.open(path) as handle:
-                    image = torch.from_numpy(np.array(handle.convert("RGB"))).permute(2, 0, 1)
-            except (OSError, UnidentifiedImageError):
-                raise UserError(f"cannot decode image {path}: remove it or convert it to PNG/JPEG") from None
-            if tuple(image.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
-                raise UserError(f"{path} is {image.shape[2]}x{image.shape[1]}; resdepth needs 32x32 images "
-                                "(resize the folder first)")
-            images.append(image)
+            images.append(decode_image(path))
             labels.append(label)
     return torch.stack(images), torch.tensor(labels)
+
+
+def decode_image(path: Path) -> torch.Tensor:
+    """One image file as a (3, 32, 32) uint8 tensor. The size is read from the header and checked before any pixel
+    is decoded, so a file that declares a huge image (a decompression bomb) costs nothing."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as handle:
+            if handle.size != (IMAGE_SIZE, IMAGE_SIZE):
+                width, height = handle.size
+                raise UserError(f"{path} is {width}x{height}; resdepth needs 32x32 images (resize the folder first)")
+            return torch.from_numpy(np.array(handle.convert("RGB"))).permute(2, 0, 1)
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} declares an image too large to decode safely; resdepth needs 32x32 images "
+                        "(remove it or resize the folder)") from None
+    except (OSError, UnidentifiedImageError):
+        raise UserError(f"cannot decode image {path}: remove it or convert it to PNG/JPEG") from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -186,12 +188,22 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except pickle.UnpicklingError as exc:  # the safe loader refused an object: foreign, or made to run code
+        raise UserError(f"{path} is not a resdepth checkpoint, or one made to run code (the safe loader refused "
+                        f"{refused_object(exc)}; nothing in it was run): delete it and rerun with --retry-failed to "
+                        "start this run over") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign: all mean the same to the user
         raise UserError(f"{path} cannot be read ({type(exc).__name__}): delete it and rerun with --retry-failed "
                         "to start this run over") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path} is not a resdepth checkpoint: delete it and rerun with --retry-failed to start over")
     return state
+
+
+def refused_object(exc: Exception) -> str:
+    """What torch's safe loader named when it refused a pickle ('GLOBAL posix.system', ...), for the message."""
+    match = re.search(r"(?:unsupported|Unsupported global:) (GLOBAL [\w.]+)", str(exc))
+    return match.group(1) if match else "an object that is not plain data"
 
 
 @dataclass
