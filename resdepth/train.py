@@ -188,9 +188,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # the safe loader refused an object: foreign, or made to run code
-        raise UserError(f"{path} is not a resdepth checkpoint, or one made to run code (the safe loader refused "
-                        f"{refused_object(exc)}; nothing in it was run): delete it and rerun with --retry-failed to "
+    except pickle.UnpicklingError as exc:
+        refused = refused_global(exc)
+        if refused:  # a pickle of objects, not plain data: foreign, or made to run code
+            raise UserError(f"{path} is not a resdepth checkpoint, or one made to run code (the safe loader refused "
+                            f"{refused}; nothing in it was run): delete it and rerun with --retry-failed to start "
+                            "this run over") from None
+        raise UserError(f"{path} cannot be read (not a checkpoint): delete it and rerun with --retry-failed to "
                         "start this run over") from None
     except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign: all mean the same to the user
         raise UserError(f"{path} cannot be read ({type(exc).__name__}): delete it and rerun with --retry-failed "
@@ -200,10 +204,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def refused_object(exc: Exception) -> str:
-    """What torch's safe loader named when it refused a pickle ('GLOBAL posix.system', ...), for the message."""
+def refused_global(exc: Exception) -> str | None:
+    """The object a pickle named that torch's safe loader refused ('GLOBAL posix.system'), or None when the file
+    was not a pickle of objects at all (truncated or foreign bytes)."""
     match = re.search(r"(?:unsupported|Unsupported global:) (GLOBAL [\w.]+)", str(exc))
-    return match.group(1) if match else "an object that is not plain data"
+    return match.group(1) if match else None
 
 
 @dataclass
