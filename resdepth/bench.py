@@ -238,11 +238,16 @@ class OwnPath:
         synchronize(device)
 
     def run(self, steps: int) -> None:
-        # train_epoch's own stop hook ends the window mid-epoch; the next window resumes the epoch as a run would.
-        target = self.trainer.iteration + steps
-        while self.trainer.iteration < target:
-            if self.trainer.train_epoch(lambda: self.trainer.iteration >= target, lambda _: None) is not None:
-                self.trainer.epoch += 1
+        train_steps(self.trainer, steps)
+
+
+def train_steps(trainer: Trainer, steps: int) -> None:
+    """Run the trainer's real training steps. train_epoch's own stop hook ends the window mid-epoch; the next
+    window resumes the epoch as a run would."""
+    target = trainer.iteration + steps
+    while trainer.iteration < target:
+        if trainer.train_epoch(lambda: trainer.iteration >= target, lambda _: None) is not None:
+            trainer.epoch += 1
 
 
 class PilImages(torch.utils.data.Dataset):

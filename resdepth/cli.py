@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import shlex
 import signal
 import sys
+import time
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -17,10 +19,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .cluster import SlurmConfig
-from .data import DataConfig, load_dataset
+from .data import DataConfig, LoadProgress, load_dataset
 from .errors import UserError
 from .results import RunStatus, ensure_writable_dir
 from .sweep import (PlannedCell, SweepConfig, SweepProgress, count_actions, load_saved_sweep, load_sweep_file,
@@ -71,6 +74,7 @@ Precision = Annotated[Optional[str], typer.Option(help="auto (fp32 on CPU, tf32 
 ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (measured faster on CPU and GPU). [default: on]")]
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step (+14% img/s on CPU after 1-2 min of compiling). [default: on for CPU runs of >= 2000 iterations, else off]")]
 CudaGraph = Annotated[Optional[bool], typer.Option("--cuda-graph/--no-cuda-graph", help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch overhead; same math). [default: off]")]
+TensorBoard = Annotated[Optional[bool], typer.Option("--tensorboard/--no-tensorboard", help="Also write each run's per-epoch metrics, lr and img/s as TensorBoard scalars in its folder: `tensorboard --logdir RESULTS_DIR` (needs the tensorboard extra). [default: off]")]
 Out = Annotated[Optional[Path], typer.Option(help="Results folder; one sub-folder per run. [default: results/<name or dataset>]")]
 Force = Annotated[bool, typer.Option(help="Start run folders whose config differs over (old folders are kept, renamed).")]
 
@@ -84,7 +88,7 @@ SHARED_OPTIONS = {  # name -> typed option alias; given to `train` and `sweep` b
     "dataset": Dataset, "data_dir": DataDir, "train_size": TrainSize, "test_size": TestSize, "val_size": ValSize,
     "synthetic_train": SyntheticTrain, "synthetic_test": SyntheticTest, "augment": Augment, "device": Device,
     "threads": Threads, "precision": Precision, "channels_last": ChannelsLast, "compile": Compile,
-    "cuda_graph": CudaGraph,
+    "cuda_graph": CudaGraph, "tensorboard": TensorBoard,
 }
 
 
@@ -107,6 +111,26 @@ def apply_overrides(train: TrainConfig, options: dict[str, Any]) -> TrainConfig:
         given["epochs"] = None  # the command line's length replaces a sweep file's epochs too
     data = replace(train.data, **{k: v for k, v in given.items() if k in DATA_OPTIONS})
     return replace(train, **{k: given[k] for k in given.keys() & TRAIN_OPTIONS}, data=data)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from . import __version__
+
+        console.print(f"resdepth {__version__} (torch {torch.__version__}, Python {platform.python_version()})",
+                      markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Plain vs residual CIFAR networks by depth (He et al. 2016, section 4.2)."""
 
 
 @app.command()
@@ -194,7 +218,8 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
         return 0
     ensure_writable_dir(config.out_dir())
     if any(item.device for item in planned):
-        load_dataset(config.train.data)  # fail fast, before any cell starts: missing data is a user error
+        with DataLoadDisplay() as show:  # fail fast, before any cell starts: missing data is a user error
+            load_dataset(config.train.data, on_progress=show)
     counts = count_actions(planned)
     console.print(f"[bold]{config.out_dir()}[/]: {len(planned)} cell(s): "
                   + ", ".join(f"{n} {a}" for a, n in counts.items()))
@@ -209,6 +234,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print_summary(planned, outcomes)
+    print_next_steps(config.out_dir(), planned, outcomes, interrupted=bool(received))
     if received:
         return 143 if received[0] == signal.SIGTERM else 130
     states = {o.state for o in outcomes.values()} | {p.action.removeprefix("skip-") for p in planned}
@@ -216,6 +242,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
 
 
 def print_plan(config: SweepConfig, planned: list[PlannedCell]) -> None:
+    from .estimate import estimate_plan
     from .sweep import device_slots, threads_per_job
 
     slots = device_slots(config)
@@ -225,12 +252,26 @@ def print_plan(config: SweepConfig, planned: list[PlannedCell]) -> None:
         where = f"one {config.executor} task per cell, {task_threads(config)} thread(s) each"
     else:
         where = f"{len(slots)} job slot(s): {', '.join(slots)}, {config.train.threads or threads_per_job(slots)} thread(s) each"
+    estimate = estimate_plan(config, planned, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
     table = Table(title=f"dry run: {config.out_dir()} ({where})")
-    for column in ("cell", "action", "device", "folder"):
-        table.add_column(column)
+    for column in ("cell", "action", "device", "iterations", "img/s", "est. time", "folder"):
+        table.add_column(column, justify="right" if column in ("iterations", "img/s", "est. time") else "left")
     for item in planned:
-        table.add_row(item.cell.name, item.action, item.device or "-", str(item.cell.run_dir))
+        guess = estimate.cells[item.cell.name]
+        table.add_row(item.cell.name, item.action, item.device or "-", _count(guess.iterations),
+                      _rate(guess.speed and guess.speed.images_per_second), _duration(guess.seconds), str(item.cell.run_dir))
     console.print(table)
+    print_estimate(estimate)
+
+
+def print_estimate(estimate: Any) -> None:
+    """The dry run's total time, what it rests on, and whether the data is here."""
+    if estimate.total_seconds is not None:
+        console.print(f"[bold]estimated time: {_duration(estimate.total_seconds)}[/] on this machine", highlight=False)
+    for line in estimate.basis:
+        console.print(f"[dim]  {line}[/]", highlight=False)
+    mark = "[green]ready[/]" if estimate.data.ready else "[bold yellow]not ready[/]"
+    console.print(f"data {mark}: {escape(estimate.data.summary)}", highlight=False, soft_wrap=True)
 
 
 def print_summary(planned: list[PlannedCell], outcomes: dict[str, Any]) -> None:
@@ -249,12 +290,52 @@ def print_summary(planned: list[PlannedCell], outcomes: dict[str, Any]) -> None:
     console.print(table)
 
 
+def print_next_steps(out: Path, planned: list[PlannedCell], outcomes: dict[str, Any], interrupted: bool) -> None:
+    """Where the results are and what to run next: resume what is left, then the table, figures and report."""
+    from .sweep import RUNNABLE
+
+    states = {o.state for o in outcomes.values()} | {p.action.removeprefix("skip-") for p in planned}
+    left = interrupted or "interrupted" in states or any(
+        p.action in RUNNABLE and p.cell.name not in outcomes for p in planned)
+    folder = shlex.quote(str(out))
+    steps = [("results", str(out))]
+    if left:
+        steps.append(("resume", f"resdepth sweep --resume {folder}"))
+    if states & {"failed", "diverged"}:
+        steps.append(("run failed ones again", f"resdepth sweep --resume {folder} --retry-failed"))
+    if "busy" in states:
+        steps.append(("busy ones", f"resdepth status {folder} --watch; once they end, the same command again"))
+    if any((status := RunStatus.read(p.cell.run_dir)) and status.epoch for p in planned):
+        steps += [("table", f"resdepth table {folder}"), ("figures", f"resdepth plot {folder}"),
+                  ("report", f"resdepth report {folder}")]
+    width = max(len(label) for label, _ in steps) + 1
+    for label, text in steps:
+        console.print(f"{label + ':':<{width}} {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def skip_note(action: str) -> str:
     return "skipped" if action == "skip-done" else "skipped: --retry-failed runs it again"
 
 
 def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _count(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _rate(images_per_second: Optional[float]) -> str:
+    return "-" if images_per_second is None else f"{images_per_second:,.0f}" if images_per_second >= 10 else f"{images_per_second:.1f}"
+
+
+def _duration(seconds: Optional[float]) -> str:
+    """h:mm:ss, with days in front past 24 hours."""
+    if seconds is None:
+        return "-"
+    days, rest = divmod(int(round(seconds)), 86400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
 
 
 class LiveDisplay:
@@ -317,6 +398,47 @@ class LiveDisplay:
             if self.logged.get(name, ("", 0))[0] != outcome.state:
                 self.logged[name] = (outcome.state, -1)
                 console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""), highlight=False)
+
+
+class DataLoadDisplay:
+    """While an image folder is decoded (once: later loads read the cache it names), a progress bar on a
+    terminal and a line at the start and end elsewhere; the loader's notices as one line each."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+        self.started = 0.0
+
+    def __enter__(self) -> "DataLoadDisplay":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, event: LoadProgress) -> None:
+        if event.notice:
+            console.print(f"[yellow]note:[/] {escape(event.notice)}", highlight=False, soft_wrap=True)
+        elif event.done == 0:
+            self.start(event)
+        elif self.progress is not None:
+            self.progress.update(self.task, completed=event.done)
+        if not event.notice and event.done == event.total and event.total:
+            self.__exit__()
+            self.progress = None
+            console.print(f"decoded {event.total:,} images in {time.monotonic() - self.started:.0f} s", highlight=False)
+
+    def start(self, event: LoadProgress) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.started = time.monotonic()
+        console.print(f"decoding {event.total:,} images once; they are kept in {event.cache} for later runs",
+                      markup=False, highlight=False, soft_wrap=True)
+        if console.is_terminal:
+            self.progress = Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                     console=console, transient=True)
+            self.task = self.progress.add_task("decoding", total=event.total)
+            self.progress.start()
 
 
 def read_runs(results_dir: Path) -> list[Any]:
@@ -382,6 +504,101 @@ def table(
 
 
 @app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read (recursively).")],
+    out: Annotated[Optional[Path], typer.Option(help="The HTML file to write. [default: RESULTS_DIR/report.html]")] = None,
+) -> None:
+    """One self-contained HTML page: the Table-6 summary beside the paper, Figures 1 and 6 (and the analysis
+    figures), each group's config and environment, and links to every run's CSV."""
+    from .report import build_report
+    from .results import atomic_write_bytes
+
+    out = out or results_dir / "report.html"
+    if results_dir.is_dir():
+        check_output_file(out, "--out")
+    page, warnings = build_report(results_dir, out)
+    for line in warnings:
+        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    atomic_write_bytes(out, page.encode())
+    console.print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained): open it in a browser", markup=False,
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
+def status(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder of a sweep (or a folder of sweeps); every run folder under it is read.")],
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until every cell has ended (done, failed or diverged); Ctrl-C stops watching.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+) -> None:
+    """Each cell's state, epoch, iteration, errors, img/s, elapsed time and ETA, read from the results folder
+    (works while the sweep runs in another terminal or on a cluster, and after it ended)."""
+    from rich.live import Live
+
+    from .watch import read_folder_status
+
+    if not interval > 0:
+        raise UserError(f"--interval must be a positive number of seconds, got {interval}")
+    folder = read_folder_status(results_dir)
+    for line in folder.warnings:
+        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    if not watch:
+        console.print(status_view(folder))
+        return
+    try:
+        with Live(status_view(folder), console=console, auto_refresh=False) as live:
+            while not folder.ended:
+                time.sleep(interval)
+                folder = read_folder_status(results_dir)
+                live.update(status_view(folder), refresh=True)
+    except KeyboardInterrupt:
+        pass  # stopping the watch is not an error: the last table stays on the screen
+
+
+STATE_STYLES = {"done": "green", "running": "cyan", "failed": "red", "diverged": "red", "stopped": "yellow",
+                "interrupted": "yellow", "pending": "dim", "not started": "dim"}
+
+
+def status_view(folder: Any) -> Any:
+    """The status table: a row per cell, then the totals and what to do about stopped cells."""
+    from rich.console import Group
+    from rich.text import Text
+
+    sweeps = "; ".join(f"sweep {path.relative_to(folder.root) if path != folder.root else path.name}: "
+                       f"executor {executor}" for path, executor in folder.sweeps.items())
+    table = Table(title=Text(f"{folder.root}" + (f" ({sweeps})" if sweeps else "")), box=box.SIMPLE_HEAD,
+                  caption=time.strftime("read at %H:%M:%S", time.localtime(folder.read_at)))
+    for column in ("cell", "state", "epoch", "iteration", "train err %", "test err %", "img/s", "elapsed", "ETA",
+                   "where", "note"):
+        table.add_column(column, justify="left" if column in ("cell", "state", "where", "note") else "right",
+                         no_wrap=column != "note")
+    for cell in folder.cells:
+        table.add_row(cell.name, Text(cell.state, style=STATE_STYLES.get(cell.state, "")),
+                      f"{cell.epoch}/{cell.epochs or '-'}" if cell.epochs else "-",
+                      f"{cell.iteration:,}/{_count(cell.iterations)}", _pct(cell.train_error), _pct(cell.test_error),
+                      _rate(cell.images_per_second) if cell.state == "running" else "-", _duration(cell.elapsed),
+                      _duration(cell.eta), cell.where or "-", Text(status_note(cell)[:100], style="dim"))
+    counts = ", ".join(f"{n} {state}" for state, n in folder.counts().items())
+    planned = folder.iterations_planned
+    progress = f"iterations {folder.iterations_done:,}" + (
+        f"/{planned:,} ({folder.iterations_done / planned:.0%})" if planned else "")
+    eta = f" · longest ETA {_duration(folder.longest_eta)}" if folder.longest_eta is not None else ""
+    lines = [Text(f"{len(folder.cells)} cell(s): {counts} · {progress}{eta}")]
+    if any(cell.state in ("stopped", "interrupted") for cell in folder.cells) and folder.sweeps:
+        lines.append(Text(f"resume: resdepth sweep --resume {shlex.quote(str(next(iter(folder.sweeps))))}", style="dim"))
+    return Group(table, *lines)
+
+
+def status_note(cell: Any) -> str:
+    if cell.state == "stopped":
+        return "its process is gone (killed, or its node lost): resume the sweep"
+    if cell.error:
+        return cell.error
+    if cell.state == "running" and cell.updated_ago is not None and cell.updated_ago > 120:
+        return f"no update for {_duration(cell.updated_ago)}"
+    return ""
+
+
+@app.command()
 def bench(
     depths: Annotated[str, typer.Option(help="Comma-separated depths (6n+2).")] = "20,56,110",
     kind: Annotated[str, typer.Option(help="plain or residual.")] = "residual",
@@ -404,6 +621,7 @@ def bench(
     from dataclasses import asdict
 
     from .bench import BenchConfig, run_benchmark
+    from .estimate import remember_bench
 
     if json_out is not None:
         check_output_file(json_out, "--json")  # before minutes of measuring, not after
@@ -415,6 +633,7 @@ def bench(
                          threads=threads, precision=precision or "auto", channels_last=channels_last, compile=compile,
                          cuda_graph=bool(cuda_graph), data=data)
     rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
+    remember_bench(config, rows)  # `sweep --dry-run` estimates times from these speeds
     if json_out is not None:
         json_out.write_text(json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     first = rows[0]

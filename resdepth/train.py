@@ -26,6 +26,7 @@ from .errors import UserError
 from .models import CifarNet, build_model, count_parameters
 from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
                       ensure_writable_dir, metric_columns, write_config)
+from .tensorboard_log import TensorBoardLog, check_tensorboard_installed
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
@@ -63,6 +64,7 @@ class TrainConfig:
     # these small nets on a fast GPU. Off until measured on one (benchmarks/gpu_bench.sh measures it).
     cuda_graph: bool = False
     eval_batch_size: int = 1000
+    tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars in the run folder (needs tensorboard)
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "TrainConfig":
@@ -103,6 +105,8 @@ class TrainConfig:
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
         CifarNet(self.kind, self.depth, shortcut=self.shortcut)  # type: ignore[arg-type]  # kind/depth/shortcut checks
+        if self.tensorboard:
+            check_tensorboard_installed()
 
     def uses_warmup(self) -> bool:
         return self.warmup == "on" or (self.warmup == "auto" and self.depth >= self.warmup_min_depth)
@@ -538,6 +542,8 @@ def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[
     trainer.try_resume()
     has_val = dataset.val_labels is not None
     writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=trainer.csv_rows)
+    # --tensorboard: the event file restarts from the rows the CSV kept, so no epoch shows twice
+    board = TensorBoardLog.resumed(run_dir, trainer.csv_rows) if config.tensorboard else None
     status = RunStatus(state="running", epoch=trainer.epoch, epochs=trainer.epochs, iteration=trainer.iteration,
                        iterations=config.iterations, device=device_label(device))
     status.write(run_dir)
@@ -561,6 +567,8 @@ def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[
         if has_val:
             row["val_loss"], row["val_error"] = trainer.evaluate(*dataset_split(trainer, "val"))
         writer.append(row)
+        if board is not None:
+            board.append(row)
         trainer.csv_rows = writer.rows
         final_test_error = row["test_error"]
         report({"epoch": trainer.epoch, "iteration": trainer.iteration, "train_error": row["train_error"],

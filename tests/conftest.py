@@ -29,6 +29,27 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
 
+@pytest.fixture(autouse=True)
+def private_speed_cache(tmp_path_factory, monkeypatch) -> None:
+    """Speeds that dry runs measure (and `resdepth bench` records) go to the test's own folder, not ~/.cache."""
+    monkeypatch.setenv("RESDEPTH_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Call resdepth.cli.main in this process (UserError -> exit 2 happens there); returns code, stdout, stderr."""
+    from resdepth.cli import main
+
+    def call(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["resdepth", *args])
+        monkeypatch.setenv("COLUMNS", "200")
+        with pytest.raises(SystemExit) as exited:
+            main()
+        out, err = capsys.readouterr()
+        return int(exited.value.code or 0), out, err
+    return call
+
+
 # ---------------------------------------------------------------------------------------------- sweeps on executors
 TIMING = ["epoch_seconds", "images_per_second"]  # wall-clock columns: never equal between two runs
 
