@@ -542,14 +542,14 @@ def status(
     for line in folder.warnings:
         errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     if not watch:
-        console.print(status_view(folder))
+        console.print(status_view(folder, console.width))
         return
     try:
-        with Live(status_view(folder), console=console, auto_refresh=False) as live:
+        with Live(status_view(folder, console.width), console=console, auto_refresh=False) as live:
             while not folder.ended:
                 time.sleep(interval)
                 folder = read_folder_status(results_dir)
-                live.update(status_view(folder), refresh=True)
+                live.update(status_view(folder, console.width), refresh=True)
     except KeyboardInterrupt:
         pass  # stopping the watch is not an error: the last table stays on the screen
 
@@ -558,34 +558,55 @@ STATE_STYLES = {"done": "green", "running": "cyan", "failed": "red", "diverged":
                 "interrupted": "yellow", "pending": "dim", "not started": "dim"}
 
 
-def status_view(folder: Any) -> Any:
-    """The status table: a row per cell, then the totals and what to do about stopped cells."""
+STATUS_COLUMNS = ("cell", "state", "epoch", "iteration", "train\nerr %", "test\nerr %", "img/s", "elapsed", "ETA",
+                  "where", "note")
+STATUS_DROP_ORDER = ("note", "where", "elapsed", "img/s", "epoch")  # left out in this order where a terminal is narrow
+
+
+def status_view(folder: Any, width: int) -> Any:
+    """The status table: a row per cell, then the totals and how to resume stopped cells. Nothing wraps: in a
+    terminal narrower than the table, the columns of STATUS_DROP_ORDER are left out, in that order."""
     from rich.console import Group
     from rich.text import Text
 
+    rows = [dict(zip(STATUS_COLUMNS, (
+        cell.name, cell.state, f"{cell.epoch}/{cell.epochs}" if cell.epochs else "-",
+        f"{cell.iteration:,}/{_count(cell.iterations)}", _pct(cell.train_error), _pct(cell.test_error),
+        _rate(cell.images_per_second) if cell.state == "running" else "-", _duration(cell.elapsed),
+        _duration(cell.eta), cell.where or "-", status_note(cell)))) for cell in folder.cells]
+    shown = [c for c in STATUS_COLUMNS if c != "note" or any(row["note"] for row in rows)]
+    for column in STATUS_DROP_ORDER:
+        if table_width(rows, shown) <= width:
+            break
+        if column in shown:
+            shown.remove(column)
     sweeps = "; ".join(f"sweep {path.relative_to(folder.root) if path != folder.root else path.name}: "
                        f"executor {executor}" for path, executor in folder.sweeps.items())
     table = Table(title=Text(f"{folder.root}" + (f" ({sweeps})" if sweeps else "")), box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, collapse_padding=True,
                   caption=time.strftime("read at %H:%M:%S", time.localtime(folder.read_at)))
-    for column in ("cell", "state", "epoch", "iteration", "train err %", "test err %", "img/s", "elapsed", "ETA",
-                   "where", "note"):
+    for column in shown:
         table.add_column(column, justify="left" if column in ("cell", "state", "where", "note") else "right",
                          no_wrap=column != "note")
-    for cell in folder.cells:
-        table.add_row(cell.name, Text(cell.state, style=STATE_STYLES.get(cell.state, "")),
-                      f"{cell.epoch}/{cell.epochs or '-'}" if cell.epochs else "-",
-                      f"{cell.iteration:,}/{_count(cell.iterations)}", _pct(cell.train_error), _pct(cell.test_error),
-                      _rate(cell.images_per_second) if cell.state == "running" else "-", _duration(cell.elapsed),
-                      _duration(cell.eta), cell.where or "-", Text(status_note(cell)[:100], style="dim"))
+    for row in rows:
+        cells = {**row, "state": Text(row["state"], style=STATE_STYLES.get(row["state"], "")),
+                 "note": Text(row["note"], style="dim")}
+        table.add_row(*(cells[column] for column in shown))
     counts = ", ".join(f"{n} {state}" for state, n in folder.counts().items())
     planned = folder.iterations_planned
     progress = f"iterations {folder.iterations_done:,}" + (
         f"/{planned:,} ({folder.iterations_done / planned:.0%})" if planned else "")
     eta = f" · longest ETA {_duration(folder.longest_eta)}" if folder.longest_eta is not None else ""
     lines = [Text(f"{len(folder.cells)} cell(s): {counts} · {progress}{eta}")]
-    if any(cell.state in ("stopped", "interrupted") for cell in folder.cells) and folder.sweeps:
-        lines.append(Text(f"resume: resdepth sweep --resume {shlex.quote(str(next(iter(folder.sweeps))))}", style="dim"))
+    stopped = {cell.run_dir.parent for cell in folder.cells if cell.state in ("stopped", "interrupted")}
+    for sweep_dir in (path for path in folder.sweeps if path in stopped):
+        lines.append(Text(f"resume: resdepth sweep --resume {shlex.quote(str(sweep_dir))}", style="dim"))
     return Group(table, *lines)
+
+
+def table_width(rows: list[dict[str, str]], columns: list[str]) -> int:
+    """Characters a table of these text rows takes: each column as wide as its widest line, plus padding."""
+    return sum(max([len(row[c]) for row in rows] + [len(line) for line in c.split("\n")]) + 2 for c in columns)
 
 
 def status_note(cell: Any) -> str:

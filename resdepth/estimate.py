@@ -79,13 +79,15 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
         configs = {item.cell.config.depth: item.cell.config for item in runnable if item.device == slot}
         for depth, speed in depth_speeds(configs, slot, threads, on_progress).items():
             speeds[slot, depth] = speed
+    eager = False  # some run will compile, and its speed was measured without
     for item in runnable:
         estimate = cells[item.cell.name]
         estimate.speed = speeds[item.device, item.cell.config.depth]
         estimate.seconds = cell_seconds(item.cell.config, estimate.iterations, data, estimate.speed.images_per_second)
+        eager |= uses_compile(item.cell.config, resolve_device(item.device)) and not estimate.speed.compile
     seconds = [cells[item.cell.name].seconds for item in runnable]
     total = None if None in seconds else wall_time([s for s in seconds if s is not None], len(slots))
-    return PlanEstimate(cells, total, describe_basis(speeds, threads, len(slots), data), data)
+    return PlanEstimate(cells, total, describe_basis(speeds, threads, len(slots), data, eager), data)
 
 
 def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:
@@ -135,8 +137,8 @@ def depth_speeds(configs: dict[int, TrainConfig], slot: str, threads: int,
         known[depth] = probe_and_remember(configs[depth], device, threads)
     cost = fit_image_cost({depth: 1 / speed.images_per_second for depth, speed in known.items()},
                           next(iter(configs.values())).kind)
-    return {depth: known.get(depth) or Speed(1 / cost(depth), "interpolated", time.time(), compile=False)
-            for depth in configs}
+    compiled = all(speed.compile for speed in known.values())
+    return {depth: known.get(depth) or Speed(1 / cost(depth), "interpolated", time.time(), compiled) for depth in configs}
 
 
 def cached_speed(cache: dict[str, dict[str, Any]], config: TrainConfig, device: Any, threads: int) -> Speed | None:
@@ -258,8 +260,9 @@ def remember_bench(config: BenchConfig, rows: list[BenchRow]) -> None:
         remember_speed(key, Speed(row.resdepth_images_per_second, "bench", time.time(), row.compile))
 
 
-def describe_basis(speeds: dict[tuple[str, int], Speed], threads: int, slots: int, data: DataCheck) -> list[str]:
-    """Where the img/s come from, and what the times assume."""
+def describe_basis(speeds: dict[tuple[str, int], Speed], threads: int, slots: int, data: DataCheck,
+                   eager: bool) -> list[str]:
+    """Where the img/s come from, and what the times assume (eager: runs that will compile were timed without)."""
     lines = []
     for source, words in (("bench", "from `resdepth bench` of"), ("probe", "probed (a few eager training steps)")):
         chosen = {depth: speed for (_, depth), speed in speeds.items() if speed.source == source}
@@ -271,9 +274,9 @@ def describe_basis(speeds: dict[tuple[str, int], Speed], threads: int, slots: in
     guessed = sorted({depth for (_, depth), speed in speeds.items() if speed.source == "interpolated"})
     if guessed:
         lines.append(f"depth {', '.join(map(str, guessed))}: from the measured depths by forward multiply-adds")
-    if any(s.source == "probe" for s in speeds.values()):
-        lines.append("runs that compile (CPU runs of >= 2000 iterations) go ~14% faster after 1-2 minutes of "
-                     "compiling; `resdepth bench` measures that")
+    if eager:
+        lines.append("measured without torch.compile, which these runs use (CPU, >= 2000 iterations): expect them "
+                     "~14% faster after 1-2 minutes of compiling; `resdepth bench` measures that")
     if slots > 1:
         lines.append(f"{slots} jobs at once, assumed not to slow each other")
     if data.train_images is None:

@@ -1,6 +1,7 @@
 """`resdepth status [--watch]` read from a results folder alone, the next commands a sweep prints when it ends,
 and `resdepth --version`."""
 
+import io
 import json
 import os
 import signal
@@ -43,6 +44,21 @@ def test_status_shows_finished_cells_and_the_sweeps_cells_not_started(tmp_path, 
     assert code == 0, err
     assert "plain-14-s0" in out and "not started" in out and "4 cell(s): 2 done, 2 not started" in out
     assert "iterations 16/32 (50%)" in out
+
+
+@pytest.mark.parametrize("width", [60, 80, 200])
+def test_a_narrow_terminal_leaves_columns_out_instead_of_cutting_names_and_numbers(tmp_path, width):
+    from rich.console import Console
+
+    from resdepth.cli import status_view
+
+    half_run_sweep(tmp_path)
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(status_view(read_folder_status(tmp_path), width))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width and "…" not in text
+    assert "residual-14-s0" in text and "not started" in text and "iteration" in text
+    assert ("where" in text) == (width == 200)
 
 
 def write_status(run_dir: Path, **fields) -> None:
