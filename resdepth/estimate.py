@@ -14,7 +14,6 @@ import json
 import math
 import os
 import socket
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ PROBE_WARMUP_STEPS = 2  # untimed: the first steps allocate memory and plan the 
 PROBE_STEPS = (3, 10)  # timed steps per depth: at least 3, then until PROBE_SECONDS have passed, at most 10
 PROBE_SECONDS = 1.5
 PROBE_MAX_DEPTH = 110  # deeper nets (1202) are not probed (a step takes many seconds on a CPU): extrapolated
+BUSY_LOAD = 1.0  # load average per core at which a probe shares the cores with others: on 2 cores, ~10x slower seen
 EVAL_SPEEDUP = 3.0  # evaluation is a forward pass only, about a third of a training step (bench.TRAINING_PASSES)
 
 
@@ -43,6 +43,7 @@ class Speed:
     source: str  # "bench" (an earlier `resdepth bench`), "probe", or "interpolated" (from the measured depths)
     measured: float  # when (Unix time)
     compile: bool  # measured with torch.compile (bench only; a probe is always eager)
+    load: float | None = None  # a probe: the 1-minute load average per core just before it (>= 1: others were busy)
     now: bool = False  # measured by this call
 
 
@@ -153,12 +154,13 @@ def cached_speed(cache: dict[str, dict[str, Any]], config: TrainConfig, device: 
 def probe_and_remember(config: TrainConfig, device: Any, threads: int) -> Speed:
     import torch
 
+    load = os.getloadavg()[0] / cpu_cores()
     saved_threads = torch.get_num_threads()
     try:
         images_per_second = probe_speed(config, device, threads)
     finally:
         torch.set_num_threads(saved_threads)
-    speed = Speed(images_per_second, "probe", time.time(), compile=False)
+    speed = Speed(images_per_second, "probe", time.time(), compile=False, load=round(load, 2))
     remember_speed(speed_key(config, device, threads, False), speed)
     return replace(speed, now=True)
 
@@ -181,6 +183,10 @@ def fit_image_cost(seconds_per_image: dict[int, float], kind: str) -> Callable[[
     return lambda depth: fixed + per_mac * macs(depth)
 
 
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def probe_speed(config: TrainConfig, device: Any, threads: int) -> float:
     """Images/s of the real Trainer's training step with these settings, eager, on synthetic images."""
     import torch
@@ -197,13 +203,13 @@ def probe_speed(config: TrainConfig, device: Any, threads: int) -> float:
         try:
             train_steps(trainer, PROBE_WARMUP_STEPS)
             synchronize(device)
-            seconds: list[float] = []  # per step: their median is robust to a step slowed by other load
+            seconds: list[float] = []  # per step: other load only ever slows a step down, so the fastest counts
             while len(seconds) < PROBE_STEPS[0] or (len(seconds) < PROBE_STEPS[1] and sum(seconds) < PROBE_SECONDS):
                 started = time.perf_counter()
                 train_steps(trainer, 1)
                 synchronize(device)
                 seconds.append(time.perf_counter() - started)
-            return trainer.batch / statistics.median(seconds)
+            return trainer.batch / min(seconds)
         finally:
             trainer.close()
 
@@ -277,6 +283,10 @@ def describe_basis(speeds: dict[tuple[str, int], Speed], threads: int, slots: in
     if eager:
         lines.append("measured without torch.compile, which these runs use (CPU, >= 2000 iterations): expect them "
                      "~14% faster after 1-2 minutes of compiling; `resdepth bench` measures that")
+    busy = [speed.load for speed in speeds.values() if speed.load is not None and speed.load >= BUSY_LOAD]
+    if busy:
+        lines.append(f"probed while other processes kept this machine busy (load {max(busy):.1f} per core): those "
+                     "img/s may be several times too low")
     if slots > 1:
         lines.append(f"{slots} jobs at once, assumed not to slow each other")
     if data.train_images is None:

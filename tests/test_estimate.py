@@ -89,3 +89,17 @@ def test_the_dry_run_says_the_data_is_missing_and_the_cluster_is_not_estimated(t
                          "--dry-run", "--out", str(tmp_path / "r"))
     assert code == 0, err
     assert "no time estimate: the cells run on slurm nodes" in " ".join(out.split())
+
+
+def test_a_probe_on_a_busy_machine_says_so(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    sweep = tiny_sweep(tmp_path / "r", kinds=["plain"])
+    estimate = estimate_plan(sweep, plan_sweep(sweep))
+    assert estimate.cells["plain-8-s0"].speed.load >= 1
+    assert any("probed while other processes kept this machine busy" in line for line in estimate.basis)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    (speeds_path()).unlink()
+    quiet = estimate_plan(sweep, plan_sweep(sweep))
+    assert quiet.cells["plain-8-s0"].speed.load == 0 and not any("busy" in line for line in quiet.basis)
