@@ -4,7 +4,7 @@ VENV ?= .venv
 # The torch build to install first. The pinned pair lies on this project's build machines' disk; elsewhere
 # choose your own build, e.g. `make test TORCH_SPEC="torch torchvision"` (pyproject allows torch>=2.4).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= test,ray,slurm
+EXTRAS ?= test,ray,slurm,tensorboard
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: demo test lint install clean

@@ -24,13 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import DataConfig, Dataset, load_dataset
-from .devices import (
-    PYTORCH_DEFAULT_PRECISION,
-    environment,
-    pytorch_default_precision,
-    resolve_device,
-    resolved_precision,
-)
+from .devices import (PYTORCH_DEFAULT_PRECISION, environment, pytorch_default_precision, resolve_device,
+                      resolved_precision)
 from .errors import UserError
 from .models import blocks_per_stage, build_model, check_kind, count_multiply_adds
 from .train import TrainConfig, Trainer
@@ -248,10 +243,15 @@ class OwnPath:
         synchronize(device)
 
     def run(self, steps: int) -> None:
-        # train_epoch's own stop hook ends the window mid-epoch; the next window resumes the epoch as a run would.
-        target = self.trainer.iteration + steps
-        while self.trainer.iteration < target:
-            self.trainer.train_epoch(lambda: self.trainer.iteration >= target)
+        train_steps(self.trainer, steps)
+
+
+def train_steps(trainer: Trainer, steps: int) -> None:
+    """Run the trainer's real training steps. train_epoch's own stop hook ends the window mid-epoch; the next
+    window resumes the epoch as a run would."""
+    target = trainer.iteration + steps
+    while trainer.iteration < target:
+        trainer.train_epoch(lambda: trainer.iteration >= target)
 
 
 class PilImages(torch.utils.data.Dataset):

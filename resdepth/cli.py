@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import shlex
 import signal
+import time
 import types
 import typing
 from collections.abc import Callable
@@ -29,25 +31,14 @@ from . import __version__
 from .bench import BenchConfig, BenchRow, run_benchmark
 from .cluster import CLUSTER, SlurmConfig
 from .config import DATA, EXECUTION, PROTOCOL, cli_fields, flag_name, help_text
-from .data import DataConfig, load_dataset
+from .data import DataConfig, LoadProgress, load_dataset
 from .errors import UserError
+from .estimate import estimate_plan, remember_bench
 from .models import describe_models
 from .results import RunStatus, ensure_writable_dir, load_runs, warmup_end
-from .sweep import (
-    WHAT,
-    PlannedCell,
-    SweepConfig,
-    SweepProgress,
-    count_actions,
-    device_slots,
-    load_saved_sweep,
-    load_sweep_file,
-    make_executor,
-    plan_sweep,
-    run_sweep,
-    settled_elsewhere,
-    task_threads,
-)
+from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
+                    load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
+                    task_threads)
 from .tables import describe_warmup_end
 from .train import TrainConfig
 
@@ -154,7 +145,12 @@ def apply_overrides(train: TrainConfig, options: dict[str, Any]) -> TrainConfig:
 
 def version_callback(value: bool) -> None:
     if value:
-        console.print(f"resdepth {__version__}", highlight=False)
+        import platform
+
+        import torch
+
+        console.print(f"resdepth {__version__} (torch {torch.__version__}, Python {platform.python_version()})",
+                      markup=False, highlight=False)
         raise typer.Exit()
 
 
@@ -235,10 +231,14 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     while planning or for missing data writes nothing, not even the results folder."""
     planned = plan_sweep(config)
     if dry_run:
-        console.print(render_plan(config, planned))
+        estimate = estimate_plan(config, planned, on_progress=lambda line: errors.print(f"[dim]{line}[/]",
+                                                                                        highlight=False))
+        console.print(render_plan(config, planned, estimate))
+        print_estimate(estimate)
         return 0
     if any(item.device for item in planned):
-        load_dataset(config.train.data)  # fail fast, before any cell starts: missing data is a user error
+        with DataLoadDisplay() as show:  # fail fast, before any cell starts: missing data is a user error
+            load_dataset(config.train.data, on_progress=show)
         ensure_writable_dir(config.out_dir())
     counts = count_actions(planned)
     console.print(f"[bold]{config.out_dir()}[/]: {len(planned)} cell(s): "
@@ -256,6 +256,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
             signal.signal(sig, handler)
     states = final_states(planned, outcomes)
     console.print(render_summary(planned, outcomes, states))
+    print_next_steps(config.out_dir(), planned, outcomes, states, interrupted=bool(received))
     if received:
         return 143 if received[0] == signal.SIGTERM else 130
     ended = set(states.values())
@@ -275,18 +276,34 @@ def final_states(planned: list[PlannedCell], outcomes: dict[str, Any]) -> dict[s
     return states
 
 
-def render_plan(config: SweepConfig, planned: list[PlannedCell]) -> Table:
+def render_plan(config: SweepConfig, planned: list[PlannedCell], estimate: Any) -> Table:
+    """The dry run's table: each cell's action, device, iterations left and estimated time, and its folder."""
     slots = device_slots(config)
     if config.executor in ("ray", "slurm"):
         where = f"one {config.executor} task per cell, {task_threads(config)} thread(s) each"
     else:
         where = f"{len(slots)} job slot(s): {', '.join(slots)}, {task_threads(config)} thread(s) each"
     table = Table(title=f"dry run: {config.out_dir()} ({where})")
-    for column in ("cell", "action", "device", "folder"):
-        table.add_column(column)
+    for column in ("cell", "action", "device", "iterations", "img/s", "est. time", "folder"):
+        table.add_column(column, justify="right" if column in ("iterations", "img/s", "est. time") else "left")
     for item in planned:
-        table.add_row(item.cell.name, item.action, item.device or "-", str(item.cell.run_dir))
+        guess = estimate.cells[item.cell.name]
+        table.add_row(item.cell.name, item.action, item.device or "-", _count(guess.iterations),
+                      _rate(guess.speed and guess.speed.images_per_second), _duration(guess.seconds),
+                      str(item.cell.run_dir))
     return table
+
+
+def print_estimate(estimate: Any) -> None:
+    """The dry run's total time, what it rests on, and whether the data is here."""
+    if estimate.total_seconds is not None:
+        console.print(f"[bold]estimated time: {_duration(estimate.total_seconds)}[/] on this machine", highlight=False)
+    for line in estimate.basis:
+        console.print(f"[dim]  {line}[/]", highlight=False)
+    mark = "[green]ready[/]" if estimate.data.ready else "[bold yellow]not ready[/]"
+    console.print(f"data {mark}: {escape(estimate.data.summary)}", highlight=False, soft_wrap=True)
+
+
 
 
 def render_summary(planned: list[PlannedCell], outcomes: dict[str, Any], states: dict[str, str]) -> Table:
@@ -318,12 +335,51 @@ def summary_note(item: PlannedCell, outcome: Any, status: RunStatus | None, stat
     return "; ".join(notes)
 
 
+def print_next_steps(out: Path, planned: list[PlannedCell], outcomes: dict[str, Any], final: dict[str, str],
+                     interrupted: bool) -> None:
+    """Where the results are and what to run next: resume what is left, then the table, figures and report."""
+    states = set(final.values())
+    left = interrupted or "interrupted" in states or any(
+        p.action in RUNNABLE and p.cell.name not in outcomes for p in planned)
+    folder = shlex.quote(str(out))
+    steps = [("results", str(out))]
+    if left:
+        steps.append(("resume", f"resdepth sweep --resume {folder}"))
+    if states & {"failed", "diverged"}:
+        steps.append(("run failed ones again", f"resdepth sweep --resume {folder} --retry-failed"))
+    if "busy" in states:
+        steps.append(("busy ones", f"resdepth status {folder} --watch; once they end, the same command again"))
+    if any((status := RunStatus.read(p.cell.run_dir)) and status.epoch for p in planned):
+        steps += [("table", f"resdepth table {folder}"), ("figures", f"resdepth plot {folder}"),
+                  ("report", f"resdepth report {folder}")]
+    width = max(len(label) for label, _ in steps) + 1
+    for label, text in steps:
+        console.print(f"{label + ':':<{width}} {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _rate(value: float | None) -> str:
+def _rate(images_per_second: float | None) -> str:
+    if images_per_second is None:
+        return "-"
+    return f"{images_per_second:,.0f}" if images_per_second >= 10 else f"{images_per_second:.1f}"
+
+
+def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
+
+
+def _duration(seconds: float | None) -> str:
+    """h:mm:ss, with days in front past 24 hours."""
+    if seconds is None:
+        return "-"
+    days, rest = divmod(round(seconds), 86400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
+
+
 
 
 class LiveDisplay:
@@ -394,6 +450,47 @@ class LiveDisplay:
                 self.logged[name] = (outcome.state, -1)
                 console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""),
                               highlight=False, soft_wrap=True)  # a log line is never wrapped
+
+
+class DataLoadDisplay:
+    """While an image folder is decoded (once: later loads read the cache it names), a progress bar on a
+    terminal and a line at the start and end elsewhere; the loader's notices as one line each."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+        self.started = 0.0
+
+    def __enter__(self) -> DataLoadDisplay:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, event: LoadProgress) -> None:
+        if event.notice:
+            console.print(f"[yellow]note:[/] {escape(event.notice)}", highlight=False, soft_wrap=True)
+        elif event.done == 0:
+            self.start(event)
+        elif self.progress is not None:
+            self.progress.update(self.task, completed=event.done)
+        if not event.notice and event.done == event.total and event.total:
+            self.__exit__()
+            self.progress = None
+            console.print(f"decoded {event.total:,} images in {time.monotonic() - self.started:.0f} s", highlight=False)
+
+    def start(self, event: LoadProgress) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.started = time.monotonic()
+        console.print(f"decoding {event.total:,} images once; they are kept in {event.cache} for later runs",
+                      markup=False, highlight=False, soft_wrap=True)
+        if console.is_terminal:
+            self.progress = Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                     console=console, transient=True)
+            self.task = self.progress.add_task("decoding", total=event.total)
+            self.progress.start()
 
 
 # ---------------------------------------------------------------------------------------------- plot, table
@@ -480,6 +577,127 @@ def print_full_width(view: Table) -> None:
     (console if console.is_terminal or needed <= console.width else Console(width=needed)).print(view)
 
 
+# ---------------------------------------------------------------------------------------------- report, status
+@app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read "
+                                                     "(recursively).")],
+    out: Annotated[Path | None, typer.Option(help="The HTML file to write. "
+                                                  "\\[default: RESULTS_DIR/report.html]")] = None,
+) -> None:
+    """One self-contained HTML page: the Table-6 summary beside the paper, Figures 1 and 6 (and the analysis
+    figures), each group's config and environment, and links to every run's CSV."""
+    from .report import build_report
+    from .results import atomic_write_bytes
+
+    out = out or results_dir / "report.html"
+    if results_dir.is_dir():
+        check_output_file(out, "--out")
+    page, warnings = build_report(results_dir, out)
+    for line in warnings:
+        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    atomic_write_bytes(out, page.encode())
+    console.print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained): open it in a browser", markup=False,
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
+def status(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder of a sweep (or a folder of sweeps); every run "
+                                                     "folder under it is read.")],
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until every cell has ended (done, failed or "
+                                                        "diverged); Ctrl-C stops watching.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+) -> None:
+    """Each cell's state, epoch, iteration, errors, img/s, elapsed time and ETA, read from the results folder
+    (works while the sweep runs in another terminal or on a cluster, and after it ended)."""
+    from rich.live import Live
+
+    from .watch import read_folder_status
+
+    if not interval > 0:
+        raise UserError(f"--interval must be a positive number of seconds, got {interval}")
+    folder = read_folder_status(results_dir)
+    for line in folder.warnings:
+        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    if not watch:
+        console.print(status_view(folder, console.width))
+        return
+    try:
+        with Live(status_view(folder, console.width), console=console, auto_refresh=False) as live:
+            while not folder.ended:
+                time.sleep(interval)
+                folder = read_folder_status(results_dir)
+                live.update(status_view(folder, console.width), refresh=True)
+    except KeyboardInterrupt:
+        pass  # stopping the watch is not an error: the last table stays on the screen
+
+
+STATE_STYLES = {"done": "green", "running": "cyan", "failed": "red", "diverged": "red", "stopped": "yellow",
+                "interrupted": "yellow", "pending": "dim", "not started": "dim"}
+
+
+STATUS_COLUMNS = ("cell", "state", "epoch", "iteration", "train\nerr %", "test\nerr %", "img/s", "elapsed", "ETA",
+                  "where", "note")
+STATUS_DROP_ORDER = ("note", "where", "elapsed", "img/s", "epoch")  # left out in this order where a terminal is narrow
+
+
+def status_view(folder: Any, width: int) -> Any:
+    """The status table: a row per cell, then the totals and how to resume stopped cells. Nothing wraps: in a
+    terminal narrower than the table, the columns of STATUS_DROP_ORDER are left out, in that order."""
+    from rich.console import Group
+    from rich.text import Text
+
+    rows = [dict(zip(STATUS_COLUMNS, (
+        cell.name, cell.state, f"{cell.epoch}/{cell.epochs}" if cell.epochs else "-",
+        f"{cell.iteration:,}/{_count(cell.iterations)}", _pct(cell.train_error), _pct(cell.test_error),
+        _rate(cell.images_per_second) if cell.state == "running" else "-", _duration(cell.elapsed),
+        _duration(cell.eta), cell.where or "-", status_note(cell)), strict=True)) for cell in folder.cells]
+    shown = [c for c in STATUS_COLUMNS if c != "note" or any(row["note"] for row in rows)]
+    for column in STATUS_DROP_ORDER:
+        if table_width(rows, shown) <= width:
+            break
+        if column in shown:
+            shown.remove(column)
+    sweeps = "; ".join(f"sweep {path.relative_to(folder.root) if path != folder.root else path.name}: "
+                       f"executor {executor}" for path, executor in folder.sweeps.items())
+    table = Table(title=Text(f"{folder.root}" + (f" ({sweeps})" if sweeps else "")), box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, collapse_padding=True,
+                  caption=time.strftime("read at %H:%M:%S", time.localtime(folder.read_at)))
+    for column in shown:
+        table.add_column(column, justify="left" if column in ("cell", "state", "where", "note") else "right",
+                         no_wrap=column != "note")
+    for row in rows:
+        cells = {**row, "state": Text(row["state"], style=STATE_STYLES.get(row["state"], "")),
+                 "note": Text(row["note"], style="dim")}
+        table.add_row(*(cells[column] for column in shown))
+    counts = ", ".join(f"{n} {state}" for state, n in folder.counts().items())
+    planned = folder.iterations_planned
+    progress = f"iterations {folder.iterations_done:,}" + (
+        f"/{planned:,} ({folder.iterations_done / planned:.0%})" if planned else "")
+    eta = f" · longest ETA {_duration(folder.longest_eta)}" if folder.longest_eta is not None else ""
+    lines = [Text(f"{len(folder.cells)} cell(s): {counts} · {progress}{eta}")]
+    stopped = {cell.run_dir.parent for cell in folder.cells if cell.state in ("stopped", "interrupted")}
+    for sweep_dir in (path for path in folder.sweeps if path in stopped):
+        lines.append(Text(f"resume: resdepth sweep --resume {shlex.quote(str(sweep_dir))}", style="dim"))
+    return Group(table, *lines)
+
+
+def table_width(rows: list[dict[str, str]], columns: list[str]) -> int:
+    """Characters a table of these text rows takes: each column as wide as its widest line, plus padding."""
+    return sum(max([len(row[c]) for row in rows] + [len(line) for line in c.split("\n")]) + 2 for c in columns)
+
+
+def status_note(cell: Any) -> str:
+    if cell.state == "stopped":
+        return "its process is gone (killed, or its node lost): resume the sweep"
+    if cell.error:
+        return cell.error
+    if cell.state == "running" and cell.updated_ago is not None and cell.updated_ago > 120:
+        return f"no update for {_duration(cell.updated_ago)}"
+    return ""
+
+
 # ---------------------------------------------------------------------------------------------- bench
 DEVICE = next(o for o in TRAINING_OPTIONS if o.param == "device").annotation
 THREADS = next(o for o in TRAINING_OPTIONS if o.param == "threads").annotation
@@ -525,6 +743,7 @@ def bench(
                          num_workers=num_workers, naive=naive, threads=threads, precision=precision or "auto",
                          channels_last=channels_last, compile=compile, cuda_graph=bool(cuda_graph), data=data)
     rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
+    remember_bench(config, rows)  # `sweep --dry-run` estimates times from these speeds
     if json_out is not None:
         json_out.write_text(json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     console.print(render_bench(kind, rows))

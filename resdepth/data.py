@@ -10,6 +10,7 @@ import functools
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,21 @@ class DataConfig:
     # the demo's four small nets train in about a minute on 2 cores at these sizes
     synthetic_train: int = option(1500, help="Training images of --dataset synthetic.", panel=DATA)
     synthetic_test: int = option(500, help="Test images of --dataset synthetic.", panel=DATA)
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """A report from loading a dataset, for a display: `done` of `total` images of an image folder decoded so far
+    (`cache`: the file they will be kept in), or a `notice`, one line the user should read."""
+
+    done: int = 0
+    total: int = 0
+    cache: Path | None = None
+    notice: str | None = None
+
+
+OnLoadProgress = Callable[[LoadProgress], None]
+DECODE_REPORT_EVERY = 500  # images between progress reports: 120 reports for CIFAR-10, each a cheap display update
 
 
 @dataclass
@@ -109,8 +125,64 @@ def check_data_config(config: DataConfig) -> None:
         raise UserError(f"--val-size must be 0 (no split) or a positive number of images, got {config.val_size}")
 
 
-def load_dataset(config: DataConfig) -> Dataset:
-    """The configured dataset on the CPU, with validation split and subsets applied.
+CIFAR_FILES = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz"),  # torchvision's folder and archive
+               "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz")}
+CIFAR_SIZES = (50_000, 10_000)  # training and test images of CIFAR-10 and CIFAR-100
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """Whether a dataset is here, judged without loading it (for a dry run): `ready` False says what is missing.
+    The split sizes are as a run would see them (after --val-size, --train-size, --test-size), None if unknown."""
+
+    ready: bool
+    summary: str
+    train_images: int | None = None
+    test_images: int | None = None
+    val_images: int = 0
+
+
+def check_data_present(config: DataConfig) -> DataCheck:
+    """Is the data there (CIFAR downloaded, an image folder complete and decoded)? Nothing is read or downloaded."""
+    check_data_config(config)
+    if config.dataset == "synthetic":
+        return sized_check(config, True, "synthetic: embedded, generated in memory", config.synthetic_train,
+                           config.synthetic_test)
+    if config.dataset == "folder":
+        return check_folder_present(config)
+    root = Path(config.data_dir) if config.data_dir else default_data_dir()
+    folder, archive = CIFAR_FILES[config.dataset]
+    if (root / folder).is_dir() or (root / archive).is_file():
+        return sized_check(config, True, f"{config.dataset}: in {root}", *CIFAR_SIZES)
+    return sized_check(config, False, f"{config.dataset} is not in {root}: the sweep first downloads it (about 170 MB; "
+                                      f"offline, put {archive} there or pass --data-dir)", *CIFAR_SIZES)
+
+
+def check_folder_present(config: DataConfig) -> DataCheck:
+    root = Path(config.data_dir or "")
+    if not config.data_dir or not root.is_dir():
+        return DataCheck(False, f"--data-dir {config.data_dir} is not a folder" if config.data_dir else
+                         "--dataset folder needs --data-dir PATH")
+    try:
+        files = {split: _class_files(root, split) for split in ("train", "test")}
+    except UserError as exc:
+        return DataCheck(False, str(exc))
+    train, test = (sum(len(paths) for paths in files[split].values()) for split in ("train", "test"))
+    cache = _cache_path(root, files)
+    decoded = f"decoded once before the first run, kept in {cache}" if not cache.exists() else "decoded (cached)"
+    return sized_check(config, True, f"{root}: {train:,} training and {test:,} test images, {decoded}", train, test)
+
+
+def sized_check(config: DataConfig, ready: bool, summary: str, train: int, test: int) -> DataCheck:
+    """The split sizes a run sees: the validation split comes out of the training images, then the subsets."""
+    train -= config.val_size
+    return DataCheck(ready, summary, min(train, config.train_size or train), min(test, config.test_size or test),
+                     config.val_size)
+
+
+def load_dataset(config: DataConfig, on_progress: OnLoadProgress = lambda _: None) -> Dataset:
+    """The configured dataset on the CPU, with validation split and subsets applied. `on_progress` hears how the
+    decoding of an image folder advances and its notices (images converted to RGB); other datasets load silently.
 
     The last synthetic or CIFAR set loaded is kept in memory: a sweep's fail-fast check and its in-process cells
     share one copy instead of generating or reading it again per cell. An image folder may change between
@@ -119,17 +191,19 @@ def load_dataset(config: DataConfig) -> Dataset:
     """
     check_data_config(config)
     if config.dataset == "folder":
-        return _prepare(config)
+        if not config.data_dir:
+            raise UserError("--dataset folder needs --data-dir PATH holding train/<class>/* and test/<class>/* images")
+        return _prepare(config, load_image_folder(Path(config.data_dir), on_progress))
     return _load_cached(tuple(asdict(config).items()))
 
 
 @functools.lru_cache(maxsize=1)
 def _load_cached(key: tuple[tuple[str, Any], ...]) -> Dataset:
-    return _prepare(DataConfig(**dict(key)))
+    config = DataConfig(**dict(key))
+    return _prepare(config, _load_raw(config))
 
 
-def _prepare(config: DataConfig) -> Dataset:
-    data = _load_raw(config)
+def _prepare(config: DataConfig, data: Dataset) -> Dataset:
     if config.val_size:
         if config.val_size >= len(data.train_labels):
             raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has "
@@ -158,12 +232,9 @@ def _prepare(config: DataConfig) -> Dataset:
 
 
 def _load_raw(config: DataConfig) -> Dataset:
+    """Synthetic or CIFAR data as it comes (image folders are listed on every load, in `load_dataset`)."""
     if config.dataset == "synthetic":
         return make_synthetic(config.synthetic_train, config.synthetic_test)
-    if config.dataset == "folder":
-        if not config.data_dir:
-            raise UserError("--dataset folder needs --data-dir PATH holding train/<class>/* and test/<class>/* images")
-        return load_image_folder(Path(config.data_dir))
     return load_torchvision_cifar(config.dataset, Path(config.data_dir) if config.data_dir else default_data_dir())
 
 
@@ -267,7 +338,7 @@ def load_torchvision_cifar(name: str, root: Path) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------- image folders
-def load_image_folder(root: Path) -> Dataset:
+def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) -> Dataset:
     """train/<class>/* and test/<class>/* images of 32x32, decoded once and cached as a tensor file."""
     if not root.is_dir():
         raise UserError(f"--data-dir {root} is not a readable folder: it must hold train/<class>/ and "
@@ -282,18 +353,29 @@ def load_image_folder(root: Path) -> Dataset:
     cache = _cache_path(root, files)
     if cache.exists():
         try:
-            return Dataset(**torch.load(cache, weights_only=True))
+            saved = torch.load(cache, weights_only=True)
+            notices = saved.pop("notices", [])
+            dataset = Dataset(**saved)
         except Exception:  # noqa: BLE001 - a broken cache is only a lost speed-up: decode again
             cache.unlink(missing_ok=True)
+        else:
+            for notice in notices:  # said again on every load: the user may not have seen the first one
+                on_progress(LoadProgress(notice=notice))
+            return dataset
+    decoder = FolderDecoder(sum(len(paths) for split in files.values() for paths in split.values()), cache, on_progress)
     tensors = {}
     for split in ("train", "test"):
-        images, labels = _decode_split(files[split], classes)
+        images, labels = decoder.decode_split(files[split], classes)
         tensors[f"{split}_images"], tensors[f"{split}_labels"] = images, labels
     dataset = Dataset(root.name, classes, **tensors)
+    notices = [decoder.conversion_notice()] if decoder.converted else []
+    for notice in notices:
+        on_progress(LoadProgress(notice=notice))
     try:
-        torch.save({"name": dataset.name, "classes": classes, **tensors}, cache)
-    except OSError:
-        pass  # read-only data and cache: decoding again next time is slower but correct
+        torch.save({"name": dataset.name, "classes": classes, **tensors, "notices": notices}, cache)
+    except OSError as exc:  # read-only data and cache: decoding again next time is slower but correct
+        on_progress(LoadProgress(notice=f"could not keep the decoded images in {cache} ({exc.strerror or exc}): "
+                                        "the folder is decoded again next time"))
     return dataset
 
 
@@ -329,18 +411,52 @@ def _cache_path(root: Path, files: dict[str, dict[str, list[Path]]]) -> Path:
     return fallback / name
 
 
-def _decode_split(files: dict[str, list[Path]], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in files[cls]:
-            images.append(decode_image(path))
-            labels.append(label)
-    return torch.stack(images), torch.tensor(labels)
+MODE_NAMES = {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "RGBA", "P": "palette",
+              "PA": "palette with alpha",
+              "1": "black-and-white", "CMYK": "CMYK", "I;16": "16-bit grayscale", "I": "32-bit grayscale"}
 
 
-def decode_image(path: Path) -> torch.Tensor:
-    """One image file as a (3, 32, 32) uint8 tensor. The size is read from the header and checked before any pixel
-    is decoded, so a file that declares a huge image (a decompression bomb) costs nothing."""
+class FolderDecoder:
+    """Decodes an image folder's files into uint8 tensors, reporting its progress and counting the images that
+    were not RGB (converted with PIL: gray copied to the three channels, an alpha channel dropped)."""
+
+    def __init__(self, total: int, cache: Path, on_progress: OnLoadProgress):
+        self.total, self.cache, self.on_progress = total, cache, on_progress
+        self.done = 0
+        self.converted: dict[str, int] = {}  # PIL mode -> images of that mode
+        self.example: Path | None = None
+
+    def decode_split(self, files: dict[str, list[Path]], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        if self.done == 0:
+            self.on_progress(LoadProgress(0, self.total, self.cache))
+        for label, cls in enumerate(classes):
+            for path in files[cls]:
+                images.append(self.decode(path))
+                labels.append(label)
+                self.done += 1
+                if self.done % DECODE_REPORT_EVERY == 0 or self.done == self.total:
+                    self.on_progress(LoadProgress(self.done, self.total, self.cache))
+        return torch.stack(images), torch.tensor(labels)
+
+    def decode(self, path: Path) -> torch.Tensor:
+        image, mode = decode_image(path)
+        if mode != "RGB":
+            self.converted[mode] = self.converted.get(mode, 0) + 1
+            self.example = self.example or path
+        return image
+
+    def conversion_notice(self) -> str:
+        kinds = ", ".join(f"{count} {MODE_NAMES.get(mode, mode)}" for mode, count in sorted(self.converted.items()))
+        alpha = any("A" in mode for mode in self.converted)
+        return (f"{sum(self.converted.values())} of {self.total} images were not RGB and were converted to RGB "
+                f"({kinds}{'; alpha dropped' if alpha else ''}), e.g. {self.example}")
+
+
+def decode_image(path: Path) -> tuple[torch.Tensor, str]:
+    """One image file as a (3, 32, 32) uint8 RGB tensor, and the PIL mode it was stored in. The size is read from
+    the header and checked before any pixel is decoded, so a file that declares a huge image (a decompression
+    bomb) costs nothing."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -349,7 +465,7 @@ def decode_image(path: Path) -> torch.Tensor:
             if handle.size != (IMAGE_SIZE, IMAGE_SIZE):
                 width, height = handle.size
                 raise UserError(f"{path} is {width}x{height}; resdepth needs 32x32 images (resize the folder first)")
-            return torch.from_numpy(np.array(handle.convert("RGB"))).permute(2, 0, 1)
+            return torch.from_numpy(np.array(handle.convert("RGB"))).permute(2, 0, 1), handle.mode
     except Image.DecompressionBombError:
         raise UserError(f"{path} declares an image too large to decode safely; resdepth needs 32x32 images "
                         "(remove it or resize the folder)") from None

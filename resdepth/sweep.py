@@ -29,17 +29,8 @@ from .errors import UserError
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
 from .groups import comparable
 from .models import blocks_per_stage, check_kind
-from .results import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    RUN_CONFIG_SECTIONS,
-    TERMINAL_STATES,
-    RunStatus,
-    ensure_writable_dir,
-    read_json,
-    write_config,
-    write_json,
-)
+from .results import (CHECKPOINT_FILE, CONFIG_FILE, RUN_CONFIG_SECTIONS, TERMINAL_STATES, RunStatus,
+                      ensure_writable_dir, read_json, write_config, write_json)
 from .train import TrainConfig
 
 SWEEP_FILE = "sweep.json"  # the sweep's own config, saved in its results folder so --resume can rebuild it

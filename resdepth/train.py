@@ -22,32 +22,13 @@ import torch.nn.functional as F
 
 from .config import EXECUTION, flag, option
 from .data import DataConfig, Dataset, augment, check_data_config, load_dataset, normalize
-from .devices import (
-    PRECISIONS,
-    CapturedStep,
-    check_cuda_graph_device,
-    check_device_name,
-    device_label,
-    environment,
-    precision_context,
-    resolve_device,
-    resolved_precision,
-    restore_rng_state,
-    rng_state,
-)
+from .devices import (PRECISIONS, CapturedStep, check_cuda_graph_device, check_device_name, device_label, environment,
+                      precision_context, resolve_device, resolved_precision, restore_rng_state, rng_state)
 from .errors import UserError
 from .models import build_model, check_network, count_parameters
-from .results import (
-    CHECKPOINT_FILE,
-    METRICS_FILE,
-    MetricsWriter,
-    RunStatus,
-    atomic_write_bytes,
-    ensure_writable_dir,
-    metric_columns,
-    read_metrics,
-    write_config,
-)
+from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes, ensure_writable_dir,
+                      metric_columns, read_metrics, write_config)
+from .tensorboard_log import TensorBoardLog, check_tensorboard_installed
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
@@ -105,6 +86,8 @@ class TrainConfig:
     cuda_graph: bool = option(False, help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch "
                                           "overhead; same math).", panel=EXECUTION)
     eval_batch_size: int = option(1000, help="Images per evaluation batch.", panel=EXECUTION, cli=False)
+    tensorboard: bool = option(False, help="Also write each epoch's metrics as TensorBoard scalars in the run folder "
+                                           "(needs the tensorboard extra).", panel=EXECUTION)
 
     def validate(self) -> None:
         """Refuse values that cannot train, with the fix in the message."""
@@ -137,6 +120,8 @@ class TrainConfig:
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
         check_network(self.kind, self.depth, self.shortcut)
+        if self.tensorboard:
+            check_tensorboard_installed()
 
     def uses_warmup(self) -> bool:
         deep = self.depth >= self.warmup_min_depth
@@ -485,6 +470,8 @@ def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda:
     run_dir = trainer.run_dir
     writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(trainer.data.val_labels is not None),
                            keep_rows=trainer.epoch)
+    # --tensorboard: the event file restarts from the rows the CSV kept, so no epoch shows twice
+    board = TensorBoardLog.resumed(run_dir, trainer.epoch) if trainer.config.tensorboard else None
     status = starting_status(trainer)
     status.write(run_dir)
 
@@ -498,6 +485,8 @@ def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda:
             return end_run(trainer, status, "interrupted")
         row = trainer.epoch_row(sums)
         writer.append(row)
+        if board is not None:
+            board.append(row)
         status.update(run_dir, **epoch_progress(row), live_train_error=None, **warmup_progress(trainer))
         if not math.isfinite(row["train_loss"]):
             return end_run(trainer, status, "diverged")

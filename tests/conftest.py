@@ -34,13 +34,13 @@ def _tiny_config(**changes) -> TrainConfig:
     return replace(base, **changes)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config() -> Callable[..., TrainConfig]:
     """A factory: a network and dataset small enough to train in about a second on one CPU thread."""
     return _tiny_config
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_sweep() -> Callable[..., SweepConfig]:
     """A factory: plain-8 and residual-8 on the tiny config, written to `out`."""
     def make(out: Path, **changes) -> SweepConfig:
@@ -49,7 +49,7 @@ def tiny_sweep() -> Callable[..., SweepConfig]:
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_bench() -> Callable[..., BenchConfig]:
     """A factory: a benchmark of the 8-layer net that takes a few seconds on one CPU thread."""
     def make(**changes) -> BenchConfig:
@@ -60,7 +60,7 @@ def tiny_bench() -> Callable[..., BenchConfig]:
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_args() -> list[str]:
     """The tiny config's data and device as command-line options."""
     return ["--dataset", "synthetic", "--synthetic-train", "128", "--synthetic-test", "64", "--batch-size", "32",
@@ -68,7 +68,7 @@ def tiny_args() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- running
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_sweep_now():
     """Plan and run a sweep (on its own executor unless one is given); returns (planned cells, outcomes by name)."""
     def run(sweep: SweepConfig, executor=None, **options):
@@ -77,7 +77,7 @@ def run_sweep_now():
     return run
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def resdepth_cli() -> str:
     """The real console entry point of this venv, for the tests that need a separate process."""
     return str(Path(sys.executable).with_name("resdepth"))
@@ -86,6 +86,12 @@ def resdepth_cli() -> str:
 @pytest.fixture
 def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+
+
+@pytest.fixture(autouse=True)
+def private_speed_cache(tmp_path_factory, monkeypatch) -> None:
+    """Speeds that dry runs measure (and `resdepth bench` records) go to the test's own folder, not ~/.cache."""
+    monkeypatch.setenv("RESDEPTH_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 @dataclass
@@ -107,7 +113,7 @@ def run_cli() -> Callable[..., CliResult]:
     return invoke
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def wait_for_rows() -> Callable[[Path, int], None]:
     """Wait until a metrics.csv holds more than `rows` epochs (a run in another process is under way)."""
     def wait(path: Path, rows: int, timeout: float = 120) -> None:
@@ -120,7 +126,7 @@ def wait_for_rows() -> Callable[[Path, int], None]:
     return wait
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def logged_epochs() -> Callable[[Path], int]:
     """Epochs a run folder's metrics.csv holds so far."""
     def count(run_dir: Path) -> int:
@@ -130,18 +136,18 @@ def logged_epochs() -> Callable[[Path], int]:
 
 
 # ---------------------------------------------------------------------------------------------- comparing runs
-@pytest.fixture
+@pytest.fixture(scope="session")
 def metrics_of() -> Callable[[Path], pd.DataFrame]:
     """A run folder's metrics.csv without its wall-clock columns."""
     return lambda run_dir: pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def weights_of() -> Callable[[Path], dict]:
     return lambda run_dir: torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def assert_same_run(metrics_of, weights_of) -> Callable[[Path, Path], None]:
     """Same metrics (timing columns aside) and bit-identical final weights."""
     def check(a: Path, b: Path) -> None:
@@ -152,7 +158,7 @@ def assert_same_run(metrics_of, weights_of) -> Callable[[Path, Path], None]:
 
 
 # ---------------------------------------------------------------------------------------------- results folders
-@pytest.fixture
+@pytest.fixture(scope="session")
 def write_run() -> Callable[..., Path]:
     """A factory of run folders as the trainer writes them (see its docstring)."""
     def write(root: Path, kind: str = "plain", depth: int = 20, seed: int = 0, test=(50.0, 20.0, 9.0),

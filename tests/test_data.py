@@ -129,3 +129,54 @@ def test_cifar_offline_without_a_copy_says_where_to_put_it(tmp_path, monkeypatch
     with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz") as info:
         load_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
     assert str(tmp_path) in str(info.value) and "--dataset" in str(info.value)
+
+
+def test_decoding_a_folder_reports_progress_its_cache_and_converted_images(tmp_path):
+    from resdepth.data import LoadProgress
+
+    write_folder(tmp_path)
+    Image.new("L", (32, 32), 90).save(tmp_path / "train" / "cat" / "gray.png")
+    Image.new("RGBA", (32, 32), (10, 200, 10, 0)).save(tmp_path / "test" / "dog" / "clear.png")
+    events: list[LoadProgress] = []
+    data = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)), on_progress=events.append)
+    progress = [e for e in events if e.notice is None]
+    assert progress[0].done == 0 and progress[-1].done == progress[-1].total == 14
+    cache = progress[0].cache
+    assert cache is not None and cache.parent == tmp_path and cache.exists()
+    notices = [e.notice for e in events if e.notice]
+    assert len(notices) == 1 and "2 of 14 images were not RGB" in notices[0]
+    assert "1 grayscale" in notices[0] and "1 RGBA" in notices[0] and "alpha dropped" in notices[0]
+    gray = data.train_images[data.train_labels == 0][-1]
+    assert gray.unique().tolist() == [90]  # gray copied to the three channels
+    again: list[LoadProgress] = []
+    load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)), on_progress=again.append)
+    assert [e.notice for e in again] == notices  # from the cache: no decoding, the notice said again
+
+
+def test_the_cli_shows_where_the_decoded_images_go_and_the_conversion_note(tmp_path, run_cli):
+    data = tmp_path / "data"
+    write_folder(data, per_class=4)
+    Image.new("LA", (32, 32)).save(data / "train" / "dog" / "gray-alpha.png")
+    code, out, err = run_cli("train", "--depth", "8", "--dataset", "folder", "--data-dir", str(data), "--iterations",
+                             "1",
+                         "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "decoding 17 images once; they are kept in " + str(data / ".resdepth-cache-") in text
+    assert "decoded 17 images" in text and "note: 1 of 17 images were not RGB" in text
+
+
+def test_a_dry_run_says_whether_the_data_is_here(tmp_path):
+    from resdepth.data import check_data_present
+
+    missing = check_data_present(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
+    assert not missing.ready and "cifar-10-python.tar.gz" in missing.summary and missing.train_images == 50_000
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    assert check_data_present(DataConfig(dataset="cifar10", data_dir=str(tmp_path),
+                                         val_size=5000)).train_images == 45_000
+    assert not check_data_present(DataConfig(dataset="folder", data_dir=str(tmp_path / "none"))).ready
+    write_folder(tmp_path / "f")
+    folder = check_data_present(DataConfig(dataset="folder", data_dir=str(tmp_path / "f"), train_size=4))
+    assert folder.ready and folder.train_images == 4 and folder.test_images == 6 and "decoded once" in folder.summary
+    load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path / "f")))
+    assert "decoded (cached)" in check_data_present(DataConfig(dataset="folder", data_dir=str(tmp_path / "f"))).summary

@@ -9,16 +9,8 @@ import pandas as pd
 import pytest
 
 from resdepth.errors import UserError
-from resdepth.plots import (
-    MARKED_POINTS,
-    build_figures,
-    group_curves,
-    paper_tick_notes,
-    parse_formats,
-    plot_figure1,
-    plot_figure6,
-    save_figures,
-)
+from resdepth.plots import (MARKED_POINTS, build_figures, group_curves, paper_tick_notes, parse_formats, plot_figure1,
+                            plot_figure6, save_figures)
 from resdepth.results import load_runs
 
 

@@ -1,0 +1,182 @@
+"""What the runs of a results folder are doing, read from the folder alone: for `resdepth status [--watch]`.
+
+Everything comes from the files each run keeps up to date (status.json, config.json, the lock, task.json) and
+from the sweep's own sweep.json, so it works from any machine that mounts the folder, while the sweep runs in
+another terminal or on a cluster's nodes, or after it ended. It returns data; the CLI displays it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cell import STALE_FOREIGN_LOCK_SECONDS, is_locked, pid_alive
+from .cluster import TASK_FILE
+from .config import from_dict
+from .errors import UserError
+from .results import CONFIG_FILE, REPLACED_MARK, TERMINAL_STATES, RunStatus, find_run_dirs, read_json
+from .sweep import SWEEP_FILE, SweepConfig, make_cells
+from .train import TrainConfig, steps_per_epoch
+
+NOT_STARTED = "not started"  # a cell of sweep.json whose folder the sweep has not made yet
+STOPPED = "stopped"  # status.json says running, but its process is gone (killed, node lost): resume it
+
+
+@dataclass
+class CellState:
+    """One run as its files show it now. Errors in %; seconds for elapsed and eta."""
+
+    name: str  # the run folder, relative to the results folder
+    run_dir: Path
+    state: str  # pending, running, interrupted, done, failed, diverged, or NOT_STARTED / STOPPED
+    epoch: int = 0
+    epochs: int | None = None
+    iteration: int = 0
+    iterations: int | None = None
+    train_error: float | None = None
+    test_error: float | None = None
+    images_per_second: float | None = None
+    elapsed: float | None = None  # since the run (last) started or resumed, up to its latest update
+    eta: float | None = None  # running cells: training time left at the current img/s (evaluation not counted)
+    where: str = ""  # host and device, and the Slurm job where there is one
+    updated_ago: float | None = None  # seconds since status.json was last written
+    error: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass
+class FolderStatus:
+    """Every run under a results folder: each sweep's cells in the sweep's order (those not started yet too),
+    then any other run folders."""
+
+    root: Path
+    cells: list[CellState]
+    sweeps: dict[Path, str] = field(default_factory=dict)  # folder holding sweep.json -> its executor
+    warnings: list[str] = field(default_factory=list)
+    read_at: float = field(default_factory=time.time)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for cell in self.cells:
+            counts[cell.state] = counts.get(cell.state, 0) + 1
+        return counts
+
+    @property
+    def iterations_done(self) -> int:
+        return sum(cell.iteration for cell in self.cells)
+
+    @property
+    def iterations_planned(self) -> int | None:
+        """All cells' iterations, or None where a cell's are not known yet (--epochs before its data is read)."""
+        planned = [cell.iterations for cell in self.cells]
+        return None if None in planned else sum(p for p in planned if p is not None)
+
+    @property
+    def longest_eta(self) -> float | None:
+        etas = [cell.eta for cell in self.cells if cell.eta is not None]
+        return max(etas) if etas else None
+
+    @property
+    def ended(self) -> bool:
+        """Every cell is done, failed or diverged: nothing more will happen without a new command."""
+        return all(cell.ended for cell in self.cells)
+
+
+def read_folder_status(root: Path) -> FolderStatus:
+    """The state of every run under root (recursively) and of the cells its sweep.json files plan."""
+    if not root.is_dir():
+        raise UserError(f"results folder {root} does not exist: pass the --out folder of a sweep, e.g. results/smoke")
+    sweeps, warnings = planned_cells(root)
+    planned = {run_dir: config for _, cells in sweeps.values() for run_dir, config in cells}
+    run_dirs, _ = find_run_dirs(root)
+    order = list(dict.fromkeys([*planned, *run_dirs]))
+    if not order:
+        raise UserError(f"no runs or sweep under {root}: it holds no run folder (config.json) and no sweep.json")
+    now = time.time()
+    cells = [read_cell(root, run_dir, now) for run_dir in order]
+    for _, members in sweeps.values():
+        configs = dict(members)
+        fill_planned_iterations([cell for cell in cells if cell.run_dir in configs], configs)
+    return FolderStatus(root, cells, {folder: executor for folder, (executor, _) in sweeps.items()}, warnings, now)
+
+
+def planned_cells(root: Path) -> tuple[dict[Path, tuple[str, list[tuple[Path, TrainConfig]]]], list[str]]:
+    """Per folder holding a sweep.json: its executor and its cells (run folder, config) in the sweep's order;
+    a warning per sweep.json that cannot be read."""
+    found: dict[Path, tuple[str, list[tuple[Path, TrainConfig]]]] = {}
+    warnings = []
+    for path in sorted(p for p in root.rglob(SWEEP_FILE) if not any(
+            part.startswith(".") or REPLACED_MARK in part for part in p.parts[len(root.parts):])):
+        try:
+            sweep = from_dict(SweepConfig, read_json(path), str(path))
+            sweep.out = str(path.parent)
+            found[path.parent] = (sweep.executor, [(cell.run_dir, cell.config) for cell in make_cells(sweep)])
+        except UserError as exc:
+            warnings.append(f"left out {path}: not a sweep resdepth can read ({exc})")
+    return found, warnings
+
+
+def fill_planned_iterations(cells: list[CellState], configs: dict[Path, TrainConfig]) -> None:
+    """The iterations of a sweep's cells that have not started: given, or --epochs over the training split's
+    size, which every cell of a sweep shares and a started cell's config.json records."""
+    sizes = [(read_json(cell.run_dir / CONFIG_FILE) or {}).get("resolved", {}).get("train_size") for cell in cells
+             if cell.state != NOT_STARTED]
+    train_size = next((size for size in sizes if size), None)
+    for cell in cells:
+        config = configs[cell.run_dir]
+        if cell.iterations is None and config.epochs is None:
+            cell.iterations = config.iterations
+        elif cell.iterations is None and train_size:
+            cell.iterations = config.epochs * steps_per_epoch(train_size, config.batch_size)
+
+
+def read_cell(root: Path, run_dir: Path, now: float) -> CellState:
+    name = run_dir.name if run_dir == root else str(run_dir.relative_to(root))
+    config = read_json(run_dir / CONFIG_FILE)
+    if config is None:
+        return CellState(name, run_dir, NOT_STARTED)
+    status = RunStatus.read(run_dir)
+    planned = planned_iterations(config)
+    if status is None:
+        return CellState(name, run_dir, "pending", iterations=planned)
+    state = status.state
+    if state == "running" and not process_alive(run_dir, status, now):
+        state = STOPPED
+    cell = CellState(name, run_dir, state, epoch=status.epoch, epochs=status.epochs or None, iteration=status.iteration,
+                     iterations=status.iterations or planned, train_error=status.train_error,
+                     test_error=status.test_error, images_per_second=status.images_per_second,
+                     where=where(run_dir, status), updated_ago=max(0.0, now - status.updated), error=status.error)
+    if state != "pending":
+        cell.elapsed = max(0.0, (now if state == "running" else status.updated) - status.started)
+    if state == "running" and cell.iterations and status.images_per_second:
+        batch = int(config.get("batch_size", 128))
+        cell.eta = max(0, cell.iterations - status.iteration) * batch / status.images_per_second
+    return cell
+
+
+def planned_iterations(config: dict) -> int | None:
+    """A run's iterations from its config.json: resolved once it started; else known unless given as --epochs."""
+    resolved = config.get("resolved", {}).get("iterations")
+    if resolved is not None:
+        return int(resolved)
+    return int(config["iterations"]) if config.get("epochs") is None and "iterations" in config else None
+
+
+def process_alive(run_dir: Path, status: RunStatus, now: float) -> bool:
+    """Is the process that wrote 'running' still at it? Exactly on its own host; elsewhere by its lock and how
+    recently it wrote status.json (the rule the sweep runner uses for a lock held on another host)."""
+    if status.host == socket.gethostname():
+        return pid_alive(status.pid)
+    recent = now - status.updated < STALE_FOREIGN_LOCK_SECONDS
+    return recent or is_locked(run_dir)
+
+
+def where(run_dir: Path, status: RunStatus) -> str:
+    attempt = read_json(run_dir / TASK_FILE) or {}
+    job = f" slurm job {attempt['slurm_job']}" if attempt.get("slurm_job") else ""
+    return " ".join(filter(None, (status.host, status.device))) + job
