@@ -340,3 +340,22 @@ def test_results_of_an_earlier_version_plan_as_done_and_group_as_before(tmp_path
     assert [p.action for p in plan_sweep(sweep)] == ["skip-done", "skip-done"]
     summary = summarize(load_runs(tmp_path)[0])
     assert list(zip(summary["kind"], summary["shortcut"], strict=True)) == [("plain", ""), ("residual", "A")]
+
+
+def test_a_broken_installed_family_is_a_warning_in_the_listing_and_records_never_break_reading(
+        tmp_path, user_family, run_cli):
+    dist = user_family.folder / "tinyfam_more-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tinyfam-more\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[resdepth.families]\nbroken = tinyfam_broken:gated\n"
+                                           "gated = tinyfam_nets:gated\n")
+    code, _, err = run_cli("models", "broken")
+    assert code == 2 and "warning: broken: cannot load family broken (tinyfam_broken:gated, tinyfam-more 0.1): " \
+                         "ModuleNotFoundError" in err
+    code, _, err = run_cli("train", "--kind", "gated", "--dataset", "synthetic", "--out", str(tmp_path / "never"))
+    assert code == 2 and "family 'gated' is registered by several installed packages" in err
+    with pytest.raises(UserError, match="Linear has no response_modules"):
+        response_modules(nn.Linear(2, 2))
+    broken = family_of_run({"kind": "mine:net", "resolved": {"family": {"reference": {"numbers": "x"}}}})
+    assert broken.name == "mine:net" and broken.reference is None
+    assert family_of_run({"kind": "residual"}).reference.label == "Table 6"  # a built-in one: by name
