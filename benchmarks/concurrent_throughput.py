@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from resdepth.families import FIGURE6_FAMILIES
 from resdepth.sweep import threads_per_job
 
 FIGURE6_DEPTHS = (20, 32, 44, 56, 110)  # sweeps/figure6.toml: plain and residual at each depth
-FIGURE6_KINDS = ("plain", "residual")
+FIGURE6_KINDS = FIGURE6_FAMILIES
 PAPER_ITERATIONS, PAPER_BATCH = 64_000, 128  # §4.2
 
 

@@ -1,4 +1,5 @@
-"""resdepth: plain vs residual CIFAR networks by depth, as in He et al. 2016, section 4.2."""
+"""resdepth: CIFAR networks by depth: plain vs residual as in He et al. 2016, section 4.2, pre-activation ResNets and
+your own network families (resdepth.families)."""
 
 __version__ = "0.1.0"
 

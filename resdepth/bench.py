@@ -27,7 +27,8 @@ from .data import DataConfig, Dataset, load_dataset
 from .devices import (PYTORCH_DEFAULT_PRECISION, environment, pytorch_default_precision, resolve_device,
                       resolved_precision)
 from .errors import UserError
-from .models import blocks_per_stage, build_model, check_kind, count_multiply_adds
+from .families import check_network
+from .models import build_model, count_multiply_adds
 from .train import TrainConfig, Trainer
 
 # A training step costs about 3 forward passes (the backward pass computes input and weight gradients),
@@ -68,9 +69,8 @@ class BenchConfig:
             raise UserError("--warmup and --num-workers must be 0 or more")
         if not self.depths:
             raise UserError("give at least one depth, e.g. --depths 20,56,110")
-        check_kind(self.kind)
         for depth in self.depths:
-            blocks_per_stage(depth)
+            check_network(self.kind, depth)
 
 
 @dataclass
@@ -190,7 +190,7 @@ def warm_process(device: torch.device, batch_size: int) -> None:
     import torchvision.transforms  # noqa: F401  (the naive path's imports)
 
     for memory_format in (torch.contiguous_format, torch.channels_last):
-        model = build_model("residual", 8).to(device, memory_format=memory_format)
+        model = build_model("resnet8").to(device, memory_format=memory_format)
         model(torch.randn(batch_size, 3, 32, 32,
                           device=device).contiguous(memory_format=memory_format)).sum().backward()
     matmul_gflops(device, 256, contextlib.nullcontext)

@@ -34,16 +34,17 @@ from .config import DATA, EXECUTION, PROTOCOL, cli_fields, flag_name, help_text
 from .data import DataConfig, LoadProgress, load_dataset
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
-from .models import describe_models
+from .models import build_model
 from .results import RunStatus, ensure_writable_dir, load_runs, warmup_end
 from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
                     load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
                     task_threads)
 from .tables import describe_warmup_end
-from .train import TrainConfig
+from .train import DEPTH_HELP, KIND_HELP, TrainConfig
 
-console = Console()
-errors = Console(stderr=True)
+# no :emoji: codes: a family path such as mylab.nets:family:... must print as written
+console = Console(emoji=False)
+errors = Console(stderr=True, emoji=False)
 
 
 class Commands(typer.core.TyperGroup):
@@ -58,7 +59,8 @@ class Commands(typer.core.TyperGroup):
 
 
 app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Plain vs residual CIFAR networks by depth (He et al. 2016, section 4.2).")
+                  help="CIFAR networks by depth: plain vs residual (He et al. 2016, section 4.2), pre-activation "
+                       "ResNets and your own network families.")
 
 
 # ---------------------------------------------------------------------------------------------- options from configs
@@ -159,39 +161,98 @@ def main_options(
     version: Annotated[bool | None, typer.Option("--version", callback=version_callback, is_eager=True,
                                                     help="Show the version and exit.")] = None,
 ) -> None:
-    """Plain vs residual CIFAR networks by depth (He et al. 2016, section 4.2)."""
+    """CIFAR networks by depth: plain vs residual (He et al. 2016, section 4.2), pre-activation ResNets and your own
+    network families."""
 
 
 # ---------------------------------------------------------------------------------------------- models
 @app.command()
 def models(
-    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'plain*' or 'resnet1*'.")] = "*",
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter of family and network names, e.g. 'preact*' or "
+                                                "'resnet1*', or a family path module.path:function.")] = "*",
     num_classes: Annotated[int, typer.Option(help="Classes of the FC layer (10: CIFAR-10, 100: CIFAR-100).")] = 10,
+    depths: Annotated[str | None, typer.Option(help="Build each matching family at these depths (comma-separated) "
+                                                    "instead of listing its named networks.")] = None,
 ) -> None:
-    """List the registered networks: name, kind, depth, parameters, forward multiply-adds."""
+    """The network families (depth rule, shortcuts, plain twin, paper numbers, protocol, source) and networks
+    (name, family, depth, parameters, forward multiply-adds)."""
+    from .families import describe_family, list_families
+    from .models import check_classes
+
+    check_classes(num_classes)
+    wanted = parse_list(depths, int, "--depths") if depths else None
+    found = list_families(pattern)
+    for problem in (f for f in found if isinstance(f, str)):
+        errors.print(f"warning: {problem}", markup=False, highlight=False, soft_wrap=True)
+    families = [f for f in found if not isinstance(f, str)]
+    rows, skipped = network_rows(pattern, families, wanted, num_classes)
+    if not families and not rows:
+        raise UserError(f"no network or family matches {pattern!r}: try 'resnet*', 'preact*' or leave the pattern "
+                        "out for all")
+    if families:
+        described = [describe_family(f) for f in families]
+        print_full_width(render_families(described))
+        for row in described:  # one line each: a pipe gets them whole
+            console.print(f"{row['family']}: {escape(row['summary'])}\n  protocol: {escape(row['protocol'])}\n"
+                          f"  source: {escape(row['source'])}", highlight=False, soft_wrap=True)
+    if rows:
+        print_full_width(render_networks(rows, num_classes))
+    for line in skipped:
+        console.print(f"[dim]{escape(line)}[/]", highlight=False)
+
+
+def network_rows(pattern: str, families: list[Any], depths: list[int] | None,
+                 num_classes: int) -> tuple[list[dict[str, object]], list[str]]:
+    """The named networks matching the pattern, or each family at --depths (user families without named networks:
+    at example depths); and a line for each depth a family's rule does not allow."""
+    from .families import example_depths
+    from .models import count_multiply_adds, count_parameters, describe_models
+
+    rows = describe_models(pattern, num_classes) if depths is None else []
+    built = families if depths is not None else [f for f in families if not f.builtin]
+    skipped = []
+    for family in built:
+        for depth in depths or example_depths(family):
+            if not family.depths.allows(depth):
+                skipped.append(f"{family.name}: no {depth}-layer net (depths {family.depths})")
+                continue
+            model = build_model(family.name, depth, num_classes=num_classes)
+            rows.append({"name": f"{family.name}-{depth}", "kind": family.name, "depth": depth,
+                         "params": count_parameters(model), "mflops": count_multiply_adds(model) / 1e6})
+    return rows, skipped
+
+
+def render_families(rows: list[dict[str, str]]) -> Table:
+    """Families as a table; what each is, its protocol (where its paper differs from §4.2: `--warmup auto` follows
+    it) and its source follow it as lines."""
+    table = Table(title="network families", box=box.SIMPLE_HEAD)
+    for column in ("family", "depths", "shortcuts", "plain twin", "paper numbers"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[c] for c in ("family", "depths", "shortcuts", "plain twin", "paper numbers")))
+    return table
+
+
+def render_networks(rows: list[dict[str, object]], num_classes: int) -> Table:
     table = Table(title=f"resdepth networks ({num_classes} classes)")
-    for column in ("name", "kind", "depth", "params", "MFLOPs (mult-adds)"):
-        table.add_column(column, justify="right" if column not in ("name", "kind") else "left")
-    described = describe_models(pattern, num_classes)
-    if not described:
-        raise UserError(f"no network matches {pattern!r}: try 'resnet*', 'plain*' or leave the pattern out for all")
-    for row in described:
+    for column in ("name", "family", "depth", "params", "MFLOPs (mult-adds)"):
+        table.add_column(column, justify="right" if column not in ("name", "family") else "left")
+    for row in rows:
         table.add_row(str(row["name"]), str(row["kind"]), str(row["depth"]), f"{row['params']:,}",
                       f"{row['mflops']:.1f}")
-    console.print(table)
+    return table
 
 
 # ---------------------------------------------------------------------------------------------- train, sweep
 @app.command()
 @with_options(TRAINING_OPTIONS)
 def train(
-    depth: Annotated[int, typer.Option(help="Layers, 6n+2: 20, 32, 44, 56, 110, 1202 (8, 14 for quick tests).",
-                                       rich_help_panel=WHAT)] = TrainConfig.depth,
-    kind: Annotated[str, typer.Option(help="plain or residual.", rich_help_panel=WHAT)] = TrainConfig.kind,
+    depth: Annotated[int, typer.Option(help=DEPTH_HELP, rich_help_panel=WHAT)] = TrainConfig.depth,
+    kind: Annotated[str, typer.Option(help=KIND_HELP, rich_help_panel=WHAT)] = TrainConfig.kind,
     seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation.",
                                       rich_help_panel=WHAT)] = TrainConfig.seed,
     out: Annotated[Path | None, typer.Option(help="Results folder; the run goes to its sub-folder "
-                                                     "<kind>-<depth>-s<seed>. \\[default: results/<dataset>]",
+                                                     "<family>-<depth>-s<seed>. \\[default: results/<dataset>]",
                                                 rich_help_panel=WHAT)] = None,
     force: Annotated[bool, typer.Option("--force",
                                         help="Start a run folder whose config differs over (the old folder is "
@@ -332,6 +393,8 @@ def summary_note(item: PlannedCell, outcome: Any, status: RunStatus | None, stat
     if status and status.warmup_end_iteration is not None:
         iteration, reason = warmup_end(status)
         notes.append(f"warm-up ended: {describe_warmup_end(reason, iteration)}")
+    elif status and state == "done" and item.cell.config.uses_warmup():  # a run shorter than its warm-up (preact: 400)
+        notes.append(f"warm-up still on at the end: lr {item.cell.config.warmup_lr:g} throughout")
     return "; ".join(notes)
 
 
@@ -509,11 +572,11 @@ def plot(
     out: Annotated[Path | None, typer.Option(help="Folder for the figures. \\[default: RESULTS_DIR/plots]")] = None,
     x: Annotated[str, typer.Option(help="x axis: iterations (in 1e4, as the paper) or epochs.")] = "iterations",
     formats: Annotated[str, typer.Option("--format", help="Comma-separated file formats: png, pdf, svg.")] = "png",
-    paper: Annotated[bool, typer.Option("--paper", help="Mark the paper's Table 6 test errors on Figure 6's residual "
-                                                        "panels (a tick at the end of each curve), for runs that "
-                                                        "follow the paper's protocol.")] = False,
+    paper: Annotated[bool, typer.Option("--paper", help="Mark each family's paper's test errors on Figure 6 (Table 6 "
+                                                        "for residual nets; a tick at the end of each curve), for "
+                                                        "runs that follow that paper's protocol.")] = False,
 ) -> None:
-    """Figure 1 (train | test error per kind) and Figure 6 (plain | residual) style curves, seeds averaged."""
+    """Figure 1 (train | test error per kind) and Figure 6 (a panel per kind) style curves, seeds averaged."""
     from .plots import build_figures, paper_tick_notes, parse_formats, save_figures  # matplotlib: only when drawing
 
     chosen_formats = parse_formats(formats)
@@ -574,7 +637,7 @@ def print_full_width(view: Table) -> None:
     """A terminal gets the table at its own width; a pipe or a log at the table's full width, never numbers cut to
     '…' to fit 80 columns."""
     needed = view.__rich_measure__(console, console.options.update(max_width=10_000)).maximum
-    (console if console.is_terminal or needed <= console.width else Console(width=needed)).print(view)
+    (console if console.is_terminal or needed <= console.width else Console(width=needed, emoji=False)).print(view)
 
 
 # ---------------------------------------------------------------------------------------------- report, status
@@ -709,7 +772,7 @@ CUDA_GRAPH = next(o for o in TRAINING_OPTIONS if o.param == "cuda_graph").annota
 @app.command()
 def bench(
     depths: Annotated[str, typer.Option(help="Comma-separated depths (6n+2).")] = "20,56,110",
-    kind: Annotated[str, typer.Option(help="plain or residual.")] = "residual",
+    kind: Annotated[str, typer.Option(help=KIND_HELP)] = "residual",
     device: DEVICE = None,
     iterations: Annotated[int, typer.Option(help="Timed training steps per window.")] = 30,
     warmup: Annotated[int, typer.Option(help="Untimed steps per path and depth first (compilation included).")] = 10,

@@ -125,6 +125,21 @@ def check_data_config(config: DataConfig) -> None:
         raise UserError(f"--val-size must be 0 (no split) or a positive number of images, got {config.val_size}")
 
 
+def expected_classes(config: DataConfig) -> int:
+    """The number of classes the dataset will have, without loading it (a sweep checks its networks' outputs with
+    it before anything runs): 100 for CIFAR-100, an image folder's class folders, else 10."""
+    if config.dataset == "cifar100":
+        return 100
+    if config.dataset != "folder" or not config.data_dir:
+        return 10
+    try:  # as _class_files counts them: visible folders holding an image; a folder that cannot be read fails later
+        folders = [d for d in (Path(config.data_dir) / "train").iterdir() if d.is_dir() and not d.name.startswith(".")]
+        return sum(any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") for p in d.iterdir())
+                   for d in folders) or 10
+    except OSError:
+        return 10
+
+
 CIFAR_FILES = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz"),  # torchvision's folder and archive
                "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz")}
 CIFAR_SIZES = (50_000, 10_000)  # training and test images of CIFAR-10 and CIFAR-100

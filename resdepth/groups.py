@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from .families import Family, PaperNumber, family_of_run, family_order
 from .results import Run
 
 # TrainConfig fields that change how a run executes but not what it computes: a resumed run may change them,
@@ -18,11 +19,10 @@ EXECUTION_FIELDS = ("device", "threads", "compile", "cuda_graph", "channels_last
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A saved or planned config without its execution fields: two runs with equal ones compute the same thing."""
-    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
-
-
-KIND_ORDER = {"plain": 0, "residual": 1}
+    """A saved or planned config without its execution fields (and the shortcut of a family that takes none, which
+    builds nothing): two runs with equal ones compute the same thing."""
+    ignored = set(EXECUTION_FIELDS) | (set() if family_of_run(config).shortcuts else {"shortcut"})
+    return {k: v for k, v in config.items() if k not in ignored}
 
 
 @dataclass(frozen=True, order=True)
@@ -36,17 +36,21 @@ class GroupKey:
     shortcut: str
     depth: int
     setting: str = ""
+    family: Family = field(default_factory=lambda: Family("unknown"), compare=False, repr=False)
 
     @property
     def variant(self) -> str:
-        """The kind as figures and tables name it: 'residual', or 'residual-B' for projection shortcuts."""
-        return self.kind if self.shortcut in ("", "A") else f"{self.kind}-{self.shortcut}"
+        """The kind as figures and tables name it: 'residual', or 'residual-B' for the shortcut that is not the
+        family's default ('preact-A' for preact, whose default is B); files use families.file_name of it."""
+        return self.family.variant(self.shortcut)
 
 
 def group_key(run: Run, setting: str = "") -> GroupKey:
-    kind = str(run.setting("kind", "unknown"))
-    shortcut = str(run.setting("shortcut", "A")) if kind == "residual" else ""
-    return GroupKey(dataset_name(run.config), kind, shortcut, int(run.setting("depth", 0)), setting)
+    """The run's group: its family (from config.json, never imported), and its shortcut where the family takes one
+    (a run of an earlier version that does not say: A)."""
+    family = family_of_run(run.config)
+    shortcut = str(run.setting("shortcut") or family.default_shortcut or "A") if family.shortcuts else ""
+    return GroupKey(dataset_name(run.config), family.name, shortcut, int(run.setting("depth", 0)), setting, family)
 
 
 def dataset_name(config: dict[str, Any]) -> str:
@@ -70,8 +74,10 @@ def group_runs(runs: list[Run]) -> dict[GroupKey, list[Run]]:
 
 
 def group_order(key: GroupKey) -> tuple:
-    """Dataset, setting, plain before residual, then shallow to deep: the order of table rows and legends."""
-    return key.dataset, key.setting, KIND_ORDER.get(key.kind, 2), key.kind, key.shortcut, key.depth
+    """Dataset, setting, the built-in families in their order (plain, residual, preact, ...) then the others, a
+    family's default shortcut first, then shallow to deep: the order of table rows, figure panels and legends."""
+    return (key.dataset, key.setting, family_order(key.kind), key.kind, key.family.shown_shortcut(key.shortcut) != "",
+            key.shortcut, key.depth)
 
 
 # Saved config keys that do not make runs different experiments: the group key, the seed, how a run executed,
@@ -101,6 +107,9 @@ def run_protocol(run: Run) -> dict[str, str]:
         values["warmup"] = resolved["warmup"]
         if resolved["warmup"]:
             values.update({key: config.get(key) for key in WARMUP_FIELDS[2:]})
+    source = resolved.get("family", {}).get("source") if isinstance(resolved.get("family"), dict) else None
+    if isinstance(source, dict) and source.get("distribution") and not family_of_run(config).builtin:
+        values["family_version"] = f"{source['distribution']} {source.get('version')}"  # another version: another net
     precision = config.get("precision", "auto")
     device = str(config.get("environment", {}).get("device", ""))
     values["precision"] = resolved.get("precision") or (precision if precision != "auto" else
@@ -145,8 +154,9 @@ def is_complete(run: Run) -> bool:
 
 # ---------------------------------------------------------------------------------------------- the paper's protocol
 # §4.2's CIFAR-10 training, as far as a run's config can say: what a run must match for its numbers to stand
-# beside the paper's Table 6 (and, with --paper, its figures). The dataset, the option-A shortcut, the split
-# and the warm-up rule are checked apart, in `paper_differences`.
+# beside its family's paper (Table 6 for residual nets; the follow-up paper kept this training, changing only the
+# warm-up: see families.Protocol). The dataset, the shortcut, the split and the warm-up are checked apart, in
+# `paper_differences`.
 PAPER_TRAINING: dict[str, tuple[Any, str]] = {  # config key -> (the paper's value, how a difference reads)
     "batch_size": (128, "batch {}"),
     "lr": (0.1, "lr {}"),
@@ -156,24 +166,40 @@ PAPER_TRAINING: dict[str, tuple[Any, str]] = {  # config key -> (the paper's val
     "weight_decay": (1e-4, "weight decay {}"),
 }
 PAPER_ITERATIONS, PAPER_TRAIN_IMAGES, PAPER_TEST_IMAGES = 64_000, 50_000, 10_000
-PAPER_WARMUP_DEPTH, PAPER_WARMUP_LR, PAPER_WARMUP_ERROR = 110, 0.01, 80.0
+PAPER_WARMUP_DEPTH, PAPER_WARMUP_LR = 110, 0.01
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def paper_number(run: Run) -> PaperNumber | None:
+    """The number of the run's family's paper for its depth (on its dataset and mini-batch where the paper has
+    those), or None where the paper gives none."""
+    family, data = family_of_run(run.config), run.config.get("data", {})
+    if family.reference is None:
+        return None
+    return family.reference.lookup(str(data.get("dataset", "cifar10")), int(run.setting("depth", 0)),
+                                   run.config.get("batch_size", 128))
 
 
 def paper_differences(run: Run) -> list[str]:
-    """How the run's protocol differs from the paper's §4.2 CIFAR-10 training, one short phrase each (the
-    paper's value in brackets); empty when it matches. Values a hand-made config leaves out count as the paper's."""
+    """How the run's protocol differs from its family's paper's CIFAR training, one short phrase each (the paper's
+    value in brackets); empty when it matches. Values a hand-made config leaves out count as the paper's."""
     config, data, resolved = run.config, run.config.get("data", {}), run.config.get("resolved", {})
+    family = family_of_run(config)
+    datasets = family.reference.datasets if family.reference else ["cifar10"]
     differences = []
-    if data.get("dataset", "cifar10") != "cifar10":
+    if data.get("dataset", "cifar10") not in datasets:
         name = dataset_name(config)
         what = f"{name} (an image folder)" if data.get("dataset") == "folder" else name
-        differences.append(f"dataset {what} (paper: CIFAR-10)")
-    if config.get("kind") == "residual" and config.get("shortcut", "A") != "A":
-        differences.append(f"shortcut {config.get('shortcut')} (paper: A, zero-padding)")
+        differences.append(f"dataset {what} (paper: {' or '.join(DATASET_NAMES.get(d, d) for d in datasets)})")
+    paper_shortcut = family.protocol.shortcut
+    if family.shortcuts and paper_shortcut and (config.get("shortcut") or paper_shortcut) != paper_shortcut:
+        differences.append(f"shortcut {config.get('shortcut')} (paper: {shortcut_words(paper_shortcut)})")
     iterations = resolved.get("iterations", config.get("iterations", PAPER_ITERATIONS))
     if iterations != PAPER_ITERATIONS:
         differences.append(f"trained {iterations:,} iterations (paper: 64k)")
-    for key, (paper, words) in PAPER_TRAINING.items():
+    number = paper_number(run)
+    expected = {**PAPER_TRAINING, "batch_size": (number.batch_size if number else 128, "batch {}")}
+    for key, (paper, words) in expected.items():
         value = config.get(key, paper)
         if (list(value) if isinstance(value, (list, tuple)) else value) != paper:
             shown_value = ", ".join(f"{v:.0%}" for v in value) if key == "lr_milestones" else f"{value:g}"
@@ -182,10 +208,14 @@ def paper_differences(run: Run) -> list[str]:
     differences += split_differences(data, resolved)
     if not data.get("augment", True):
         differences.append("no augmentation (paper: pad 4, random crop, flip)")
-    differences += warmup_differences(run)
+    differences += warmup_differences(run, family)
     if resolved.get("precision", config.get("precision")) == "bf16":
         differences.append("bf16 (paper: fp32)")
     return differences
+
+
+def shortcut_words(shortcut: str) -> str:
+    return {"A": "A, zero-padding", "B": "B, projection"}.get(shortcut, shortcut)
 
 
 def split_differences(data: dict[str, Any], resolved: dict[str, Any]) -> list[str]:
@@ -202,20 +232,37 @@ def split_differences(data: dict[str, Any], resolved: dict[str, Any]) -> list[st
     return differences
 
 
-def warmup_differences(run: Run) -> list[str]:
+def warmup_differences(run: Run, family: Family) -> list[str]:
     """§4.2 warms up the 110-layer ResNet (and, "trained as described above", the 1202-layer one): lr 0.01 until the
-    training error is below 80%. Nothing else warms up."""
-    config, resolved = run.config, run.config.get("resolved", {})
-    expected = config.get("kind") == "residual" and int(config.get("depth", 0)) >= PAPER_WARMUP_DEPTH
+    training error is below 80%; nothing else. The follow-up paper warms up every pre-activation net for its first
+    400 iterations. The family's protocol says which."""
+    config, resolved, protocol = run.config, run.config.get("resolved", {}), family.protocol
+    expected = protocol.warms_up(int(config.get("depth", 0)), PAPER_WARMUP_DEPTH)
     warmed = resolved.get("warmup", expected)
     if warmed != expected:
-        return ["a warm-up (paper: none below 110 layers nor for plain nets)" if warmed else
-                "no warm-up (paper: lr 0.01 until training error < 80%)"]
+        return [f"a warm-up (paper: {protocol.no_warmup_words})" if warmed else
+                f"no warm-up (paper: {protocol.warmup_words})"]
     if not warmed:
         return []
-    lr, until = config.get("warmup_lr", PAPER_WARMUP_LR), config.get("warmup_until_error", PAPER_WARMUP_ERROR)
-    if (lr, until) != (PAPER_WARMUP_LR, PAPER_WARMUP_ERROR):
-        return [f"warm-up lr {lr:g} until training error < {until:g}% (paper: 0.01 until < 80%)"]
+    lr = given(config, "warmup_lr", PAPER_WARMUP_LR)
+    until = given(config, "warmup_until_error", protocol.warmup_until_error)
+    length = given(config, "warmup_max_iterations", protocol.warmup_max_iterations)
+    if protocol.fixed_warmup and (lr, until, length) != (PAPER_WARMUP_LR, protocol.warmup_until_error,
+                                                         protocol.warmup_max_iterations):
+        return [f"warm-up lr {lr:g} until training error < {until:g}% or iteration {length:,} "
+                f"(paper: {protocol.warmup_words})"]
+    if protocol.fixed_warmup:
+        return []
+    if (lr, until) != (PAPER_WARMUP_LR, protocol.warmup_until_error):
+        return [f"warm-up lr {lr:g} until training error < {until:g}% (paper: 0.01 until < "
+                f"{protocol.warmup_until_error:g}%)"]
     if run.warmup_end_reason == "cap":
-        return [f"warm-up ended at its cap, iteration {run.warmup_end_iteration:,} (paper: at < 80% training error)"]
+        return [f"warm-up ended at its cap, iteration {run.warmup_end_iteration:,} (paper: at < "
+                f"{protocol.warmup_until_error:g}% training error)"]
     return []
+
+
+def given(config: dict[str, Any], key: str, default: Any) -> Any:
+    """A config value, the default where a hand-made config leaves it out (or null)."""
+    value = config.get(key)
+    return default if value is None else value

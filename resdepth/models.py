@@ -1,15 +1,22 @@
-"""Plain and residual CIFAR networks of depth 6n+2, as defined in He et al. 2016, section 4.2.
+"""The CIFAR networks: plain and residual nets of depth 6n+2 (He et al. 2016, §4.2) and the pre-activation
+ResNets of the follow-up paper (He et al., *Identity Mappings in Deep Residual Networks*, ECCV 2016): basic blocks
+(6n+2) and bottleneck blocks (9n+2: 164, 1001).
 
-One general class (`CifarNet`) and thin named builders (`resdepth.models.plain20`, `resnet56`, ...), each
-registered with `@register_model` as timm does, so `list_models("res*")` finds them and the tests run over every
-one. Module names follow the common option-A CIFAR ResNet layout (conv1, bn1, layer1..3 with conv1/bn1/conv2/bn2
-per block, linear) so published weights load in order.
+General classes (`CifarNet`, `PreActNet`) and thin named builders (`resdepth.models.plain20`, `resnet56`,
+`preact164`, ...), each registered with `@register_model` as timm does, so `list_models("res*")` finds them and
+the tests run over every one. Which family a kind names, its depth rule, shortcut options and protocol live in
+`families.py`; `build_model("residual", 56)` asks it. Module names of CifarNet follow the common option-A CIFAR
+ResNet layout (conv1, bn1, layer1..3 with conv1/bn1/conv2/bn2 per block, linear) so published weights load in order.
+
+Every network answers `response_modules()`: the modules whose outputs are its layers' responses, one per weight
+layer before the classifier, in forward order (see each class).
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import torch
@@ -18,23 +25,66 @@ from torch import nn
 
 from .errors import UserError
 
-Kind = Literal["plain", "residual"]
 Shortcut = Literal["A", "B"]
-KINDS: tuple[str, ...] = ("plain", "residual")
 SHORTCUTS: tuple[str, ...] = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)  # §4.2: 16/32/64 filters on 32/16/8 feature maps
+BOTTLENECK_EXPANSION = 4  # 2016b appendix: a [1x1, 16; 3x3, 16; 1x1, 64] unit replaces a [3x3, 16; 3x3, 16] one
+
+
+@dataclass(frozen=True)
+class DepthRule:
+    """Which depths a family builds: step * n + offset for n >= 1 (6n+2, 9n+2); step 1 and offset 0 allow any
+    depth from 1 up."""
+
+    step: int = 1
+    offset: int = 0
+
+    def __str__(self) -> str:
+        return "any depth >= 1" if (self.step, self.offset) == (1, 0) else f"{self.step}n+{self.offset} (n >= 1)"
+
+    @property
+    def smallest(self) -> int:
+        return self.step + self.offset
+
+    def allows(self, depth: int) -> bool:
+        return depth >= self.smallest and (depth - self.offset) % self.step == 0
+
+    def nearest(self, depth: int) -> list[int]:
+        """The valid depths just below and above `depth` (only the smallest one below it)."""
+        if depth <= self.smallest:
+            return [self.smallest]
+        below = depth - (depth - self.offset) % self.step
+        return [below] if below == depth else [below, below + self.step]
+
+    def blocks(self, depth: int, family: str) -> int:
+        """n for a valid depth; any other depth is refused with the nearest valid ones."""
+        if not self.allows(depth):
+            raise UserError(f"depth {depth} is not of the form {self} for {family} nets: try "
+                            f"{' or '.join(map(str, self.nearest(depth)))}")
+        return (depth - self.offset) // self.step
+
+
+SIX_N_PLUS_TWO = DepthRule(6, 2)  # §4.2: a stem conv, 3 stages of n blocks of two 3x3 convs, the FC layer
+NINE_N_PLUS_TWO = DepthRule(9, 2)  # 2016b: the same with bottleneck units of three convs
+
+
+def check_shortcut(shortcut: str) -> None:
+    if shortcut not in SHORTCUTS:
+        raise UserError(f"unknown shortcut {shortcut!r}: use A (zero-padding, the paper's default) or B (projection)")
 
 
 class ZeroPadShortcut(nn.Module):
-    """Option A: subsample by 2 and zero-pad the new channels, half on each side (no parameters)."""
+    """Option A: subsample by the stride (2 where a stage starts) and zero-pad the new channels, half on each
+    side (no parameters)."""
 
-    def __init__(self, in_planes: int, out_planes: int):
+    def __init__(self, in_planes: int, out_planes: int, stride: int = 2):
         super().__init__()
+        self.stride = stride
         self.pad_front = (out_planes - in_planes) // 2
         self.pad_back = out_planes - in_planes - self.pad_front
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad_front, self.pad_back))
+        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad_front, self.pad_back))
 
 
 def projection_shortcut(in_planes: int, out_planes: int) -> nn.Module:
@@ -68,14 +118,20 @@ class BasicBlock(nn.Module):
 
 
 class CifarNet(nn.Module):
-    """The §4.2 network: a 3x3 stem conv, 3 stages of n blocks (2n layers each), global average pool, FC."""
+    """The §4.2 network: a 3x3 stem conv, 3 stages of n blocks (2n layers each), global average pool, FC.
 
-    def __init__(self, kind: Kind, depth: int, num_classes: int = 10, shortcut: Shortcut = "A"):
+    kind: plain (no shortcuts) or residual (a shortcut around every block, `shortcut` A or B where the shape
+    changes); the two are twins with the same parameters under option A."""
+
+    KINDS = ("plain", "residual")
+
+    def __init__(self, kind: str, depth: int, num_classes: int = 10, shortcut: Shortcut = "A"):
         super().__init__()
-        check_network(kind, depth, shortcut)
-        if num_classes < 1:
-            raise UserError(f"--num-classes must be a positive integer (10 for CIFAR-10), got {num_classes}")
-        n = blocks_per_stage(depth)
+        if kind not in self.KINDS:
+            raise UserError(f"CifarNet builds plain or residual nets, not {kind!r}")
+        check_shortcut(shortcut)
+        check_classes(num_classes)
+        n = SIX_N_PLUS_TWO.blocks(depth, kind)
         self.kind, self.depth, self.shortcut_option = kind, depth, shortcut
         residual = kind == "residual"
         self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
@@ -99,6 +155,12 @@ class CifarNet(nn.Module):
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
 
+    def response_modules(self) -> list[nn.Module]:
+        """The BN after each 3x3 conv, in forward order (depth - 1 of them): its output is the layer's response as
+        the paper's Figure 7 measures it, "after BN and before other nonlinearity (ReLU/addition)"."""
+        return [self.bn1] + [bn for stage in (self.layer1, self.layer2, self.layer3) for block in stage
+                             for bn in (block.bn1, block.bn2)]
+
 
 def he_init(module: nn.Module) -> None:
     # He et al. 2015 ("MSRA") init, the paper's [13]; BN starts at weight 1, bias 0 (PyTorch default).
@@ -108,31 +170,128 @@ def he_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def blocks_per_stage(depth: int) -> int:
-    """n for depth 6n+2; any other depth is refused with the nearest valid depths."""
-    if depth >= 8 and (depth - 2) % 6 == 0:
-        return (depth - 2) // 6
-    below = max(8, depth - (depth - 2) % 6)
-    above = below + 6 if below <= depth else below
-    nearest = sorted({below, above} if depth >= 8 else {8})
-    raise UserError(f"depth {depth} is not of the form 6n+2 (n >= 1): try {' or '.join(map(str, nearest))}")
+def check_classes(num_classes: int) -> None:
+    if num_classes < 1:
+        raise UserError(f"--num-classes must be a positive integer (10 for CIFAR-10), got {num_classes}")
 
 
-def check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise UserError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+# ---------------------------------------------------------------------------------------------- pre-activation
+class PreActBlock(nn.Module):
+    """Full pre-activation (2016b, Fig. 4e): BN -> ReLU -> 3x3 conv, twice, added to the shortcut; nothing after
+    the addition. Where the shape changes the shortcut takes the pre-activated input ("these projection shortcuts
+    are also with pre-activation"): B a strided 1x1 conv (no BN), A the zero-padding of option A."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut = preact_shortcut(in_planes, planes, stride, shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return out + shortcut
+
+    def branch_convs(self) -> list[nn.Conv2d]:
+        return [self.conv1, self.conv2]
 
 
-def check_network(kind: str, depth: int, shortcut: str) -> None:
-    """Refuse what CifarNet cannot build, without building it (a 1202-layer net has 19M parameters)."""
-    check_kind(kind)
-    blocks_per_stage(depth)
-    if shortcut not in SHORTCUTS:
-        raise UserError(f"unknown shortcut {shortcut!r}: use A (zero-padding, the paper's default) or B (projection)")
+class PreActBottleneck(nn.Module):
+    """The bottleneck unit of the authors' resnet-1k-layers code: BN -> ReLU -> 1x1 conv (strided, to planes),
+    BN -> ReLU -> 3x3 conv, BN -> ReLU -> 1x1 conv (to 4 x planes), added to the shortcut; a 1x1 projection of the
+    pre-activated input where the shape changes (every stage's first unit)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut):
+        super().__init__()
+        out_planes = planes * BOTTLENECK_EXPANSION
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.shortcut = preact_shortcut(in_planes, out_planes, stride, shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        out = self.conv3(F.relu(self.bn3(out)))
+        return out + shortcut
+
+    def branch_convs(self) -> list[nn.Conv2d]:
+        return [self.conv1, self.conv2, self.conv3]
 
 
-_REGISTRY: dict[str, Callable[..., CifarNet]] = {}
-ModelBuilder = TypeVar("ModelBuilder", bound=Callable[..., CifarNet])
+def preact_shortcut(in_planes: int, out_planes: int, stride: int, shortcut: Shortcut) -> nn.Module | None:
+    """None (identity on the unit's input) where the shape stays; else a projection or zero-padding of the
+    pre-activated input."""
+    if stride == 1 and in_planes == out_planes:
+        return None
+    if shortcut == "B":
+        return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+    return ZeroPadShortcut(in_planes, out_planes, stride)
+
+
+class PreActNet(nn.Module):
+    """The pre-activation ResNet of 2016b on CIFAR: a 3x3 stem conv (16), 3 stages of n units on 32/16/8 maps
+    (basic: 16/32/64 filters, depth 6n+2; bottleneck: 16/32/64 inside, 64/128/256 out, depth 9n+2), a final
+    BN -> ReLU (the last unit's extra activation), global average pool, FC. The first unit's BN -> ReLU is the
+    activation right after the stem ("before splitting into two paths"). Init as the authors' code: convs
+    normal with std sqrt(2 / (k*k*out channels)), BN 1 and 0, FC bias 0."""
+
+    def __init__(self, depth: int, num_classes: int = 10, bottleneck: bool = False, shortcut: Shortcut = "B"):
+        super().__init__()
+        check_shortcut(shortcut)
+        check_classes(num_classes)
+        self.kind = "preact-bottleneck" if bottleneck else "preact"
+        rule, unit = (NINE_N_PLUS_TWO, PreActBottleneck) if bottleneck else (SIX_N_PLUS_TWO, PreActBlock)
+        n = rule.blocks(depth, self.kind)
+        self.depth, self.shortcut_option = depth, shortcut
+        expansion = BOTTLENECK_EXPANSION if bottleneck else 1
+        self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
+        in_planes = STAGE_WIDTHS[0]
+        stages = []
+        for index, planes in enumerate(STAGE_WIDTHS):
+            units = []
+            for position in range(n):
+                units.append(unit(in_planes, planes, 2 if index > 0 and position == 0 else 1, shortcut))
+                in_planes = planes * expansion
+            stages.append(nn.Sequential(*units))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.linear = nn.Linear(in_planes, num_classes)
+        self.apply(preact_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
+        return self.linear(out)
+
+    def response_modules(self) -> list[nn.Module]:
+        """The stem conv and every conv of the residual branches, in forward order (depth - 1 of them; the
+        projection shortcuts are not layers of the depth). A pre-activation net has no BN after a conv before
+        the addition, so its response is the conv's own output: for a unit's last conv, the residual function
+        F(x) that is added to the shortcut; for the others, what the next BN normalizes."""
+        return [self.conv1] + [conv for stage in (self.layer1, self.layer2, self.layer3) for unit in stage
+                               for conv in unit.branch_convs()]
+
+
+def preact_init(module: nn.Module) -> None:
+    # resnet-1k-layers' ConvInit: normal(0, sqrt(2/n)) with n = kW*kH*nOutputPlane (He et al. 2015, fan-out);
+    # the FC keeps its default uniform(+-1/sqrt(fan_in)) weights, as Torch's, with a zero bias.
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(module, nn.Linear):
+        nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------------------------- named builders
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+ModelBuilder = TypeVar("ModelBuilder", bound=Callable[..., nn.Module])
 
 
 def register_model(builder: ModelBuilder) -> ModelBuilder:
@@ -237,23 +396,62 @@ def resnet1202(num_classes: int = 10, shortcut: Shortcut = "A") -> CifarNet:
     return CifarNet("residual", 1202, num_classes, shortcut)
 
 
+@register_model
+def preact20(num_classes: int = 10, shortcut: Shortcut = "B") -> PreActNet:
+    """Pre-activation ResNet-20 (basic units, n=3)."""
+    return PreActNet(20, num_classes, shortcut=shortcut)
+
+
+@register_model
+def preact56(num_classes: int = 10, shortcut: Shortcut = "B") -> PreActNet:
+    """Pre-activation ResNet-56 (basic units, n=9)."""
+    return PreActNet(56, num_classes, shortcut=shortcut)
+
+
+@register_model
+def preact110(num_classes: int = 10, shortcut: Shortcut = "B") -> PreActNet:
+    """Pre-activation ResNet-110 (basic units, n=18): 2016b Table 2, 6.37% test error (median of 5 runs)."""
+    return PreActNet(110, num_classes, shortcut=shortcut)
+
+
+@register_model
+def preact164(num_classes: int = 10, shortcut: Shortcut = "B") -> PreActNet:
+    """Pre-activation ResNet-164 (bottleneck units, n=18): 2016b Table 3, 5.46% test error (median of 5 runs)."""
+    return PreActNet(164, num_classes, bottleneck=True, shortcut=shortcut)
+
+
+@register_model
+def preact1001(num_classes: int = 10, shortcut: Shortcut = "B") -> PreActNet:
+    """Pre-activation ResNet-1001 (bottleneck units, n=111): 2016b Table 3, 4.92% test error (4.62% with
+    mini-batch 64)."""
+    return PreActNet(1001, num_classes, bottleneck=True, shortcut=shortcut)
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered builder names matching a shell-style pattern, e.g. list_models("plain*")."""
     return [name for name in _REGISTRY if fnmatch.fnmatch(name, pattern)]
 
 
+# The named builders' prefixes: resnet56 is build_model("residual", 56), preact26 build_model("preact", 26).
+NAME_PREFIXES = {"resnet": "residual", "plain": "plain", "preact": "preact"}
+
+
 def build_model(name_or_kind: str, depth: int | None = None, *, num_classes: int = 10,
-                shortcut: Shortcut = "A") -> CifarNet:
-    """build_model("resnet56") or build_model("residual", 56); any 6n+2 depth works with a kind."""
+                shortcut: str | None = None) -> nn.Module:
+    """build_model("resnet56") or build_model("residual", 56): a family (see `families.py`: plain, residual,
+    preact, preact-bottleneck, module.path:function, an installed one) at any depth its rule allows; shortcut
+    None is the family's default (A for plain and residual, B for preact)."""
+    from .families import build_network  # families imports this module: importing it at the top would cycle
+
     if depth is not None:
-        return CifarNet(name_or_kind, depth, num_classes=num_classes, shortcut=shortcut)  # type: ignore[arg-type]
+        return build_network(name_or_kind, depth, num_classes=num_classes, shortcut=shortcut)
+    options = {} if shortcut is None else {"shortcut": shortcut}
     if name_or_kind in _REGISTRY:
-        return _REGISTRY[name_or_kind](num_classes=num_classes, shortcut=shortcut)
-    for prefix, kind in (("resnet", "residual"), ("plain", "plain")):
+        return _REGISTRY[name_or_kind](num_classes=num_classes, **options)
+    for prefix, kind in NAME_PREFIXES.items():
         if name_or_kind.startswith(prefix) and name_or_kind[len(prefix):].isdigit():
-            return CifarNet(kind, int(name_or_kind[len(prefix):]), num_classes=num_classes,
-                            shortcut=shortcut)  # type: ignore[arg-type]
-    raise UserError(f"unknown model {name_or_kind!r}: see `resdepth models`, e.g. resnet56 or plain20")
+            return build_network(kind, int(name_or_kind[len(prefix):]), num_classes=num_classes, shortcut=shortcut)
+    raise UserError(f"unknown model {name_or_kind!r}: see `resdepth models`, e.g. resnet56, plain20 or preact164")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,9 +20,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .errors import UserError
+from .families import builtin_families, file_name
 from .groups import GroupKey, group_runs, is_complete
 from .results import Run
-from .tables import PAPER_TABLE6, group_differences, nets_by_difference, paper_test_error, summarize
+from .tables import group_differences, nets_by_difference, paper_test_error, summarize
 
 X_AXES = ("iterations", "epochs")
 FORMATS = ("png", "pdf", "svg")
@@ -90,7 +91,8 @@ def average_seeds(runs: list[Run]) -> pd.DataFrame:
 
 def build_figures(runs: list[Run], x: str = "iterations", paper: bool = False) -> dict[str, Figure]:
     """Every figure for the runs, by file stem: figure1-<kind>-<dataset> per kind, figure6-<dataset>. With paper,
-    Figure 6 marks the paper's Table 6 test errors beside the curves of runs that follow the paper's protocol."""
+    Figure 6 marks the test errors of each family's paper (Table 6 for residual nets) beside the curves of runs
+    that follow that paper's protocol."""
     check_axis(x)
     suffix = "" if x == "iterations" else "-epochs"
     figures: dict[str, Figure] = {}
@@ -99,21 +101,27 @@ def build_figures(runs: list[Run], x: str = "iterations", paper: bool = False) -
         curves = [c for c in every if (c.key.dataset, c.key.setting) == study]
         name = "-".join(filter(None, (study[0], file_slug(study[1]))))
         for variant in dict.fromkeys(c.key.variant for c in curves):
-            figures[f"figure1-{variant}-{name}{suffix}"] = figure1(curves, variant, x)
+            figures[f"figure1-{file_name(variant)}-{name}{suffix}"] = figure1(curves, variant, x)
         figures[f"figure6-{name}{suffix}"] = figure6(curves, x, paper=paper)
     return figures
 
 
 def paper_tick_notes(runs: list[Run]) -> list[str]:
-    """Why `--paper` leaves nets of Table 6 without a tick: one line per way their protocol differs from the paper's
-    (or one line when no run is a residual net of Table 6's depths); empty when every such net got its tick."""
+    """Why `--paper` leaves nets its family's paper has a number for without a tick: one line per way their protocol
+    differs from the paper's (or one line when no run is such a net); empty when every such net got its tick."""
     summary = summarize(runs)
     eligible = summary[summary["paper_test_error"].notna()]
     if eligible.empty:
-        return [f"no residual net of Table 6's depths ({', '.join(map(str, PAPER_TABLE6))}) here: nothing to mark"]
+        return [f"no net here that its family's paper gives a number for ({papers_known()}): nothing to mark"]
     several = summary["dataset"].nunique() > 1 or summary["setting"].ne("").any()
     return [f"no tick for {nets}: not the paper's protocol ({differences})"
             for nets, differences in nets_by_difference(eligible[~eligible["paper_protocol"]], several)]
+
+
+def papers_known() -> str:
+    """'residual 20, 32, 44, 56, 110, 1202; preact 110; ...': the nets of the built-in families' paper tables."""
+    return "; ".join(f"{f.name} {', '.join(map(str, dict.fromkeys(n.depth for n in f.reference.numbers)))}"
+                     for f in builtin_families() if f.reference)
 
 
 def file_slug(setting: str) -> str:
@@ -174,7 +182,7 @@ def figure6(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
     colours = depth_colours(curves)
     xaxis = XAxis.choose(x, curves)
     figure, axes_list = new_figure(len(panels))
-    ticked = False
+    ticked: set[str] = set()
     for axes, (title, members) in zip(axes_list, panels, strict=True):
         for curve in members:
             for metric in curve.metrics:
@@ -191,7 +199,7 @@ def figure6(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
     words = "dashed = training error, bold = test error" + (", dotted = validation error" if with_val else "")
     figure.suptitle(f"{study_title(curves[0].key)}: {words}", fontsize=TITLE_FONT)
     styles = [(m, STYLES[m][0]) for m in METRICS if with_val or m != "val_error"]
-    add_legend(figure, curves, colours, styles, paper_ticks=ticked)
+    add_legend(figure, curves, colours, styles, paper_ticks=sorted(ticked))
     return figure
 
 
@@ -270,14 +278,14 @@ def warmup_end_x(run: Run, xaxis: XAxis) -> float | None:
     return run.warmup_end_iteration / steps if steps else None
 
 
-def mark_paper_errors(axes: Axes, curves: list[SeedCurves], xaxis: XAxis, colours: dict[int, str]) -> bool:
-    """A short horizontal tick just after the end of each curve at the paper's Table 6 test error for that depth
-    (110 layers: the mean of its 5 runs, as our line is a mean), only for curves whose every run followed the
-    paper's protocol. Returns whether it drew any."""
-    chosen = [(c, paper_test_error(c.key)) for c in curves if c.paper_protocol and c.key.shortcut == "A"]
+def mark_paper_errors(axes: Axes, curves: list[SeedCurves], xaxis: XAxis, colours: dict[int, str]) -> set[str]:
+    """A short horizontal tick just after the end of each curve at its family's paper's test error for that depth
+    (where the paper gives a mean over runs, that mean, as our line is a mean: ResNet-110's 6.61), only for curves
+    whose every run followed the paper's protocol. Returns the labels of the papers it marked."""
+    chosen = [(c, paper_test_error(c.runs)) for c in curves if c.paper_protocol]
     chosen = [(c, value) for c, value in chosen if value is not None]
     if not chosen:
-        return False
+        return set()
     right = max(c.frame[xaxis.column].max() for c in curves) / xaxis.divisor
     for curve, value in chosen:
         end = curve.frame[xaxis.column].iloc[-1] / xaxis.divisor
@@ -285,7 +293,7 @@ def mark_paper_errors(axes: Axes, curves: list[SeedCurves], xaxis: XAxis, colour
         axes.plot([start, start + PAPER_TICK_WIDTH * right], [value, value], color=colours[curve.key.depth],
                   linewidth=3.0, solid_capstyle="butt", label=f"_paper {curve.label('test_error')}")
     axes.set_xlim(right=right * (1.02 + PAPER_TICK_WIDTH))
-    return True
+    return {c.key.family.reference.label for c, _ in chosen if c.key.family.reference}
 
 
 def style_axes(axes: Axes, title: str, xaxis: XAxis, ylabel: bool) -> None:
@@ -336,7 +344,7 @@ def note_off_axis(axes: Axes, curves: list[SeedCurves], metrics: Sequence[str], 
 
 
 def add_legend(figure: Figure, curves: list[SeedCurves], colours: dict[int, str],
-               styles: list[tuple[str, str]] = (), paper_ticks: bool = False) -> None:
+               styles: list[tuple[str, str]] = (), paper_ticks: Sequence[str] = ()) -> None:
     """One entry per depth (its colour is the same in every panel), the line styles where a figure mixes metrics,
     and the keys of the marks it uses (unfinished runs, warm-up ends, the paper's errors); below the panels,
     where it never covers a curve."""
@@ -350,13 +358,15 @@ def add_legend(figure: Figure, curves: list[SeedCurves], colours: dict[int, str]
         handles.append(Line2D([], [], color=grey, marker="o", markerfacecolor="white", markersize=6,
                               linestyle="none", label="unfinished runs"))
     reasons = {run.warmup_end_reason for c in curves for run in c.runs if run.warmup_end_iteration is not None}
-    for reason, face, words in (("threshold", grey, "warm-up end (threshold)"), ("cap", "white", "warm-up end (cap)")):
+    fixed = any(c.key.family.protocol.fixed_warmup for c in curves)  # 2016b: a fixed 400 iterations, ended as a cap
+    cap_words = "warm-up end (cap, fixed)" if fixed else "warm-up end (cap)"
+    for reason, face, words in (("threshold", grey, "warm-up end (threshold)"), ("cap", "white", cap_words)):
         if reason in reasons:
             handles.append(Line2D([], [], color=grey, marker="^", markerfacecolor=face, markersize=6,
                                   linestyle="none", label=words))
     if paper_ticks:
         handles.append(Line2D([], [], color=grey, marker="_", markersize=12, markeredgewidth=3, linestyle="none",
-                              label="paper (Table 6)"))
+                              label=f"paper ({', '.join(paper_ticks)})"))
     columns = min(len(handles), max(2, int(figure.get_figwidth() / LEGEND_ENTRY_WIDTH)))
     figure.legend(handles=row_major(handles, columns), loc="outside lower center", ncol=columns, fontsize=FONT,
                   frameon=False)

@@ -23,12 +23,12 @@ except ImportError:  # Python 3.10
 from .cell import CellOutcome, RunLock, describe_owner, is_locked
 from .cluster import CLUSTER, RayExecutor, SlurmConfig, SlurmExecutor, check_slurm_config
 from .config import EXECUTION, from_dict, option
-from .data import DataConfig
+from .data import DataConfig, expected_classes
 from .devices import check_cuda_graph_device, resolve_device
 from .errors import UserError
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
+from .families import FIGURE6_FAMILIES, check_builds, get_family
 from .groups import comparable
-from .models import blocks_per_stage, check_kind
 from .results import (CHECKPOINT_FILE, CONFIG_FILE, RUN_CONFIG_SECTIONS, TERMINAL_STATES, RunStatus,
                       ensure_writable_dir, read_json, write_config, write_json)
 from .train import TrainConfig
@@ -47,10 +47,12 @@ class SweepConfig:
     name: str | None = option(None, help="Sweep name: results go to results/<name>.", panel=WHAT,
                               default_text="the sweep file's name, else the dataset")
     # Figure 6's depths; 110 is opt-in, being the slowest
-    depths: list[int] = option(help="Comma-separated depths (6n+2).", panel=WHAT,
+    depths: list[int] = option(help="Comma-separated depths (6n+2; 9n+2 for preact-bottleneck).", panel=WHAT,
                                default_factory=lambda: [20, 32, 44, 56], default_text="20,32,44,56")
-    kinds: list[str] = option(help="Comma-separated kinds.", flag="--kind", panel=WHAT,
-                              default_factory=lambda: ["plain", "residual"], default_text="plain,residual")
+    kinds: list[str] = option(help="Comma-separated network families: plain, residual, preact, preact-bottleneck, "
+                                   "installed ones, module.path:function (`resdepth models`).", flag="--kind",
+                              panel=WHAT, default_factory=lambda: list(FIGURE6_FAMILIES),
+                              default_text=",".join(FIGURE6_FAMILIES))
     seeds: list[int] = option(help="Comma-separated seeds.", panel=WHAT, default_factory=lambda: [0], default_text="0")
     out: str | None = option(None, help="Results folder; one sub-folder per run.", panel=WHAT,
                              default_text="results/<name or dataset>")
@@ -87,10 +89,6 @@ class SweepConfig:
                 raise UserError(f"{option_name} lists {', '.join(repeated)} more than once: name each value once")
         if any(seed < 0 for seed in self.seeds):
             raise UserError(f"--seed must be 0 or a positive integer, got {min(self.seeds)}")
-        for depth in self.depths:
-            blocks_per_stage(depth)
-        for kind in self.kinds:
-            check_kind(kind)
         if self.name is not None and (not self.name.strip(".") or any(sep in self.name for sep in "/\\")):
             raise UserError(f"--name {self.name!r} must be a plain folder name (no '/', not '.' or '..'): "
                             "use --out for a path")
@@ -103,7 +101,19 @@ class SweepConfig:
                             "on the CPU use --jobs instead")
         if self.executor == "slurm":
             check_slurm_config(self.slurm, self.train.device, self.gpus_per_job)
-        self.train.validate()
+        self.check_networks()
+
+    def check_networks(self) -> None:
+        """Every kind exists, takes every depth and the shortcut; a user family's builder is run once per depth and
+        its output checked (one 32x32 image, the dataset's number of classes), before anything runs or is written."""
+        classes = expected_classes(self.train.data)
+        for kind in self.kinds:
+            get_family(kind)  # an unknown or broken family first, before its depths
+        for kind in self.kinds:
+            for depth in self.depths:
+                config = replace(self.train, kind=kind, depth=depth).for_family()
+                config.validate()
+                check_builds(kind, depth, config.shortcut, classes)
 
 
 @dataclass
@@ -126,8 +136,11 @@ RUNNABLE = ("new", "resume", "retry", "replace")
 
 # ---------------------------------------------------------------------------------------------- the grid
 def cell_name(config: TrainConfig) -> str:
-    shortcut = f"-{config.shortcut}" if config.kind == "residual" and config.shortcut != "A" else ""
-    return f"{config.kind}-{config.depth}{shortcut}-s{config.seed}"
+    """<family>-<depth>[-<shortcut>]-s<seed>: residual-56-s0, residual-56-B-s0 (not the family's default shortcut),
+    preact-bottleneck-164-s0, mylab.nets.gated-20-s0 (a family path as a folder name can hold it)."""
+    family = get_family(config.kind)
+    shortcut = family.shown_shortcut(config.shortcut)
+    return f"{family.slug}-{config.depth}{'-' + shortcut if shortcut else ''}-s{config.seed}"
 
 
 def make_cells(sweep: SweepConfig) -> list[Cell]:
@@ -135,7 +148,7 @@ def make_cells(sweep: SweepConfig) -> list[Cell]:
     for depth in sweep.depths:
         for kind in sweep.kinds:
             for seed in sweep.seeds:
-                config = replace(sweep.train, kind=kind, depth=depth, seed=seed)
+                config = replace(sweep.train, kind=kind, depth=depth, seed=seed).for_family()
                 cells.append(Cell(cell_name(config), sweep.out_dir() / cell_name(config), config))
     return cells
 
@@ -250,10 +263,13 @@ def plan_action(cell: Cell, retry_failed: bool) -> str:
 
 
 def saved_config(cell: Cell) -> TrainConfig | None:
-    """The config a cell's folder holds (None: a new cell); a foreign or hand-broken one is a UserError."""
+    """The config a cell's folder holds (None: a new cell), with its family's values where it leaves them open, as
+    the cell's own; a foreign or hand-broken one is a UserError."""
     path = cell.run_dir / CONFIG_FILE
     payload = read_json(path)
-    return None if payload is None else from_dict(TrainConfig, payload, str(path), ignore=RUN_CONFIG_SECTIONS)
+    if payload is None:
+        return None
+    return from_dict(TrainConfig, payload, str(path), ignore=RUN_CONFIG_SECTIONS).for_family()
 
 
 def describe_difference(cell: Cell) -> str:

@@ -6,18 +6,21 @@ The runs are grouped as `groups.group_runs` groups them, as the plots are: a row
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import UserError
-from .groups import GroupKey, group_runs, is_complete, paper_differences
+from .families import TABLE6, Family, PaperNumber, family_of_run
+from .groups import GroupKey, group_runs, is_complete, paper_differences, paper_number
 from .results import Run
 
-# He et al. 2016, Table 6: CIFAR-10 test error (%) of the residual nets (option A shortcuts, 64k iterations).
-# One run per depth, except 110 layers: 6.43 is the best of 5 runs, whose mean and std are below.
-PAPER_TABLE6: dict[int, float] = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
-PAPER_TABLE6_110_MEAN_STD: tuple[float, float] = (6.61, 0.16)
+# He et al. 2016, Table 6 (the residual family's reference, families.TABLE6): CIFAR-10 test error (%) by depth.
+PAPER_TABLE6: dict[int, float] = {number.depth: number.test_error for number in TABLE6.numbers}
+# The families of a summary's rows, kept beside its numbers (DataFrame.attrs: not a column of the CSV), so that
+# displaying it names each family's paper and shortcut without importing any family's code.
+FAMILIES_ATTR = "families"
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "dataset", "setting", "kind", "shortcut", "depth", "params", "runs", "unfinished", "seeds",
@@ -32,12 +35,15 @@ RUN_COLUMNS: tuple[str, ...] = (
 )
 
 
-def paper_test_error(key: GroupKey) -> float | None:
-    """The Table 6 number a mean over seeds compares with (for 110 layers the paper's mean of 5 runs), for the
-    residual nets of Table 6's depths; None where the paper has no table number (plain nets, other depths)."""
-    if key.kind != "residual":
-        return None
-    return PAPER_TABLE6_110_MEAN_STD[0] if key.depth == 110 else PAPER_TABLE6.get(key.depth)
+def paper_test_error(runs: list[Run]) -> float | None:
+    """The number of the group's family's paper that a mean over seeds compares with (where the paper gives a mean
+    over its runs, that mean: 6.61 for ResNet-110); None where the paper has no number (plain nets, other depths)."""
+    number = group_paper_number(runs)
+    return None if number is None else number.compared
+
+
+def group_paper_number(runs: list[Run]) -> PaperNumber | None:
+    return paper_number(runs[0]) if runs else None
 
 
 def group_differences(runs: list[Run]) -> list[str]:
@@ -49,7 +55,7 @@ def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
     final = pd.DataFrame([run.metrics.iloc[-1] for run in runs])
     lowest = [run.metrics["test_error"].min() for run in runs]
     val_selected = [v for v in (val_selected_test_error(run) for run in runs) if v is not None]
-    paper = paper_test_error(key)
+    paper = paper_test_error(runs)
     differences = group_differences(runs)
     matches = paper is not None and not differences
     test_mean = float(final["test_error"].mean())
@@ -91,21 +97,27 @@ def summarize(runs: list[Run]) -> pd.DataFrame:
     """One row per dataset x kind x shortcut x depth: final errors over seeds (best, mean, sample std), the
     test-selected and val-selected test error, and the paper's Table 6 value with our difference where the
     protocol is the paper's (`protocol_differences` says what differs otherwise)."""
-    rows = [summarize_group(key, group) for key, group in group_runs(runs).items()]
+    groups = group_runs(runs)
+    rows = [summarize_group(key, group) for key, group in groups.items()]
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    return frame.astype({"params": "Int64", "depth": int, "runs": int, "unfinished": int, "paper_protocol": bool})
+    frame = frame.astype({"params": "Int64", "depth": int, "runs": int, "unfinished": int, "paper_protocol": bool})
+    frame.attrs[FAMILIES_ATTR] = {key.kind: key.family for key in groups}
+    return frame
 
 
 def summarize_runs(runs: list[Run]) -> pd.DataFrame:
     """One row per run, in the table's group order then by seed: where it stands, its final errors, the epoch of
     its lowest validation error (when it held out a split) and how its warm-up ended (when it warmed up)."""
     rows = []
-    for key, group in group_runs(runs).items():
+    groups = group_runs(runs)
+    for key, group in groups.items():
         for run in sorted(group, key=lambda r: (seed_order(r), str(r.path))):
             rows.append(run_row(key, run))
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-    return frame.astype({"depth": int, "epochs": int, "iteration": int, "planned_epochs": "Int64",
-                         "best_val_epoch": "Int64", "warmup_end_iteration": "Int64"})
+    frame = frame.astype({"depth": int, "epochs": int, "iteration": int, "planned_epochs": "Int64",
+                          "best_val_epoch": "Int64", "warmup_end_iteration": "Int64"})
+    frame.attrs[FAMILIES_ATTR] = {key.kind: key.family for key in groups}
+    return frame
 
 
 def seed_order(run: Run) -> tuple[int, str]:
@@ -137,10 +149,18 @@ def describe_warmup_end(reason: str | None, iteration: int | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- displays
+def families_of(frame: pd.DataFrame) -> dict[str, Family]:
+    """The family of each kind in a summary: as `summarize` recorded it, else a built-in one by name (never an
+    import)."""
+    known = frame.attrs.get(FAMILIES_ATTR, {})
+    return {kind: known.get(kind) or family_of_run({"kind": kind}) for kind in frame["kind"].unique()}
+
+
 def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, rows of text and footnotes for a terminal or Markdown table; columns nobody filled are left out."""
+    families = families_of(summary)
     seeds = bool((summary["runs"] > 1).any())  # with one run per group there is no best, mean or std to tell apart
-    columns = [("kind", _kind), ("depth", _text("depth")), ("params", _params), ("runs", _runs),
+    columns = [("kind", kind_label(families)), ("depth", _text("depth")), ("params", _params), ("runs", _runs),
                ("train err %", _mean("final_train_error_mean")),
                ("test err % best (mean±std)" if seeds else "test err %", _best_mean_std),
                ("min over epochs (test-selected)†", _mean("min_epoch_test_error_mean"))]
@@ -153,7 +173,7 @@ def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], li
     if summary["val_selected_test_error_mean"].notna().any():
         columns.append(("test err % at best val", _mean("val_selected_test_error_mean")))
         notes.append("at best val: the test error at the epoch of the lowest validation error (held-out split).")
-    columns_paper, notes_paper = paper_columns(summary)
+    columns_paper, notes_paper = paper_columns(summary, families)
     columns += columns_paper
     notes += notes_paper
     if summary["unfinished"].any():
@@ -163,46 +183,70 @@ def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], li
     return [header for header, _ in columns], rows, notes
 
 
-def paper_columns(summary: pd.DataFrame) -> tuple[list[tuple[str, object]], list[str]]:
-    """The paper's Table 6 column (‡ where our protocol differs, with a note naming how), Δ only where it is
-    the paper's protocol, and a word for the nets the paper gives no number for."""
+def paper_columns(summary: pd.DataFrame, families: dict[str, Family]) -> tuple[list[tuple[str, object]], list[str]]:
+    """The column of each family's paper numbers (‡ where our protocol differs, with a note naming how), Δ only
+    where it is the paper's protocol, and a word for the nets the paper gives no number for."""
     has_number = summary["paper_test_error"].notna()
     matching = has_number & summary["paper_protocol"]
     if not has_number.any():
-        return [], ["paper: no Table 6 number for these nets: " + no_number_reason(summary) + "."]
-    columns: list[tuple[str, object]] = [("paper Table 6", _paper)]
-    notes = [f"paper: He et al. 2016, Table 6 (CIFAR-10, one run per depth; 110 layers: best of 5 runs "
-             f"({PAPER_TABLE6_110_MEAN_STD[0]} ± {PAPER_TABLE6_110_MEAN_STD[1]}))."]
+        labels = labels_of(families, summary["kind"])
+        what = f"{labels[0]} number" if len(labels) == 1 else "paper number"
+        return [], [f"paper: no {what} for these nets: " + no_number_reason(summary, families) + "."]
+    kinds = list(summary.loc[has_number, "kind"].unique())
+    labels = labels_of(families, kinds)
+    columns: list[tuple[str, object]] = [(f"paper {labels[0]}" if len(labels) == 1 else "paper", paper_text(families))]
+    references = {families[kind].reference.citation: kind for kind in kinds}  # type: ignore[union-attr]
+    notes = [f"paper: {citation}." if len(references) == 1 else f"paper ({kind}): {citation}."
+             for citation, kind in references.items()]
     if matching.any():
         columns.append(("Δ vs paper", _delta))
         notes.append("Δ: our mean test err minus the paper's (110 layers: its mean of 5), only where every run "
                      "followed the paper's protocol (CIFAR-10, option A, 64k iterations, batch 128, lr 0.1, all 50k "
-                     "training images, augmentation).")
+                     "training images, augmentation)." if list(references) == [TABLE6.citation] else
+                     "Δ: our mean test err minus the paper's (its mean over runs where it gives one), only where "
+                     "every run followed its paper's protocol (its dataset, shortcut and warm-up, 64k iterations, "
+                     "batch 128, lr 0.1, all 50k training images, augmentation).")
     differing = summary[has_number & ~summary["paper_protocol"]]
-    for nets, differences in nets_by_difference(differing, several_studies=len(_study_columns(summary)) > 0):
+    several = len(_study_columns(summary)) > 0
+    for nets, differences in nets_by_difference(differing, several_studies=several, families=families):
         notes.append(f"‡ {nets}: not the paper's protocol, so no Δ: {differences}.")
     if (~has_number).any():
-        notes.append("none: " + no_number_reason(summary[~has_number]) + ".")
+        notes.append("none: " + no_number_reason(summary[~has_number], families) + ".")
     return columns, notes
 
 
-def no_number_reason(rows: pd.DataFrame) -> str:
+def labels_of(families: dict[str, Family], kinds) -> list[str]:
+    return list(dict.fromkeys(families[k].reference.label for k in kinds  # type: ignore[union-attr]
+                              if families[k].reference is not None))
+
+
+def no_number_reason(rows: pd.DataFrame, families: dict[str, Family]) -> str:
+    """Why the paper gives no number: the family's word where its paper has no table (plain nets: only curves),
+    else the depths its table lacks."""
     reasons = []
-    if (rows["kind"] == "plain").any():
-        reasons.append("the paper gives plain nets only as curves (Figure 6), in no table")
-    other = sorted(set(rows.loc[rows["kind"] != "plain", "depth"]) - set(PAPER_TABLE6))
-    if other:
-        reasons.append(f"Table 6 has no {' or '.join(map(str, other))}-layer net, only "
-                       f"{', '.join(map(str, PAPER_TABLE6))} layers")
-    return "; ".join(reasons)
+    with_tables = [kind for kind in families if families[kind].reference is not None]
+    for kind in rows["kind"].unique():
+        family = families[kind]
+        if family.reference is None:
+            reasons.append(family.no_reference or f"{kind} nets come with no paper numbers")
+            continue
+        known = list(dict.fromkeys(n.depth for n in family.reference.numbers))
+        other = sorted(set(rows.loc[rows["kind"] == kind, "depth"]) - set(known))
+        if other:
+            net = f"{kind} net" if len(with_tables) > 1 else "net"
+            reasons.append(f"{family.reference.label} has no {' or '.join(map(str, other))}-layer {net}, only "
+                           f"{', '.join(map(str, known))} layers")
+    return "; ".join(dict.fromkeys(reasons))
 
 
-def nets_by_difference(rows: pd.DataFrame, several_studies: bool) -> list[tuple[str, str]]:
+def nets_by_difference(rows: pd.DataFrame, several_studies: bool,
+                       families: dict[str, Family] | None = None) -> list[tuple[str, str]]:
     """(the nets, what differs) per distinct deviation: a sweep's common deviation is named once, for all its depths."""
+    label = kind_label(families or families_of(rows))
     found: dict[str, dict[tuple[str, str], list[str]]] = {}
     for row in rows.to_dict("records"):
         study = ", ".join(filter(None, (row["dataset"], row["setting"]))) if several_studies else ""
-        found.setdefault(row["protocol_differences"], {}).setdefault((_kind(row), study), []).append(str(row["depth"]))
+        found.setdefault(row["protocol_differences"], {}).setdefault((label(row), study), []).append(str(row["depth"]))
     return [("; ".join(f"{kind} {', '.join(depths)}" + (f" ({study})" if study else "")
                        for (kind, study), depths in nets.items()), differences.replace("; ", ", "))
             for differences, nets in found.items()]
@@ -210,7 +254,8 @@ def nets_by_difference(rows: pd.DataFrame, several_studies: bool) -> list[tuple[
 
 def display_runs(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, rows and footnotes for `resdepth table --runs`: one row per run."""
-    columns = [("kind", _kind), ("depth", _text("depth")), ("seed", _text("seed")), ("state", _text("state")),
+    columns = [("kind", kind_label(families_of(frame))), ("depth", _text("depth")), ("seed", _text("seed")),
+               ("state", _text("state")),
                ("epochs", _epochs), ("train err %", _mean("final_train_error")),
                ("test err %", _mean("final_test_error")), ("min over epochs†", _mean("min_epoch_test_error"))]
     columns[:0] = _study_columns(frame)
@@ -223,8 +268,9 @@ def display_runs(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[
     if frame["warmup"].any():
         columns.append(("warm-up ended", _warmup))
         notes.append("warm-up ended: threshold (training error below 80% at lr 0.01, §4.2) or cap "
-                     "(--warmup-max-iterations reached first: then lr 0.1 anyway), at that iteration; "
-                     "still on: the run has not left it yet.")
+                     "(--warmup-max-iterations reached: the bound on §4.2's warm-up, or the end of a fixed one as "
+                     "2016b's 400 iterations; then lr 0.1 anyway), at that iteration; still on: the run has not "
+                     "left it yet.")
     columns.append(("folder", lambda row: Path(row["path"]).name))
     rows = [[render(row) for _, render in columns] for row in frame.to_dict("records")]
     return [header for header, _ in columns], rows, notes
@@ -268,8 +314,12 @@ def _optional(column: str):
     return lambda row: "-" if pd.isna(row[column]) else str(row[column])
 
 
-def _kind(row: dict) -> str:
-    return row["kind"] if row["shortcut"] in ("", "A") else f"{row['kind']} ({row['shortcut']})"
+def kind_label(families: dict[str, Family]):
+    """The kind as a table shows it: 'residual', 'residual (B)' for the shortcut that is not its family's default."""
+    def label(row: dict) -> str:
+        family = families.get(row["kind"]) or family_of_run({"kind": row["kind"]})
+        return row["kind"] if row["shortcut"] in ("", family.default_shortcut) else f"{row['kind']} ({row['shortcut']})"
+    return label
 
 
 def _params(row: dict) -> str:
@@ -293,12 +343,18 @@ def _best_mean_std(row: dict) -> str:
     return f"{mean:.2f}" if pd.isna(std) else f"{best:.2f} ({mean:.2f}±{std:.2f})"  # the paper's "6.43 (6.61±0.16)"
 
 
-def _paper(row: dict) -> str:
-    if pd.isna(row["paper_test_error"]):
-        return "none"
-    text = (f"{PAPER_TABLE6[110]:.2f} ({PAPER_TABLE6_110_MEAN_STD[0]:.2f}±{PAPER_TABLE6_110_MEAN_STD[1]:.2f})"
-            if row["kind"] == "residual" and row["depth"] == 110 else f"{row['paper_test_error']:.2f}")
-    return text if row["paper_protocol"] else f"{text}‡"
+def paper_text(families: dict[str, Family]):
+    """The paper's number as it prints it ('6.43 (6.61±0.16)' for ResNet-110), ‡ where the protocol differs."""
+    def text(row: dict) -> str:
+        value = row["paper_test_error"]
+        if pd.isna(value):
+            return "none"
+        reference = families[row["kind"]].reference
+        numbers = reference.numbers if reference else ()
+        number = next((n for n in numbers if n.depth == row["depth"] and math.isclose(n.compared, value)), None)
+        shown = number.shown() if number else f"{value:.2f}"
+        return shown if row["paper_protocol"] else f"{shown}‡"
+    return text
 
 
 def _delta(row: dict) -> str:

@@ -25,7 +25,8 @@ from .data import DataConfig, Dataset, augment, check_data_config, load_dataset,
 from .devices import (PRECISIONS, CapturedStep, check_cuda_graph_device, check_device_name, device_label, environment,
                       precision_context, resolve_device, resolved_precision, restore_rng_state, rng_state)
 from .errors import UserError
-from .models import build_model, check_network, count_parameters
+from .families import build_network, check_network, family_record, get_family
+from .models import count_parameters
 from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes, ensure_writable_dir,
                       metric_columns, read_metrics, write_config)
 from .tensorboard_log import TensorBoardLog, check_tensorboard_installed
@@ -33,19 +34,28 @@ from .tensorboard_log import TensorBoardLog, check_tensorboard_installed
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
 NAN_CHECK_EVERY = 50  # iterations per divergence check: one host sync per 50 steps, at the same steps every run
-# auto: the paper's warm-up, residual nets of depth >= warmup_min_depth (§4.2 used it for ResNet-110; it says nothing
-# of plain-110); deep: every net that deep, plain ones too; on: every net; off: none
+# auto: the family's paper's warm-up (families.py): §4.2's for residual nets of depth >= warmup_min_depth (it used it
+# for ResNet-110 and says nothing of plain-110), 2016b's first 400 iterations for preact nets; deep: every net that
+# deep, plain ones too; on: every net; off: none
 WARMUP_MODES = ("auto", "deep", "on", "off")
+
+
+KIND_HELP = ("Network family: plain, residual (§4.2), preact, preact-bottleneck (2016b), an installed one or "
+             "module.path:function (`resdepth models`).")
+DEPTH_HELP = ("Layers: 6n+2 for plain, residual, preact (20, 32, 44, 56, 110, 1202; 8, 14 for quick tests); 9n+2 "
+              "for preact-bottleneck (164, 1001).")
 
 
 @dataclass
 class TrainConfig:
     """One run's training protocol and how it executes; saved as the run's config.json."""
 
-    kind: str = option("residual", help="plain or residual.", cli=False)
-    depth: int = option(20, help="Layers, 6n+2: 20, 32, 44, 56, 110, 1202 (8, 14 for quick tests).", cli=False)
-    shortcut: str = option("A", help="A: zero-padding identity (paper; plain and residual twins then have the same "
-                                     "parameters), B: projection.")
+    kind: str = option("residual", help=KIND_HELP, cli=False)
+    depth: int = option(20, help=DEPTH_HELP, cli=False)
+    # None: the family's (A for residual, §4.2; B for preact, the authors' code); plain nets take none
+    shortcut: str | None = option(None, help="Where the shape changes: A zero-padding identity (§4.2; plain and "
+                                             "residual twins then have the same parameters), B 1x1 projection.",
+                                  default_text="the family's: A for residual (§4.2), B for preact")
     seed: int = option(0, help="Seed of init, shuffling and augmentation.", cli=False)
     iterations: int = option(64_000, help="SGD iterations (§4.2: stop at 64k); lr milestones scale with it (50%/75%).")
     epochs: int | None = option(None, help="Train for this many epochs instead (converted to iterations).",
@@ -59,16 +69,24 @@ class TrainConfig:
     momentum: float = option(0.9, help="SGD momentum (§4.2).")
     # §4.2 names no exclusions, so BN parameters and biases are decayed too
     weight_decay: float = option(1e-4, help="L2 weight decay on every parameter (§4.2).")
-    warmup: str = option("auto", help="auto: lr 0.01 until the train error is below 80% for residual nets of depth "
-                                      ">= 110 (§4.2); deep: plain nets that deep too; on: every net; off.")
-    warmup_min_depth: int = option(110, help="Smallest depth that warms up with --warmup auto.")
+    warmup: str = option("auto", help="auto: the family's paper's warm-up at lr 0.01: residual nets of depth >= 110 "
+                                      "until the train error is below 80% (§4.2), preact nets for their first 400 "
+                                      "iterations (2016b), plain nets none; deep: plain nets that deep too; on: every "
+                                      "net; off.")
+    warmup_min_depth: int = option(110, help="Smallest depth that warms up with --warmup deep, and with auto for "
+                                             "residual nets (§4.2).")
     warmup_lr: float = option(0.01, help="§4.2: 0.01 until the training error is below 80% (about 400 iterations).",
                               cli=False)
-    warmup_until_error: float = option(80.0, help="Training error (%) that ends the warm-up.", cli=False)
+    # None: the family's; 80 (§4.2), 0 for preact (no threshold: 2016b warms up for a fixed 400 iterations)
+    warmup_until_error: float | None = option(None, help="Training error (%) that ends the warm-up.", cli=False,
+                                              default_text="the family's: 80 (§4.2), 0 for preact (none)")
     # A warm-up that never reaches the threshold (a net stuck above 80% at lr 0.01) ends here anyway, at 10x the
     # paper's "about 400 iterations": without a bound it would train the whole run at 0.01 and skip the schedule.
-    warmup_max_iterations: int = option(4_000, help="The warm-up ends here at the latest (10x the paper's about 400 "
-                                                    "iterations); the lr milestones apply either way.")
+    # None: the family's; 4,000, or 400 for preact, whose paper warms up for exactly the first 400 iterations.
+    warmup_max_iterations: int | None = option(None, help="The warm-up ends here at the latest; the lr milestones "
+                                                          "apply either way.",
+                                               default_text="the family's: 4000 (10x §4.2's about 400), 400 for "
+                                                            "preact (2016b: exactly the first 400)")
     data: DataConfig = option(help="The dataset.", default_factory=DataConfig, cli=False)
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", panel=EXECUTION)
     threads: int | None = option(None, help="Torch CPU threads per job.", panel=EXECUTION, default_text="cores / jobs")
@@ -112,9 +130,10 @@ class TrainConfig:
         check_cuda_graph_device(self.cuda_graph, self.device)
         if self.seed < 0:
             raise UserError(f"--seed must be 0 or a positive integer, got {self.seed}")
-        if self.warmup_min_depth < 1 or not self.warmup_lr > 0 or not 0 <= self.warmup_until_error <= 100:
+        until = self.warmup_until_error
+        if self.warmup_min_depth < 1 or not self.warmup_lr > 0 or (until is not None and not 0 <= until <= 100):
             raise UserError("warm-up settings: warmup_min_depth >= 1, warmup_lr > 0, warmup_until_error in [0, 100]")
-        if self.warmup_max_iterations < 1:
+        if self.warmup_max_iterations is not None and self.warmup_max_iterations < 1:
             raise UserError(f"--warmup-max-iterations must be a positive integer, got {self.warmup_max_iterations}")
         check_data_config(self.data)
         if any(not 0 < m < 1 for m in self.lr_milestones):
@@ -124,9 +143,22 @@ class TrainConfig:
             check_tensorboard_installed()
 
     def uses_warmup(self) -> bool:
-        deep = self.depth >= self.warmup_min_depth
-        return self.warmup == "on" or (self.warmup == "deep" and deep) or (self.warmup == "auto" and deep
-                                                                             and self.kind == "residual")
+        if self.warmup == "auto":
+            return get_family(self.kind).protocol.warms_up(self.depth, self.warmup_min_depth)
+        return self.warmup == "on" or (self.warmup == "deep" and self.depth >= self.warmup_min_depth)
+
+    def for_family(self) -> TrainConfig:
+        """This config with its family's values where it leaves them open (None): the shortcut and the warm-up's
+        threshold and length. A run's config.json holds these resolved values."""
+        family = get_family(self.kind)
+        protocol = family.protocol
+        return replace(self, shortcut=family.shortcut_for(self.shortcut),
+                       warmup_until_error=first_given(self.warmup_until_error, protocol.warmup_until_error),
+                       warmup_max_iterations=first_given(self.warmup_max_iterations, protocol.warmup_max_iterations))
+
+
+def first_given(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 @dataclass
@@ -220,6 +252,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, dataset: Dataset):
+        config = config.for_family()
         check_cuda_graph_device(config.cuda_graph, str(device))
         self.config, self.run_dir, self.device = config, run_dir, device
         torch.manual_seed(config.seed)
@@ -230,8 +263,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.data.train_labels), config.batch_size)
         self.epochs = math.ceil(config.iterations / self.steps_per_epoch)
         self.channels_last = config.channels_last is not False  # None (auto): on for CPU and CUDA alike
-        self.model = build_model(config.kind, config.depth, num_classes=dataset.num_classes,
-                                 shortcut=config.shortcut).to(device)  # type: ignore[arg-type]
+        self.model = build_network(config.kind, config.depth, num_classes=dataset.num_classes,
+                                   shortcut=config.shortcut).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The same update either way: fused (one kernel for all parameters) on CUDA, foreach on the CPU
@@ -443,6 +476,7 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
     """Train (or resume) the run in run_dir: metrics.csv gets a row as each epoch ends, and status.json says how
     the run ended (done, diverged or interrupted) whichever entry point called it. A finished run asked again
     trains nothing and returns its result."""
+    config = config.for_family()
     config.validate()
     ensure_writable_dir(run_dir)
     device = resolve_device(config.device)
@@ -538,5 +572,5 @@ def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:
         "cuda_graph": config.cuda_graph, "precision": resolved_precision(config.precision, trainer.device),
         "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
         "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
-        "params": count_parameters(trainer.model),
+        "params": count_parameters(trainer.model), "family": family_record(config.kind),
     }

@@ -195,3 +195,82 @@ def write_run() -> Callable[..., Path]:
             (run_dir / "status.json").write_text(json.dumps(status))
         return run_dir
     return write
+
+
+# ---------------------------------------------------------------------------------------------- a user's family
+TINY_FAMILY = '''"""A tiny network family, as a user would write one: gated residual 3x3 convs, any depth from 3."""
+import torch
+from torch import nn
+
+from resdepth.families import DepthRule, Family, PaperNumber, PaperReference
+
+
+class Gated(nn.Module):
+    def __init__(self, depth, num_classes):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.convs = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1, bias=False) for _ in range(depth - 2))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(8) for _ in range(depth - 2))
+        self.gates = nn.Parameter(torch.zeros(depth - 2))
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for gate, conv, norm in zip(self.gates, self.convs, self.norms):
+            x = x + torch.sigmoid(gate) * torch.relu(norm(conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+    def response_modules(self):
+        return list(self.norms)
+
+
+def gated(depth, num_classes=10, **options):
+    """Gated residual 3x3 convs (a test family)."""
+    return Gated(depth, num_classes)
+
+
+family = Family("gated", gated, depths=DepthRule(2, 2), summary="gated residual convs, even depths",
+                reference=PaperReference("Lab 2025", "Lab et al. 2025, Table 1 (CIFAR-10)", (PaperNumber(4, 50.0),)))
+
+
+def broken(depth, num_classes=10):
+    raise ValueError(f"no {depth}-layer gated net today")
+
+
+def wrong_shape(depth, num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 7))
+
+
+not_a_builder = 42
+'''
+
+
+@dataclass
+class UserFamily:
+    folder: Path  # holds tinyfam_nets.py and the tinyfam_nets-0.1 distribution's metadata
+    env: dict[str, str]  # the environment for resdepth subprocesses that must find it
+
+
+@pytest.fixture
+def user_family(tmp_path_factory, monkeypatch) -> UserFamily:
+    """A user's family module, `tinyfam_nets` (builder `gated`, a Family `family`, and broken ones), on sys.path
+    and PYTHONPATH, installed as the distribution tinyfam-nets 0.1 that registers `family` as the entry point
+    `gated` of resdepth.families (an .dist-info folder on sys.path, as pip would leave it)."""
+    from resdepth.families import forget_loaded
+
+    folder = tmp_path_factory.mktemp("site")
+    (folder / "tinyfam_nets.py").write_text(TINY_FAMILY)
+    (folder / "tinyfam_broken.py").write_text("import tinyfam_no_such_module  # an import that fails\n")
+    dist = folder / "tinyfam_nets-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tinyfam-nets\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[resdepth.families]\ngated = tinyfam_nets:family\n")
+    (dist / "top_level.txt").write_text("tinyfam_nets\n")
+    monkeypatch.syspath_prepend(str(folder))
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", path)
+    forget_loaded()
+    yield UserFamily(folder, {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    forget_loaded()
+    for name in ("tinyfam_nets", "tinyfam_broken"):
+        sys.modules.pop(name, None)

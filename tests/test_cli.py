@@ -36,7 +36,7 @@ def test_smoke_sweep_through_the_console_entry_point(tmp_path, cli_env, resdepth
     bad = subprocess.run([resdepth_cli, "train", "--depth", "21"], env=cli_env, capture_output=True, text=True,
                          timeout=120)  # the real exit path of a user error: one line, code 2, no traceback
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "error: depth 21 is not of the form 6n+2 (n >= 1): try 20 or 26"]
+        "error: depth 21 is not of the form 6n+2 (n >= 1) for residual nets: try 20 or 26"]
 
 
 def test_help_shows_panels_defaults_and_units(run_cli):
@@ -65,7 +65,7 @@ def test_dry_run_lists_cells_folders_and_devices_without_training(tmp_path, run_
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--depth", "21"], "depth 21 is not of the form 6n+2 (n >= 1): try 20 or 26"),
+    (["train", "--depth", "21"], "depth 21 is not of the form 6n+2 (n >= 1) for residual nets: try 20 or 26"),
     (["train", "--kind", "dense"], "unknown kind 'dense'"),
     (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["train", "--iterations", "0"], "--iterations must be a positive integer"),
@@ -157,7 +157,7 @@ def test_bad_files_and_values_outside_the_training_options(tmp_path, run_cli):
     assert code == 2 and "--num-classes must be a positive integer" in err
     code, out, err = run_cli("models", "xyz*")
     assert code == 2 and out == "" and err.strip() == (
-        "error: no network matches 'xyz*': try 'resnet*', 'plain*' or leave the pattern out for all")
+        "error: no network or family matches 'xyz*': try 'resnet*', 'preact*' or leave the pattern out for all")
     code, _, err = run_cli("bench", "--depths", "8", "--json", str(tmp_path))  # a folder
     assert code == 2 and "--json" in err and "name a file" in err
 

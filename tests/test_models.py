@@ -85,7 +85,8 @@ def test_every_registered_builder_is_a_named_attribute_of_the_module():
         builder = getattr(models, name)
         model = builder()
         assert builder.__name__ == name and builder.__doc__
-        assert f"{'resnet' if model.kind == 'residual' else 'plain'}{model.depth}" == name
+        prefix = {"residual": "resnet", "plain": "plain", "preact": "preact", "preact-bottleneck": "preact"}
+        assert f"{prefix[model.kind]}{model.depth}" == name
 
 
 def test_builders_by_name_and_by_kind_agree():

@@ -290,7 +290,8 @@ def test_paper_ticks_leave_out_runs_of_another_protocol_and_say_why(tmp_path, wr
         "(trained 400 iterations (paper: 64k))"]
     synthetic, _ = load_runs(write_run(tmp_path / "syn", "plain", 8, dataset="synthetic"))
     assert paper_tick_notes(synthetic) == [
-        "no residual net of Table 6's depths (20, 32, 44, 56, 110, 1202) here: nothing to mark"]
+        "no net here that its family's paper gives a number for (residual 20, 32, 44, 56, 110, 1202; preact 110; "
+        "preact-bottleneck 164, 1001): nothing to mark"]
 
 
 def test_warmup_ends_are_marked_on_the_x_axis_filled_for_threshold_open_for_cap(tmp_path, write_run):

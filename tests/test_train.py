@@ -13,7 +13,7 @@ from resdepth.train import TrainConfig, learning_rate, resolve_iterations, run_t
 
 
 def test_paper_defaults():
-    config = TrainConfig()
+    config = TrainConfig().for_family()  # the residual family's defaults where the config leaves them open
     paper = (64_000, 128, 0.1, 0.9, 1e-4)
     assert (config.iterations, config.batch_size, config.lr, config.momentum, config.weight_decay) == paper
     assert config.shortcut == "A" and config.data.augment and config.data.val_size == 0
@@ -47,7 +47,7 @@ def test_warmup_is_the_papers_for_residual_nets_of_110_layers_and_deeper():
     assert not TrainConfig(kind="plain", depth=110).uses_warmup()
     assert TrainConfig(kind="plain", depth=110, warmup="deep").uses_warmup()
     assert not TrainConfig(kind="plain", depth=56, warmup="deep").uses_warmup()
-    assert TrainConfig().warmup_max_iterations == 4000  # 10x the paper's "about 400 iterations"
+    assert TrainConfig().for_family().warmup_max_iterations == 4000  # 10x the paper's "about 400 iterations"
 
 
 def read(run_dir):
