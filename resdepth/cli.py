@@ -73,6 +73,7 @@ Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=
 CudaGraph = Annotated[Optional[bool], typer.Option("--cuda-graph/--no-cuda-graph", help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch overhead; same math). [default: off]")]
 Out = Annotated[Optional[Path], typer.Option(help="Results folder; one sub-folder per run. [default: results/<name or dataset>]")]
 Force = Annotated[bool, typer.Option(help="Start run folders whose config differs over (old folders are kept, renamed).")]
+Init = Annotated[Optional[str], typer.Option(help="Start from these weights instead of He init: a run folder or checkpoint of the same kind, depth and classes, e.g. what `resdepth construct` writes. [default: He init]")]
 
 TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
 DATA_OPTIONS = {f.name for f in fields(DataConfig)}
@@ -84,7 +85,7 @@ SHARED_OPTIONS = {  # name -> typed option alias; given to `train` and `sweep` b
     "dataset": Dataset, "data_dir": DataDir, "train_size": TrainSize, "test_size": TestSize, "val_size": ValSize,
     "synthetic_train": SyntheticTrain, "synthetic_test": SyntheticTest, "augment": Augment, "device": Device,
     "threads": Threads, "precision": Precision, "channels_last": ChannelsLast, "compile": Compile,
-    "cuda_graph": CudaGraph,
+    "cuda_graph": CudaGraph, "init": Init,
 }
 
 
@@ -189,6 +190,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     from .executors import make_executor
 
     planned = plan_sweep(config)
+    check_inits(planned, config, with_classes=not dry_run)
     if dry_run:
         print_plan(config, planned)
         return 0
@@ -213,6 +215,21 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
         return 143 if received[0] == signal.SIGTERM else 130
     states = {o.state for o in outcomes.values()} | {p.action.removeprefix("skip-") for p in planned}
     return 1 if "failed" in states else 3 if "diverged" in states else 4 if "busy" in states else 0
+
+
+def check_inits(planned: list[PlannedCell], config: SweepConfig, with_classes: bool) -> None:
+    """--init weights that do not fit a cell starting afresh are refused before anything is written."""
+    from .construct import check_init
+    from .results import CHECKPOINT_FILE
+
+    fresh = [item.cell.config for item in planned if item.cell.config.init and (
+        item.action in ("new", "replace") or item.action in ("resume", "retry") and not (item.cell.run_dir / CHECKPOINT_FILE).exists())]
+    for cell in fresh:
+        check_init(cell.init, cell.kind, cell.depth, cell.shortcut)  # type: ignore[arg-type]
+    if fresh and with_classes:
+        classes = load_dataset(config.train.data).num_classes
+        for cell in fresh:
+            check_init(cell.init, cell.kind, cell.depth, cell.shortcut, classes)  # type: ignore[arg-type]
 
 
 def print_plan(config: SweepConfig, planned: list[PlannedCell]) -> None:
@@ -379,6 +396,70 @@ def table(
         console.print(view)
         for note in notes:
             console.print(f"[dim]{note}[/]", highlight=False)
+
+
+@app.command()
+def analyze(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read (recursively).")],
+    split: Annotated[str, typer.Option(help="Images the nets see: test, train (un-augmented) or val (runs with --val-size).")] = "test",
+    images: Annotated[Optional[int], typer.Option(help="A class-balanced subset of this many images of the split, the same for every run. [default: all]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the CSVs and figures. [default: RESULTS_DIR/analysis]")] = None,
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")] = "png",
+    std: Annotated[str, typer.Option(help="The std Figure 7 draws: std (over all elements of a response) or channel_std (mean over channels of the per-channel std). The CSV holds both.")] = "std",
+    device: Device = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass (the statistics do not depend on it).")] = 500,
+) -> None:
+    """Figure 7 (std of each 3x3 layer's response, eval mode) and per-layer gradient norms of trained runs."""
+    from .analysis import STDS, analyze as analyze_runs, build_figures, write_analysis
+    from .plots import parse_formats
+    from .train import resolve_device
+
+    chosen_formats = parse_formats(formats)
+    if std not in STDS:
+        raise UserError(f"unknown --std {std!r}: use std (all elements) or channel_std (mean of per-channel stds)")
+    runs = read_runs(results_dir)
+    where = resolve_device(device or "auto")
+    count = "all images" if images is None else f"{images:,} images (class-balanced)"
+    console.print(f"layer responses: {split} split, {count} per run, evaluation mode (BN running statistics), fp32, "
+                  f"on {where}", markup=False, highlight=False, soft_wrap=True)
+    analysis = analyze_runs(runs, split, images, where, batch_size)
+    for note in analysis.notes:
+        errors.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    figures = build_figures(analysis, std)
+    out_dir = out or results_dir / "analysis"
+    ensure_writable_dir(out_dir)
+    for path in write_analysis(analysis, figures, out_dir, chosen_formats):
+        console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def construct(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder, e.g. results/figure6/plain-20-s0.")],
+    depth: Annotated[int, typer.Option(help="Depth of the constructed net: 6n+2, larger than the run's.")],
+    out: Annotated[Path, typer.Option(help="Folder for the constructed net's folder <kind>-<depth>-from-<run folder>.")] = Path("results/constructed"),
+    identity_bn: Annotated[str, typer.Option(help="Plain nets: the added BNs' running statistics: data (measured on the training images: near-identity in training mode too) or unit (mean 0, variance 1).")] = "data",
+    device: Device = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing constructed net of the same name.")] = False,
+) -> None:
+    """The paper's constructed deeper solution: a trained run's layers copied, identity blocks added at the end of each stage."""
+    from .construct import ConstructionMismatch, construct_from_run
+    from .train import resolve_device
+
+    try:
+        result = construct_from_run(run_dir, depth, out, resolve_device(device or "auto"), identity_bn, force)
+    except ConstructionMismatch as exc:
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    view = Table(title=f"{result.source} -> {result.target}: evaluation mode", box=box.SIMPLE_HEAD)
+    for column in ("split", "images", f"{result.source} err %", f"{result.target} err %", "same predictions"):
+        view.add_column(column, justify="left" if column == "split" else "right")
+    for row in result.comparisons:
+        view.add_row(row.split, f"{row.images:,}", f"{row.source_error:.2f}", f"{row.constructed_error:.2f}",
+                     f"{row.images - row.disagreements:,}/{row.images:,}")
+    console.print(view)
+    console.print(str(result.out_dir), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"train from it: resdepth train {' '.join(result.train_args)} --out DIR", markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -8,7 +8,7 @@ in the manner of torchvision/timm. Module names follow the common option-A CIFAR
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,14 @@ KINDS: tuple[str, ...] = ("plain", "residual")
 SHORTCUTS: tuple[str, ...] = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)  # §4.2: 16/32/64 filters on 32/16/8 feature maps
 NAMED_DEPTHS = (8, 14, 20, 32, 44, 56, 110, 1202)  # 8/14 are tiny test nets; the rest are the paper's
+
+
+class ResponseLayer(NamedTuple):
+    """One layer whose response Figure 7 measures: the module whose output is that response."""
+
+    name: str  # the module's name in the network, e.g. "layer2.0.bn1"
+    stage: int  # 0: the stem; 1-3: the stages on 32x32, 16x16 and 8x8 maps
+    module: nn.Module
 
 
 class ZeroPadShortcut(nn.Module):
@@ -98,6 +106,28 @@ class CifarNet(nn.Module):
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
+
+    def stages(self) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
+        return self.layer1, self.layer2, self.layer3
+
+    def response_layers(self) -> list[ResponseLayer]:
+        """§4.2, Figure 7: "the outputs of each 3x3 layer, after BN and before other nonlinearity (ReLU/addition)":
+        the BN after each 3x3 conv, in forward order, depth - 1 of them (the FC has none; option-B shortcut BNs
+        are not 3x3 layers). Every network family answers this for its own layout."""
+        layers = [ResponseLayer("bn1", 0, self.bn1)]
+        for stage, blocks in enumerate(self.stages(), start=1):
+            for index, block in enumerate(blocks):
+                layers += [ResponseLayer(f"layer{stage}.{index}.{bn}", stage, getattr(block, bn)) for bn in ("bn1", "bn2")]
+        return layers
+
+    def weight_layers(self) -> list[tuple[str, nn.Module]]:
+        """The depth weighted layers in forward order: the 3x3 convs, then the FC (named as in the state dict).
+        Option-B projections are left out: they are not layers of the depth count."""
+        convs = [("conv1", self.conv1)]
+        for stage, blocks in enumerate(self.stages(), start=1):
+            for index, block in enumerate(blocks):
+                convs += [(f"layer{stage}.{index}.{conv}", getattr(block, conv)) for conv in ("conv1", "conv2")]
+        return [*convs, ("linear", self.linear)]
 
 
 def he_init(module: nn.Module) -> None:

@@ -27,10 +27,15 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "epoch_seconds", "images_per_second",
 )
 VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_error")  # present only when the run holds out a validation split
+# gradients.csv: per epoch and weight layer (1..depth in forward order, the FC last), the L2 norm of the weight's
+# loss gradient, averaged over the steps the epoch sampled (sampled_steps; resdepth/gradients.py says which).
+GRADIENT_COLUMNS: tuple[str, ...] = ("epoch", "iteration", "layer", "name", "grad_norm", "sampled_steps")
 
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE = (
     "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",
 )
+GRADIENTS_FILE = "gradients.csv"
+CONSTRUCTED_KEY = "constructed_from"  # config.json of a net `resdepth construct` built: a starting point, not a run
 # A run is pending, running, interrupted (resumable), or in one of these:
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
 
@@ -196,9 +201,12 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     if not root.exists():
         raise UserError(f"results folder {root} does not exist: pass the --out folder of a sweep, e.g. results/")
     run_dirs, replaced = find_run_dirs(root)
-    runs, warnings = [], []
+    runs, warnings, constructed = [], [], []
     for run_dir in run_dirs:
         config = read_json(run_dir / CONFIG_FILE)
+        if isinstance(config, dict) and CONSTRUCTED_KEY in config and not (run_dir / METRICS_FILE).exists():
+            constructed.append(run_dir)  # a net built by `resdepth construct`, not trained here
+            continue
         problem = "config.json is not valid JSON" if config is None else config_problem(config)
         if problem:
             warnings.append(f"skipped {run_dir}: {problem}")
@@ -212,11 +220,16 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
             warnings.append(note)
         status = RunStatus.read(run_dir)
         runs.append(Run(run_dir, config, metrics, status.state if status else "unknown"))
+    if not runs and not warnings and constructed:
+        raise UserError(f"{root} holds only nets built by `resdepth construct`, no trained runs: train from one with --init")
     if not runs and not warnings:
         raise UserError(f"no runs found under {root}: a run folder holds config.json and metrics.csv (run `resdepth sweep` first)")
     if not runs:
         raise UserError(f"no readable runs under {root}: {len(warnings)} run folder(s), all skipped "
                         f"(first: {warnings[0].removeprefix('skipped ')})")
+    if constructed:
+        warnings.append(f"left out {len(constructed)} constructed net(s) (resdepth construct, e.g. {constructed[0]}): "
+                        "not trained runs; train from one with --init")
     if replaced:
         warnings.append(f"left out {len(replaced)} run folder(s) that sweep --force replaced (*{REPLACED_MARK}*, e.g. "
                         f"{replaced[0]}): name one to read it")

@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
+from .construct import describe_init, load_init
 from .data import DataConfig, Dataset, augment, check_data_config, load_dataset, normalize
 from .errors import UserError
+from .gradients import GradientLog
 from .models import CifarNet, build_model, count_parameters
-from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
+from .results import (CHECKPOINT_FILE, GRADIENTS_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
                       ensure_writable_dir, metric_columns, write_config)
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
@@ -63,6 +65,9 @@ class TrainConfig:
     # these small nets on a fast GPU. Off until measured on one (benchmarks/gpu_bench.sh measures it).
     cuda_graph: bool = False
     eval_batch_size: int = 1000
+    # Start from these weights instead of He init (a run folder or checkpoint file, e.g. what `resdepth construct`
+    # writes); the rest of the protocol is unchanged. None: He init, the paper's.
+    init: str | None = None
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "TrainConfig":
@@ -256,6 +261,7 @@ class Trainer:
         if config.cuda_graph and device.type != "cuda":
             raise UserError(f"--cuda-graph needs a CUDA device, not {device}: leave it out on the CPU")
         self.captured: CapturedStep | None = None  # captured at the first step, after any resume
+        self.gradients = GradientLog(self.model, device)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -269,6 +275,7 @@ class Trainer:
             "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
             "device_type": self.device.type, **rng_state(self.device, self.generator),
             "partial": self.partial, "warmup_window": self.warmup_window, "data_fingerprint": self.data_fingerprint,
+            "gradients": self.gradients.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -281,6 +288,7 @@ class Trainer:
         restore_rng_state(state, self.device, self.generator)
         self.partial = state["partial"]
         self.warmup_window = state["warmup_window"].to(self.device)
+        self.gradients.load_state_dict(state.get("gradients"))
         if self.partial is not None:
             self.partial = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.partial.items()}
 
@@ -329,6 +337,7 @@ class Trainer:
                 return None
             index = state["order"][state["step"] * self.batch:(state["step"] + 1) * self.batch]
             loss, wrong = self.train_step(index)
+            self.gradients.sample(state["step"])
             state["loss_sum"] += loss * len(index)
             state["wrong"] += wrong
             self.warmup_window += wrong
@@ -535,9 +544,11 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
 
 def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[], bool]) -> RunResult:
     config, run_dir, device = trainer.config, trainer.run_dir, trainer.device
-    trainer.try_resume()
+    if not trainer.try_resume() and config.init:
+        load_init(trainer.model, config.init, dataset.num_classes)
     has_val = dataset.val_labels is not None
     writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=trainer.csv_rows)
+    trainer.gradients.open(run_dir / GRADIENTS_FILE)
     status = RunStatus(state="running", epoch=trainer.epoch, epochs=trainer.epochs, iteration=trainer.iteration,
                        iterations=config.iterations, device=device_label(device))
     status.write(run_dir)
@@ -562,6 +573,7 @@ def train_to_the_end(trainer: Trainer, dataset: Dataset, should_stop: Callable[[
             row["val_loss"], row["val_error"] = trainer.evaluate(*dataset_split(trainer, "val"))
         writer.append(row)
         trainer.csv_rows = writer.rows
+        trainer.gradients.end_epoch(trainer.epoch, trainer.iteration)
         final_test_error = row["test_error"]
         report({"epoch": trainer.epoch, "iteration": trainer.iteration, "train_error": row["train_error"],
                 "test_error": row["test_error"], "images_per_second": row["images_per_second"]})
@@ -587,4 +599,5 @@ def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:
         "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
         "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
         "params": count_parameters(trainer.model),
+        "init": describe_init(config.init) if config.init else None,
     }

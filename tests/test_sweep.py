@@ -37,6 +37,11 @@ def weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
 
 
+def assert_same_gradients(a: Path, b: Path) -> None:
+    """gradients.csv resumed like metrics.csv: the same rows, none missing or repeated, the same numbers."""
+    pd.testing.assert_frame_equal(pd.read_csv(a / "gradients.csv"), pd.read_csv(b / "gradients.csv"))
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -154,6 +159,7 @@ def test_sigkill_then_resume_gives_identical_metrics_and_weights(tmp_path, cli_e
     resumed = subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     pd.testing.assert_frame_equal(metrics(tmp_path / "ref" / "residual-8-s0"), metrics(run_dir))
+    assert_same_gradients(tmp_path / "ref" / "residual-8-s0", run_dir)
     assert_same_weights(tmp_path / "ref" / "residual-8-s0", run_dir)
 
 
@@ -171,6 +177,7 @@ def test_sigint_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, cli_env):
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["partial"] is not None  # stopped inside an epoch
     subprocess.run([RESDEPTH, *args, "--out", str(tmp_path / "cut")], env=cli_env, check=True, capture_output=True, timeout=300)
     pd.testing.assert_frame_equal(metrics(tmp_path / "ref" / "residual-8-s0"), metrics(run_dir))
+    assert_same_gradients(tmp_path / "ref" / "residual-8-s0", run_dir)
     assert_same_weights(tmp_path / "ref" / "residual-8-s0", run_dir)
 
 
