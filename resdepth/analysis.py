@@ -22,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from torch import nn
 
 from .construct import check_same_data, full_fp32, input_batches, read_saved_net, run_dataset
@@ -37,7 +38,7 @@ IDENTITY_COLUMNS = ("dataset", "setting", "kind", "shortcut", "depth", "seed")
 RESPONSE_COLUMNS = (*IDENTITY_COLUMNS, "layer", "stage", "std", "channel_std", "name", "split", "images", "epoch",
                     "finished")
 GRADIENT_TABLE_COLUMNS = (*IDENTITY_COLUMNS, "epoch", "iteration", "lr", "layer", "name", "grad_norm",
-                          "sampled_steps", "finished")
+                          "weight_norm", "sampled_steps", "finished")
 IMAGE_SUBSET_SEED = 0  # --images N: the same class-balanced subset for every run of a dataset
 EVAL_BATCH = 500
 
@@ -230,8 +231,9 @@ def run_gradients(run: Run, identity: dict[str, Any]) -> tuple[pd.DataFrame | No
         frame = pd.read_csv(path)
     except (OSError, ValueError) as exc:
         return None, f"left out {path}: not a readable CSV ({type(exc).__name__})"
-    if list(frame.columns) != list(GRADIENT_COLUMNS):
-        return None, f"left out {path}: its columns are not {', '.join(GRADIENT_COLUMNS)}"
+    missing = [c for c in GRADIENT_COLUMNS if c not in frame.columns]
+    if missing:
+        return None, f"left out {path}: it lacks the columns {', '.join(missing)}"
     numeric = [c for c in GRADIENT_COLUMNS if c != "name"]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     frame = frame.dropna(subset=["epoch", "layer", "sampled_steps"])
@@ -332,12 +334,20 @@ def figure7(frame: pd.DataFrame, study: tuple[str, str], std: str = "std") -> Fi
         for axes, values in ((original, by_seed), (ranked, ordered)):
             draw_band_line(axes, values, colours[net.depth], net, unfinished)
     images, split = int(frame["images"].max()), str(frame["split"].iloc[0])
+    # Linear from 0 as the paper; a log axis when one net's responses are 10x another's, which would flatten the
+    # rest into one line at the bottom (a plain net whose first layers blew up early in training).
+    values = frame[std][frame[std] > 0]
+    logarithmic = not values.empty and values.max() > 10 * values.min()
+    label = ("std (all elements)" if std == "std" else "std (mean over channels)") + (", log scale" if logarithmic else "")
     for axes, title in ((original, "layers in their original order"), (ranked, "layers sorted by std, descending")):
         axes.set_title(title, fontsize=TITLE_FONT)
         axes.set_xlabel("layer index" if axes is original else "rank", fontsize=FONT)
-        axes.set_ylabel("std (all elements)" if std == "std" else "std (mean over channels)", fontsize=FONT)
+        axes.set_ylabel(label, fontsize=FONT)
         axes.set_xlim(left=0)
-        axes.set_ylim(bottom=0)
+        if logarithmic:
+            axes.set_yscale("log")
+        else:
+            axes.set_ylim(bottom=0)
         axes.tick_params(labelsize=FONT - 1)
         axes.grid(True, linewidth=0.5, alpha=0.4)
     figure.suptitle(f"{study_title(study)}: std of each 3x3 layer's response (after BN, before ReLU/addition)\n"
@@ -405,8 +415,10 @@ def gradient_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
                     "an epoch", fontsize=TITLE_FONT)
     epochs = role_epochs(frame)
     handles = [Line2D([], [], color=colours[role], linewidth=2,
-                      label=role + (f" (epoch {epochs[role]})" if epochs.get(role) else "")) for role in roles]
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=FONT, frameon=False)
+                      label=role + (f" (epoch {epochs[role]})" if epochs.get(role) and role != "first epoch" else ""))
+               for role in roles]
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles) if len(handles) <= 3 else 2,
+                  fontsize=FONT, frameon=False)
     return figure
 
 
@@ -451,6 +463,7 @@ def style_gradient_axes(axes: Axes, depth: int, bottom: bool, left: bool) -> Non
     for boundary in (2 * n + 1.5, 4 * n + 1.5, 6 * n + 1.5):  # stage 1 | stage 2 | stage 3 | FC
         axes.axvline(boundary, color="0.75", linewidth=0.7, linestyle=":")
     axes.tick_params(labelsize=FONT - 1)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(True, which="major", linewidth=0.5, alpha=0.4)
     if bottom:
         axes.set_xlabel("layer (1 = first conv, last = FC)", fontsize=FONT)

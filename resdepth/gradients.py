@@ -1,9 +1,13 @@
 """Per-layer gradient norms logged during training (§1/§4.1: "the backward propagated gradients exhibit healthy
 norms with BN"), into gradients.csv beside metrics.csv: one row per (epoch, layer).
 
+The weight norm is logged beside the gradient's: a conv followed by BN computes the same function at any scale of
+its weight, and its gradient shrinks as the weight grows (||grad|| ~ 1/||W||), so a small gradient norm can mean a
+large weight rather than a vanishing signal; grad_norm / weight_norm tells them apart.
+
 The training step stays as fast as without it: every GRADIENT_EVERY-th step of an epoch is sampled (its first
-step always), by one `torch._foreach_norm` over the layers' weight gradients, summed on the device; the sums
-come to the host once, when the epoch ends. The sums are part of the checkpoint, so a run stopped inside an epoch
+step always), by one `torch._foreach_norm` over the layers' weight gradients and weights, summed on the device;
+the sums come to the host once, when the epoch ends. The sums are part of the checkpoint, so a run stopped inside an epoch
 resumes them, and gradients.csv is cut back to the checkpoint's rows as metrics.csv is.
 """
 
@@ -31,10 +35,11 @@ class GradientLog:
         self.names = [name for name, _ in layers]
         self.weights = [module.weight for _, module in layers]
         self.every = every
-        self.sums = torch.zeros(len(self.weights), dtype=torch.float64, device=device)
+        self.sums = torch.zeros(2 * len(self.weights), dtype=torch.float64, device=device)  # gradients, then weights
         self.steps = 0  # sampled steps in the current epoch
         self.rows = 0  # data rows in gradients.csv
 
+    @torch.no_grad()
     def sample(self, step: int) -> None:
         """After the optimizer step at 0-based step `step` of the epoch: add this step's norms if it is sampled.
         The weights' .grad still holds the step's loss gradient (SGD adds weight decay to a copy)."""
@@ -43,7 +48,7 @@ class GradientLog:
         grads = [weight.grad for weight in self.weights]
         if any(grad is None for grad in grads):
             return
-        self.sums += torch.stack(torch._foreach_norm(grads))  # type: ignore[arg-type]
+        self.sums += torch.stack(torch._foreach_norm(grads + self.weights))  # type: ignore[arg-type,operator]
         self.steps += 1
 
     def open(self, path: Path) -> None:
@@ -53,11 +58,12 @@ class GradientLog:
 
     def end_epoch(self, epoch: int, iteration: int) -> None:
         """Append the epoch's mean norm per layer (one host sync) and start the next epoch's sums."""
-        means = (self.sums / max(self.steps, 1)).tolist()
+        means = [repr(value) if self.steps else "" for value in (self.sums / max(self.steps, 1)).tolist()]
+        count = len(self.names)
         with self.path.open("a", newline="") as handle:
             writer = csv.writer(handle)
-            for layer, (name, value) in enumerate(zip(self.names, means), start=1):
-                writer.writerow([epoch, iteration, layer, name, repr(value) if self.steps else "", self.steps])
+            for layer, (name, grad, weight) in enumerate(zip(self.names, means[:count], means[count:]), start=1):
+                writer.writerow([epoch, iteration, layer, name, grad, weight, self.steps])
             handle.flush()
             os.fsync(handle.fileno())
         self.rows += len(self.names)

@@ -27,9 +27,9 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "epoch_seconds", "images_per_second",
 )
 VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_error")  # present only when the run holds out a validation split
-# gradients.csv: per epoch and weight layer (1..depth in forward order, the FC last), the L2 norm of the weight's
-# loss gradient, averaged over the steps the epoch sampled (sampled_steps; resdepth/gradients.py says which).
-GRADIENT_COLUMNS: tuple[str, ...] = ("epoch", "iteration", "layer", "name", "grad_norm", "sampled_steps")
+# gradients.csv: per epoch and weight layer (1..depth in forward order, the FC last), the L2 norms of the weight's
+# loss gradient and of the weight, averaged over the steps the epoch sampled (resdepth/gradients.py says which).
+GRADIENT_COLUMNS: tuple[str, ...] = ("epoch", "iteration", "layer", "name", "grad_norm", "weight_norm", "sampled_steps")
 
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE = (
     "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",

@@ -145,20 +145,25 @@ def test_evaluation_statistics_do_not_depend_on_the_batch_size_or_change_the_net
 # ---------------------------------------------------------------------------------------------- gradients.csv
 def test_gradient_log_samples_every_kth_step_and_averages_on_the_device(tmp_path):
     model = build_model("plain", 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     log = GradientLog(model, CPU)
     log.open(tmp_path / "gradients.csv")
-    norms = []
+    grads, weights = [], []
     for step in range(2 * GRADIENT_EVERY + 1):
-        model.zero_grad()
+        optimizer.zero_grad()
         F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+        optimizer.step()  # as in training: sampled after the step, the weights already moved
         if step % GRADIENT_EVERY == 0:
-            norms.append(torch.stack([m.weight.grad.norm() for _, m in model.weight_layers()]).double())
+            grads.append(torch.stack([m.weight.grad.norm() for _, m in model.weight_layers()]).double())
+            weights.append(torch.stack([m.weight.norm() for _, m in model.weight_layers()]).double())
         log.sample(step)
     log.end_epoch(1, 21)
     frame = pd.read_csv(tmp_path / "gradients.csv")
     assert list(frame.columns) == list(GRADIENT_COLUMNS) and len(frame) == 8
     assert frame["sampled_steps"].eq(3).all() and frame["layer"].tolist() == list(range(1, 9))
-    torch.testing.assert_close(torch.tensor(frame["grad_norm"].to_numpy()), torch.stack(norms).mean(0), rtol=1e-5, atol=0)
+    for column, expected in (("grad_norm", grads), ("weight_norm", weights)):
+        torch.testing.assert_close(torch.tensor(frame[column].to_numpy()), torch.stack(expected).mean(0), rtol=1e-5, atol=0)
+    assert len({round(w.sum().item(), 3) for w in weights}) == 3  # the weights moved between the sampled steps
     assert log.steps == 0 and log.rows == 8 and not log.sums.any()
 
 
