@@ -159,7 +159,7 @@ class DataCache:
 
 
 def analyze(runs: list[Run], split: str = "test", images: int | None = None,
-            device: torch.device = torch.device("cpu"), batch_size: int = EVAL_BATCH) -> Analysis:
+            device: torch.device | None = None, batch_size: int = EVAL_BATCH) -> Analysis:
     """Layer responses of every run with a checkpoint (the finished runs' final weights; unfinished runs' latest,
     marked) and the gradient norms their training logged. A UserError when no run is finished."""
     if split not in SPLITS:
@@ -168,6 +168,7 @@ def analyze(runs: list[Run], split: str = "test", images: int | None = None,
         raise UserError(f"--images must be a positive number of images, got {images}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+    device = device or torch.device("cpu")
     if not any(is_complete(run) for run in runs):
         raise UserError(f"none of the {len(runs)} run(s) has finished training: analyze needs trained weights "
                         "(finish the sweep, e.g. by running its command again)")

@@ -342,7 +342,7 @@ def construct_from_run(run_dir: Path, depth: int, out: Path, device: torch.devic
     image, and write it to out/<kind>-<depth>-from-<run folder>/ (config.json naming its source, checkpoint.pt)."""
     if identity_bn not in IDENTITY_BN:
         raise UserError(f"unknown --identity-bn {identity_bn!r}: use data (measured statistics) or unit")
-    run, config = finished_run(run_dir)
+    config = finished_run(run_dir)
     spec = NetSpec.from_config(config)
     blocks_per_stage(depth)  # 6n+2, or a UserError naming the nearest depths
     if depth <= spec.depth:
@@ -378,7 +378,8 @@ def construct_from_run(run_dir: Path, depth: int, out: Path, device: torch.devic
     return Construction(target_dir, spec.label, target_spec.label, comparisons, train_args(target_spec, target_dir, config))
 
 
-def finished_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
+def finished_run(run_dir: Path) -> dict[str, Any]:
+    """The config of the finished run in run_dir; a UserError for anything else."""
     if not (run_dir / CONFIG_FILE).is_file():
         raise UserError(f"{run_dir} is not a run folder (no {CONFIG_FILE}): name a folder such as results/figure6/plain-20-s0")
     runs, _ = load_runs(run_dir)
@@ -386,7 +387,7 @@ def finished_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
     if not is_complete(run):
         raise UserError(f"{run_dir} has not finished training (status {run.status}, epoch "
                         f"{int(run.metrics['epoch'].iloc[-1])}): construct from a finished run")
-    return run, run.config
+    return run.config
 
 
 def error(predictions: torch.Tensor, labels: torch.Tensor) -> float:

@@ -222,7 +222,7 @@ def test_analyze_writes_figure7_gradients_and_csvs(monkeypatch, capsys, results)
 
 
 def test_analyze_on_a_subset_of_the_training_split(monkeypatch, capsys, results, tmp_path):
-    code, out, err = cli(monkeypatch, capsys, "analyze", str(results), "--split", "train", "--images", "30",
+    code, _, err = cli(monkeypatch, capsys, "analyze", str(results), "--split", "train", "--images", "30",
                          "--out", str(tmp_path / "a"), "--format", "png,pdf", "--std", "channel_std")
     assert code == 0, err
     responses = pd.read_csv(tmp_path / "a" / "layer_responses.csv")
@@ -356,7 +356,7 @@ def test_construct_prints_both_errors_and_how_to_train_from_it(monkeypatch, caps
                          "--out", str(tmp_path / "c"), "--device", "cpu")
     assert code == 0, err
     assert "plain-8 err %" in out and "plain-14 err %" in out and "128/128" in out and "64/64" in out
-    assert f"--kind plain --depth 14 --dataset synthetic" in out and "--init" in out
+    assert "--kind plain --depth 14 --dataset synthetic" in out and "--init" in out
 
 
 @pytest.mark.parametrize("args, message", [
