@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/resdepth sweep sweeps/smoke.toml
 	$(VENV)/bin/resdepth table results/smoke
 	$(VENV)/bin/resdepth plot results/smoke
+	$(VENV)/bin/resdepth analyze results/smoke
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_MIN)

@@ -32,10 +32,12 @@ from .bench import BenchConfig, BenchRow, run_benchmark
 from .cluster import CLUSTER, SlurmConfig
 from .config import DATA, EXECUTION, PROTOCOL, cli_fields, flag_name, help_text
 from .data import DataConfig, LoadProgress, load_dataset
+from .construct import ConstructionMismatch, check_init, construct_from_run
+from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
 from .models import build_model
-from .results import RunStatus, ensure_writable_dir, load_runs, warmup_end
+from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end
 from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
                     load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
                     task_threads)
@@ -107,6 +109,12 @@ def config_options(cls: type) -> list[ConfigOption]:
 
 TRAINING_OPTIONS = config_options(TrainConfig) + config_options(DataConfig)
 SWEEP_OPTIONS = config_options(SweepConfig) + config_options(SlurmConfig)
+# a few shared options that other commands (bench, analyze, construct) take as they are
+DEVICE = next(o for o in TRAINING_OPTIONS if o.param == "device").annotation
+THREADS = next(o for o in TRAINING_OPTIONS if o.param == "threads").annotation
+PRECISION = next(o for o in TRAINING_OPTIONS if o.param == "precision").annotation
+CHANNELS_LAST = next(o for o in TRAINING_OPTIONS if o.param == "channels_last").annotation
+CUDA_GRAPH = next(o for o in TRAINING_OPTIONS if o.param == "cuda_graph").annotation
 
 
 def with_options(*groups: list[ConfigOption]) -> Callable[[Any], Any]:
@@ -291,6 +299,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     """Plan, show the plan, run with a live display, print the summary; returns the exit code. A command refused
     while planning or for missing data writes nothing, not even the results folder."""
     planned = plan_sweep(config)
+    check_inits(planned, config, with_classes=not dry_run)
     if dry_run:
         estimate = estimate_plan(config, planned, on_progress=lambda line: errors.print(f"[dim]{line}[/]",
                                                                                         highlight=False))
@@ -335,6 +344,18 @@ def final_states(planned: list[PlannedCell], outcomes: dict[str, Any]) -> dict[s
             state = settled_elsewhere(item) or "busy"
         states[item.cell.name] = state
     return states
+
+
+def check_inits(planned: list[PlannedCell], config: SweepConfig, with_classes: bool) -> None:
+    """--init weights that do not fit a cell starting afresh are refused before anything is written."""
+    fresh = [item.cell.config.for_family() for item in planned if item.cell.config.init and (
+        item.action in ("new", "replace") or
+        (item.action in ("resume", "retry") and not (item.cell.run_dir / CHECKPOINT_FILE).exists()))]
+    classes = load_dataset(config.train.data).num_classes if fresh and with_classes else None
+    for cell in fresh:
+        check_init(cell.init, cell.kind, cell.depth, cell.shortcut, classes)
+
+
 
 
 def render_plan(config: SweepConfig, planned: list[PlannedCell], estimate: Any) -> Table:
@@ -640,6 +661,80 @@ def print_full_width(view: Table) -> None:
     (console if console.is_terminal or needed <= console.width else Console(width=needed, emoji=False)).print(view)
 
 
+# ---------------------------------------------------------------------------------------------- analyze, construct
+@app.command()
+def analyze(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read "
+                                                     "(recursively).")],
+    split: Annotated[str, typer.Option(help="Images the nets see: test, train (un-augmented) or val (runs with "
+                                            "--val-size).")] = "test",
+    images: Annotated[int | None, typer.Option(help="A class-balanced subset of this many images of the split, the "
+                                                    "same for every run. \\[default: all]")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the CSVs and figures. "
+                                                  "\\[default: RESULTS_DIR/analysis]")] = None,
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")] = "png",
+    std: Annotated[str, typer.Option(help="The std Figure 7 draws: std (over all elements of a response) or "
+                                          "channel_std (mean over channels of the per-channel std). The CSV holds "
+                                          "both.")] = "std",
+    device: DEVICE = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass (the statistics do not depend on "
+                                                 "it).")] = 500,
+) -> None:
+    """Figure 7 (std of each 3x3 layer's response, eval mode) and per-layer gradient norms of trained runs."""
+    from .analysis import STDS, build_figures, write_analysis
+    from .analysis import analyze as analyze_runs
+    from .plots import parse_formats  # matplotlib: only when drawing
+
+    chosen_formats = parse_formats(formats)
+    if std not in STDS:
+        raise UserError(f"unknown --std {std!r}: use std (all elements) or channel_std (mean of per-channel stds)")
+    runs = read_runs(results_dir)
+    where = resolve_device(device or "auto")
+    count = "all images" if images is None else f"{images:,} images (class-balanced)"
+    console.print(f"layer responses: {split} split, {count} per run, evaluation mode (BN running statistics), fp32, "
+                  f"on {where}", markup=False, highlight=False, soft_wrap=True)
+    analysis = analyze_runs(runs, split, images, where, batch_size)
+    for note in analysis.notes:
+        errors.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    figures = build_figures(analysis, std)
+    out_dir = out or results_dir / "analysis"
+    ensure_writable_dir(out_dir)
+    for path in write_analysis(analysis, figures, out_dir, chosen_formats):
+        console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def construct(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder, e.g. results/figure6/plain-20-s0.")],
+    depth: Annotated[int, typer.Option(help="Depth of the constructed net: 6n+2, larger than the run's.")],
+    out: Annotated[Path, typer.Option(help="Folder for the constructed net's folder "
+                                           "<kind>-<depth>-from-<run folder>.")] = Path("results/constructed"),
+    identity_bn: Annotated[str, typer.Option(help="Plain nets: the added BNs' running statistics: data (measured on "
+                                                  "the training images: near-identity in training mode too) or unit "
+                                                  "(mean 0, variance 1).")] = "data",
+    device: DEVICE = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing constructed net of the same "
+                                                        "name.")] = False,
+) -> None:
+    """The paper's constructed deeper solution: a trained run's layers copied, identity blocks added at the end of
+    each stage."""
+    try:
+        result = construct_from_run(run_dir, depth, out, resolve_device(device or "auto"), identity_bn, force)
+    except ConstructionMismatch as exc:
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    view = Table(title=f"{result.source} -> {result.target}: evaluation mode", box=box.SIMPLE_HEAD)
+    for column in ("split", "images", f"{result.source} err %", f"{result.target} err %", "same predictions"):
+        view.add_column(column, justify="left" if column == "split" else "right")
+    for row in result.comparisons:
+        view.add_row(row.split, f"{row.images:,}", f"{row.source_error:.2f}", f"{row.constructed_error:.2f}",
+                     f"{row.images - row.disagreements:,}/{row.images:,}")
+    console.print(view)
+    console.print(str(result.out_dir), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"train from it: resdepth train {' '.join(result.train_args)} --out DIR", markup=False,
+                  highlight=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------------------------------------- report, status
 @app.command()
 def report(
@@ -762,11 +857,6 @@ def status_note(cell: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- bench
-DEVICE = next(o for o in TRAINING_OPTIONS if o.param == "device").annotation
-THREADS = next(o for o in TRAINING_OPTIONS if o.param == "threads").annotation
-PRECISION = next(o for o in TRAINING_OPTIONS if o.param == "precision").annotation
-CHANNELS_LAST = next(o for o in TRAINING_OPTIONS if o.param == "channels_last").annotation
-CUDA_GRAPH = next(o for o in TRAINING_OPTIONS if o.param == "cuda_graph").annotation
 
 
 @app.command()

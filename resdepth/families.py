@@ -36,7 +36,7 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError
-from .models import NINE_N_PLUS_TWO, SHORTCUTS, SIX_N_PLUS_TWO, CifarNet, DepthRule, PreActNet
+from .models import NINE_N_PLUS_TWO, SHORTCUTS, SIX_N_PLUS_TWO, CifarNet, DepthRule, PreActNet, ResponseLayer
 
 ENTRY_POINT_GROUP = "resdepth.families"
 FIGURE6_FAMILIES = ("plain", "residual")  # the paper's Figure 6: the default kinds of a sweep
@@ -268,6 +268,17 @@ def builtin_families() -> list[Family]:
     return list(_BUILTIN.values())
 
 
+def known_family(kind: str) -> Family:
+    """A built-in family by name, else a bare one of that name: for labels drawn from results, which never import
+    a user's family."""
+    return _BUILTIN.get(kind) or Family(kind)
+
+
+def is_plain_twin(kind: str) -> bool:
+    """Whether kind is another built-in family's plain twin (figures draw it dashed beside its twin)."""
+    return any(family.twin == kind for family in _BUILTIN.values())
+
+
 def family_order(kind: str) -> int:
     """Tables and legends list the built-in families in their order (plain first), then the others."""
     names = list(_BUILTIN)
@@ -457,13 +468,22 @@ def check_output(family: Family, depth: int, num_classes: int, model: Any) -> No
                         "the builder must use its num_classes argument for the last layer")
 
 
-def response_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules whose forward outputs are the network's layer responses, in forward order: the model's own
-    `response_modules()` (every built-in network has one; see models.py for what each returns)."""
-    if not hasattr(model, "response_modules"):
-        raise UserError(f"{type(model).__name__} has no response_modules() method: add one returning the modules "
-                        "whose outputs are its layers' responses (e.g. the BN after each conv)")
-    return list(model.response_modules())
+def response_layers(model: nn.Module) -> list[ResponseLayer]:
+    """The network's layers whose outputs are their responses (Figure 7), in forward order: the model's own
+    `response_layers()` (every built-in network has one; see models.py for what each returns)."""
+    if not hasattr(model, "response_layers"):
+        raise UserError(f"{type(model).__name__} has no response_layers() method: add one returning, in forward "
+                        "order, models.ResponseLayer(name, stage, module) for each module whose output is a layer's "
+                        "response (e.g. the BN after each conv)")
+    return list(model.response_layers())
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the network's weighted layers in forward order: its own `weight_layers()`, else every
+    conv and linear layer it holds (a user family's network need not say)."""
+    if hasattr(model, "weight_layers"):
+        return list(model.weight_layers())
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
 
 
 # ---------------------------------------------------------------------------------------------- records in config.json

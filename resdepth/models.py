@@ -8,8 +8,8 @@ the tests run over every one. Which family a kind names, its depth rule, shortcu
 `families.py`; `build_model("residual", 56)` asks it. Module names of CifarNet follow the common option-A CIFAR
 ResNet layout (conv1, bn1, layer1..3 with conv1/bn1/conv2/bn2 per block, linear) so published weights load in order.
 
-Every network answers `response_modules()`: the modules whose outputs are its layers' responses, one per weight
-layer before the classifier, in forward order (see each class).
+Every network answers `response_layers()` (the layers whose outputs are their responses, Figure 7, one per weight
+layer before the classifier, in forward order) and `weight_layers()` (its depth weighted layers); see each class.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,14 @@ def check_shortcut(shortcut: str) -> None:
         raise UserError(f"unknown shortcut {shortcut!r}: use A (zero-padding, the paper's default) or B (projection)")
 
 
+class ResponseLayer(NamedTuple):
+    """One layer whose response Figure 7 measures: the module whose output is that response."""
+
+    name: str  # the module's name in the network, e.g. "layer2.0.bn1"
+    stage: int  # 0: the stem; 1-3: the stages on 32x32, 16x16 and 8x8 maps
+    module: nn.Module
+
+
 class ZeroPadShortcut(nn.Module):
     """Option A: subsample by the stride (2 where a stage starts) and zero-pad the new channels, half on each
     side (no parameters)."""
@@ -116,6 +124,32 @@ class BasicBlock(nn.Module):
             out = out + self.shortcut(x)
         return F.relu(out)
 
+    @property
+    def identity_needs_statistics(self) -> bool:
+        """A plain block becomes the identity through BNs that undo its input's statistics; a residual one does not."""
+        return not self.residual
+
+    @torch.no_grad()
+    def make_identity(self, mean: torch.Tensor | None, var: torch.Tensor | None) -> str:
+        """Make the block compute the identity on its (non-negative: a ReLU's output) input in evaluation mode, for
+        the paper's constructed deeper net (§1); returns how. Residual: the last BN's scale and shift at zero give
+        F(x) = 0 and relu(x + 0) = x, in training mode too. Plain: Dirac kernels make the convs the identity and
+        each BN gets running statistics (mean, var), scale sqrt(var + eps) and shift mean, so its evaluation
+        transform is the identity; the ReLUs pass x >= 0 unchanged."""
+        if self.residual:
+            nn.init.zeros_(self.bn2.weight)
+            nn.init.zeros_(self.bn2.bias)
+            return "last BN of each added block with scale and shift 0"
+        assert mean is not None and var is not None, "a plain block needs its input's statistics"
+        for conv in (self.conv1, self.conv2):
+            nn.init.dirac_(conv.weight)
+        for bn in (self.bn1, self.bn2):
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.weight.copy_(torch.sqrt(var.float() + bn.eps))
+            bn.bias.copy_(mean)
+        return "Dirac convs, BNs with identity evaluation transform"
+
 
 class CifarNet(nn.Module):
     """The §4.2 network: a 3x3 stem conv, 3 stages of n blocks (2n layers each), global average pool, FC.
@@ -155,11 +189,28 @@ class CifarNet(nn.Module):
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
 
-    def response_modules(self) -> list[nn.Module]:
-        """The BN after each 3x3 conv, in forward order (depth - 1 of them): its output is the layer's response as
-        the paper's Figure 7 measures it, "after BN and before other nonlinearity (ReLU/addition)"."""
-        return [self.bn1] + [bn for stage in (self.layer1, self.layer2, self.layer3) for block in stage
-                             for bn in (block.bn1, block.bn2)]
+    def stages(self) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
+        return self.layer1, self.layer2, self.layer3
+
+    def response_layers(self) -> list[ResponseLayer]:
+        """§4.2, Figure 7: "the outputs of each 3x3 layer, after BN and before other nonlinearity (ReLU/addition)":
+        the BN after each 3x3 conv, in forward order, depth - 1 of them (the FC has none; option-B shortcut BNs
+        are not 3x3 layers). Every network family answers this for its own layout."""
+        layers = [ResponseLayer("bn1", 0, self.bn1)]
+        for stage, blocks in enumerate(self.stages(), start=1):
+            for index, block in enumerate(blocks):
+                layers += [ResponseLayer(f"layer{stage}.{index}.{bn}", stage, getattr(block, bn))
+                           for bn in ("bn1", "bn2")]
+        return layers
+
+    def weight_layers(self) -> list[tuple[str, nn.Module]]:
+        """The depth weighted layers in forward order: the 3x3 convs, then the FC (named as in the state dict).
+        Option-B projections are left out: they are not layers of the depth count."""
+        convs = [("conv1", self.conv1)]
+        for stage, blocks in enumerate(self.stages(), start=1):
+            for index, block in enumerate(blocks):
+                convs += [(f"layer{stage}.{index}.{conv}", getattr(block, conv)) for conv in ("conv1", "conv2")]
+        return [*convs, ("linear", self.linear)]
 
 
 def he_init(module: nn.Module) -> None:
@@ -271,13 +322,28 @@ class PreActNet(nn.Module):
         out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
         return self.linear(out)
 
-    def response_modules(self) -> list[nn.Module]:
+    def stages(self) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
+        return self.layer1, self.layer2, self.layer3
+
+    def response_layers(self) -> list[ResponseLayer]:
         """The stem conv and every conv of the residual branches, in forward order (depth - 1 of them; the
         projection shortcuts are not layers of the depth). A pre-activation net has no BN after a conv before
         the addition, so its response is the conv's own output: for a unit's last conv, the residual function
         F(x) that is added to the shortcut; for the others, what the next BN normalizes."""
-        return [self.conv1] + [conv for stage in (self.layer1, self.layer2, self.layer3) for unit in stage
-                               for conv in unit.branch_convs()]
+        return [ResponseLayer(name, stage, module) for name, stage, module in self.conv_layers()]
+
+    def weight_layers(self) -> list[tuple[str, nn.Module]]:
+        """The depth weighted layers in forward order: the stem and branch convs, then the FC (projections are
+        not layers of the depth)."""
+        return [(name, module) for name, _, module in self.conv_layers()] + [("linear", self.linear)]
+
+    def conv_layers(self) -> list[tuple[str, int, nn.Conv2d]]:
+        layers = [("conv1", 0, self.conv1)]
+        for stage, units in enumerate(self.stages(), start=1):
+            for index, unit in enumerate(units):
+                layers += [(f"layer{stage}.{index}.conv{k}", stage, conv)
+                           for k, conv in enumerate(unit.branch_convs(), start=1)]
+        return layers
 
 
 def preact_init(module: nn.Module) -> None:

@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import os
+import pickle
+import re
 import socket
 import tempfile
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from .errors import UserError
 
@@ -27,6 +30,9 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "epoch_seconds", "images_per_second",
 )
 VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_error")  # present only when the run holds out a validation split
+# gradients.csv: per epoch and weight layer (1..depth in forward order, the FC last), the L2 norms of the weight's
+# loss gradient and of the weight, averaged over the steps the epoch sampled (resdepth/gradients.py says which).
+GRADIENT_COLUMNS: tuple[str, ...] = ("epoch", "iteration", "layer", "name", "grad_norm", "weight_norm", "sampled_steps")
 
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE = (
     "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",
@@ -34,6 +40,8 @@ CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE =
 # What training adds to a run's config.json beside the TrainConfig fields: the values as they took effect
 # (iterations, milestones, sizes, params) and the machine it ran on.
 RUN_CONFIG_SECTIONS = frozenset({"resolved", "environment"})
+GRADIENTS_FILE = "gradients.csv"
+CONSTRUCTED_KEY = "constructed_from"  # config.json of a net `resdepth construct` built: a starting point, not a run
 # A run is pending, running, interrupted (resumable), or in one of these:
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
 
@@ -211,9 +219,12 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     if not root.exists():
         raise UserError(f"results folder {root} does not exist: pass the --out folder of a sweep, e.g. results/")
     run_dirs, replaced = find_run_dirs(root)
-    runs, warnings = [], []
+    runs, warnings, constructed = [], [], []
     for run_dir in run_dirs:
         config = read_json(run_dir / CONFIG_FILE)
+        if isinstance(config, dict) and CONSTRUCTED_KEY in config and not (run_dir / METRICS_FILE).exists():
+            constructed.append(run_dir)  # a net built by `resdepth construct`, not trained here
+            continue
         problem = "config.json is not valid JSON" if config is None else config_problem(config)
         if problem:
             warnings.append(f"skipped {run_dir}: {problem}")
@@ -227,12 +238,18 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
             warnings.append(note)
         status = RunStatus.read(run_dir)
         runs.append(Run(run_dir, config, metrics, status.state if status else "unknown", *warmup_end(status)))
+    if not runs and not warnings and constructed:
+        raise UserError(f"{root} holds only nets built by `resdepth construct`, no trained runs: train from one "
+                        "with --init")
     if not runs and not warnings:
         raise UserError(f"no runs found under {root}: a run folder holds config.json and metrics.csv "
                         "(run `resdepth sweep` first)")
     if not runs:
         raise UserError(f"no readable runs under {root}: {len(warnings)} run folder(s), all skipped "
                         f"(first: {warnings[0].removeprefix('skipped ')})")
+    if constructed:
+        warnings.append(f"left out {len(constructed)} constructed net(s) (resdepth construct, e.g. {constructed[0]}): "
+                        "not trained runs; train from one with --init")
     if replaced:
         warnings.append(f"left out {len(replaced)} run folder(s) that sweep --force replaced (*{REPLACED_MARK}*, e.g. "
                         f"{replaced[0]}): name one to read it")
@@ -272,3 +289,36 @@ def ensure_writable_dir(path: Path) -> None:
     except OSError as exc:
         raise UserError(f"cannot write results to {path} ({exc.strerror or exc}): choose another --out "
                         "folder") from None
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+RESUME_FIX = "delete it and rerun with --retry-failed to start this run over"
+
+
+def read_checkpoint(path: Path, fix: str = RESUME_FIX) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU, read without running any code it may carry (`weights_only=True`); a
+    UserError naming the file, why it cannot be used and `fix` (what to do) otherwise.
+
+    Always onto the CPU whatever the training device: the RNG states must be CPU byte tensors to be restored,
+    and `load_state_dict` moves everything else to the run's device.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = refused_global(exc)
+        if refused:  # a pickle of objects, not plain data: foreign, or made to run code
+            raise UserError(f"{path} is not a resdepth checkpoint, or one made to run code (the safe loader refused "
+                            f"{refused}; nothing in it was run): {fix}") from None
+        raise UserError(f"{path} cannot be read (not a checkpoint): {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign: all mean the same to the user
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}): {fix}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path} is not a resdepth checkpoint (no model weights in it): {fix}")
+    return state
+
+
+def refused_global(exc: Exception) -> str | None:
+    """The object a pickle named that torch's safe loader refused ('GLOBAL posix.system'), or None when the file
+    was not a pickle of objects at all (truncated or foreign bytes)."""
+    match = re.search(r"(?:unsupported|Unsupported global:) (GLOBAL [\w.]+)", str(exc))
+    return match.group(1) if match else None

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import pickle
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -25,10 +23,12 @@ from .data import DataConfig, Dataset, augment, check_data_config, load_dataset,
 from .devices import (PRECISIONS, CapturedStep, check_cuda_graph_device, check_device_name, device_label, environment,
                       precision_context, resolve_device, resolved_precision, restore_rng_state, rng_state)
 from .errors import UserError
-from .families import build_network, check_network, family_record, get_family
+from .construct import describe_init, load_init
+from .families import build_network, check_network, family_record, get_family, weight_layers
+from .gradients import GradientLog
 from .models import count_parameters
-from .results import (CHECKPOINT_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes, ensure_writable_dir,
-                      metric_columns, read_metrics, write_config)
+from .results import (CHECKPOINT_FILE, GRADIENTS_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
+                      ensure_writable_dir, metric_columns, read_checkpoint, read_metrics, write_config)
 from .tensorboard_log import TensorBoardLog, check_tensorboard_installed
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
@@ -106,6 +106,10 @@ class TrainConfig:
     eval_batch_size: int = option(1000, help="Images per evaluation batch.", panel=EXECUTION, cli=False)
     tensorboard: bool = option(False, help="Also write each epoch's metrics as TensorBoard scalars in the run folder "
                                            "(needs the tensorboard extra).", panel=EXECUTION)
+    # A named deviation: the paper's nets start from He init; the constructed deeper net (§1) starts from these
+    init: str | None = option(None, help="Start from these weights instead of the family's init: a run folder or a "
+                                         "checkpoint (`resdepth construct` writes one); the rest of the protocol is "
+                                         "unchanged.", default_text="none: He init, as the paper")
 
     def validate(self) -> None:
         """Refuse values that cannot train, with the fix in the message."""
@@ -197,37 +201,6 @@ def uses_compile(config: TrainConfig, device: torch.device) -> bool:
     return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents on the CPU, read without running any code it may carry (`weights_only=True`).
-
-    Always onto the CPU whatever the training device: the RNG states must be CPU byte tensors to be restored,
-    and `load_state_dict` moves everything else to the run's device.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = refused_global(exc)
-        if refused:  # a pickle of objects, not plain data: foreign, or made to run code
-            raise UserError(f"{path} is not a resdepth checkpoint, or one made to run code (the safe loader refused "
-                            f"{refused}; nothing in it was run): delete it and rerun with --retry-failed to start "
-                            "this run over") from None
-        raise UserError(f"{path} cannot be read (not a checkpoint): delete it and rerun with --retry-failed to "
-                        "start this run over") from None
-    except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign: all mean the same to the user
-        raise UserError(f"{path} cannot be read ({type(exc).__name__}): delete it and rerun with --retry-failed "
-                        "to start this run over") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"{path} is not a resdepth checkpoint: delete it and rerun with --retry-failed to start over")
-    return state
-
-
-def refused_global(exc: Exception) -> str | None:
-    """The object a pickle named that torch's safe loader refused ('GLOBAL posix.system'), or None when the file
-    was not a pickle of objects at all (truncated or foreign bytes)."""
-    match = re.search(r"(?:unsupported|Unsupported global:) (GLOBAL [\w.]+)", str(exc))
-    return match.group(1) if match else None
-
-
 @dataclass
 class EpochInProgress:
     """The epoch being trained: its data order, how far it got, and its running sums (device tensors), so a run
@@ -282,6 +255,7 @@ class Trainer:
         self.in_progress: EpochInProgress | None = None  # an epoch stopped by a signal, resumed where it stopped
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
         self.captured: CapturedStep | None = None  # captured at the first step, after any resume
+        self.gradients = GradientLog(weight_layers(self.model), device)  # gradients.csv, sampled every 10th step
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -295,7 +269,7 @@ class Trainer:
             "warmup_end_reason": self.warmup_end_reason, "warmup_window": self.warmup_window,
             **rng_state(self.device, self.generator),
             "partial": None if self.in_progress is None else asdict(self.in_progress),
-            "data_fingerprint": self.data_fingerprint,
+            "data_fingerprint": self.data_fingerprint, "gradients": self.gradients.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -309,6 +283,7 @@ class Trainer:
         self.warmup_window = state["warmup_window"].to(self.device)
         partial = state["partial"]
         self.in_progress = None if partial is None else EpochInProgress(**partial).to(self.device)
+        self.gradients.load_state_dict(state.get("gradients"))  # None in checkpoints of older versions
 
     def save_checkpoint(self) -> None:
         buffer = io.BytesIO()
@@ -378,6 +353,7 @@ class Trainer:
         """The epoch's next step, its sums and the warm-up check."""
         index = epoch.order[epoch.step * self.batch:(epoch.step + 1) * self.batch]
         loss, wrong = self.train_step(index)
+        self.gradients.sample(epoch.step)
         epoch.loss_sum += loss * len(index)
         epoch.wrong += wrong
         self.warmup_window += wrong
@@ -486,7 +462,9 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
     try:
         write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, dataset),
                                "environment": environment(device)})
-        trainer.try_resume()
+        if not trainer.try_resume() and config.init:
+            load_init(trainer.model, config.init, trainer.config.kind, trainer.config.depth, trainer.config.shortcut,
+                      dataset.num_classes)
         return train_to_the_end(trainer, should_stop)
     finally:
         trainer.close()
@@ -504,6 +482,7 @@ def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda:
     run_dir = trainer.run_dir
     writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(trainer.data.val_labels is not None),
                            keep_rows=trainer.epoch)
+    trainer.gradients.open(run_dir / GRADIENTS_FILE)  # kept as far as the checkpoint, as metrics.csv
     # --tensorboard: the event file restarts from the rows the CSV kept, so no epoch shows twice
     board = TensorBoardLog.resumed(run_dir, trainer.epoch) if trainer.config.tensorboard else None
     status = starting_status(trainer)
@@ -519,6 +498,7 @@ def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda:
             return end_run(trainer, status, "interrupted")
         row = trainer.epoch_row(sums)
         writer.append(row)
+        trainer.gradients.end_epoch(trainer.epoch, trainer.iteration)
         if board is not None:
             board.append(row)
         status.update(run_dir, **epoch_progress(row), live_train_error=None, **warmup_progress(trainer))
@@ -573,4 +553,5 @@ def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:
         "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
         "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
         "params": count_parameters(trainer.model), "family": family_record(config.kind),
+        "init": describe_init(config.init) if config.init else None,
     }

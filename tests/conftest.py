@@ -103,6 +103,9 @@ class CliResult:
     def __iter__(self):  # code, out, err = run_cli(...)
         return iter((self.code, self.out, self.err))
 
+    def __getitem__(self, index: int):  # run_cli(...)[0]
+        return (self.code, self.out, self.err)[index]
+
 
 @pytest.fixture
 def run_cli() -> Callable[..., CliResult]:
@@ -149,9 +152,13 @@ def weights_of() -> Callable[[Path], dict]:
 
 @pytest.fixture(scope="session")
 def assert_same_run(metrics_of, weights_of) -> Callable[[Path, Path], None]:
-    """Same metrics (timing columns aside) and bit-identical final weights."""
+    """Same metrics (timing columns aside), the same gradients.csv and bit-identical final weights."""
     def check(a: Path, b: Path) -> None:
         pd.testing.assert_frame_equal(metrics_of(a), metrics_of(b))
+        # gradients.csv resumed like metrics.csv: the same rows, none missing or repeated, the same numbers
+        assert (a / "gradients.csv").exists() == (b / "gradients.csv").exists()
+        if (a / "gradients.csv").exists():
+            pd.testing.assert_frame_equal(pd.read_csv(a / "gradients.csv"), pd.read_csv(b / "gradients.csv"))
         wa, wb = weights_of(a), weights_of(b)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     return check
@@ -220,8 +227,10 @@ class Gated(nn.Module):
             x = x + torch.sigmoid(gate) * torch.relu(norm(conv(x)))
         return self.fc(x.mean((2, 3)))
 
-    def response_modules(self):
-        return list(self.norms)
+    def response_layers(self):
+        from resdepth.models import ResponseLayer
+
+        return [ResponseLayer(f"norms.{i}", 1, norm) for i, norm in enumerate(self.norms)]
 
 
 def gated(depth, num_classes=10, **options):

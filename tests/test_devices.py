@@ -13,7 +13,8 @@ import torch
 from resdepth.data import load_dataset
 from resdepth.devices import device_label, pytorch_default_precision, restore_training_state, snapshot_training_state
 from resdepth.executors import SequentialExecutor, worker_device
-from resdepth.train import Trainer, read_checkpoint, run_training
+from resdepth.results import read_checkpoint
+from resdepth.train import Trainer, run_training
 
 CPU = torch.device("cpu")
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from resdepth.errors import UserError
 from resdepth.families import (PREACT_BOTTLENECK_TABLE, build_network, builtin_families, check_network, family_of_run,
-                               get_family, response_modules)
+                               get_family, response_layers)
 from resdepth.models import PreActBlock, PreActNet, build_model, count_parameters
 from resdepth.plots import build_figures
 from resdepth.results import load_runs
@@ -121,7 +121,8 @@ def test_every_family_trains_answers_its_responses_and_builds_the_same_net_from_
                                                  strict=True))
     model = nets[0]
     seen = []
-    handles = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape)) for m in response_modules(model)]
+    modules = [layer.module for layer in response_layers(model)]
+    handles = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape)) for m in modules]
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     assert len(seen) == depth - 1 and seen[0] == (2, 16, 32, 32)  # a response per weight layer but the FC
@@ -347,8 +348,8 @@ def test_a_broken_installed_family_is_a_warning_in_the_listing_and_records_never
                          "ModuleNotFoundError" in err
     code, _, err = run_cli("train", "--kind", "gated", "--dataset", "synthetic", "--out", str(tmp_path / "never"))
     assert code == 2 and "family 'gated' is registered by several installed packages" in err
-    with pytest.raises(UserError, match="Linear has no response_modules"):
-        response_modules(nn.Linear(2, 2))
+    with pytest.raises(UserError, match="Linear has no response_layers"):
+        response_layers(nn.Linear(2, 2))
     broken = family_of_run({"kind": "mine:net", "resolved": {"family": {"reference": {"numbers": "x"}}}})
     assert broken.name == "mine:net" and broken.reference is None
     assert family_of_run({"kind": "residual"}).reference.label == "Table 6"  # a built-in one: by name

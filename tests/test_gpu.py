@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 import torch
 
-from resdepth.train import read_checkpoint, run_training
+from resdepth.results import read_checkpoint
+from resdepth.train import run_training
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -18,7 +18,7 @@ from resdepth.errors import UserError
 from resdepth.executors import LocalProcessExecutor
 from resdepth.results import atomic_write_bytes
 from resdepth.sweep import SweepConfig, load_sweep_file, plan_sweep, run_sweep
-from resdepth.train import read_checkpoint
+from resdepth.results import read_checkpoint
 
 
 def test_sequential_sweep_runs_every_cell_and_resume_skips_finished(tmp_path, tiny_sweep, run_sweep_now):

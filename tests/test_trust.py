@@ -13,7 +13,7 @@ import torch
 from resdepth.data import DataConfig, load_dataset
 from resdepth.errors import UserError
 from resdepth.results import RunStatus
-from resdepth.train import read_checkpoint
+from resdepth.results import read_checkpoint
 
 
 class RunsCode:
@@ -93,3 +93,28 @@ def test_an_image_declaring_a_huge_size_is_refused_before_decoding(tmp_path, wid
     bomb.write_bytes(png_declaring(width, height))
     with pytest.raises(UserError, match=f"{bomb} {message}"):
         load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
+
+
+@pytest.fixture
+def finished_plain_run(tmp_path, run_cli, tiny_args):
+    """A finished plain-8 run folder (2 epochs of the tiny synthetic set)."""
+    code, _, err = run_cli("train", "--kind", "plain", "--depth", "8", *tiny_args, "--epochs", "2", "--out",
+                           str(tmp_path / "runs"))
+    assert code == 0, err
+    return tmp_path / "runs" / "plain-8-s0"
+
+
+def test_construct_refuses_a_checkpoint_made_to_run_code(tmp_path, run_cli, finished_plain_run, malicious_checkpoint):
+    marker = malicious_checkpoint(finished_plain_run)
+    code, _, err = run_cli("construct", str(finished_plain_run), "--depth", "14", "--out", str(tmp_path / "built"))
+    assert code == 2 and not marker.exists() and REFUSAL in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "built").exists()
+
+
+def test_init_refuses_a_checkpoint_made_to_run_code(tmp_path, run_cli, tiny_args, finished_plain_run,
+                                                   malicious_checkpoint):
+    marker = malicious_checkpoint(finished_plain_run)
+    code, _, err = run_cli("train", "--kind", "plain", "--depth", "8", *tiny_args, "--epochs", "1", "--init",
+                           str(finished_plain_run), "--out", str(tmp_path / "from"))
+    assert code == 2 and not marker.exists() and REFUSAL in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "from").exists()
