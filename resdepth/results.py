@@ -32,8 +32,8 @@ CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE =
     "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",
 )
 # What training adds to a run's config.json beside the TrainConfig fields: the values as they took effect
-# (iterations, milestones, sizes, params) and the machine it ran on.
-RUN_CONFIG_SECTIONS = frozenset({"resolved", "environment"})
+# (iterations, milestones, sizes, params), the machine it ran on, and the fused group it trained in (--fuse).
+RUN_CONFIG_SECTIONS = frozenset({"resolved", "environment", "fused"})
 # A run is pending, running, interrupted (resumable), or in one of these:
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
 
