@@ -235,7 +235,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     while planning or for missing data writes nothing, not even the results folder."""
     planned = plan_sweep(config)
     if dry_run:
-        console.print(render_plan(config, planned))
+        print_full_width(render_plan(config, planned))  # piped: folders and fused jobs are never cut to "…"
         return 0
     if any(item.device for item in planned):
         load_dataset(config.train.data)  # fail fast, before any cell starts: missing data is a user error

@@ -137,19 +137,21 @@ def bench_size(config: BenchConfig, depth: int, size: int, processes: bool, devi
     processes_ips = statistics.median(process_windows) if process_windows else None
     return FuseRow(
         kind=config.kind, depth=depth, models=size, device=str(device), device_name=device_name(device),
-        threads=torch.get_num_threads(), process_threads=process_threads(size), precision=resolved_precision(
-            config.precision, device), fused_images_per_second=fused_ips, sequence_images_per_second=sequence_ips,
-        processes_images_per_second=processes_ips, fused_vs_sequence=fused_ips / sequence_ips,
+        threads=torch.get_num_threads(), process_threads=process_threads(size, config.threads),
+        precision=resolved_precision(config.precision, device), fused_images_per_second=fused_ips,
+        sequence_images_per_second=sequence_ips, processes_images_per_second=processes_ips,
+        fused_vs_sequence=fused_ips / sequence_ips,
         fused_vs_processes=fused_ips / processes_ips if processes_ips else None,
-        fused_peak_memory_mb=peak_mb(fused_setup, fused_memory), single_peak_memory_mb=peak_mb(single_setup,
-                                                                                                single_memory),
+        fused_peak_memory_mb=peak_mb(fused_setup, fused_memory),
+        single_peak_memory_mb=peak_mb(single_setup, single_memory),
         processes_peak_memory_mb=process_memory, memory_measure=meter.measure,
         fused_windows=fused_windows, sequence_windows=sequence_windows, processes_windows=process_windows)
 
 
-def process_threads(size: int) -> int:
-    """Torch threads of each of K processes at once: the cores divided, as `sweep --jobs K` divides them."""
-    return threads_per_job(["cpu"] * size)
+def process_threads(size: int, threads: int | None) -> int:
+    """Torch threads of each of K processes at once, as `sweep --jobs K` gives them: --threads, else the cores
+    divided between them."""
+    return threads or threads_per_job(["cpu"] * size)
 
 
 class FusedPath:
@@ -180,7 +182,7 @@ class ProcessPool:
         self.size, self.device = size, device
         self.commands, self.reports = context.Queue(), context.Queue()
         barrier = context.Barrier(size)
-        threads = process_threads(size)
+        threads = process_threads(size, config.threads)
         self.processes = [context.Process(target=process_main, daemon=True,
                                           args=(config, depth, str(device), threads, barrier, self.commands,
                                                 self.reports)) for _ in range(size)]
