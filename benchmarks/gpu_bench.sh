@@ -121,8 +121,7 @@ def load(name):
 def step_seconds(rows, depth, k):
     """Seconds per step of a fused job of k at this depth: measured K (the next measured K >= k bounds it from
     above), linear in depth between measured depths and proportional to depth beyond them."""
-    sizes = sorted({r["models"] for r in rows})
-    size = next((s for s in sizes if s >= k), sizes[-1])
+    size = min(s for s in {r["models"] for r in rows} if s >= k)
     measured = sorted((r["depth"], 128 * r["models"] / r["fused_images_per_second"]) for r in rows
                       if r["models"] == size)
     for (d0, t0), (d1, t1) in zip(measured, measured[1:]):
@@ -130,25 +129,6 @@ def step_seconds(rows, depth, k):
             return t0 + (t1 - t0) * (depth - d0) / (d1 - d0)
     (d0, t0), (d1, t1) = measured[0], measured[-1]
     return t0 * depth / d0 if depth < d0 else t1 * depth / d1
-for name in ("fused.json", "fused-bf16.json"):
-    fused = load(name)
-    rows = (fused or {}).get("fused_rows", [])
-    for r in rows:
-        print(f"fused {r['precision']} depth {r['depth']} K={r['models']}: {r['fused_images_per_second']:,.0f} img/s "
-              f"aggregate vs one run {r['sequence_images_per_second']:,.0f} ({r['fused_vs_sequence']:.2f}x), "
-              f"peak {r['fused_peak_memory_mb']:,.0f} MB vs {r['single_peak_memory_mb']:,.0f} MB")
-    for depth in sorted({r["depth"] for r in rows}):
-        best = max((r for r in rows if r["depth"] == depth), key=lambda r: r["fused_images_per_second"])
-        print(f"best K at depth {depth} ({best['precision']}): {best['models']} (for fused.MEASURED_BEST_FUSE['cuda'])")
-    if rows:
-        for k in sorted({r["models"] for r in rows if r["models"] < 5} | {5}):
-            jobs = [k] * (5 // k) + ([5 % k] if 5 % k else [])
-            hours = sum(iterations * step_seconds(rows, depth, size)
-                        for depth in (20, 32, 44, 56, 110) for size in jobs) / 3600
-            print(f"EXTRAPOLATION ({rows[0]['precision']}, training steps only, one GPU): Table 6 sweep, 5 seeds x "
-                  f"20/32/44/56/110, {iterations} iterations, --fuse {k} (jobs of {jobs}) = {hours:.2f} h"
-                  + ("  (a job of 5 costed at the next measured K)" if 5 in jobs and 5 not in {r['models'] for r in rows}
-                     else ""))
 for name in ("bench.json", "graph.json"):
     bench = load(name)
     for r in (bench or {}).get("rows", []):
@@ -163,6 +143,30 @@ if concurrent:
     for e in concurrent["figure6_extrapolation"]:
         print(f"EXTRAPOLATION (from the rows above, training steps only): Figure 6 sweep at {e['jobs_per_gpu']} "
               f"job(s)/GPU = {e['figure6_hours_extrapolated']:.2f} h")
+for name in ("fused.json", "fused-bf16.json"):
+    fused = load(name)
+    rows = (fused or {}).get("fused_rows", [])
+    for r in rows:
+        print(f"fused {r['precision']} depth {r['depth']} K={r['models']}: {r['fused_images_per_second']:,.0f} img/s "
+              f"aggregate vs one run {r['sequence_images_per_second']:,.0f} ({r['fused_vs_sequence']:.2f}x), "
+              f"peak {r['fused_peak_memory_mb']:,.0f} MB vs {r['single_peak_memory_mb']:,.0f} MB")
+    for depth in sorted({r["depth"] for r in rows}):  # K = 1 means separate runs: one run's rate
+        mine = [r for r in rows if r["depth"] == depth]
+        rates = {1: sorted(r["sequence_images_per_second"] for r in mine)[len(mine) // 2],
+                 **{r["models"]: r["fused_images_per_second"] for r in mine if r["models"] > 1}}
+        best = max(rates, key=rates.get)
+        print(f"best K at depth {depth} ({mine[0]['precision']}): {best}, {rates[best]:,.0f} img/s vs "
+              f"{rates[1]:,.0f} unfused (for MEASURED_BEST_FUSE['cuda'] in resdepth/fused.py)")
+    if rows:
+        sizes = {r["models"] for r in rows}
+        for k in sorted({s for s in sizes if s < 5} | ({5} if max(sizes) >= 5 else set())):
+            jobs = [k] * (5 // k) + ([5 % k] if 5 % k else [])
+            hours = sum(iterations * step_seconds(rows, depth, size)
+                        for depth in (20, 32, 44, 56, 110) for size in jobs) / 3600
+            print(f"EXTRAPOLATION ({rows[0]['precision']}, training steps only, one GPU): Table 6 sweep, 5 seeds x "
+                  f"20/32/44/56/110, {iterations} iterations, --fuse {k} (jobs of {jobs}) = {hours:.2f} h"
+                  + ("  (a job of 5 costed at the next measured K)" if 5 in jobs and 5 not in {r['models'] for r in rows}
+                     else ""))
 try:
     import pandas as pd
     m = pd.read_csv(out / "metrics.csv")
