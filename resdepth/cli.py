@@ -277,11 +277,11 @@ def final_states(planned: list[PlannedCell], outcomes: dict[str, Any]) -> dict[s
 
 def render_plan(config: SweepConfig, planned: list[PlannedCell]) -> Table:
     slots = device_slots(config)
+    fused = any(item.group for item in planned)
     if config.executor in ("ray", "slurm"):
-        where = f"one {config.executor} task per cell, {task_threads(config)} thread(s) each"
+        where = f"one {config.executor} task per {'job' if fused else 'cell'}, {task_threads(config)} thread(s) each"
     else:
         where = f"{len(slots)} job slot(s): {', '.join(slots)}, {task_threads(config)} thread(s) each"
-    fused = any(item.group for item in planned)
     if fused:
         where += f"; --fuse {config.fuse}: cells that differ only in their seed train as one job"
     table = Table(title=f"dry run: {config.out_dir()} ({where})")

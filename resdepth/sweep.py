@@ -2,8 +2,8 @@
 
 The runner decides what to run (skip finished, resume unfinished, refuse mismatched folders), on which slot
 (GPU or CPU share), and with which executor (`make_executor`: the choice sits here, above executors.py and
-cluster.py, which never see a SweepConfig). An `Executor` only runs cells. `run_sweep` returns data; the CLI
-displays it.
+cluster.py, which never see a SweepConfig). An `Executor` only runs jobs: a cell, or with `--fuse` a group of
+cells that differ only in their seed, trained together (`fused.py`). `run_sweep` returns data; the CLI displays it.
 """
 
 from __future__ import annotations
