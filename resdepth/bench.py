@@ -228,17 +228,7 @@ class OwnPath:
     """resdepth's training as `resdepth train` runs it: the real Trainer, its epochs, in-memory batched augmentation."""
 
     def __init__(self, config: BenchConfig, depth: int, device: torch.device, dataset: Dataset, run_dir: Path):
-        steps = config.warmup + config.rounds * (config.iterations + SETTLE_STEPS)
-        train = TrainConfig(kind=config.kind, depth=depth, batch_size=config.batch_size, device=str(device),
-                            threads=config.threads, precision=config.precision, data=config.data,
-                            iterations=max(TrainConfig.iterations, steps))  # the paper's lr schedule, never reached
-        if config.channels_last is not None:
-            train.channels_last = config.channels_last
-        if config.compile is not None:
-            train.compile = config.compile
-        train.cuda_graph = config.cuda_graph
-        train.validate()
-        self.trainer = Trainer(train, run_dir, device, dataset)
+        self.trainer = Trainer(bench_train_config(config, depth, device), run_dir, device, dataset)
         self.run(config.warmup)
         synchronize(device)
 
@@ -252,6 +242,21 @@ def train_steps(trainer: Trainer, steps: int) -> None:
     target = trainer.iteration + steps
     while trainer.iteration < target:
         trainer.train_epoch(lambda: trainer.iteration >= target)
+
+
+def bench_train_config(config: BenchConfig, depth: int, device: torch.device) -> TrainConfig:
+    """The run the bench times a step of: a paper-length run of this depth with the bench's execution options."""
+    steps = config.warmup + config.rounds * (config.iterations + SETTLE_STEPS)
+    train = TrainConfig(kind=config.kind, depth=depth, batch_size=config.batch_size, device=str(device),
+                        threads=config.threads, precision=config.precision, data=config.data,
+                        iterations=max(TrainConfig.iterations, steps))  # the paper's lr schedule, never reached
+    if config.channels_last is not None:
+        train.channels_last = config.channels_last
+    if config.compile is not None:
+        train.compile = config.compile
+    train.cuda_graph = config.cuda_graph
+    train.validate()
+    return train
 
 
 class PilImages(torch.utils.data.Dataset):

@@ -8,13 +8,14 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from .config import from_dict
 from .errors import UserError
 from .results import CONFIG_FILE, ERROR_FILE, LOCK_FILE, RUN_CONFIG_SECTIONS, RunStatus, read_json
-from .train import TrainConfig, run_training
+from .train import RunResult, TrainConfig, run_training
 
 STALE_FOREIGN_LOCK_SECONDS = 900  # a lock from another host whose run shows no progress for this long is dead
 
@@ -27,6 +28,18 @@ class CellOutcome:
     state: str  # done, diverged, failed, interrupted, busy (locked by another live process)
     error: str | None = None
     final_test_error: float | None = None
+    # a fused job's outcome is its first cell's, and carries every cell's here (`each_cell`)
+    members: tuple[CellOutcome, ...] = ()
+
+
+def job_outcome(outcomes: list[CellOutcome]) -> CellOutcome:
+    """The outcome of a job of several cells (a fused group): its first cell's, carrying all of them."""
+    return outcomes[0] if len(outcomes) == 1 else replace(outcomes[0], members=tuple(outcomes))
+
+
+def each_cell(outcome: CellOutcome) -> tuple[CellOutcome, ...]:
+    """The outcome of every cell a job trained: one for a single cell, one per member for a fused group."""
+    return outcome.members or (outcome,)
 
 
 class RunLock:
@@ -117,6 +130,69 @@ def run_cell(run_dir: Path, device: str, threads: int | None, should_stop: Calla
         lock.release()
 
 
+def run_cells(run_dirs: list[Path], device: str, threads: int | None, should_stop: Callable[[], bool]) -> CellOutcome:
+    """One job: a single cell (`run_cell`), or a fused group (`--fuse`) trained together, each cell under its own
+    lock. A cell another live process holds is `busy` and left alone; the others train as a smaller group (alone
+    if one is left). Returns the job's outcome (`each_cell` gives every cell's)."""
+    if len(run_dirs) == 1:
+        return run_cell(run_dirs[0], device, threads, should_stop)
+    locks = [RunLock(run_dir) for run_dir in run_dirs]
+    outcomes: dict[Path, CellOutcome] = {}
+    try:
+        mine = []
+        for lock, run_dir in zip(locks, run_dirs, strict=True):
+            if lock.acquire():
+                mine.append(run_dir)
+            else:
+                outcomes[run_dir] = CellOutcome(run_dir, "busy", error=describe_owner(lock.owner()))
+        outcomes.update(train_group(mine, device, threads, should_stop))
+    finally:
+        for lock in locks:
+            lock.release()
+    return job_outcome([outcomes[run_dir] for run_dir in run_dirs])
+
+
+def train_group(run_dirs: list[Path], device: str, threads: int | None,
+                should_stop: Callable[[], bool]) -> dict[Path, CellOutcome]:
+    """Train cells whose locks this process holds, fused; a cell whose config cannot be read fails alone first. A
+    failure of the fused job itself (out of memory, ...) fails every cell of it, with the reason."""
+    from .fused import run_fused_training  # torch.func and the fused trainer: only for jobs that fuse
+
+    outcomes: dict[Path, CellOutcome] = {}
+    configs = {}
+    for run_dir in run_dirs:
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        try:
+            configs[run_dir] = read_run_config(run_dir)
+            configs[run_dir].device, configs[run_dir].threads = device, threads or configs[run_dir].threads
+        except UserError as exc:
+            outcomes[run_dir] = mark_failed(run_dir, str(exc))
+    group = list(configs)
+    if not group:
+        return outcomes
+    if len(group) == 1:  # nothing left to fuse with: the cell trains as any single run
+        single = partial(run_training, configs[group[0]], group[0], should_stop=should_stop)
+        return {**outcomes, group[0]: train_guarded(group, lambda: [single()])[0]}
+    fused = partial(run_fused_training, [configs[run_dir] for run_dir in group], group, should_stop=should_stop)
+    return {**outcomes, **dict(zip(group, train_guarded(group, fused), strict=True))}
+
+
+def train_guarded(run_dirs: list[Path], train: Callable[[], list[RunResult]]) -> list[CellOutcome]:
+    """The cells' outcomes from train()'s results; a UserError or a crash fails every one of them, with the reason
+    (and the traceback in error.txt)."""
+    try:
+        results = train()
+    except UserError as exc:
+        return [mark_failed(run_dir, str(exc)) for run_dir in run_dirs]
+    except Exception as exc:  # noqa: BLE001 - a crash fails only these cells; the sweep goes on
+        trace = traceback.format_exc()
+        for run_dir in run_dirs:
+            (run_dir / ERROR_FILE).write_text(trace)
+        return [mark_failed(run_dir, f"{type(exc).__name__}: {exc}") for run_dir in run_dirs]
+    return [CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
+            for run_dir, result in zip(run_dirs, results, strict=True)]
+
+
 def read_run_config(run_dir: Path) -> TrainConfig:
     """The run's config.json as a TrainConfig, strictly (the sections training adds, resolved and environment,
     are read elsewhere); a UserError names the file and what is wrong in it."""
@@ -138,6 +214,21 @@ def mark_failed(run_dir: Path, error: str) -> CellOutcome:
     if not (run_dir / ERROR_FILE).exists():
         (run_dir / ERROR_FILE).write_text(error + "\n")
     return CellOutcome(run_dir, "failed", error=error)
+
+
+def job_outcome_from_status(run_dirs: list[Path], exit_code: int) -> CellOutcome:
+    """How a worker process's job ended, from its run folders: `outcome_from_status` for a single cell; for a fused
+    group each cell's own state, a cell still held by another live process being busy."""
+    if len(run_dirs) == 1:
+        return outcome_from_status(run_dirs[0], exit_code)
+    outcomes = []
+    for run_dir in run_dirs:
+        status = RunStatus.read(run_dir)
+        if (status is None or status.state in ("running", "pending")) and is_locked(run_dir):
+            outcomes.append(CellOutcome(run_dir, "busy", error=describe_owner(RunLock(run_dir).owner())))
+        else:  # a group's worker never exits with the busy code: the cells say how each ended
+            outcomes.append(outcome_from_status(run_dir, exit_code if exit_code != EXIT_CODES["busy"] else 1))
+    return job_outcome(outcomes)
 
 
 def outcome_from_status(run_dir: Path, exit_code: int) -> CellOutcome:

@@ -303,7 +303,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     if dry_run:
         estimate = estimate_plan(config, planned, on_progress=lambda line: errors.print(f"[dim]{line}[/]",
                                                                                         highlight=False))
-        console.print(render_plan(config, planned, estimate))
+        print_full_width(render_plan(config, planned, estimate))  # piped: folders and fused jobs are never cut to "…"
         print_estimate(estimate)
         return 0
     if any(item.device for item in planned):
@@ -361,17 +361,22 @@ def check_inits(planned: list[PlannedCell], config: SweepConfig, with_classes: b
 def render_plan(config: SweepConfig, planned: list[PlannedCell], estimate: Any) -> Table:
     """The dry run's table: each cell's action, device, iterations left and estimated time, and its folder."""
     slots = device_slots(config)
+    fused = any(item.group for item in planned)
     if config.executor in ("ray", "slurm"):
-        where = f"one {config.executor} task per cell, {task_threads(config)} thread(s) each"
+        where = f"one {config.executor} task per {'job' if fused else 'cell'}, {task_threads(config)} thread(s) each"
     else:
         where = f"{len(slots)} job slot(s): {', '.join(slots)}, {task_threads(config)} thread(s) each"
+    if fused:
+        where += f"; --fuse {config.fuse}: cells that differ only in their seed train as one job"
     table = Table(title=f"dry run: {config.out_dir()} ({where})")
-    for column in ("cell", "action", "device", "iterations", "img/s", "est. time", "folder"):
-        table.add_column(column, justify="right" if column in ("iterations", "img/s", "est. time") else "left")
+    numbers = ("iterations", "img/s", "est. time")
+    for column in ("cell", "action", "device", *(["fused job"] if fused else []), *numbers, "folder"):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for item in planned:
         guess = estimate.cells[item.cell.name]
-        table.add_row(item.cell.name, item.action, item.device or "-", _count(guess.iterations),
-                      _rate(guess.speed and guess.speed.images_per_second), _duration(guess.seconds),
+        table.add_row(item.cell.name, item.action, item.device or "-", *([item.group or "-"] if fused else []),
+                      _count(guess.iterations), _rate(guess.speed and guess.speed.images_per_second),
+                      _duration(guess.seconds),
                       str(item.cell.run_dir))
     return table
 
@@ -882,6 +887,11 @@ def bench(
                                                       "them).")] = 4096,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the rows, every window included, to "
                                                                     "this JSON file.")] = None,
+    fuse: Annotated[str | None, typer.Option(help="Instead: per depth and K, aggregate img/s of one fused job of K "
+                                                  "seeds vs K runs in sequence vs K processes at once, e.g. "
+                                                  "1,2,4,8.")] = None,
+    processes: Annotated[bool, typer.Option("--processes/--no-processes",
+                                            help="With --fuse: time K processes at once too.")] = True,
 ) -> None:
     """Images/s of resdepth's training step vs the common PIL + DataLoader recipe, FLOP/s and peak memory."""
     import json
@@ -891,6 +901,12 @@ def bench(
         check_output_file(json_out, "--json")  # before minutes of measuring, not after
     data = (DataConfig(dataset="cifar10", data_dir=data_dir) if data_dir else
             DataConfig(dataset="synthetic", synthetic_train=synthetic_train, synthetic_test=16))
+    if fuse is not None:
+        config = BenchConfig(depths=tuple(parse_list(depths, int, "--depths")), kind=kind, device=device or "auto",
+                             iterations=iterations, warmup=warmup, rounds=rounds, batch_size=batch_size, naive=False,
+                             threads=threads, precision=precision or "auto", channels_last=channels_last,
+                             compile=compile, cuda_graph=bool(cuda_graph), data=data)
+        raise typer.Exit(bench_fused(config, fuse, processes, json_out))
     config = BenchConfig(depths=tuple(parse_list(depths, int, "--depths")), kind=kind, device=device or "auto",
                          iterations=iterations, warmup=warmup, rounds=rounds, batch_size=batch_size,
                          num_workers=num_workers, naive=naive, threads=threads, precision=precision or "auto",
@@ -900,6 +916,44 @@ def bench(
     if json_out is not None:
         json_out.write_text(json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     console.print(render_bench(kind, rows))
+
+
+def bench_fused(config: BenchConfig, sizes: str, processes: bool, json_out: Path | None) -> int:
+    """`bench --fuse`: the fused job against separate runs; prints the table, returns the exit code."""
+    import json
+    from dataclasses import asdict
+
+    from .fusebench import parse_sizes, run_fuse_benchmark
+
+    chosen = parse_sizes(sizes)
+    rows = run_fuse_benchmark(config, chosen, processes,
+                              on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
+    if json_out is not None:
+        json_out.write_text(json.dumps({"config": asdict(config), "fuse": list(chosen),
+                                        "fused_rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    console.print(render_fuse_bench(rows))
+    return 0
+
+
+def render_fuse_bench(rows: list[Any]) -> Table:
+    """Per depth and K: aggregate img/s of the three ways, the fused job's ratios, peak memory; fits 80 columns."""
+    first = rows[0]
+    title = (f"{first.kind}: K seeds fused vs separate, on {first.device_name} ({first.device}, {first.precision}; "
+             f"fused and single: {first.threads} threads, K processes: cores / K threads each)")
+    caption = (f"img/s = images x models per second, all paths eager; vs: the fused job's ratio to each; "
+               f"MB: {first.memory_measure}, the processes' summed")
+    view = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, caption=caption)
+    for column in ("depth", "K", "fused\nimg/s", "in seq.\nimg/s", "K procs\nimg/s", "vs\nseq.", "vs\nprocs",
+                   "MB\nfused", "MB\nsingle", "MB\nprocs"):
+        view.add_column(column, justify="right", no_wrap=True)
+    dash = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
+    for row in rows:
+        view.add_row(str(row.depth), str(row.models), f"{row.fused_images_per_second:,.0f}",
+                     f"{row.sequence_images_per_second:,.0f}", dash(row.processes_images_per_second, ",.0f"),
+                     f"{row.fused_vs_sequence:.2f}x", dash(row.fused_vs_processes, ".2f") +
+                     ("x" if row.fused_vs_processes else ""), f"{row.fused_peak_memory_mb:,.0f}",
+                     f"{row.single_peak_memory_mb:,.0f}", dash(row.processes_peak_memory_mb, ",.0f"))
+    return view
 
 
 def render_bench(kind: str, rows: list[BenchRow]) -> Table:

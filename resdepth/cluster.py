@@ -25,7 +25,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .cell import CellOutcome, RunLock, describe_owner, is_locked, mark_failed, outcome_from_status, run_cell, set_state
+from .cell import (
+    CellOutcome,
+    RunLock,
+    describe_owner,
+    is_locked,
+    job_outcome,
+    mark_failed,
+    outcome_from_status,
+    run_cells,
+    set_state,
+)
 from .config import flag_name, option
 from .errors import UserError
 from .executors import CellJob, Executor
@@ -38,38 +48,49 @@ TASK_FILE = "task.json"  # the attempt running a cell (token, host, pid): lets a
 
 # ---------------------------------------------------------------------------------------------- on the node
 class CellTask:
-    """What a cluster runs for one cell: `run_cell` under a token that every retry or requeue of it shares.
+    """What a cluster runs for one cell, or one fused group of cells (fused_with: the other cells' folders):
+    `run_cells` under a token that every retry or requeue of it shares.
 
     Training runs on a worker thread so that signal handlers, which Python runs on the main thread, can act
     while it waits: SIGINT (Ray's cancel, `scancel --signal=INT`, Ctrl-C) stops the run at its next iteration,
     and submitit's preemption handler calls `checkpoint()`, which waits for the checkpoint before requeueing.
     """
 
-    def __init__(self, run_dir: Path, device: str, threads: int, token: str):
+    def __init__(self, run_dir: Path, device: str, threads: int, token: str, fused_with: tuple[Path, ...] = ()):
         self.run_dir, self.device, self.threads, self.token = run_dir, device, threads, token
+        self.fused_with = fused_with
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._worker: threading.Thread | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # events hold locks, which do not pickle; a new node makes new ones
-        return {"run_dir": self.run_dir, "device": self.device, "threads": self.threads, "token": self.token}
+        return {"run_dir": self.run_dir, "device": self.device, "threads": self.threads, "token": self.token,
+                "fused_with": self.fused_with}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
 
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [self.run_dir, *self.fused_with]
+
     def __call__(self) -> CellOutcome:
-        if not (self.run_dir / CONFIG_FILE).exists():  # never train a default config in a folder we cannot see
-            raise RuntimeError(f"{self.run_dir} is not visible on {socket.gethostname()}: the results folder must "
-                               "be on a filesystem every node mounts at the same path (choose it with --out)")
-        take_over_own_lock(self.run_dir, self.token)
-        if is_locked(self.run_dir):  # another live run holds the cell: leave its attempt record alone
-            return CellOutcome(self.run_dir, "busy", error=describe_owner(RunLock(self.run_dir).owner()))
-        attempt = self.run_dir / TASK_FILE
+        for run_dir in self.run_dirs:
+            if not (run_dir / CONFIG_FILE).exists():  # never train a default config in a folder we cannot see
+                raise RuntimeError(f"{run_dir} is not visible on {socket.gethostname()}: the results folder must "
+                                   "be on a filesystem every node mounts at the same path (choose it with --out)")
+            take_over_own_lock(run_dir, self.token)
+        free = [run_dir for run_dir in self.run_dirs if not is_locked(run_dir)]
+        if not free:  # other live runs hold the cells: leave their attempt records alone
+            return job_outcome([CellOutcome(run_dir, "busy", error=describe_owner(RunLock(run_dir).owner()))
+                                for run_dir in self.run_dirs])
         me = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job_id()}
-        write_json(attempt, me)
-        outcome = self._train_until_stopped()
-        if read_json(attempt) == me:
-            attempt.unlink(missing_ok=True)  # needed only while this attempt might hold the lock
+        for run_dir in free:
+            write_json(run_dir / TASK_FILE, me)
+        outcome = self._train_until_stopped()  # a fused group's busy cells are left alone by run_cells
+        for run_dir in free:
+            if read_json(run_dir / TASK_FILE) == me:
+                (run_dir / TASK_FILE).unlink(missing_ok=True)  # needed only while this attempt might hold the lock
         return outcome
 
     def checkpoint(self) -> Any:
@@ -79,14 +100,14 @@ class CellTask:
         self._stop.set()
         if self._worker is not None:  # else training has not begun, and cannot while this handler holds the main thread
             self._finished.wait()
-        return DelayedSubmission(CellTask(self.run_dir, self.device, self.threads, self.token))
+        return DelayedSubmission(CellTask(self.run_dir, self.device, self.threads, self.token, self.fused_with))
 
     def _train_until_stopped(self) -> CellOutcome:
         result: list[Any] = []
 
         def train() -> None:
             try:
-                result.append(run_cell(self.run_dir, self.device, self.threads, self._stop.is_set))
+                result.append(run_cells(self.run_dirs, self.device, self.threads, self._stop.is_set))
             except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread below
                 result.append(exc)
             finally:
@@ -177,32 +198,36 @@ class RayExecutor(Executor):
         # A fresh worker process per cell: one that has initialised CUDA keeps its first CUDA_VISIBLE_DEVICES, so a
         # reused worker would train its next cell on the previous cell's GPU while the one Ray gave it idles.
         self._task = self.ray.remote(max_calls=1)(run_task)
-        self._running: dict[Any, Path] = {}  # ObjectRef -> run folder
+        self._running: dict[Any, list[Path]] = {}  # ObjectRef -> the job's run folders
         self._lock = threading.Lock()
 
     def submit(self, job: CellJob) -> Future[CellOutcome]:
-        run_dir = job.run_dir.resolve()  # the same path on every node; job.device and job.threads are the driver's
-        task = CellTask(run_dir, self.device, self.threads, uuid.uuid4().hex)
-        ref = self._task.options(**self._options).remote(task)
+        run_dirs = [run_dir.resolve() for run_dir in job.run_dirs]  # the same paths on every node
+        task = CellTask(run_dirs[0], self.device, self.threads, uuid.uuid4().hex, tuple(run_dirs[1:]))
+        ref = self._task.options(**self._options).remote(task)  # job.device and job.threads are the driver's
         with self._lock:
-            self._running[ref] = run_dir
+            self._running[ref] = run_dirs
         future: Future[CellOutcome] = Future()
         ref.future().add_done_callback(lambda done: future.set_result(self._outcome(ref, done)))
         return future
 
     def _outcome(self, ref: Any, done: Future[CellOutcome]) -> CellOutcome:
         with self._lock:
-            run_dir = self._running.pop(ref)
+            run_dirs = self._running.pop(ref)
         try:
             return done.result()
         except self.ray.exceptions.TaskCancelledError:
-            return CellOutcome(run_dir, "interrupted", error="cancelled before it started")
+            return job_outcome([CellOutcome(d, "interrupted", error="cancelled before it started") for d in run_dirs])
         except Exception as exc:  # noqa: BLE001 - the job raised: its message is the cell's error
-            try:
-                return outcome_without_result(run_dir, f"Ray task ended without a result ({type(exc).__name__}): "
-                                                       f"{last_line(str(exc))}")
-            except OSError as unreadable:  # the future must resolve, or the sweep would wait forever
-                return CellOutcome(run_dir, "failed", error=f"{type(exc).__name__}; run folder: {unreadable}")
+            reason = f"Ray task ended without a result ({type(exc).__name__}): {last_line(str(exc))}"
+            return job_outcome([self._without_result(run_dir, reason, exc) for run_dir in run_dirs])
+
+    @staticmethod
+    def _without_result(run_dir: Path, reason: str, exc: Exception) -> CellOutcome:
+        try:
+            return outcome_without_result(run_dir, reason)
+        except OSError as unreadable:  # the future must resolve, or the sweep would wait forever
+            return CellOutcome(run_dir, "failed", error=f"{type(exc).__name__}; run folder: {unreadable}")
 
     def interrupt(self) -> None:
         with self._lock:
@@ -356,7 +381,7 @@ class SlurmExecutor(Executor):
             mem_gb=config.mem_gb, slurm_partition=config.partition, slurm_account=config.account,
             slurm_qos=config.qos, slurm_constraint=config.constraint, slurm_array_parallelism=config.array_parallelism,
             slurm_setup=list(config.setup) or None, local_setup=list(config.setup) or None)
-        self._jobs: dict[Any, tuple[Path, Future[CellOutcome]]] = {}  # submitit job -> (run folder, future)
+        self._jobs: dict[Any, tuple[list[Path], Future[CellOutcome]]] = {}  # submitit job -> (run folders, future)
         self._ended_at: dict[Any, float] = {}  # when a job was first seen ended without its result file
         self._lock = threading.Lock()
         self._interrupted = False
@@ -368,7 +393,8 @@ class SlurmExecutor(Executor):
         return self.submit_all([job])[0]
 
     def submit_all(self, jobs: list[CellJob]) -> list[Future[CellOutcome]]:
-        tasks = [CellTask(job.run_dir.resolve(), self.device, self.threads, uuid.uuid4().hex) for job in jobs]
+        tasks = [CellTask(job.run_dir.resolve(), self.device, self.threads, uuid.uuid4().hex,
+                          tuple(run_dir.resolve() for run_dir in job.fused_with)) for job in jobs]
         said: list[str] = []
         try:
             with stderr_into(said):
@@ -380,7 +406,7 @@ class SlurmExecutor(Executor):
         futures: list[Future[CellOutcome]] = [Future() for _ in submitted]
         with self._lock:
             for task, slurm_job, future in zip(tasks, submitted, futures, strict=True):
-                self._jobs[slurm_job] = (task.run_dir, future)
+                self._jobs[slurm_job] = (task.run_dirs, future)
         return futures
 
     def _watch(self) -> None:
@@ -396,9 +422,9 @@ class SlurmExecutor(Executor):
                 continue
             for job in ended:
                 with self._lock:
-                    run_dir, future = self._jobs.pop(job)
+                    run_dirs, future = self._jobs.pop(job)
                     self._ended_at.pop(job, None)
-                future.set_result(self._outcome(job, run_dir))
+                future.set_result(self._outcome(job, run_dirs))
 
     def _ended_jobs(self, jobs: list[Any]) -> list[Any]:
         """The jobs that have their result, or have left the queue without one for a grace period."""
@@ -414,9 +440,13 @@ class SlurmExecutor(Executor):
                 ended.append(job)
         return ended
 
-    def _outcome(self, job: Any, run_dir: Path) -> CellOutcome:
-        """How a cell's job ended, read from its run folder and the text of its log. The job's result pickle is
-        never loaded: a results folder that others can write must not be able to run code in this process."""
+    def _outcome(self, job: Any, run_dirs: list[Path]) -> CellOutcome:
+        """How a job ended, from each of its cells' run folders and the text of its log. The job's result pickle
+        is never loaded: a results folder that others can write must not be able to run code in this process."""
+        return job_outcome([self._cell_outcome(job, run_dir) for run_dir in run_dirs])
+
+    def _cell_outcome(self, job: Any, run_dir: Path) -> CellOutcome:
+        """How one cell of the job ended, read from its run folder (and the job's log when it recorded no end)."""
         try:
             status = RunStatus.read(run_dir) or RunStatus()
             if status.state not in ("running", "pending"):  # the run recorded its own end
@@ -441,8 +471,8 @@ class SlurmExecutor(Executor):
         with self._lock:
             items = list(self._jobs.items())
         if self.config.cluster == "local":
-            for job, (run_dir, _future) in items:
-                if not signal_local_task(run_dir):
+            for job, (run_dirs, _future) in items:
+                if not signal_local_task(run_dirs[0]):
                     job.cancel()  # not training yet: submitit stops its process
             return
         ids = [job.job_id for job, _ in items]

@@ -89,9 +89,21 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
         estimate.speed = speeds[item.device, item.cell.config.depth]
         estimate.seconds = cell_seconds(item.cell.config, estimate.iterations, data, estimate.speed.images_per_second)
         eager |= uses_compile(item.cell.config, resolve_device(item.device)) and not estimate.speed.compile
-    seconds = [cells[item.cell.name].seconds for item in runnable]
+    seconds = job_seconds(runnable, cells)
     total = None if None in seconds else wall_time([s for s in seconds if s is not None], len(slots))
-    return PlanEstimate(cells, total, describe_basis(speeds, threads, len(slots), data, eager), data)
+    basis = describe_basis(speeds, threads, len(slots), data, eager)
+    if any(item.group for item in runnable):
+        basis.append("a fused job is timed as its cells one after another in one slot: `resdepth bench --fuse 1,2,4` "
+                     "measures what fusing changes on this machine")
+    return PlanEstimate(cells, total, basis, data)
+
+
+def job_seconds(runnable: list[PlannedCell], cells: dict[str, CellEstimate]) -> list[float | None]:
+    """Each job's time: a cell's own, a fused group's the sum of its cells' (its cells share one slot)."""
+    jobs: dict[str, list[float | None]] = {}
+    for item in runnable:
+        jobs.setdefault(item.group or item.cell.name, []).append(cells[item.cell.name].seconds)
+    return [None if None in times else sum(t for t in times if t is not None) for times in jobs.values()]
 
 
 def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:

@@ -4,7 +4,8 @@ Every executor has the same interface, `submit(job) -> Future[CellOutcome]` plus
 manner of submitit: `SequentialExecutor` trains in this process (one job at a time, instant start, used by
 tests) and `LocalProcessExecutor` runs each job in its own Python process so a crash stays in its job. The
 cluster executors (`RayExecutor`, `SlurmExecutor`) live in `cluster.py` behind the same interface; which one a
-sweep uses is decided above them all, by `sweep.make_executor`.
+sweep uses is decided above them all, by `sweep.make_executor`. A job is one cell, or a fused group (`--fuse`)
+of cells trained together, whose outcome carries each cell's (`cell.each_cell`).
 """
 
 from __future__ import annotations
@@ -20,16 +21,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cell import CellOutcome, outcome_from_status, run_cell
+from .cell import CellOutcome, job_outcome_from_status, run_cells
 
 
 @dataclass(frozen=True)
 class CellJob:
-    """What an executor needs to run one cell: its prepared folder and the slot it was given."""
+    """What an executor needs to run one cell: its prepared folder and the slot it was given. A fused group
+    (`--fuse`) is one job too: its first cell's folder, and the others' in fused_with."""
 
     run_dir: Path
     device: str
     threads: int | None = None
+    fused_with: tuple[Path, ...] = ()
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [self.run_dir, *self.fused_with]
 
 
 class Executor(ABC):
@@ -57,7 +64,7 @@ class SequentialExecutor(Executor):
         self._stop = threading.Event()
 
     def submit(self, job: CellJob) -> Future[CellOutcome]:
-        return self._pool.submit(run_cell, job.run_dir, job.device, job.threads, self._stop.is_set)
+        return self._pool.submit(run_cells, job.run_dirs, job.device, job.threads, self._stop.is_set)
 
     def interrupt(self) -> None:
         self._stop.set()
@@ -67,7 +74,8 @@ class SequentialExecutor(Executor):
 
 
 class LocalProcessExecutor(Executor):
-    """One `python -m resdepth.worker` process per job; its exit, even by SIGKILL, is read from the run folder."""
+    """One `python -m resdepth.worker` process per job; its exit, even by SIGKILL, is read from the run folders
+    (its log goes to the first cell's worker.log)."""
 
     def __init__(self) -> None:
         self._processes: set[subprocess.Popen[bytes]] = set()
@@ -76,7 +84,7 @@ class LocalProcessExecutor(Executor):
     def submit(self, job: CellJob) -> Future[CellOutcome]:
         future: Future[CellOutcome] = Future()
         device, env = worker_device(job.device, os.environ)
-        command = [sys.executable, "-m", "resdepth.worker", str(job.run_dir), "--device", device]
+        command = [sys.executable, "-m", "resdepth.worker", *map(str, job.run_dirs), "--device", device]
         if job.threads:
             command += ["--threads", str(job.threads)]
         log = (job.run_dir / "worker.log").open("ab")
@@ -92,7 +100,7 @@ class LocalProcessExecutor(Executor):
         code = process.wait()
         with self._lock:
             self._processes.discard(process)
-        future.set_result(outcome_from_status(job.run_dir, exit_code=code))
+        future.set_result(job_outcome_from_status(job.run_dirs, exit_code=code))
 
     def interrupt(self) -> None:
         with self._lock:

@@ -38,16 +38,25 @@ class GradientLog:
         self.steps = 0  # sampled steps in the current epoch
         self.rows = 0  # data rows in gradients.csv
 
+    def samples(self, step: int) -> bool:
+        """Whether 0-based step `step` of the epoch is one of the sampled steps."""
+        return step % self.every == 0
+
     @torch.no_grad()
     def sample(self, step: int) -> None:
         """After the optimizer step at 0-based step `step` of the epoch: add this step's norms if it is sampled.
         The weights' .grad still holds the step's loss gradient (SGD adds weight decay to a copy)."""
-        if step % self.every:
+        if not self.samples(step):
             return
         grads = [weight.grad for weight in self.weights]
         if any(grad is None for grad in grads):
             return
-        self.sums += torch.stack(torch._foreach_norm(grads + self.weights))  # type: ignore[arg-type,operator]
+        self.add(torch.stack(torch._foreach_norm(grads + self.weights)))  # type: ignore[arg-type,operator]
+
+    def add(self, norms: torch.Tensor) -> None:
+        """One sampled step's norms: the layers' gradient norms, then their weight norms (a fused group computes
+        them for all its models at once and hands each model its own)."""
+        self.sums += norms
         self.steps += 1
 
     def open(self, path: Path) -> None:

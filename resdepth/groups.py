@@ -83,7 +83,7 @@ def group_order(key: GroupKey) -> tuple:
 # Saved config keys that do not make runs different experiments: the group key, the seed, how a run executed,
 # where its data lives, and raw values that "resolved" holds as they took effect (--epochs -> iterations).
 NOT_PROTOCOL = {"kind", "depth", "shortcut", "seed", "epochs", "iterations", "precision", "resolved", "environment",
-                "data", *EXECUTION_FIELDS}
+                "fused", "data", *EXECUTION_FIELDS}
 # The warm-up settings only matter to a run that warmed up; which runs do is "resolved"'s warmup (a mode such as
 # auto or deep is only the rule that decided it).
 WARMUP_FIELDS = ("warmup", "warmup_min_depth", "warmup_lr", "warmup_until_error", "warmup_max_iterations")

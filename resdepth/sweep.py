@@ -2,12 +2,13 @@
 
 The runner decides what to run (skip finished, resume unfinished, refuse mismatched folders), on which slot
 (GPU or CPU share), and with which executor (`make_executor`: the choice sits here, above executors.py and
-cluster.py, which never see a SweepConfig). An `Executor` only runs cells. `run_sweep` returns data; the CLI
-displays it.
+cluster.py, which never see a SweepConfig). An `Executor` only runs jobs: a cell, or with `--fuse` a group of
+cells that differ only in their seed, trained together (`fused.py`). `run_sweep` returns data; the CLI displays it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -20,7 +21,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .cell import CellOutcome, RunLock, describe_owner, is_locked
+from .cell import CellOutcome, RunLock, describe_owner, each_cell, is_locked
 from .cluster import CLUSTER, RayExecutor, SlurmConfig, SlurmExecutor, check_slurm_config
 from .config import EXECUTION, from_dict, option
 from .data import DataConfig, expected_classes
@@ -28,6 +29,7 @@ from .devices import check_cuda_graph_device, resolve_device
 from .errors import UserError
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
 from .families import FIGURE6_FAMILIES, check_builds, get_family
+from .fused import auto_fuse, group_label, parse_fuse
 from .groups import comparable
 from .results import (CHECKPOINT_FILE, CONFIG_FILE, RUN_CONFIG_SECTIONS, TERMINAL_STATES, RunStatus,
                       ensure_writable_dir, read_json, write_config, write_json)
@@ -64,6 +66,10 @@ class SweepConfig:
     gpus: list[int] | None = option(None, help="Comma-separated GPU indices.", panel=EXECUTION,
                                     default_text="every visible GPU with --device auto")
     jobs_per_gpu: int = option(1, help="Jobs sharing each GPU.", panel=EXECUTION)
+    # A small net leaves a GPU mostly idle; K seeds fused fill it with one kernel per layer. 1 until measured faster.
+    fuse: str | int = option("1", help="Train up to K cells that differ only in their seed as one job (each model is "
+                                       "exactly its own run, only float sums differ); auto: K per depth as "
+                                       "measured (BENCHMARKS.md).", panel=EXECUTION, default_text="1, no fusing")
     ray_address: str | None = option(None, help="--executor ray: the cluster, auto (started here by `ray start`) or "
                                                 "HOST:PORT.", flag="--address", panel=CLUSTER,
                                      default_text="$RAY_ADDRESS, else a new local one")
@@ -101,6 +107,9 @@ class SweepConfig:
                             "on the CPU use --jobs instead")
         if self.executor == "slurm":
             check_slurm_config(self.slurm, self.train.device, self.gpus_per_job)
+        if parse_fuse(self.fuse) != 1 and (self.train.compile or self.train.cuda_graph):
+            raise UserError(f"--fuse {self.fuse} trains a group's models eagerly, through torch.func: leave out "
+                            "--compile and --cuda-graph, or use --fuse 1")
         self.check_networks()
 
     def check_networks(self) -> None:
@@ -129,6 +138,7 @@ class PlannedCell:
     action: str  # new, resume, retry, replace, skip-done, skip-failed, skip-diverged, busy
     device: str = ""
     note: str = ""  # why it is busy (and whether its config differs from this sweep's)
+    group: str = ""  # --fuse: the fused job it trains in ('residual-20-s0+s1+s2'); empty when it trains alone
 
 
 RUNNABLE = ("new", "resume", "retry", "replace")
@@ -233,9 +243,42 @@ def plan_sweep(sweep: SweepConfig) -> list[PlannedCell]:
     for item in mismatched:
         item.action = "replace"
     slots = device_slots(sweep)
-    for index, item in enumerate(p for p in planned if p.action in RUNNABLE):
-        item.device = slots[index % len(slots)]
+    for index, job in enumerate(form_jobs(planned, sweep, slots[0])):
+        for item in job:
+            item.device = slots[index % len(slots)]
     return planned
+
+
+def form_jobs(planned: list[PlannedCell], sweep: SweepConfig, slot: str) -> list[list[PlannedCell]]:
+    """The runnable cells as jobs, in grid order: each alone, or with --fuse K up to K cells that differ only in
+    their seed, in seed order (a cell that is done, failed or busy is never in one). Names each fused job."""
+    settings: dict[str, list[PlannedCell]] = {}
+    for item in (p for p in planned if p.action in RUNNABLE):
+        setting = comparable(asdict(replace(item.cell.config, seed=0)))
+        settings.setdefault(json.dumps(setting, sort_keys=True, default=str), []).append(item)
+    jobs = []
+    for items in settings.values():
+        size = fuse_size(sweep.fuse, items[0].cell.config.depth, slot)
+        for start in range(0, len(items), size):
+            job = items[start:start + size]
+            for item in job if len(job) > 1 else ():
+                item.group = group_label([member.cell.name for member in job])
+            jobs.append(job)
+    return jobs
+
+
+def fuse_size(fuse: str | int, depth: int, slot: str) -> int:
+    """--fuse K, or auto's K for this depth on the slot's kind of device (cluster slots: GPUs unless --device cpu)."""
+    size = parse_fuse(fuse)
+    return size if size is not None else auto_fuse(depth, "cpu" if slot == "cpu" or slot.endswith(": cpu") else "cuda")
+
+
+def planned_jobs(planned: list[PlannedCell]) -> list[list[PlannedCell]]:
+    """The jobs `plan_sweep` formed: runnable cells, those of one fused group together."""
+    jobs: dict[str, list[PlannedCell]] = {}
+    for index, item in enumerate(p for p in planned if p.action in RUNNABLE):
+        jobs.setdefault(item.group or f"alone-{index}", []).append(item)
+    return list(jobs.values())
 
 
 def plan_cell(cell: Cell, retry_failed: bool) -> PlannedCell:
@@ -308,17 +351,18 @@ class SweepProgress:
 def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell],
               on_progress: Callable[[SweepProgress], None] = lambda _: None,
               stop_requested: Callable[[], bool] = lambda: False, poll_seconds: float = 0.5) -> dict[str, CellOutcome]:
-    """Run every runnable cell on the executor, at most one per slot at a time; returns each cell's outcome.
+    """Run every runnable cell on the executor, one job (a cell, or a fused group) per slot at a time; returns each
+    cell's outcome.
     sweep.json is (re)written only when some cell runs: a sweep that only skips or finds busy cells changes
     nothing."""
-    queue = [p for p in planned if p.action in RUNNABLE]
+    queue = planned_jobs(planned)  # one cell each, or a fused group
     if queue:
         ensure_writable_dir(sweep.out_dir())
         save_sweep(sweep)
     slots = device_slots(sweep)
     threads = task_threads(sweep)
     free = list(slots)
-    running: dict[Future[CellOutcome], tuple[PlannedCell, str]] = {}
+    running: dict[Future[CellOutcome], tuple[list[PlannedCell], str]] = {}
     outcomes: dict[str, CellOutcome] = {}
     interrupted = False
     while queue or running:
@@ -327,23 +371,31 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
             executor.interrupt()
         starting = []
         while queue and free and not interrupted:
-            item, slot = queue.pop(0), free.pop(0)
-            try:
-                prepare_run_dir(item)
-            except (OSError, UserError) as exc:  # this cell's folder only (say a read-only mount): the rest go on
-                outcomes[item.cell.name] = CellOutcome(item.cell.run_dir, "failed", error=str(exc))
+            job, slot = queue.pop(0), free.pop(0)
+            ready = []
+            for item in job:
+                try:
+                    prepare_run_dir(item)
+                except (OSError, UserError) as exc:  # this cell's folder only (say a read-only mount): the rest go on
+                    outcomes[item.cell.name] = CellOutcome(item.cell.run_dir, "failed", error=str(exc))
+                    continue
+                ready.append(item)
+            if ready:
+                starting.append((ready, slot))
+            else:
                 free.append(slot)
-                continue
-            starting.append((item, slot))
         if starting:
-            futures = executor.submit_all([CellJob(item.cell.run_dir, slot, threads) for item, slot in starting])
+            futures = executor.submit_all([CellJob(items[0].cell.run_dir, slot, threads,
+                                                   tuple(item.cell.run_dir for item in items[1:]))
+                                           for items, slot in starting])
             running.update(zip(futures, starting, strict=True))
         done, _ = wait(list(running), timeout=poll_seconds, return_when=FIRST_COMPLETED)
         for future in done:
-            item, slot = running.pop(future)
+            items, slot = running.pop(future)
             free.append(slot)
-            outcomes[item.cell.name] = future.result()
-        live = {item.cell.name: RunStatus.read(item.cell.run_dir) for item, _ in running.values()}
+            for item, outcome in zip(items, each_cell(future.result()), strict=True):
+                outcomes[item.cell.name] = outcome
+        live = {item.cell.name: RunStatus.read(item.cell.run_dir) for items, _ in running.values() for item in items}
         on_progress(SweepProgress(planned, {k: v for k, v in live.items() if v}, outcomes))
         if not running and interrupted:
             break

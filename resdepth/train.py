@@ -195,6 +195,18 @@ def resolve_iterations(config: TrainConfig, train_size: int) -> TrainConfig:
     return replace(config, iterations=config.epochs * steps_per_epoch(train_size, config.batch_size))
 
 
+def build_run_network(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The run's network, initialised from the global RNG (seeded with the run's seed just before)."""
+    return build_network(config.kind, config.depth, num_classes=num_classes, shortcut=config.shortcut)
+
+
+def sgd_optimizer(params: Any, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
+    """§4.2's SGD. The same update either way: fused (one kernel for all parameters) on CUDA, foreach on the CPU."""
+    implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           **implementation)
+
+
 def uses_compile(config: TrainConfig, device: torch.device) -> bool:
     if config.compile is not None:
         return config.compile
@@ -236,14 +248,10 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.data.train_labels), config.batch_size)
         self.epochs = math.ceil(config.iterations / self.steps_per_epoch)
         self.channels_last = config.channels_last is not False  # None (auto): on for CPU and CUDA alike
-        self.model = build_network(config.kind, config.depth, num_classes=dataset.num_classes,
-                                   shortcut=config.shortcut).to(device)
+        self.model = build_run_network(config, dataset.num_classes).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        # The same update either way: fused (one kernel for all parameters) on CUDA, foreach on the CPU
-        implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay, **implementation)
+        self.optimizer = sgd_optimizer(self.model.parameters(), config, device)
         self.compiled = uses_compile(config, device)
         self.forward = torch.compile(self.model) if self.compiled else self.model  # training steps only
         self.generator = torch.Generator(device=device).manual_seed(config.seed)

@@ -1,4 +1,5 @@
-"""Entry point of one local worker process: `python -m resdepth.worker RUN_DIR --device D [--threads T]`."""
+"""Entry point of one local worker process: `python -m resdepth.worker RUN_DIR [RUN_DIR ...] --device D [--threads T]`
+(several folders: a fused group, trained as one job)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import signal
 import sys
 from pathlib import Path
 
-from .cell import EXIT_CODES, run_cell
+from .cell import EXIT_CODES, each_cell, run_cells
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resdepth.worker")
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dirs", type=Path, nargs="+")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -23,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    outcome = run_cell(args.run_dir, args.device, args.threads, lambda: bool(received))
-    if outcome.state == "interrupted" and received and received[0] == signal.SIGTERM:
+    outcome = run_cells(args.run_dirs, args.device, args.threads, lambda: bool(received))
+    states = {cell.state for cell in each_cell(outcome)}
+    if "interrupted" in states and received and received[0] == signal.SIGTERM:
         return 143
+    if len(args.run_dirs) > 1:  # a group: the parent reads each cell's state from its folder, busy ones by their lock
+        states.discard("busy")
+        return next((EXIT_CODES[s] for s in ("failed", "diverged", "interrupted") if s in states), 0)
     return EXIT_CODES.get(outcome.state, 1)
 
 

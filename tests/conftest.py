@@ -3,6 +3,7 @@ folders, and comparisons of runs. Helpers live here as fixtures only; test modul
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -136,6 +137,23 @@ def logged_epochs() -> Callable[[Path], int]:
         path = run_dir / "metrics.csv"
         return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
     return count
+
+
+@pytest.fixture
+def live_lock():
+    """Hold a run folder's lock as a live sweep process on this machine would."""
+    holders = []
+
+    def hold(run_dir: Path) -> int:
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        holders.append(holder)
+        (run_dir / "lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "time": time.time()}))
+        return holder.pid
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()
 
 
 # ---------------------------------------------------------------------------------------------- comparing runs

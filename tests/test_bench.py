@@ -3,6 +3,7 @@
 No timing assertions: the machines that run these tests are shared.
 """
 
+import json
 import os
 
 import pandas as pd
@@ -119,3 +120,30 @@ def test_bench_command_prints_the_table(tmp_path, run_cli):
     assert max(len(line) for line in table.splitlines()) <= 80
     assert "resdepth" in table and "% of" in table and "matmul" in table
     assert out.exists() and '"rows"' in out.read_text()
+
+
+def test_bench_fuse_times_a_fused_job_against_one_run_and_k_processes(tmp_path, run_cli):
+    out = tmp_path / "fused.json"
+    result = run_cli("bench", "--depths", "8", "--fuse", "1,2", "--iterations", "2", "--warmup", "1", "--rounds",
+                     "2", "--batch-size", "16", "--synthetic-train", "64", "--device", "cpu", "--threads", "1",
+                     "--json", str(out), columns=80)
+    assert result.code == 0, result.err
+    table = result.out[result.out.index("fused vs separate"):]
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80
+    rows = json.loads(out.read_text())["fused_rows"]
+    assert [(r["depth"], r["models"]) for r in rows] == [(8, 1), (8, 2)]
+    for row in rows:
+        assert len(row["fused_windows"]) == len(row["sequence_windows"]) == len(row["processes_windows"]) == 2
+        for key in ("fused_images_per_second", "sequence_images_per_second", "processes_images_per_second",
+                    "fused_peak_memory_mb", "single_peak_memory_mb", "processes_peak_memory_mb"):
+            assert row[key] > 0, key
+        assert row["fused_vs_sequence"] == pytest.approx(row["fused_images_per_second"] /
+                                                         row["sequence_images_per_second"])
+    assert rows[1]["process_threads"] == 1  # --threads, as `sweep --jobs K --threads 1` gives each job
+
+
+def test_bench_fuse_refuses_bad_sizes_and_compile(run_cli):
+    code, _, err = run_cli("bench", "--fuse", "0,2", "--device", "cpu")
+    assert code == 2 and "--fuse '0,2': give numbers of models per fused job" in err
+    code, _, err = run_cli("bench", "--fuse", "2", "--compile", "--device", "cpu", "--depths", "8")
+    assert code == 2 and "bench --fuse times the fused step eagerly" in err

@@ -4,7 +4,6 @@ path), then help, listings, every user error and the sweep's bookkeeping in this
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -175,23 +174,6 @@ def test_the_command_lines_length_replaces_the_sweep_files(tmp_path, run_cli):
     sweep_file.write_text(sweep_file.read_text().replace("epochs = 6", "epochs = 6\niterations = 10"))
     code, _, err = run_cli("sweep", str(sweep_file), "--dry-run")
     assert code == 2 and "sets both iterations and epochs" in err
-
-
-@pytest.fixture
-def live_lock():
-    """Hold a run folder's lock as a live sweep process on this machine would."""
-    holders = []
-
-    def hold(run_dir: Path) -> int:
-        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        holders.append(holder)
-        (run_dir / "lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "time": time.time()}))
-        return holder.pid
-
-    yield hold
-    for holder in holders:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_sweep_that_finds_only_busy_cells_changes_nothing_and_says_why(tmp_path, run_cli, tiny_args, live_lock):

@@ -1,6 +1,6 @@
 """What only a CUDA GPU can show: resume after SIGKILL, CUDA-graph runs and their resume, the last visible GPU,
-bf16, two jobs sharing a GPU, and memory released when a run ends. Every test skips without CUDA;
-`benchmarks/gpu_bench.sh` runs this module first on a GPU machine.
+bf16, two jobs sharing a GPU, memory released when a run ends, and fused seeds (--fuse) on CUDA. Every test skips
+without CUDA; `benchmarks/gpu_bench.sh` runs this module first on a GPU machine.
 
 Tolerances: cuDNN picks convolution algorithms whose backward sums in a varying order (atomics), so two CUDA runs
 of one seed are not bit-identical, resumed or not. Resumed runs are compared with an uninterrupted one by their
@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
+from resdepth.fused import run_fused_training
 from resdepth.results import read_checkpoint
 from resdepth.train import run_training
 
@@ -123,3 +124,31 @@ def test_cuda_sweep_with_two_jobs_per_gpu(tmp_path, tiny_config, tiny_sweep, run
     from resdepth.results import RunStatus
 
     assert {RunStatus.read(p.cell.run_dir).device for p in planned} == {f"cuda:{last}"}  # the machine's number
+
+
+def test_cuda_fused_seeds_follow_their_own_runs_resume_and_free_their_memory(tmp_path, gpu_config):
+    configs = [replace(gpu_config, seed=seed) for seed in (0, 1)]
+    for config in configs:
+        run_training(config, tmp_path / f"alone-{config.seed}")
+    fused = [tmp_path / f"fused-{config.seed}" for config in configs]
+    seen: list[int] = []
+    stopped = run_fused_training(configs, fused, should_stop=lambda: seen.append(1) or len(seen) > 10)
+    assert [r.state for r in stopped] == ["interrupted"] * 2
+    state = read_checkpoint(fused[1] / "checkpoint.pt")
+    assert state["device_type"] == "cuda" and state["generator"].numel() == 16 and torch.is_tensor(state["cuda_rng"])
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    gc.disable()
+    try:
+        assert [r.state for r in run_fused_training(configs, fused)] == ["done"] * 2
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated() - before
+    finally:
+        gc.enable()
+    assert held < 2**20, f"{held / 2**20:.1f} MiB still allocated after the fused job ended"
+    for config, run_dir in zip(configs, fused, strict=True):
+        assert_close_curves(losses(run_dir), losses(tmp_path / f"alone-{config.seed}"))
+    bf16 = [replace(config, precision="bf16") for config in configs]
+    assert [r.state for r in run_fused_training(bf16, [tmp_path / "bf16-0", tmp_path / "bf16-1"])] == ["done"] * 2
+    curve = losses(tmp_path / "bf16-1")
+    assert curve.notna().all() and curve.iloc[-1] < curve.iloc[0] - 0.5

@@ -77,6 +77,19 @@ def test_cli_ray_sweep_gives_the_sequential_executors_numbers(ray_cluster, tmp_p
     assert [p.action for p in again] == ["skip-done", "skip-done"]
 
 
+def test_a_fused_group_is_one_ray_task_with_the_in_process_numbers(ray_cluster, tmp_path, tiny_sweep, run_sweep_now,
+                                                                   assert_same_run):
+    fused = {"kinds": ["residual"], "seeds": [0, 1], "fuse": 2}
+    run_sweep_now(tiny_sweep(tmp_path / "seq", **fused), SequentialExecutor())
+    _, outcomes = run_sweep_now(tiny_sweep(tmp_path / "ray", executor="ray", **fused))
+    assert {o.state for o in outcomes.values()} == {"done"} and len(outcomes) == 2
+    pids = {RunStatus.read(tmp_path / "ray" / name).pid for name in ("residual-8-s0", "residual-8-s1")}
+    assert len(pids) == 1 and os.getpid() not in pids  # one task trained both
+    for name in ("residual-8-s0", "residual-8-s1"):
+        assert_same_run(tmp_path / "seq" / name, tmp_path / "ray" / name)
+        assert not (tmp_path / "ray" / name / TASK_FILE).exists()
+
+
 def test_a_killed_worker_is_run_again_from_its_checkpoint_and_ends_identical(ray_cluster, tmp_path, tiny_config,
                                                                              tiny_sweep, run_sweep_now, logged_epochs,
                                                                              assert_same_run):

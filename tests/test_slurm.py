@@ -220,6 +220,23 @@ def test_local_interrupt_checkpoints_running_cells_and_a_rerun_resumes_them(tmp_
     assert {o.state for o in outcomes.values()} == {"done"}
 
 
+def test_a_fused_group_is_one_array_task_preempted_requeued_and_identical(tmp_path, tiny_config, run_sweep_now,
+                                                                          assert_same_run, slurm_sweep,
+                                                                          sequential_reference,
+                                                                          preempt_once_two_epochs_are_in):
+    fused = {"kinds": ["residual"], "seeds": [0, 1], "fuse": 2, "train": tiny_config(epochs=24)}
+    reference = sequential_reference(**fused)
+    first = tmp_path / "slurm" / "residual-8-s0"
+    sent, preempt = preempt_once_two_epochs_are_in(first, lambda task: os.kill(task["pid"], signal.SIGUSR2))
+    _, outcomes = run_sweep_now(slurm_sweep(tmp_path / "slurm", "local", **fused), on_progress=preempt)
+    assert sent and sent[0]["rows"] < 24, "the group finished before it could be preempted"
+    assert {o.state for o in outcomes.values()} == {"done"} and len(outcomes) == 2
+    assert len({p.parent for p in (tmp_path / "slurm" / SLURM_LOGS).glob("*/*_submitted.pkl")}) == 1  # one task
+    for name in ("residual-8-s0", "residual-8-s1"):
+        assert_same_run(reference / name, tmp_path / "slurm" / name)
+        assert not (tmp_path / "slurm" / name / TASK_FILE).exists()
+
+
 # ---------------------------------------------------------------------------------------------- a real Slurm cluster
 def slurm_answers() -> bool:
     if shutil.which("sinfo") is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from resdepth.fused import run_fused_training
 from resdepth.train import run_training
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
@@ -89,3 +90,11 @@ def test_without_the_package_one_line_with_the_install_hint_and_exit_2(tmp_path,
     assert 'pip install "resdepth[tensorboard]"' in err and "Traceback" not in err
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
     shutil.rmtree(tmp_path / "r", ignore_errors=True)
+
+
+def test_each_model_of_a_fused_group_gets_its_own_events(tmp_path, tiny_config):
+    dirs = [tmp_path / f"residual-8-s{seed}" for seed in (0, 1)]
+    run_fused_training([tiny_config(seed=seed, epochs=3, tensorboard=True) for seed in (0, 1)], dirs)
+    for run_dir in dirs:
+        assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+        assert_events_mirror_csv(run_dir)
