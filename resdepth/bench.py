@@ -103,6 +103,13 @@ class BenchRow:
 
 def run_benchmark(config: BenchConfig, on_progress: Callable[[str], None] = lambda _: None) -> list[BenchRow]:
     """One row per depth; `on_progress` gets a short line as each phase starts."""
+    device, dataset = prepare_bench(config)
+    with tempfile.TemporaryDirectory(prefix="resdepth-bench-") as run_dir:
+        return [bench_depth(config, depth, device, dataset, Path(run_dir), on_progress) for depth in config.depths]
+
+
+def prepare_bench(config: BenchConfig) -> tuple[torch.device, Dataset]:
+    """Check the config, set the threads, load the data (at least one batch of it) and warm the process up."""
     config.validate()
     device = resolve_device(config.device)
     if config.threads:
@@ -112,8 +119,7 @@ def run_benchmark(config: BenchConfig, on_progress: Callable[[str], None] = lamb
         raise UserError(f"the training set has {len(dataset.train_labels)} images, fewer than one batch of "
                         f"{config.batch_size}")
     warm_process(device, config.batch_size)
-    with tempfile.TemporaryDirectory(prefix="resdepth-bench-") as run_dir:
-        return [bench_depth(config, depth, device, dataset, Path(run_dir), on_progress) for depth in config.depths]
+    return device, dataset
 
 
 @dataclass

@@ -901,16 +901,13 @@ def bench(
         check_output_file(json_out, "--json")  # before minutes of measuring, not after
     data = (DataConfig(dataset="cifar10", data_dir=data_dir) if data_dir else
             DataConfig(dataset="synthetic", synthetic_train=synthetic_train, synthetic_test=16))
-    if fuse is not None:
-        config = BenchConfig(depths=tuple(parse_list(depths, int, "--depths")), kind=kind, device=device or "auto",
-                             iterations=iterations, warmup=warmup, rounds=rounds, batch_size=batch_size, naive=False,
-                             threads=threads, precision=precision or "auto", channels_last=channels_last,
-                             compile=compile, cuda_graph=bool(cuda_graph), data=data)
-        raise typer.Exit(bench_fused(config, fuse, processes, json_out))
     config = BenchConfig(depths=tuple(parse_list(depths, int, "--depths")), kind=kind, device=device or "auto",
                          iterations=iterations, warmup=warmup, rounds=rounds, batch_size=batch_size,
-                         num_workers=num_workers, naive=naive, threads=threads, precision=precision or "auto",
-                         channels_last=channels_last, compile=compile, cuda_graph=bool(cuda_graph), data=data)
+                         num_workers=num_workers, naive=naive and fuse is None, threads=threads,
+                         precision=precision or "auto", channels_last=channels_last, compile=compile,
+                         cuda_graph=bool(cuda_graph), data=data)
+    if fuse is not None:  # fused vs separate runs, instead of resdepth vs the naive recipe
+        raise typer.Exit(bench_fused(config, fuse, processes, json_out))
     rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
     remember_bench(config, rows)  # `sweep --dry-run` estimates times from these speeds
     if json_out is not None:

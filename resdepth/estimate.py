@@ -88,7 +88,7 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
         estimate = cells[item.cell.name]
         estimate.speed = speeds[item.device, item.cell.config.depth]
         estimate.seconds = cell_seconds(item.cell.config, estimate.iterations, data, estimate.speed.images_per_second)
-        eager |= uses_compile(item.cell.config, resolve_device(item.device)) and not estimate.speed.compile
+        eager |= will_compile(item, data) and not estimate.speed.compile
     seconds = job_seconds(runnable, cells)
     total = None if None in seconds else wall_time([s for s in seconds if s is not None], len(slots))
     basis = describe_basis(speeds, threads, len(slots), data, eager)
@@ -106,16 +106,31 @@ def job_seconds(runnable: list[PlannedCell], cells: dict[str, CellEstimate]) -> 
     return [None if None in times else sum(t for t in times if t is not None) for times in jobs.values()]
 
 
-def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:
-    config = item.cell.config
+def planned_iterations(config: TrainConfig, data: DataCheck) -> int | None:
+    """The run's iterations from start to end; None when --epochs sets them and the data size is unknown."""
     if config.epochs is None:
-        planned = config.iterations
-    elif data.train_images is None:
+        return config.iterations
+    if data.train_images is None:
         return None
-    else:
-        planned = config.epochs * steps_per_epoch(data.train_images, config.batch_size)
+    return config.epochs * steps_per_epoch(data.train_images, config.batch_size)
+
+
+def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:
+    """The iterations the cell has left to run."""
+    planned = planned_iterations(item.cell.config, data)
+    if planned is None:
+        return None
     status = RunStatus.read(item.cell.run_dir) if item.action == "resume" else None
     return max(0, planned - status.iteration) if status else planned
+
+
+def will_compile(item: PlannedCell, data: DataCheck) -> bool:
+    """Whether the cell's run will use torch.compile: a fused job never does; a single run by its whole run's
+    iterations (which --epochs sets)."""
+    planned = planned_iterations(item.cell.config, data)
+    if item.group or planned is None:
+        return False
+    return uses_compile(replace(item.cell.config, iterations=planned), resolve_device(item.device))
 
 
 def cell_seconds(config: TrainConfig, iterations: int | None, data: DataCheck,

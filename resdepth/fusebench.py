@@ -24,19 +24,10 @@ from typing import Any
 
 import torch
 
-from .bench import (
-    SETTLE_STEPS,
-    BenchConfig,
-    MemoryMeter,
-    OwnPath,
-    bench_train_config,
-    device_name,
-    synchronize,
-    timed_window,
-    warm_process,
-)
+from .bench import (SETTLE_STEPS, BenchConfig, MemoryMeter, OwnPath, bench_train_config, device_name, prepare_bench,
+                    synchronize, timed_window)
 from .data import Dataset, load_dataset
-from .devices import resolve_device, resolved_precision
+from .devices import resolved_precision
 from .errors import UserError
 from .fused import FusedTrainer
 from .sweep import threads_per_job
@@ -82,18 +73,10 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 def run_fuse_benchmark(config: BenchConfig, sizes: tuple[int, ...], processes: bool = True,
                        on_progress: Callable[[str], None] = lambda _: None) -> list[FuseRow]:
     """One row per depth and K."""
-    config.validate()
     if config.compile or config.cuda_graph:
         raise UserError("bench --fuse times the fused step eagerly (torch.func): leave out --compile and --cuda-graph")
     config = replace(config, compile=False)  # every path eager: the fused step has no compiled form
-    device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    dataset = load_dataset(config.data)
-    if len(dataset.train_labels) < config.batch_size:
-        raise UserError(f"the training set has {len(dataset.train_labels)} images, fewer than one batch of "
-                        f"{config.batch_size}")
-    warm_process(device, config.batch_size)
+    device, dataset = prepare_bench(config)
     rows = []
     with tempfile.TemporaryDirectory(prefix="resdepth-fusebench-") as folder:
         for depth in config.depths:

@@ -372,14 +372,7 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
         starting = []
         while queue and free and not interrupted:
             job, slot = queue.pop(0), free.pop(0)
-            ready = []
-            for item in job:
-                try:
-                    prepare_run_dir(item)
-                except (OSError, UserError) as exc:  # this cell's folder only (say a read-only mount): the rest go on
-                    outcomes[item.cell.name] = CellOutcome(item.cell.run_dir, "failed", error=str(exc))
-                    continue
-                ready.append(item)
+            ready = prepare_job(job, outcomes)
             if ready:
                 starting.append((ready, slot))
             else:
@@ -401,6 +394,20 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
             break
     executor.shutdown()
     return outcomes
+
+
+def prepare_job(job: list[PlannedCell], outcomes: dict[str, CellOutcome]) -> list[PlannedCell]:
+    """The job's cells whose folders are ready to train in; a cell whose folder cannot be prepared (say a read-only
+    mount) fails alone, into outcomes, and the rest go on."""
+    ready = []
+    for item in job:
+        try:
+            prepare_run_dir(item)
+        except (OSError, UserError) as exc:
+            outcomes[item.cell.name] = CellOutcome(item.cell.run_dir, "failed", error=str(exc))
+            continue
+        ready.append(item)
+    return ready
 
 
 # ---------------------------------------------------------------------------------------------- sweep files

@@ -134,7 +134,7 @@ def test_sigkill_then_resume_gives_identical_metrics_and_weights(tmp_path, cli_e
 
 def test_sigint_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, cli_env, resdepth_cli, tiny_args, assert_same_run,
                                                           wait_for_rows):
-    args = ["train", "--depth", "8", "--epochs", "6", *tiny_args, "--synthetic-train", "2048"]
+    args = ["train", "--depth", "8", "--epochs", "3", *tiny_args, "--synthetic-train", "2048"]
     subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "ref")], env=cli_env, check=True, capture_output=True,
                    timeout=300)
     victim = subprocess.Popen([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env,
