@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from resdepth.models import blocks_per_stage, build_model
+from resdepth.models import SIX_N_PLUS_TWO, build_model
 
 BATCH = 128
 warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap's avg-pool fallback, see fused.py
@@ -40,7 +40,7 @@ class GroupedCifarNet(nn.Module):
         self.blocks = nn.ModuleList()
         planes_in = 16
         for stage, planes in enumerate((16, 32, 64)):
-            for index in range(blocks_per_stage(depth)):
+            for index in range(SIX_N_PLUS_TWO.blocks(depth, "residual")):
                 stride = 2 if stage and not index else 1
                 block = nn.Module()
                 block.conv1, block.bn1 = conv(planes_in, planes, stride), nn.BatchNorm2d(models * planes)

@@ -3,8 +3,10 @@
 No timing assertions: the machines that run these tests are shared.
 """
 
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -147,3 +149,13 @@ def test_bench_fuse_refuses_bad_sizes_and_compile(run_cli):
     assert code == 2 and "--fuse '0,2': give numbers of models per fused job" in err
     code, _, err = run_cli("bench", "--fuse", "2", "--compile", "--device", "cpu", "--depths", "8")
     assert code == 2 and "bench --fuse times the fused step eagerly" in err
+
+
+@pytest.mark.parametrize("script", sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py")),
+                         ids=lambda path: path.name)
+def test_every_benchmark_script_imports_against_the_library_as_it_is(script):
+    """The scripts run only by hand (and on a GPU machine): a name the library renamed must fail here, not there."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines its functions; main() runs only under __main__
+    assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
