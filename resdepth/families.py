@@ -36,7 +36,7 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError
-from .models import NINE_N_PLUS_TWO, SHORTCUTS, SIX_N_PLUS_TWO, CifarNet, DepthRule, PreActNet, ResponseLayer
+from .nets import NINE_N_PLUS_TWO, SHORTCUTS, SIX_N_PLUS_TWO, CifarNet, DepthRule, PreActNet, ResponseLayer
 
 ENTRY_POINT_GROUP = "resdepth.families"
 FIGURE6_FAMILIES = ("plain", "residual")  # the paper's Figure 6: the default kinds of a sweep
@@ -470,7 +470,7 @@ def check_output(family: Family, depth: int, num_classes: int, model: Any) -> No
 
 def response_layers(model: nn.Module) -> list[ResponseLayer]:
     """The network's layers whose outputs are their responses (Figure 7), in forward order: the model's own
-    `response_layers()` (every built-in network has one; see models.py for what each returns)."""
+    `response_layers()` (every built-in network has one; see nets.py for what each returns)."""
     if not hasattr(model, "response_layers"):
         raise UserError(f"{type(model).__name__} has no response_layers() method: add one returning, in forward "
                         "order, models.ResponseLayer(name, stage, module) for each module whose output is a layer's "
