@@ -124,12 +124,6 @@ def choose_images(images: torch.Tensor, labels: torch.Tensor, count: int | None)
     return images[balanced_subset(labels, count, IMAGE_SUBSET_SEED)]
 
 
-def split_of(dataset: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    images = getattr(dataset, f"{split}_images")
-    labels = getattr(dataset, f"{split}_labels")
-    return None if images is None else (images, labels)
-
-
 # ---------------------------------------------------------------------------------------------- runs
 @dataclass
 class Analysis:
@@ -215,7 +209,7 @@ def run_responses(run: Run, identity: dict[str, Any], data: DataCache, split: st
     saved = read_saved_net(run.path)
     dataset = data.get(run.config)
     check_same_data(dataset, saved.checkpoint, run.path)
-    chosen = split_of(dataset, split)
+    chosen = dataset.splits().get(split)
     if chosen is None:
         raise UserError(f"it has no {split} split (trained without --val-size)")
     images = choose_images(*chosen, count)

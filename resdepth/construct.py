@@ -211,13 +211,6 @@ def check_same_data(dataset: Dataset, checkpoint: dict[str, Any], run_dir: Path)
                         "restore the data it names in config.json")
 
 
-def splits(dataset: Dataset) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    named = [("train", dataset.train_images, dataset.train_labels), ("test", dataset.test_images, dataset.test_labels)]
-    if dataset.val_images is not None and dataset.val_labels is not None:
-        named.append(("val", dataset.val_images, dataset.val_labels))
-    return named
-
-
 # ---------------------------------------------------------------------------------------------- construction
 def construct_deeper(source: CifarNet, depth: int,
                      stage_inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[CifarNet, str]:
@@ -348,14 +341,15 @@ def construct_from_run(run_dir: Path, depth: int, out: Path, device: torch.devic
     needs_statistics = source.layer1[0].identity_needs_statistics
     measured = StageInputs(source) if needs_statistics and identity_bn == "data" else None
     before, moments = {}, unit_moments(source)
-    for name, images, _ in splits(dataset):  # the training split first: the plain blocks' statistics come from it
+    # the training split first: the plain blocks' statistics come from it
+    for name, (images, _) in dataset.splits().items():
         before[name] = predict(source, images, mean, device, batch_size)
         if name == "train" and measured:
             moments = measured.moments()
     target, identity = construct_deeper(source.cpu(), depth, moments)
     target = target.to(device)
     comparisons = []
-    for name, images, labels in splits(dataset):
+    for name, (images, labels) in dataset.splits().items():
         after = predict(target, images, mean, device, batch_size)
         comparisons.append(SplitComparison(name, len(labels), error(before[name], labels), error(after, labels),
                                            int((before[name] != after).sum())))

@@ -99,6 +99,13 @@ class Dataset:
                 digest.update(pixel_sums(images).cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
 
+    def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The splits the dataset has, by name, training split first: train, test, and val with --val-size."""
+        named = {"train": (self.train_images, self.train_labels), "test": (self.test_images, self.test_labels)}
+        if self.val_images is not None and self.val_labels is not None:
+            named["val"] = (self.val_images, self.val_labels)
+        return named
+
     def pixel_mean(self) -> torch.Tensor:
         """Per-pixel mean (3, 32, 32) of the training split in [0, 1], the paper's mean subtraction."""
         return (pixel_sums(self.train_images).double() / (255.0 * len(self.train_images))).float()

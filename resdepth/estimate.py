@@ -29,7 +29,7 @@ from .devices import resolve_device, resolved_precision
 from .models import build_model, count_multiply_adds
 from .results import RunStatus, write_json
 from .sweep import RUNNABLE, PlannedCell, SweepConfig, device_slots, task_threads
-from .train import Trainer, TrainConfig, steps_per_epoch, uses_compile
+from .train import Trainer, TrainConfig, resolve_iterations, steps_per_epoch, uses_compile
 
 
 SPEEDS_FILE = "speeds.json"
@@ -108,11 +108,9 @@ def job_seconds(runnable: list[PlannedCell], cells: dict[str, CellEstimate]) -> 
 
 def planned_iterations(config: TrainConfig, data: DataCheck) -> int | None:
     """The run's iterations from start to end; None when --epochs sets them and the data size is unknown."""
-    if config.epochs is None:
-        return config.iterations
-    if data.train_images is None:
+    if config.epochs is not None and data.train_images is None:
         return None
-    return config.epochs * steps_per_epoch(data.train_images, config.batch_size)
+    return resolve_iterations(config, data.train_images or 0).iterations
 
 
 def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:

@@ -26,7 +26,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,10 @@ from .groups import comparable
 from .construct import load_init
 from .families import weight_layers
 from .gradients import GradientLog
-from .results import (CHECKPOINT_FILE, GRADIENTS_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
-                      ensure_writable_dir, metric_columns, read_checkpoint, write_config)
-from .tensorboard_log import TensorBoardLog
-from .train import (NAN_CHECK_EVERY, WARMUP_CHECK_EVERY, EpochInProgress, RunResult, TrainConfig, build_run_network,
-                    describe_run, end_run, epoch_progress, learning_rate, prepare_process, resolve_iterations,
-                    sgd_optimizer, starting_status, steps_per_epoch, warmup_progress)
+from .results import CHECKPOINT_FILE, atomic_write_bytes, ensure_writable_dir, write_config
+from .train import (NAN_CHECK_EVERY, WARMUP_CHECK_EVERY, EpochInProgress, RunLogs, RunResult, TrainConfig,
+                    build_run_network, describe_run, learning_rate, prepare_process, read_resume_checkpoint,
+                    resolve_iterations, sgd_optimizer, steps_per_epoch, warmup_progress)
 
 # The aggregate training img/s of one fused job of K against K runs one after another, measured per device type
 # and depth with `resdepth bench --fuse 1,2,4,8` (BENCHMARKS.md): `--fuse auto` takes, for each depth, the K that
@@ -97,6 +95,9 @@ def check_fusable(configs: list[TrainConfig]) -> None:
         if differing:
             raise UserError(f"runs fused in one job must differ only in their seed, these differ in "
                             f"{', '.join(differing)}: train them in separate jobs (--fuse 1)")
+    if configs[0].compile or configs[0].cuda_graph:
+        raise UserError("a fused group trains eagerly, through torch.func: leave out --compile and --cuda-graph, or "
+                        "train the runs alone (--fuse 1)")
     seeds = [config.seed for config in configs]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"a fused group lists a seed twice ({seeds}): each model needs its own seed")
@@ -248,6 +249,7 @@ class FusedTrainer:
     """
 
     def __init__(self, configs: list[TrainConfig], run_dirs: list[Path], device: torch.device, dataset: Dataset):
+        configs = [config.for_family() for config in configs]  # as Trainer: the family's protocol defaults filled in
         check_fusable(configs)
         config = configs[0]
         self.config, self.device = config, device
@@ -273,8 +275,6 @@ class FusedTrainer:
                         for name in self.state_names if name not in self.params}
         self.network = networks[0].to("meta").train()  # the module vmap runs with each model's tensors
         self.gradient_params = [f"{name}.weight" for name, _ in weight_layers(self.network)]
-        for member in self.members:
-            member.model = self.network
         self.sgd = StackedSGD(list(self.params.values()), config.momentum, config.weight_decay)
         self.active = list(self.members)
         self.autocast = precision_context(config.precision, device)
@@ -347,18 +347,11 @@ class FusedTrainer:
         rows = [{"epoch": m.epoch, "iteration": m.iteration, "lr": round(m.last_step_lr(), 12), **s}
                 for m, s in zip(members, sums, strict=True)]
         indices = [self.active.index(member) for member in members]
-        for split, (loss_key, error_key) in (("test", ("test_loss", "test_error")), ("val", ("val_loss", "val_error"))):
-            if split == "val" and self.data.val_labels is None:
-                continue
-            for row, (loss, error) in zip(rows, self.evaluate(indices, *self.split(split)), strict=True):
-                row[loss_key], row[error_key] = loss, error
+        for split, (images, labels) in self.data.splits().items():
+            if split != "train":  # the held-out splits; the training error is the epochs' own sums
+                for row, (loss, error) in zip(rows, self.evaluate(indices, images, labels), strict=True):
+                    row[f"{split}_loss"], row[f"{split}_error"] = loss, error
         return rows
-
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if name == "test":
-            return self.data.test_images, self.data.test_labels
-        assert self.data.val_images is not None and self.data.val_labels is not None, "the group has no val split"
-        return self.data.val_images, self.data.val_labels
 
     @torch.no_grad()
     def evaluate(self, indices: list[int], images: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, float]]:
@@ -430,13 +423,11 @@ class FusedTrainer:
         the models that start afresh."""
         fresh = []
         for index, member in enumerate(self.members):
-            for leftover in member.run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
-                leftover.unlink(missing_ok=True)  # a write cut short by a kill; the previous checkpoint is intact
-            path = member.run_dir / CHECKPOINT_FILE
-            if path.exists():
-                self.load_member(index, member, read_checkpoint(path), path)
-            else:
+            state = read_resume_checkpoint(member.run_dir, self.data_fingerprint)
+            if state is None:
                 fresh.append(member)
+            else:
+                self.load_member(index, member, state, member.run_dir / CHECKPOINT_FILE)
         return fresh
 
     def load_init(self, members: list[Member], num_classes: int) -> None:
@@ -456,10 +447,6 @@ class FusedTrainer:
 
     def load_member(self, index: int, member: Member, state: dict[str, Any], path: Path) -> None:
         check_same_device_type(state, self.device)
-        saved = state.get("data_fingerprint")
-        if saved is not None and saved != self.data_fingerprint:
-            raise UserError(f"the training data is not what {path} was trained on (images or labels changed): "
-                            "restore the data, or delete checkpoint.pt and rerun with --retry-failed to start over")
         if set(state["model"]) != set(self.state_names):
             raise UserError(f"{path} holds another network's weights: delete it and rerun with --retry-failed")
         self.set_weights(index, state["model"])
@@ -544,7 +531,8 @@ def out_of_memory(models: int, device: torch.device, exc: BaseException) -> User
 def train_group_to_the_end(trainer: FusedTrainer, should_stop: Callable[[], bool] = lambda: False) -> list[RunResult]:
     """Group steps until every model has finished, diverged, or the job is asked to stop; each model's epochs get
     their rows, checkpoints and status as a single run's do."""
-    logs = {id(m): MemberLogs.open(m, trainer.data.val_labels is not None) for m in trainer.members}
+    has_val = trainer.data.val_labels is not None
+    logs = {id(m): RunLogs.open(m, has_val) for m in trainer.members}  # type: ignore[arg-type]
     trainer.drop(finish([m for m in trainer.members if m.finished], logs, "done"))
     last_report = time.monotonic()
     while trainer.active:
@@ -566,41 +554,12 @@ def train_group_to_the_end(trainer: FusedTrainer, should_stop: Callable[[], bool
     return [logs[id(member)].result for member in trainer.members]  # type: ignore[misc]
 
 
-@dataclass
-class MemberLogs:
-    """What one model of the group writes besides its checkpoint, as its single run would: metrics.csv,
-    gradients.csv (through its GradientLog), status.json, the --tensorboard events; and how it ended."""
-
-    writer: MetricsWriter
-    status: RunStatus
-    board: TensorBoardLog | None
-    result: RunResult | None = None
-
-    @classmethod
-    def open(cls, member: Member, has_val: bool) -> MemberLogs:
-        """Start (or continue) the model's files: each is kept as far as its checkpoint, as a single run's."""
-        member.gradients.open(member.run_dir / GRADIENTS_FILE)
-        board = TensorBoardLog.resumed(member.run_dir, member.epoch) if member.config.tensorboard else None
-        status = starting_status(member)  # type: ignore[arg-type]
-        status.write(member.run_dir)
-        writer = MetricsWriter(member.run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=member.epoch)
-        return cls(writer, status, board)
-
-    def append(self, member: Member, row: dict[str, float | int]) -> None:
-        self.writer.append(row)
-        member.gradients.end_epoch(member.epoch, member.iteration)
-        if self.board is not None:
-            self.board.append(row)
-        self.status.update(member.run_dir, **epoch_progress(row), live_train_error=None,
-                           **warmup_progress(member))  # type: ignore[arg-type]
-
-
-def end_epochs(trainer: FusedTrainer, ended: list[Member], logs: dict[int, MemberLogs]) -> list[Member]:
+def end_epochs(trainer: FusedTrainer, ended: list[Member], logs: dict[int, RunLogs]) -> list[Member]:
     """Rows, status and checkpoints of the epochs that just ended; returns the members that are now done or
     diverged, to be dropped from the group."""
     leaving: list[Member] = []
     for member, row in zip(ended, trainer.close_epochs(ended), strict=True):
-        logs[id(member)].append(member, row)
+        logs[id(member)].append(member, row)  # type: ignore[arg-type]
         if not math.isfinite(row["train_loss"]):
             leaving += finish([member], logs, "diverged")  # no checkpoint, as a single run
             continue
@@ -610,14 +569,13 @@ def end_epochs(trainer: FusedTrainer, ended: list[Member], logs: dict[int, Membe
     return leaving
 
 
-def finish(members: list[Member], logs: dict[int, MemberLogs], state: str) -> list[Member]:
+def finish(members: list[Member], logs: dict[int, RunLogs], state: str) -> list[Member]:
     for member in members:
-        log = logs[id(member)]
-        log.result = end_run(member, log.status, state)  # type: ignore[arg-type]
+        logs[id(member)].end(member, state)  # type: ignore[arg-type]
     return members
 
 
-def report_progress(trainer: FusedTrainer, logs: dict[int, MemberLogs]) -> None:
+def report_progress(trainer: FusedTrainer, logs: dict[int, RunLogs]) -> None:
     """Live progress in every active model's status.json: its own error so far and its own share of img/s."""
     for member in trainer.active:
         epoch = member.in_progress

@@ -300,16 +300,9 @@ class Trainer:
 
     def try_resume(self) -> bool:
         """Continue from the run folder's checkpoint if it has one; refuses one trained on other data."""
-        for leftover in self.run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
-            leftover.unlink(missing_ok=True)  # a checkpoint write cut short by a kill; the previous one is intact
-        path = self.run_dir / CHECKPOINT_FILE
-        if not path.exists():
+        state = read_resume_checkpoint(self.run_dir, self.data_fingerprint)
+        if state is None:
             return False
-        state = read_checkpoint(path)
-        saved = state.get("data_fingerprint")  # absent in checkpoints written before it existed
-        if saved is not None and saved != self.data_fingerprint:
-            raise UserError(f"the training data is not what {path} was trained on (images or labels changed): "
-                            "restore the data, or delete checkpoint.pt and rerun with --retry-failed to start over")
         self.load_state_dict(state)
         return True
 
@@ -419,22 +412,15 @@ class Trainer:
         # the lr rounded to the schedule's value (0.001, not 0.0010000000000000002); training used the exact one
         row: dict[str, float | int] = {"epoch": self.epoch, "iteration": self.iteration,
                                        "lr": round(self.last_step_lr(), 12), **sums}
-        row["test_loss"], row["test_error"] = self.evaluate(*self.split("test"))
-        if self.data.val_labels is not None:
-            row["val_loss"], row["val_error"] = self.evaluate(*self.split("val"))
+        for split, (images, labels) in self.data.splits().items():
+            if split != "train":  # the held-out splits; the training error is the epoch's own sums
+                row[f"{split}_loss"], row[f"{split}_error"] = self.evaluate(images, labels)
         return row
 
     def last_step_lr(self) -> float:
         # a warm-up that ended at this very iteration still ran its last step at the warm-up lr
         ran_warming_up = self.warming_up or self.warmup_end_iteration == self.iteration
         return learning_rate(self.config, self.iteration - 1, ran_warming_up)
-
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The un-augmented images and labels of the test or val split, on the device."""
-        if name == "test":
-            return self.data.test_images, self.data.test_labels
-        assert self.data.val_images is not None and self.data.val_labels is not None, "the run has no val split"
-        return self.data.val_images, self.data.val_labels
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -478,6 +464,22 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
         trainer.close()
 
 
+def read_resume_checkpoint(run_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:
+    """The run folder's checkpoint to resume from (None: there is none), refused if trained on other data. A
+    checkpoint write cut short by a kill leaves a temporary file, removed here: the previous checkpoint is intact."""
+    for leftover in run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    state = read_checkpoint(path)
+    saved = state.get("data_fingerprint")  # absent in checkpoints written before it existed
+    if saved is not None and saved != data_fingerprint:
+        raise UserError(f"the training data is not what {path} was trained on (images or labels changed): "
+                        "restore the data, or delete checkpoint.pt and rerun with --retry-failed to start over")
+    return state
+
+
 def prepare_process(config: TrainConfig, device: torch.device) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -487,33 +489,58 @@ def prepare_process(config: TrainConfig, device: torch.device) -> None:
 
 def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False) -> RunResult:
     """Epochs until the last iteration, a NaN/inf loss or a stop; each epoch's row, checkpoint and status."""
-    run_dir = trainer.run_dir
-    writer = MetricsWriter(run_dir / METRICS_FILE, metric_columns(trainer.data.val_labels is not None),
-                           keep_rows=trainer.epoch)
-    trainer.gradients.open(run_dir / GRADIENTS_FILE)  # kept as far as the checkpoint, as metrics.csv
-    # --tensorboard: the event file restarts from the rows the CSV kept, so no epoch shows twice
-    board = TensorBoardLog.resumed(run_dir, trainer.epoch) if trainer.config.tensorboard else None
-    status = starting_status(trainer)
-    status.write(run_dir)
+    logs = RunLogs.open(trainer, trainer.data.val_labels is not None)
 
     def report(live: dict[str, float]) -> None:
-        status.update(run_dir, **live, **warmup_progress(trainer))
+        logs.status.update(trainer.run_dir, **live, **warmup_progress(trainer))
 
     while not trainer.finished:
         sums = trainer.train_epoch(should_stop, report)
         if sums is None:
             trainer.save_checkpoint()
-            return end_run(trainer, status, "interrupted")
+            return logs.end(trainer, "interrupted")
         row = trainer.epoch_row(sums)
-        writer.append(row)
-        trainer.gradients.end_epoch(trainer.epoch, trainer.iteration)
-        if board is not None:
-            board.append(row)
-        status.update(run_dir, **epoch_progress(row), live_train_error=None, **warmup_progress(trainer))
+        logs.append(trainer, row)
         if not math.isfinite(row["train_loss"]):
-            return end_run(trainer, status, "diverged")
+            return logs.end(trainer, "diverged")  # no checkpoint: it keeps the last finite epoch
         trainer.save_checkpoint()
-    return end_run(trainer, status, "done")
+    return logs.end(trainer, "done")
+
+
+@dataclass
+class RunLogs:
+    """What a run writes besides its checkpoint: metrics.csv, gradients.csv (through its GradientLog), status.json
+    and the --tensorboard events; and, once it has ended, how. A fused group keeps one per model (its `Member`
+    carries the attributes read here), so its folders are written by this same code."""
+
+    writer: MetricsWriter
+    status: RunStatus
+    board: TensorBoardLog | None
+    result: RunResult | None = None
+
+    @classmethod
+    def open(cls, run: Trainer, has_val: bool) -> RunLogs:
+        """Start (or continue) the run's files, each kept as far as its checkpoint; metrics.csv is cut back first,
+        so a resumed run's status shows its last kept epoch."""
+        writer = MetricsWriter(run.run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=run.epoch)
+        run.gradients.open(run.run_dir / GRADIENTS_FILE)
+        # --tensorboard: the event file restarts from the rows the CSV kept, so no epoch shows twice
+        board = TensorBoardLog.resumed(run.run_dir, run.epoch) if run.config.tensorboard else None
+        status = starting_status(run)
+        status.write(run.run_dir)
+        return cls(writer, status, board)
+
+    def append(self, run: Trainer, row: dict[str, float | int]) -> None:
+        """The epoch just ended: its metrics row, its gradient norms, its events and its status."""
+        self.writer.append(row)
+        run.gradients.end_epoch(run.epoch, run.iteration)
+        if self.board is not None:
+            self.board.append(row)
+        self.status.update(run.run_dir, **epoch_progress(row), live_train_error=None, **warmup_progress(run))
+
+    def end(self, run: Trainer, state: str) -> RunResult:
+        self.result = end_run(run, self.status, state)
+        return self.result
 
 
 def warmup_progress(trainer: Trainer) -> dict[str, Any]:
