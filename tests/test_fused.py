@@ -339,3 +339,12 @@ def test_a_fused_preact_group_matches_its_runs_alone(tmp_path, tiny_config, metr
         resolved = json.loads((run_dir / "config.json").read_text())["resolved"]
         alone = json.loads((tmp_path / "alone" / run_dir.name / "config.json").read_text())["resolved"]
         assert resolved["params"] == alone["params"] and resolved["warmup"] == alone["warmup"]
+
+
+def test_a_fused_trainer_fills_in_its_familys_protocol_and_refuses_compiled_steps(tmp_path, seeds_of, tiny_config):
+    configs = seeds_of(kind="preact")  # as `bench --fuse` builds them: the family's defaults not yet filled in
+    trainer = FusedTrainer(configs, [tmp_path / f"p{c.seed}" for c in configs], CPU, load_dataset(configs[0].data))
+    trainer.train_step()
+    assert all(member.warming_up for member in trainer.members)  # 2016b: lr 0.01 for the first 400 iterations
+    with pytest.raises(UserError, match="a fused group trains eagerly"):  # (--cuda-graph: refused on a CPU anyway)
+        run_fused_training([tiny_config(seed=s, compile=True) for s in (0, 1)], [tmp_path / f"c{s}" for s in (0, 1)])
