@@ -28,7 +28,7 @@ from .data import DataConfig, expected_classes
 from .devices import check_cuda_graph_device, resolve_device
 from .errors import UserError
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
-from .families import FIGURE6_FAMILIES, check_builds, get_family
+from .families import FIGURE6_FAMILIES, Family, check_builds, get_family
 from .fused import auto_fuse, group_label, parse_fuse
 from .groups import comparable
 from .results import (CHECKPOINT_FILE, CONFIG_FILE, RUN_CONFIG_SECTIONS, TERMINAL_STATES, RunStatus,
@@ -145,21 +145,25 @@ RUNNABLE = ("new", "resume", "retry", "replace")
 
 
 # ---------------------------------------------------------------------------------------------- the grid
-def cell_name(config: TrainConfig) -> str:
+def cell_name(config: TrainConfig, family: Family | None = None) -> str:
     """<family>-<depth>[-<shortcut>]-s<seed>: residual-56-s0, residual-56-B-s0 (not the family's default shortcut),
     preact-bottleneck-164-s0, mylab.nets.gated-20-s0 (a family path as a folder name can hold it)."""
-    family = get_family(config.kind)
+    family = family or get_family(config.kind)
     shortcut = family.shown_shortcut(config.shortcut)
     return f"{family.slug}-{config.depth}{'-' + shortcut if shortcut else ''}-s{config.seed}"
 
 
-def make_cells(sweep: SweepConfig) -> list[Cell]:
+def make_cells(sweep: SweepConfig, family_of: Callable[[str], Family] = get_family) -> list[Cell]:
+    """The sweep's cells in order (depth, then kind, then seed). family_of: how a kind's family is found; reading a
+    results folder passes one that never imports a user's module."""
     cells = []
     for depth in sweep.depths:
         for kind in sweep.kinds:
+            family = family_of(kind)
             for seed in sweep.seeds:
-                config = replace(sweep.train, kind=kind, depth=depth, seed=seed).for_family()
-                cells.append(Cell(cell_name(config), sweep.out_dir() / cell_name(config), config))
+                config = replace(sweep.train, kind=kind, depth=depth, seed=seed).for_family(family)
+                name = cell_name(config, family)
+                cells.append(Cell(name, sweep.out_dir() / name, config))
     return cells
 
 

@@ -24,7 +24,7 @@ from .devices import (PRECISIONS, CapturedStep, check_cuda_graph_device, check_d
                       precision_context, resolve_device, resolved_precision, restore_rng_state, rng_state)
 from .errors import UserError
 from .construct import describe_init, load_init
-from .families import build_network, check_network, family_record, get_family, weight_layers
+from .families import Family, build_network, check_network, family_record, get_family, weight_layers
 from .gradients import GradientLog
 from .models import count_parameters
 from .results import (CHECKPOINT_FILE, GRADIENTS_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
@@ -151,10 +151,11 @@ class TrainConfig:
             return get_family(self.kind).protocol.warms_up(self.depth, self.warmup_min_depth)
         return self.warmup == "on" or (self.warmup == "deep" and self.depth >= self.warmup_min_depth)
 
-    def for_family(self) -> TrainConfig:
+    def for_family(self, family: Family | None = None) -> TrainConfig:
         """This config with its family's values where it leaves them open (None): the shortcut and the warm-up's
-        threshold and length. A run's config.json holds these resolved values."""
-        family = get_family(self.kind)
+        threshold and length. A run's config.json holds these resolved values. family: the kind's family as known
+        (reading results: from records, never importing a user's module); by default it is looked up."""
+        family = family or get_family(self.kind)
         protocol = family.protocol
         return replace(self, shortcut=family.shortcut_for(self.shortcut),
                        warmup_until_error=first_given(self.warmup_until_error, protocol.warmup_until_error),

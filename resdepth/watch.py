@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .cell import STALE_FOREIGN_LOCK_SECONDS, is_locked, pid_alive
 from .cluster import TASK_FILE
 from .config import from_dict
 from .errors import UserError
+from .families import Family, family_of_run
 from .results import CONFIG_FILE, REPLACED_MARK, TERMINAL_STATES, RunStatus, find_run_dirs, read_json
 from .sweep import SWEEP_FILE, SweepConfig, make_cells
 from .train import TrainConfig, steps_per_epoch
@@ -115,10 +117,23 @@ def planned_cells(root: Path) -> tuple[dict[Path, tuple[str, list[tuple[Path, Tr
         try:
             sweep = from_dict(SweepConfig, read_json(path), str(path))
             sweep.out = str(path.parent)
-            found[path.parent] = (sweep.executor, [(cell.run_dir, cell.config) for cell in make_cells(sweep)])
+            cells = make_cells(sweep, recorded_families(path.parent))
+            found[path.parent] = (sweep.executor, [(cell.run_dir, cell.config) for cell in cells])
         except UserError as exc:
             warnings.append(f"left out {path}: not a sweep resdepth can read ({exc})")
     return found, warnings
+
+
+def recorded_families(folder: Path) -> Callable[[str], Family]:
+    """How the sweep in folder names its cells' families without importing a user's module (status reads results:
+    it runs no code from them): a built-in family by name, else as a started run's config.json records it, else a
+    bare family of that name (its cells then show no shortcut in their names, as the family's default)."""
+    recorded: dict[str, Family] = {}
+    for config_file in sorted(folder.glob(f"*/{CONFIG_FILE}")):
+        config = read_json(config_file)
+        if isinstance(config, dict) and "kind" in config:
+            recorded.setdefault(str(config["kind"]), family_of_run(config))
+    return lambda kind: recorded.get(kind) or family_of_run({"kind": kind})
 
 
 def fill_planned_iterations(cells: list[CellState], configs: dict[Path, TrainConfig]) -> None:

@@ -15,13 +15,14 @@ from torch import nn
 
 from resdepth.errors import UserError
 from resdepth.families import (PREACT_BOTTLENECK_TABLE, build_network, builtin_families, check_network, family_of_run,
-                               get_family, response_layers)
+                               forget_loaded, get_family, response_layers)
 from resdepth.models import PreActBlock, PreActNet, build_model, count_parameters
 from resdepth.plots import build_figures
 from resdepth.results import load_runs
 from resdepth.sweep import SweepConfig, plan_sweep
 from resdepth.tables import display_table, summarize
 from resdepth.train import TrainConfig, run_training
+from resdepth.watch import read_folder_status
 
 # The common PyTorch port of the authors' code, 10 classes: projection shortcuts where the shape changes.
 PREACT_PARAMS = {20: 272_282, 56: 855_578, 110: 1_730_522}
@@ -257,6 +258,14 @@ def test_a_family_by_path_is_swept_resumed_tabled_and_plotted_without_importing_
         "paper: no paper number for these nets: tinyfam_nets:gated nets come with no paper numbers.")
     assert sorted(build_figures(runs)) == ["figure1-tinyfam_nets.gated-synthetic", "figure6-synthetic"]
     assert family_of_run(runs[0].config).source.version == "0.1" and "tinyfam_nets" not in sys.modules
+    forget_loaded()  # status names the sweep's cells, started or not, from the runs' records, importing nothing
+    saved = json.loads((tmp_path / "a" / "sweep.json").read_text())
+    (tmp_path / "a" / "sweep.json").write_text(json.dumps({**saved, "seeds": [0, 1]}))
+    status = read_folder_status(tmp_path / "a")
+    assert status.warnings == [] and "tinyfam_nets" not in sys.modules
+    assert [(cell.name, cell.state) for cell in status.cells] == [
+        ("tinyfam_nets.gated-4-s0", "done"), ("tinyfam_nets.gated-4-s1", "not started"),
+        ("tinyfam_nets.gated-6-s0", "done"), ("tinyfam_nets.gated-6-s1", "not started")]
 
 
 def test_a_family_by_entry_point_runs_through_the_command_line_with_its_paper_numbers(tmp_path, user_family,
