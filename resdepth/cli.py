@@ -299,8 +299,8 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     """Plan, show the plan, run with a live display, print the summary; returns the exit code. A command refused
     while planning or for missing data writes nothing, not even the results folder."""
     planned = plan_sweep(config)
-    check_inits(planned, config, with_classes=not dry_run)
     if dry_run:
+        check_inits(planned, classes=None)
         estimate = estimate_plan(config, planned, on_progress=lambda line: errors.print(f"[dim]{line}[/]",
                                                                                         highlight=False))
         print_full_width(render_plan(config, planned, estimate))  # piped: folders and fused jobs are never cut to "…"
@@ -308,7 +308,8 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
         return 0
     if any(item.device for item in planned):
         with DataLoadDisplay() as show:  # fail fast, before any cell starts: missing data is a user error
-            load_dataset(config.train.data, on_progress=show)
+            classes = load_dataset(config.train.data, on_progress=show).num_classes
+        check_inits(planned, classes)
         ensure_writable_dir(config.out_dir())
     counts = count_actions(planned)
     console.print(f"[bold]{config.out_dir()}[/]: {len(planned)} cell(s): "
@@ -346,12 +347,12 @@ def final_states(planned: list[PlannedCell], outcomes: dict[str, Any]) -> dict[s
     return states
 
 
-def check_inits(planned: list[PlannedCell], config: SweepConfig, with_classes: bool) -> None:
-    """--init weights that do not fit a cell starting afresh are refused before anything is written."""
-    fresh = [item.cell.config.for_family() for item in planned if item.cell.config.init and (
+def check_inits(planned: list[PlannedCell], classes: int | None) -> None:
+    """--init weights that do not fit a cell starting afresh (its network; its dataset's classes, when known) are
+    refused before anything is written."""
+    fresh = [item.cell.config for item in planned if item.cell.config.init and (
         item.action in ("new", "replace") or
         (item.action in ("resume", "retry") and not (item.cell.run_dir / CHECKPOINT_FILE).exists()))]
-    classes = load_dataset(config.train.data).num_classes if fresh and with_classes else None
     for cell in fresh:
         check_init(cell.init, cell.kind, cell.depth, cell.shortcut, classes)
 
