@@ -306,10 +306,14 @@ def depth_colours(nets: Sequence[Net]) -> dict[int, str]:
     return {depth: PALETTE[i % len(PALETTE)] for i, depth in enumerate(depths)}
 
 
-def build_figures(analysis: Analysis, std: str = "std") -> dict[str, Figure]:
-    """figure7-<study> and gradients-<study> per dataset (and setting), by file stem."""
+def check_std(std: str) -> None:
     if std not in STDS:
         raise UserError(f"unknown --std {std!r}: use std (all elements) or channel_std (mean of per-channel stds)")
+
+
+def build_figures(analysis: Analysis, std: str = "std") -> dict[str, Figure]:
+    """figure7-<study> and gradients-<study> per dataset (and setting), by file stem."""
+    check_std(std)
     figures = {f"figure7-{study_name(study)}": figure7(study_rows(analysis.responses, study), study, std)
                for study in studies(analysis.responses)}
     for study in studies(analysis.gradients) if not analysis.gradients.empty else []:

@@ -109,11 +109,16 @@ def is_locked(run_dir: Path) -> bool:
     return lock.path.exists() and not lock.is_stale()
 
 
+def busy_outcome(run_dir: Path, lock: RunLock | None = None) -> CellOutcome:
+    """The outcome of a cell another live run holds: busy, naming who holds it."""
+    return CellOutcome(run_dir, "busy", error=describe_owner((lock or RunLock(run_dir)).owner()))
+
+
 def run_cell(run_dir: Path, device: str, threads: int | None, should_stop: Callable[[], bool]) -> CellOutcome:
     """Train or resume the run whose config.json is in run_dir, under its lock; the final state lands in status.json."""
     lock = RunLock(run_dir)
     if not lock.acquire():
-        return CellOutcome(run_dir, "busy", error=describe_owner(lock.owner()))
+        return busy_outcome(run_dir, lock)
     try:
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
         try:
@@ -144,7 +149,7 @@ def run_cells(run_dirs: list[Path], device: str, threads: int | None, should_sto
             if lock.acquire():
                 mine.append(run_dir)
             else:
-                outcomes[run_dir] = CellOutcome(run_dir, "busy", error=describe_owner(lock.owner()))
+                outcomes[run_dir] = busy_outcome(run_dir, lock)
         outcomes.update(train_group(mine, device, threads, should_stop))
     finally:
         for lock in locks:
@@ -225,7 +230,7 @@ def job_outcome_from_status(run_dirs: list[Path], exit_code: int) -> CellOutcome
     for run_dir in run_dirs:
         status = RunStatus.read(run_dir)
         if (status is None or status.state in ("running", "pending")) and is_locked(run_dir):
-            outcomes.append(CellOutcome(run_dir, "busy", error=describe_owner(RunLock(run_dir).owner())))
+            outcomes.append(busy_outcome(run_dir))
         else:  # a group's worker never exits with the busy code: the cells say how each ended
             outcomes.append(outcome_from_status(run_dir, exit_code if exit_code != EXIT_CODES["busy"] else 1))
     return job_outcome(outcomes)
@@ -234,7 +239,7 @@ def job_outcome_from_status(run_dirs: list[Path], exit_code: int) -> CellOutcome
 def outcome_from_status(run_dir: Path, exit_code: int) -> CellOutcome:
     """How a worker process ended, from its run folder; a process that died without saying so is a failure."""
     if exit_code == EXIT_CODES["busy"]:
-        return CellOutcome(run_dir, "busy", error=describe_owner(RunLock(run_dir).owner()))
+        return busy_outcome(run_dir)
     status = RunStatus.read(run_dir)
     state = status.state if status else "failed"
     if state in ("running", "pending"):

@@ -190,8 +190,7 @@ def models(
     check_classes(num_classes)
     wanted = parse_list(depths, int, "--depths") if depths else None
     found = list_families(pattern)
-    for problem in (f for f in found if isinstance(f, str)):
-        errors.print(f"warning: {problem}", markup=False, highlight=False, soft_wrap=True)
+    warn(f for f in found if isinstance(f, str))
     families = [f for f in found if not isinstance(f, str)]
     rows, skipped = network_rows(pattern, families, wanted, num_classes)
     if not families and not rows:
@@ -587,9 +586,14 @@ class DataLoadDisplay:
 def read_runs(results_dir: Path) -> list[Any]:
     """The readable runs under results_dir; each skipped run folder gets one warning line on stderr."""
     runs, warnings = load_runs(results_dir)
-    for line in warnings:
-        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    warn(warnings)
     return runs
+
+
+def warn(lines: Any) -> None:
+    """One 'warning: ...' line on stderr per item, printed as it is (file names are not rich markup)."""
+    for line in lines:
+        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -687,21 +691,19 @@ def analyze(
                                                  "it).")] = 500,
 ) -> None:
     """Figure 7 (std of each 3x3 layer's response, eval mode) and per-layer gradient norms of trained runs."""
-    from .analysis import STDS, build_figures, write_analysis
+    from .analysis import build_figures, check_std, write_analysis
     from .analysis import analyze as analyze_runs
     from .plots import parse_formats  # matplotlib: only when drawing
 
     chosen_formats = parse_formats(formats)
-    if std not in STDS:
-        raise UserError(f"unknown --std {std!r}: use std (all elements) or channel_std (mean of per-channel stds)")
+    check_std(std)  # before the long analysis, not after it
     runs = read_runs(results_dir)
     where = resolve_device(device or "auto")
     count = "all images" if images is None else f"{images:,} images (class-balanced)"
     console.print(f"layer responses: {split} split, {count} per run, evaluation mode (BN running statistics), fp32, "
                   f"on {where}", markup=False, highlight=False, soft_wrap=True)
     analysis = analyze_runs(runs, split, images, where, batch_size)
-    for note in analysis.notes:
-        errors.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    warn(analysis.notes)
     figures = build_figures(analysis, std)
     out_dir = out or results_dir / "analysis"
     ensure_writable_dir(out_dir)
@@ -758,8 +760,7 @@ def report(
     if results_dir.is_dir():
         check_output_file(out, "--out")
     page, warnings = build_report(results_dir, out)
-    for line in warnings:
-        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    warn(warnings)
     atomic_write_bytes(out, page.encode())
     console.print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained): open it in a browser", markup=False,
                   highlight=False, soft_wrap=True)
@@ -782,8 +783,7 @@ def status(
     if not interval > 0:
         raise UserError(f"--interval must be a positive number of seconds, got {interval}")
     folder = read_folder_status(results_dir)
-    for line in folder.warnings:
-        errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    warn(folder.warnings)
     if not watch:
         console.print(status_view(folder, console.width))
         return

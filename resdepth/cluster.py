@@ -28,7 +28,7 @@ from typing import Any
 from .cell import (
     CellOutcome,
     RunLock,
-    describe_owner,
+    busy_outcome,
     is_locked,
     job_outcome,
     mark_failed,
@@ -82,7 +82,7 @@ class CellTask:
             take_over_own_lock(run_dir, self.token)
         free = [run_dir for run_dir in self.run_dirs if not is_locked(run_dir)]
         if not free:  # other live runs hold the cells: leave their attempt records alone
-            return job_outcome([CellOutcome(run_dir, "busy", error=describe_owner(RunLock(run_dir).owner()))
+            return job_outcome([busy_outcome(run_dir)
                                 for run_dir in self.run_dirs])
         me = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job_id()}
         for run_dir in free:
@@ -457,7 +457,7 @@ class SlurmExecutor(Executor):
                 set_state(run_dir, "interrupted")
                 return CellOutcome(run_dir, "interrupted", error="stopped before its mid-epoch checkpoint")
             if job.paths.result_pickle.exists() and is_locked(run_dir):  # the task found another run holding it
-                return CellOutcome(run_dir, "busy", error=describe_owner(RunLock(run_dir).owner()))
+                return busy_outcome(run_dir)
             log = last_line(job.stderr() or "") if job.paths.stderr.exists() else ""
             ended = "failed" if job.paths.result_pickle.exists() else "ended without a result"
             where = f": {log}" if log else f"; see its log in {job.paths.folder}"

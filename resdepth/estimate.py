@@ -28,7 +28,7 @@ from .data import DataCheck, DataConfig, check_data_present, make_synthetic
 from .devices import resolve_device, resolved_precision
 from .models import build_model, count_multiply_adds
 from .results import RunStatus, write_json
-from .sweep import RUNNABLE, PlannedCell, SweepConfig, device_slots, task_threads
+from .sweep import RUNNABLE, PlannedCell, SweepConfig, cpu_cores, device_slots, planned_jobs, task_threads
 from .train import Trainer, TrainConfig, resolve_iterations, steps_per_epoch, uses_compile
 
 
@@ -100,10 +100,8 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
 
 def job_seconds(runnable: list[PlannedCell], cells: dict[str, CellEstimate]) -> list[float | None]:
     """Each job's time: a cell's own, a fused group's the sum of its cells' (its cells share one slot)."""
-    jobs: dict[str, list[float | None]] = {}
-    for item in runnable:
-        jobs.setdefault(item.group or item.cell.name, []).append(cells[item.cell.name].seconds)
-    return [None if None in times else sum(t for t in times if t is not None) for times in jobs.values()]
+    times = [[cells[item.cell.name].seconds for item in job] for job in planned_jobs(runnable)]
+    return [None if None in job else sum(t for t in job if t is not None) for job in times]
 
 
 def planned_iterations(config: TrainConfig, data: DataCheck) -> int | None:
@@ -207,10 +205,6 @@ def fit_image_cost(seconds_per_image: dict[int, float], kind: str) -> Callable[[
         if mean_y - slope * mean_x >= 0 and slope > 0:
             fixed, per_mac = mean_y - slope * mean_x, slope
     return lambda depth: fixed + per_mac * macs(depth)
-
-
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def probe_speed(config: TrainConfig, device: Any, threads: int) -> float:

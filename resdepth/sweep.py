@@ -200,9 +200,13 @@ def cluster_slot(sweep: SweepConfig) -> str:
         f"ray: {sweep.gpus_per_job:g} GPU"
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, as a cluster's allocation sets it), else all."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_per_job(slots: list[str]) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // len(slots))
+    return max(1, cpu_cores() // len(slots))
 
 
 def task_threads(sweep: SweepConfig) -> int:
