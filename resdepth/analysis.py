@@ -31,7 +31,7 @@ from .data import Dataset, balanced_subset
 from .errors import UserError
 from .families import family_order, is_plain_twin, known_family, response_layers
 from .groups import GroupKey, group_runs, is_complete
-from .plots import file_slug, save_figures
+from .plots import BAND_ALPHA, FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_figures, study_name, study_title
 from .results import GRADIENT_COLUMNS, GRADIENTS_FILE, Run
 
 SPLITS = ("test", "train", "val")
@@ -44,12 +44,9 @@ GRADIENT_TABLE_COLUMNS = (*IDENTITY_COLUMNS, "epoch", "iteration", "lr", "layer"
 IMAGE_SUBSET_SEED = 0  # --images N: the same class-balanced subset for every run of a dataset
 EVAL_BATCH = 500
 
-# Figures: a page's text width, 9-10 pt text, as plots.py draws Figures 1 and 6.
-FIG_WIDTH, FONT, TITLE_FONT = 7.0, 9, 10
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-# A plain twin dashed, every other family bold: twins of one depth share a colour
+# Figures: plots.py's size, fonts and colours (Figures 1 and 6). A plain twin dashed, every other family bold:
+# twins of one depth share a colour
 TWIN_STYLE, FAMILY_STYLE = ("--", 1.4), ("-", 2.0)
-BAND_ALPHA = 0.18
 
 
 # ---------------------------------------------------------------------------------------------- layer responses
@@ -292,20 +289,6 @@ def study_rows(frame: pd.DataFrame, study: tuple[str, str]) -> pd.DataFrame:
     return frame[(frame["dataset"].astype(str) == study[0]) & (frame["setting"].fillna("").astype(str) == study[1])]
 
 
-def study_name(study: tuple[str, str]) -> str:
-    """The file-name part: 'cifar10', or 'cifar10-iterations400' for a named setting."""
-    return "-".join(filter(None, (study[0], file_slug(study[1]))))
-
-
-def study_title(study: tuple[str, str]) -> str:
-    return f"{study[0]} ({study[1]})" if study[1] else study[0]
-
-
-def depth_colours(nets: Sequence[Net]) -> dict[int, str]:
-    depths = sorted({net.depth for net in nets})
-    return {depth: PALETTE[i % len(PALETTE)] for i, depth in enumerate(depths)}
-
-
 def check_std(std: str) -> None:
     if std not in STDS:
         raise UserError(f"unknown --std {std!r}: use std (all elements) or channel_std (mean of per-channel stds)")
@@ -328,7 +311,7 @@ def figure7(frame: pd.DataFrame, study: tuple[str, str], std: str = "std") -> Fi
     FigureCanvasAgg(figure)
     original, ranked = figure.subplots(2, 1)
     nets = nets_of(frame)
-    colours = depth_colours(nets)
+    colours = depth_colours(net.depth for net in nets)
     for net in nets:
         rows = rows_of(frame, net)
         by_seed = rows.pivot_table(index="layer", columns="seed", values=std)

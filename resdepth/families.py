@@ -36,7 +36,8 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError
-from .nets import NINE_N_PLUS_TWO, SHORTCUTS, SIX_N_PLUS_TWO, CifarNet, DepthRule, PreActNet, ResponseLayer
+from .nets import (NINE_N_PLUS_TWO, SIX_N_PLUS_TWO, CifarNet, DepthRule, PreActNet, ResponseLayer,
+                   check_shortcut)
 
 ENTRY_POINT_GROUP = "resdepth.families"
 FIGURE6_FAMILIES = ("plain", "residual")  # the paper's Figure 6: the default kinds of a sweep
@@ -191,8 +192,7 @@ class Family:
             return self.default_shortcut or None
         if given in self.shortcuts:
             return given
-        if given not in SHORTCUTS:
-            raise UserError(f"unknown shortcut {given!r}: use A (zero-padding, the paper's default) or B (projection)")
+        check_shortcut(given)
         if not self.shortcuts:
             return given
         raise UserError(f"{self.name} nets take --shortcut {' or '.join(self.shortcuts)}, not {given}: leave "

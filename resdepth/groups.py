@@ -39,6 +39,11 @@ class GroupKey:
     family: Family = field(default_factory=lambda: Family("unknown"), compare=False, repr=False)
 
     @property
+    def study(self) -> tuple[str, str]:
+        """(dataset, setting): what one set of figures shows."""
+        return self.dataset, self.setting
+
+    @property
     def variant(self) -> str:
         """The kind as figures and tables name it: 'residual', or 'residual-B' for the shortcut that is not the
         family's default ('preact-A' for preact, whose default is B); files use families.file_name of it."""

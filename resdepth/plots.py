@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +97,9 @@ def build_figures(runs: list[Run], x: str = "iterations", paper: bool = False) -
     suffix = "" if x == "iterations" else "-epochs"
     figures: dict[str, Figure] = {}
     every = group_curves(runs)
-    for study in dict.fromkeys((curve.key.dataset, curve.key.setting) for curve in every):
-        curves = [c for c in every if (c.key.dataset, c.key.setting) == study]
-        name = "-".join(filter(None, (study[0], file_slug(study[1]))))
+    for study in dict.fromkeys(curve.key.study for curve in every):
+        curves = [c for c in every if c.key.study == study]
+        name = study_name(study)
         for variant in dict.fromkeys(c.key.variant for c in curves):
             figures[f"figure1-{file_name(variant)}-{name}{suffix}"] = figure1(curves, variant, x)
         figures[f"figure6-{name}{suffix}"] = figure6(curves, x, paper=paper)
@@ -129,8 +129,14 @@ def file_slug(setting: str) -> str:
     return re.sub(r"[^A-Za-z0-9._]+", "", setting.replace(", ", "_"))
 
 
-def study_title(key: GroupKey) -> str:
-    return f"{key.dataset} ({key.setting})" if key.setting else key.dataset
+def study_name(study: tuple[str, str]) -> str:
+    """(dataset, setting) as part of a file name: 'cifar10', or 'cifar10-iterations400' for a named setting."""
+    return "-".join(filter(None, (study[0], file_slug(study[1]))))
+
+
+def study_title(study: tuple[str, str]) -> str:
+    """(dataset, setting) as a figure's title names it: 'cifar10', or 'cifar10 (iterations 400)'."""
+    return f"{study[0]} ({study[1]})" if study[1] else study[0]
 
 
 def plot_figure1(runs: list[Run], kind: str = "plain", x: str = "iterations") -> Figure:
@@ -151,7 +157,7 @@ def figure1(curves: list[SeedCurves], variant: str, x: str) -> Figure:
     chosen = [c for c in curves if c.key.variant == variant]
     if not chosen:
         raise ValueError(f"no {variant} runs to plot")
-    colours = depth_colours(curves)
+    colours = depth_colours(c.key.depth for c in curves)
     figure, (train_axes, test_axes) = new_figure(2)
     xaxis = XAxis.choose(x, chosen)
     with_val = any("val_error" in c.metrics for c in chosen)
@@ -168,7 +174,7 @@ def figure1(curves: list[SeedCurves], variant: str, x: str) -> Figure:
     top = set_error_range([train_axes, test_axes], curves)
     for axes, metrics, _ in panels:
         note_off_axis(axes, chosen, metrics, top)
-    figure.suptitle(f"{study_title(chosen[0].key)}: {variant} nets by depth", fontsize=TITLE_FONT)
+    figure.suptitle(f"{study_title(chosen[0].key.study)}: {variant} nets by depth", fontsize=TITLE_FONT)
     styles = [("test_error", "-"), ("val_error", ":")] if with_val else []
     add_legend(figure, chosen, colours, styles)
     return figure
@@ -179,7 +185,7 @@ def figure6(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
     if not curves:
         raise ValueError("no runs to plot")
     panels = figure6_panels(curves)
-    colours = depth_colours(curves)
+    colours = depth_colours(c.key.depth for c in curves)
     xaxis = XAxis.choose(x, curves)
     figure, axes_list = new_figure(len(panels))
     ticked: set[str] = set()
@@ -197,7 +203,7 @@ def figure6(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
         note_off_axis(axes, members, METRICS, top)
     with_val = any("val_error" in c.metrics for c in curves)
     words = "dashed = training error, bold = test error" + (", dotted = validation error" if with_val else "")
-    figure.suptitle(f"{study_title(curves[0].key)}: {words}", fontsize=TITLE_FONT)
+    figure.suptitle(f"{study_title(curves[0].key.study)}: {words}", fontsize=TITLE_FONT)
     styles = [(m, STYLES[m][0]) for m in METRICS if with_val or m != "val_error"]
     add_legend(figure, curves, colours, styles, paper_ticks=sorted(ticked))
     return figure
@@ -379,14 +385,13 @@ def row_major(handles: list[Line2D], columns: int) -> list[Line2D]:
     return [grid[r][c] for c in range(columns) for r in range(rows) if c < len(grid[r])]
 
 
-def depth_colours(curves: list[SeedCurves]) -> dict[int, str]:
+def depth_colours(depths: Iterable[int]) -> dict[int, str]:
     """The same colour for a depth in every panel and figure of a dataset, shallow to deep."""
-    depths = sorted({c.key.depth for c in curves})
-    return {depth: PALETTE[i % len(PALETTE)] for i, depth in enumerate(depths)}
+    return {depth: PALETTE[i % len(PALETTE)] for i, depth in enumerate(sorted(set(depths)))}
 
 
 def one_dataset(curves: list[SeedCurves]) -> list[SeedCurves]:
-    studies = sorted({study_title(c.key) for c in curves})
+    studies = sorted({study_title(c.key.study) for c in curves})
     if len(studies) > 1:
         raise ValueError(f"runs of several datasets or settings ({'; '.join(studies)}): pass one study's runs")
     return curves
