@@ -11,7 +11,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,14 @@ class Dataset:
     test_labels: torch.Tensor
     val_images: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
+    # fingerprint() and pixel_mean(), computed once: every run of a sweep process, and every run `analyze` or
+    # `construct` reads, asks the one dataset they share (each a pass over all its pixels)
+    _computed: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "_computed" and "_computed" in self.__dict__:
+            self._computed.clear()  # a split replaced (--val-size, --train-size): computed again when asked
+        super().__setattr__(name, value)
 
     @property
     def num_classes(self) -> int:
@@ -90,6 +98,11 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """A short hash of the splits' labels and exact pixel sums: a resumed run checks its data is the same."""
+        if "fingerprint" not in self._computed:
+            self._computed["fingerprint"] = self.compute_fingerprint()
+        return self._computed["fingerprint"]
+
+    def compute_fingerprint(self) -> str:
         digest = hashlib.sha1()
         for tensor in (self.train_labels, self.test_labels, self.val_labels):
             if tensor is not None:
@@ -108,7 +121,10 @@ class Dataset:
 
     def pixel_mean(self) -> torch.Tensor:
         """Per-pixel mean (3, 32, 32) of the training split in [0, 1], the paper's mean subtraction."""
-        return (pixel_sums(self.train_images).double() / (255.0 * len(self.train_images))).float()
+        if "pixel_mean" not in self._computed:
+            sums = pixel_sums(self.train_images).double()
+            self._computed["pixel_mean"] = (sums / (255.0 * len(self.train_images))).float()
+        return self._computed["pixel_mean"].clone()  # the caller's own: nobody changes the kept one
 
 
 def pixel_sums(images: torch.Tensor) -> torch.Tensor:

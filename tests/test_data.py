@@ -180,3 +180,14 @@ def test_a_dry_run_says_whether_the_data_is_here(tmp_path):
     assert folder.ready and folder.train_images == 4 and folder.test_images == 6 and "decoded once" in folder.summary
     load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path / "f")))
     assert "decoded (cached)" in check_data_present(DataConfig(dataset="folder", data_dir=str(tmp_path / "f"))).summary
+
+
+def test_fingerprint_and_mean_are_computed_once_and_again_when_a_split_is_replaced():
+    data = make_synthetic(256, 64)
+    fingerprint, mean = data.fingerprint(), data.pixel_mean()
+    mean.zero_()  # the caller's copy: the kept mean is not changed through it
+    assert data.fingerprint() == fingerprint and data.pixel_mean().sum() > 0
+    data.train_images = data.train_images.flip(0)[:128]
+    assert data.fingerprint() != fingerprint
+    expected = (data.train_images.double().sum(0) / (255.0 * 128)).float()
+    torch.testing.assert_close(data.pixel_mean(), expected)
