@@ -83,8 +83,9 @@ class PaperReference:
     def datasets(self) -> list[str]:
         return list(dict.fromkeys(n.dataset for n in self.numbers))
 
-    def depths(self, dataset: str = "cifar10") -> list[int]:
-        return list(dict.fromkeys(n.depth for n in self.numbers if n.dataset == dataset))
+    def depths(self, dataset: str | None = None) -> list[int]:
+        """The depths it has numbers for, in its table's order: on that dataset, or (None) on any."""
+        return list(dict.fromkeys(n.depth for n in self.numbers if dataset is None or n.dataset == dataset))
 
     def lookup(self, dataset: str, depth: int, batch_size: int = 128) -> PaperNumber | None:
         """The number for that depth, on that dataset if the paper has it (else CIFAR-10: the run's dataset is then
@@ -547,8 +548,7 @@ def describe_family(family: Family) -> dict[str, str]:
     is_twin = any(other.twin == family.name for other in _BUILTIN.values())
     twin = family.twin or ("(is one)" if is_twin else "none")
     if family.reference:
-        depths = dict.fromkeys(n.depth for n in family.reference.numbers)
-        paper = f"{family.reference.label}: {', '.join(map(str, depths))}"
+        paper = f"{family.reference.label}: {', '.join(map(str, family.reference.depths()))}"
     else:
         paper = "-"
     source = f"resdepth {__version__}" if family.builtin else str(family.source or "-")
@@ -561,5 +561,5 @@ def example_depths(family: Family) -> list[int]:
     """Depths `resdepth models` builds a family at when no named network shows it: its paper's, else 20 and 56 (or
     the nearest depths its rule allows)."""
     if family.reference:
-        return list(dict.fromkeys(n.depth for n in family.reference.numbers))
+        return family.reference.depths()
     return list(dict.fromkeys(depth for wanted in (20, 56) for depth in family.depths.nearest(wanted)[-1:]))

@@ -120,7 +120,7 @@ def paper_tick_notes(runs: list[Run]) -> list[str]:
 
 def papers_known() -> str:
     """'residual 20, 32, 44, 56, 110, 1202; preact 110; ...': the nets of the built-in families' paper tables."""
-    return "; ".join(f"{f.name} {', '.join(map(str, dict.fromkeys(n.depth for n in f.reference.numbers)))}"
+    return "; ".join(f"{f.name} {', '.join(map(str, f.reference.depths()))}"
                      for f in builtin_families() if f.reference)
 
 

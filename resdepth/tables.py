@@ -230,7 +230,7 @@ def no_number_reason(rows: pd.DataFrame, families: dict[str, Family]) -> str:
         if family.reference is None:
             reasons.append(family.no_reference or f"{kind} nets come with no paper numbers")
             continue
-        known = list(dict.fromkeys(n.depth for n in family.reference.numbers))
+        known = family.reference.depths()
         other = sorted(set(rows.loc[rows["kind"] == kind, "depth"]) - set(known))
         if other:
             net = f"{kind} net" if len(with_tables) > 1 else "net"
