@@ -116,31 +116,13 @@ def busy_outcome(run_dir: Path, lock: RunLock | None = None) -> CellOutcome:
 
 def run_cell(run_dir: Path, device: str, threads: int | None, should_stop: Callable[[], bool]) -> CellOutcome:
     """Train or resume the run whose config.json is in run_dir, under its lock; the final state lands in status.json."""
-    lock = RunLock(run_dir)
-    if not lock.acquire():
-        return busy_outcome(run_dir, lock)
-    try:
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
-        try:
-            config = read_run_config(run_dir)
-            config.device, config.threads = device, threads or config.threads
-            result = run_training(config, run_dir, should_stop=should_stop)  # it records its end in status.json
-        except UserError as exc:
-            return mark_failed(run_dir, str(exc))
-        except Exception as exc:  # noqa: BLE001 - the job raised: its message is the cell's error
-            (run_dir / ERROR_FILE).write_text(traceback.format_exc())
-            return mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
-        return CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
-    finally:
-        lock.release()
+    return run_cells([run_dir], device, threads, should_stop)
 
 
 def run_cells(run_dirs: list[Path], device: str, threads: int | None, should_stop: Callable[[], bool]) -> CellOutcome:
-    """One job: a single cell (`run_cell`), or a fused group (`--fuse`) trained together, each cell under its own
-    lock. A cell another live process holds is `busy` and left alone; the others train as a smaller group (alone
-    if one is left). Returns the job's outcome (`each_cell` gives every cell's)."""
-    if len(run_dirs) == 1:
-        return run_cell(run_dirs[0], device, threads, should_stop)
+    """One job: a single cell, or a fused group (`--fuse`) trained together, each cell under its own lock. A cell
+    another live process holds is `busy` and left alone; the others train as a smaller group (alone if one is
+    left). Returns the job's outcome (`each_cell` gives every cell's)."""
     locks = [RunLock(run_dir) for run_dir in run_dirs]
     outcomes: dict[Path, CellOutcome] = {}
     try:
