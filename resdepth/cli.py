@@ -460,6 +460,10 @@ def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}" + ("x" if value else "")
+
+
 def _duration(seconds: float | None) -> str:
     """h:mm:ss, with days in front past 24 hours."""
     if seconds is None:
@@ -944,13 +948,11 @@ def render_fuse_bench(rows: list[Any]) -> Table:
     for column in ("depth", "K", "fused\nimg/s", "in seq.\nimg/s", "K procs\nimg/s", "vs\nseq.", "vs\nprocs",
                    "MB\nfused", "MB\nsingle", "MB\nprocs"):
         view.add_column(column, justify="right", no_wrap=True)
-    dash = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
     for row in rows:
-        view.add_row(str(row.depth), str(row.models), f"{row.fused_images_per_second:,.0f}",
-                     f"{row.sequence_images_per_second:,.0f}", dash(row.processes_images_per_second, ",.0f"),
-                     f"{row.fused_vs_sequence:.2f}x", dash(row.fused_vs_processes, ".2f") +
-                     ("x" if row.fused_vs_processes else ""), f"{row.fused_peak_memory_mb:,.0f}",
-                     f"{row.single_peak_memory_mb:,.0f}", dash(row.processes_peak_memory_mb, ",.0f"))
+        view.add_row(str(row.depth), str(row.models), _count(row.fused_images_per_second),
+                     _count(row.sequence_images_per_second), _count(row.processes_images_per_second),
+                     f"{row.fused_vs_sequence:.2f}x", _ratio(row.fused_vs_processes), _count(row.fused_peak_memory_mb),
+                     _count(row.single_peak_memory_mb), _count(row.processes_peak_memory_mb))
     return view
 
 
@@ -966,13 +968,11 @@ def render_bench(kind: str, rows: list[BenchRow]) -> Table:
     for column in ("depth", "resdepth\nimg/s", "naive\nimg/s", "ratio", "achieved\nGFLOP/s", "matmul\nGFLOP/s",
                    "% of\npeak", "resdepth\nMB", "naive\nMB"):
         view.add_column(column, justify="right", no_wrap=True)
-    dash = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
     for row in rows:
-        view.add_row(str(row.depth), f"{row.resdepth_images_per_second:,.0f}",
-                     dash(row.naive_images_per_second, ",.0f"),
-                     dash(row.speedup, ".2f") + ("x" if row.speedup else ""), f"{row.achieved_gflops:,.0f}",
-                     f"{row.matmul_gflops:,.0f}", f"{row.peak_fraction * 100:.0f}%",
-                     f"{row.resdepth_peak_memory_mb:,.0f}", dash(row.naive_peak_memory_mb, ",.0f"))
+        view.add_row(str(row.depth), f"{row.resdepth_images_per_second:,.0f}", _count(row.naive_images_per_second),
+                     _ratio(row.speedup), f"{row.achieved_gflops:,.0f}", f"{row.matmul_gflops:,.0f}",
+                     f"{row.peak_fraction * 100:.0f}%", f"{row.resdepth_peak_memory_mb:,.0f}",
+                     _count(row.naive_peak_memory_mb))
     return view
 
 
