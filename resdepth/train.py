@@ -208,6 +208,17 @@ def sgd_optimizer(params: Any, config: TrainConfig, device: torch.device) -> tor
                            **implementation)
 
 
+@torch.no_grad()
+def lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Momentum buffers in their params' strides. A loaded buffer keeps the layout it was saved in: contiguous from
+    a fused group's checkpoint, the other layout across a --channels-last toggle. CUDA's fused SGD kernel assumes
+    equal strides and computes a wrong update, silently, from a buffer laid out otherwise."""
+    for param, state in optimizer.state.items():
+        buffer = state.get("momentum_buffer")
+        if buffer is not None and buffer.stride() != param.stride():
+            state["momentum_buffer"] = torch.empty_like(param).copy_(buffer)
+
+
 def uses_compile(config: TrainConfig, device: torch.device) -> bool:
     if config.compile is not None:
         return config.compile
@@ -286,6 +297,7 @@ class Trainer:
         restore_rng_state(state, self.device, self.generator)  # first: it refuses a checkpoint of another device type
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        lay_out_like_params(self.optimizer)
         self.iteration, self.epoch = state["iteration"], state["epoch"]
         self.warming_up, self.warmup_end_iteration = state["warming_up"], state["warmup_end_iteration"]
         self.warmup_end_reason = state.get("warmup_end_reason")  # absent in checkpoints of older versions
