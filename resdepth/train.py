@@ -324,6 +324,7 @@ class Trainer:
         when the cyclic garbage collector gets round to it (the next cell of an in-process sweep needs it)."""
         self.captured = self.in_progress = None
         self.model = self.forward = self.optimizer = self.data = None  # type: ignore[assignment]
+        self.gradients = None  # type: ignore[assignment]  # it holds the conv weights, and so their gradients
 
     @property
     def finished(self) -> bool:

@@ -229,3 +229,23 @@ def test_a_fused_group_resumes_its_momentum_laid_out_like_its_params(tmp_path, t
     group.try_resume()
     for param, buffer in zip(group.params.values(), group.sgd.buffers, strict=True):
         assert (buffer.shape, buffer.stride()) == (param.shape, param.stride())
+
+
+def test_a_closed_trainer_holds_no_weights_or_gradients(tmp_path, tiny_config):
+    # bench and the fused bench keep their Trainer referenced: close() alone must let its tensors go (on CUDA, the
+    # gradients live in a CUDA graph's memory pool under --cuda-graph)
+    import gc
+    import weakref
+
+    from resdepth.train import resolve_iterations
+
+    dataset = load_dataset(tiny_config().data)
+    trainer = Trainer(resolve_iterations(tiny_config(), len(dataset.train_labels)), tmp_path, CPU, dataset)
+    trainer.train_epoch(lambda: False, lambda _: None)
+    weights = [weakref.ref(p) for p in trainer.model.parameters()]
+    gc.disable()  # what only the cyclic collector would free does not count
+    try:
+        trainer.close()
+        assert not any(ref() is not None for ref in weights)
+    finally:
+        gc.enable()
