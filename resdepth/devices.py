@@ -88,7 +88,8 @@ def precision_context(precision: str, device: torch.device, graph_safe: bool = F
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
     if precision == "bf16":
-        # autocast keeps BN and the loss in fp32; only convs and the FC layer run in bf16
+        # autocast runs the convs and the FC layer in bf16; BN takes their bf16 activations as they come (its weights
+        # and running statistics stay fp32); the loss is computed in fp32
         # a CUDA graph must not keep autocast's cache of cast weights: a replay would read stale copies
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=not graph_safe)
     return contextlib.nullcontext

@@ -90,8 +90,9 @@ class TrainConfig:
     data: DataConfig = option(help="The dataset.", default_factory=DataConfig, cli=False)
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", panel=EXECUTION)
     threads: int | None = option(None, help="Torch CPU threads per job.", panel=EXECUTION, default_text="cores / jobs")
-    precision: str = option("auto", help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast; BN stays "
-                                         "fp32).", panel=EXECUTION)
+    precision: str = option("auto", help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast: convs, "
+                                         "FC and BN compute on bf16 activations; BN's weights and running statistics "
+                                         "and the loss stay fp32).", panel=EXECUTION)
     # NHWC runs oneDNN's and cuDNN's native kernels: +16-19% img/s on 2 CPU cores (BENCHMARKS.md), GPU not measured
     channels_last: bool | None = option(None, help="NHWC memory format (measured faster on CPU).", panel=EXECUTION,
                                         default_text="on")
