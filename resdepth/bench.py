@@ -101,11 +101,17 @@ class BenchRow:
     matmul_windows: list[float] = field(default_factory=list)
 
 
-def run_benchmark(config: BenchConfig, on_progress: Callable[[str], None] = lambda _: None) -> list[BenchRow]:
-    """One row per depth; `on_progress` gets a short line as each phase starts."""
+def run_benchmark(config: BenchConfig, on_progress: Callable[[str], None] = lambda _: None,
+                  on_row: Callable[[BenchRow], None] = lambda _: None) -> list[BenchRow]:
+    """One row per depth; `on_progress` gets a short line as each phase starts, `on_row` each row as it is
+    measured (a benchmark stopped at a time limit keeps the rows it has)."""
     device, dataset = prepare_bench(config)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="resdepth-bench-") as run_dir:
-        return [bench_depth(config, depth, device, dataset, Path(run_dir), on_progress) for depth in config.depths]
+        for depth in config.depths:
+            rows.append(bench_depth(config, depth, device, dataset, Path(run_dir), on_progress))
+            on_row(rows[-1])
+    return rows
 
 
 def prepare_bench(config: BenchConfig) -> tuple[torch.device, Dataset]:
