@@ -124,7 +124,7 @@ def prepare_bench(config: BenchConfig) -> tuple[torch.device, Dataset]:
     if len(dataset.train_labels) < config.batch_size:
         raise UserError(f"the training set has {len(dataset.train_labels)} images, fewer than one batch of "
                         f"{config.batch_size}")
-    warm_process(device, config.batch_size)
+    warm_process(device, config.batch_size, config.naive)
     return device, dataset
 
 
@@ -197,9 +197,10 @@ def make_row(config: BenchConfig, depth: int, device: torch.device, trainer: Tra
     )
 
 
-def warm_process(device: torch.device, batch_size: int) -> None:
+def warm_process(device: torch.device, batch_size: int, naive: bool) -> None:
     """Pay the process's one-time costs (library loads, kernel JIT, thread pools) before any path is measured."""
-    import torchvision.transforms  # noqa: F401  (the naive path's imports)
+    if naive:  # without it (--no-naive, bench --fuse) torchvision need not be installed
+        import torchvision.transforms  # noqa: F401  (the naive path's imports)
 
     for memory_format in (torch.contiguous_format, torch.channels_last):
         model = build_model("resnet8").to(device, memory_format=memory_format)

@@ -5,6 +5,7 @@ No timing assertions: the machines that run these tests are shared.
 
 import importlib.util
 import json
+import sys
 import os
 from pathlib import Path
 
@@ -186,3 +187,12 @@ def test_bench_json_holds_each_row_as_it_is_measured(tmp_path, run_cli, monkeypa
     saved = json.loads(out.read_text())
     rows = saved["rows"] if fuse is None else saved["fused_rows"]
     assert [(r["depth"], r.get("models")) for r in rows] == [(8, None if fuse is None else 1)]
+
+
+def test_bench_without_the_naive_recipe_needs_no_torchvision(monkeypatch, tiny_bench):
+    # a bare GPU machine (gpu_bench.sh) may have torch without torchvision
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    [row] = run_benchmark(tiny_bench(naive=False))
+    assert row.resdepth_images_per_second > 0 and row.naive_images_per_second is None
