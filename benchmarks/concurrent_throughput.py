@@ -38,6 +38,7 @@ def job(rank: int, args: argparse.Namespace, threads: int | None, barrier: Any, 
 
     config = BenchConfig(depths=tuple(args.depths), device=args.device, iterations=args.steps, warmup=args.warmup,
                          rounds=1, batch_size=args.batch_size, naive=False, threads=threads,
+                         compile=False if args.no_compile else None,
                          data=DataConfig(dataset="synthetic", synthetic_train=args.train_images, synthetic_test=16))
     if threads:
         torch.set_num_threads(threads)  # as run_training does for a sweep's cell
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=4096)
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for any one job's report")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-compile", action="store_true", help="eager on the CPU too (a quick check of this script)")
     args = parser.parse_args()
     args.depths = [int(d) for d in args.depths.split(",")]
     rows: list[dict[str, Any]] = []

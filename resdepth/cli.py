@@ -897,6 +897,8 @@ def bench(
                                                   "1,2,4,8.")] = None,
     processes: Annotated[bool, typer.Option("--processes/--no-processes",
                                             help="With --fuse: time K processes at once too.")] = True,
+    matmul_size: Annotated[int, typer.Option(help="Rows and columns of the matmul whose GFLOP/s the rows are "
+                                                  "compared with.")] = BenchConfig.matmul_size,
 ) -> None:
     """Images/s of resdepth's training step vs the common PIL + DataLoader recipe, FLOP/s and peak memory."""
     from dataclasses import asdict
@@ -909,7 +911,7 @@ def bench(
                          iterations=iterations, warmup=warmup, rounds=rounds, batch_size=batch_size,
                          num_workers=num_workers, naive=naive and fuse is None, threads=threads,
                          precision=precision or "auto", channels_last=channels_last, compile=compile,
-                         cuda_graph=bool(cuda_graph), data=data)
+                         cuda_graph=bool(cuda_graph), data=data, matmul_size=matmul_size)
     if fuse is not None:  # fused vs separate runs, instead of resdepth vs the naive recipe
         raise typer.Exit(bench_fused(config, fuse, processes, json_out))
     rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False),
