@@ -34,13 +34,15 @@ def job(rank: int, args: argparse.Namespace, threads: int | None, barrier: Any, 
 
     from resdepth.bench import BenchConfig, OwnPath, synchronize
     from resdepth.data import DataConfig, load_dataset
+    from resdepth.devices import resolve_device
 
     config = BenchConfig(depths=tuple(args.depths), device=args.device, iterations=args.steps, warmup=args.warmup,
                          rounds=1, batch_size=args.batch_size, naive=False, threads=threads,
+                         compile=False if args.no_compile else None,
                          data=DataConfig(dataset="synthetic", synthetic_train=args.train_images, synthetic_test=16))
     if threads:
         torch.set_num_threads(threads)  # as run_training does for a sweep's cell
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # indexed, as every resdepth process trains on one
     dataset = load_dataset(config.data)
     with tempfile.TemporaryDirectory(prefix=f"resdepth-job{rank}-") as run_dir:
         for depth in args.depths:
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=4096)
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for any one job's report")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-compile", action="store_true", help="eager on the CPU too (a quick check of this script)")
     args = parser.parse_args()
     args.depths = [int(d) for d in args.depths.split(",")]
     rows: list[dict[str, Any]] = []

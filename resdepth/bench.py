@@ -101,11 +101,17 @@ class BenchRow:
     matmul_windows: list[float] = field(default_factory=list)
 
 
-def run_benchmark(config: BenchConfig, on_progress: Callable[[str], None] = lambda _: None) -> list[BenchRow]:
-    """One row per depth; `on_progress` gets a short line as each phase starts."""
+def run_benchmark(config: BenchConfig, on_progress: Callable[[str], None] = lambda _: None,
+                  on_row: Callable[[BenchRow], None] = lambda _: None) -> list[BenchRow]:
+    """One row per depth; `on_progress` gets a short line as each phase starts, `on_row` each row as it is
+    measured (a benchmark stopped at a time limit keeps the rows it has)."""
     device, dataset = prepare_bench(config)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="resdepth-bench-") as run_dir:
-        return [bench_depth(config, depth, device, dataset, Path(run_dir), on_progress) for depth in config.depths]
+        for depth in config.depths:
+            rows.append(bench_depth(config, depth, device, dataset, Path(run_dir), on_progress))
+            on_row(rows[-1])
+    return rows
 
 
 def prepare_bench(config: BenchConfig) -> tuple[torch.device, Dataset]:
@@ -118,7 +124,7 @@ def prepare_bench(config: BenchConfig) -> tuple[torch.device, Dataset]:
     if len(dataset.train_labels) < config.batch_size:
         raise UserError(f"the training set has {len(dataset.train_labels)} images, fewer than one batch of "
                         f"{config.batch_size}")
-    warm_process(device, config.batch_size)
+    warm_process(device, config.batch_size, config.naive)
     return device, dataset
 
 
@@ -191,9 +197,10 @@ def make_row(config: BenchConfig, depth: int, device: torch.device, trainer: Tra
     )
 
 
-def warm_process(device: torch.device, batch_size: int) -> None:
+def warm_process(device: torch.device, batch_size: int, naive: bool) -> None:
     """Pay the process's one-time costs (library loads, kernel JIT, thread pools) before any path is measured."""
-    import torchvision.transforms  # noqa: F401  (the naive path's imports)
+    if naive:  # without it (--no-naive, bench --fuse) torchvision need not be installed
+        import torchvision.transforms  # noqa: F401  (the naive path's imports)
 
     for memory_format in (torch.contiguous_format, torch.channels_last):
         model = build_model("resnet8").to(device, memory_format=memory_format)

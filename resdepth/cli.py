@@ -37,7 +37,7 @@ from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
 from .models import build_model
-from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end
+from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end, write_json
 from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
                     load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
                     task_threads)
@@ -897,9 +897,10 @@ def bench(
                                                   "1,2,4,8.")] = None,
     processes: Annotated[bool, typer.Option("--processes/--no-processes",
                                             help="With --fuse: time K processes at once too.")] = True,
+    matmul_size: Annotated[int, typer.Option(help="Rows and columns of the matmul whose GFLOP/s the rows are "
+                                                  "compared with.")] = BenchConfig.matmul_size,
 ) -> None:
     """Images/s of resdepth's training step vs the common PIL + DataLoader recipe, FLOP/s and peak memory."""
-    import json
     from dataclasses import asdict
 
     if json_out is not None:
@@ -910,31 +911,42 @@ def bench(
                          iterations=iterations, warmup=warmup, rounds=rounds, batch_size=batch_size,
                          num_workers=num_workers, naive=naive and fuse is None, threads=threads,
                          precision=precision or "auto", channels_last=channels_last, compile=compile,
-                         cuda_graph=bool(cuda_graph), data=data)
+                         cuda_graph=bool(cuda_graph), data=data, matmul_size=matmul_size)
     if fuse is not None:  # fused vs separate runs, instead of resdepth vs the naive recipe
         raise typer.Exit(bench_fused(config, fuse, processes, json_out))
-    rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
+    rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False),
+                         on_row=json_rows(json_out, {"config": asdict(config)}, "rows"))
     remember_bench(config, rows)  # `sweep --dry-run` estimates times from these speeds
-    if json_out is not None:
-        json_out.write_text(json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     console.print(render_bench(kind, rows))
 
 
 def bench_fused(config: BenchConfig, sizes: str, processes: bool, json_out: Path | None) -> int:
     """`bench --fuse`: the fused job against separate runs; prints the table, returns the exit code."""
-    import json
     from dataclasses import asdict
 
     from .fusebench import parse_sizes, run_fuse_benchmark
 
     chosen = parse_sizes(sizes)
     rows = run_fuse_benchmark(config, chosen, processes,
-                              on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
-    if json_out is not None:
-        json_out.write_text(json.dumps({"config": asdict(config), "fuse": list(chosen),
-                                        "fused_rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+                              on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False),
+                              on_row=json_rows(json_out, {"config": asdict(config), "fuse": list(chosen)},
+                                               "fused_rows"))
     console.print(render_fuse_bench(rows))
     return 0
+
+
+def json_rows(path: Path | None, header: dict[str, Any], key: str) -> Callable[[Any], None]:
+    """--json's writer: the file rewritten whole (atomically) with every row measured so far, as each comes, so a
+    benchmark stopped at a time limit leaves the rows it measured."""
+    from dataclasses import asdict
+
+    rows: list[dict[str, Any]] = []
+
+    def write(row: Any) -> None:
+        rows.append(asdict(row))
+        if path is not None:
+            write_json(path, {**header, key: rows})
+    return write
 
 
 def render_fuse_bench(rows: list[Any]) -> Table:

@@ -32,16 +32,22 @@ def check_device_name(name: str) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device a run on this machine uses; a UserError when this machine does not have it."""
+    """The device a run on this machine uses, always with its index (cuda: this process's current GPU); a UserError
+    when this machine does not have it. An index is what torch.cuda.set_device, the RNG state of one GPU and a
+    CUDA graph's streams need: `cuda` alone would mean "whichever GPU is current" at each call."""
     check_device_name(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise UserError(f"device {name} asked for, but this machine has no CUDA GPU: use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+    if device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
+    # current_device() would initialise CUDA in a process that may only plan (and fork); until then it is GPU 0
+    return torch.device("cuda", device.index if device.index is not None else
+                        torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
 
 
 def check_cuda_graph_device(cuda_graph: bool, device: str) -> None:
@@ -82,7 +88,8 @@ def precision_context(precision: str, device: torch.device, graph_safe: bool = F
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
     if precision == "bf16":
-        # autocast keeps BN and the loss in fp32; only convs and the FC layer run in bf16
+        # autocast runs the convs and the FC layer in bf16; BN takes their bf16 activations as they come (its weights
+        # and running statistics stay fp32); the loss is computed in fp32
         # a CUDA graph must not keep autocast's cache of cast weights: a replay would read stale copies
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=not graph_safe)
     return contextlib.nullcontext

@@ -71,8 +71,9 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 
 
 def run_fuse_benchmark(config: BenchConfig, sizes: tuple[int, ...], processes: bool = True,
-                       on_progress: Callable[[str], None] = lambda _: None) -> list[FuseRow]:
-    """One row per depth and K."""
+                       on_progress: Callable[[str], None] = lambda _: None,
+                       on_row: Callable[[FuseRow], None] = lambda _: None) -> list[FuseRow]:
+    """One row per depth and K, each handed to `on_row` as it is measured."""
     if config.compile or config.cuda_graph:
         raise UserError("bench --fuse times the fused step eagerly (torch.func): leave out --compile and --cuda-graph")
     config = replace(config, compile=False)  # every path eager: the fused step has no compiled form
@@ -87,6 +88,7 @@ def run_fuse_benchmark(config: BenchConfig, sizes: tuple[int, ...], processes: b
             for size in sizes:
                 rows.append(bench_size(config, depth, size, processes, device, dataset, Path(folder), single,
                                        single_setup, meter, on_progress))
+                on_row(rows[-1])
             single.trainer.close()
     return rows
 

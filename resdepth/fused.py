@@ -499,8 +499,9 @@ def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
     prepare_process(configs[0], device)
     dataset = dataset or load_dataset(configs[0].data)
     resolved = [resolve_iterations(config, len(dataset.train_labels)) for config in configs]
-    trainer = FusedTrainer(resolved, run_dirs, device, dataset)
+    trainer: FusedTrainer | None = None
     try:
+        trainer = FusedTrainer(resolved, run_dirs, device, dataset)  # stacking K models may run out of memory
         names = [run_dir.name for run_dir in run_dirs]
         for config, member in zip(configs, trainer.members, strict=True):
             fused = {"group": group_label(names), "models": len(names),
@@ -518,7 +519,8 @@ def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
             raise out_of_memory(len(configs), device, exc) from None
         raise
     finally:
-        trainer.close()
+        if trainer is not None:
+            trainer.close()
 
 
 def out_of_memory(models: int, device: torch.device, exc: BaseException) -> UserError:

@@ -90,8 +90,9 @@ class TrainConfig:
     data: DataConfig = option(help="The dataset.", default_factory=DataConfig, cli=False)
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", panel=EXECUTION)
     threads: int | None = option(None, help="Torch CPU threads per job.", panel=EXECUTION, default_text="cores / jobs")
-    precision: str = option("auto", help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast; BN stays "
-                                         "fp32).", panel=EXECUTION)
+    precision: str = option("auto", help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast: convs, "
+                                         "FC and BN compute on bf16 activations; BN's weights and running statistics "
+                                         "and the loss stay fp32).", panel=EXECUTION)
     # NHWC runs oneDNN's and cuDNN's native kernels: +16-19% img/s on 2 CPU cores (BENCHMARKS.md), GPU not measured
     channels_last: bool | None = option(None, help="NHWC memory format (measured faster on CPU).", panel=EXECUTION,
                                         default_text="on")
@@ -208,6 +209,17 @@ def sgd_optimizer(params: Any, config: TrainConfig, device: torch.device) -> tor
                            **implementation)
 
 
+@torch.no_grad()
+def lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Momentum buffers in their params' strides. A loaded buffer keeps the layout it was saved in: contiguous from
+    a fused group's checkpoint, the other layout across a --channels-last toggle. CUDA's fused SGD kernel assumes
+    equal strides and computes a wrong update, silently, from a buffer laid out otherwise."""
+    for param, state in optimizer.state.items():
+        buffer = state.get("momentum_buffer")
+        if buffer is not None and buffer.stride() != param.stride():
+            state["momentum_buffer"] = torch.empty_like(param).copy_(buffer)
+
+
 def uses_compile(config: TrainConfig, device: torch.device) -> bool:
     if config.compile is not None:
         return config.compile
@@ -286,6 +298,7 @@ class Trainer:
         restore_rng_state(state, self.device, self.generator)  # first: it refuses a checkpoint of another device type
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        lay_out_like_params(self.optimizer)
         self.iteration, self.epoch = state["iteration"], state["epoch"]
         self.warming_up, self.warmup_end_iteration = state["warming_up"], state["warmup_end_iteration"]
         self.warmup_end_reason = state.get("warmup_end_reason")  # absent in checkpoints of older versions
@@ -312,6 +325,7 @@ class Trainer:
         when the cyclic garbage collector gets round to it (the next cell of an in-process sweep needs it)."""
         self.captured = self.in_progress = None
         self.model = self.forward = self.optimizer = self.data = None  # type: ignore[assignment]
+        self.gradients = None  # type: ignore[assignment]  # it holds the conv weights, and so their gradients
 
     @property
     def finished(self) -> bool:

@@ -301,3 +301,45 @@ def user_family(tmp_path_factory, monkeypatch) -> UserFamily:
     forget_loaded()
     for name in ("tinyfam_nets", "tinyfam_broken"):
         sys.modules.pop(name, None)
+
+
+# ---------------------------------------------------------------------------------------------- a fake CUDA
+sys.path.insert(0, str(Path(__file__).parent / "fakecuda"))
+import fake_cuda  # noqa: E402 - the folder that also holds the subprocesses' sitecustomize
+
+
+@dataclass
+class FakeCudaMachine:
+    gpus: int
+    record: Path  # each process's first CUDA tensor, one JSON line each (fake_cuda.records)
+
+    def records(self) -> list[dict]:
+        return fake_cuda.records(self.record)
+
+
+@pytest.fixture
+def fake_cuda_machine(tmp_path_factory, monkeypatch) -> Callable[..., FakeCudaMachine]:
+    """A factory: this process and every subprocess it starts (their PYTHONPATH) see `gpus` fake GPUs, of which
+    `visible` (CUDA_VISIBLE_DEVICES, None: all) are theirs; see tests/fakecuda/fake_cuda.py."""
+    def start(gpus: int = 4, visible: str | None = None) -> FakeCudaMachine:
+        machine = FakeCudaMachine(gpus, tmp_path_factory.mktemp("fakecuda") / "first-tensors.jsonl")
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        monkeypatch.setenv(fake_cuda.GPUS_VARIABLE, str(gpus))
+        monkeypatch.setenv(fake_cuda.RECORD_VARIABLE, str(machine.record))
+        path = os.pathsep.join(filter(None, [str(fake_cuda.FOLDER), os.environ.get("PYTHONPATH")]))
+        monkeypatch.setenv("PYTHONPATH", path)
+        fake = fake_cuda.FakeCuda(gpus, machine.record)
+        for target, name, value in fake.patches():
+            monkeypatch.setattr(target, name, value)
+        mode = fake.mode()
+        mode.__enter__()
+        modes.append(mode)
+        return machine
+
+    modes: list = []
+    yield start
+    for mode in reversed(modes):
+        mode.__exit__(None, None, None)

@@ -5,6 +5,7 @@ No timing assertions: the machines that run these tests are shared.
 
 import importlib.util
 import json
+import sys
 import os
 from pathlib import Path
 
@@ -159,3 +160,39 @@ def test_every_benchmark_script_imports_against_the_library_as_it_is(script):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # defines its functions; main() runs only under __main__
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
+
+
+@pytest.mark.parametrize("fuse", [None, "1,2"])
+def test_bench_json_holds_each_row_as_it_is_measured(tmp_path, run_cli, monkeypatch, fuse):
+    # gpu_bench.sh stops a step at its time limit: the rows measured by then must be in the file
+    from resdepth import bench, fusebench
+
+    module, name = (bench, "bench_depth") if fuse is None else (fusebench, "bench_size")
+    measured = getattr(module, name)
+    calls: list[int] = []
+
+    def second_is_cut(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a time limit's signal leaves: no return, no later code
+        return measured(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, second_is_cut)
+    out = tmp_path / "bench.json"
+    args = ["--depths", "8,14"] if fuse is None else ["--depths", "8", "--fuse", fuse, "--no-processes"]
+    code, _, _ = run_cli("bench", *args, "--iterations", "2", "--warmup", "1", "--rounds", "1", "--batch-size", "16",
+                         "--synthetic-train", "64", "--num-workers", "0", "--device", "cpu", "--threads", "1",
+                         "--json", str(out))
+    assert code != 0 and len(calls) == 2
+    saved = json.loads(out.read_text())
+    rows = saved["rows"] if fuse is None else saved["fused_rows"]
+    assert [(r["depth"], r.get("models")) for r in rows] == [(8, None if fuse is None else 1)]
+
+
+def test_bench_without_the_naive_recipe_needs_no_torchvision(monkeypatch, tiny_bench):
+    # a bare GPU machine (gpu_bench.sh) may have torch without torchvision
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    [row] = run_benchmark(tiny_bench(naive=False))
+    assert row.resdepth_images_per_second > 0 and row.naive_images_per_second is None

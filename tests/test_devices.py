@@ -3,6 +3,7 @@ worker process gets, what preparing a CUDA-graph capture does to the optimizer, 
 recipe runs at, and that a Ray task starts in a fresh process. test_gpu.py holds what only a GPU can show."""
 
 import json
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,91 @@ def test_concurrent_throughput_keeps_the_rows_measured_before_a_failure(tmp_path
     assert done.returncode != 0  # 0 jobs cannot be measured: the script dies on the second job count
     rows = json.loads(out.read_text())["rows"]
     assert [(row["jobs"], row["depth"]) for row in rows] == [(1, 8)]
+
+
+# ---------------------------------------------------------------------------------------------- momentum layout
+def stop_after(steps: int):
+    seen: list[int] = []
+    return lambda: seen.append(1) or len(seen) > steps
+
+
+def resumed_trainer(config, run_dir: Path, fused_kernel: bool) -> Trainer:
+    """A single run's Trainer resumed from run_dir's checkpoint, its SGD the CUDA one (fused kernel) or the CPU's."""
+    from resdepth import train
+
+    dataset = load_dataset(config.data)
+    trainer = Trainer(train.resolve_iterations(config, len(dataset.train_labels)), run_dir, CPU, dataset)
+    assert trainer.try_resume()
+    for group in trainer.optimizer.param_groups:  # what a CUDA run's SGD is and saves; the CPU has the same kernel
+        group.update(fused=fused_kernel, foreach=not fused_kernel)
+    return trainer
+
+
+def one_step(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """The weights after one SGD step on gradients that are the same for every trainer of this run."""
+    generator = torch.Generator().manual_seed(7)
+    for param in trainer.model.parameters():
+        param.grad = torch.empty_like(param).copy_(torch.randn(param.shape, generator=generator))  # as autograd's
+    trainer.optimizer.step()
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("source, saved_layout, resumed_layout", [
+    ("single", True, True), ("single", True, False), ("single", False, True), ("fused", True, True),
+    ("fused", False, False),
+])
+def test_momentum_buffers_resume_laid_out_like_their_params(tmp_path, tiny_config, source, saved_layout,
+                                                            resumed_layout):
+    # A single run's conv weights are channels_last; the fused SGD kernel of CUDA needs its momentum buffers in the
+    # same strides and computes a wrong update otherwise, silently (--fuse 1 on a group's checkpoint, a group left
+    # with one model, --channels-last toggled across a resume).
+    config = tiny_config(epochs=4, channels_last=saved_layout)
+    if source == "single":
+        run_training(config, tmp_path / "run", should_stop=stop_after(6))
+    else:
+        from resdepth.fused import run_fused_training
+
+        run_fused_training([config, replace(config, seed=1)], [tmp_path / "run", tmp_path / "other"],
+                           should_stop=stop_after(6))
+    resumed = replace(config, channels_last=resumed_layout)
+    trainer = resumed_trainer(resumed, tmp_path / "run", fused_kernel=True)
+    for param, state in trainer.optimizer.state.items():
+        buffer = state["momentum_buffer"]
+        assert (buffer.shape, buffer.stride()) == (param.shape, param.stride())
+    reference = one_step(resumed_trainer(resumed, tmp_path / "run", fused_kernel=False))  # foreach: any layout
+    stepped = one_step(trainer)
+    assert all(torch.allclose(stepped[name], reference[name], rtol=0, atol=1e-6) for name in reference)
+
+
+def test_a_fused_group_resumes_its_momentum_laid_out_like_its_params(tmp_path, tiny_config):
+    from resdepth.fused import FusedTrainer, run_fused_training
+    from resdepth.train import resolve_iterations
+
+    configs = [tiny_config(epochs=4, seed=seed) for seed in (0, 1)]
+    run_dirs = [tmp_path / "s0", tmp_path / "s1"]
+    run_fused_training(configs, run_dirs, should_stop=stop_after(6))
+    dataset = load_dataset(configs[0].data)
+    group = FusedTrainer([resolve_iterations(c, len(dataset.train_labels)) for c in configs], run_dirs, CPU, dataset)
+    group.try_resume()
+    for param, buffer in zip(group.params.values(), group.sgd.buffers, strict=True):
+        assert (buffer.shape, buffer.stride()) == (param.shape, param.stride())
+
+
+def test_a_closed_trainer_holds_no_weights_or_gradients(tmp_path, tiny_config):
+    # bench and the fused bench keep their Trainer referenced: close() alone must let its tensors go (on CUDA, the
+    # gradients live in a CUDA graph's memory pool under --cuda-graph)
+    import gc
+    import weakref
+
+    from resdepth.train import resolve_iterations
+
+    dataset = load_dataset(tiny_config().data)
+    trainer = Trainer(resolve_iterations(tiny_config(), len(dataset.train_labels)), tmp_path, CPU, dataset)
+    trainer.train_epoch(lambda: False, lambda _: None)
+    weights = [weakref.ref(p) for p in trainer.model.parameters()]
+    gc.disable()  # what only the cyclic collector would free does not count
+    try:
+        trainer.close()
+        assert not any(ref() is not None for ref in weights)
+    finally:
+        gc.enable()

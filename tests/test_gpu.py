@@ -12,6 +12,7 @@ optimizer) moves the curve by far more.
 import gc
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -54,12 +55,14 @@ def test_cuda_interrupted_run_resumes_with_its_rng_on_the_cpu(tmp_path, gpu_conf
     assert_close_curves(losses(tmp_path / "cut"), losses(tmp_path / "ref"))
 
 
-def test_cuda_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, resdepth_cli, cli_env, wait_for_rows):
-    args = ["train", "--depth", "8", "--epochs", "12", "--dataset", "synthetic", "--synthetic-train", "1024",
-            "--synthetic-test", "256", "--batch-size", "32", "--device", "cuda", "--precision", "fp32"]
-    assert subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "ref")], env=cli_env,
+def test_cuda_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, cli_env, wait_for_rows):
+    # `python -m resdepth.cli`, not the console script: on a GPU machine resdepth runs from the checkout, uninstalled
+    train = [sys.executable, "-m", "resdepth.cli", "train", "--depth", "8", "--epochs", "12", "--dataset", "synthetic",
+             "--synthetic-train", "1024", "--synthetic-test", "256", "--batch-size", "32", "--device", "cuda",
+             "--precision", "fp32"]
+    assert subprocess.run([*train, "--out", str(tmp_path / "ref")], env=cli_env,
                           timeout=300).returncode == 0
-    victim = subprocess.Popen([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env,
+    victim = subprocess.Popen([*train, "--out", str(tmp_path / "cut")], env=cli_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "cut" / "residual-8-s0"
     wait_for_rows(run_dir / "metrics.csv", 3)
@@ -67,7 +70,7 @@ def test_cuda_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, resdept
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert len(pd.read_csv(run_dir / "metrics.csv")) < 12, "the run finished before it could be killed"
-    assert subprocess.run([resdepth_cli, *args, "--out", str(tmp_path / "cut")], env=cli_env,
+    assert subprocess.run([*train, "--out", str(tmp_path / "cut")], env=cli_env,
                           timeout=300).returncode == 0
     assert_close_curves(losses(run_dir), losses(tmp_path / "ref" / "residual-8-s0"))
 
