@@ -214,9 +214,20 @@ def paper_differences(run: Run) -> list[str]:
     if not data.get("augment", True):
         differences.append("no augmentation (paper: pad 4, random crop, flip)")
     differences += warmup_differences(run, family)
+    differences += init_differences(config, resolved)
     if resolved.get("precision", config.get("precision")) == "bf16":
         differences.append("bf16 (paper: fp32)")
     return differences
+
+
+def init_differences(config: dict[str, Any], resolved: dict[str, Any]) -> list[str]:
+    """The paper's nets start from He init; a run trained from --init (e.g. a constructed deeper net) does not."""
+    if not config.get("init"):
+        return []
+    record = resolved.get("init") if isinstance(resolved.get("init"), dict) else {}
+    where = PurePath(str(record.get("path") or config["init"])).name or str(config["init"])
+    net = f"{record['net']} weights in " if record.get("net") else ""
+    return [f"initialized from {net}{where} (paper: He init)"]
 
 
 def shortcut_words(shortcut: str) -> str:

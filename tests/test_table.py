@@ -278,3 +278,18 @@ def test_warmup_settings_split_seeds_only_of_runs_that_warmed_up(tmp_path, write
     assert [(r.depth, r.setting, r.runs) for r in summary.itertuples()] == [
         (20, "warmup_max_iterations -", 2), (110, "warmup_max_iterations 1000", 1), (110, "warmup_max_iterations 4000",
                                                                                      1)]
+
+
+def test_a_run_trained_from_init_is_not_the_papers_protocol(tmp_path, write_run, run_cli):
+    # README's example: two ResNet-56 runs started from a constructed net, alone in their folder
+    start = "/results/constructed/residual-56-from-20"
+    record = {"path": start, "net": "residual-56", "sha256": "ab"}
+    for seed in (0, 1):
+        write_run(tmp_path, "residual", 56, seed=seed, test=(30.0, 7.1), init=start, resolved={"init": record}, **PAPER)
+    [row] = summarize(load_runs(tmp_path)[0]).to_dict("records")
+    assert not row["paper_protocol"] and math.isnan(row["vs_paper"])
+    assert row["protocol_differences"] == ("initialized from residual-56 weights in residual-56-from-20 "
+                                           "(paper: He init)")
+    code, out, _ = run_cli("table", str(tmp_path), "--markdown")
+    assert code == 0 and "| 6.97‡ |" in out and "Δ vs paper" not in out
+    assert "initialized from residual-56 weights" in out
