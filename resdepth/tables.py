@@ -23,13 +23,14 @@ PAPER_TABLE6: dict[int, float] = {number.depth: number.test_error for number in 
 FAMILIES_ATTR = "families"
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "dataset", "setting", "kind", "shortcut", "depth", "params", "runs", "unfinished", "seeds",
+    "dataset", "setting", "kind", "shortcut", "depth", "params", "runs", "unfinished", "seeds", "unfinished_runs",
     "final_train_error_mean", "final_test_error_best", "final_test_error_mean", "final_test_error_std",
     "min_epoch_test_error_mean", "val_selected_test_error_mean",
     "paper_test_error", "paper_protocol", "vs_paper", "protocol_differences",
 )
 RUN_COLUMNS: tuple[str, ...] = (
-    "dataset", "setting", "kind", "shortcut", "depth", "seed", "state", "epochs", "planned_epochs", "iteration",
+    "dataset", "setting", "kind", "shortcut", "depth", "seed", "state", "counted", "epochs", "planned_epochs",
+    "iteration",
     "final_train_error", "final_test_error", "min_epoch_test_error", "best_val_epoch", "val_selected_test_error",
     "warmup", "warmup_end_reason", "warmup_end_iteration", "path",
 )
@@ -52,28 +53,43 @@ def group_differences(runs: list[Run]) -> list[str]:
 
 
 def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
-    final = pd.DataFrame([run.metrics.iloc[-1] for run in runs])
-    lowest = [run.metrics["test_error"].min() for run in runs]
-    val_selected = [v for v in (val_selected_test_error(run) for run in runs) if v is not None]
+    """The group's row: every statistic (best, mean, std, Δ) over its finished runs only; its unfinished runs (an
+    interrupted run's error after 2 epochs is not a result) are counted and described apart."""
+    finished = [run for run in runs if is_complete(run)]
+    unfinished = [run for run in runs if not is_complete(run)]
+    final = pd.DataFrame([run.metrics.iloc[-1] for run in finished], columns=["train_error", "test_error"])
+    lowest = [run.metrics["test_error"].min() for run in finished]
+    val_selected = [v for v in (val_selected_test_error(run) for run in finished) if v is not None]
     paper = paper_test_error(runs)
     differences = group_differences(runs)
-    matches = paper is not None and not differences
-    test_mean = float(final["test_error"].mean())
+    matches = paper is not None and not differences and bool(finished)
+    test_mean = float(final["test_error"].mean()) if finished else math.nan
     return {
         "dataset": key.dataset, "setting": key.setting, "kind": key.kind, "shortcut": key.shortcut, "depth": key.depth,
-        "params": run_params(runs), "runs": len(runs), "unfinished": sum(not is_complete(run) for run in runs),
-        "seeds": ",".join(str(run.setting("seed", "?")) for run in runs),
-        "final_train_error_mean": float(final["train_error"].mean()),
-        "final_test_error_best": float(final["test_error"].min()),
+        "params": run_params(runs), "runs": len(finished), "unfinished": len(unfinished),
+        "seeds": seeds_of(finished), "unfinished_runs": "; ".join(unfinished_progress(run) for run in unfinished),
+        "final_train_error_mean": float(final["train_error"].mean()) if finished else math.nan,
+        "final_test_error_best": float(final["test_error"].min()) if finished else math.nan,
         "final_test_error_mean": test_mean,
-        "final_test_error_std": float(final["test_error"].std(ddof=1)) if len(runs) > 1 else float("nan"),
-        "min_epoch_test_error_mean": float(sum(lowest) / len(lowest)),
-        "val_selected_test_error_mean": sum(val_selected) / len(val_selected) if val_selected else float("nan"),
-        "paper_test_error": paper if paper is not None else float("nan"),
+        "final_test_error_std": float(final["test_error"].std(ddof=1)) if len(finished) > 1 else math.nan,
+        "min_epoch_test_error_mean": float(sum(lowest) / len(lowest)) if lowest else math.nan,
+        "val_selected_test_error_mean": sum(val_selected) / len(val_selected) if val_selected else math.nan,
+        "paper_test_error": paper if paper is not None else math.nan,
         "paper_protocol": not differences,
-        "vs_paper": test_mean - paper if matches else float("nan"),
+        "vs_paper": test_mean - paper if matches else math.nan,  # type: ignore[operator]
         "protocol_differences": "; ".join(differences),
     }
+
+
+def seeds_of(runs: list[Run]) -> str:
+    return ",".join(str(run.setting("seed", "?")) for run in runs)
+
+
+def unfinished_progress(run: Run) -> str:
+    """'seed 1 interrupted at epoch 2/164, test err 35.00': where an unfinished run stands (not a result)."""
+    last, planned = run.metrics.iloc[-1], run.config.get("resolved", {}).get("epochs")
+    epoch = f"{int(last['epoch'])}/{planned}" if planned else str(int(last["epoch"]))
+    return f"seed {run.setting('seed', '?')} {run.status} at epoch {epoch}, test err {float(last['test_error']):.2f}"
 
 
 def val_selected_test_error(run: Run) -> float | None:
@@ -94,7 +110,7 @@ def run_params(runs: list[Run]) -> int | None:
 
 
 def summarize(runs: list[Run]) -> pd.DataFrame:
-    """One row per dataset x kind x shortcut x depth: final errors over seeds (best, mean, sample std), the
+    """One row per dataset x kind x shortcut x depth: final errors over finished seeds (best, mean, sample std), the
     test-selected and val-selected test error, and the paper's Table 6 value with our difference where the
     protocol is the paper's (`protocol_differences` says what differs otherwise)."""
     groups = group_runs(runs)
@@ -130,7 +146,7 @@ def run_row(key: GroupKey, run: Run) -> dict[str, object]:
     best_val = best_val_row(run)
     return {
         "dataset": key.dataset, "setting": key.setting, "kind": key.kind, "shortcut": key.shortcut,
-        "depth": key.depth, "seed": run.setting("seed"), "state": run.status,
+        "depth": key.depth, "seed": run.setting("seed"), "state": run.status, "counted": is_complete(run),
         "epochs": int(last["epoch"]), "planned_epochs": resolved.get("epochs"), "iteration": int(last["iteration"]),
         "final_train_error": float(last["train_error"]), "final_test_error": float(last["test_error"]),
         "min_epoch_test_error": float(run.metrics["test_error"].min()),
@@ -177,8 +193,10 @@ def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], li
     columns += columns_paper
     notes += notes_paper
     if summary["unfinished"].any():
-        notes.append("runs marked * include unfinished runs (running, interrupted, failed or diverged), "
-                     "counted with the epochs they have.")
+        columns.append(("unfinished, not counted", _text("unfinished_runs")))
+        notes.append("runs: the finished runs, which every number of the row (and Δ) is over; unfinished runs "
+                     "(running, interrupted, failed or diverged) are left out of them and shown apart, with where "
+                     "they stopped.")
     rows = [[render(row) for _, render in columns] for row in summary.to_dict("records")]
     return [header for header, _ in columns], rows, notes
 
@@ -255,12 +273,15 @@ def nets_by_difference(rows: pd.DataFrame, several_studies: bool,
 def display_runs(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
     """Headers, rows and footnotes for `resdepth table --runs`: one row per run."""
     columns = [("kind", kind_label(families_of(frame))), ("depth", _text("depth")), ("seed", _text("seed")),
-               ("state", _text("state")),
+               ("state", _text("state")), *([] if frame["counted"].all() else [("counted", _counted)]),
                ("epochs", _epochs), ("train err %", _mean("final_train_error")),
                ("test err %", _mean("final_test_error")), ("min over epochs†", _mean("min_epoch_test_error"))]
     columns[:0] = _study_columns(frame)
     notes = ["train/test err: at the run's last epoch. † min over epochs: its lowest test error over the epochs "
              "(selected on the test set)."]
+    if not frame["counted"].all():
+        notes.append("counted: whether the run's numbers enter the table's statistics (best, mean, std, Δ); an "
+                     "unfinished run's (running, interrupted, failed or diverged) do not.")
     if frame["best_val_epoch"].notna().any():
         columns += [("best val epoch", _optional("best_val_epoch")),
                     ("test err % at best val", _mean("val_selected_test_error"))]
@@ -327,7 +348,11 @@ def _params(row: dict) -> str:
 
 
 def _runs(row: dict) -> str:
-    return f"{row['runs']}*" if row["unfinished"] else str(row["runs"])
+    return f"{row['runs']} (+{row['unfinished']} unfinished)" if row["unfinished"] else str(row["runs"])
+
+
+def _counted(row: dict) -> str:
+    return "yes" if row["counted"] else "no"
 
 
 def _epochs(row: dict) -> str:
@@ -340,6 +365,8 @@ def _mean(column: str):
 
 def _best_mean_std(row: dict) -> str:
     best, mean, std = row["final_test_error_best"], row["final_test_error_mean"], row["final_test_error_std"]
+    if pd.isna(mean):
+        return "-"  # no finished run yet
     return f"{mean:.2f}" if pd.isna(std) else f"{best:.2f} ({mean:.2f}±{std:.2f})"  # the paper's "6.43 (6.61±0.16)"
 
 
