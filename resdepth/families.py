@@ -48,8 +48,10 @@ PATH_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]
 # ---------------------------------------------------------------------------------------------- what a family is
 @dataclass(frozen=True)
 class PaperNumber:
-    """One CIFAR test error (%) a paper reports for a family at a depth. `mean` (and `std`) over the paper's runs
-    where it gives them: a mean over our seeds is compared with that mean, else with `test_error`."""
+    """One CIFAR test error (%) a paper reports for a family at a depth. statistic: what test_error is over the
+    paper's runs ('one run', 'best of 5 runs', 'median of 5 runs'; '' not said); `mean` (and `std`) where it gives
+    them. Like is compared with like: a median with our median over seeds, a mean with our mean; a single run, as
+    the nearest thing, with our mean."""
 
     depth: int
     test_error: float
@@ -57,10 +59,28 @@ class PaperNumber:
     std: float | None = None
     dataset: str = "cifar10"
     batch_size: int = 128
+    statistic: str = ""
+
+    @property
+    def is_median(self) -> bool:
+        return self.statistic.startswith("median")
 
     @property
     def compared(self) -> float:
-        return self.mean if self.mean is not None else self.test_error
+        """The paper's value that ours stands beside: its median, else its mean where it gives one, else its number."""
+        return self.mean if self.mean is not None and not self.is_median else self.test_error
+
+    @property
+    def ours(self) -> str:
+        """Our statistic over seeds that is compared with it: median or mean."""
+        return "median" if self.is_median else "mean"
+
+    @property
+    def compared_words(self) -> str:
+        """What `compared` is: 'median of 5 runs', 'mean of 5 runs' (of a 'best of 5 runs' number), 'one run'."""
+        if self.mean is not None and not self.is_median:
+            return self.statistic.replace("best", "mean") if self.statistic.startswith("best") else "mean of its runs"
+        return self.statistic or "as given"
 
     def shown(self) -> str:
         """As the paper prints it: '6.43 (6.61±0.16)' where it gives a mean and std, else '8.75'."""
@@ -219,20 +239,25 @@ def register_family(name: str, *, depths: DepthRule, **details: Any) -> Callable
 
 # He et al. 2016 (CVPR), Table 6: CIFAR-10 test error (%) of the residual nets (option A, 64k iterations). One run
 # per depth, except 110 layers: 6.43 is the best of 5 runs, whose mean and std follow.
+ONE_RUN = "one run"
 TABLE6 = PaperReference("Table 6", "He et al. 2016, Table 6 (CIFAR-10, one run per depth; 110 layers: best of 5 "
                                    "runs (6.61 ± 0.16))", (
-    PaperNumber(20, 8.75), PaperNumber(32, 7.51), PaperNumber(44, 7.17), PaperNumber(56, 6.97),
-    PaperNumber(110, 6.43, mean=6.61, std=0.16), PaperNumber(1202, 7.93)))
+    PaperNumber(20, 8.75, statistic=ONE_RUN), PaperNumber(32, 7.51, statistic=ONE_RUN),
+    PaperNumber(44, 7.17, statistic=ONE_RUN), PaperNumber(56, 6.97, statistic=ONE_RUN),
+    PaperNumber(110, 6.43, mean=6.61, std=0.16, statistic="best of 5 runs"),
+    PaperNumber(1202, 7.93, statistic=ONE_RUN)))
 # He et al. 2016b (Identity Mappings, ECCV), Tables 2-4, full pre-activation units: medians of 5 runs (mean ± std
 # where Table 4 gives them); the 1001-layer net also at mini-batch 64, the authors' code's setting.
 IDENTITY_MAPPINGS = "He et al. 2016b (Identity Mappings), Tables 2-4, pre-activation units (median of 5 runs)"
+MEDIAN_OF_5 = "median of 5 runs"
 PREACT_TABLE = PaperReference("2016b", IDENTITY_MAPPINGS + "; basic units: 110 layers, 6.37", (
-    PaperNumber(110, 6.37),))
+    PaperNumber(110, 6.37, statistic=MEDIAN_OF_5),))
 PREACT_BOTTLENECK_TABLE = PaperReference("2016b", IDENTITY_MAPPINGS + "; bottleneck units: 164 layers, 5.46; 1001 "
                                                   "layers, 4.92 (4.89±0.14), 4.62 (4.69±0.20) at mini-batch 64", (
-    PaperNumber(164, 5.46), PaperNumber(1001, 4.92, mean=4.89, std=0.14),
-    PaperNumber(1001, 4.62, mean=4.69, std=0.20, batch_size=64),
-    PaperNumber(164, 24.33, dataset="cifar100"), PaperNumber(1001, 22.71, mean=22.68, std=0.22, dataset="cifar100")))
+    PaperNumber(164, 5.46, statistic=MEDIAN_OF_5), PaperNumber(1001, 4.92, mean=4.89, std=0.14, statistic=MEDIAN_OF_5),
+    PaperNumber(1001, 4.62, mean=4.69, std=0.20, batch_size=64, statistic=MEDIAN_OF_5),
+    PaperNumber(164, 24.33, dataset="cifar100", statistic=MEDIAN_OF_5),
+    PaperNumber(1001, 22.71, mean=22.68, std=0.22, dataset="cifar100", statistic=MEDIAN_OF_5)))
 
 
 @register_family("plain", depths=SIX_N_PLUS_TWO, protocol=PLAIN_PROTOCOL,

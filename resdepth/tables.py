@@ -25,8 +25,8 @@ FAMILIES_ATTR = "families"
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "dataset", "setting", "kind", "shortcut", "depth", "params", "runs", "unfinished", "seeds", "unfinished_runs",
     "final_train_error_mean", "final_test_error_best", "final_test_error_mean", "final_test_error_std",
-    "min_epoch_test_error_mean", "val_selected_test_error_mean",
-    "paper_test_error", "paper_protocol", "vs_paper", "protocol_differences",
+    "final_test_error_median", "min_epoch_test_error_mean", "val_selected_test_error_mean",
+    "paper_test_error", "paper_statistic", "compared_with", "paper_protocol", "vs_paper", "protocol_differences",
 )
 RUN_COLUMNS: tuple[str, ...] = (
     "dataset", "setting", "kind", "shortcut", "depth", "seed", "state", "counted", "epochs", "planned_epochs",
@@ -37,8 +37,9 @@ RUN_COLUMNS: tuple[str, ...] = (
 
 
 def paper_test_error(runs: list[Run]) -> float | None:
-    """The number of the group's family's paper that a mean over seeds compares with (where the paper gives a mean
-    over its runs, that mean: 6.61 for ResNet-110); None where the paper has no number (plain nets, other depths)."""
+    """The number of the group's family's paper that our statistic over seeds compares with (its median of 5 runs for
+    2016b, where our median stands beside it; its mean where it gives one, 6.61 for ResNet-110; else its one run);
+    None where the paper has no number (plain nets, other depths)."""
     number = group_paper_number(runs)
     return None if number is None else number.compared
 
@@ -60,10 +61,11 @@ def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
     final = pd.DataFrame([run.metrics.iloc[-1] for run in finished], columns=["train_error", "test_error"])
     lowest = [run.metrics["test_error"].min() for run in finished]
     val_selected = [v for v in (val_selected_test_error(run) for run in finished) if v is not None]
-    paper = paper_test_error(runs)
+    number = group_paper_number(runs)
     differences = group_differences(runs)
-    matches = paper is not None and not differences and bool(finished)
     test_mean = float(final["test_error"].mean()) if finished else math.nan
+    test_median = float(final["test_error"].median()) if finished else math.nan
+    ours = test_median if number is not None and number.ours == "median" else test_mean
     return {
         "dataset": key.dataset, "setting": key.setting, "kind": key.kind, "shortcut": key.shortcut, "depth": key.depth,
         "params": run_params(runs), "runs": len(finished), "unfinished": len(unfinished),
@@ -72,11 +74,14 @@ def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
         "final_test_error_best": float(final["test_error"].min()) if finished else math.nan,
         "final_test_error_mean": test_mean,
         "final_test_error_std": float(final["test_error"].std(ddof=1)) if len(finished) > 1 else math.nan,
+        "final_test_error_median": test_median,
         "min_epoch_test_error_mean": float(sum(lowest) / len(lowest)) if lowest else math.nan,
         "val_selected_test_error_mean": sum(val_selected) / len(val_selected) if val_selected else math.nan,
-        "paper_test_error": paper if paper is not None else math.nan,
+        "paper_test_error": number.compared if number is not None else math.nan,
+        "paper_statistic": number.compared_words if number is not None else "",
+        "compared_with": number.ours if number is not None else "",
         "paper_protocol": not differences,
-        "vs_paper": test_mean - paper if matches else math.nan,  # type: ignore[operator]
+        "vs_paper": ours - number.compared if number is not None and not differences else math.nan,
         "protocol_differences": "; ".join(differences),
     }
 
@@ -212,18 +217,16 @@ def paper_columns(summary: pd.DataFrame, families: dict[str, Family]) -> tuple[l
         return [], [f"paper: no {what} for these nets: " + no_number_reason(summary, families) + "."]
     kinds = list(summary.loc[has_number, "kind"].unique())
     labels = labels_of(families, kinds)
-    columns: list[tuple[str, object]] = [(f"paper {labels[0]}" if len(labels) == 1 else "paper", paper_text(families))]
+    columns: list[tuple[str, object]] = [(f"paper {labels[0]}" if len(labels) == 1 else "paper", paper_text(families)),
+                                         ("paper's statistic", _text("paper_statistic"))]
     references = {families[kind].reference.citation: kind for kind in kinds}  # type: ignore[union-attr]
     notes = [f"paper: {citation}." if len(references) == 1 else f"paper ({kind}): {citation}."
              for citation, kind in references.items()]
+    if (summary["compared_with"] == "median").any():
+        columns.append(("our median", _our_median))
     if matching.any():
         columns.append(("Δ vs paper", _delta))
-        notes.append("Δ: our mean test err minus the paper's (110 layers: its mean of 5), only where every run "
-                     "followed the paper's protocol (CIFAR-10, option A, 64k iterations, batch 128, lr 0.1, all 50k "
-                     "training images, augmentation)." if list(references) == [TABLE6.citation] else
-                     "Δ: our mean test err minus the paper's (its mean over runs where it gives one), only where "
-                     "every run followed its paper's protocol (its dataset, shortcut and warm-up, 64k iterations, "
-                     "batch 128, lr 0.1, all 50k training images, augmentation).")
+        notes.append(delta_note(summary[matching]))
     differing = summary[has_number & ~summary["paper_protocol"]]
     several = len(_study_columns(summary)) > 0
     for nets, differences in nets_by_difference(differing, several_studies=several, families=families):
@@ -231,6 +234,14 @@ def paper_columns(summary: pd.DataFrame, families: dict[str, Family]) -> tuple[l
     if (~has_number).any():
         notes.append("none: " + no_number_reason(summary[~has_number], families) + ".")
     return columns, notes
+
+
+def delta_note(rows: pd.DataFrame) -> str:
+    """What Δ subtracts, like from like: our median from the paper's median, our mean from its mean or one run."""
+    pairs = dict.fromkeys(f"our {ours} minus its {words}" for ours, words in
+                          rows[["compared_with", "paper_statistic"]].itertuples(index=False))
+    return (f"Δ: {'; '.join(pairs)}; only where every run followed its paper's protocol (its dataset, shortcut "
+            "and warm-up, 64k iterations, batch 128, lr 0.1, all 50k training images, augmentation, He init).")
 
 
 def labels_of(families: dict[str, Family], kinds) -> list[str]:
@@ -279,6 +290,11 @@ def display_runs(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[
     columns[:0] = _study_columns(frame)
     notes = ["train/test err: at the run's last epoch. † min over epochs: its lowest test error over the epochs "
              "(selected on the test set)."]
+    medians = [f.reference.label for f in families_of(frame).values() if f.reference and
+               any(n.is_median for n in f.reference.numbers)]
+    if medians:
+        notes.append(f"{' and '.join(dict.fromkeys(medians))}: its numbers are medians of 5 runs; `resdepth table` "
+                     "sets our median over the finished seeds beside them, not one run.")
     if not frame["counted"].all():
         notes.append("counted: whether the run's numbers enter the table's statistics (best, mean, std, Δ); an "
                      "unfinished run's (running, interrupted, failed or diverged) do not.")
@@ -303,7 +319,8 @@ def to_markdown(summary: pd.DataFrame, runs: bool = False) -> str:
     if summary["dataset"].nunique() == 1:  # a terminal table says it in its title; a pasted table must too
         notes.insert(0, f"dataset: {summary['dataset'].iloc[0]}")
     numeric = {"depth", "params", "runs", "seed", "epochs", "best val epoch"} | {
-        h for h in headers if "%" in h or "paper" in h or "Δ" in h or "min over" in h}
+        h for h in headers if "%" in h or "paper" in h or "Δ" in h or "min over" in h or h == "our median"} - {
+        "paper's statistic"}
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h in numeric else "---" for h in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -382,6 +399,11 @@ def paper_text(families: dict[str, Family]):
         shown = number.shown() if number else f"{value:.2f}"
         return shown if row["paper_protocol"] else f"{shown}‡"
     return text
+
+
+def _our_median(row: dict) -> str:
+    """Our median over finished seeds, beside a paper's median only (elsewhere the mean is what is compared)."""
+    return _mean("final_test_error_median")(row) if row["compared_with"] == "median" else ""
 
 
 def _delta(row: dict) -> str:

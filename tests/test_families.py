@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,7 +188,7 @@ def test_preact_rows_stand_beside_their_papers_numbers(tmp_path, write_run):
     assert list(rows)[:2] == [("residual", 56), ("preact", 20)]  # the built-in families' order, then by depth
     deep = rows[("preact-bottleneck", 164)]
     assert deep["paper_test_error"] == 5.46 and deep["paper_protocol"] and deep["vs_paper"] == pytest.approx(1.04)
-    assert rows[("preact-bottleneck", 1001)]["paper_test_error"] == 4.69  # batch 64: the authors' code's 4.62 (4.69)
+    assert rows[("preact-bottleneck", 1001)]["paper_test_error"] == 4.62  # batch 64: the authors' code's median
     assert rows[("preact", 110)]["protocol_differences"] == "no warm-up (paper: lr 0.01 for the first 400 iterations)"
     headers, table, notes = display_table(summary)
     column = [row[headers.index("paper")] for row in table]
@@ -195,6 +196,32 @@ def test_preact_rows_stand_beside_their_papers_numbers(tmp_path, write_run):
     assert "paper (residual): He et al. 2016, Table 6" in " ".join(notes)
     assert any(n.startswith("paper (preact-bottleneck): He et al. 2016b") for n in notes)
     assert "none: 2016b has no 20-layer preact net, only 110 layers." in notes
+
+
+def test_2016b_medians_stand_beside_our_median_and_table6_beside_our_mean(tmp_path, write_run, run_cli):
+    preact = {**PAPER, "shortcut": "B", "warmup_until_error": 0.0, "warmup_max_iterations": 400}
+    for seed, final in enumerate((6.0, 6.5, 9.5)):  # median 6.50, mean 7.33
+        write_run(tmp_path, "preact", 110, seed=seed, test=(30.0, final), warmup_end=("cap", 400), **preact)
+        write_run(tmp_path, "residual", 56, seed=seed, test=(30.0, final), **PAPER)
+    summary = summarize(load_runs(tmp_path)[0])
+    rows = {r["kind"]: r for r in summary.to_dict("records")}
+    assert rows["preact"]["final_test_error_median"] == 6.5 and rows["preact"]["compared_with"] == "median"
+    assert rows["preact"]["paper_statistic"] == "median of 5 runs"
+    assert rows["preact"]["vs_paper"] == pytest.approx(6.5 - 6.37)  # like with like: medians
+    assert rows["residual"]["compared_with"] == "mean" and rows["residual"]["paper_statistic"] == "one run"
+    assert rows["residual"]["vs_paper"] == pytest.approx(22 / 3 - 6.97)
+    headers, table, notes = display_table(summary)
+    preact_row = table[[r[0] for r in table].index("preact")]
+    assert preact_row[headers.index("paper's statistic")] == "median of 5 runs"
+    assert preact_row[headers.index("our median")] == "6.50" and preact_row[headers.index("Δ vs paper")] == "+0.13"
+    assert table[0][headers.index("our median")] == ""  # Table 6's numbers stand beside our mean
+    [delta] = [n for n in notes if n.startswith("Δ:")]
+    assert "our mean minus its one run" in delta and "our median minus its median of 5 runs" in delta
+    code, out, _ = run_cli("table", str(tmp_path), "--csv", str(tmp_path / "t.csv"))
+    assert code == 0 and "median of 5 runs" in out
+    assert pd.read_csv(tmp_path / "t.csv")["compared_with"].tolist() == ["mean", "median"]
+    code, out, _ = run_cli("table", str(tmp_path), "--runs")
+    assert code == 0 and "medians of 5 runs" in out
 
 
 def test_cifar100_and_the_warmup_length_are_part_of_the_preact_protocol(tmp_path, write_run):
