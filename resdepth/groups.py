@@ -115,11 +115,17 @@ def run_protocol(run: Run) -> dict[str, str]:
     source = resolved.get("family", {}).get("source") if isinstance(resolved.get("family"), dict) else None
     if isinstance(source, dict) and source.get("distribution") and not family_of_run(config).builtin:
         values["family_version"] = f"{source['distribution']} {source.get('version')}"  # another version: another net
+    values["precision"] = run_precision(run)
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def run_precision(run: Run) -> str:
+    """The precision the run trained in: as resolved, else what auto meant on its device (tf32 on CUDA)."""
+    config = run.config
     precision = config.get("precision", "auto")
     device = str(config.get("environment", {}).get("device", ""))
-    values["precision"] = resolved.get("precision") or (precision if precision != "auto" else
-                                                        "tf32" if device.startswith("cuda") else "fp32")
-    return {key: json.dumps(value) for key, value in values.items()}
+    return str(config.get("resolved", {}).get("precision") or (precision if precision != "auto" else
+                                                               "tf32" if device.startswith("cuda") else "fp32"))
 
 
 def setting_labels(runs: list[Run]) -> list[str]:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .errors import UserError
 from .families import TABLE6, Family, PaperNumber, family_of_run
-from .groups import GroupKey, group_runs, is_complete, paper_differences, paper_number
+from .groups import GroupKey, group_runs, is_complete, paper_differences, paper_number, run_precision
 from .results import Run
 
 # He et al. 2016, Table 6 (the residual family's reference, families.TABLE6): CIFAR-10 test error (%) by depth.
@@ -27,6 +27,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "final_train_error_mean", "final_test_error_best", "final_test_error_mean", "final_test_error_std",
     "final_test_error_median", "min_epoch_test_error_mean", "val_selected_test_error_mean",
     "paper_test_error", "paper_statistic", "compared_with", "paper_protocol", "vs_paper", "protocol_differences",
+    "precision",
 )
 RUN_COLUMNS: tuple[str, ...] = (
     "dataset", "setting", "kind", "shortcut", "depth", "seed", "state", "counted", "epochs", "planned_epochs",
@@ -83,6 +84,7 @@ def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
         "paper_protocol": not differences,
         "vs_paper": ours - number.compared if number is not None and not differences else math.nan,
         "protocol_differences": "; ".join(differences),
+        "precision": "/".join(dict.fromkeys(run_precision(run) for run in runs)),  # one: precision splits groups
     }
 
 
@@ -191,6 +193,7 @@ def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], li
                  "(ddof=1), as the paper's Table 6 gives 110 layers." if seeds else "."),
              "† min over epochs: each run's lowest test error over its epochs, averaged; it is selected on the test "
              "set, so optimistic, and not the paper's \"best\"."]
+    notes.append(precision_note(summary, families))
     if summary["val_selected_test_error_mean"].notna().any():
         columns.append(("test err % at best val", _mean("val_selected_test_error_mean")))
         notes.append("at best val: the test error at the epoch of the lowest validation error (held-out split).")
@@ -204,6 +207,30 @@ def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], li
                      "they stopped.")
     rows = [[render(row) for _, render in columns] for row in summary.to_dict("records")]
     return [header for header, _ in columns], rows, notes
+
+
+# How each precision computes, for the table's note: the paper trained in fp32.
+PRECISION_WORDS = {
+    "fp32": "as the paper trained",
+    "tf32": "TF32: convolutions and the FC layer round their inputs to a 10-bit mantissa and sum in fp32 (CUDA's "
+            "default, --precision auto); the paper trained in fp32. An execution detail, not marked ‡: "
+            "--precision fp32 trains in the paper's numerics",
+    "bf16": "bf16 autocast (BN and the loss in fp32): not the paper's numerics, marked ‡",
+}
+
+
+def precision_note(summary: pd.DataFrame, families: dict[str, Family]) -> str:
+    """Which precision produced the numbers: one phrase for the whole table, else the nets of each."""
+    label = kind_label(families)
+    by_precision: dict[str, list[str]] = {}
+    for row in summary.to_dict("records"):
+        by_precision.setdefault(str(row["precision"]), []).append(f"{label(row)} {row['depth']}")
+    if len(by_precision) == 1:
+        [precision] = by_precision
+        return f"precision: {precision} ({PRECISION_WORDS.get(precision, 'as recorded')})."
+    return "precision: " + "; ".join(f"{precision} for {', '.join(dict.fromkeys(nets))} "
+                                     f"({PRECISION_WORDS.get(precision, 'as recorded')})"
+                                     for precision, nets in by_precision.items()) + "."
 
 
 def paper_columns(summary: pd.DataFrame, families: dict[str, Family]) -> tuple[list[tuple[str, object]], list[str]]:

@@ -320,3 +320,17 @@ def test_unfinished_runs_are_left_out_of_every_statistic_and_shown_apart(tmp_pat
     assert runs["counted"].tolist() == [True, False]
     headers, rows, notes = display_runs(runs)
     assert [r[headers.index("counted")] for r in rows] == ["yes", "no"] and any(n.startswith("counted:") for n in notes)
+
+
+def test_the_table_says_which_precision_produced_its_numbers(tmp_path, write_run, run_cli):
+    # CUDA's default (auto) is TF32: an execution detail, named in the notes, not a ‡; fp32 is the paper's
+    write_run(tmp_path, "residual", 56, seed=0, resolved={"precision": "tf32"}, precision="auto", **PAPER)
+    write_run(tmp_path, "residual", 20, seed=0, resolved={"precision": "fp32"}, **PAPER)
+    summary = summarize(load_runs(tmp_path)[0])
+    assert summary["precision"].tolist() == ["fp32", "tf32"] and summary["paper_protocol"].all()
+    _, _, notes = display_table(summary)
+    [note] = [n for n in notes if n.startswith("precision:")]
+    assert note.startswith("precision: fp32 for residual 20 (as the paper trained); tf32 for residual 56 (TF32:")
+    assert "--precision fp32" in note
+    code, out, _ = run_cli("table", str(tmp_path / "residual-20-s0"))
+    assert code == 0 and "precision: fp32 (as the paper trained)." in out
