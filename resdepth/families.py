@@ -186,6 +186,9 @@ class Family:
     summary: str = ""
     builtin: bool = False
     source: FamilySource | None = None
+    # The version of the networks it builds: raised when a fix changes what a net computes, so that runs of the old
+    # nets are never averaged with, resumed as, or compared like runs of the new (config.json records it).
+    version: int = 1
 
     @property
     def default_shortcut(self) -> str:
@@ -275,14 +278,18 @@ def residual(depth: int, num_classes: int = 10, shortcut: str = "A") -> nn.Modul
 
 # The paper says of its basic pre-activation ResNet-110 only that it follows [1] (option A there); resdepth's
 # default is the projection of the authors' code and of the common PyTorch port: the shortcut is not checked.
-@register_family("preact", depths=SIX_N_PLUS_TWO, shortcuts=("B", "A"), twin="plain", reference=PREACT_TABLE,
-                 protocol=PREACT_PROTOCOL, summary="2016b's full pre-activation ResNet, basic units "
+# version 2: the first unit's identity shortcut takes the activated stem output, as 2016b and the authors' code
+# (version 1 added the raw stem output; same parameters, another function)
+@register_family("preact", depths=SIX_N_PLUS_TWO, shortcuts=("B", "A"), twin="plain",
+                 reference=PREACT_TABLE,
+                 protocol=PREACT_PROTOCOL, version=2, summary="2016b's full pre-activation ResNet, basic units "
                  "(BN-ReLU-conv x2), projection shortcuts")
 def preact(depth: int, num_classes: int = 10, shortcut: str = "B") -> nn.Module:
     return PreActNet(depth, num_classes, bottleneck=False, shortcut=shortcut)  # type: ignore[arg-type]
 
 
-@register_family("preact-bottleneck", depths=NINE_N_PLUS_TWO, shortcuts=("B",), reference=PREACT_BOTTLENECK_TABLE,
+@register_family("preact-bottleneck", depths=NINE_N_PLUS_TWO, shortcuts=("B",),
+                 reference=PREACT_BOTTLENECK_TABLE,
                  protocol=dataclasses.replace(PREACT_PROTOCOL, shortcut="B"),
                  summary="2016b's ResNet-164/1001: pre-activation bottleneck units (1x1, 3x3, 1x1 to 4x), "
                          "projection shortcuts")
@@ -536,6 +543,18 @@ def family_of_run(config: dict[str, Any]) -> Family:
         return Family(kind)  # a hand-edited record: the name is still the family
 
 
+def network_version(record: Any) -> int:
+    """The network version a config.json's family record names; 1 for records written before versions were."""
+    version = record.get("version", 1) if isinstance(record, dict) else 1
+    return version if isinstance(version, int) and not isinstance(version, bool) else 1
+
+
+def recorded_version(config: dict[str, Any]) -> int:
+    """The version of the networks a run trained, as its config.json says (resolved.family.version; 1 if none)."""
+    resolved = config.get("resolved")
+    return network_version(resolved.get("family") if isinstance(resolved, dict) else None)
+
+
 def from_record(kind: str, record: dict[str, Any]) -> Family:
     depths = record.get("depths") or {}
     reference = record.get("reference")
@@ -547,7 +566,7 @@ def from_record(kind: str, record: dict[str, Any]) -> Family:
                   tuple(record.get("shortcuts") or ()), record.get("twin"), reference,
                   record.get("no_reference") or "",
                   Protocol(**record["protocol"]) if record.get("protocol") else USER_PROTOCOL,
-                  record.get("summary") or "", False, source)
+                  record.get("summary") or "", False, source, network_version(record))
 
 
 # ---------------------------------------------------------------------------------------------- listing

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from .families import Family, PaperNumber, family_of_run, family_order
+from .families import Family, PaperNumber, family_of_run, family_order, recorded_version
 from .results import Run
 
 # TrainConfig fields that change how a run executes but not what it computes: a resumed run may change them,
@@ -116,6 +116,7 @@ def run_protocol(run: Run) -> dict[str, str]:
     if isinstance(source, dict) and source.get("distribution") and not family_of_run(config).builtin:
         values["family_version"] = f"{source['distribution']} {source.get('version')}"  # another version: another net
     values["precision"] = run_precision(run)
+    values["network_version"] = recorded_version(config)  # a fixed net is another net: its runs are kept apart
     return {key: json.dumps(value) for key, value in values.items()}
 
 

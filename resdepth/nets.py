@@ -227,10 +227,13 @@ def check_classes(num_classes: int) -> None:
 class PreActBlock(nn.Module):
     """Full pre-activation (2016b, Fig. 4e): BN -> ReLU -> 3x3 conv, twice, added to the shortcut; nothing after
     the addition. Where the shape changes the shortcut takes the pre-activated input ("these projection shortcuts
-    are also with pre-activation"): B a strided 1x1 conv (no BN), A the zero-padding of option A."""
+    are also with pre-activation"): B a strided 1x1 conv (no BN), A the zero-padding of option A. first: the net's
+    first unit, whose BN -> ReLU is the activation right after the stem, before the two paths split (2016b, §4.1;
+    the authors' code's "both_preact"), so its identity shortcut takes the activated input too."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut):
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut, first: bool = False):
         super().__init__()
+        self.first = first
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -239,7 +242,7 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
+        shortcut = unit_shortcut(self, x, out)
         out = self.conv2(F.relu(self.bn2(self.conv1(out))))
         return out + shortcut
 
@@ -250,10 +253,12 @@ class PreActBlock(nn.Module):
 class PreActBottleneck(nn.Module):
     """The bottleneck unit of the authors' resnet-1k-layers code: BN -> ReLU -> 1x1 conv (strided, to planes),
     BN -> ReLU -> 3x3 conv, BN -> ReLU -> 1x1 conv (to 4 x planes), added to the shortcut; a 1x1 projection of the
-    pre-activated input where the shape changes (every stage's first unit)."""
+    pre-activated input where the shape changes (every stage's first unit, so the net's first unit's shortcut takes
+    the activated stem output: `first` changes nothing here, the projection already does)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut):
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut, first: bool = False):
         super().__init__()
+        self.first = first
         out_planes = planes * BOTTLENECK_EXPANSION
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
@@ -265,13 +270,21 @@ class PreActBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
+        shortcut = unit_shortcut(self, x, out)
         out = self.conv2(F.relu(self.bn2(self.conv1(out))))
         out = self.conv3(F.relu(self.bn3(out)))
         return out + shortcut
 
     def branch_convs(self) -> list[nn.Conv2d]:
         return [self.conv1, self.conv2, self.conv3]
+
+
+def unit_shortcut(unit: PreActBlock | PreActBottleneck, x: torch.Tensor, activated: torch.Tensor) -> torch.Tensor:
+    """What a pre-activation unit adds its residual to: the unit's input x (identity), except in the net's first
+    unit, where the activation comes before the split; a projection or zero-padding of the activated input."""
+    if unit.shortcut is not None:
+        return unit.shortcut(activated)
+    return activated if unit.first else x
 
 
 def preact_shortcut(in_planes: int, out_planes: int, stride: int, shortcut: Shortcut) -> nn.Module | None:
@@ -306,7 +319,8 @@ class PreActNet(nn.Module):
         for index, planes in enumerate(STAGE_WIDTHS):
             units = []
             for position in range(n):
-                units.append(unit(in_planes, planes, 2 if index > 0 and position == 0 else 1, shortcut))
+                units.append(unit(in_planes, planes, 2 if index > 0 and position == 0 else 1, shortcut,
+                                  first=index == 0 and position == 0))
                 in_planes = planes * expansion
             stages.append(nn.Sequential(*units))
         self.layer1, self.layer2, self.layer3 = stages

@@ -61,6 +61,55 @@ def test_a_preact_unit_adds_its_branch_to_the_shortcut_with_nothing_after_the_ad
     assert torch.allclose(unit(x), x + branch)
 
 
+def test_the_first_preact_unit_adds_the_activated_stem_output_as_2016b():
+    # 2016b puts the first BN-ReLU right after conv1, before the two paths split: the first unit's identity shortcut
+    # takes the activated stem output (the authors' "both_preact"); every later identity unit adds its raw input
+    torch.manual_seed(0)
+    model = build_model("preact", 14).eval()  # n = 2: a first unit and an ordinary one in stage 1
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+    seen = {}
+    hooks = [unit.register_forward_hook(lambda _unit, inputs, output, name=name: seen.update({name: (inputs[0],
+                                                                                                       output)}))
+             for name, unit in (("first", model.layer1[0]), ("second", model.layer1[1]))]
+    model(torch.randn(2, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    for name, unit in (("first", model.layer1[0]), ("second", model.layer1[1])):
+        x, output = seen[name]
+        activated = F.relu(unit.bn1(x))
+        branch = unit.conv2(F.relu(unit.bn2(unit.conv1(activated))))
+        expected = branch + (activated if name == "first" else x)
+        assert torch.allclose(output, expected, atol=1e-6), name
+    assert get_family("preact").version == 2 and get_family("preact-bottleneck").version == 1
+
+
+def test_runs_of_the_preact_nets_before_the_first_unit_fix_are_kept_apart_and_not_resumed(tmp_path, tiny_config,
+                                                                                             write_run):
+    config = tiny_config(kind="preact", depth=8, epochs=1)
+    run_training(config, tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert saved["resolved"]["family"]["version"] == 2  # config.json records the network version
+    # an interrupted run of an earlier resdepth: its config.json names no version (1), its checkpoint is version 1's
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("checkpoint.pt", "metrics.csv"):
+        (old / name).write_bytes((tmp_path / "new" / name).read_bytes())
+    del saved["resolved"]["family"]["version"]
+    (old / "config.json").write_text(json.dumps(saved))
+    (old / "status.json").write_text(json.dumps({"state": "interrupted"}))
+    with pytest.raises(UserError, match=r"began training on version 1 of the preact networks .* now builds version 2"):
+        run_training(replace(config, epochs=2), old)
+    # the table and the figures never average the two nets as seeds: the version splits them
+    results = tmp_path / "results"
+    write_run(results, "preact", 20, seed=0, resolved={"family": {"version": 2}})
+    write_run(results, "preact", 20, seed=1)
+    summary = summarize(load_runs(results)[0])
+    assert summary["setting"].tolist() == ["network_version 1", "network_version 2"] and summary["runs"].tolist() == [
+        1, 1]
+
+
 class TorchBottleneck(nn.Module):
     """The bottleneck unit of KaimingHe/resnet-1k-layers (resnet-pre-act.lua), written from the Lua independently of
     resdepth: where the shape changes a common BN-ReLU feeds both the convs and the 1x1 projection; elsewhere the
