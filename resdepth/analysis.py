@@ -385,7 +385,8 @@ def gradient_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
         for column, variant in enumerate(variants):
             axes = grid[row][column]
             net = next((n for n in nets if n.depth == depth and n.variant == variant), None)
-            style_gradient_axes(axes, depth, bottom=row == len(depths) - 1, left=column == 0)
+            boundaries = known_family(net.kind if net else nets[0].kind).stage_boundaries(depth)
+            style_gradient_axes(axes, depth, boundaries, bottom=row == len(depths) - 1, left=column == 0)
             if net is None:
                 axes.text(0.5, 0.5, "no runs", transform=axes.transAxes, ha="center", va="center", fontsize=FONT)
                 axes.set_title(f"{variant}-{depth}", fontsize=FONT)
@@ -443,11 +444,11 @@ def role_colours(roles: list[str]) -> dict[str, Any]:
     return {role: cmap(0.85 * i / max(len(roles) - 1, 1)) for i, role in enumerate(roles)}
 
 
-def style_gradient_axes(axes: Axes, depth: int, bottom: bool, left: bool) -> None:
+def style_gradient_axes(axes: Axes, depth: int, boundaries: list[float], bottom: bool, left: bool) -> None:
+    """Log y, the weight layers on x, dotted lines where the family's stages end (stage 1 | stage 2 | stage 3 | FC)."""
     axes.set_yscale("log")
     axes.set_xlim(0.5, depth + 0.5)
-    n = (depth - 2) // 6
-    for boundary in (2 * n + 1.5, 4 * n + 1.5, 6 * n + 1.5):  # stage 1 | stage 2 | stage 3 | FC
+    for boundary in boundaries:
         axes.axvline(boundary, color="0.75", linewidth=0.7, linestyle=":")
     axes.tick_params(labelsize=FONT - 1)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))

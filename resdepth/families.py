@@ -189,6 +189,9 @@ class Family:
     # The version of the networks it builds: raised when a fix changes what a net computes, so that runs of the old
     # nets are never averaged with, resumed as, or compared like runs of the new (config.json records it).
     version: int = 1
+    # Its nets are a stem layer, this many stages of equally many weight layers, and the FC (the built-in ones: 3);
+    # 0 where it does not say (a user's family): figures then draw no stage boundaries.
+    stages: int = 0
 
     @property
     def default_shortcut(self) -> str:
@@ -198,6 +201,14 @@ class Family:
     def slug(self) -> str:
         """The name as folder and file names use it: mylab.nets:gated -> mylab.nets.gated."""
         return file_name(self.name)
+
+    def stage_boundaries(self, depth: int) -> list[float]:
+        """Where its stages end along the weight layers (1 the stem, depth the FC), halfway between two layers:
+        between the stages and before the FC (2n layers a stage for 6n+2 nets, 3n for 9n+2 ones)."""
+        if not self.stages or (depth - 2) % self.stages:
+            return []
+        per_stage = (depth - 2) // self.stages
+        return [1.5 + k * per_stage for k in range(1, self.stages + 1)]
 
     def shown_shortcut(self, shortcut: str | None) -> str:
         """The shortcut where names show it: '' for the family's default and for families that take none."""
@@ -263,14 +274,14 @@ PREACT_BOTTLENECK_TABLE = PaperReference("2016b", IDENTITY_MAPPINGS + "; bottlen
     PaperNumber(1001, 22.71, mean=22.68, std=0.22, dataset="cifar100", statistic=MEDIAN_OF_5)))
 
 
-@register_family("plain", depths=SIX_N_PLUS_TWO, protocol=PLAIN_PROTOCOL,
+@register_family("plain", depths=SIX_N_PLUS_TWO, stages=3, protocol=PLAIN_PROTOCOL,
                  no_reference="the paper gives plain nets only as curves (Figure 6), in no table",
                  summary="§4.2's plain net: 3x3 convs with BN and ReLU, no shortcuts")
 def plain(depth: int, num_classes: int = 10) -> nn.Module:
     return CifarNet("plain", depth, num_classes)
 
 
-@register_family("residual", depths=SIX_N_PLUS_TWO, shortcuts=("A", "B"), twin="plain", reference=TABLE6,
+@register_family("residual", depths=SIX_N_PLUS_TWO, stages=3, shortcuts=("A", "B"), twin="plain", reference=TABLE6,
                  protocol=SECTION_4_2, summary="§4.2's ResNet: the plain net with a shortcut around every two convs")
 def residual(depth: int, num_classes: int = 10, shortcut: str = "A") -> nn.Module:
     return CifarNet("residual", depth, num_classes, shortcut)  # type: ignore[arg-type]
@@ -280,7 +291,7 @@ def residual(depth: int, num_classes: int = 10, shortcut: str = "A") -> nn.Modul
 # default is the projection of the authors' code and of the common PyTorch port: the shortcut is not checked.
 # version 2: the first unit's identity shortcut takes the activated stem output, as 2016b and the authors' code
 # (version 1 added the raw stem output; same parameters, another function)
-@register_family("preact", depths=SIX_N_PLUS_TWO, shortcuts=("B", "A"), twin="plain",
+@register_family("preact", depths=SIX_N_PLUS_TWO, stages=3, shortcuts=("B", "A"), twin="plain",
                  reference=PREACT_TABLE,
                  protocol=PREACT_PROTOCOL, version=2, summary="2016b's full pre-activation ResNet, basic units "
                  "(BN-ReLU-conv x2), projection shortcuts")
@@ -288,7 +299,7 @@ def preact(depth: int, num_classes: int = 10, shortcut: str = "B") -> nn.Module:
     return PreActNet(depth, num_classes, bottleneck=False, shortcut=shortcut)  # type: ignore[arg-type]
 
 
-@register_family("preact-bottleneck", depths=NINE_N_PLUS_TWO, shortcuts=("B",),
+@register_family("preact-bottleneck", depths=NINE_N_PLUS_TWO, stages=3, shortcuts=("B",),
                  reference=PREACT_BOTTLENECK_TABLE,
                  protocol=dataclasses.replace(PREACT_PROTOCOL, shortcut="B"),
                  summary="2016b's ResNet-164/1001: pre-activation bottleneck units (1x1, 3x3, 1x1 to 4x), "
@@ -566,7 +577,8 @@ def from_record(kind: str, record: dict[str, Any]) -> Family:
                   tuple(record.get("shortcuts") or ()), record.get("twin"), reference,
                   record.get("no_reference") or "",
                   Protocol(**record["protocol"]) if record.get("protocol") else USER_PROTOCOL,
-                  record.get("summary") or "", False, source, network_version(record))
+                  record.get("summary") or "", False, source, network_version(record),
+                  int(record.get("stages") or 0))
 
 
 # ---------------------------------------------------------------------------------------------- listing

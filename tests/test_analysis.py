@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resdepth.analysis import RESPONSE_COLUMNS, hooked_responses, layer_responses, training_points
+from resdepth.analysis import (GRADIENT_TABLE_COLUMNS, RESPONSE_COLUMNS, gradient_figure, hooked_responses,
+                               layer_responses, training_points)
+from resdepth.families import get_family, weight_layers
 from resdepth.construct import construct_deeper, construct_from_run, read_saved_net
 from resdepth.data import make_synthetic
 from resdepth.errors import UserError
@@ -258,6 +260,26 @@ def test_analyze_bad_input_is_one_line_and_writes_nothing(results, change, args,
     assert code == 2 and message in err and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [err.splitlines()[-1]]
     assert not (results / "analysis").exists()
+
+
+@pytest.mark.parametrize("kind, depth", [("residual", 20), ("preact-bottleneck", 1001), ("preact-bottleneck", 29)])
+def test_the_gradient_figure_draws_each_familys_stage_boundaries(kind, depth):
+    # 9n+2 nets with odd n (1001: n = 111) have 3n layers a stage: a 6n+2 rule put the lines one layer off
+    names = [name for name, _ in weight_layers(build_model(kind, depth))] if depth < 1000 else [
+        f"layer{i}" for i in range(1, depth + 1)]
+    frame = pd.DataFrame([{"dataset": "synthetic", "setting": "", "kind": kind, "shortcut": "B" if "preact" in kind
+                           else "A", "depth": depth, "seed": 0, "epoch": 1, "iteration": 10, "lr": 0.1, "layer": layer,
+                           "name": name, "grad_norm": 1.0, "weight_norm": 1.0, "sampled_steps": 1, "finished": True}
+                          for layer, name in enumerate(names, start=1)], columns=list(GRADIENT_TABLE_COLUMNS))
+    axes = gradient_figure(frame, ("synthetic", "")).axes[0]
+    lines = sorted(line.get_xdata()[0] for line in axes.lines if len(set(line.get_xdata())) == 1)
+    stage_ends = [index + 1.5 for index, name in enumerate(names[:-1])
+                  if name.split(".")[0] != names[index + 1].split(".")[0]][1:]  # layerK -> layerK+1, then the FC
+    per_stage = (depth - 2) // 3
+    assert lines == [1.5 + per_stage, 1.5 + 2 * per_stage, 1.5 + 3 * per_stage] == get_family(kind).stage_boundaries(
+        depth)
+    if depth < 1000:
+        assert lines == stage_ends  # where the net's own layer names change stage
 
 
 def test_training_points_are_the_first_epoch_and_the_end_of_each_lr_stage():
