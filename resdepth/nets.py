@@ -7,8 +7,9 @@ its nets from them, and models.py names them (`build_model("resnet56")`). Module
 common option-A CIFAR ResNet layout (conv1, bn1, layer1..3 with conv1/bn1/conv2/bn2 per block, linear) so
 published weights load in order.
 
-Every network answers `response_layers()` (the layers whose outputs are their responses, Figure 7, one per weight
-layer before the classifier, in forward order) and `weight_layers()` (its depth weighted layers); see each class.
+Every network answers `response_layers()` (the modules whose outputs are its responses, Figure 7, in forward order:
+each 3x3 layer after BN for the §4.2 nets, each unit's residual function for the pre-activation ones; the class's
+`response_measure` names which) and `weight_layers()` (its depth weighted layers); see each class.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class CifarNet(nn.Module):
     changes); the two are twins with the same parameters under option A."""
 
     KINDS = ("plain", "residual")
+    response_measure = "bn_output"  # what response_layers() measures: analysis.py's MEASURES name and title it
 
     def __init__(self, kind: str, depth: int, num_classes: int = 10, shortcut: Shortcut = "A"):
         super().__init__()
@@ -304,6 +306,8 @@ class PreActNet(nn.Module):
     activation right after the stem ("before splitting into two paths"). Init as the authors' code: convs
     normal with std sqrt(2 / (k*k*out channels)), BN 1 and 0, FC bias 0."""
 
+    response_measure = "residual_function"  # what response_layers() measures: analysis.py's MEASURES
+
     def __init__(self, depth: int, num_classes: int = 10, bottleneck: bool = False, shortcut: Shortcut = "B"):
         super().__init__()
         check_shortcut(shortcut)
@@ -337,11 +341,13 @@ class PreActNet(nn.Module):
         return self.layer1, self.layer2, self.layer3
 
     def response_layers(self) -> list[ResponseLayer]:
-        """The stem conv and every conv of the residual branches, in forward order (depth - 1 of them; the
-        projection shortcuts are not layers of the depth). A pre-activation net has no BN after a conv before
-        the addition, so its response is the conv's own output: for a unit's last conv, the residual function
-        F(x) that is added to the shortcut; for the others, what the next BN normalizes."""
-        return [ResponseLayer(name, stage, module) for name, stage, module in self.conv_layers()]
+        """Each unit's residual function F(x): the output of its last conv, before the addition, one per unit in
+        forward order (3n of them). The paper's Figure 7 measures each 3x3 layer after its BN; a pre-activation net
+        has no BN there, and every other conv feeds a BN, so its output's scale is its weight norm's, not the
+        function's: F(x), what is added to the shortcut, is the comparable quantity (the paper's "residual
+        functions ... generally closer to zero")."""
+        return [ResponseLayer(f"layer{stage}.{index}.conv{len(unit.branch_convs())}", stage, unit.branch_convs()[-1])
+                for stage, units in enumerate(self.stages(), start=1) for index, unit in enumerate(units)]
 
     def weight_layers(self) -> list[tuple[str, nn.Module]]:
         """The depth weighted layers in forward order: the stem and branch convs, then the FC (projections are

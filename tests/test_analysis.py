@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resdepth.analysis import (GRADIENT_TABLE_COLUMNS, RESPONSE_COLUMNS, gradient_figure, hooked_responses,
-                               layer_responses, training_points)
+from resdepth.analysis import (GRADIENT_TABLE_COLUMNS, RESPONSE_COLUMNS, Analysis, build_figures, gradient_figure,
+                               hooked_responses, layer_responses, training_points)
 from resdepth.families import get_family, weight_layers
 from resdepth.construct import construct_deeper, construct_from_run, read_saved_net
 from resdepth.data import make_synthetic
@@ -98,6 +98,48 @@ def test_the_hooked_response_is_the_bn_output_before_the_addition_and_the_relu()
     torch.testing.assert_close(captured[0], F.batch_norm(F.conv2d(x, model.conv1.weight, padding=1),
                                model.bn1.running_mean, model.bn1.running_var, model.bn1.weight, model.bn1.bias,
                                False, 0.0, model.bn1.eps))
+
+
+@pytest.mark.parametrize("kind, depth", [("preact", 14), ("preact-bottleneck", 20)])
+def test_a_preact_nets_response_is_each_units_residual_function(kind, depth):
+    # inside a pre-activation unit every conv but the last feeds a BN (its scale is its weight norm's): Figure 7
+    # measures F(x), what the unit adds to its shortcut
+    model = randomized(build_model(kind, depth))
+    units = [unit for stage in model.stages() for unit in stage]
+    assert model.response_measure == "residual_function" and len(model.response_layers()) == len(units)
+    captured: dict[int, torch.Tensor] = {}
+    ends: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [unit.register_forward_hook(lambda _m, inputs, out, i=i: ends.update({i: (inputs[0], out)}))
+             for i, unit in enumerate(units)]
+    with hooked_responses(model, lambda index, out: captured.setdefault(index, out.clone())), torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    for index, unit in enumerate(units):
+        x, out = ends[index]
+        if unit.shortcut is None and index > 0:  # an identity unit: F(x) = unit(x) - x
+            torch.testing.assert_close(captured[index], out - x)
+        assert captured[index].shape == out.shape
+
+
+def test_figure7_draws_each_quantity_apart_and_says_what_it_measures():
+    def rows(kind, depth, measure, layers):
+        return [{"dataset": "synthetic", "setting": "", "kind": kind, "shortcut": "A" if kind == "plain" else "B",
+                 "depth": depth, "seed": 0, "layer": layer, "stage": 1, "std": 1.0 + layer / 10, "channel_std": 1.0,
+                 "name": f"l{layer}", "measure": measure, "split": "test", "images": 64, "epoch": 2, "finished": True}
+                for layer in range(1, layers + 1)]
+    both = pd.DataFrame(rows("plain", 8, "bn_output", 7) + rows("preact", 8, "residual_function", 3),
+                        columns=list(RESPONSE_COLUMNS))
+    empty = pd.DataFrame(columns=list(GRADIENT_TABLE_COLUMNS))
+    figures = build_figures(Analysis(both, empty))
+    assert sorted(figures) == ["figure7-synthetic", "figure7-synthetic-residual-function"]
+    plain, preact = figures["figure7-synthetic"], figures["figure7-synthetic-residual-function"]
+    assert "3x3 layer's response (after BN" in plain.get_suptitle() and "F(x)" not in plain.get_suptitle()
+    assert "each unit's residual function F(x)" in preact.get_suptitle()
+    assert preact.axes[0].get_xlabel() == "unit index" and plain.axes[0].get_xlabel() == "layer index"
+    assert [len(figure.axes[0].lines) for figure in (plain, preact)] == [1, 1]  # one net each: never mixed
+    alone = build_figures(Analysis(both[both["kind"] == "preact"], empty))
+    assert list(alone) == ["figure7-synthetic"] and "F(x)" in alone["figure7-synthetic"].get_suptitle()
 
 
 def test_streamed_statistics_equal_those_of_the_whole_response_tensors():

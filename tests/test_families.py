@@ -176,7 +176,11 @@ def test_every_family_trains_answers_its_responses_and_builds_the_same_net_from_
     handles = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape)) for m in modules]
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
-    assert len(seen) == depth - 1 and seen[0] == (2, 16, 32, 32)  # a response per weight layer but the FC
+    if family.startswith("preact"):  # a response per unit: its residual function, as wide as the unit's output
+        assert len(seen) == sum(len(stage) for stage in model.stages()) == 3
+        assert seen[0] == (2, 64 if family == "preact-bottleneck" else 16, 32, 32)
+    else:
+        assert len(seen) == depth - 1 and seen[0] == (2, 16, 32, 32)  # a response per weight layer but the FC
     F.cross_entropy(out, torch.tensor([1, 2])).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     for handle in handles:
