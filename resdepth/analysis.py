@@ -371,6 +371,7 @@ def figure7(frame: pd.DataFrame, study: tuple[str, str], std: str = "std", measu
         axes.set_xlabel(f"{what.unit} index" if axes is original else "rank", fontsize=FONT)
         axes.set_ylabel(label, fontsize=FONT)
         axes.set_xlim(left=0)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and units are counted
         if logarithmic:
             axes.set_yscale("log")
         else:

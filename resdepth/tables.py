@@ -33,7 +33,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "dataset", "setting", "kind", "shortcut", "depth", "seed", "state", "counted", "epochs", "planned_epochs",
     "iteration",
     "final_train_error", "final_test_error", "min_epoch_test_error", "best_val_epoch", "val_selected_test_error",
-    "warmup", "warmup_end_reason", "warmup_end_iteration", "path",
+    "warmup", "warmup_end_reason", "warmup_end_iteration", "init", "path",
 )
 
 
@@ -160,7 +160,8 @@ def run_row(key: GroupKey, run: Run) -> dict[str, object]:
         "best_val_epoch": None if best_val is None else int(run.metrics.loc[best_val, "epoch"]),
         "val_selected_test_error": val_selected_test_error(run),
         "warmup": bool(resolved.get("warmup", False)), "warmup_end_reason": run.warmup_end_reason,
-        "warmup_end_iteration": run.warmup_end_iteration, "path": str(run.path),
+        "warmup_end_iteration": run.warmup_end_iteration, "init": str(run.config.get("init") or ""),
+        "path": str(run.path),
     }
 
 
@@ -335,6 +336,10 @@ def display_runs(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[
                      "(--warmup-max-iterations reached: the bound on §4.2's warm-up, or the end of a fixed one as "
                      "2016b's 400 iterations; then lr 0.1 anyway), at that iteration; still on: the run has not "
                      "left it yet.")
+    if frame["init"].ne("").any():
+        columns.append(("started from", lambda row: Path(row["init"]).name if row["init"] else "He init"))
+        notes.append("started from: the weights a run trained from (--init), not the paper's He init: such runs are "
+                     "not the paper's protocol (‡ in the table).")
     columns.append(("folder", lambda row: Path(row["path"]).name))
     rows = [[render(row) for _, render in columns] for row in frame.to_dict("records")]
     return [header for header, _ in columns], rows, notes

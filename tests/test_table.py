@@ -297,6 +297,11 @@ def test_a_run_trained_from_init_is_not_the_papers_protocol(tmp_path, write_run,
     code, out, _ = run_cli("table", str(tmp_path), "--markdown")
     assert code == 0 and "| 6.97‡ |" in out and "Δ vs paper" not in out
     assert "initialized from residual-56 weights" in out
+    write_run(tmp_path, "residual", 56, seed=2, **PAPER)  # one from He init: another setting, named as such
+    headers, rows, notes = display_runs(summarize_runs(load_runs(tmp_path)[0]))
+    assert [row[headers.index("started from")] for row in rows] == ["He init", "residual-56-from-20",
+                                                                    "residual-56-from-20"]
+    assert any(note.startswith("started from:") for note in notes)
 
 
 def test_unfinished_runs_are_left_out_of_every_statistic_and_shown_apart(tmp_path, write_run, run_cli):
