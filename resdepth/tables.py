@@ -22,6 +22,9 @@ PAPER_TABLE6: dict[int, float] = {number.depth: number.test_error for number in 
 # displaying it names each family's paper and shortcut without importing any family's code.
 FAMILIES_ATTR = "families"
 
+# Displayed columns of words, not numbers: left-aligned wherever a table is drawn.
+TEXT_HEADERS = frozenset({"dataset", "setting", "kind", "state", "counted", "folder", "started from",
+                          "paper's statistic", "unfinished, not counted", "warm-up ended"})
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "dataset", "setting", "kind", "shortcut", "depth", "params", "runs", "unfinished", "seeds", "unfinished_runs",
     "final_train_error_mean", "final_test_error_best", "final_test_error_mean", "final_test_error_std",
@@ -350,9 +353,7 @@ def to_markdown(summary: pd.DataFrame, runs: bool = False) -> str:
     headers, rows, notes = display_runs(summary) if runs else display_table(summary)
     if summary["dataset"].nunique() == 1:  # a terminal table says it in its title; a pasted table must too
         notes.insert(0, f"dataset: {summary['dataset'].iloc[0]}")
-    numeric = {"depth", "params", "runs", "seed", "epochs", "best val epoch"} | {
-        h for h in headers if "%" in h or "paper" in h or "Δ" in h or "min over" in h or h == "our median"} - {
-        "paper's statistic"}
+    numeric = set(headers) - TEXT_HEADERS
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h in numeric else "---" for h in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
