@@ -476,8 +476,9 @@ def check_same_network(run_dir: Path, kind: str) -> None:
     was, now = recorded_version(saved), get_family(kind).version
     if was != now:
         raise UserError(f"{run_dir} began training on version {was} of the {kind} networks and resdepth now builds "
-                        f"version {now} (README, Network families): resuming would mix the two; delete its "
-                        f"{CHECKPOINT_FILE} to start it over, or keep it and sweep into another --out folder")
+                        f"version {now} (README, Network versions): resuming would mix the two; delete its "
+                        f"{CHECKPOINT_FILE} and rerun (a sweep: with --retry-failed) to start it over, or keep it and "
+                        "sweep into another --out folder")
 
 
 def read_resume_checkpoint(run_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:
