@@ -1,10 +1,12 @@
 """Why deep plain nets degrade: layer responses (§4.2, Figure 7) and per-layer gradient norms (§1, §4.1).
 
 `analyze(runs)` runs each trained net over a split's images in evaluation mode and streams, per 3x3 layer, float64
-sums and sums of squares of its response (the BN output, before the ReLU or the addition; which modules those are
-is the network's own answer, `model.response_layers()`); it never keeps activation tensors. It also gathers the
-gradients.csv that training logged. `build_figures` draws Figure 7 and the gradient-norm figure per dataset, as
-matplotlib Figures on the Agg canvas (no pyplot); `write_analysis` writes them and the CSVs. Nothing here prints.
+sums and sums of squares of its response (the BN output, before the ReLU or the addition; for pre-activation nets,
+per unit, its residual function F(x); which modules those are is the network's own answer,
+`model.response_layers()`, and what they measure its `response_measure`); it never keeps activation tensors. It
+also gathers the gradients.csv that training logged. `build_figures` draws Figure 7 (once per quantity measured) and
+the gradient-norm figure per dataset, as matplotlib Figures on the Agg canvas (no pyplot); `write_analysis` writes
+them and the CSVs. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -37,12 +39,38 @@ from .results import GRADIENT_COLUMNS, GRADIENTS_FILE, Run
 SPLITS = ("test", "train", "val")
 STDS = {"std": "std over all elements", "channel_std": "mean over channels of the per-channel std"}
 IDENTITY_COLUMNS = ("dataset", "setting", "kind", "shortcut", "depth", "seed")
-RESPONSE_COLUMNS = (*IDENTITY_COLUMNS, "layer", "stage", "std", "channel_std", "name", "split", "images", "epoch",
-                    "finished")
+RESPONSE_COLUMNS = (*IDENTITY_COLUMNS, "layer", "stage", "std", "channel_std", "name", "measure", "split", "images",
+                    "epoch", "finished")
 GRADIENT_TABLE_COLUMNS = (*IDENTITY_COLUMNS, "epoch", "iteration", "lr", "layer", "name", "grad_norm",
                           "weight_norm", "sampled_steps", "finished")
 IMAGE_SUBSET_SEED = 0  # --images N: the same class-balanced subset for every run of a dataset
 EVAL_BATCH = 500
+
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A quantity Figure 7 can draw: what a network's `response_measure` names (one figure per measure)."""
+
+    title: str  # what the figure's title says is measured
+    unit: str  # what one point on the x axis is
+
+
+MEASURES = {
+    # §4.2's Figure 7: "the outputs of each 3x3 layer, after BN and before other nonlinearity (ReLU/addition)"
+    "bn_output": Measure("each 3x3 layer's response (after BN, before ReLU/addition)", "layer"),
+    # pre-activation nets have no BN there: what their units add to the shortcut (2016b's nets)
+    "residual_function": Measure("each unit's residual function F(x) (its last conv's output, before the addition)",
+                                 "unit"),
+    "layer_output": Measure("the output of each module the network names in response_layers()", "layer"),
+}
+
+
+def response_measure(model: nn.Module) -> str:
+    """What the net's response layers measure (MEASURES' key); a user's net that does not say: its modules' outputs."""
+    measure = getattr(model, "response_measure", "layer_output")
+    return measure if measure in MEASURES else "layer_output"
+
 
 # Figures: plots.py's size, fonts and colours (Figures 1 and 6). A plain twin dashed, every other family bold:
 # twins of one depth share a colour
@@ -212,9 +240,10 @@ def run_responses(run: Run, identity: dict[str, Any], data: DataCache, split: st
     images = choose_images(*chosen, count)
     model = saved.load(device)
     rows = layer_responses(model, images, dataset.pixel_mean(), device, batch_size)
-    epoch = saved.checkpoint.get("epoch")
+    epoch, measure = saved.checkpoint.get("epoch"), response_measure(model)
     return [{**identity, "layer": row.layer, "stage": row.stage, "std": row.std, "channel_std": row.channel_std,
-             "name": row.name, "split": split, "images": len(images), "epoch": epoch, "finished": is_complete(run)}
+             "name": row.name, "measure": measure, "split": split, "images": len(images), "epoch": epoch,
+             "finished": is_complete(run)}
             for row in rows]
 
 
@@ -295,18 +324,27 @@ def check_std(std: str) -> None:
 
 
 def build_figures(analysis: Analysis, std: str = "std") -> dict[str, Figure]:
-    """figure7-<study> and gradients-<study> per dataset (and setting), by file stem."""
+    """figure7-<study> and gradients-<study> per dataset (and setting), by file stem; Figure 7 once per quantity
+    measured (figure7-<study>-residual_function for pre-activation nets): different quantities never share a panel."""
     check_std(std)
-    figures = {f"figure7-{study_name(study)}": figure7(study_rows(analysis.responses, study), study, std)
-               for study in studies(analysis.responses)}
+    figures = {}
+    for study in studies(analysis.responses):
+        rows = study_rows(analysis.responses, study)
+        measures = list(dict.fromkeys(rows["measure"]))
+        for measure in measures:
+            suffix = "" if measure == "bn_output" or len(measures) == 1 else f"-{measure.replace('_', '-')}"
+            figures[f"figure7-{study_name(study)}{suffix}"] = figure7(rows[rows["measure"] == measure], study, std,
+                                                                      measure)
     for study in studies(analysis.gradients) if not analysis.gradients.empty else []:
         figures[f"gradients-{study_name(study)}"] = gradient_figure(study_rows(analysis.gradients, study), study)
     return figures
 
 
-def figure7(frame: pd.DataFrame, study: tuple[str, str], std: str = "std") -> Figure:
-    """The paper's Figure 7 layout: the std of each layer's response in the layers' original order (top) and
-    sorted by magnitude, descending (bottom); one line per net, the mean over seeds, their range as a band."""
+def figure7(frame: pd.DataFrame, study: tuple[str, str], std: str = "std", measure: str = "bn_output") -> Figure:
+    """The paper's Figure 7 layout: the std of each layer's response (or each unit's residual function: `measure`)
+    in forward order (top) and sorted by magnitude, descending (bottom); one line per net, the mean over seeds,
+    their range as a band."""
+    what = MEASURES[measure]
     figure = Figure(figsize=(FIG_WIDTH, 5.6), layout="constrained")
     FigureCanvasAgg(figure)
     original, ranked = figure.subplots(2, 1)
@@ -327,18 +365,20 @@ def figure7(frame: pd.DataFrame, study: tuple[str, str], std: str = "std") -> Fi
     logarithmic = not values.empty and values.max() > 10 * values.min()
     label = "std (all elements)" if std == "std" else "std (mean over channels)"
     label += ", log scale" if logarithmic else ""
-    for axes, title in ((original, "layers in their original order"), (ranked, "layers sorted by std, descending")):
+    for axes, title in ((original, f"{what.unit}s in their original order"),
+                        (ranked, f"{what.unit}s sorted by std, descending")):
         axes.set_title(title, fontsize=TITLE_FONT)
-        axes.set_xlabel("layer index" if axes is original else "rank", fontsize=FONT)
+        axes.set_xlabel(f"{what.unit} index" if axes is original else "rank", fontsize=FONT)
         axes.set_ylabel(label, fontsize=FONT)
         axes.set_xlim(left=0)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and units are counted
         if logarithmic:
             axes.set_yscale("log")
         else:
             axes.set_ylim(bottom=0)
         axes.tick_params(labelsize=FONT - 1)
         axes.grid(True, linewidth=0.5, alpha=0.4)
-    figure.suptitle(f"{study_title(study)}: std of each 3x3 layer's response (after BN, before ReLU/addition)\n"
+    figure.suptitle(f"{study_title(study)}: std of {what.title}\n"
                     f"{split} split, {images:,} images per net, evaluation mode", fontsize=TITLE_FONT)
     handles = [Line2D([], [], color=colours[n.depth], linestyle=n.style[0], linewidth=n.style[1],
                       label=n.label + ("" if rows_of(frame, n)["finished"].all() else " (unfinished)"))
@@ -385,7 +425,8 @@ def gradient_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
         for column, variant in enumerate(variants):
             axes = grid[row][column]
             net = next((n for n in nets if n.depth == depth and n.variant == variant), None)
-            style_gradient_axes(axes, depth, bottom=row == len(depths) - 1, left=column == 0)
+            boundaries = known_family(net.kind if net else nets[0].kind).stage_boundaries(depth)
+            style_gradient_axes(axes, depth, boundaries, bottom=row == len(depths) - 1, left=column == 0)
             if net is None:
                 axes.text(0.5, 0.5, "no runs", transform=axes.transAxes, ha="center", va="center", fontsize=FONT)
                 axes.set_title(f"{variant}-{depth}", fontsize=FONT)
@@ -443,11 +484,11 @@ def role_colours(roles: list[str]) -> dict[str, Any]:
     return {role: cmap(0.85 * i / max(len(roles) - 1, 1)) for i, role in enumerate(roles)}
 
 
-def style_gradient_axes(axes: Axes, depth: int, bottom: bool, left: bool) -> None:
+def style_gradient_axes(axes: Axes, depth: int, boundaries: list[float], bottom: bool, left: bool) -> None:
+    """Log y, the weight layers on x, dotted lines where the family's stages end (stage 1 | stage 2 | stage 3 | FC)."""
     axes.set_yscale("log")
     axes.set_xlim(0.5, depth + 0.5)
-    n = (depth - 2) // 6
-    for boundary in (2 * n + 1.5, 4 * n + 1.5, 6 * n + 1.5):  # stage 1 | stage 2 | stage 3 | FC
+    for boundary in boundaries:
         axes.axvline(boundary, color="0.75", linewidth=0.7, linestyle=":")
     axes.tick_params(labelsize=FONT - 1)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -658,10 +658,12 @@ def table(
 
 def render_text_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
     """Rows of text under headers; numbers never wrap, long headers wrap onto two lines at most."""
+    from .tables import TEXT_HEADERS
+
     view = Table(title=Text(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for i, header in enumerate(headers):
         width = max([len(row[i]) for row in rows] + [len(word) for word in header.split()] + [min(len(header), 11)])
-        left = header in ("dataset", "setting", "kind", "state", "folder")
+        left = header in TEXT_HEADERS
         view.add_column(header, justify="left" if left else "right", width=width)
     for row in rows:
         view.add_row(*row)

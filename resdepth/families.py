@@ -48,8 +48,10 @@ PATH_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]
 # ---------------------------------------------------------------------------------------------- what a family is
 @dataclass(frozen=True)
 class PaperNumber:
-    """One CIFAR test error (%) a paper reports for a family at a depth. `mean` (and `std`) over the paper's runs
-    where it gives them: a mean over our seeds is compared with that mean, else with `test_error`."""
+    """One CIFAR test error (%) a paper reports for a family at a depth. statistic: what test_error is over the
+    paper's runs ('one run', 'best of 5 runs', 'median of 5 runs'; '' not said); `mean` (and `std`) where it gives
+    them. Like is compared with like: a median with our median over seeds, a mean with our mean; a single run, as
+    the nearest thing, with our mean."""
 
     depth: int
     test_error: float
@@ -57,10 +59,28 @@ class PaperNumber:
     std: float | None = None
     dataset: str = "cifar10"
     batch_size: int = 128
+    statistic: str = ""
+
+    @property
+    def is_median(self) -> bool:
+        return self.statistic.startswith("median")
 
     @property
     def compared(self) -> float:
-        return self.mean if self.mean is not None else self.test_error
+        """The paper's value that ours stands beside: its median, else its mean where it gives one, else its number."""
+        return self.mean if self.mean is not None and not self.is_median else self.test_error
+
+    @property
+    def ours(self) -> str:
+        """Our statistic over seeds that is compared with it: median or mean."""
+        return "median" if self.is_median else "mean"
+
+    @property
+    def compared_words(self) -> str:
+        """What `compared` is: 'median of 5 runs', 'mean of 5 runs' (of a 'best of 5 runs' number), 'one run'."""
+        if self.mean is not None and not self.is_median:
+            return self.statistic.replace("best", "mean") if self.statistic.startswith("best") else "mean of its runs"
+        return self.statistic or "as given"
 
     def shown(self) -> str:
         """As the paper prints it: '6.43 (6.61±0.16)' where it gives a mean and std, else '8.75'."""
@@ -166,6 +186,12 @@ class Family:
     summary: str = ""
     builtin: bool = False
     source: FamilySource | None = None
+    # The version of the networks it builds: raised when a fix changes what a net computes, so that runs of the old
+    # nets are never averaged with, resumed as, or compared like runs of the new (config.json records it).
+    version: int = 1
+    # Its nets are a stem layer, this many stages of equally many weight layers, and the FC (the built-in ones: 3);
+    # 0 where it does not say (a user's family): figures then draw no stage boundaries.
+    stages: int = 0
 
     @property
     def default_shortcut(self) -> str:
@@ -175,6 +201,14 @@ class Family:
     def slug(self) -> str:
         """The name as folder and file names use it: mylab.nets:gated -> mylab.nets.gated."""
         return file_name(self.name)
+
+    def stage_boundaries(self, depth: int) -> list[float]:
+        """Where its stages end along the weight layers (1 the stem, depth the FC), halfway between two layers:
+        between the stages and before the FC (2n layers a stage for 6n+2 nets, 3n for 9n+2 ones)."""
+        if not self.stages or (depth - 2) % self.stages:
+            return []
+        per_stage = (depth - 2) // self.stages
+        return [1.5 + k * per_stage for k in range(1, self.stages + 1)]
 
     def shown_shortcut(self, shortcut: str | None) -> str:
         """The shortcut where names show it: '' for the family's default and for families that take none."""
@@ -219,30 +253,35 @@ def register_family(name: str, *, depths: DepthRule, **details: Any) -> Callable
 
 # He et al. 2016 (CVPR), Table 6: CIFAR-10 test error (%) of the residual nets (option A, 64k iterations). One run
 # per depth, except 110 layers: 6.43 is the best of 5 runs, whose mean and std follow.
+ONE_RUN = "one run"
 TABLE6 = PaperReference("Table 6", "He et al. 2016, Table 6 (CIFAR-10, one run per depth; 110 layers: best of 5 "
                                    "runs (6.61 ± 0.16))", (
-    PaperNumber(20, 8.75), PaperNumber(32, 7.51), PaperNumber(44, 7.17), PaperNumber(56, 6.97),
-    PaperNumber(110, 6.43, mean=6.61, std=0.16), PaperNumber(1202, 7.93)))
+    PaperNumber(20, 8.75, statistic=ONE_RUN), PaperNumber(32, 7.51, statistic=ONE_RUN),
+    PaperNumber(44, 7.17, statistic=ONE_RUN), PaperNumber(56, 6.97, statistic=ONE_RUN),
+    PaperNumber(110, 6.43, mean=6.61, std=0.16, statistic="best of 5 runs"),
+    PaperNumber(1202, 7.93, statistic=ONE_RUN)))
 # He et al. 2016b (Identity Mappings, ECCV), Tables 2-4, full pre-activation units: medians of 5 runs (mean ± std
 # where Table 4 gives them); the 1001-layer net also at mini-batch 64, the authors' code's setting.
 IDENTITY_MAPPINGS = "He et al. 2016b (Identity Mappings), Tables 2-4, pre-activation units (median of 5 runs)"
+MEDIAN_OF_5 = "median of 5 runs"
 PREACT_TABLE = PaperReference("2016b", IDENTITY_MAPPINGS + "; basic units: 110 layers, 6.37", (
-    PaperNumber(110, 6.37),))
+    PaperNumber(110, 6.37, statistic=MEDIAN_OF_5),))
 PREACT_BOTTLENECK_TABLE = PaperReference("2016b", IDENTITY_MAPPINGS + "; bottleneck units: 164 layers, 5.46; 1001 "
                                                   "layers, 4.92 (4.89±0.14), 4.62 (4.69±0.20) at mini-batch 64", (
-    PaperNumber(164, 5.46), PaperNumber(1001, 4.92, mean=4.89, std=0.14),
-    PaperNumber(1001, 4.62, mean=4.69, std=0.20, batch_size=64),
-    PaperNumber(164, 24.33, dataset="cifar100"), PaperNumber(1001, 22.71, mean=22.68, std=0.22, dataset="cifar100")))
+    PaperNumber(164, 5.46, statistic=MEDIAN_OF_5), PaperNumber(1001, 4.92, mean=4.89, std=0.14, statistic=MEDIAN_OF_5),
+    PaperNumber(1001, 4.62, mean=4.69, std=0.20, batch_size=64, statistic=MEDIAN_OF_5),
+    PaperNumber(164, 24.33, dataset="cifar100", statistic=MEDIAN_OF_5),
+    PaperNumber(1001, 22.71, mean=22.68, std=0.22, dataset="cifar100", statistic=MEDIAN_OF_5)))
 
 
-@register_family("plain", depths=SIX_N_PLUS_TWO, protocol=PLAIN_PROTOCOL,
+@register_family("plain", depths=SIX_N_PLUS_TWO, stages=3, protocol=PLAIN_PROTOCOL,
                  no_reference="the paper gives plain nets only as curves (Figure 6), in no table",
                  summary="§4.2's plain net: 3x3 convs with BN and ReLU, no shortcuts")
 def plain(depth: int, num_classes: int = 10) -> nn.Module:
     return CifarNet("plain", depth, num_classes)
 
 
-@register_family("residual", depths=SIX_N_PLUS_TWO, shortcuts=("A", "B"), twin="plain", reference=TABLE6,
+@register_family("residual", depths=SIX_N_PLUS_TWO, stages=3, shortcuts=("A", "B"), twin="plain", reference=TABLE6,
                  protocol=SECTION_4_2, summary="§4.2's ResNet: the plain net with a shortcut around every two convs")
 def residual(depth: int, num_classes: int = 10, shortcut: str = "A") -> nn.Module:
     return CifarNet("residual", depth, num_classes, shortcut)  # type: ignore[arg-type]
@@ -250,14 +289,18 @@ def residual(depth: int, num_classes: int = 10, shortcut: str = "A") -> nn.Modul
 
 # The paper says of its basic pre-activation ResNet-110 only that it follows [1] (option A there); resdepth's
 # default is the projection of the authors' code and of the common PyTorch port: the shortcut is not checked.
-@register_family("preact", depths=SIX_N_PLUS_TWO, shortcuts=("B", "A"), twin="plain", reference=PREACT_TABLE,
-                 protocol=PREACT_PROTOCOL, summary="2016b's full pre-activation ResNet, basic units "
+# version 2: the first unit's identity shortcut takes the activated stem output, as 2016b and the authors' code
+# (version 1 added the raw stem output; same parameters, another function)
+@register_family("preact", depths=SIX_N_PLUS_TWO, stages=3, shortcuts=("B", "A"), twin="plain",
+                 reference=PREACT_TABLE,
+                 protocol=PREACT_PROTOCOL, version=2, summary="2016b's full pre-activation ResNet, basic units "
                  "(BN-ReLU-conv x2), projection shortcuts")
 def preact(depth: int, num_classes: int = 10, shortcut: str = "B") -> nn.Module:
     return PreActNet(depth, num_classes, bottleneck=False, shortcut=shortcut)  # type: ignore[arg-type]
 
 
-@register_family("preact-bottleneck", depths=NINE_N_PLUS_TWO, shortcuts=("B",), reference=PREACT_BOTTLENECK_TABLE,
+@register_family("preact-bottleneck", depths=NINE_N_PLUS_TWO, stages=3, shortcuts=("B",),
+                 reference=PREACT_BOTTLENECK_TABLE,
                  protocol=dataclasses.replace(PREACT_PROTOCOL, shortcut="B"),
                  summary="2016b's ResNet-164/1001: pre-activation bottleneck units (1x1, 3x3, 1x1 to 4x), "
                          "projection shortcuts")
@@ -511,6 +554,18 @@ def family_of_run(config: dict[str, Any]) -> Family:
         return Family(kind)  # a hand-edited record: the name is still the family
 
 
+def network_version(record: Any) -> int:
+    """The network version a config.json's family record names; 1 for records written before versions were."""
+    version = record.get("version", 1) if isinstance(record, dict) else 1
+    return version if isinstance(version, int) and not isinstance(version, bool) else 1
+
+
+def recorded_version(config: dict[str, Any]) -> int:
+    """The version of the networks a run trained, as its config.json says (resolved.family.version; 1 if none)."""
+    resolved = config.get("resolved")
+    return network_version(resolved.get("family") if isinstance(resolved, dict) else None)
+
+
 def from_record(kind: str, record: dict[str, Any]) -> Family:
     depths = record.get("depths") or {}
     reference = record.get("reference")
@@ -522,7 +577,8 @@ def from_record(kind: str, record: dict[str, Any]) -> Family:
                   tuple(record.get("shortcuts") or ()), record.get("twin"), reference,
                   record.get("no_reference") or "",
                   Protocol(**record["protocol"]) if record.get("protocol") else USER_PROTOCOL,
-                  record.get("summary") or "", False, source)
+                  record.get("summary") or "", False, source, network_version(record),
+                  int(record.get("stages") or 0))
 
 
 # ---------------------------------------------------------------------------------------------- listing

@@ -43,8 +43,8 @@ from .families import weight_layers
 from .gradients import GradientLog
 from .results import CHECKPOINT_FILE, atomic_write_bytes, ensure_writable_dir, write_config
 from .train import (NAN_CHECK_EVERY, WARMUP_CHECK_EVERY, EpochInProgress, RunLogs, RunResult, TrainConfig,
-                    build_run_network, describe_run, learning_rate, prepare_process, read_resume_checkpoint,
-                    resolve_iterations, sgd_optimizer, steps_per_epoch, warmup_progress)
+                    build_run_network, check_same_network, describe_run, learning_rate, prepare_process,
+                    read_resume_checkpoint, resolve_iterations, sgd_optimizer, steps_per_epoch, warmup_progress)
 
 # The aggregate training img/s of one fused job of K against K runs one after another, measured per device type
 # and depth with `resdepth bench --fuse 1,2,4,8` (BENCHMARKS.md): `--fuse auto` takes, for each depth, the K that
@@ -493,8 +493,9 @@ def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
     configs = [config.for_family() for config in configs]
     for config in configs:
         config.validate()
-    for run_dir in run_dirs:
+    for run_dir, config in zip(run_dirs, configs, strict=True):
         ensure_writable_dir(run_dir)
+        check_same_network(run_dir, config.kind)
     device = resolve_device(configs[0].device)
     prepare_process(configs[0], device)
     dataset = dataset or load_dataset(configs[0].data)

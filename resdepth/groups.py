@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from .families import Family, PaperNumber, family_of_run, family_order
+from .families import Family, PaperNumber, family_of_run, family_order, recorded_version
 from .results import Run
 
 # TrainConfig fields that change how a run executes but not what it computes: a resumed run may change them,
@@ -115,11 +115,18 @@ def run_protocol(run: Run) -> dict[str, str]:
     source = resolved.get("family", {}).get("source") if isinstance(resolved.get("family"), dict) else None
     if isinstance(source, dict) and source.get("distribution") and not family_of_run(config).builtin:
         values["family_version"] = f"{source['distribution']} {source.get('version')}"  # another version: another net
+    values["precision"] = run_precision(run)
+    values["network_version"] = recorded_version(config)  # a fixed net is another net: its runs are kept apart
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def run_precision(run: Run) -> str:
+    """The precision the run trained in: as resolved, else what auto meant on its device (tf32 on CUDA)."""
+    config = run.config
     precision = config.get("precision", "auto")
     device = str(config.get("environment", {}).get("device", ""))
-    values["precision"] = resolved.get("precision") or (precision if precision != "auto" else
-                                                        "tf32" if device.startswith("cuda") else "fp32")
-    return {key: json.dumps(value) for key, value in values.items()}
+    return str(config.get("resolved", {}).get("precision") or (precision if precision != "auto" else
+                                                               "tf32" if device.startswith("cuda") else "fp32"))
 
 
 def setting_labels(runs: list[Run]) -> list[str]:
@@ -214,9 +221,20 @@ def paper_differences(run: Run) -> list[str]:
     if not data.get("augment", True):
         differences.append("no augmentation (paper: pad 4, random crop, flip)")
     differences += warmup_differences(run, family)
+    differences += init_differences(config, resolved)
     if resolved.get("precision", config.get("precision")) == "bf16":
         differences.append("bf16 (paper: fp32)")
     return differences
+
+
+def init_differences(config: dict[str, Any], resolved: dict[str, Any]) -> list[str]:
+    """The paper's nets start from He init; a run trained from --init (e.g. a constructed deeper net) does not."""
+    if not config.get("init"):
+        return []
+    record = resolved.get("init") if isinstance(resolved.get("init"), dict) else {}
+    where = PurePath(str(record.get("path") or config["init"])).name or str(config["init"])
+    net = f"{record['net']} weights in " if record.get("net") else ""
+    return [f"initialized from {net}{where} (paper: He init)"]
 
 
 def shortcut_words(shortcut: str) -> str:

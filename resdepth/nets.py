@@ -7,8 +7,9 @@ its nets from them, and models.py names them (`build_model("resnet56")`). Module
 common option-A CIFAR ResNet layout (conv1, bn1, layer1..3 with conv1/bn1/conv2/bn2 per block, linear) so
 published weights load in order.
 
-Every network answers `response_layers()` (the layers whose outputs are their responses, Figure 7, one per weight
-layer before the classifier, in forward order) and `weight_layers()` (its depth weighted layers); see each class.
+Every network answers `response_layers()` (the modules whose outputs are its responses, Figure 7, in forward order:
+each 3x3 layer after BN for the §4.2 nets, each unit's residual function for the pre-activation ones; the class's
+`response_measure` names which) and `weight_layers()` (its depth weighted layers); see each class.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class CifarNet(nn.Module):
     changes); the two are twins with the same parameters under option A."""
 
     KINDS = ("plain", "residual")
+    response_measure = "bn_output"  # what response_layers() measures: analysis.py's MEASURES name and title it
 
     def __init__(self, kind: str, depth: int, num_classes: int = 10, shortcut: Shortcut = "A"):
         super().__init__()
@@ -227,10 +229,13 @@ def check_classes(num_classes: int) -> None:
 class PreActBlock(nn.Module):
     """Full pre-activation (2016b, Fig. 4e): BN -> ReLU -> 3x3 conv, twice, added to the shortcut; nothing after
     the addition. Where the shape changes the shortcut takes the pre-activated input ("these projection shortcuts
-    are also with pre-activation"): B a strided 1x1 conv (no BN), A the zero-padding of option A."""
+    are also with pre-activation"): B a strided 1x1 conv (no BN), A the zero-padding of option A. first: the net's
+    first unit, whose BN -> ReLU is the activation right after the stem, before the two paths split (2016b, §4.1;
+    the authors' code's "both_preact"), so its identity shortcut takes the activated input too."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut):
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut, first: bool = False):
         super().__init__()
+        self.first = first
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -239,7 +244,7 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
+        shortcut = unit_shortcut(self, x, out)
         out = self.conv2(F.relu(self.bn2(self.conv1(out))))
         return out + shortcut
 
@@ -250,10 +255,12 @@ class PreActBlock(nn.Module):
 class PreActBottleneck(nn.Module):
     """The bottleneck unit of the authors' resnet-1k-layers code: BN -> ReLU -> 1x1 conv (strided, to planes),
     BN -> ReLU -> 3x3 conv, BN -> ReLU -> 1x1 conv (to 4 x planes), added to the shortcut; a 1x1 projection of the
-    pre-activated input where the shape changes (every stage's first unit)."""
+    pre-activated input where the shape changes (every stage's first unit, so the net's first unit's shortcut takes
+    the activated stem output: `first` changes nothing here, the projection already does)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut):
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: Shortcut, first: bool = False):
         super().__init__()
+        self.first = first
         out_planes = planes * BOTTLENECK_EXPANSION
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
@@ -265,13 +272,21 @@ class PreActBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
+        shortcut = unit_shortcut(self, x, out)
         out = self.conv2(F.relu(self.bn2(self.conv1(out))))
         out = self.conv3(F.relu(self.bn3(out)))
         return out + shortcut
 
     def branch_convs(self) -> list[nn.Conv2d]:
         return [self.conv1, self.conv2, self.conv3]
+
+
+def unit_shortcut(unit: PreActBlock | PreActBottleneck, x: torch.Tensor, activated: torch.Tensor) -> torch.Tensor:
+    """What a pre-activation unit adds its residual to: the unit's input x (identity), except in the net's first
+    unit, where the activation comes before the split; a projection or zero-padding of the activated input."""
+    if unit.shortcut is not None:
+        return unit.shortcut(activated)
+    return activated if unit.first else x
 
 
 def preact_shortcut(in_planes: int, out_planes: int, stride: int, shortcut: Shortcut) -> nn.Module | None:
@@ -291,6 +306,8 @@ class PreActNet(nn.Module):
     activation right after the stem ("before splitting into two paths"). Init as the authors' code: convs
     normal with std sqrt(2 / (k*k*out channels)), BN 1 and 0, FC bias 0."""
 
+    response_measure = "residual_function"  # what response_layers() measures: analysis.py's MEASURES
+
     def __init__(self, depth: int, num_classes: int = 10, bottleneck: bool = False, shortcut: Shortcut = "B"):
         super().__init__()
         check_shortcut(shortcut)
@@ -306,7 +323,8 @@ class PreActNet(nn.Module):
         for index, planes in enumerate(STAGE_WIDTHS):
             units = []
             for position in range(n):
-                units.append(unit(in_planes, planes, 2 if index > 0 and position == 0 else 1, shortcut))
+                units.append(unit(in_planes, planes, 2 if index > 0 and position == 0 else 1, shortcut,
+                                  first=index == 0 and position == 0))
                 in_planes = planes * expansion
             stages.append(nn.Sequential(*units))
         self.layer1, self.layer2, self.layer3 = stages
@@ -323,11 +341,13 @@ class PreActNet(nn.Module):
         return self.layer1, self.layer2, self.layer3
 
     def response_layers(self) -> list[ResponseLayer]:
-        """The stem conv and every conv of the residual branches, in forward order (depth - 1 of them; the
-        projection shortcuts are not layers of the depth). A pre-activation net has no BN after a conv before
-        the addition, so its response is the conv's own output: for a unit's last conv, the residual function
-        F(x) that is added to the shortcut; for the others, what the next BN normalizes."""
-        return [ResponseLayer(name, stage, module) for name, stage, module in self.conv_layers()]
+        """Each unit's residual function F(x): the output of its last conv, before the addition, one per unit in
+        forward order (3n of them). The paper's Figure 7 measures each 3x3 layer after its BN; a pre-activation net
+        has no BN there, and every other conv feeds a BN, so its output's scale is its weight norm's, not the
+        function's: F(x), what is added to the shortcut, is the comparable quantity (the paper's "residual
+        functions ... generally closer to zero")."""
+        return [ResponseLayer(f"layer{stage}.{index}.conv{len(unit.branch_convs())}", stage, unit.branch_convs()[-1])
+                for stage, units in enumerate(self.stages(), start=1) for index, unit in enumerate(units)]
 
     def weight_layers(self) -> list[tuple[str, nn.Module]]:
         """The depth weighted layers in forward order: the stem and branch convs, then the FC (projections are

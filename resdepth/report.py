@@ -74,7 +74,9 @@ def section(anchor: str, title: str, body: str) -> str:
 
 
 def summary_table(headers: list[str], rows: list[list[str]]) -> str:
-    numeric = [i for i, h in enumerate(headers) if h not in ("dataset", "setting", "kind")]
+    from .tables import TEXT_HEADERS
+
+    numeric = [i for i, h in enumerate(headers) if h not in TEXT_HEADERS]
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     cell = lambda i, v: f"<td class='{'num' if i in numeric else ''}'>{esc(v)}</td>"  # noqa: E731
     body = "".join("<tr>" + "".join(cell(i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)

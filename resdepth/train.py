@@ -24,11 +24,12 @@ from .devices import (PRECISIONS, CapturedStep, check_cuda_graph_device, check_d
                       precision_context, resolve_device, resolved_precision, restore_rng_state, rng_state)
 from .errors import UserError
 from .construct import describe_init, load_init
-from .families import Family, build_network, check_network, family_record, get_family, weight_layers
+from .families import Family, build_network, check_network, family_record, get_family, recorded_version, weight_layers
 from .gradients import GradientLog
 from .models import count_parameters
-from .results import (CHECKPOINT_FILE, GRADIENTS_FILE, METRICS_FILE, MetricsWriter, RunStatus, atomic_write_bytes,
-                      ensure_writable_dir, metric_columns, read_checkpoint, read_metrics, write_config)
+from .results import (CHECKPOINT_FILE, CONFIG_FILE, GRADIENTS_FILE, METRICS_FILE, MetricsWriter, RunStatus,
+                      atomic_write_bytes, ensure_writable_dir, metric_columns, read_checkpoint, read_json, read_metrics,
+                      write_config)
 from .tensorboard_log import TensorBoardLog, check_tensorboard_installed
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
@@ -467,6 +468,7 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
     device = resolve_device(config.device)
     prepare_process(config, device)
     dataset = dataset or load_dataset(config.data)
+    check_same_network(run_dir, config.kind)
     trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
     try:
         write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, dataset),
@@ -477,6 +479,20 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
         return train_to_the_end(trainer, should_stop)
     finally:
         trainer.close()
+
+
+def check_same_network(run_dir: Path, kind: str) -> None:
+    """Refuse to resume a run begun on another version of its family's networks (a fix has changed what they
+    compute since): its weights would go on training in another function, and its config.json would name only one."""
+    saved = read_json(run_dir / CONFIG_FILE)
+    if not (run_dir / CHECKPOINT_FILE).exists() or not isinstance(saved, dict) or "resolved" not in saved:
+        return
+    was, now = recorded_version(saved), get_family(kind).version
+    if was != now:
+        raise UserError(f"{run_dir} began training on version {was} of the {kind} networks and resdepth now builds "
+                        f"version {now} (README, Network versions): resuming would mix the two; delete its "
+                        f"{CHECKPOINT_FILE} and rerun (a sweep: with --retry-failed) to start it over, or keep it and "
+                        "sweep into another --out folder")
 
 
 def read_resume_checkpoint(run_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resdepth.analysis import RESPONSE_COLUMNS, hooked_responses, layer_responses, training_points
+from resdepth.analysis import (GRADIENT_TABLE_COLUMNS, RESPONSE_COLUMNS, Analysis, build_figures, gradient_figure,
+                               hooked_responses, layer_responses, training_points)
+from resdepth.families import get_family, weight_layers
 from resdepth.construct import construct_deeper, construct_from_run, read_saved_net
 from resdepth.data import make_synthetic
 from resdepth.errors import UserError
@@ -96,6 +98,48 @@ def test_the_hooked_response_is_the_bn_output_before_the_addition_and_the_relu()
     torch.testing.assert_close(captured[0], F.batch_norm(F.conv2d(x, model.conv1.weight, padding=1),
                                model.bn1.running_mean, model.bn1.running_var, model.bn1.weight, model.bn1.bias,
                                False, 0.0, model.bn1.eps))
+
+
+@pytest.mark.parametrize("kind, depth", [("preact", 14), ("preact-bottleneck", 20)])
+def test_a_preact_nets_response_is_each_units_residual_function(kind, depth):
+    # inside a pre-activation unit every conv but the last feeds a BN (its scale is its weight norm's): Figure 7
+    # measures F(x), what the unit adds to its shortcut
+    model = randomized(build_model(kind, depth))
+    units = [unit for stage in model.stages() for unit in stage]
+    assert model.response_measure == "residual_function" and len(model.response_layers()) == len(units)
+    captured: dict[int, torch.Tensor] = {}
+    ends: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [unit.register_forward_hook(lambda _m, inputs, out, i=i: ends.update({i: (inputs[0], out)}))
+             for i, unit in enumerate(units)]
+    with hooked_responses(model, lambda index, out: captured.setdefault(index, out.clone())), torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    for index, unit in enumerate(units):
+        x, out = ends[index]
+        if unit.shortcut is None and index > 0:  # an identity unit: F(x) = unit(x) - x
+            torch.testing.assert_close(captured[index], out - x)
+        assert captured[index].shape == out.shape
+
+
+def test_figure7_draws_each_quantity_apart_and_says_what_it_measures():
+    def rows(kind, depth, measure, layers):
+        return [{"dataset": "synthetic", "setting": "", "kind": kind, "shortcut": "A" if kind == "plain" else "B",
+                 "depth": depth, "seed": 0, "layer": layer, "stage": 1, "std": 1.0 + layer / 10, "channel_std": 1.0,
+                 "name": f"l{layer}", "measure": measure, "split": "test", "images": 64, "epoch": 2, "finished": True}
+                for layer in range(1, layers + 1)]
+    both = pd.DataFrame(rows("plain", 8, "bn_output", 7) + rows("preact", 8, "residual_function", 3),
+                        columns=list(RESPONSE_COLUMNS))
+    empty = pd.DataFrame(columns=list(GRADIENT_TABLE_COLUMNS))
+    figures = build_figures(Analysis(both, empty))
+    assert sorted(figures) == ["figure7-synthetic", "figure7-synthetic-residual-function"]
+    plain, preact = figures["figure7-synthetic"], figures["figure7-synthetic-residual-function"]
+    assert "3x3 layer's response (after BN" in plain.get_suptitle() and "F(x)" not in plain.get_suptitle()
+    assert "each unit's residual function F(x)" in preact.get_suptitle()
+    assert preact.axes[0].get_xlabel() == "unit index" and plain.axes[0].get_xlabel() == "layer index"
+    assert [len(figure.axes[0].lines) for figure in (plain, preact)] == [1, 1]  # one net each: never mixed
+    alone = build_figures(Analysis(both[both["kind"] == "preact"], empty))
+    assert list(alone) == ["figure7-synthetic"] and "F(x)" in alone["figure7-synthetic"].get_suptitle()
 
 
 def test_streamed_statistics_equal_those_of_the_whole_response_tensors():
@@ -258,6 +302,26 @@ def test_analyze_bad_input_is_one_line_and_writes_nothing(results, change, args,
     assert code == 2 and message in err and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [err.splitlines()[-1]]
     assert not (results / "analysis").exists()
+
+
+@pytest.mark.parametrize("kind, depth", [("residual", 20), ("preact-bottleneck", 1001), ("preact-bottleneck", 29)])
+def test_the_gradient_figure_draws_each_familys_stage_boundaries(kind, depth):
+    # 9n+2 nets with odd n (1001: n = 111) have 3n layers a stage: a 6n+2 rule put the lines one layer off
+    names = [name for name, _ in weight_layers(build_model(kind, depth))] if depth < 1000 else [
+        f"layer{i}" for i in range(1, depth + 1)]
+    frame = pd.DataFrame([{"dataset": "synthetic", "setting": "", "kind": kind, "shortcut": "B" if "preact" in kind
+                           else "A", "depth": depth, "seed": 0, "epoch": 1, "iteration": 10, "lr": 0.1, "layer": layer,
+                           "name": name, "grad_norm": 1.0, "weight_norm": 1.0, "sampled_steps": 1, "finished": True}
+                          for layer, name in enumerate(names, start=1)], columns=list(GRADIENT_TABLE_COLUMNS))
+    axes = gradient_figure(frame, ("synthetic", "")).axes[0]
+    lines = sorted(line.get_xdata()[0] for line in axes.lines if len(set(line.get_xdata())) == 1)
+    stage_ends = [index + 1.5 for index, name in enumerate(names[:-1])
+                  if name.split(".")[0] != names[index + 1].split(".")[0]][1:]  # layerK -> layerK+1, then the FC
+    per_stage = (depth - 2) // 3
+    assert lines == [1.5 + per_stage, 1.5 + 2 * per_stage, 1.5 + 3 * per_stage] == get_family(kind).stage_boundaries(
+        depth)
+    if depth < 1000:
+        assert lines == stage_ends  # where the net's own layer names change stage
 
 
 def test_training_points_are_the_first_epoch_and_the_end_of_each_lr_stage():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,55 @@ def test_a_preact_unit_adds_its_branch_to_the_shortcut_with_nothing_after_the_ad
     nn.init.normal_(unit.conv2.weight)
     branch = unit.conv2(F.relu(unit.bn2(unit.conv1(F.relu(unit.bn1(x))))))  # BN -> ReLU -> conv, twice
     assert torch.allclose(unit(x), x + branch)
+
+
+def test_the_first_preact_unit_adds_the_activated_stem_output_as_2016b():
+    # 2016b puts the first BN-ReLU right after conv1, before the two paths split: the first unit's identity shortcut
+    # takes the activated stem output (the authors' "both_preact"); every later identity unit adds its raw input
+    torch.manual_seed(0)
+    model = build_model("preact", 14).eval()  # n = 2: a first unit and an ordinary one in stage 1
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+    seen = {}
+    hooks = [unit.register_forward_hook(lambda _unit, inputs, output, name=name: seen.update({name: (inputs[0],
+                                                                                                       output)}))
+             for name, unit in (("first", model.layer1[0]), ("second", model.layer1[1]))]
+    model(torch.randn(2, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    for name, unit in (("first", model.layer1[0]), ("second", model.layer1[1])):
+        x, output = seen[name]
+        activated = F.relu(unit.bn1(x))
+        branch = unit.conv2(F.relu(unit.bn2(unit.conv1(activated))))
+        expected = branch + (activated if name == "first" else x)
+        assert torch.allclose(output, expected, atol=1e-6), name
+    assert get_family("preact").version == 2 and get_family("preact-bottleneck").version == 1
+
+
+def test_runs_of_the_preact_nets_before_the_first_unit_fix_are_kept_apart_and_not_resumed(tmp_path, tiny_config,
+                                                                                             write_run):
+    config = tiny_config(kind="preact", depth=8, epochs=1)
+    run_training(config, tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert saved["resolved"]["family"]["version"] == 2  # config.json records the network version
+    # an interrupted run of an earlier resdepth: its config.json names no version (1), its checkpoint is version 1's
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("checkpoint.pt", "metrics.csv"):
+        (old / name).write_bytes((tmp_path / "new" / name).read_bytes())
+    del saved["resolved"]["family"]["version"]
+    (old / "config.json").write_text(json.dumps(saved))
+    (old / "status.json").write_text(json.dumps({"state": "interrupted"}))
+    with pytest.raises(UserError, match=r"began training on version 1 of the preact networks .* now builds version 2"):
+        run_training(replace(config, epochs=2), old)
+    # the table and the figures never average the two nets as seeds: the version splits them
+    results = tmp_path / "results"
+    write_run(results, "preact", 20, seed=0, resolved={"family": {"version": 2}})
+    write_run(results, "preact", 20, seed=1)
+    summary = summarize(load_runs(results)[0])
+    assert summary["setting"].tolist() == ["network_version 1", "network_version 2"] and summary["runs"].tolist() == [
+        1, 1]
 
 
 class TorchBottleneck(nn.Module):
@@ -126,7 +176,11 @@ def test_every_family_trains_answers_its_responses_and_builds_the_same_net_from_
     handles = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape)) for m in modules]
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
-    assert len(seen) == depth - 1 and seen[0] == (2, 16, 32, 32)  # a response per weight layer but the FC
+    if family.startswith("preact"):  # a response per unit: its residual function, as wide as the unit's output
+        assert len(seen) == sum(len(stage) for stage in model.stages()) == 3
+        assert seen[0] == (2, 64 if family == "preact-bottleneck" else 16, 32, 32)
+    else:
+        assert len(seen) == depth - 1 and seen[0] == (2, 16, 32, 32)  # a response per weight layer but the FC
     F.cross_entropy(out, torch.tensor([1, 2])).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     for handle in handles:
@@ -187,7 +241,7 @@ def test_preact_rows_stand_beside_their_papers_numbers(tmp_path, write_run):
     assert list(rows)[:2] == [("residual", 56), ("preact", 20)]  # the built-in families' order, then by depth
     deep = rows[("preact-bottleneck", 164)]
     assert deep["paper_test_error"] == 5.46 and deep["paper_protocol"] and deep["vs_paper"] == pytest.approx(1.04)
-    assert rows[("preact-bottleneck", 1001)]["paper_test_error"] == 4.69  # batch 64: the authors' code's 4.62 (4.69)
+    assert rows[("preact-bottleneck", 1001)]["paper_test_error"] == 4.62  # batch 64: the authors' code's median
     assert rows[("preact", 110)]["protocol_differences"] == "no warm-up (paper: lr 0.01 for the first 400 iterations)"
     headers, table, notes = display_table(summary)
     column = [row[headers.index("paper")] for row in table]
@@ -195,6 +249,32 @@ def test_preact_rows_stand_beside_their_papers_numbers(tmp_path, write_run):
     assert "paper (residual): He et al. 2016, Table 6" in " ".join(notes)
     assert any(n.startswith("paper (preact-bottleneck): He et al. 2016b") for n in notes)
     assert "none: 2016b has no 20-layer preact net, only 110 layers." in notes
+
+
+def test_2016b_medians_stand_beside_our_median_and_table6_beside_our_mean(tmp_path, write_run, run_cli):
+    preact = {**PAPER, "shortcut": "B", "warmup_until_error": 0.0, "warmup_max_iterations": 400}
+    for seed, final in enumerate((6.0, 6.5, 9.5)):  # median 6.50, mean 7.33
+        write_run(tmp_path, "preact", 110, seed=seed, test=(30.0, final), warmup_end=("cap", 400), **preact)
+        write_run(tmp_path, "residual", 56, seed=seed, test=(30.0, final), **PAPER)
+    summary = summarize(load_runs(tmp_path)[0])
+    rows = {r["kind"]: r for r in summary.to_dict("records")}
+    assert rows["preact"]["final_test_error_median"] == 6.5 and rows["preact"]["compared_with"] == "median"
+    assert rows["preact"]["paper_statistic"] == "median of 5 runs"
+    assert rows["preact"]["vs_paper"] == pytest.approx(6.5 - 6.37)  # like with like: medians
+    assert rows["residual"]["compared_with"] == "mean" and rows["residual"]["paper_statistic"] == "one run"
+    assert rows["residual"]["vs_paper"] == pytest.approx(22 / 3 - 6.97)
+    headers, table, notes = display_table(summary)
+    preact_row = table[[r[0] for r in table].index("preact")]
+    assert preact_row[headers.index("paper's statistic")] == "median of 5 runs"
+    assert preact_row[headers.index("our median")] == "6.50" and preact_row[headers.index("Δ vs paper")] == "+0.13"
+    assert table[0][headers.index("our median")] == ""  # Table 6's numbers stand beside our mean
+    [delta] = [n for n in notes if n.startswith("Δ:")]
+    assert "our mean minus its one run" in delta and "our median minus its median of 5 runs" in delta
+    code, out, _ = run_cli("table", str(tmp_path), "--csv", str(tmp_path / "t.csv"))
+    assert code == 0 and "median of 5 runs" in out
+    assert pd.read_csv(tmp_path / "t.csv")["compared_with"].tolist() == ["mean", "median"]
+    code, out, _ = run_cli("table", str(tmp_path), "--runs")
+    assert code == 0 and "medians of 5 runs" in out
 
 
 def test_cifar100_and_the_warmup_length_are_part_of_the_preact_protocol(tmp_path, write_run):

@@ -143,5 +143,5 @@ def test_cifar10_residual_nets_stand_beside_the_papers_table_6(tmp_path):
     (run_dir / "status.json").write_text(json.dumps({"state": "done"}))
     page, _ = build_report(tmp_path, tmp_path / "report.html")
     text = html.unescape(page)
-    assert "<th>paper Table 6</th><th>Δ vs paper</th>" in text
-    assert "<td class='num'>8.75</td><td class='num'>+0.50</td>" in text
+    assert "<th>paper Table 6</th><th>paper&#x27;s statistic</th><th>Δ vs paper</th>" in page
+    assert "<td class='num'>8.75</td><td class=''>one run</td><td class='num'>+0.50</td>" in text

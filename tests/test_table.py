@@ -60,7 +60,8 @@ def test_paper_table6_beside_cifar10_residual_rows_only(results, tmp_path, write
     assert residual["paper_test_error"] == PAPER_TABLE6[56] == 6.97 and residual["paper_protocol"]
     assert residual["vs_paper"] == pytest.approx(8.0 - 6.97) and residual["protocol_differences"] == ""
     assert rows["residual-110"]["paper_test_error"] == 6.61  # a mean compares with the paper's mean of 5 runs
-    assert rows["residual-110"]["unfinished"] == 1 and rows["residual-110"]["final_test_error_mean"] == 7.0
+    assert rows["residual-110"]["unfinished"] == 1 and rows["residual-110"]["runs"] == 0  # a running run: no result
+    assert math.isnan(rows["residual-110"]["final_test_error_mean"]) and math.isnan(rows["residual-110"]["vs_paper"])
     assert math.isnan(rows["plain-56"]["paper_test_error"]) and math.isnan(rows["plain-56"]["vs_paper"])
     option_b = rows["residualB-56"]  # Table 6 used option A shortcuts: its number, marked, and no Δ
     assert not option_b["paper_protocol"] and math.isnan(option_b["vs_paper"])
@@ -138,9 +139,10 @@ def test_display_and_markdown_give_best_mean_std_as_the_paper_and_name_the_test_
     assert residual[headers.index("test err % best (mean±std)")] == "7.00 (8.00±1.00)"
     assert residual[headers.index("paper Table 6")] == "6.97" and residual[headers.index("Δ vs paper")] == "+1.03"
     assert rows[3][headers.index("paper Table 6")] == "6.43 (6.61±0.16)"
-    assert rows[3][headers.index("Δ vs paper")] == "+0.39"
+    assert rows[3][headers.index("Δ vs paper")] == "-"  # its only run is still running
     assert rows[0][headers.index("test err % best (mean±std)")] == "10.00"  # one run: no spread to give
-    assert rows[3][headers.index("runs")] == "1*" and any("unfinished" in note for note in notes)
+    assert rows[3][headers.index("runs")] == "0 (+1 unfinished)" and any("unfinished" in note for note in notes)
+    assert rows[3][headers.index("unfinished, not counted")] == "seed 0 running at epoch 2/3, test err 7.00"
     markdown = to_markdown(summary).splitlines()
     assert markdown[0].startswith("| kind | depth | params | runs |") and markdown[1].startswith("|---|---:|")
     assert len([line for line in markdown if line.startswith("| ")]) == 1 + len(summary)
@@ -155,7 +157,8 @@ def test_csv_export_holds_the_unrounded_numbers(results, tmp_path):
     write_csv(summary, path)
     back = pd.read_csv(path)
     assert list(back.columns) == list(SUMMARY_COLUMNS) and len(back) == len(summary)
-    assert back["final_test_error_mean"].tolist() == pytest.approx(summary["final_test_error_mean"].tolist(), abs=1e-4)
+    assert back["final_test_error_mean"].tolist() == pytest.approx(summary["final_test_error_mean"].tolist(), abs=1e-4,
+                                                                   nan_ok=True)
     assert back.loc[2, "params"] == 853018 and back.loc[2, "seeds"] == "0,1,2"
 
 
@@ -255,7 +258,7 @@ def test_runs_lists_one_row_per_run_with_best_val_epoch_and_warmup_end(tmp_path,
     assert frame["best_val_epoch"].tolist() == [2, 3, 2] and frame["val_selected_test_error"].tolist() == [20.0, 10.0,
                                                                                                            9.5]
     headers, rows, _notes = display_runs(frame)
-    assert headers[:5] == ["kind", "depth", "seed", "state", "epochs"] and headers[-1] == "folder"
+    assert headers[:6] == ["kind", "depth", "seed", "state", "counted", "epochs"] and headers[-1] == "folder"
     assert [row[headers.index("warm-up ended")] for row in rows] == ["-", "threshold at 410", "cap at 4,000"]
     assert rows[0][headers.index("epochs")] == "2/3" and rows[2][headers.index("test err %")] == "8.50"
     code, out, err = run_cli("table", str(tmp_path), "--runs", "--csv", str(tmp_path / "runs.csv"))
@@ -265,7 +268,8 @@ def test_runs_lists_one_row_per_run_with_best_val_epoch_and_warmup_end(tmp_path,
     assert list(back.columns) == list(RUN_COLUMNS) and len(back) == 3
     assert back["warmup_end_reason"].tolist()[1:] == ["threshold", "cap"] and back["seed"].tolist() == [0, 0, 1]
     code, out, _ = run_cli("table", str(tmp_path), "--runs", "--markdown")
-    assert code == 0 and out.startswith("| kind | depth | seed | state | epochs |") and "| cap at 4,000 |" in out
+    assert code == 0 and out.startswith("| kind | depth | seed | state | counted | epochs |")
+    assert "| cap at 4,000 |" in out
 
 
 def test_warmup_settings_split_seeds_only_of_runs_that_warmed_up(tmp_path, write_run):
@@ -278,3 +282,60 @@ def test_warmup_settings_split_seeds_only_of_runs_that_warmed_up(tmp_path, write
     assert [(r.depth, r.setting, r.runs) for r in summary.itertuples()] == [
         (20, "warmup_max_iterations -", 2), (110, "warmup_max_iterations 1000", 1), (110, "warmup_max_iterations 4000",
                                                                                      1)]
+
+
+def test_a_run_trained_from_init_is_not_the_papers_protocol(tmp_path, write_run, run_cli):
+    # README's example: two ResNet-56 runs started from a constructed net, alone in their folder
+    start = "/results/constructed/residual-56-from-20"
+    record = {"path": start, "net": "residual-56", "sha256": "ab"}
+    for seed in (0, 1):
+        write_run(tmp_path, "residual", 56, seed=seed, test=(30.0, 7.1), init=start, resolved={"init": record}, **PAPER)
+    [row] = summarize(load_runs(tmp_path)[0]).to_dict("records")
+    assert not row["paper_protocol"] and math.isnan(row["vs_paper"])
+    assert row["protocol_differences"] == ("initialized from residual-56 weights in residual-56-from-20 "
+                                           "(paper: He init)")
+    code, out, _ = run_cli("table", str(tmp_path), "--markdown")
+    assert code == 0 and "| 6.97‡ |" in out and "Δ vs paper" not in out
+    assert "initialized from residual-56 weights" in out
+    write_run(tmp_path, "residual", 56, seed=2, **PAPER)  # one from He init: another setting, named as such
+    headers, rows, notes = display_runs(summarize_runs(load_runs(tmp_path)[0]))
+    assert [row[headers.index("started from")] for row in rows] == ["He init", "residual-56-from-20",
+                                                                    "residual-56-from-20"]
+    assert any(note.startswith("started from:") for note in notes)
+
+
+def test_unfinished_runs_are_left_out_of_every_statistic_and_shown_apart(tmp_path, write_run, run_cli):
+    # one finished run and one interrupted after 2 epochs: "7.00 (21.00±19.80)" and "Δ +14.03" before
+    write_run(tmp_path, "residual", 56, seed=0, test=(30.0, 9.0, 7.0), **PAPER)
+    write_run(tmp_path, "residual", 56, seed=1, test=(40.0, 35.0), state="interrupted", planned_epochs=3, **PAPER)
+    summary = summarize(load_runs(tmp_path)[0])
+    [row] = summary.to_dict("records")
+    assert (row["runs"], row["unfinished"], row["seeds"]) == (1, 1, "0")
+    assert (row["final_test_error_best"], row["final_test_error_mean"]) == (7.0, 7.0)
+    assert math.isnan(row["final_test_error_std"]) and row["min_epoch_test_error_mean"] == 7.0
+    assert row["paper_protocol"] and row["vs_paper"] == pytest.approx(7.0 - 6.97)
+    assert row["unfinished_runs"] == "seed 1 interrupted at epoch 2/3, test err 35.00"
+    headers, rows, _ = display_table(summary)
+    assert rows[0][headers.index("runs")] == "1 (+1 unfinished)" and rows[0][headers.index("Δ vs paper")] == "+0.03"
+    assert rows[0][headers.index("test err %")] == "7.00"
+    code, out, _ = run_cli("table", str(tmp_path), "--csv", str(tmp_path / "t.csv"))
+    assert code == 0 and "seed 1 interrupted at epoch 2/3" in out and "21.00" not in out
+    assert pd.read_csv(tmp_path / "t.csv")["unfinished_runs"].tolist() == [row["unfinished_runs"]]
+    runs = summarize_runs(load_runs(tmp_path)[0])
+    assert runs["counted"].tolist() == [True, False]
+    headers, rows, notes = display_runs(runs)
+    assert [r[headers.index("counted")] for r in rows] == ["yes", "no"] and any(n.startswith("counted:") for n in notes)
+
+
+def test_the_table_says_which_precision_produced_its_numbers(tmp_path, write_run, run_cli):
+    # CUDA's default (auto) is TF32: an execution detail, named in the notes, not a ‡; fp32 is the paper's
+    write_run(tmp_path, "residual", 56, seed=0, resolved={"precision": "tf32"}, precision="auto", **PAPER)
+    write_run(tmp_path, "residual", 20, seed=0, resolved={"precision": "fp32"}, **PAPER)
+    summary = summarize(load_runs(tmp_path)[0])
+    assert summary["precision"].tolist() == ["fp32", "tf32"] and summary["paper_protocol"].all()
+    _, _, notes = display_table(summary)
+    [note] = [n for n in notes if n.startswith("precision:")]
+    assert note.startswith("precision: fp32 for residual 20 (as the paper trained); tf32 for residual 56 (TF32:")
+    assert "--precision fp32" in note
+    code, out, _ = run_cli("table", str(tmp_path / "residual-20-s0"))
+    assert code == 0 and "precision: fp32 (as the paper trained)." in out
