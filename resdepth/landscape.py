@@ -33,7 +33,7 @@ from .construct import finished_run
 from .errors import UserError
 from .groups import group_runs
 from .plots import FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_figures, study_name, study_title
-from .results import CHECKPOINT_FILE, atomic_write_bytes, load_runs, read_json
+from .results import CHECKPOINT_FILE, atomic_write_bytes, ensure_writable_dir, load_runs, read_json
 from .trained import EvalProgress, OnEvalProgress, TrainedRun, load_trained, loss_and_error, split_images
 
 LANDSCAPE_COLUMNS = (*IDENTITY_COLUMNS, "run", "a", "b", "train_loss", "train_error", "images", "epoch")
@@ -199,6 +199,7 @@ def landscape_runs(run_dirs: Sequence[Path], config: LandscapeConfig, out_dir: P
         twice = next(name for name in names if names.count(name) > 1)
         raise UserError(f"two run folders are named {twice}: their grids would share a file; run landscape on "
                         "each with its own --out")
+    ensure_writable_dir(out_dir)  # only once the runs are known to be finished runs
     frames, data = [], DataCache()
     for key, group in group_runs(runs).items():
         for run in group:
