@@ -173,3 +173,20 @@ def test_landscape_refuses_what_is_not_a_finished_run_in_one_line(results, run_c
     code, _, err = run_cli("landscape", str(results / "plain-8-s0"), "--resolution", "3")
     assert code == 2 and "has not finished training" in err and "Traceback" not in err
     assert not (results / "landscape").exists()
+
+
+def test_the_report_shows_the_lesion_and_landscape_figures(results, run_cli, tmp_path):
+    assert run_cli("lesion", str(results), "--max-k", "1", "--draws", "1")[0] == 0
+    assert run_cli("landscape", str(results / "plain-8-s0"), str(results / "residual-8-s0"), "--resolution", "3",
+                   "--images", "16")[0] == 0
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((results / "lesion" / "lesion-k-synthetic.png").read_bytes())
+    (results / "landscape" / "landscape-1d-linked.png").symlink_to(outside)  # a link is never followed
+    code, _, err = run_cli("report", str(results))
+    assert code == 0, err
+    page = (results / "report.html").read_text()
+    assert "Lesion studies (Veit et al. 2016)" in page and "Loss landscapes (Li et al. 2018)" in page
+    for stem in ("lesion-blocks-synthetic", "lesion-k-synthetic", "landscape-2d-synthetic", "landscape-1d-synthetic"):
+        assert f"<figcaption>{stem}</figcaption>" in page
+    assert "landscape-1d-linked" not in page
+    assert page.count("data:image/png;base64,") == 4
