@@ -749,7 +749,8 @@ def construct(
 
 # ---------------------------------------------------------------------------------------------- lesion, landscape
 class EvalDisplay:
-    """A progress bar per run on a terminal, a line as each run starts and ends elsewhere (lesion, landscape)."""
+    """A progress bar per run on a terminal; elsewhere a line as each run starts, every 10% and at its end (lesion,
+    landscape)."""
 
     def __init__(self, what: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -778,6 +779,8 @@ class EvalDisplay:
             self.progress.update(self.tasks[event.label], completed=event.done)
         elif event.done == event.total:
             console.print(f"{event.label}: done", markup=False, highlight=False)
+        elif event.done and event.done * 10 // event.total > (event.done - 1) * 10 // event.total:  # every 10%
+            console.print(f"{event.label}: {event.done:,}/{event.total:,}", markup=False, highlight=False)
 
 
 @app.command()
