@@ -197,3 +197,20 @@ def test_lesion_without_a_finished_run_or_checkpoints_is_one_line(results, run_c
     code, _, err = run_cli("lesion", str(results))
     assert code == 2 and "has finished training" in err
     assert not (results / "lesion").exists()
+
+
+def test_a_family_that_cannot_say_what_a_block_is_is_one_line_and_the_others_are_lesioned(
+        tmp_path, user_family, tiny_config, tiny_sweep, run_sweep_now, run_cli):
+    from resdepth.sweep import SweepConfig
+
+    gated = SweepConfig(depths=[4, 6], kinds=["tinyfam_nets:gated"], seeds=[0], out=str(tmp_path / "r" / "gated"),
+                        train=tiny_config(depth=8, epochs=1))
+    _, outcomes = run_sweep_now(gated)
+    _, more = run_sweep_now(tiny_sweep(tmp_path / "r" / "paper", kinds=["residual"]))
+    assert {o.state for o in [*outcomes.values(), *more.values()]} == {"done"}
+    code, out, err = run_cli("lesion", str(tmp_path / "r"), "--max-k", "1", "--draws", "1")
+    assert code == 0, err
+    refusals = [line for line in err.splitlines() if "cannot be lesioned" in line]
+    assert len(refusals) == 1 and refusals[0].startswith("warning: skipped the tinyfam_nets:gated runs: ")
+    assert set(pd.read_csv(tmp_path / "r" / "lesion" / "lesion.csv")["kind"]) == {"residual"}
+    assert "residual-8-s0: 5 lesions" in out and "residual-8-s0: done" in out
