@@ -221,13 +221,15 @@ def grid_rows(trained: TrainedRun, grid: Grid, config: LandscapeConfig) -> pd.Da
 
 # ---------------------------------------------------------------------------------------------- figures
 def build_figures(landscape: Landscape) -> dict[str, Figure]:
-    """landscape-1d-<study> (the b = 0 slice) and, for 2D grids, landscape-2d-<study> (contours), per dataset."""
+    """landscape-1d-<study> (the b = 0 slice) and, for 2D grids, landscape-2d-<study> and landscape-2d-error-<study>
+    (contours of the loss and of the error), per dataset."""
     figures = {}
     for study in studies(landscape.table):
         rows = study_rows(landscape.table, study)
         figures[f"landscape-1d-{study_name(study)}"] = slice_figure(rows, study)
         if rows["b"].nunique() > 1:
             figures[f"landscape-2d-{study_name(study)}"] = contour_figure(rows, study)
+            figures[f"landscape-2d-error-{study_name(study)}"] = contour_figure(rows, study, "train_error")
     return figures
 
 
@@ -236,18 +238,21 @@ def mean_grid(rows: pd.DataFrame, value: str) -> pd.DataFrame:
     return rows.pivot_table(index="b", columns="a", values=value, aggfunc="mean")
 
 
-def contour_levels(values: np.ndarray) -> np.ndarray:
-    """Li et al.'s levels (plot_2D.py: from 0.1 to 10 in steps of 0.5), started at the smallest loss the twins
-    reach and stopped at the largest below 10; the same levels for every panel of one depth."""
+def contour_levels(values: np.ndarray, value: str = "train_loss") -> np.ndarray:
+    """Li et al.'s levels for the loss (plot_2D.py: from 0.1 to 10 in steps of 0.5), started at the smallest loss
+    the twins reach and stopped at the largest below 10; for the error, every 5% from the smallest to the largest.
+    The same levels for every panel of one depth."""
+    if value == "train_error":
+        return np.arange(math.floor(np.nanmin(values) / 5) * 5, min(np.nanmax(values), 100) + 2.5, 5.0)
     low = max(0.1, math.floor(np.nanmin(values) * 10) / 10)
     high = min(LOSS_LEVELS_MAX, float(np.nanmax(values)))
     step = 0.5 if high - low > 2 else max((high - low) / 8, 1e-3)
     return np.arange(low, high + step / 2, step)
 
 
-def contour_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
-    """Contours of the training loss, a row per depth, plain and residual twins side by side with the same levels
-    (Li et al. 2018, Figure 5)."""
+def contour_figure(frame: pd.DataFrame, study: tuple[str, str], value: str = "train_loss") -> Figure:
+    """Contours of the training loss (or error), a row per depth, plain and residual twins side by side with the
+    same levels (Li et al. 2018, Figure 5)."""
     nets = nets_of(frame)
     depths = sorted({n.depth for n in nets})
     variants = list(dict.fromkeys(n.variant for n in nets))
@@ -256,8 +261,8 @@ def contour_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
     grid = figure.subplots(len(depths), len(variants), squeeze=False)
     for row, depth in enumerate(depths):
         twins = [n for n in nets if n.depth == depth]
-        levels = contour_levels(np.concatenate([mean_grid(rows_of(frame, n), "train_loss").to_numpy().ravel()
-                                                for n in twins]))
+        levels = contour_levels(np.concatenate([mean_grid(rows_of(frame, n), value).to_numpy().ravel()
+                                                for n in twins]), value)
         for column, variant in enumerate(variants):
             axes = grid[row][column]
             net = next((n for n in twins if n.variant == variant), None)
@@ -269,13 +274,14 @@ def contour_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
             if net is None:
                 axes.text(0.5, 0.5, "no run", transform=axes.transAxes, ha="center", va="center", fontsize=FONT)
                 continue
-            values = mean_grid(rows_of(frame, net), "train_loss")
+            values = mean_grid(rows_of(frame, net), value)
             drawn = axes.contour(values.columns, values.index, values.to_numpy(), levels=levels, cmap="summer",
                                  linewidths=0.9)
             axes.clabel(drawn, drawn.levels[::4], fontsize=FONT - 3, inline=True)
             axes.plot([0], [0], marker="+", color="black", markersize=7)
     images = int(frame["images"].max())
-    figure.suptitle(f"{study_title(study)}: training loss around the trained weights (Li et al. 2018, Fig. 5)\n"
+    what = "training loss" if value == "train_loss" else "training error (%)"
+    figure.suptitle(f"{study_title(study)}: {what} around the trained weights (Li et al. 2018, Fig. 5)\n"
                     f"filter-normalised random directions, {images:,} training images, evaluation mode;\n"
                     "the same contour levels for each depth's twins", fontsize=TITLE_FONT)
     return figure

@@ -145,7 +145,7 @@ def test_landscape_writes_grids_csv_and_figures(results, run_cli):
     assert sorted(table["kind"].unique()) == ["plain", "residual"] and not table["train_loss"].isna().any()
     grid = json.loads((folder / f"plain-8-s0{GRID_SUFFIX}").read_text())
     assert grid["settings"]["resolution"] == 3 and grid["settings"]["images"] == 32
-    for name in ("landscape-1d-synthetic.png", "landscape-2d-synthetic.png"):
+    for name in ("landscape-1d-synthetic.png", "landscape-2d-synthetic.png", "landscape-2d-error-synthetic.png"):
         assert (folder / name).stat().st_size > 10_000 and str(folder / name) in out
     code, out, err = run_cli("landscape", *runs, "--resolution", "3", "--images", "32", "--span", "0.5", "--dims",
                              "1")
@@ -186,7 +186,8 @@ def test_the_report_shows_the_lesion_and_landscape_figures(results, run_cli, tmp
     assert code == 0, err
     page = (results / "report.html").read_text()
     assert "Lesion studies (Veit et al. 2016)" in page and "Loss landscapes (Li et al. 2018)" in page
-    for stem in ("lesion-blocks-synthetic", "lesion-k-synthetic", "landscape-2d-synthetic", "landscape-1d-synthetic"):
+    for stem in ("lesion-blocks-synthetic", "lesion-k-synthetic", "landscape-2d-synthetic",
+                 "landscape-2d-error-synthetic", "landscape-1d-synthetic"):
         assert f"<figcaption>{stem}</figcaption>" in page
     assert "landscape-1d-linked" not in page
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 5
