@@ -256,8 +256,8 @@ def blocks_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
     top_axis(panels, frame)
     images = int(frame["images"].max())
     figure.suptitle(f"{study_title(study)}: test error with one block deleted (Veit et al. 2016, Fig. 3)\n"
-                    f"blocks in forward order; {images:,} test images per net, evaluation mode; mean over seeds, "
-                    "range as a band", fontsize=TITLE_FONT)
+                    f"{images:,} test images per net, evaluation mode; mean over seeds, range as a band",
+                    fontsize=TITLE_FONT)
     handles = [Line2D([], [], color="C0", marker="o", markersize=3, label="one block deleted"),
                Line2D([], [], color="C3", marker="s", linestyle="none", label="downsampling block"),
                Line2D([], [], color="0.3", marker="x", linestyle="none", label="cannot be deleted"),
