@@ -147,6 +147,10 @@ def test_landscape_writes_grids_csv_and_figures(results, run_cli):
     assert grid["settings"]["resolution"] == 3 and grid["settings"]["images"] == 32
     for name in ("landscape-1d-synthetic.png", "landscape-2d-synthetic.png", "landscape-2d-error-synthetic.png"):
         assert (folder / name).stat().st_size > 10_000 and str(folder / name) in out
+    before = (folder / "landscape.csv").read_text()
+    code, out, err = run_cli("landscape", *runs, "--resolution", "3", "--images", "32", "--span", "0.5")
+    assert code == 0 and "plain-8-s0: 9 grid points, 9 already saved" in out  # nothing left to compute
+    assert (folder / "landscape.csv").read_text() == before
     code, out, err = run_cli("landscape", *runs, "--resolution", "3", "--images", "32", "--span", "0.5", "--dims",
                              "1")
     assert code == 2 and "holds a grid of other settings" in err and len(err.strip().splitlines()) == 1
