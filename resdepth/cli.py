@@ -749,6 +749,117 @@ def construct(
                   highlight=False, soft_wrap=True)
 
 
+# ---------------------------------------------------------------------------------------------- lesion, landscape
+class EvalDisplay:
+    """A progress bar per run on a terminal; elsewhere a line as each run starts, every 10% and at its end (lesion,
+    landscape)."""
+
+    def __init__(self, what: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.what = what
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=console) if console.is_terminal else None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> EvalDisplay:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def __call__(self, event: Any) -> None:
+        if event.label not in self.tasks:
+            self.tasks[event.label] = self.progress.add_task(event.label, total=event.total) if self.progress else None
+            if not self.progress:
+                resumed = f", {event.done:,} already saved" if event.done else ""
+                console.print(f"{event.label}: {event.total:,} {self.what}{resumed}", markup=False, highlight=False)
+        if self.progress:
+            self.progress.update(self.tasks[event.label], completed=event.done)
+        elif event.done == event.total:
+            console.print(f"{event.label}: done", markup=False, highlight=False)
+        elif event.done and event.done * 10 // event.total > (event.done - 1) * 10 // event.total:  # every 10%
+            console.print(f"{event.label}: {event.done:,}/{event.total:,}", markup=False, highlight=False)
+
+
+@app.command()
+def lesion(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read "
+                                                     "(recursively).")],
+    images: Annotated[int | None, typer.Option(help="A class-balanced subset of this many test images, the same for "
+                                                    "every run. \\[default: the run's whole test split]")] = None,
+    max_k: Annotated[int, typer.Option(help="Delete up to k random blocks and swap up to k random pairs, "
+                                            "k = 1 .. this.")] = 10,
+    draws: Annotated[int, typer.Option(help="Random draws per k (seeded; twins draw the same blocks).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Folder for lesion.csv and the figures. "
+                                                  "\\[default: RESULTS_DIR/lesion]")] = None,
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")] = "png",
+    device: DEVICE = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
+) -> None:
+    """Veit et al. 2016: test error of trained runs with single blocks deleted, k random blocks deleted and k random
+    pairs swapped (evaluation mode)."""
+    from .lesion import LesionConfig, build_figures, lesion_runs, write_lesion
+    from .plots import parse_formats  # matplotlib: only when drawing
+
+    chosen_formats = parse_formats(formats)
+    config = LesionConfig(images, max_k, draws, seed, batch_size)
+    config.check()  # before reading anything
+    runs = read_runs(results_dir)
+    where = resolve_device(device or "auto")
+    console.print(f"lesions: test split, {'all images' if images is None else f'{images:,} images'} per run, "
+                  f"evaluation mode, fp32, on {where}", markup=False, highlight=False, soft_wrap=True)
+    with EvalDisplay("lesions") as display:
+        result = lesion_runs(runs, config, where, on_progress=display)
+    warn(result.notes)
+    out_dir = out or results_dir / "lesion"
+    ensure_writable_dir(out_dir)
+    for path in write_lesion(result, build_figures(result), out_dir, chosen_formats):
+        console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def landscape(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Finished run folders, e.g. results/figure6/plain-56-s0 "
+                                                        "results/figure6/residual-56-s0.")],
+    resolution: Annotated[int, typer.Option(help="Grid points per axis (Li et al.: 51).")] = 21,
+    span: Annotated[float, typer.Option(help="The grid covers -span .. span along each direction.")] = 1.0,
+    images: Annotated[int, typer.Option(help="A fixed class-balanced subset of this many training images "
+                                             "(un-augmented).")] = 2000,
+    dims: Annotated[int, typer.Option(help="2: a grid over two directions (contours); 1: a slice along "
+                                           "one.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the random directions (twins draw the same).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Folder for the grids, landscape.csv and the figures. "
+                                                  "\\[default: landscape/ beside the first run folder]")] = None,
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")] = "png",
+    device: DEVICE = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1000,
+    force: Annotated[bool, typer.Option("--force", help="Compute grids anew where --out holds grids of other "
+                                                        "settings or weights.")] = False,
+) -> None:
+    """Li et al. 2018: training loss and error of trained runs around their weights, along filter-normalised
+    random directions (1D slices, 2D contours); a partial grid is resumed."""
+    from .landscape import LandscapeConfig, build_figures, landscape_runs, write_landscape
+    from .plots import parse_formats  # matplotlib: only when drawing
+
+    chosen_formats = parse_formats(formats)
+    config = LandscapeConfig(resolution, span, images, dims, seed, batch_size)
+    config.check()
+    out_dir = out or run_dirs[0].parent / "landscape"
+    where = resolve_device(device or "auto")
+    console.print(f"landscape: {resolution}{f'x{resolution}' if dims == 2 else ''} points in [-{span:g}, {span:g}], "
+                  f"{images:,} training images per point, evaluation mode, fp32, on {where}; saved as it fills in "
+                  f"{out_dir}", markup=False, highlight=False, soft_wrap=True)
+    with EvalDisplay("grid points") as display:
+        result = landscape_runs(run_dirs, config, out_dir, where, on_progress=display, force=force)
+    for path in write_landscape(result, build_figures(result), out_dir, chosen_formats):
+        console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------------------------------------- report, status
 @app.command()
 def report(

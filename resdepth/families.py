@@ -36,7 +36,7 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError
-from .nets import (NINE_N_PLUS_TWO, SIX_N_PLUS_TWO, CifarNet, DepthRule, PreActNet, ResponseLayer,
+from .nets import (NINE_N_PLUS_TWO, SIX_N_PLUS_TWO, CifarNet, DepthRule, LesionBlock, PreActNet, ResponseLayer,
                    check_shortcut)
 
 ENTRY_POINT_GROUP = "resdepth.families"
@@ -520,6 +520,15 @@ def response_layers(model: nn.Module) -> list[ResponseLayer]:
                         "order, models.ResponseLayer(name, stage, module) for each module whose output is a layer's "
                         "response (e.g. the BN after each conv)")
     return list(model.response_layers())
+
+
+def lesion_blocks(model: nn.Module, kind: str) -> list[LesionBlock]:
+    """The network's blocks for a lesion study (Veit et al. 2016), in forward order: what each is and what is left
+    when it is deleted (the model's own `lesion_blocks()`; see nets.py). A network that cannot say is refused."""
+    if not hasattr(model, "lesion_blocks"):
+        raise UserError(f"{kind} nets cannot be lesioned: their network ({type(model).__name__}) has no "
+                        "lesion_blocks() method saying what a block is and what is left without it")
+    return list(model.lesion_blocks())
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

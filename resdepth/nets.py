@@ -79,6 +79,38 @@ class ResponseLayer(NamedTuple):
     module: nn.Module
 
 
+class LesionBlock(NamedTuple):
+    """One block a lesion study (Veit et al. 2016) may delete or move: where it sits and what is left without it."""
+
+    name: str  # e.g. "layer2.0"
+    stage: int  # 1-3
+    container: nn.Sequential  # the stage holding it (deleting or swapping replaces container[position])
+    position: int
+    residual: bool  # a shortcut runs around it
+    downsampling: bool  # it changes the shape (stride 2 or more channels)
+    without: nn.Module | None  # what computes the net's path without it; None: it cannot be deleted
+
+
+class ShortcutOnly(nn.Module):
+    """A residual block with its residual branch deleted (Veit et al. 2016): only the shortcut's path is left,
+    with what the block applies on that path before (a pre-activation unit's BN and ReLU, where its projection
+    takes the pre-activated input) and after (the post-activation block's ReLU)."""
+
+    def __init__(self, shortcut: nn.Module, before: nn.Module | None = None, relu_after: bool = False):
+        super().__init__()
+        self.shortcut, self.before, self.relu_after = shortcut, before, relu_after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.shortcut(x if self.before is None else F.relu(self.before(x)))
+        return F.relu(out) if self.relu_after else out
+
+
+def stage_blocks(stages: tuple[nn.Sequential, ...]) -> list[LesionBlock]:
+    """Every block of the stages in forward order, as each block describes itself (`lesion_view`)."""
+    return [LesionBlock(f"layer{stage}.{position}", stage, blocks, position, *block.lesion_view())
+            for stage, blocks in enumerate(stages, start=1) for position, block in enumerate(blocks)]
+
+
 class ZeroPadShortcut(nn.Module):
     """Option A: subsample by the stride (2 where a stage starts) and zero-pad the new channels, half on each
     side (no parameters)."""
@@ -121,6 +153,14 @@ class BasicBlock(nn.Module):
         if self.residual:
             out = out + self.shortcut(x)
         return F.relu(out)
+
+    def lesion_view(self) -> tuple[bool, bool, nn.Module | None]:
+        """(residual, downsampling, what is left without the block): a residual block leaves relu(shortcut(x));
+        a plain block leaves the identity where the shape stays, and cannot be deleted where it changes."""
+        downsampling = self.conv1.stride != (1, 1) or self.conv1.in_channels != self.conv1.out_channels
+        if self.residual:
+            return True, downsampling, ShortcutOnly(self.shortcut, relu_after=True)
+        return False, downsampling, None if downsampling else nn.Identity()
 
     @property
     def identity_needs_statistics(self) -> bool:
@@ -191,6 +231,10 @@ class CifarNet(nn.Module):
     def stages(self) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
         return self.layer1, self.layer2, self.layer3
 
+    def lesion_blocks(self) -> list[LesionBlock]:
+        """The 3n blocks in forward order, for lesion studies (Veit et al. 2016)."""
+        return stage_blocks(self.stages())
+
     def response_layers(self) -> list[ResponseLayer]:
         """§4.2, Figure 7: "the outputs of each 3x3 layer, after BN and before other nonlinearity (ReLU/addition)":
         the BN after each 3x3 conv, in forward order, depth - 1 of them (the FC has none; option-B shortcut BNs
@@ -251,6 +295,13 @@ class PreActBlock(nn.Module):
     def branch_convs(self) -> list[nn.Conv2d]:
         return [self.conv1, self.conv2]
 
+    def lesion_view(self) -> tuple[bool, bool, nn.Module | None]:
+        """A pre-activation unit without its branch leaves x, or where the shape changes the shortcut of the
+        pre-activated input."""
+        if self.shortcut is None:
+            return True, False, nn.Identity()
+        return True, True, ShortcutOnly(self.shortcut, before=self.bn1)
+
 
 class PreActBottleneck(nn.Module):
     """The bottleneck unit of the authors' resnet-1k-layers code: BN -> ReLU -> 1x1 conv (strided, to planes),
@@ -279,6 +330,13 @@ class PreActBottleneck(nn.Module):
 
     def branch_convs(self) -> list[nn.Conv2d]:
         return [self.conv1, self.conv2, self.conv3]
+
+    def lesion_view(self) -> tuple[bool, bool, nn.Module | None]:
+        """A pre-activation unit without its branch leaves x, or where the shape changes the shortcut of the
+        pre-activated input."""
+        if self.shortcut is None:
+            return True, False, nn.Identity()
+        return True, True, ShortcutOnly(self.shortcut, before=self.bn1)
 
 
 def unit_shortcut(unit: PreActBlock | PreActBottleneck, x: torch.Tensor, activated: torch.Tensor) -> torch.Tensor:
@@ -339,6 +397,10 @@ class PreActNet(nn.Module):
 
     def stages(self) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
         return self.layer1, self.layer2, self.layer3
+
+    def lesion_blocks(self) -> list[LesionBlock]:
+        """The units in forward order, for lesion studies (Veit et al. 2016)."""
+        return stage_blocks(self.stages())
 
     def response_layers(self) -> list[ResponseLayer]:
         """Each unit's residual function F(x): the output of its last conv, before the addition, one per unit in

@@ -1,6 +1,6 @@
 """One self-contained HTML page about a results folder, for `resdepth report`: the Table-6 summary beside the
-paper, the Figure 1 and 6 curves (and the analysis figures where `resdepth analyze` made them), each group's
-config and environment, and links to every run's files.
+paper, the Figure 1 and 6 curves (and the figures of `resdepth analyze`, `lesion` and `landscape` where they were
+made), each group's config and environment, and links to every run's files.
 
 Figures are embedded in the page (SVG, or PNG for the analysis figures, as data: URLs) and there is no script,
 font or style sheet to fetch, so the file opens anywhere without a network; only the links to the runs' CSV
@@ -24,6 +24,9 @@ from . import __version__
 from .results import CONFIG_FILE, METRICS_FILE, STATUS_FILE, Run, load_runs
 
 ANALYSIS_FIGURES = ("figure7-*.png", "gradients-*.png")  # what `resdepth analyze` writes into RESULTS_DIR/analysis/
+# what `resdepth lesion` and `resdepth landscape` write into RESULTS_DIR/lesion/ and RESULTS_DIR/landscape/
+PROBE_SECTIONS = (("lesion", "Lesion studies (Veit et al. 2016)", ("lesion-blocks-*.png", "lesion-k-*.png")),
+                  ("landscape", "Loss landscapes (Li et al. 2018)", ("landscape-2d-*.png", "landscape-1d-*.png")))
 NOT_CONFIG = ("resolved", "environment")  # shown apart from the training config
 
 STYLE = """
@@ -56,6 +59,7 @@ def build_report(results_dir: Path, out: Path) -> tuple[str, list[str]]:
         section("figures", "Error curves (Figures 1 and 6)",
                 "".join(svg_figure(name, fig) for name, fig in figures.items())),
         analysis_section(results_dir),
+        *(probe_section(results_dir, *probe) for probe in PROBE_SECTIONS),
         section("groups", "Groups: config, environment and runs", groups_html(runs, out.parent)),
     ]
     if warnings:
@@ -105,6 +109,16 @@ def analysis_section(results_dir: Path) -> str:
     figures = "".join(embedded_figure(path.stem, "image/png", path.read_bytes()) for path in paths)
     intro = f"<p class='notes'>Written by <code>resdepth analyze</code> into {esc(folder)}.</p>"
     return section("analysis", "Analysis", intro + figures) if figures else ""
+
+
+def probe_section(results_dir: Path, command: str, title: str, patterns: tuple[str, ...]) -> str:
+    """The figures `resdepth <command>` wrote into RESULTS_DIR/<command>/ (links are not followed)."""
+    folder = results_dir / command
+    paths = [path for pattern in patterns for path in sorted(folder.glob(pattern))
+             if path.is_file() and not path.is_symlink()]
+    figures = "".join(embedded_figure(path.stem, "image/png", path.read_bytes()) for path in paths)
+    intro = f"<p class='notes'>Written by <code>resdepth {esc(command)}</code> into {esc(folder)}.</p>"
+    return section(command, title, intro + figures) if figures else ""
 
 
 # ---------------------------------------------------------------------------------------------- groups
