@@ -36,6 +36,8 @@ from .construct import ConstructionMismatch, check_init, construct_from_run
 from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
+from .families import WIDTH, get_family
+from .grid import parse_grid_words
 from .models import build_model
 from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end
 from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
@@ -140,6 +142,28 @@ def given_values(group: list[ConfigOption], owner: type, options: dict[str, Any]
     """The field values of `owner` that the command line gave (None means not given)."""
     values = {o.field.name: o.value(options.get(o.param)) for o in group if o.owner is owner}
     return {name: value for name, value in values.items() if value is not None}
+
+
+# the network options that are not config fields: the width multiplier of the built-in families, and grid axes
+WIDTH_OPTION = Annotated[int | None, typer.Option("--width", help=escape(f"{WIDTH.help} [default: {WIDTH.default}]"),
+                                                  rich_help_panel=PROTOCOL, show_default=False)]
+GRID_OPTION = Annotated[list[str] | None, typer.Option(
+    "--grid", help="Another axis of the grid, KEY=V1,V2 (repeat for more): a training or data field (lr, batch_size, "
+                   "weight_decay, val_size, warmup, precision, shortcut, ...) or a network option of the kinds "
+                   "(width); cell folders carry the values (residual-56-lr0.05-s0).", rich_help_panel=WHAT,
+    show_default=False)]
+
+
+def with_width(train: TrainConfig, width: int | None) -> TrainConfig:
+    """--width K as the run's network option (checked against each family when its cells are made)."""
+    return train if width is None else replace(train, options={**train.options, "width": width})
+
+
+def with_grid(config: SweepConfig, words: list[str] | None) -> SweepConfig:
+    """--grid KEY=V1,V2 options added to (or replacing, key by key) the sweep file's [grid]."""
+    if not words:
+        return config
+    return replace(config, grid={**config.grid, **parse_grid_words(words, [get_family(k) for k in config.kinds])})
 
 
 def apply_overrides(train: TrainConfig, options: dict[str, Any]) -> TrainConfig:
@@ -264,10 +288,11 @@ def train(
     force: Annotated[bool, typer.Option("--force",
                                         help="Start a run folder whose config differs over (the old folder is "
                                              "kept, renamed).", rich_help_panel=WHAT)] = False,
+    width: WIDTH_OPTION = None,
     **options: Any,
 ) -> None:
     """Train one network with the paper's protocol (resumes if its folder holds a checkpoint)."""
-    base = apply_overrides(TrainConfig(), options)
+    base = with_width(apply_overrides(TrainConfig(), options), width)
     sweep = SweepConfig(depths=[depth], kinds=[kind], seeds=[seed], out=str(out) if out else None, train=base,
                         force=force)
     raise typer.Exit(execute(sweep, dry_run=False))
@@ -282,16 +307,19 @@ def sweep(
                                                    rich_help_panel=WHAT)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells, their folders and devices; train nothing.",
                                           rich_help_panel=WHAT)] = False,
+    grid: GRID_OPTION = None,
+    width: WIDTH_OPTION = None,
     **options: Any,
 ) -> None:
-    """Train every cell of depths x kinds x seeds; finished cells are skipped, unfinished ones resumed."""
+    """Train every cell of depths x kinds x seeds (x the --grid axes); finished cells are skipped, unfinished ones
+    resumed."""
     if resume is not None and sweep_file is not None:
         raise UserError("give either a sweep file or --resume RESULTS_DIR, not both")
     config = load_saved_sweep(resume) if resume else load_sweep_file(sweep_file) if sweep_file else SweepConfig()
     config = replace(config, **given_values(SWEEP_OPTIONS, SweepConfig, options),
                      slurm=replace(config.slurm, **given_values(SWEEP_OPTIONS, SlurmConfig, options)),
-                     train=apply_overrides(config.train, options))
-    raise typer.Exit(execute(config, dry_run))
+                     train=with_width(apply_overrides(config.train, options), width))
+    raise typer.Exit(execute(with_grid(config, grid), dry_run))
 
 
 def execute(config: SweepConfig, dry_run: bool) -> int:
