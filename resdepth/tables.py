@@ -98,8 +98,8 @@ def summarize(runs: list[Run]) -> pd.DataFrame:
     test-selected and val-selected test error, and the paper's Table 6 value with our difference where the
     protocol is the paper's (`protocol_differences` says what differs otherwise)."""
     groups = group_runs(runs)
-    rows = [summarize_group(key, group) for key, group in groups.items()]
-    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    rows = [{**summarize_group(key, group), **axis_cells(key)} for key, group in groups.items()]
+    frame = pd.DataFrame(rows, columns=with_axis_columns(SUMMARY_COLUMNS, groups))
     frame = frame.astype({"params": "Int64", "depth": int, "runs": int, "unfinished": int, "paper_protocol": bool})
     frame.attrs[FAMILIES_ATTR] = {key.kind: key.family for key in groups}
     return frame
@@ -112,12 +112,35 @@ def summarize_runs(runs: list[Run]) -> pd.DataFrame:
     groups = group_runs(runs)
     for key, group in groups.items():
         for run in sorted(group, key=lambda r: (seed_order(r), str(r.path))):
-            rows.append(run_row(key, run))
-    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+            rows.append({**run_row(key, run), **axis_cells(key)})
+    frame = pd.DataFrame(rows, columns=with_axis_columns(RUN_COLUMNS, groups))
     frame = frame.astype({"depth": int, "epochs": int, "iteration": int, "planned_epochs": "Int64",
                           "best_val_epoch": "Int64", "warmup_end_iteration": "Int64"})
     frame.attrs[FAMILIES_ATTR] = {key.kind: key.family for key in groups}
     return frame
+
+
+def axis_column(key: str) -> str:
+    """The column of a setting's key (an axis of the runs: lr, width, ...): the key, or axis_<key> where a column
+    of the table already has that name."""
+    return f"axis_{key}" if key in SUMMARY_COLUMNS or key in RUN_COLUMNS else key
+
+
+def axis_cells(key: GroupKey) -> dict[str, str]:
+    return {axis_column(name): value for name, value in key.axes}
+
+
+def with_axis_columns(columns: tuple[str, ...], groups: dict[GroupKey, list[Run]]) -> list[str]:
+    """The columns with one per axis of the runs (in key order) between setting and kind: a setting's values."""
+    axes = sorted({axis_column(name) for key in groups for name, _ in key.axes})
+    at = columns.index("kind")
+    return [*columns[:at], *axes, *columns[at:]]
+
+
+def axis_names(frame: pd.DataFrame) -> list[str]:
+    """The axis columns of a summary or runs frame: those between setting and kind."""
+    names = list(frame.columns)
+    return names[names.index("setting") + 1:names.index("kind")]
 
 
 def seed_order(run: Run) -> tuple[int, str]:
@@ -301,9 +324,14 @@ def _study_columns(frame: pd.DataFrame) -> list[tuple[str, object]]:
     columns: list[tuple[str, object]] = []
     if frame["dataset"].nunique() > 1:
         columns.append(("dataset", _text("dataset")))
-    if frame["setting"].ne("").any():
-        columns.append(("setting", _text("setting")))
+    axes = axis_names(frame)
+    if frame["setting"].ne("").any():  # a column per axis (lr, width, ...); a frame made elsewhere: its setting
+        columns += [(name, _axis_value(name)) for name in axes] or [("setting", _text("setting"))]
     return columns
+
+
+def _axis_value(column: str):
+    return lambda row: "-" if pd.isna(row[column]) else str(row[column])
 
 
 def _text(column: str):
