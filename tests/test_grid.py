@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 
 import pytest
+import torch
 
 from resdepth.errors import UserError
 from resdepth.families import build_network
@@ -112,8 +113,6 @@ def test_a_width_2_net_has_the_wide_resnet_parameter_count():
 
 
 def test_widths_as_wide_resnets_build_and_run(tmp_path):
-    import torch
-
     for kind in ("residual", "preact"):
         net = build_network(kind, 8, shortcut="B", net_options={"width": 4}).eval()
         assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
@@ -138,7 +137,7 @@ def test_widths_as_wide_resnets_build_and_run(tmp_path):
     (["--width", "0"], "option width must be at least 1, got 0"),
 ])
 def test_a_bad_grid_key_or_value_is_one_line_and_exit_2(tmp_path, run_cli, tiny_args, args, message):
-    code, out, err = run_cli("sweep", "--depths", "8", *tiny_args, "--out", str(tmp_path / "r"), "--dry-run", *args)
+    code, _, err = run_cli("sweep", "--depths", "8", *tiny_args, "--out", str(tmp_path / "r"), "--dry-run", *args)
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "r").exists()
 
@@ -180,3 +179,15 @@ def test_a_grid_is_grouped_by_its_axes_in_table_csv_figures_and_report(tmp_path,
     assert "figure6-synthetic-lr0.05_width2" in figures  # and each setting's own Figure 6, as before
     page, _ = build_report(tmp_path, tmp_path / "report.html")
     assert "<th>lr</th>" in page and "<th>width</th>" in page and "lr 0.05, width 2" in page
+
+
+def test_a_wide_run_is_loaded_back_and_constructed_at_its_width(tmp_path, tiny_config):
+    from resdepth.construct import construct_from_run, read_saved_net
+
+    run_dir = tmp_path / "residual-8-w2-s0"
+    assert run_training(tiny_config(options={"width": 2}), run_dir).state == "done"
+    assert read_saved_net(run_dir).load(torch.device("cpu")).layer3[0].conv2.out_channels == 128
+    built = construct_from_run(run_dir, 14, tmp_path / "c", torch.device("cpu"))
+    assert all(c.disagreements == 0 for c in built.comparisons)
+    assert "--width=2" in built.train_args
+    assert read_saved_net(built.out_dir).load(torch.device("cpu")).layer1[0].conv1.out_channels == 32
