@@ -611,8 +611,9 @@ def describe_family(family: Family) -> dict[str, str]:
     else:
         paper = "-"
     source = f"resdepth {__version__}" if family.builtin else str(family.source or "-")
-    return {"family": family.name, "depths": str(family.depths), "shortcuts": shortcuts, "plain twin": twin,
-            "paper numbers": paper, "protocol": family.protocol.summary, "source": source,
+    options = ", ".join(f"{o.name} (default {o.default})" for o in family.net_options) or "-"
+    return {"family": family.name, "depths": str(family.depths), "shortcuts": shortcuts, "options": options,
+            "plain twin": twin, "paper numbers": paper, "protocol": family.protocol.summary, "source": source,
             "summary": family.summary}
 
 
