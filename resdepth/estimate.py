@@ -171,8 +171,9 @@ def depth_speeds(configs: dict[int, TrainConfig], slot: str, threads: int,
     for depth in sorted({min(configs), max(probed)} - known.keys()):
         on_progress(f"measuring depth {depth} on {slot} ({threads} thread(s)): a few training steps")
         known[depth] = probe_and_remember(configs[depth], device, threads)
-    cost = fit_image_cost({depth: 1 / speed.images_per_second for depth, speed in known.items()},
-                          next(iter(configs.values())))
+    config = next(iter(configs.values()))
+    cost = fit_image_cost({depth: 1 / speed.images_per_second for depth, speed in known.items()}, config.kind,
+                          config.options)
     compiled = all(speed.compile for speed in known.values())
     return {depth: known.get(depth) or Speed(1 / cost(depth), "interpolated", time.time(), compiled)
             for depth in configs}
@@ -199,12 +200,13 @@ def probe_and_remember(config: TrainConfig, device: Any, threads: int) -> Speed:
     return replace(speed, now=True)
 
 
-def fit_image_cost(seconds_per_image: dict[int, float], config: TrainConfig) -> Callable[[int], float]:
+def fit_image_cost(seconds_per_image: dict[int, float], kind: str,
+                   options: dict[str, Any] | None = None) -> Callable[[int], float]:
     """Seconds per training image as fixed + per-multiply-add cost, fitted through the measured depths of the
-    config's family and network options (least squares; through zero when one depth is known, or when the fit
-    gives a negative fixed cost)."""
+    family at these network options (least squares; through zero when one depth is known, or when the fit gives a
+    negative fixed cost)."""
     def macs(depth: int) -> float:
-        return float(count_multiply_adds(build_network(config.kind, depth, net_options=config.options)))
+        return float(count_multiply_adds(build_network(kind, depth, net_options=options)))
 
     points = [(macs(depth), cost) for depth, cost in seconds_per_image.items()]
     fixed, per_mac = 0.0, sum(x * y for x, y in points) / sum(x * x for x, _ in points)

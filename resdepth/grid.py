@@ -25,7 +25,7 @@ NESTED = ("data", "options")  # TrainConfig fields that hold other fields: their
 # How folder names abbreviate a key ('' for values that say what they are: bf16); other keys are written whole
 SHORT_NAMES = {"batch_size": "bs", "weight_decay": "wd", "momentum": "mom", "width": "w", "val_size": "val",
                "train_size": "train", "test_size": "test", "iterations": "it", "epochs": "ep", "lr_decay": "decay",
-               "precision": ""}
+               "precision": "", "dataset": ""}
 TRAIN_HINTS = {k: v for k, v in typing.get_type_hints(TrainConfig).items() if k not in NESTED}
 DATA_HINTS = typing.get_type_hints(DataConfig)
 
@@ -113,6 +113,8 @@ def apply_axes(config: TrainConfig, values: dict[str, Any], family: Family) -> T
     """The config with these axis values; a network option the family does not declare leaves it as it is (the
     cell then does not vary along that axis)."""
     train = {k: v for k, v in values.items() if axis_section(k) == "train"}
+    if "iterations" in train:
+        train.setdefault("epochs", None)  # an iterations axis sets the run's length, as --iterations does
     data = {k: v for k, v in values.items() if axis_section(k) == "data"}
     options = {k: v for k, v in values.items() if axis_section(k) == "option" and family.net_option(k)}
     return replace(config, **train, data=replace(config.data, **data), options={**config.options, **options})

@@ -89,12 +89,13 @@ def group_order(key: GroupKey) -> tuple:
 
 
 def setting_order(axes: tuple[tuple[str, str], ...]) -> tuple:
-    """Settings in the order of their values, numbers as numbers (lr 0.01 before 0.1, width 2 before 10)."""
+    """Settings in the order of their values, numbers as numbers (lr 0.01 before 0.1, width 2 before 10), a value
+    that runs do not give ('-') first."""
     def value(text: str) -> tuple:
         try:
             return (0, float(text), "")
         except ValueError:
-            return (1, 0.0, text)
+            return (-1 if text == "-" else 1, 0.0, text)
     return tuple((name, value(text)) for name, text in axes)
 
 

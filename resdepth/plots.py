@@ -222,6 +222,9 @@ def figure6_by_setting(curves: list[SeedCurves], x: str, paper: bool = False) ->
             members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
             ticked |= draw_panel(axes, members, xaxis, colours, paper)
             style_axes(axes, f"{variant} nets: {axes_text(setting)}", xaxis, ylabel=axes is row[0])
+            if not members:  # the grid is not full: say so rather than leave a blank the eye reads as a result
+                axes.text(0.5, 0.5, "no runs", transform=axes.transAxes, ha="center", va="center", fontsize=FONT,
+                          color="0.5")
     top = set_error_range([axes for row in grid for axes in row], curves)
     for row, variant in zip(grid, variants, strict=True):
         for axes, setting in zip(row, settings, strict=True):

@@ -179,6 +179,9 @@ def make_cells(sweep: SweepConfig, family_of: Callable[[str], Family] = get_fami
                 for seed in sweep.seeds:
                     config = replace(base, seed=seed).for_family(family)
                     name = cell_name(config, family, keys)
+                    if name in cells and comparable(asdict(cells[name].config)) != comparable(asdict(config)):
+                        raise UserError(f"two cells of the grid would share the folder {name} (values that read "
+                                        "the same in a folder name): give the axis values that differ more")
                     cells.setdefault(name, Cell(name, sweep.out_dir() / name, config))
     return list(cells.values())
 

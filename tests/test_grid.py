@@ -191,3 +191,17 @@ def test_a_wide_run_is_loaded_back_and_constructed_at_its_width(tmp_path, tiny_c
     assert all(c.disagreements == 0 for c in built.comparisons)
     assert "--width=2" in built.train_args
     assert read_saved_net(built.out_dir).load(torch.device("cpu")).layer1[0].conv1.out_channels == 32
+
+
+def test_models_shows_parameters_and_flops_by_depth_and_width(run_cli):
+    code, out, err = run_cli("models", "residual", "--depths", "20", "--widths", "1,2")
+    assert code == 0, err
+    assert "residual-20-w1" in out and "269,722" in out and "residual-20-w2" in out and "1,068,890" in out
+    assert "width (default 1)" in out  # the family table names its options
+    code, _, err = run_cli("models", "residual", "--widths", "1,x")
+    assert code == 2 and "--widths expects a comma-separated list of ints" in err
+
+
+def test_two_values_that_read_the_same_in_a_folder_name_are_refused(tmp_path, tiny_sweep):
+    with pytest.raises(UserError, match=r"two cells of the grid would share the folder plain-8-inita\.b-s0"):
+        make_cells(tiny_sweep(tmp_path, kinds=["plain"], grid={"init": ["a b", "a/b"]}))

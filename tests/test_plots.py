@@ -161,7 +161,12 @@ def test_two_sweeps_trained_differently_get_figures_of_their_own(paper_like, wri
     (other / "config.json").write_text(json.dumps({**config, "resolved": {**config["resolved"], "iterations": 60000}}))
     figures = build_figures(load_runs(paper_like)[0])
     assert sorted(n for n in figures if n.startswith("figure6")) == [
-        "figure6-cifar10-iterations30000", "figure6-cifar10-iterations60000"]
+        "figure6-cifar10-by-iterations", "figure6-cifar10-iterations30000", "figure6-cifar10-iterations60000"]
+    # and both side by side: a panel column per setting, titled with its value
+    assert [axes.get_title() for axes in figures["figure6-cifar10-by-iterations"].axes] == [
+        "plain nets: iterations 30000", "plain nets: iterations 60000", "residual nets: iterations 30000",
+        "residual nets: iterations 60000"]
+    assert "no runs" in [text.get_text() for text in figures["figure6-cifar10-by-iterations"].axes[3].texts]
     assert "(iterations 60000)" in figures["figure6-cifar10-iterations60000"]._suptitle.get_text()
     assert len(figures["figure6-cifar10-iterations30000"].axes[0].lines) >= 4  # plain-20 and -56, train and test
 
