@@ -150,7 +150,7 @@ GRID_OPTION = Annotated[list[str] | None, typer.Option(
     "--grid", help="Another axis of the grid, KEY=V1,V2 (repeat for more): a training or data field (lr, batch_size, "
                    "weight_decay, val_size, warmup, precision, shortcut, ...) or a network option of the kinds "
                    "(width); cell folders carry the values (residual-56-lr0.05-s0).", rich_help_panel=WHAT,
-    show_default=False)]
+    show_default=False, metavar="KEY=V1,V2")]
 
 
 def with_width(train: TrainConfig, width: int | None) -> TrainConfig:
