@@ -205,3 +205,14 @@ def test_models_shows_parameters_and_flops_by_depth_and_width(run_cli):
 def test_two_values_that_read_the_same_in_a_folder_name_are_refused(tmp_path, tiny_sweep):
     with pytest.raises(UserError, match=r"two cells of the grid would share the folder plain-8-inita\.b-s0"):
         make_cells(tiny_sweep(tmp_path, kinds=["plain"], grid={"init": ["a b", "a/b"]}))
+
+
+def test_a_dry_run_times_each_width_apart(tmp_path, tiny_sweep):
+    from resdepth.estimate import estimate_plan, read_speeds
+
+    sweep = tiny_sweep(tmp_path, kinds=["residual"], grid={"width": [1, 4]})
+    plan = estimate_plan(sweep, plan_sweep(sweep))
+    narrow, wide = (plan.cells[name].speed for name in ("residual-8-w1-s0", "residual-8-w4-s0"))
+    assert narrow.images_per_second > wide.images_per_second  # each probed with its own net
+    keys = [json.loads(key) for key in read_speeds()]
+    assert sorted(key.get("options", {}).get("width", 1) for key in keys) == [1, 4]
