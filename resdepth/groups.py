@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 from typing import Any
 
@@ -248,6 +248,18 @@ def option_differences(config: dict[str, Any], family: Family) -> list[str]:
     values = family.option_values(options if isinstance(options, dict) else {})
     return [f"{o.name} {values[o.name]} (paper: {o.default})" for o in family.net_options
             if values[o.name] != o.default]
+
+
+def on_paper_axes(run: Run, keys: list[str]) -> bool:
+    """Whether the run's values on these setting keys (a sweep's axes) are the paper's: its differences from the
+    paper stay the same when the keys are left out (a value left out counts as the paper's)."""
+    if not keys:
+        return True
+    config = {k: v for k, v in run.config.items() if k not in keys}
+    for section in ("data", "options", "resolved"):
+        if isinstance(config.get(section), dict):
+            config[section] = {k: v for k, v in config[section].items() if k not in keys}
+    return paper_differences(replace(run, config=config)) == paper_differences(run)
 
 
 def shortcut_words(shortcut: str) -> str:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .errors import UserError
 from .families import TABLE6, Family, PaperNumber, family_of_run
-from .groups import GroupKey, group_runs, is_complete, paper_differences, paper_number
+from .groups import GroupKey, group_runs, is_complete, on_paper_axes, paper_differences, paper_number
 from .results import Run
 
 # He et al. 2016, Table 6 (the residual family's reference, families.TABLE6): CIFAR-10 test error (%) by depth.
@@ -55,7 +55,9 @@ def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
     final = pd.DataFrame([run.metrics.iloc[-1] for run in runs])
     lowest = [run.metrics["test_error"].min() for run in runs]
     val_selected = [v for v in (val_selected_test_error(run) for run in runs) if v is not None]
-    paper = paper_test_error(runs)
+    # the paper's number only beside the paper's values of the axes (lr 0.1, width 1), never beside lr 0.05
+    axes = [name for name, _ in key.axes]
+    paper = paper_test_error(runs) if all(on_paper_axes(run, axes) for run in runs) else None
     differences = group_differences(runs)
     matches = paper is not None and not differences
     test_mean = float(final["test_error"].mean())
@@ -254,7 +256,11 @@ def no_number_reason(rows: pd.DataFrame, families: dict[str, Family]) -> str:
             reasons.append(family.no_reference or f"{kind} nets come with no paper numbers")
             continue
         known = family.reference.depths()
-        other = sorted(set(rows.loc[rows["kind"] == kind, "depth"]) - set(known))
+        depths = set(rows.loc[rows["kind"] == kind, "depth"])
+        other = sorted(depths - set(known))
+        if depths & set(known) and axis_names(rows):
+            reasons.append(f"{family.reference.label} gives numbers at its own values of "
+                           f"{', '.join(axis_names(rows))} only")
         if other:
             net = f"{kind} net" if len(with_tables) > 1 else "net"
             reasons.append(f"{family.reference.label} has no {' or '.join(map(str, other))}-layer {net}, only "

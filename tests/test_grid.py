@@ -216,3 +216,15 @@ def test_a_dry_run_times_each_width_apart(tmp_path, tiny_sweep):
     assert narrow.images_per_second > wide.images_per_second  # each probed with its own net
     keys = [json.loads(key) for key in read_speeds()]
     assert sorted(key.get("options", {}).get("width", 1) for key in keys) == [1, 4]
+
+
+def test_the_paper_number_and_delta_stand_only_beside_the_papers_axis_values(tmp_path, write_run, run_cli):
+    for lr in (0.1, 0.05):  # residual-20 on CIFAR-10 at the paper's protocol, but for the lr
+        write_run(tmp_path / f"lr{lr}", "residual", 20, test=(50.0, 9.0), iterations=64000, lr=lr)
+    summary = summarize(load_runs(tmp_path)[0])
+    assert [(r.lr, r.paper_test_error, r.vs_paper) for r in summary.fillna(-1).itertuples()] == [
+        ("0.05", -1, -1), ("0.1", 8.75, pytest.approx(0.25))]
+    headers, rows, notes = display_table(summary)
+    paper = headers.index("paper Table 6")
+    assert [row[paper] for row in rows] == ["none", "8.75"]
+    assert any("Table 6 gives numbers at its own values of lr only" in note for note in notes)
