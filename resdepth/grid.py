@@ -9,6 +9,7 @@ cell has on the axes (`axis_values`) and how they read in its folder name (`axis
 
 from __future__ import annotations
 
+import difflib
 import typing
 from dataclasses import dataclass, replace
 from typing import Any
@@ -59,8 +60,11 @@ def axis_hint(key: str, families: list[Family]) -> Any:
     declared = [option for family in families if (option := family.net_option(key)) is not None]
     if not declared:
         options = sorted({o.name for family in families for o in family.net_options})
-        raise UserError(f"--grid {key}: unknown key: sweep a training or data field (lr, batch_size, weight_decay, "
-                        f"val_size, warmup, precision, ...) or a network option of the kinds "
+        keys = [k for k in [*TRAIN_HINTS, *DATA_HINTS, *options] if k not in OWN_AXES and k not in EXECUTION_FIELDS]
+        close = difflib.get_close_matches(key, keys, n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UserError(f"--grid {key}: unknown key: {hint}sweep a training or data field (lr, batch_size, "
+                        f"weight_decay, val_size, warmup, precision, ...) or a network option of the kinds "
                         f"({', '.join(options) or 'they declare none'})")
     return type(declared[0].default)
 

@@ -123,7 +123,7 @@ def test_widths_as_wide_resnets_build_and_run(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize(("args", "message"), [
-    (["--grid", "lrr=0.1,0.05"], "--grid lrr: unknown key: sweep a training or data field"),
+    (["--grid", "lrr=0.1,0.05"], "--grid lrr: unknown key: did you mean lr? sweep a training or data field"),
     (["--grid", "lr=0.1,fast"], "--grid lr: expected float, got 'fast'"),
     (["--grid", "batch_size=64,0.5"], "--grid batch_size: expected int, got '0.5'"),
     (["--grid", "depth=20,56"], "--grid depth: depth is a sweep axis of its own: give its values with --depths"),
