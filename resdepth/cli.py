@@ -36,7 +36,8 @@ from .construct import ConstructionMismatch, check_init, construct_from_run
 from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
-from .models import build_model
+from .families import WIDTH, build_network, get_family
+from .grid import parse_grid_words
 from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end, write_json
 from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
                     load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
@@ -142,6 +143,28 @@ def given_values(group: list[ConfigOption], owner: type, options: dict[str, Any]
     return {name: value for name, value in values.items() if value is not None}
 
 
+# the network options that are not config fields: the width multiplier of the built-in families, and grid axes
+WIDTH_OPTION = Annotated[int | None, typer.Option("--width", help=escape(f"{WIDTH.help} [default: {WIDTH.default}]"),
+                                                  rich_help_panel=PROTOCOL, show_default=False)]
+GRID_OPTION = Annotated[list[str] | None, typer.Option(
+    "--grid", help="Another axis of the grid, KEY=V1,V2 (repeat for more): a training or data field (lr, batch_size, "
+                   "weight_decay, val_size, warmup, precision, shortcut, ...) or a network option of the kinds "
+                   "(width); cell folders carry the values (residual-56-lr0.05-s0).", rich_help_panel=WHAT,
+    show_default=False, metavar="KEY=V1,V2")]
+
+
+def with_width(train: TrainConfig, width: int | None) -> TrainConfig:
+    """--width K as the run's network option (checked against each family when its cells are made)."""
+    return train if width is None else replace(train, options={**train.options, "width": width})
+
+
+def with_grid(config: SweepConfig, words: list[str] | None) -> SweepConfig:
+    """--grid KEY=V1,V2 options added to (or replacing, key by key) the sweep file's [grid]."""
+    if not words:
+        return config
+    return replace(config, grid={**config.grid, **parse_grid_words(words, [get_family(k) for k in config.kinds])})
+
+
 def apply_overrides(train: TrainConfig, options: dict[str, Any]) -> TrainConfig:
     """Command-line training and data values that were given replace those of the config (or sweep file)."""
     given = given_values(TRAINING_OPTIONS, TrainConfig, options)
@@ -181,6 +204,9 @@ def models(
     num_classes: Annotated[int, typer.Option(help="Classes of the FC layer (10: CIFAR-10, 100: CIFAR-100).")] = 10,
     depths: Annotated[str | None, typer.Option(help="Build each matching family at these depths (comma-separated) "
                                                     "instead of listing its named networks.")] = None,
+    widths: Annotated[str | None, typer.Option(help="Build each matching family at these width multipliers "
+                                                    "(comma-separated, e.g. 1,2,4) x --depths (or its paper's depths): "
+                                                    "parameters and MFLOPs by depth x width.")] = None,
 ) -> None:
     """The network families (depth rule, shortcuts, plain twin, paper numbers, protocol, source) and networks
     (name, family, depth, parameters, forward multiply-adds)."""
@@ -189,10 +215,11 @@ def models(
 
     check_classes(num_classes)
     wanted = parse_list(depths, int, "--depths") if depths else None
+    wide = parse_list(widths, int, "--widths") if widths else None
     found = list_families(pattern)
     warn(f for f in found if isinstance(f, str))
     families = [f for f in found if not isinstance(f, str)]
-    rows, skipped = network_rows(pattern, families, wanted, num_classes)
+    rows, skipped = network_rows(pattern, families, wanted, num_classes, wide)
     if not families and not rows:
         raise UserError(f"no network or family matches {pattern!r}: try 'resnet*', 'preact*' or leave the pattern "
                         "out for all")
@@ -208,24 +235,30 @@ def models(
         console.print(f"[dim]{escape(line)}[/]", highlight=False)
 
 
-def network_rows(pattern: str, families: list[Any], depths: list[int] | None,
-                 num_classes: int) -> tuple[list[dict[str, object]], list[str]]:
+def network_rows(pattern: str, families: list[Any], depths: list[int] | None, num_classes: int,
+                 widths: list[int] | None = None) -> tuple[list[dict[str, object]], list[str]]:
     """The named networks matching the pattern, or each family at --depths (user families without named networks:
-    at example depths); and a line for each depth a family's rule does not allow."""
+    at example depths) and --widths; and a line for each depth a family's rule does not allow (or family without
+    a width option)."""
     from .families import example_depths
     from .models import count_multiply_adds, count_parameters, describe_models
 
-    rows = describe_models(pattern, num_classes) if depths is None else []
-    built = families if depths is not None else [f for f in families if not f.builtin]
+    rows = describe_models(pattern, num_classes) if depths is None and widths is None else []
+    built = families if depths is not None or widths is not None else [f for f in families if not f.builtin]
     skipped = []
     for family in built:
+        if widths and not family.net_option("width"):
+            skipped.append(f"{family.name}: takes no width option")
+            continue
         for depth in depths or example_depths(family):
             if not family.depths.allows(depth):
                 skipped.append(f"{family.name}: no {depth}-layer net (depths {family.depths})")
                 continue
-            model = build_model(family.name, depth, num_classes=num_classes)
-            rows.append({"name": f"{family.name}-{depth}", "kind": family.name, "depth": depth,
-                         "params": count_parameters(model), "mflops": count_multiply_adds(model) / 1e6})
+            for width in widths or [None]:
+                model = build_network(family.name, depth, num_classes, net_options={"width": width} if width else None)
+                rows.append({"name": f"{family.name}-{depth}" + (f"-w{width}" if width else ""), "kind": family.name,
+                             "depth": depth, "width": width, "params": count_parameters(model),
+                             "mflops": count_multiply_adds(model) / 1e6})
     return rows, skipped
 
 
@@ -233,19 +266,22 @@ def render_families(rows: list[dict[str, str]]) -> Table:
     """Families as a table; what each is, its protocol (where its paper differs from §4.2: `--warmup auto` follows
     it) and its source follow it as lines."""
     table = Table(title="network families", box=box.SIMPLE_HEAD)
-    for column in ("family", "depths", "shortcuts", "plain twin", "paper numbers"):
+    columns = ("family", "depths", "shortcuts", "options", "plain twin", "paper numbers")
+    for column in columns:
         table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(*(row[c] for c in ("family", "depths", "shortcuts", "plain twin", "paper numbers")))
+        table.add_row(*(row[c] for c in columns))
     return table
 
 
 def render_networks(rows: list[dict[str, object]], num_classes: int) -> Table:
     table = Table(title=f"resdepth networks ({num_classes} classes)")
-    for column in ("name", "family", "depth", "params", "MFLOPs (mult-adds)"):
+    wide = any(row.get("width") for row in rows)  # --widths: a column of width multipliers
+    for column in ("name", "family", "depth", *(["width"] if wide else []), "params", "MFLOPs (mult-adds)"):
         table.add_column(column, justify="right" if column not in ("name", "family") else "left")
     for row in rows:
-        table.add_row(str(row["name"]), str(row["kind"]), str(row["depth"]), f"{row['params']:,}",
+        width = [str(row.get("width") or 1)] if wide else []
+        table.add_row(str(row["name"]), str(row["kind"]), str(row["depth"]), *width, f"{row['params']:,}",
                       f"{row['mflops']:.1f}")
     return table
 
@@ -264,10 +300,11 @@ def train(
     force: Annotated[bool, typer.Option("--force",
                                         help="Start a run folder whose config differs over (the old folder is "
                                              "kept, renamed).", rich_help_panel=WHAT)] = False,
+    width: WIDTH_OPTION = None,
     **options: Any,
 ) -> None:
     """Train one network with the paper's protocol (resumes if its folder holds a checkpoint)."""
-    base = apply_overrides(TrainConfig(), options)
+    base = with_width(apply_overrides(TrainConfig(), options), width)
     sweep = SweepConfig(depths=[depth], kinds=[kind], seeds=[seed], out=str(out) if out else None, train=base,
                         force=force)
     raise typer.Exit(execute(sweep, dry_run=False))
@@ -282,16 +319,19 @@ def sweep(
                                                    rich_help_panel=WHAT)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells, their folders and devices; train nothing.",
                                           rich_help_panel=WHAT)] = False,
+    grid: GRID_OPTION = None,
+    width: WIDTH_OPTION = None,
     **options: Any,
 ) -> None:
-    """Train every cell of depths x kinds x seeds; finished cells are skipped, unfinished ones resumed."""
+    """Train every cell of depths x kinds x seeds (x the --grid axes); finished cells are skipped, unfinished ones
+    resumed."""
     if resume is not None and sweep_file is not None:
         raise UserError("give either a sweep file or --resume RESULTS_DIR, not both")
     config = load_saved_sweep(resume) if resume else load_sweep_file(sweep_file) if sweep_file else SweepConfig()
     config = replace(config, **given_values(SWEEP_OPTIONS, SweepConfig, options),
                      slurm=replace(config.slurm, **given_values(SWEEP_OPTIONS, SlurmConfig, options)),
-                     train=apply_overrides(config.train, options))
-    raise typer.Exit(execute(config, dry_run))
+                     train=with_width(apply_overrides(config.train, options), width))
+    raise typer.Exit(execute(with_grid(config, grid), dry_run))
 
 
 def execute(config: SweepConfig, dry_run: bool) -> int:

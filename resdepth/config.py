@@ -94,9 +94,41 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
             return float(value)
         if option_type is str and isinstance(value, str):
             return value
+        if option_type is Any:
+            return value
         if origin in (list, tuple) and isinstance(value, (list, tuple)):
             inner = typing.get_args(option_type)[0]
             items = [check_type(item, inner, where) for item in value]
             return tuple(items) if origin is tuple else items
+        if origin is dict and isinstance(value, dict):
+            key_type, value_type = typing.get_args(option_type)
+            return {check_type(key, key_type, where): check_type(item, value_type, f"{where}.{key}")
+                    for key, item in value.items()}
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options).replace("NoneType", "nothing")
     raise UserError(f"{where}: expected {expected}, got {value!r}")
+
+
+def parse_value(text: str, hint: Any, where: str) -> Any:
+    """A command-line word as a value of the annotation: '0.05' for a float, '256' for an int, 'on'/'off' for a
+    bool, 'none' where None is allowed; then checked as a file's value would be (check_type)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if type(None) in options and text.lower() in ("none", "null"):
+        return None
+    for option_type in options:
+        converted = convert_word(text, option_type)
+        if converted is not None:
+            return check_type(converted, hint, where)
+    expected = " or ".join(getattr(o, "__name__", str(o)) for o in options).replace("NoneType", "none")
+    raise UserError(f"{where}: expected {expected}, got {text!r}")
+
+
+def convert_word(text: str, option_type: Any) -> Any:
+    """text as option_type, or None where it is not one."""
+    if option_type is bool:
+        return {"true": True, "on": True, "yes": True, "false": False, "off": False, "no": False}.get(text.lower())
+    if option_type in (int, float):
+        try:
+            return option_type(text)
+        except ValueError:
+            return None
+    return text if option_type in (str, Any) else None

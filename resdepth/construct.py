@@ -52,13 +52,16 @@ class NetSpec:
     depth: int
     shortcut: str | None  # as the family resolves it (None: a family that takes none)
     num_classes: int | None  # None: not recorded (then only the weights' shapes can tell)
+    options: tuple[tuple[str, Any], ...] = ()  # the family's network options other than their defaults (width)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> NetSpec:
         classes = config.get("resolved", {}).get("num_classes")
         kind = str(config.get("kind"))
-        return cls(kind, int(config.get("depth", 0)), get_family(kind).shortcut_for(config.get("shortcut")),
-                   int(classes) if classes is not None else None)
+        family, options = get_family(kind), config.get("options")
+        return cls(kind, int(config.get("depth", 0)), family.shortcut_for(config.get("shortcut")),
+                   int(classes) if classes is not None else None,
+                   tuple(family.resolve_options(options if isinstance(options, dict) else {}).items()))
 
     @property
     def label(self) -> str:
@@ -71,7 +74,8 @@ class NetSpec:
             not family.shortcuts or family.shortcut_for(self.shortcut) == family.shortcut_for(shortcut))
 
     def build(self) -> nn.Module:
-        return build_network(self.kind, self.depth, num_classes=self.num_classes or 10, shortcut=self.shortcut)
+        return build_network(self.kind, self.depth, num_classes=self.num_classes or 10, shortcut=self.shortcut,
+                             net_options=dict(self.options))
 
 
 @dataclass
@@ -104,8 +108,8 @@ def read_saved_net(path: Path | str) -> SavedNet:
     file = path / CHECKPOINT_FILE if path.is_dir() else path
     checkpoint = read_checkpoint_file(file)
     net = checkpoint.get("net")
-    if isinstance(net, dict) and set(net) == set(NetSpec.__dataclass_fields__):
-        spec = NetSpec(**net)
+    if isinstance(net, dict) and set(net) | {"options"} == set(NetSpec.__dataclass_fields__):  # older: no options
+        spec = NetSpec(**{**net, "options": tuple(tuple(item) for item in net.get("options", ()))})
     else:
         config = read_json(file.parent / CONFIG_FILE)
         if not isinstance(config, dict) or "kind" not in config or "depth" not in config:
@@ -218,7 +222,8 @@ def construct_deeper(source: CifarNet, depth: int,
     identity blocks added at the end of each stage (each block knows how: BasicBlock.make_identity); and how the
     added blocks were made the identity. stage_inputs: per stage, the per-channel mean and variance that blocks
     needing them (plain ones) take as BN statistics."""
-    target = CifarNet(source.kind, depth, num_classes=source.linear.out_features, shortcut=source.shortcut_option)
+    target = CifarNet(source.kind, depth, num_classes=source.linear.out_features, shortcut=source.shortcut_option,
+                      width=source.width)
     copied = len(source.layer1)
     # Block i of a stage has the same name in both nets for i < copied, so the source's state dict is a subset.
     missing, unexpected = target.load_state_dict(source.state_dict(), strict=False)
@@ -294,6 +299,7 @@ def train_args(spec: NetSpec, target_dir: Path, config: dict[str, Any]) -> list[
     shown = get_family(spec.kind).shown_shortcut(spec.shortcut)
     if shown:
         args += ["--shortcut", shown]
+    args += [f"--{name}={value}" for name, value in spec.options if name == "width"]  # the one option with a flag
     defaults = asdict(DataConfig())
     for key, value in config.get("data", {}).items():
         if key in defaults and value != defaults[key] and value is not None and key != "split_seed":
@@ -327,7 +333,7 @@ def construct_from_run(run_dir: Path, depth: int, out: Path, device: torch.devic
     if depth <= spec.depth:
         raise UserError(f"--depth {depth} is not deeper than the source's {spec.depth} layers: ask for a larger depth "
                         f"of the form 6n+2, e.g. {spec.depth + 6}")
-    target_spec = NetSpec(spec.kind, depth, spec.shortcut, spec.num_classes)
+    target_spec = NetSpec(spec.kind, depth, spec.shortcut, spec.num_classes, spec.options)
     target_dir = out / construction_name(run_dir, target_spec)
     if target_dir.exists() and any(target_dir.iterdir()) and not force:
         raise UserError(f"{target_dir} already exists: remove it, choose another --out, or pass --force to "

@@ -26,7 +26,8 @@ import torch
 from .bench import BenchConfig, BenchRow, device_name, synchronize, train_steps
 from .data import DataCheck, DataConfig, check_data_present, make_synthetic
 from .devices import resolve_device, resolved_precision
-from .models import build_model, count_multiply_adds
+from .families import build_network
+from .models import count_multiply_adds
 from .results import RunStatus, write_json
 from .sweep import RUNNABLE, PlannedCell, SweepConfig, cpu_cores, device_slots, planned_jobs, task_threads
 from .train import Trainer, TrainConfig, resolve_iterations, steps_per_epoch, uses_compile
@@ -78,15 +79,16 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
         return PlanEstimate(cells, None, basis, data)
     slots = device_slots(sweep)
     threads = task_threads(sweep)
-    speeds: dict[tuple[str, int], Speed] = {}
-    for slot in dict.fromkeys(item.device for item in runnable):
-        configs = {item.cell.config.depth: item.cell.config for item in runnable if item.device == slot}
+    speeds: dict[tuple[str, str, int], Speed] = {}
+    for slot, setting in dict.fromkeys((item.device, speed_setting(item.cell.config)) for item in runnable):
+        configs = {item.cell.config.depth: item.cell.config for item in runnable
+                   if (item.device, speed_setting(item.cell.config)) == (slot, setting)}
         for depth, speed in depth_speeds(configs, slot, threads, on_progress).items():
-            speeds[slot, depth] = speed
+            speeds[slot, setting, depth] = speed
     eager = False  # some run will compile, and its speed was measured without
     for item in runnable:
         estimate = cells[item.cell.name]
-        estimate.speed = speeds[item.device, item.cell.config.depth]
+        estimate.speed = speeds[item.device, speed_setting(item.cell.config), item.cell.config.depth]
         estimate.seconds = cell_seconds(item.cell.config, estimate.iterations, data, estimate.speed.images_per_second)
         eager |= will_compile(item, data) and not estimate.speed.compile
     seconds = job_seconds(runnable, cells)
@@ -96,6 +98,12 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
         basis.append("a fused job is timed as its cells one after another in one slot: `resdepth bench --fuse 1,2,4` "
                      "measures what fusing changes on this machine")
     return PlanEstimate(cells, total, basis, data)
+
+
+def speed_setting(config: TrainConfig) -> str:
+    """What sets a cell's images/s besides its depth and slot, as grid axes may vary it: the mini-batch, the
+    precision, the layout and the network's options (width)."""
+    return json.dumps([config.batch_size, config.precision, config.channels_last, config.options], sort_keys=True)
 
 
 def job_seconds(runnable: list[PlannedCell], cells: dict[str, CellEstimate]) -> list[float | None]:
@@ -163,8 +171,9 @@ def depth_speeds(configs: dict[int, TrainConfig], slot: str, threads: int,
     for depth in sorted({min(configs), max(probed)} - known.keys()):
         on_progress(f"measuring depth {depth} on {slot} ({threads} thread(s)): a few training steps")
         known[depth] = probe_and_remember(configs[depth], device, threads)
-    cost = fit_image_cost({depth: 1 / speed.images_per_second for depth, speed in known.items()},
-                          next(iter(configs.values())).kind)
+    config = next(iter(configs.values()))
+    cost = fit_image_cost({depth: 1 / speed.images_per_second for depth, speed in known.items()}, config.kind,
+                          config.options)
     compiled = all(speed.compile for speed in known.values())
     return {depth: known.get(depth) or Speed(1 / cost(depth), "interpolated", time.time(), compiled)
             for depth in configs}
@@ -191,11 +200,13 @@ def probe_and_remember(config: TrainConfig, device: Any, threads: int) -> Speed:
     return replace(speed, now=True)
 
 
-def fit_image_cost(seconds_per_image: dict[int, float], kind: str) -> Callable[[int], float]:
-    """Seconds per training image as fixed + per-multiply-add cost, fitted through the measured depths
-    (least squares; through zero when one depth is known, or when the fit gives a negative fixed cost)."""
+def fit_image_cost(seconds_per_image: dict[int, float], kind: str,
+                   options: dict[str, Any] | None = None) -> Callable[[int], float]:
+    """Seconds per training image as fixed + per-multiply-add cost, fitted through the measured depths of the
+    family at these network options (least squares; through zero when one depth is known, or when the fit gives a
+    negative fixed cost)."""
     def macs(depth: int) -> float:
-        return float(count_multiply_adds(build_model(kind, depth)))  # type: ignore[arg-type]
+        return float(count_multiply_adds(build_network(kind, depth, net_options=options)))
 
     points = [(macs(depth), cost) for depth, cost in seconds_per_image.items()]
     fixed, per_mac = 0.0, sum(x * y for x, y in points) / sum(x * x for x, _ in points)
@@ -239,6 +250,7 @@ def speed_key(config: TrainConfig, device: Any, threads: int, compile: bool, dep
         "precision": precision or resolved_precision(config.precision, device),
         "channels_last": channels_last if channels_last is not None else config.channels_last is not False,
         "cuda_graph": config.cuda_graph, "compile": compile, "depth": depth or config.depth,
+        **({"options": config.options} if config.options else {}),  # width 1 keeps the keys cached before widths
     }, sort_keys=True)
 
 
@@ -279,18 +291,18 @@ def remember_bench(config: BenchConfig, rows: list[BenchRow]) -> None:
         remember_speed(key, Speed(row.resdepth_images_per_second, "bench", time.time(), row.compile))
 
 
-def describe_basis(speeds: dict[tuple[str, int], Speed], threads: int, slots: int, data: DataCheck,
+def describe_basis(speeds: dict[tuple[str, str, int], Speed], threads: int, slots: int, data: DataCheck,
                    eager: bool) -> list[str]:
     """Where the img/s come from, and what the times assume (eager: runs that will compile were timed without)."""
     lines = []
     for source, words in (("bench", "from `resdepth bench` of"), ("probe", "probed (a few eager training steps)")):
-        chosen = {depth: speed for (_, depth), speed in speeds.items() if speed.source == source}
+        chosen = {depth: speed for (*_, depth), speed in speeds.items() if speed.source == source}
         if chosen:
             when = ", ".join(sorted({"now" if s.now else time.strftime("%Y-%m-%d %H:%M", time.localtime(s.measured))
                                      for s in chosen.values()}))
             lines.append(f"img/s of depth {', '.join(map(str, sorted(chosen)))} {words} {when} on this machine, "
                          f"{threads} thread(s) per job")
-    guessed = sorted({depth for (_, depth), speed in speeds.items() if speed.source == "interpolated"})
+    guessed = sorted({depth for (*_, depth), speed in speeds.items() if speed.source == "interpolated"})
     if guessed:
         lines.append(f"depth {', '.join(map(str, guessed))}: from the measured depths by forward multiply-adds")
     if eager:

@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import fnmatch
 import importlib
+import json
 import importlib.metadata
 import os
 import re
@@ -140,6 +141,34 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class NetOption:
+    """A network option a family declares: its builder takes it as a keyword argument, runs set it in their config's
+    `options` (`--width` for width, `[train.options]` in sweep files) and sweeps put it on the grid
+    (`--grid width=1,2,4`). Its values have the type of its default; minimum: the smallest a number may be."""
+
+    name: str
+    default: int | float | str | bool
+    help: str
+    minimum: float | None = None
+
+    def check(self, value: Any, family: str) -> Any:
+        """value if it fits the option (an int for a float option becomes a float), else one line saying why."""
+        kind = type(self.default)
+        fits = (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))) or \
+            (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not fits:
+            raise UserError(f"{family} nets' option {self.name} takes a {kind.__name__}, got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise UserError(f"{family} nets' option {self.name} must be at least {self.minimum:g}, got {value!r}")
+        return kind(value)
+
+
+# Zagoruyko and Komodakis 2016 (Wide Residual Networks): stage widths 16k/32k/64k; k = 1 is the paper's nets
+WIDTH = NetOption("width", 1, "Width multiplier k: stages of 16k/32k/64k filters, as Wide ResNets (1: the paper's "
+                              "16/32/64).", minimum=1)
+
+
+@dataclass(frozen=True)
 class FamilySource:
     """What produced a family's networks, as config.json records it: the builder's module and attribute, and the
     installed distribution (and version) that holds the module, when there is one."""
@@ -173,7 +202,8 @@ USER_PROTOCOL = dataclasses.replace(SECTION_4_2, summary="§4.2 (resdepth's defa
 class Family:
     """A network family. build: `(depth, num_classes, **options) -> nn.Module`, None for a family known only from a
     results folder's record. shortcuts: the values `--shortcut` may take, the first being the default (empty:
-    the family takes none, and the builder gets no shortcut option)."""
+    the family takes none, and the builder gets no shortcut option). net_options: the other keyword options its
+    builder takes (built-in families: width), each with its default."""
 
     name: str
     build: Callable[..., nn.Module] | None = field(default=None, compare=False, repr=False)
@@ -192,6 +222,7 @@ class Family:
     # Its nets are a stem layer, this many stages of equally many weight layers, and the FC (the built-in ones: 3);
     # 0 where it does not say (a user's family): figures then draw no stage boundaries.
     stages: int = 0
+    net_options: tuple[NetOption, ...] = ()
 
     @property
     def default_shortcut(self) -> str:
@@ -233,8 +264,31 @@ class Family:
         raise UserError(f"{self.name} nets take --shortcut {' or '.join(self.shortcuts)}, not {given}: leave "
                         f"--shortcut out for its default ({self.default_shortcut}), or sweep it apart")
 
-    def options(self, shortcut: str | None) -> dict[str, Any]:
-        return {} if not self.shortcuts else {"shortcut": self.shortcut_for(shortcut)}
+    def options(self, shortcut: str | None, net_options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The builder's keyword options: the shortcut where it takes one, and its declared options (checked)."""
+        shortcut_option = {} if not self.shortcuts else {"shortcut": self.shortcut_for(shortcut)}
+        return {**shortcut_option, **self.resolve_options(net_options or {})}
+
+    def net_option(self, name: str) -> NetOption | None:
+        return next((o for o in self.net_options if o.name == name), None)
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The given network options, each checked against the family's declaration, without those at their default
+        (a config saying width 1 is the same run as one that does not say): what config.json keeps."""
+        resolved = {}
+        for name, value in given.items():
+            declared = self.net_option(name)
+            if declared is None:
+                takes = ", ".join(o.name for o in self.net_options) or "none"
+                raise UserError(f"{self.name} nets take no option {name!r} (they take: {takes}; see `resdepth models`)")
+            value = declared.check(value, self.name)
+            if value != declared.default:
+                resolved[name] = value
+        return dict(sorted(resolved.items()))
+
+    def option_values(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Every declared option's value for a run that gives these: its own, else the default."""
+        return {o.name: given.get(o.name, o.default) for o in self.net_options}
 
 
 # ---------------------------------------------------------------------------------------------- built-in families
@@ -246,7 +300,7 @@ def register_family(name: str, *, depths: DepthRule, **details: Any) -> Callable
     """Register the decorated builder as the built-in family `name` (details: the other Family fields)."""
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         source = FamilySource(builder.__module__, builder.__name__, "resdepth", __version__)
-        _BUILTIN[name] = Family(name, builder, depths, builtin=True, source=source, **details)
+        _BUILTIN[name] = Family(name, builder, depths, builtin=True, source=source, net_options=(WIDTH,), **details)
         return builder
     return decorate
 
@@ -277,14 +331,14 @@ PREACT_BOTTLENECK_TABLE = PaperReference("2016b", IDENTITY_MAPPINGS + "; bottlen
 @register_family("plain", depths=SIX_N_PLUS_TWO, stages=3, protocol=PLAIN_PROTOCOL,
                  no_reference="the paper gives plain nets only as curves (Figure 6), in no table",
                  summary="§4.2's plain net: 3x3 convs with BN and ReLU, no shortcuts")
-def plain(depth: int, num_classes: int = 10) -> nn.Module:
-    return CifarNet("plain", depth, num_classes)
+def plain(depth: int, num_classes: int = 10, width: int = 1) -> nn.Module:
+    return CifarNet("plain", depth, num_classes, width=width)
 
 
 @register_family("residual", depths=SIX_N_PLUS_TWO, stages=3, shortcuts=("A", "B"), twin="plain", reference=TABLE6,
                  protocol=SECTION_4_2, summary="§4.2's ResNet: the plain net with a shortcut around every two convs")
-def residual(depth: int, num_classes: int = 10, shortcut: str = "A") -> nn.Module:
-    return CifarNet("residual", depth, num_classes, shortcut)  # type: ignore[arg-type]
+def residual(depth: int, num_classes: int = 10, shortcut: str = "A", width: int = 1) -> nn.Module:
+    return CifarNet("residual", depth, num_classes, shortcut, width)  # type: ignore[arg-type]
 
 
 # The paper says of its basic pre-activation ResNet-110 only that it follows [1] (option A there); resdepth's
@@ -295,8 +349,8 @@ def residual(depth: int, num_classes: int = 10, shortcut: str = "A") -> nn.Modul
                  reference=PREACT_TABLE,
                  protocol=PREACT_PROTOCOL, version=2, summary="2016b's full pre-activation ResNet, basic units "
                  "(BN-ReLU-conv x2), projection shortcuts")
-def preact(depth: int, num_classes: int = 10, shortcut: str = "B") -> nn.Module:
-    return PreActNet(depth, num_classes, bottleneck=False, shortcut=shortcut)  # type: ignore[arg-type]
+def preact(depth: int, num_classes: int = 10, shortcut: str = "B", width: int = 1) -> nn.Module:
+    return PreActNet(depth, num_classes, bottleneck=False, shortcut=shortcut, width=width)  # type: ignore[arg-type]
 
 
 @register_family("preact-bottleneck", depths=NINE_N_PLUS_TWO, stages=3, shortcuts=("B",),
@@ -304,8 +358,8 @@ def preact(depth: int, num_classes: int = 10, shortcut: str = "B") -> nn.Module:
                  protocol=dataclasses.replace(PREACT_PROTOCOL, shortcut="B"),
                  summary="2016b's ResNet-164/1001: pre-activation bottleneck units (1x1, 3x3, 1x1 to 4x), "
                          "projection shortcuts")
-def preact_bottleneck(depth: int, num_classes: int = 10, shortcut: str = "B") -> nn.Module:
-    return PreActNet(depth, num_classes, bottleneck=True, shortcut=shortcut)  # type: ignore[arg-type]
+def preact_bottleneck(depth: int, num_classes: int = 10, shortcut: str = "B", width: int = 1) -> nn.Module:
+    return PreActNet(depth, num_classes, bottleneck=True, shortcut=shortcut, width=width)  # type: ignore[arg-type]
 
 
 def builtin_families() -> list[Family]:
@@ -451,42 +505,46 @@ def unknown_kind_message(kind: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- checking and building
-def check_network(kind: str, depth: int, shortcut: str | None = None) -> Family:
+def check_network(kind: str, depth: int, shortcut: str | None = None,
+                  net_options: dict[str, Any] | None = None) -> Family:
     """Refuse what the family cannot build, without building it (a 1001-layer net has 10M parameters)."""
     family = get_family(kind)
     family.depths.blocks(depth, family.name)
-    family.shortcut_for(shortcut)
+    family.options(shortcut, net_options)
     return family
 
 
-_CHECKED: set[tuple[str, int, str | None, int]] = set()
+_CHECKED: set[tuple[str, int, str, int]] = set()
 
 
-def build_network(kind: str, depth: int, num_classes: int = 10, shortcut: str | None = None) -> nn.Module:
-    """The family's network; a user family's is checked the first time each (depth, classes) is built."""
-    family = check_network(kind, depth, shortcut)
+def build_network(kind: str, depth: int, num_classes: int = 10, shortcut: str | None = None,
+                  net_options: dict[str, Any] | None = None) -> nn.Module:
+    """The family's network; a user family's is checked the first time each (depth, classes, options) is built.
+    net_options: the family's declared options (width, ...) where not their defaults."""
+    family = check_network(kind, depth, shortcut, net_options)
     assert family.build is not None
-    options = family.options(shortcut)
+    options = family.options(shortcut, net_options)
     try:
         model = family.build(depth, num_classes, **options)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a user's builder may raise anything: one line naming the family
         raise UserError(f"family {family.name} could not build its {depth}-layer net: {last_line(exc)}") from None
-    key = (family.name, depth, options.get("shortcut"), num_classes)
+    key = (family.name, depth, json.dumps(options, sort_keys=True), num_classes)
     if not family.builtin and key not in _CHECKED:
         check_output(family, depth, num_classes, model)
         _CHECKED.add(key)
     return model
 
 
-def check_builds(kind: str, depth: int, shortcut: str | None, num_classes: int) -> None:
+def check_builds(kind: str, depth: int, shortcut: str | None, num_classes: int,
+                 net_options: dict[str, Any] | None = None) -> None:
     """Build and check a user family's net once per process before anything runs (a sweep's planning); built-in
     families are tested, not built again here."""
-    family = check_network(kind, depth, shortcut)
-    if not family.builtin and (family.name, depth, family.options(shortcut).get("shortcut"), num_classes) \
-            not in _CHECKED:
-        build_network(kind, depth, num_classes, shortcut)
+    family = check_network(kind, depth, shortcut, net_options)
+    options = json.dumps(family.options(shortcut, net_options), sort_keys=True)
+    if not family.builtin and (family.name, depth, options, num_classes) not in _CHECKED:
+        build_network(kind, depth, num_classes, shortcut, net_options)
 
 
 def check_output(family: Family, depth: int, num_classes: int, model: Any) -> None:
@@ -587,7 +645,8 @@ def from_record(kind: str, record: dict[str, Any]) -> Family:
                   record.get("no_reference") or "",
                   Protocol(**record["protocol"]) if record.get("protocol") else USER_PROTOCOL,
                   record.get("summary") or "", False, source, network_version(record),
-                  int(record.get("stages") or 0))
+                  int(record.get("stages") or 0),
+                  tuple(NetOption(**option) for option in record.get("net_options") or ()))
 
 
 # ---------------------------------------------------------------------------------------------- listing
@@ -617,8 +676,9 @@ def describe_family(family: Family) -> dict[str, str]:
     else:
         paper = "-"
     source = f"resdepth {__version__}" if family.builtin else str(family.source or "-")
-    return {"family": family.name, "depths": str(family.depths), "shortcuts": shortcuts, "plain twin": twin,
-            "paper numbers": paper, "protocol": family.protocol.summary, "source": source,
+    options = ", ".join(f"{o.name} (default {o.default})" for o in family.net_options) or "-"
+    return {"family": family.name, "depths": str(family.depths), "shortcuts": shortcuts, "options": options,
+            "plain twin": twin, "paper numbers": paper, "protocol": family.protocol.summary, "source": source,
             "summary": family.summary}
 
 

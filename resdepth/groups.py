@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 from typing import Any
 
@@ -37,6 +37,8 @@ class GroupKey:
     depth: int
     setting: str = ""
     family: Family = field(default_factory=lambda: Family("unknown"), compare=False, repr=False)
+    # the setting as (key, value) pairs: one table column per key, one figure panel column per setting
+    axes: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def study(self) -> tuple[str, str]:
@@ -50,12 +52,13 @@ class GroupKey:
         return self.family.variant(self.shortcut)
 
 
-def group_key(run: Run, setting: str = "") -> GroupKey:
+def group_key(run: Run, axes: tuple[tuple[str, str], ...] = ()) -> GroupKey:
     """The run's group: its family (from config.json, never imported), and its shortcut where the family takes one
-    (a run of an earlier version that does not say: A)."""
+    (a run of an earlier version that does not say: A); axes: its values where runs differ (`setting_axes`)."""
     family = family_of_run(run.config)
     shortcut = str(run.setting("shortcut") or family.default_shortcut or "A") if family.shortcuts else ""
-    return GroupKey(dataset_name(run.config), family.name, shortcut, int(run.setting("depth", 0)), setting, family)
+    return GroupKey(dataset_name(run.config), family.name, shortcut, int(run.setting("depth", 0)), axes_text(axes),
+                    family, axes)
 
 
 def dataset_name(config: dict[str, Any]) -> str:
@@ -73,22 +76,33 @@ def group_runs(runs: list[Run]) -> dict[GroupKey, list[Run]]:
     """Runs grouped by dataset, kind, shortcut and depth (the seeds of one setting), plain before residual;
     runs of one such group that were trained differently are kept apart by their setting."""
     groups: dict[GroupKey, list[Run]] = {}
-    for run, setting in zip(runs, setting_labels(runs), strict=True):
-        groups.setdefault(group_key(run, setting), []).append(run)
+    for run, axes in zip(runs, setting_axes(runs), strict=True):
+        groups.setdefault(group_key(run, axes), []).append(run)
     return {key: groups[key] for key in sorted(groups, key=group_order)}
 
 
 def group_order(key: GroupKey) -> tuple:
     """Dataset, setting, the built-in families in their order (plain, residual, preact, ...) then the others, a
     family's default shortcut first, then shallow to deep: the order of table rows, figure panels and legends."""
-    return (key.dataset, key.setting, family_order(key.kind), key.kind, key.family.shown_shortcut(key.shortcut) != "",
-            key.shortcut, key.depth)
+    return (key.dataset, setting_order(key.axes), key.setting, family_order(key.kind), key.kind,
+            key.family.shown_shortcut(key.shortcut) != "", key.shortcut, key.depth)
+
+
+def setting_order(axes: tuple[tuple[str, str], ...]) -> tuple:
+    """Settings in the order of their values, numbers as numbers (lr 0.01 before 0.1, width 2 before 10), a value
+    that runs do not give ('-') first."""
+    def value(text: str) -> tuple:
+        try:
+            return (0, float(text), "")
+        except ValueError:
+            return (-1 if text == "-" else 1, 0.0, text)
+    return tuple((name, value(text)) for name, text in axes)
 
 
 # Saved config keys that do not make runs different experiments: the group key, the seed, how a run executed,
 # where its data lives, and raw values that "resolved" holds as they took effect (--epochs -> iterations).
 NOT_PROTOCOL = {"kind", "depth", "shortcut", "seed", "epochs", "iterations", "precision", "resolved", "environment",
-                "fused", "data", *EXECUTION_FIELDS}
+                "fused", "data", "options", *EXECUTION_FIELDS}
 # The warm-up settings only matter to a run that warmed up; which runs do is "resolved"'s warmup (a mode such as
 # auto or deep is only the rule that decided it).
 WARMUP_FIELDS = ("warmup", "warmup_min_depth", "warmup_lr", "warmup_until_error", "warmup_max_iterations")
@@ -104,6 +118,8 @@ def run_protocol(run: Run) -> dict[str, str]:
                    and (data.get("dataset") == "synthetic" or not key.startswith("synthetic_"))})
     if data.get("dataset") == "folder":
         values["data_dir"] = data.get("data_dir")  # for image folders the path is what names the dataset
+    options = config.get("options")
+    values.update(family_of_run(config).option_values(options if isinstance(options, dict) else {}))
     for key in ("iterations", "train_size", "test_size", "val_size"):
         values[key] = resolved.get(key, config.get(key, data.get(key)))
     if "warmup" in resolved:
@@ -129,8 +145,14 @@ def run_precision(run: Run) -> str:
                                                                "tf32" if device.startswith("cuda") else "fp32"))
 
 
-def setting_labels(runs: list[Run]) -> list[str]:
-    """Per run, '' or the values of the settings that differ between runs of one dataset x kind x depth.
+def axes_text(axes: tuple[tuple[str, str], ...]) -> str:
+    """A run's setting as labels, titles and notes show it: 'lr 0.05, width 2' ('' where nothing differs)."""
+    return ", ".join(f"{key} {value}" for key, value in axes)
+
+
+def setting_axes(runs: list[Run]) -> list[tuple[tuple[str, str], ...]]:
+    """Per run, its values of the settings that differ between runs of one dataset x kind x depth (a sweep's grid
+    axes, or two sweeps' differences), as (key, value) pairs in key order; () where none differ.
 
     Only keys that actually split such a group count, and every run of that dataset is labelled by them, so
     each sweep's depths stay together in one figure and one block of the table."""
@@ -142,11 +164,11 @@ def setting_labels(runs: list[Run]) -> list[str]:
     for key, members in by_group.items():
         differing = {k for k in set().union(*members) if len({m.get(k) for m in members}) > 1}
         split_keys.setdefault(key.dataset, set()).update(differing)
-    labels = []
+    axes = []
     for run, protocol in zip(runs, protocols, strict=True):
         keys = sorted(split_keys.get(group_key(run).dataset, ()))
-        labels.append(", ".join(f"{k} {shown(protocol.get(k))}" for k in keys))
-    return labels
+        axes.append(tuple((k, str(shown(protocol.get(k)))) for k in keys))
+    return axes
 
 
 def shown(value: str | None) -> str:
@@ -222,6 +244,7 @@ def paper_differences(run: Run) -> list[str]:
         differences.append("no augmentation (paper: pad 4, random crop, flip)")
     differences += warmup_differences(run, family)
     differences += init_differences(config, resolved)
+    differences += option_differences(config, family)
     if resolved.get("precision", config.get("precision")) == "bf16":
         differences.append("bf16 (paper: fp32)")
     return differences
@@ -235,6 +258,26 @@ def init_differences(config: dict[str, Any], resolved: dict[str, Any]) -> list[s
     where = PurePath(str(record.get("path") or config["init"])).name or str(config["init"])
     net = f"{record['net']} weights in " if record.get("net") else ""
     return [f"initialized from {net}{where} (paper: He init)"]
+
+
+def option_differences(config: dict[str, Any], family: Family) -> list[str]:
+    """The family's paper trained its nets at every option's default (the built-in families: width 1)."""
+    options = config.get("options")
+    values = family.option_values(options if isinstance(options, dict) else {})
+    return [f"{o.name} {values[o.name]} (paper: {o.default})" for o in family.net_options
+            if values[o.name] != o.default]
+
+
+def on_paper_axes(run: Run, keys: list[str]) -> bool:
+    """Whether the run's values on these setting keys (a sweep's axes) are the paper's: its differences from the
+    paper stay the same when the keys are left out (a value left out counts as the paper's)."""
+    if not keys:
+        return True
+    config = {k: v for k, v in run.config.items() if k not in keys}
+    for section in ("data", "options", "resolved"):
+        if isinstance(config.get(section), dict):
+            config[section] = {k: v for k, v in config[section].items() if k not in keys}
+    return paper_differences(replace(run, config=config)) == paper_differences(run)
 
 
 def shortcut_words(shortcut: str) -> str:

@@ -26,6 +26,7 @@ from .errors import UserError
 Shortcut = Literal["A", "B"]
 SHORTCUTS: tuple[str, ...] = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)  # §4.2: 16/32/64 filters on 32/16/8 feature maps
+STEM_WIDTH = 16  # the 3x3 stem conv's filters, at every width (as Wide ResNets keep it)
 BOTTLENECK_EXPANSION = 4  # 2016b appendix: a [1x1, 16; 3x3, 16; 1x1, 64] unit replaces a [3x3, 16; 3x3, 16] one
 
 
@@ -125,11 +126,19 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad_front, self.pad_back))
 
 
-def projection_shortcut(in_planes: int, out_planes: int) -> nn.Module:
+def projection_shortcut(in_planes: int, out_planes: int, stride: int = 2) -> nn.Module:
     """Option B: a strided 1x1 projection with BN, used only where the shape changes."""
     return nn.Sequential(
-        nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(out_planes)
+        nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
     )
+
+
+def stage_widths(width: int) -> tuple[int, ...]:
+    """The stages' filters at width multiplier k: 16k/32k/64k (Zagoruyko and Komodakis 2016, *Wide Residual
+    Networks*); k = 1 is §4.2's 16/32/64."""
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise UserError(f"--width must be a positive integer (1: the paper's 16/32/64 filters), got {width!r}")
+    return tuple(planes * width for planes in STAGE_WIDTHS)
 
 
 class BasicBlock(nn.Module):
@@ -144,8 +153,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if residual and (stride != 1 or in_planes != planes):
-            self.shortcut = (ZeroPadShortcut(in_planes, planes) if shortcut == "A" else
-                             projection_shortcut(in_planes, planes))
+            # stride 1 only where a wide net's first stage widens the stem's 16 filters
+            self.shortcut = (ZeroPadShortcut(in_planes, planes, stride) if shortcut == "A" else
+                             projection_shortcut(in_planes, planes, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -193,25 +203,27 @@ class CifarNet(nn.Module):
     """The §4.2 network: a 3x3 stem conv, 3 stages of n blocks (2n layers each), global average pool, FC.
 
     kind: plain (no shortcuts) or residual (a shortcut around every block, `shortcut` A or B where the shape
-    changes); the two are twins with the same parameters under option A."""
+    changes); the two are twins with the same parameters under option A. width: the multiplier k of the stages'
+    filters (16k/32k/64k, the stem keeps 16, as in Wide ResNets); 1 is the paper's net."""
 
     KINDS = ("plain", "residual")
     response_measure = "bn_output"  # what response_layers() measures: analysis.py's MEASURES name and title it
 
-    def __init__(self, kind: str, depth: int, num_classes: int = 10, shortcut: Shortcut = "A"):
+    def __init__(self, kind: str, depth: int, num_classes: int = 10, shortcut: Shortcut = "A", width: int = 1):
         super().__init__()
         if kind not in self.KINDS:
             raise UserError(f"CifarNet builds plain or residual nets, not {kind!r}")
         check_shortcut(shortcut)
         check_classes(num_classes)
         n = SIX_N_PLUS_TWO.blocks(depth, kind)
-        self.kind, self.depth, self.shortcut_option = kind, depth, shortcut
+        widths = stage_widths(width)
+        self.kind, self.depth, self.shortcut_option, self.width = kind, depth, shortcut, width
         residual = kind == "residual"
-        self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
-        in_planes = STAGE_WIDTHS[0]
+        self.conv1 = nn.Conv2d(3, STEM_WIDTH, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(STEM_WIDTH)
+        in_planes = STEM_WIDTH
         stages = []
-        for index, planes in enumerate(STAGE_WIDTHS):
+        for index, planes in enumerate(widths):
             blocks = []
             for block in range(n):
                 stride = 2 if index > 0 and block == 0 else 1  # §4.2: subsampling by stride-2 convs
@@ -219,7 +231,7 @@ class CifarNet(nn.Module):
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(STAGE_WIDTHS[-1], num_classes)
+        self.linear = nn.Linear(widths[-1], num_classes)
         self.apply(he_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -296,10 +308,10 @@ class PreActBlock(nn.Module):
         return [self.conv1, self.conv2]
 
     def lesion_view(self) -> tuple[bool, bool, nn.Module | None]:
-        """A pre-activation unit without its branch leaves x, or where the shape changes the shortcut of the
-        pre-activated input."""
+        """A pre-activation unit without its branch leaves what its shortcut takes: x, or the pre-activated input
+        (the net's first unit, whose activation comes before the split), projected where the shape changes."""
         if self.shortcut is None:
-            return True, False, nn.Identity()
+            return True, False, ShortcutOnly(nn.Identity(), before=self.bn1) if self.first else nn.Identity()
         return True, True, ShortcutOnly(self.shortcut, before=self.bn1)
 
 
@@ -332,10 +344,10 @@ class PreActBottleneck(nn.Module):
         return [self.conv1, self.conv2, self.conv3]
 
     def lesion_view(self) -> tuple[bool, bool, nn.Module | None]:
-        """A pre-activation unit without its branch leaves x, or where the shape changes the shortcut of the
-        pre-activated input."""
+        """A pre-activation unit without its branch leaves what its shortcut takes: x, or the pre-activated input
+        (the net's first unit, whose activation comes before the split), projected where the shape changes."""
         if self.shortcut is None:
-            return True, False, nn.Identity()
+            return True, False, ShortcutOnly(nn.Identity(), before=self.bn1) if self.first else nn.Identity()
         return True, True, ShortcutOnly(self.shortcut, before=self.bn1)
 
 
@@ -362,23 +374,27 @@ class PreActNet(nn.Module):
     (basic: 16/32/64 filters, depth 6n+2; bottleneck: 16/32/64 inside, 64/128/256 out, depth 9n+2), a final
     BN -> ReLU (the last unit's extra activation), global average pool, FC. The first unit's BN -> ReLU is the
     activation right after the stem ("before splitting into two paths"). Init as the authors' code: convs
-    normal with std sqrt(2 / (k*k*out channels)), BN 1 and 0, FC bias 0."""
+    normal with std sqrt(2 / (k*k*out channels)), BN 1 and 0, FC bias 0. width k: stages of 16k/32k/64k filters
+    after the 16-filter stem, the first unit projecting 16 to 16k: the basic net is then Wide ResNet's own
+    (Zagoruyko and Komodakis 2016: pre-activation basic blocks, widened)."""
 
     response_measure = "residual_function"  # what response_layers() measures: analysis.py's MEASURES
 
-    def __init__(self, depth: int, num_classes: int = 10, bottleneck: bool = False, shortcut: Shortcut = "B"):
+    def __init__(self, depth: int, num_classes: int = 10, bottleneck: bool = False, shortcut: Shortcut = "B",
+                 width: int = 1):
         super().__init__()
         check_shortcut(shortcut)
         check_classes(num_classes)
+        widths = stage_widths(width)
         self.kind = "preact-bottleneck" if bottleneck else "preact"
         rule, unit = (NINE_N_PLUS_TWO, PreActBottleneck) if bottleneck else (SIX_N_PLUS_TWO, PreActBlock)
         n = rule.blocks(depth, self.kind)
-        self.depth, self.shortcut_option = depth, shortcut
+        self.depth, self.shortcut_option, self.width = depth, shortcut, width
         expansion = BOTTLENECK_EXPANSION if bottleneck else 1
-        self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
-        in_planes = STAGE_WIDTHS[0]
+        self.conv1 = nn.Conv2d(3, STEM_WIDTH, 3, stride=1, padding=1, bias=False)
+        in_planes = STEM_WIDTH
         stages = []
-        for index, planes in enumerate(STAGE_WIDTHS):
+        for index, planes in enumerate(widths):
             units = []
             for position in range(n):
                 units.append(unit(in_planes, planes, 2 if index > 0 and position == 0 else 1, shortcut,

@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .errors import UserError
 from .families import builtin_families, file_name
-from .groups import GroupKey, group_runs, is_complete
+from .groups import GroupKey, axes_text, group_runs, is_complete, setting_order
 from .results import Run
 from .tables import group_differences, nets_by_difference, paper_test_error, summarize
 
@@ -103,6 +103,12 @@ def build_figures(runs: list[Run], x: str = "iterations", paper: bool = False) -
         for variant in dict.fromkeys(c.key.variant for c in curves):
             figures[f"figure1-{file_name(variant)}-{name}{suffix}"] = figure1(curves, variant, x)
         figures[f"figure6-{name}{suffix}"] = figure6(curves, x, paper=paper)
+    for dataset in dict.fromkeys(curve.key.dataset for curve in every):
+        curves = [c for c in every if c.key.dataset == dataset]
+        keys = list(dict.fromkeys(name for c in curves for name, _ in c.key.axes))
+        if len({c.key.axes for c in curves}) > 1:
+            figures[f"figure6-{study_name((dataset, ''))}-by-{file_slug('_'.join(keys))}{suffix}"] = \
+                figure6_by_setting(curves, x, paper=paper)
     return figures
 
 
@@ -190,23 +196,66 @@ def figure6(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
     figure, axes_list = new_figure(len(panels))
     ticked: set[str] = set()
     for axes, (title, members) in zip(axes_list, panels, strict=True):
-        for curve in members:
-            for metric in curve.metrics:
-                style, width, _ = STYLES[metric]
-                draw(axes, curve, metric, xaxis, colours[curve.key.depth], width, style)
-            mark_warmup_ends(axes, curve, xaxis, colours[curve.key.depth])
-        if paper:
-            ticked |= mark_paper_errors(axes, members, xaxis, colours)
+        ticked |= draw_panel(axes, members, xaxis, colours, paper)
         style_axes(axes, title, xaxis, ylabel=axes is axes_list[0])
     top = set_error_range(axes_list, curves)
     for axes, (_, members) in zip(axes_list, panels, strict=True):
         note_off_axis(axes, members, METRICS, top)
+    figure.suptitle(f"{study_title(curves[0].key.study)}: {style_words(curves)}", fontsize=TITLE_FONT)
+    finish_figure6(figure, curves, colours, ticked)
+    return figure
+
+
+def figure6_by_setting(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
+    """One dataset's Figure 6 across its settings (a sweep's grid axes: lr, width, ...): a row of panels per kind,
+    a column per setting, titled with its values; one colour per depth and one y range throughout, so depth reads
+    along a row and the axis down a column."""
+    check_axis(x)
+    settings = sorted(dict.fromkeys(c.key.axes for c in curves), key=setting_order)
+    variants = list(dict.fromkeys(c.key.variant for c in curves))
+    colours = depth_colours(c.key.depth for c in curves)
+    xaxis = XAxis.choose(x, curves)
+    figure, grid = new_grid(len(variants), len(settings))
+    ticked: set[str] = set()
+    for row, variant in zip(grid, variants, strict=True):
+        for axes, setting in zip(row, settings, strict=True):
+            members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
+            ticked |= draw_panel(axes, members, xaxis, colours, paper)
+            style_axes(axes, f"{variant} nets: {axes_text(setting)}", xaxis, ylabel=axes is row[0])
+            if not members:  # the grid is not full: say so rather than leave a blank the eye reads as a result
+                axes.text(0.5, 0.5, "no runs", transform=axes.transAxes, ha="center", va="center", fontsize=FONT,
+                          color="0.5")
+    top = set_error_range([axes for row in grid for axes in row], curves)
+    for row, variant in zip(grid, variants, strict=True):
+        for axes, setting in zip(row, settings, strict=True):
+            members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
+            note_off_axis(axes, members, METRICS, top)
+    keys = ", ".join(dict.fromkeys(name for setting in settings for name, _ in setting))
+    figure.suptitle(f"{curves[0].key.dataset} by {keys}: {style_words(curves)}", fontsize=TITLE_FONT)
+    finish_figure6(figure, curves, colours, ticked)
+    return figure
+
+
+def draw_panel(axes: Axes, members: list[SeedCurves], xaxis: XAxis, colours: dict[int, str], paper: bool) -> set[str]:
+    """A Figure 6 panel's curves (every metric in its style, a colour per depth) and warm-up marks; with paper, the
+    paper's errors beside them. Returns the labels of the papers it marked."""
+    for curve in members:
+        for metric in curve.metrics:
+            style, width, _ = STYLES[metric]
+            draw(axes, curve, metric, xaxis, colours[curve.key.depth], width, style)
+        mark_warmup_ends(axes, curve, xaxis, colours[curve.key.depth])
+    return mark_paper_errors(axes, members, xaxis, colours) if paper else set()
+
+
+def style_words(curves: list[SeedCurves]) -> str:
     with_val = any("val_error" in c.metrics for c in curves)
-    words = "dashed = training error, bold = test error" + (", dotted = validation error" if with_val else "")
-    figure.suptitle(f"{study_title(curves[0].key.study)}: {words}", fontsize=TITLE_FONT)
+    return "dashed = training error, bold = test error" + (", dotted = validation error" if with_val else "")
+
+
+def finish_figure6(figure: Figure, curves: list[SeedCurves], colours: dict[int, str], ticked: set[str]) -> None:
+    with_val = any("val_error" in c.metrics for c in curves)
     styles = [(m, STYLES[m][0]) for m in METRICS if with_val or m != "val_error"]
     add_legend(figure, curves, colours, styles, paper_ticks=sorted(ticked))
-    return figure
 
 
 def figure6_panels(curves: list[SeedCurves]) -> list[tuple[str, list[SeedCurves]]]:
@@ -240,10 +289,16 @@ class XAxis:
 
 
 def new_figure(panels: int) -> tuple[Figure, list[Axes]]:
-    figure = Figure(figsize=(max(FIG_WIDTH, 3.5 * panels), FIG_HEIGHT), layout="constrained")
+    figure, grid = new_grid(1, panels)
+    return figure, grid[0]
+
+
+def new_grid(rows: int, columns: int) -> tuple[Figure, list[list[Axes]]]:
+    """Rows of panels side by side, all sharing the y axis; a row is a page's width (or 3.5 in a panel) wide."""
+    height = FIG_HEIGHT if rows == 1 else 0.4 + (FIG_HEIGHT - 0.6) * rows
+    figure = Figure(figsize=(max(FIG_WIDTH, 3.5 * columns), height), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, panels, sharey=True, squeeze=False)[0]
-    return figure, list(axes)
+    return figure, [list(row) for row in figure.subplots(rows, columns, sharey=True, squeeze=False)]
 
 
 def draw(axes: Axes, curve: SeedCurves, metric: str, xaxis: XAxis, colour: str, width: float, style: str) -> None:

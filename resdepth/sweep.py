@@ -1,4 +1,5 @@
-"""Sweeps: the grid depths x kinds x seeds, planned against what the results folder already holds, then run.
+"""Sweeps: the grid depths x kinds x seeds (x any other axis, `grid.py`), planned against what the results folder
+already holds, then run.
 
 The runner decides what to run (skip finished, resume unfinished, refuse mismatched folders), on which slot
 (GPU or CPU share), and with which executor (`make_executor`: the choice sits here, above executors.py and
@@ -15,6 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 try:
     import tomllib
@@ -30,6 +32,7 @@ from .errors import UserError
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
 from .families import FIGURE6_FAMILIES, Family, check_builds, get_family
 from .fused import auto_fuse, group_label, parse_fuse
+from .grid import apply_axes, axis_label, axis_values, grid_axes, grid_points
 from .groups import comparable
 from .results import (CHECKPOINT_FILE, CONFIG_FILE, RUN_CONFIG_SECTIONS, TERMINAL_STATES, RunStatus,
                       ensure_writable_dir, read_json, write_config, write_json)
@@ -56,6 +59,9 @@ class SweepConfig:
                               panel=WHAT, default_factory=lambda: list(FIGURE6_FAMILIES),
                               default_text=",".join(FIGURE6_FAMILIES))
     seeds: list[int] = option(help="Comma-separated seeds.", panel=WHAT, default_factory=lambda: [0], default_text="0")
+    # Other axes (grid.py): a training or data field or a family's network option -> its values; {}: §4.2's grid
+    grid: dict[str, list[Any]] = option(help="Other axes: KEY=V1,V2.", panel=WHAT, default_factory=dict, cli=False,
+                                        default_text="none")
     out: str | None = option(None, help="Results folder; one sub-folder per run.", panel=WHAT,
                              default_text="results/<name or dataset>")
     train: TrainConfig = option(help="Each run's training.", default_factory=TrainConfig, cli=False)
@@ -113,16 +119,19 @@ class SweepConfig:
         self.check_networks()
 
     def check_networks(self) -> None:
-        """Every kind exists, takes every depth and the shortcut; a user family's builder is run once per depth and
-        its output checked (one 32x32 image, the dataset's number of classes), before anything runs or is written."""
-        classes = expected_classes(self.train.data)
+        """Every kind exists, every cell's config (the grid's values in it) is valid, every network can be built; a
+        user family's builder is run once per depth and options and its output checked (one 32x32 image, the
+        dataset's number of classes), before anything runs or is written."""
         for kind in self.kinds:
             get_family(kind)  # an unknown or broken family first, before its depths
-        for kind in self.kinds:
-            for depth in self.depths:
-                config = replace(self.train, kind=kind, depth=depth).for_family()
+        checked = set()
+        for cell in make_cells(self):
+            config = replace(cell.config, seed=self.seeds[0])
+            key = json.dumps(asdict(config), sort_keys=True, default=str)
+            if key not in checked:
+                checked.add(key)
                 config.validate()
-                check_builds(kind, depth, config.shortcut, classes)
+                check_builds(config.kind, config.depth, config.shortcut, expected_classes(config.data), config.options)
 
 
 @dataclass
@@ -145,26 +154,36 @@ RUNNABLE = ("new", "resume", "retry", "replace")
 
 
 # ---------------------------------------------------------------------------------------------- the grid
-def cell_name(config: TrainConfig, family: Family | None = None) -> str:
-    """<family>-<depth>[-<shortcut>]-s<seed>: residual-56-s0, residual-56-B-s0 (not the family's default shortcut),
+def cell_name(config: TrainConfig, family: Family | None = None, axes: tuple[str, ...] | list[str] = ()) -> str:
+    """<family>-<depth>[-<shortcut>][-<axis values>]-s<seed>: residual-56-s0, residual-56-B-s0 (not the family's
+    default shortcut), residual-56-lr0.05-w2-s0 (the grid's axes and any network option not at its default),
     preact-bottleneck-164-s0, mylab.nets.gated-20-s0 (a family path as a folder name can hold it)."""
     family = family or get_family(config.kind)
-    shortcut = family.shown_shortcut(config.shortcut)
-    return f"{family.slug}-{config.depth}{'-' + shortcut if shortcut else ''}-s{config.seed}"
+    parts = (family.slug, str(config.depth), family.shown_shortcut(config.shortcut),
+             axis_label(axis_values(config, axes, family)), f"s{config.seed}")
+    return "-".join(part for part in parts if part)
 
 
 def make_cells(sweep: SweepConfig, family_of: Callable[[str], Family] = get_family) -> list[Cell]:
-    """The sweep's cells in order (depth, then kind, then seed). family_of: how a kind's family is found; reading a
-    results folder passes one that never imports a user's module."""
-    cells = []
+    """The sweep's cells in order (depth, then kind, then the grid's other axes, then seed). family_of: how a
+    kind's family is found; reading a results folder passes one that never imports a user's module. A cell that
+    an axis does not apply to (a family without that option; a plain net on the shortcut axis) is made once."""
+    families = {kind: family_of(kind) for kind in sweep.kinds}
+    axes = grid_axes(sweep.grid, list(families.values()))
+    keys = [axis.key for axis in axes]
+    cells: dict[str, Cell] = {}
     for depth in sweep.depths:
-        for kind in sweep.kinds:
-            family = family_of(kind)
-            for seed in sweep.seeds:
-                config = replace(sweep.train, kind=kind, depth=depth, seed=seed).for_family(family)
-                name = cell_name(config, family)
-                cells.append(Cell(name, sweep.out_dir() / name, config))
-    return cells
+        for kind, family in families.items():
+            for point in grid_points(axes):
+                base = apply_axes(replace(sweep.train, kind=kind, depth=depth), point, family)
+                for seed in sweep.seeds:
+                    config = replace(base, seed=seed).for_family(family)
+                    name = cell_name(config, family, keys)
+                    if name in cells and comparable(asdict(cells[name].config)) != comparable(asdict(config)):
+                        raise UserError(f"two cells of the grid would share the folder {name} (values that read "
+                                        "the same in a folder name): give the axis values that differ more")
+                    cells.setdefault(name, Cell(name, sweep.out_dir() / name, config))
+    return list(cells.values())
 
 
 def device_slots(sweep: SweepConfig) -> list[str]:

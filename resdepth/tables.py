@@ -13,7 +13,8 @@ import pandas as pd
 
 from .errors import UserError
 from .families import TABLE6, Family, PaperNumber, family_of_run
-from .groups import GroupKey, group_runs, is_complete, paper_differences, paper_number, run_precision
+from .groups import (GroupKey, group_runs, is_complete, on_paper_axes, paper_differences, paper_number,
+                     run_precision)
 from .results import Run
 
 # He et al. 2016, Table 6 (the residual family's reference, families.TABLE6): CIFAR-10 test error (%) by depth.
@@ -65,7 +66,9 @@ def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
     final = pd.DataFrame([run.metrics.iloc[-1] for run in finished], columns=["train_error", "test_error"])
     lowest = [run.metrics["test_error"].min() for run in finished]
     val_selected = [v for v in (val_selected_test_error(run) for run in finished) if v is not None]
-    number = group_paper_number(runs)
+    # the paper's number only beside the paper's values of the axes (lr 0.1, width 1), never beside lr 0.05
+    axes = [name for name, _ in key.axes]
+    number = group_paper_number(runs) if all(on_paper_axes(run, axes) for run in runs) else None
     differences = group_differences(runs)
     test_mean = float(final["test_error"].mean()) if finished else math.nan
     test_median = float(final["test_error"].median()) if finished else math.nan
@@ -124,8 +127,8 @@ def summarize(runs: list[Run]) -> pd.DataFrame:
     test-selected and val-selected test error, and the paper's Table 6 value with our difference where the
     protocol is the paper's (`protocol_differences` says what differs otherwise)."""
     groups = group_runs(runs)
-    rows = [summarize_group(key, group) for key, group in groups.items()]
-    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    rows = [{**summarize_group(key, group), **axis_cells(key)} for key, group in groups.items()]
+    frame = pd.DataFrame(rows, columns=with_axis_columns(SUMMARY_COLUMNS, groups))
     frame = frame.astype({"params": "Int64", "depth": int, "runs": int, "unfinished": int, "paper_protocol": bool})
     frame.attrs[FAMILIES_ATTR] = {key.kind: key.family for key in groups}
     return frame
@@ -138,12 +141,35 @@ def summarize_runs(runs: list[Run]) -> pd.DataFrame:
     groups = group_runs(runs)
     for key, group in groups.items():
         for run in sorted(group, key=lambda r: (seed_order(r), str(r.path))):
-            rows.append(run_row(key, run))
-    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+            rows.append({**run_row(key, run), **axis_cells(key)})
+    frame = pd.DataFrame(rows, columns=with_axis_columns(RUN_COLUMNS, groups))
     frame = frame.astype({"depth": int, "epochs": int, "iteration": int, "planned_epochs": "Int64",
                           "best_val_epoch": "Int64", "warmup_end_iteration": "Int64"})
     frame.attrs[FAMILIES_ATTR] = {key.kind: key.family for key in groups}
     return frame
+
+
+def axis_column(key: str) -> str:
+    """The column of a setting's key (an axis of the runs: lr, width, ...): the key, or axis_<key> where a column
+    of the table already has that name."""
+    return f"axis_{key}" if key in SUMMARY_COLUMNS or key in RUN_COLUMNS else key
+
+
+def axis_cells(key: GroupKey) -> dict[str, str]:
+    return {axis_column(name): value for name, value in key.axes}
+
+
+def with_axis_columns(columns: tuple[str, ...], groups: dict[GroupKey, list[Run]]) -> list[str]:
+    """The columns with one per axis of the runs (in key order) between setting and kind: a setting's values."""
+    axes = sorted({axis_column(name) for key in groups for name, _ in key.axes})
+    at = columns.index("kind")
+    return [*columns[:at], *axes, *columns[at:]]
+
+
+def axis_names(frame: pd.DataFrame) -> list[str]:
+    """The axis columns of a summary or runs frame: those between setting and kind."""
+    names = list(frame.columns)
+    return names[names.index("setting") + 1:names.index("kind")]
 
 
 def seed_order(run: Run) -> tuple[int, str]:
@@ -291,7 +317,11 @@ def no_number_reason(rows: pd.DataFrame, families: dict[str, Family]) -> str:
             reasons.append(family.no_reference or f"{kind} nets come with no paper numbers")
             continue
         known = family.reference.depths()
-        other = sorted(set(rows.loc[rows["kind"] == kind, "depth"]) - set(known))
+        depths = set(rows.loc[rows["kind"] == kind, "depth"])
+        other = sorted(depths - set(known))
+        if depths & set(known) and axis_names(rows):
+            reasons.append(f"{family.reference.label} gives numbers at its own values of "
+                           f"{', '.join(axis_names(rows))} only")
         if other:
             net = f"{kind} net" if len(with_tables) > 1 else "net"
             reasons.append(f"{family.reference.label} has no {' or '.join(map(str, other))}-layer {net}, only "
@@ -372,9 +402,14 @@ def _study_columns(frame: pd.DataFrame) -> list[tuple[str, object]]:
     columns: list[tuple[str, object]] = []
     if frame["dataset"].nunique() > 1:
         columns.append(("dataset", _text("dataset")))
-    if frame["setting"].ne("").any():
-        columns.append(("setting", _text("setting")))
+    axes = axis_names(frame)
+    if frame["setting"].ne("").any():  # a column per axis (lr, width, ...); a frame made elsewhere: its setting
+        columns += [(name, _axis_value(name)) for name in axes] or [("setting", _text("setting"))]
     return columns
+
+
+def _axis_value(column: str):
+    return lambda row: "-" if pd.isna(row[column]) else str(row[column])
 
 
 def _text(column: str):

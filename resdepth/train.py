@@ -57,6 +57,10 @@ class TrainConfig:
     shortcut: str | None = option(None, help="Where the shape changes: A zero-padding identity (§4.2; plain and "
                                              "residual twins then have the same parameters), B 1x1 projection.",
                                   default_text="the family's: A for residual (§4.2), B for preact")
+    # Only values other than the family's defaults are kept, so {} is the paper's nets (width 1)
+    options: dict[str, int | float | str | bool] = option(
+        help="The family's own network options (`resdepth models`), e.g. width; --width sets width.",
+        default_factory=dict, cli=False, default_text="none: the family's defaults")
     seed: int = option(0, help="Seed of init, shuffling and augmentation.", cli=False)
     iterations: int = option(64_000, help="SGD iterations (§4.2: stop at 64k); lr milestones scale with it (50%/75%).")
     epochs: int | None = option(None, help="Train for this many epochs instead (converted to iterations).",
@@ -144,7 +148,7 @@ class TrainConfig:
         check_data_config(self.data)
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
-        check_network(self.kind, self.depth, self.shortcut)
+        check_network(self.kind, self.depth, self.shortcut, self.options)
         if self.tensorboard:
             check_tensorboard_installed()
 
@@ -159,7 +163,7 @@ class TrainConfig:
         (reading results: from records, never importing a user's module); by default it is looked up."""
         family = family or get_family(self.kind)
         protocol = family.protocol
-        return replace(self, shortcut=family.shortcut_for(self.shortcut),
+        return replace(self, shortcut=family.shortcut_for(self.shortcut), options=family.resolve_options(self.options),
                        warmup_until_error=first_given(self.warmup_until_error, protocol.warmup_until_error),
                        warmup_max_iterations=first_given(self.warmup_max_iterations, protocol.warmup_max_iterations))
 
@@ -200,7 +204,8 @@ def resolve_iterations(config: TrainConfig, train_size: int) -> TrainConfig:
 
 def build_run_network(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     """The run's network, initialised from the global RNG (seeded with the run's seed just before)."""
-    return build_network(config.kind, config.depth, num_classes=num_classes, shortcut=config.shortcut)
+    return build_network(config.kind, config.depth, num_classes=num_classes, shortcut=config.shortcut,
+                         net_options=config.options)
 
 
 def sgd_optimizer(params: Any, config: TrainConfig, device: torch.device) -> torch.optim.SGD:

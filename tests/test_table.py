@@ -226,7 +226,8 @@ def test_runs_trained_differently_are_kept_apart_not_averaged_as_seeds(tmp_path,
     assert [(r.setting, r.depth, r.runs, r.final_test_error_mean) for r in summary.itertuples()] == [
         ("lr 0.05", 20, 1, 20.0), ("lr 0.1", 20, 1, 10.0), ("lr 0.1", 56, 1, 10.0)]
     code, out, _ = run_cli("table", str(tmp_path), "--markdown")
-    assert code == 0 and out.startswith("| setting | kind | depth |") and "| lr 0.05 | plain | 20 |" in out
+    # a column per key that differs (the axes of the runs), here lr
+    assert code == 0 and out.startswith("| lr | kind | depth |") and "| 0.05 | plain | 20 |" in out
     # a folder of one sweep has nothing to tell apart: no setting column
     code, out, _ = run_cli("table", str(tmp_path / "a"), "--markdown")
     assert code == 0 and out.startswith("| kind | depth |")
