@@ -1,0 +1,83 @@
+"""A new user's first runs: workers started from any folder, files others can read, failures that say why."""
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+
+from resdepth.results import RunStatus
+
+
+# ---------------------------------------------------------------------------------------------- workers
+@pytest.mark.parametrize("decoy", ["package", "namespace"])
+def test_a_parallel_sweep_from_a_folder_holding_a_decoy_resdepth_imports_the_installed_package(
+        tmp_path, cli_env, resdepth_cli, tiny_args, decoy):
+    # the folder a clone lands in: resdepth/ (with results/) beside where the user runs the sweep
+    (tmp_path / "resdepth" / "results").mkdir(parents=True)
+    if decoy == "package":
+        (tmp_path / "resdepth" / "__init__.py").write_text("")
+    result = subprocess.run([resdepth_cli, "sweep", "--jobs", "2", "--depths", "8", "--epochs", "1", *tiny_args,
+                             "--out", "runs"], cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("plain-8-s0", "residual-8-s0"):
+        assert RunStatus.read(tmp_path / "runs" / name).state == "done"
+
+
+def test_a_worker_still_finds_a_family_module_on_pythonpath_and_in_the_working_folder(
+        tmp_path, user_family, resdepth_cli, tiny_args):
+    here = tmp_path / "lab"
+    (here / "resdepth").mkdir(parents=True)
+    (here / "resdepth" / "__init__.py").write_text("")
+    shutil.copy(user_family.folder / "tinyfam_nets.py", here / "labnets.py")  # found as `uvicorn main:app` finds it
+    for kind in ("tinyfam_nets:gated", "labnets:gated"):
+        result = subprocess.run([resdepth_cli, "sweep", "--jobs", "2", "--kinds", kind, "--depths", "2",
+                                 "--epochs", "1", *tiny_args, "--out", kind.split(":")[0]],
+                                cwd=here, env=user_family.env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_safe_start_runs_a_module_without_the_working_folder_on_sys_path(tmp_path):
+    from resdepth.startup import python_command
+
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "__init__.py").write_text("raise SystemExit('the decoy was imported')")
+    (tmp_path / "probe.py").write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "elsewhere")}
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "probe_mod.py").write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    result = subprocess.run(python_command("-u", "-m", "probe_mod", "a", "--b"), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, '["a", "--b"]'), result.stderr
+    assert sys.executable == python_command()[0]
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def test_a_worker_that_crashes_before_training_says_why_and_where_its_log_is(tmp_path, tiny_config):
+    from resdepth.cell import read_run_config
+    from resdepth.executors import WORKER_LOG, CellJob, LocalProcessExecutor
+    from resdepth.results import ERROR_FILE, write_config
+
+    run_dir = tmp_path / "plain-8-s0"
+    run_dir.mkdir()
+    write_config(run_dir, asdict(tiny_config(kind="plain")))
+    read_run_config(run_dir)  # a good config: the worker fails on its command line, before it reads the folder
+    job = CellJob(run_dir, "cpu", threads="two")  # type: ignore[arg-type] - what a broken caller might pass
+    outcome = LocalProcessExecutor().submit(job).result(timeout=120)
+    log = run_dir / WORKER_LOG
+    assert outcome.state == "failed"
+    assert "exited with code 2: python -m resdepth.worker: error: argument --threads: invalid int" in outcome.error
+    assert outcome.error.endswith(f"(log: {log})")
+    assert (run_dir / ERROR_FILE).read_text().strip() == outcome.error == RunStatus.read(run_dir).error
+
+
+def test_the_gist_of_a_log_is_its_last_unindented_line(tmp_path):
+    from resdepth.cell import log_gist
+
+    log = tmp_path / "worker.log"
+    log.write_text("epoch 1/2\nTraceback (most recent call last):\n  File \"x.py\", line 1\n    import y\n"
+                   "ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results'\n\n")
+    assert log_gist(log) == f": ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results' (log: {log})"
+    assert log_gist(tmp_path / "missing.log") == log_gist(None) == ""
