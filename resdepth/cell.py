@@ -52,7 +52,7 @@ class RunLock:
     def acquire(self) -> bool:
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # as open(): not executable
             except FileExistsError:
                 if not self.is_stale():
                     return False

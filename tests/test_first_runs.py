@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import asdict
@@ -81,3 +82,33 @@ def test_the_gist_of_a_log_is_its_last_unindented_line(tmp_path):
                    "ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results'\n\n")
     assert log_gist(log) == f": ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results' (log: {log})"
     assert log_gist(tmp_path / "missing.log") == log_gist(None) == ""
+
+
+# ---------------------------------------------------------------------------------------------- file modes
+@pytest.fixture
+def umask():
+    """Set the process's umask for one test; the one before comes back after it."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield lambda mask: os.umask(mask)
+    os.umask(before)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_every_file_a_sweep_and_its_report_write_gets_the_mode_open_gives_under_the_umask(
+        tmp_path, tiny_sweep, run_sweep_now, run_cli, umask, mask):
+    from resdepth.results import atomic_write_bytes
+
+    umask(mask)
+    out = tmp_path / "runs"
+    _, outcomes = run_sweep_now(tiny_sweep(out, seeds=[0], kinds=["plain"]))
+    assert {o.state for o in outcomes.values()} == {"done"}
+    assert run_cli("report", str(out)).code == 0
+    assert run_cli("table", str(out), "--csv", str(out / "table.csv")).code == 0
+    atomic_write_bytes(tmp_path / "one.bin", b"x")
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    names = {path.name for path in files}
+    assert {"config.json", "metrics.csv", "status.json", "checkpoint.pt", "sweep.json", "report.html"} <= names
+    modes = {str(path.relative_to(tmp_path)): oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
+    assert modes == dict.fromkeys(modes, oct(0o666 & ~mask))
+    assert not [path for path in tmp_path.rglob(".*.tmp")]  # no temp file left behind
