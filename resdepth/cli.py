@@ -60,6 +60,21 @@ class Commands(typer.core.TyperGroup):
             raise typer.Exit(2) from None
 
 
+def hide_flag_types() -> None:
+    """A flag takes no value: its help row shows no type. (Typer 0.29 shows `<bool>` after every flag, --help
+    included; TyperOption.display_type_rich is the one place its rich help asks an option for that column.)"""
+    show_type = typer.core.TyperOption.display_type_rich
+    if getattr(show_type, "hides_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if self.is_flag and not self.count else show_type(self, ctx)
+
+    display_type_rich.hides_flags = True  # type: ignore[attr-defined]
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+hide_flag_types()
 app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="CIFAR networks by depth: plain vs residual (He et al. 2016, section 4.2), pre-activation "
                        "ResNets and your own network families.")

@@ -112,3 +112,15 @@ def test_every_file_a_sweep_and_its_report_write_gets_the_mode_open_gives_under_
     modes = {str(path.relative_to(tmp_path)): oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
     assert modes == dict.fromkeys(modes, oct(0o666 & ~mask))
     assert not [path for path in tmp_path.rglob(".*.tmp")]  # no temp file left behind
+
+
+# ---------------------------------------------------------------------------------------------- help, names
+def test_no_help_page_shows_a_type_after_a_flag(run_cli):
+    from resdepth.cli import app
+
+    commands = [command.name or command.callback.__name__ for command in app.registered_commands]
+    assert {"train", "sweep", "models", "status"} <= set(commands)
+    for command in ["", *commands]:
+        code, out, _ = run_cli(*filter(None, [command, "--help"]))
+        assert code == 0 and "--help" in out and "<bool>" not in out, command
+    assert "<int>" in run_cli("train", "--help").out  # options that take a value still show its type
