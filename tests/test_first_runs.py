@@ -124,3 +124,18 @@ def test_no_help_page_shows_a_type_after_a_flag(run_cli):
         code, out, _ = run_cli(*filter(None, [command, "--help"]))
         assert code == 0 and "--help" in out and "<bool>" not in out, command
     assert "<int>" in run_cli("train", "--help").out  # options that take a value still show its type
+
+
+# ---------------------------------------------------------------------------------------------- foreign folders
+def test_status_refuses_a_folder_from_something_else_as_table_plot_and_report_do(tmp_path, run_cli, write_run):
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run1" / "config.json").write_text("{}")
+    for command in ("status", "table", "plot", "report"):
+        code, out, err = run_cli(command, str(tmp_path))
+        assert code == 2 and out == "" and err.count("\n") == 1, (command, out, err)
+        assert err.startswith(f"error: no readable runs under {tmp_path}: 1 run folder(s), all skipped"), command
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "config.json").write_text('{"kind": "plain", "depth": 8, "data": {}}')
+    code, out, err = run_cli("status", str(tmp_path))  # a run not started yet beside it: shown, the other said
+    assert code == 0 and "ours" in out and "pending" in out and "run1" not in out
+    assert "skipped" in err and "run1" in err
