@@ -36,7 +36,6 @@ from .construct import ConstructionMismatch, check_init, construct_from_run
 from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
-from .models import build_model
 from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end
 from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
                     load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
@@ -228,7 +227,7 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None,
     """The named networks matching the pattern, or each family at --depths (user families without named networks:
     at example depths); and a line for each depth a family's rule does not allow."""
     from .families import example_depths
-    from .models import count_multiply_adds, count_parameters, describe_models
+    from .models import count_network, describe_models
 
     rows = describe_models(pattern, num_classes) if depths is None else []
     built = families if depths is not None else [f for f in families if not f.builtin]
@@ -238,9 +237,9 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None,
             if not family.depths.allows(depth):
                 skipped.append(f"{family.name}: no {depth}-layer net (depths {family.depths})")
                 continue
-            model = build_model(family.name, depth, num_classes=num_classes)
+            params, multiply_adds = count_network(family.name, depth, num_classes)
             rows.append({"name": f"{family.name}-{depth}", "kind": family.name, "depth": depth,
-                         "params": count_parameters(model), "mflops": count_multiply_adds(model) / 1e6})
+                         "params": params, "mflops": multiply_adds / 1e6})
     return rows, skipped
 
 

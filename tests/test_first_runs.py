@@ -139,3 +139,31 @@ def test_status_refuses_a_folder_from_something_else_as_table_plot_and_report_do
     code, out, err = run_cli("status", str(tmp_path))  # a run not started yet beside it: shown, the other said
     assert code == 0 and "ours" in out and "pending" in out and "run1" not in out
     assert "skipped" in err and "run1" in err
+
+
+# ---------------------------------------------------------------------------------------------- resdepth models
+@pytest.mark.parametrize("kind", ["plain", "residual", "preact", "preact-bottleneck"])
+def test_a_built_in_familys_counts_without_building_equal_the_built_nets(kind):
+    from resdepth.families import get_family
+    from resdepth.models import build_model, count_multiply_adds, count_network, count_parameters
+
+    rule = get_family(kind).depths
+    for n in (3, 4):
+        depth = rule.smallest + (n - 1) * rule.step
+        for classes, shortcut in ((10, None), (100, "B")):
+            model = build_model(kind, depth, num_classes=classes, shortcut=shortcut)
+            expected = (count_parameters(model), count_multiply_adds(model))
+            assert count_network(kind, depth, classes, shortcut) == expected, (kind, depth, classes, shortcut)
+
+
+def test_resdepth_models_lists_the_deepest_nets_in_seconds_with_the_readmes_counts(run_cli):
+    import time
+
+    from resdepth.models import describe_models
+
+    started = time.process_time()
+    rows = {row["name"]: row for row in describe_models()}
+    assert time.process_time() - started < 20  # building resnet1202, plain1202 and preact1001 took 2.5 minutes
+    assert (rows["resnet1202"]["params"], rows["preact1001"]["params"]) == (19_421_274, 10_327_706)
+    assert (rows["preact1001"]["kind"], rows["preact1001"]["depth"]) == ("preact-bottleneck", 1001)
+    assert "19,421,274" in run_cli("models", "resnet12*").out
