@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .families import build_network, check_network
+from .families import NAMED_NETWORKS, build_network, check_network, network_meant
 from .nets import (NINE_N_PLUS_TWO, SHORTCUTS, SIX_N_PLUS_TWO, STAGE_WIDTHS, BasicBlock, CifarNet, DepthRule,
                    PreActBlock, PreActBottleneck, PreActNet, ResponseLayer, Shortcut, ZeroPadShortcut, check_classes,
                    check_shortcut)
@@ -34,9 +34,6 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 ModelBuilder = TypeVar("ModelBuilder", bound=Callable[..., nn.Module])
 
 
-_NETWORKS: dict[str, tuple[str, int]] = {}  # name -> (family, depth) of the named nets that say which they are
-
-
 def register_model(builder: ModelBuilder | None = None, *, kind: str | None = None,
                    depth: int | None = None) -> Any:
     """Make a builder findable by its name: build_model("resnet56"), list_models("res*"). `@register_model(kind=...,
@@ -44,7 +41,7 @@ def register_model(builder: ModelBuilder | None = None, *, kind: str | None = No
     def register(builder: ModelBuilder) -> ModelBuilder:
         _REGISTRY[builder.__name__] = builder
         if kind is not None and depth is not None:
-            _NETWORKS[builder.__name__] = (kind, depth)
+            NAMED_NETWORKS[builder.__name__] = (kind, depth)
         return builder
     return register(builder) if builder is not None else register
 
@@ -181,10 +178,6 @@ def list_models(pattern: str = "*") -> list[str]:
     return [name for name in _REGISTRY if fnmatch.fnmatch(name, pattern)]
 
 
-# The named builders' prefixes: resnet56 is build_model("residual", 56), preact26 build_model("preact", 26).
-NAME_PREFIXES = {"resnet": "residual", "plain": "plain", "preact": "preact"}
-
-
 def build_model(name_or_kind: str, depth: int | None = None, *, num_classes: int = 10,
                 shortcut: str | None = None) -> nn.Module:
     """build_model("resnet56") or build_model("residual", 56): a family (see `families.py`: plain, residual,
@@ -195,9 +188,9 @@ def build_model(name_or_kind: str, depth: int | None = None, *, num_classes: int
     options = {} if shortcut is None else {"shortcut": shortcut}
     if name_or_kind in _REGISTRY:
         return _REGISTRY[name_or_kind](num_classes=num_classes, **options)
-    for prefix, kind in NAME_PREFIXES.items():
-        if name_or_kind.startswith(prefix) and name_or_kind[len(prefix):].isdigit():
-            return build_network(kind, int(name_or_kind[len(prefix):]), num_classes=num_classes, shortcut=shortcut)
+    meant = network_meant(name_or_kind)  # resnet26: the residual family at 26 layers
+    if meant:
+        return build_network(*meant, num_classes=num_classes, shortcut=shortcut)
     raise UserError(f"unknown model {name_or_kind!r}: see `resdepth models`, e.g. resnet56, plain20 or preact164")
 
 
@@ -232,8 +225,8 @@ def describe_models(pattern: str = "*", num_classes: int = 10) -> list[dict[str,
     """One row per registered model: name, kind, depth, params and forward multiply-adds (millions)."""
     rows = []
     for name in list_models(pattern):
-        if name in _NETWORKS:
-            kind, depth = _NETWORKS[name]
+        if name in NAMED_NETWORKS:
+            kind, depth = NAMED_NETWORKS[name]
             params, multiply_adds = count_network(kind, depth, num_classes)
         else:  # registered without saying what it is: built
             model = build_model(name, num_classes=num_classes)

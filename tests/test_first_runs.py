@@ -167,3 +167,22 @@ def test_resdepth_models_lists_the_deepest_nets_in_seconds_with_the_readmes_coun
     assert (rows["resnet1202"]["params"], rows["preact1001"]["params"]) == (19_421_274, 10_327_706)
     assert (rows["preact1001"]["kind"], rows["preact1001"]["depth"]) == ("preact-bottleneck", 1001)
     assert "19,421,274" in run_cli("models", "resnet12*").out
+
+
+# ---------------------------------------------------------------------------------------------- names
+@pytest.mark.parametrize(("name", "family", "depth"), [("resnet20", "residual", 20), ("plain56", "plain", 56),
+                                                       ("preact1001", "preact-bottleneck", 1001),
+                                                       ("resnet26", "residual", 26)])
+def test_a_network_name_given_as_a_kind_says_which_kind_and_depth_it_means(run_cli, tiny_args, tmp_path, name,
+                                                                           family, depth):
+    for command in (["train", "--kind", name, "--depth", "20"], ["sweep", "--kinds", name, "--depths", "8"]):
+        code, out, err = run_cli(*command, *tiny_args, "--out", str(tmp_path / "r"))
+        assert code == 2 and err.count("\n") == 1, (command, err)
+        assert f"--kind {name} names a network, not a family: it is the {family} family at depth {depth}" in err
+        assert f"--kind {family} --depth {depth} (a sweep: --kinds {family} --depths {depth})" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_resnet_as_a_kind_suggests_the_residual_family(run_cli, tiny_args, tmp_path):
+    code, _, err = run_cli("train", "--kind", "resnet", "--depth", "20", *tiny_args, "--out", str(tmp_path))
+    assert code == 2 and "unknown kind 'resnet': did you mean residual?" in err
