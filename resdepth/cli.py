@@ -30,13 +30,13 @@ from rich.text import Text
 from . import __version__
 from .bench import BenchConfig, BenchRow, run_benchmark
 from .cluster import CLUSTER, SlurmConfig
-from .config import DATA, EXECUTION, PROTOCOL, cli_fields, flag_name, help_text
-from .data import DataConfig, LoadProgress, load_dataset
+from .config import DATA, EXECUTION, PROTOCOL, cli_fields, config_args, flag_name, help_text
+from .data import DataConfig, LoadProgress, expected_classes, load_dataset
 from .construct import ConstructionMismatch, check_init, construct_from_run
 from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
-from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end
+from .results import CHECKPOINT_FILE, RunStatus, check_writable_dir, ensure_writable_dir, load_runs, warmup_end
 from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
                     load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
                     task_threads)
@@ -312,8 +312,10 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     """Plan, show the plan, run with a live display, print the summary; returns the exit code. A command refused
     while planning or for missing data writes nothing, not even the results folder."""
     planned = plan_sweep(config)
-    if dry_run:
-        check_inits(planned, classes=None)
+    if dry_run:  # every check the run makes before training, without loading the data or writing anything
+        check_inits(planned, expected_classes(config.train.data))
+        if any(item.device for item in planned):
+            check_writable_dir(config.out_dir())
         estimate = estimate_plan(config, planned, on_progress=lambda line: errors.print(f"[dim]{line}[/]",
                                                                                         highlight=False))
         print_full_width(render_plan(config, planned, estimate))  # piped: folders and fused jobs are never cut to "…"
@@ -729,6 +731,9 @@ def analyze(
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
+WHAT_FIELDS = frozenset({"kind", "depth", "shortcut", "seed", "init"})  # what a run trains, not how: not carried over
+
+
 @app.command()
 def construct(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder, e.g. results/figure6/plain-20-s0.")],
@@ -757,8 +762,13 @@ def construct(
                      f"{row.images - row.disagreements:,}/{row.images:,}")
     console.print(view)
     console.print(str(result.out_dir), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"train from it: resdepth train {' '.join(result.train_args)} --out DIR", markup=False,
-                  highlight=False, soft_wrap=True)
+    protocol, unset = config_args(TrainConfig, result.source_config, PROTOCOL, skip=WHAT_FIELDS)
+    console.print(f"train from it with the source run's protocol: resdepth train "
+                  f"{shlex.join([*result.train_args, *protocol])} --out DIR", markup=False, highlight=False,
+                  soft_wrap=True)
+    if unset:
+        console.print(f"note: the source run also set {', '.join(unset)}, which only a sweep file sets (no option): "
+                      "give them in one to train exactly as it did", markup=False, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------- report, status

@@ -212,10 +212,28 @@ def check_folder_present(config: DataConfig) -> DataCheck:
 
 
 def sized_check(config: DataConfig, ready: bool, summary: str, train: int, test: int) -> DataCheck:
-    """The split sizes a run sees: the validation split comes out of the training images, then the subsets."""
+    """The split sizes a run sees: the validation split comes out of the training images, then the subsets. Split
+    options these sizes cannot satisfy are refused here as loading refuses them (a dry run checks what a run does)."""
+    check_split_sizes(config, train, test, expected_classes(config))
     train -= config.val_size
     return DataCheck(ready, summary, min(train, config.train_size or train), min(test, config.test_size or test),
                      config.val_size)
+
+
+def check_split_sizes(config: DataConfig, train: int, test: int, classes: int) -> None:
+    """Refuse --val-size, --train-size and --test-size that a dataset of train and test images in classes classes
+    cannot satisfy: a run when it loads the data, a dry run from the counts (`sized_check`)."""
+    if config.val_size and config.val_size >= train:
+        raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has {train})")
+    for name, images in (("train_size", train - config.val_size), ("test_size", test)):
+        if (getattr(config, name) or 0) > images:
+            split = name.split("_")[0]
+            raise UserError(f"--{name.replace('_', '-')} {getattr(config, name)} is more than the {images} "
+                            f"{split} images of {config.dataset} (after any --val-size): ask for at most "
+                            f"{images}, or leave it out for all")
+    if config.train_size is not None and config.train_size < classes:
+        raise UserError(f"--train-size {config.train_size} is fewer images than the {classes} classes of "
+                        f"{config.dataset}: ask for at least one image per class, or leave it out for all")
 
 
 def load_dataset(config: DataConfig, on_progress: OnLoadProgress = lambda _: None) -> Dataset:
@@ -242,24 +260,13 @@ def _load_cached(key: tuple[tuple[str, Any], ...]) -> Dataset:
 
 
 def _prepare(config: DataConfig, data: Dataset) -> Dataset:
+    check_split_sizes(config, len(data.train_labels), len(data.test_labels), data.num_classes)
     if config.val_size:
-        if config.val_size >= len(data.train_labels):
-            raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has "
-                            f"{len(data.train_labels)})")
         val = balanced_subset(data.train_labels, config.val_size, config.split_seed)
         keep = torch.ones(len(data.train_labels), dtype=torch.bool)
         keep[val] = False
         data.val_images, data.val_labels = data.train_images[val], data.train_labels[val]
         data.train_images, data.train_labels = data.train_images[keep], data.train_labels[keep]
-    for name, labels in (("train_size", data.train_labels), ("test_size", data.test_labels)):
-        if (getattr(config, name) or 0) > len(labels):
-            split = name.split("_")[0]
-            raise UserError(f"--{name.replace('_', '-')} {getattr(config, name)} is more than the {len(labels)} "
-                            f"{split} images of {config.dataset} (after any --val-size): ask for at most "
-                            f"{len(labels)}, or leave it out for all")
-    if config.train_size is not None and config.train_size < data.num_classes:
-        raise UserError(f"--train-size {config.train_size} is fewer images than the {data.num_classes} classes of "
-                        f"{config.dataset}: ask for at least one image per class, or leave it out for all")
     if config.train_size is not None and config.train_size < len(data.train_labels):
         pick = balanced_subset(data.train_labels, config.train_size, config.split_seed + 1)
         data.train_images, data.train_labels = data.train_images[pick], data.train_labels[pick]

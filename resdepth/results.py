@@ -295,6 +295,7 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 def ensure_writable_dir(path: Path) -> None:
     """Create path (and parents) or raise a UserError that says why it cannot be used."""
+    check_writable_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -303,6 +304,21 @@ def ensure_writable_dir(path: Path) -> None:
     except OSError as exc:
         raise UserError(f"cannot write results to {path} ({exc.strerror or exc}): choose another --out "
                         "folder") from None
+
+
+def check_writable_dir(path: Path) -> None:
+    """What ensure_writable_dir would refuse, told without creating anything (a dry run): the nearest existing
+    folder on the way must be a folder this process may write in."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    reason = None
+    if existing.exists() and not existing.is_dir():
+        reason = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"no permission to write in {existing}"
+    if reason:
+        raise UserError(f"cannot write results to {path} ({reason}): choose another --out folder")
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -186,3 +186,44 @@ def test_a_network_name_given_as_a_kind_says_which_kind_and_depth_it_means(run_c
 def test_resnet_as_a_kind_suggests_the_residual_family(run_cli, tiny_args, tmp_path):
     code, _, err = run_cli("train", "--kind", "resnet", "--depth", "20", *tiny_args, "--out", str(tmp_path))
     assert code == 2 and "unknown kind 'resnet': did you mean residual?" in err
+
+
+# ---------------------------------------------------------------------------------------------- dry runs
+@pytest.mark.parametrize("refused", [["--train-size", "5"], ["--out", "FILE/sub"], ["--val-size", "128"],
+                                     ["--test-size", "65"]])
+def test_a_dry_run_refuses_what_the_run_refuses_with_the_same_line(tmp_path, run_cli, tiny_args, refused):
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    refused = [arg.replace("FILE", str(tmp_path / "FILE")) for arg in refused]
+    out = [] if "--out" in refused else ["--out", str(tmp_path / "runs")]
+    command = ["sweep", "--depths", "8", "--kinds", "plain", *tiny_args, *out, *refused]
+    dry, real = run_cli(*command, "--dry-run"), run_cli(*command)
+    assert (dry.code, real.code) == (2, 2) and dry.err == real.err and dry.err.count("\n") == 1, (dry, real)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["FILE"]  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------- construct
+def test_the_train_command_construct_prints_trains_with_the_source_runs_protocol(tmp_path, tiny_sweep, tiny_config,
+                                                                                 run_sweep_now, run_cli):
+    import json
+    import shlex
+
+    from resdepth.config import PROTOCOL, config_args
+    from resdepth.train import TrainConfig
+
+    train = tiny_config(epochs=2, lr=0.05, weight_decay=5e-4, warmup="on")
+    run_sweep_now(tiny_sweep(tmp_path / "src", kinds=["plain"], train=train))
+    code, out, err = run_cli("construct", str(tmp_path / "src" / "plain-8-s0"), "--depth", "14", "--out",
+                             str(tmp_path / "c"), "--device", "cpu")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if "resdepth train" in line)
+    args = shlex.split(line.split("resdepth train ", 1)[1].removesuffix(" --out DIR"))
+    for option in (["--epochs", "2"], ["--lr", "0.05"], ["--weight-decay", "0.0005"], ["--warmup", "on"],
+                   ["--batch-size", "32"], ["--synthetic-train", "128"]):
+        assert " ".join(option) in " ".join(args), (option, line)
+    code, _, err = run_cli("train", *args, "--out", str(tmp_path / "again"), "--device", "cpu", "--threads", "1")
+    assert code == 0, err
+    source, again = (json.loads(next((tmp_path / folder).glob("*/config.json")).read_text())
+                     for folder in ("src", "again"))
+    for key in ("iterations", "epochs", "lr_milestone_iterations", "warmup", "train_size"):
+        assert again["resolved"][key] == source["resolved"][key], key
+    assert config_args(TrainConfig, {"lr_decay": 0.2, "lr": 0.1}, PROTOCOL) == ([], ["lr_decay"])  # sweep file only
