@@ -10,6 +10,7 @@ import functools
 import hashlib
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,10 @@ class DataConfig:
                                      "sees the same images.", panel=DATA, cli=False)
     augment: bool = option(True, help="Pad-4 random crop + flip (§4.2); --no-augment is a named deviation.",
                            flag="--augment/--no-augment", panel=DATA)
+    # a label only: runs with other names but the same data compute the same thing (groups.comparable ignores it)
+    dataset_name: str | None = option(None, help="Name of the dataset in tables, figure titles and file names, e.g. "
+                                                 "cifar10-jpeg.", panel=DATA,
+                                      default_text="the dataset, or an image folder's own name")
     # the demo's four small nets train in about a minute on 2 cores at these sizes
     synthetic_train: int = option(1500, help="Training images of --dataset synthetic.", panel=DATA)
     synthetic_test: int = option(500, help="Test images of --dataset synthetic.", panel=DATA)
@@ -136,6 +141,9 @@ def pixel_sums(images: torch.Tensor) -> torch.Tensor:
     return total
 
 
+DISPLAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # --dataset-name: a title and a file name alike
+
+
 def check_data_config(config: DataConfig) -> None:
     """Refuse values no dataset can satisfy, before anything is loaded or written."""
     if config.dataset not in DATASETS:
@@ -146,6 +154,9 @@ def check_data_config(config: DataConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number of images, got {value}")
     if config.val_size < 0:
         raise UserError(f"--val-size must be 0 (no split) or a positive number of images, got {config.val_size}")
+    if config.dataset_name is not None and not DISPLAY_NAME.fullmatch(config.dataset_name):
+        raise UserError(f"--dataset-name {config.dataset_name!r} must be 1 to 64 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit (it names figure files too), e.g. cifar10-jpeg")
 
 
 def expected_classes(config: DataConfig) -> int:

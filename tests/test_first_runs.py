@@ -227,3 +227,30 @@ def test_the_train_command_construct_prints_trains_with_the_source_runs_protocol
     for key in ("iterations", "epochs", "lr_milestone_iterations", "warmup", "train_size"):
         assert again["resolved"][key] == source["resolved"][key], key
     assert config_args(TrainConfig, {"lr_decay": 0.2, "lr": 0.1}, PROTOCOL) == ([], ["lr_decay"])  # sweep file only
+
+
+# ---------------------------------------------------------------------------------------------- dataset name
+def test_a_dataset_display_name_is_recorded_and_names_tables_and_figures(tmp_path, tiny_config, run_cli,
+                                                                         run_sweep_now):
+    import json
+
+    from resdepth.sweep import load_sweep_file
+
+    sweep_file = tmp_path / "named.toml"
+    sweep_file.write_text(f'depths = [8]\nkinds = ["plain"]\nseeds = [0]\nout = "{tmp_path / "runs"}"\n[train]\n'
+                          'epochs = 1\nbatch_size = 32\ndevice = "cpu"\nthreads = 1\n[data]\ndataset = "synthetic"\n'
+                          'synthetic_train = 128\nsynthetic_test = 64\ndataset_name = "lab-set"\n')
+    sweep = load_sweep_file(sweep_file)
+    assert sweep.train.data.dataset_name == "lab-set"
+    run_sweep_now(sweep)
+    saved = json.loads((tmp_path / "runs" / "plain-8-s0" / "config.json").read_text())
+    assert saved["data"]["dataset_name"] == "lab-set"
+    code, out, err = run_cli("table", str(tmp_path / "runs"))
+    assert code == 0 and "(lab-set)" in out and "synthetic" not in out, out + err
+    code, out, err = run_cli("plot", str(tmp_path / "runs"))
+    assert code == 0 and "figure6-lab-set.png" in out, out + err
+    # the option gives it too, and a name that cannot title a figure file is refused in one line
+    code, _, err = run_cli("sweep", str(sweep_file), "--dataset-name", "my data/1", "--dry-run")
+    assert code == 2 and "--dataset-name 'my data/1' must be 1 to 64 letters" in err and err.count("\n") == 1
+    code, out, _ = run_cli("sweep", str(sweep_file), "--dataset-name", "renamed", "--dry-run")
+    assert code == 0 and "skip-done" in out  # a label: renaming does not make the runs differ
