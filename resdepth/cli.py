@@ -504,7 +504,8 @@ class LiveDisplay:
         ) if self.tty else None
         self.overall = self.progress.add_task("sweep", total=total, info="") if self.progress else None
         self.tasks: dict[str, Any] = {}
-        self.logged: dict[str, tuple[str, int]] = {}
+        self.logged: dict[str, int] = {}  # the last epoch a line was printed for, by cell
+        self.ended: set[str] = set()  # the cells whose end was printed
 
     def __enter__(self) -> LiveDisplay:
         if self.progress:
@@ -542,23 +543,33 @@ class LiveDisplay:
                 self.progress.update(self.tasks.pop(name), description=f"{name} {outcome.state}")
 
     def log_lines(self, snapshot: SweepProgress) -> None:
-        """A line when a run (re)starts from a checkpoint, one per finished epoch, and one when it ends."""
+        """A line when a run resumes from a checkpoint, one per epoch it finishes, and one when it ends, with its
+        last epoch's numbers. Lines are keyed on the epoch, not the state: a status.json read between the run's
+        last epoch and its process's exit says done too, and one read before a resumed run rewrote it is stale."""
         for name, status in snapshot.running.items():
-            seen = self.logged.get(name)
-            if seen is None and status.epoch and status.iteration < status.iterations:
+            if status.state != "running" or name in self.ended:
+                continue  # not started yet (still the last attempt's status.json), or already said
+            if name not in self.logged and status.epoch and status.iteration < status.iterations:
                 console.print(f"{name}: resumed at iteration {status.iteration}/{status.iterations}, after epoch "
                               f"{status.epoch}/{status.epochs} (train {_pct(status.train_error)}% test "
                               f"{_pct(status.test_error)}%)", highlight=False, soft_wrap=True)
-            elif seen != (status.state, status.epoch) and status.epoch:
-                console.print(f"{name}: epoch {status.epoch}/{status.epochs} iteration {status.iteration}/"
-                              f"{status.iterations} train {_pct(status.train_error)}% test {_pct(status.test_error)}% "
-                              f"{_rate(status.images_per_second)} img/s", highlight=False, soft_wrap=True)
-            self.logged[name] = (status.state, status.epoch)
-        for name, outcome in snapshot.outcomes.items():
-            if self.logged.get(name, ("", 0))[0] != outcome.state:
-                self.logged[name] = (outcome.state, -1)
-                console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""),
-                              highlight=False, soft_wrap=True)  # a log line is never wrapped
+            elif status.epoch > self.logged.get(name, 0):
+                console.print(f"{name}: {epoch_line(status)}", highlight=False, soft_wrap=True)
+            self.logged[name] = max(status.epoch, self.logged.get(name, 0))
+        for item in snapshot.planned:
+            outcome = snapshot.outcomes.get(item.cell.name)
+            if outcome is not None and item.cell.name not in self.ended:
+                self.ended.add(item.cell.name)
+                status = RunStatus.read(item.cell.run_dir)
+                numbers = f": {epoch_line(status)}" if status and status.epoch else ""
+                console.print(f"{item.cell.name}: {outcome.state}{numbers}" +
+                              (f" ({outcome.error})" if outcome.error else ""), highlight=False, soft_wrap=True)
+
+
+def epoch_line(status: RunStatus) -> str:
+    """'epoch 5/5 iteration 55/55 train 12.50% test 20.31% 1,234 img/s' from a run's status."""
+    return (f"epoch {status.epoch}/{status.epochs} iteration {status.iteration}/{status.iterations} train "
+            f"{_pct(status.train_error)}% test {_pct(status.test_error)}% {_rate(status.images_per_second)} img/s")
 
 
 class DataLoadDisplay:

@@ -176,7 +176,7 @@ def test_resdepth_models_lists_the_deepest_nets_in_seconds_with_the_readmes_coun
 def test_a_network_name_given_as_a_kind_says_which_kind_and_depth_it_means(run_cli, tiny_args, tmp_path, name,
                                                                            family, depth):
     for command in (["train", "--kind", name, "--depth", "20"], ["sweep", "--kinds", name, "--depths", "8"]):
-        code, out, err = run_cli(*command, *tiny_args, "--out", str(tmp_path / "r"))
+        code, _, err = run_cli(*command, *tiny_args, "--out", str(tmp_path / "r"))
         assert code == 2 and err.count("\n") == 1, (command, err)
         assert f"--kind {name} names a network, not a family: it is the {family} family at depth {depth}" in err
         assert f"--kind {family} --depth {depth} (a sweep: --kinds {family} --depths {depth})" in err
@@ -254,3 +254,76 @@ def test_a_dataset_display_name_is_recorded_and_names_tables_and_figures(tmp_pat
     assert code == 2 and "--dataset-name 'my data/1' must be 1 to 64 letters" in err and err.count("\n") == 1
     code, out, _ = run_cli("sweep", str(sweep_file), "--dataset-name", "renamed", "--dry-run")
     assert code == 0 and "skip-done" in out  # a label: renaming does not make the runs differ
+
+
+# ---------------------------------------------------------------------------------------------- progress lines
+def cell_lines(out: str, name: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(f"{name}: ")]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_progress_lines_say_each_epoch_once_and_done_with_the_last_epochs_numbers(tmp_path, cli_env, resdepth_cli,
+                                                                                  tiny_args, jobs):
+    result = subprocess.run([resdepth_cli, "sweep", "--jobs", jobs, "--depths", "8", "--epochs", "2", *tiny_args,
+                             "--out", "runs"], cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("plain-8-s0", "residual-8-s0"):
+        lines = cell_lines(result.stdout, name)
+        assert len(lines) == len(set(lines)), lines  # no line twice
+        assert lines[-1].startswith(f"{name}: done: epoch 2/2 iteration 8/8 train "), lines
+        assert sum(" epoch 2/2 " in line for line in lines) == 1, lines
+
+
+def test_fused_cells_each_say_done(tmp_path, cli_env, resdepth_cli, tiny_args):
+    result = subprocess.run([resdepth_cli, "sweep", "--kinds", "residual", "--depths", "8", "--seeds", "0,1",
+                             "--fuse", "2", "--jobs", "2", "--epochs", "1", *tiny_args, "--out", "runs"], cwd=tmp_path,
+                            env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for seed in (0, 1):
+        lines = [line for line in result.stdout.splitlines() if f"-s{seed}: " in line]
+        assert lines and ": done: epoch 1/1 " in lines[-1], result.stdout
+
+
+def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(tmp_path, capsys):
+    from resdepth.cli import LiveDisplay
+    from resdepth.sweep import SweepProgress
+
+    cell = type("Cell", (), {"name": "plain-8-s0", "run_dir": tmp_path})()
+    planned = [type("Planned", (), {"cell": cell})()]
+    display = LiveDisplay(total=1)
+    before = dict(epoch=4, epochs=5, iteration=52, iterations=55, train_error=40.0, test_error=45.0)
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="interrupted", **before)}, {}))  # stale
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
+    last = dict(before, epoch=5, iteration=55, train_error=30.0, test_error=35.0, images_per_second=512.0)
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="done", **last)}, {}))  # process not gone yet
+    RunStatus(state="done", **last).write(tmp_path)
+    from resdepth.cell import CellOutcome
+
+    display.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "done")}))
+    display.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "done")}))
+    assert capsys.readouterr().out.splitlines() == [
+        "plain-8-s0: resumed at iteration 52/55, after epoch 4/5 (train 40.00% test 45.00%)",
+        "plain-8-s0: done: epoch 5/5 iteration 55/55 train 30.00% test 35.00% 512 img/s"]
+
+
+def test_cells_queued_by_retry_failed_show_as_pending_not_with_the_old_error(tmp_path, tiny_sweep, run_sweep_now):
+    from dataclasses import replace
+
+    from resdepth.executors import SequentialExecutor
+    from resdepth.watch import read_folder_status
+
+    sweep = tiny_sweep(tmp_path, train=replace(tiny_sweep(tmp_path).train, epochs=1))
+    run_sweep_now(sweep)
+    for name in ("plain-8-s0", "residual-8-s0"):
+        RunStatus.read(tmp_path / name).update(tmp_path / name, state="failed", error="the old error")
+    seen = []
+
+    def look(_snapshot) -> None:
+        if not seen:
+            seen.extend((cell.name, cell.state, cell.error) for cell in read_folder_status(tmp_path).cells)
+
+    _, outcomes = run_sweep_now(replace(sweep, retry_failed=True), SequentialExecutor(), on_progress=look)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    waiting = [cell for cell in seen if cell[1] != "running"]
+    assert waiting and all(state == "pending" and error is None for _, state, error in waiting), seen
