@@ -52,7 +52,7 @@ class RunLock:
     def acquire(self) -> bool:
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # as open(): not executable
             except FileExistsError:
                 if not self.is_stale():
                     return False
@@ -203,30 +203,50 @@ def mark_failed(run_dir: Path, error: str) -> CellOutcome:
     return CellOutcome(run_dir, "failed", error=error)
 
 
-def job_outcome_from_status(run_dirs: list[Path], exit_code: int) -> CellOutcome:
+def job_outcome_from_status(run_dirs: list[Path], exit_code: int, log: Path | None = None) -> CellOutcome:
     """How a worker process's job ended, from its run folders: `outcome_from_status` for a single cell; for a fused
-    group each cell's own state, a cell still held by another live process being busy."""
+    group each cell's own state, a cell still held by another live process being busy. log: the worker's output."""
     if len(run_dirs) == 1:
-        return outcome_from_status(run_dirs[0], exit_code)
+        return outcome_from_status(run_dirs[0], exit_code, log)
     outcomes = []
     for run_dir in run_dirs:
         status = RunStatus.read(run_dir)
         if (status is None or status.state in ("running", "pending")) and is_locked(run_dir):
             outcomes.append(busy_outcome(run_dir))
         else:  # a group's worker never exits with the busy code: the cells say how each ended
-            outcomes.append(outcome_from_status(run_dir, exit_code if exit_code != EXIT_CODES["busy"] else 1))
+            outcomes.append(outcome_from_status(run_dir, exit_code if exit_code != EXIT_CODES["busy"] else 1, log))
     return job_outcome(outcomes)
 
 
-def outcome_from_status(run_dir: Path, exit_code: int) -> CellOutcome:
-    """How a worker process ended, from its run folder; a process that died without saying so is a failure."""
+def outcome_from_status(run_dir: Path, exit_code: int, log: Path | None = None) -> CellOutcome:
+    """How a worker process ended, from its run folder; a process that died without saying so is a failure, whose
+    reason quotes the last line of its log (the exception, mostly) and names the log."""
     if exit_code == EXIT_CODES["busy"]:
         return busy_outcome(run_dir)
     status = RunStatus.read(run_dir)
-    state = status.state if status else "failed"
-    if state in ("running", "pending"):
+    if status is None or status.state in ("running", "pending"):  # it ended without recording how
         reason = (f"worker process died (signal {-exit_code})" if exit_code < 0 else
                   f"worker process exited with code {exit_code}")
-        return mark_failed(run_dir, reason)
-    return CellOutcome(run_dir, state, error=status.error if status else None,
-                       final_test_error=status.test_error if status else None)
+        return mark_failed(run_dir, reason + log_gist(log))
+    return CellOutcome(run_dir, status.state, error=status.error, final_test_error=status.test_error)
+
+
+LOG_TAIL_BYTES = 64 * 1024  # the end of a log is where a crash says why; a long log is not read whole
+
+
+def log_gist(log: Path | None) -> str:
+    """': <the log's last meaningful line> (log: <path>)', or '' without a log to read."""
+    if log is None or not log.is_file():
+        return ""
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - LOG_TAIL_BYTES))
+        text = handle.read().decode(errors="replace")
+    # a traceback's frames and a fault handler's stack are indented: the line that says why is not
+    meaningful = last_line("\n".join(line for line in text.splitlines() if not line[:1].isspace()))
+    return f": {meaningful} (log: {log})" if meaningful else f" (log: {log})"
+
+
+def last_line(text: str) -> str:
+    """The gist of an error whose text carries a traceback first: its last non-blank line, at most 200 characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""

@@ -30,15 +30,16 @@ from rich.text import Text
 from . import __version__
 from .bench import BenchConfig, BenchRow, run_benchmark
 from .cluster import CLUSTER, SlurmConfig
-from .config import DATA, EXECUTION, PROTOCOL, cli_fields, flag_name, help_text
-from .data import DataConfig, LoadProgress, load_dataset
+from .config import DATA, EXECUTION, PROTOCOL, cli_fields, config_args, flag_name, help_text
+from .data import DataConfig, LoadProgress, expected_classes, load_dataset
 from .construct import ConstructionMismatch, check_init, construct_from_run
 from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
-from .families import WIDTH, build_network, get_family
+from .families import WIDTH, get_family
 from .grid import parse_grid_words
-from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end, write_json
+from .results import (CHECKPOINT_FILE, RunStatus, check_writable_dir, ensure_writable_dir, load_runs, warmup_end,
+                      write_json)
 from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
                     load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
                     task_threads)
@@ -61,6 +62,21 @@ class Commands(typer.core.TyperGroup):
             raise typer.Exit(2) from None
 
 
+def hide_flag_types() -> None:
+    """A flag takes no value: its help row shows no type. (Typer 0.29 shows `<bool>` after every flag, --help
+    included; TyperOption.display_type_rich is the one place its rich help asks an option for that column.)"""
+    show_type = typer.core.TyperOption.display_type_rich
+    if getattr(show_type, "hides_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if self.is_flag and not self.count else show_type(self, ctx)
+
+    display_type_rich.hides_flags = True  # type: ignore[attr-defined]
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+hide_flag_types()
 app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="CIFAR networks by depth: plain vs residual (He et al. 2016, section 4.2), pre-activation "
                        "ResNets and your own network families.")
@@ -241,7 +257,7 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None, nu
     at example depths) and --widths; and a line for each depth a family's rule does not allow (or family without
     a width option)."""
     from .families import example_depths
-    from .models import count_multiply_adds, count_parameters, describe_models
+    from .models import count_network, describe_models
 
     rows = describe_models(pattern, num_classes) if depths is None and widths is None else []
     built = families if depths is not None or widths is not None else [f for f in families if not f.builtin]
@@ -255,10 +271,10 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None, nu
                 skipped.append(f"{family.name}: no {depth}-layer net (depths {family.depths})")
                 continue
             for width in widths or [None]:
-                model = build_network(family.name, depth, num_classes, net_options={"width": width} if width else None)
+                params, multiply_adds = count_network(family.name, depth, num_classes,
+                                                      net_options={"width": width} if width else None)
                 rows.append({"name": f"{family.name}-{depth}" + (f"-w{width}" if width else ""), "kind": family.name,
-                             "depth": depth, "width": width, "params": count_parameters(model),
-                             "mflops": count_multiply_adds(model) / 1e6})
+                             "depth": depth, "width": width, "params": params, "mflops": multiply_adds / 1e6})
     return rows, skipped
 
 
@@ -338,8 +354,10 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     """Plan, show the plan, run with a live display, print the summary; returns the exit code. A command refused
     while planning or for missing data writes nothing, not even the results folder."""
     planned = plan_sweep(config)
-    if dry_run:
-        check_inits(planned, classes=None)
+    if dry_run:  # every check the run makes before training, without loading the data or writing anything
+        check_inits(planned, expected_classes(config.train.data))
+        if any(item.device for item in planned):
+            check_writable_dir(config.out_dir())
         estimate = estimate_plan(config, planned, on_progress=lambda line: errors.print(f"[dim]{line}[/]",
                                                                                         highlight=False))
         print_full_width(render_plan(config, planned, estimate))  # piped: folders and fused jobs are never cut to "…"
@@ -528,7 +546,8 @@ class LiveDisplay:
         ) if self.tty else None
         self.overall = self.progress.add_task("sweep", total=total, info="") if self.progress else None
         self.tasks: dict[str, Any] = {}
-        self.logged: dict[str, tuple[str, int]] = {}
+        self.logged: dict[str, int] = {}  # the last epoch a line was printed for, by cell
+        self.ended: set[str] = set()  # the cells whose end was printed
 
     def __enter__(self) -> LiveDisplay:
         if self.progress:
@@ -566,23 +585,33 @@ class LiveDisplay:
                 self.progress.update(self.tasks.pop(name), description=f"{name} {outcome.state}")
 
     def log_lines(self, snapshot: SweepProgress) -> None:
-        """A line when a run (re)starts from a checkpoint, one per finished epoch, and one when it ends."""
+        """A line when a run resumes from a checkpoint, one per epoch it finishes, and one when it ends, with its
+        last epoch's numbers. Lines are keyed on the epoch, not the state: a status.json read between the run's
+        last epoch and its process's exit says done too, and one read before a resumed run rewrote it is stale."""
         for name, status in snapshot.running.items():
-            seen = self.logged.get(name)
-            if seen is None and status.epoch and status.iteration < status.iterations:
+            if status.state != "running" or name in self.ended:
+                continue  # not started yet (still the last attempt's status.json), or already said
+            if name not in self.logged and status.epoch and status.iteration < status.iterations:
                 console.print(f"{name}: resumed at iteration {status.iteration}/{status.iterations}, after epoch "
                               f"{status.epoch}/{status.epochs} (train {_pct(status.train_error)}% test "
                               f"{_pct(status.test_error)}%)", highlight=False, soft_wrap=True)
-            elif seen != (status.state, status.epoch) and status.epoch:
-                console.print(f"{name}: epoch {status.epoch}/{status.epochs} iteration {status.iteration}/"
-                              f"{status.iterations} train {_pct(status.train_error)}% test {_pct(status.test_error)}% "
-                              f"{_rate(status.images_per_second)} img/s", highlight=False, soft_wrap=True)
-            self.logged[name] = (status.state, status.epoch)
-        for name, outcome in snapshot.outcomes.items():
-            if self.logged.get(name, ("", 0))[0] != outcome.state:
-                self.logged[name] = (outcome.state, -1)
-                console.print(f"{name}: {outcome.state}" + (f" ({outcome.error})" if outcome.error else ""),
-                              highlight=False, soft_wrap=True)  # a log line is never wrapped
+            elif status.epoch > self.logged.get(name, 0):
+                console.print(f"{name}: {epoch_line(status)}", highlight=False, soft_wrap=True)
+            self.logged[name] = max(status.epoch, self.logged.get(name, 0))
+        for item in snapshot.planned:
+            outcome = snapshot.outcomes.get(item.cell.name)
+            if outcome is not None and item.cell.name not in self.ended:
+                self.ended.add(item.cell.name)
+                status = RunStatus.read(item.cell.run_dir)
+                numbers = f": {epoch_line(status)}" if status and status.epoch else ""
+                console.print(f"{item.cell.name}: {outcome.state}{numbers}" +
+                              (f" ({outcome.error})" if outcome.error else ""), highlight=False, soft_wrap=True)
+
+
+def epoch_line(status: RunStatus) -> str:
+    """'epoch 5/5 iteration 55/55 train 12.50% test 20.31% 1,234 img/s' from a run's status."""
+    return (f"epoch {status.epoch}/{status.epochs} iteration {status.iteration}/{status.iterations} train "
+            f"{_pct(status.train_error)}% test {_pct(status.test_error)}% {_rate(status.images_per_second)} img/s")
 
 
 class DataLoadDisplay:
@@ -757,6 +786,9 @@ def analyze(
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
+WHAT_FIELDS = frozenset({"kind", "depth", "shortcut", "seed", "init"})  # what a run trains, not how: not carried over
+
+
 @app.command()
 def construct(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder, e.g. results/figure6/plain-20-s0.")],
@@ -785,8 +817,13 @@ def construct(
                      f"{row.images - row.disagreements:,}/{row.images:,}")
     console.print(view)
     console.print(str(result.out_dir), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"train from it: resdepth train {' '.join(result.train_args)} --out DIR", markup=False,
-                  highlight=False, soft_wrap=True)
+    protocol, unset = config_args(TrainConfig, result.source_config, PROTOCOL, skip=WHAT_FIELDS)
+    console.print(f"train from it with the source run's protocol: resdepth train "
+                  f"{shlex.join([*result.train_args, *protocol])} --out DIR", markup=False, highlight=False,
+                  soft_wrap=True)
+    if unset:
+        console.print(f"note: the source run also set {', '.join(unset)}, which only a sweep file sets (no option): "
+                      "give them in one to train exactly as it did", markup=False, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------- lesion, landscape

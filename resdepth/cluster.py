@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
+import shlex
 import shutil
 import signal
 import socket
@@ -22,15 +24,19 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from . import startup
 from .cell import (
     CellOutcome,
     RunLock,
     busy_outcome,
     is_locked,
     job_outcome,
+    last_line,
+    log_gist,
     mark_failed,
     outcome_from_status,
     run_cells,
@@ -40,6 +46,7 @@ from .config import flag_name, option
 from .errors import UserError
 from .executors import CellJob, Executor
 from .results import CONFIG_FILE, RunStatus, ensure_writable_dir, read_json, write_json
+from .startup import python_command
 
 CLUSTER = "Cluster (--executor ray or slurm)"  # the help panel of the cluster options
 
@@ -126,10 +133,6 @@ class CellTask:
         return result[0]
 
 
-def run_task(task: CellTask) -> CellOutcome:
-    return task()
-
-
 def slurm_job_id() -> str | None:
     """This process's Slurm job as scancel names it (array jobs: JOBID_TASK), None outside Slurm."""
     array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -156,12 +159,6 @@ def outcome_without_result(run_dir: Path, reason: str) -> CellOutcome:
     if state in ("running", "pending"):
         return mark_failed(run_dir, reason)
     return outcome_from_status(run_dir, exit_code=0)
-
-
-def last_line(text: str) -> str:
-    """The gist of a remote error, whose text carries the remote traceback first."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
 
 
 # ---------------------------------------------------------------------------------------------- Ray
@@ -197,14 +194,14 @@ class RayExecutor(Executor):
             raise
         # A fresh worker process per cell: one that has initialised CUDA keeps its first CUDA_VISIBLE_DEVICES, so a
         # reused worker would train its next cell on the previous cell's GPU while the one Ray gave it idles.
-        self._task = self.ray.remote(max_calls=1)(run_task)
+        self._task = remote_call(self.ray, max_calls=1)
         self._running: dict[Any, list[Path]] = {}  # ObjectRef -> the job's run folders
         self._lock = threading.Lock()
 
     def submit(self, job: CellJob) -> Future[CellOutcome]:
         run_dirs = [run_dir.resolve() for run_dir in job.run_dirs]  # the same paths on every node
         task = CellTask(run_dirs[0], self.device, self.threads, uuid.uuid4().hex, tuple(run_dirs[1:]))
-        ref = self._task.options(**self._options).remote(task)  # job.device and job.threads are the driver's
+        ref = self._task.options(**self._options).remote(*remote_args(task))  # job.device, job.threads: the driver's
         with self._lock:
             self._running[ref] = run_dirs
         future: Future[CellOutcome] = Future()
@@ -264,6 +261,18 @@ def connect_ray(ray: Any, address: str | None) -> None:
                         "or leave --address out to start a local one") from None
 
 
+def remote_call(ray: Any, **options: Any) -> Any:
+    """A Ray remote function of a pickled callable (`.remote(*remote_args(call))`), shipped by value: the worker drops
+    the driver's working folder that Ray put first on its sys.path before it imports resdepth (startup.py)."""
+    ray.cloudpickle.register_pickle_by_value(startup)
+    return ray.remote(**options)(startup.run_pickled) if options else ray.remote(startup.run_pickled)
+
+
+def remote_args(call: Any) -> tuple[bytes, str]:
+    """The arguments of a `remote_call` function that runs call()."""
+    return pickle.dumps(call), os.path.abspath(os.curdir)  # the folder Ray adds to workers' sys.path
+
+
 def ray_device(ray: Any, device: str) -> str:
     """cuda when the cells should ask for GPUs (Ray picks which and sets CUDA_VISIBLE_DEVICES), else cpu."""
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
@@ -283,9 +292,9 @@ def check_shared_folder(ray: Any, folder: Path, resource: str) -> None:
     probe.write_text(token)
     try:
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get(resource, 0) > 0]
-        check = ray.remote(probe_folder)
+        check, call = remote_call(ray), remote_args(partial(probe_folder, probe, token))
         on_node = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=False) for node in nodes]
-        refs = {check.options(num_cpus=0, scheduling_strategy=where).remote(probe, token): node["NodeManagerHostname"]
+        refs = {check.options(num_cpus=0, scheduling_strategy=where).remote(*call): node["NodeManagerHostname"]
                 for node, where in zip(nodes, on_node, strict=True)}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_SECONDS)
         problems = []
@@ -375,7 +384,8 @@ class SlurmExecutor(Executor):
         self.log_folder = out_dir.resolve() / SLURM_LOGS / "%j"  # submitit puts each job's files in <job id>/
         self.executor = self.submitit.AutoExecutor(folder=self.log_folder, cluster=config.cluster,
                                                    slurm_max_num_timeout=config.max_timeouts,
-                                                   local_max_num_timeout=config.max_timeouts)
+                                                   local_max_num_timeout=config.max_timeouts,
+                                                   slurm_python=submitit_python(), local_python=submitit_python())
         self.executor.update_parameters(
             name=f"resdepth-{name}", timeout_min=config.time, cpus_per_task=self.threads, gpus_per_node=gpus,
             mem_gb=config.mem_gb, slurm_partition=config.partition, slurm_account=config.account,
@@ -458,9 +468,8 @@ class SlurmExecutor(Executor):
                 return CellOutcome(run_dir, "interrupted", error="stopped before its mid-epoch checkpoint")
             if job.paths.result_pickle.exists() and is_locked(run_dir):  # the task found another run holding it
                 return busy_outcome(run_dir)
-            log = last_line(job.stderr() or "") if job.paths.stderr.exists() else ""
             ended = "failed" if job.paths.result_pickle.exists() else "ended without a result"
-            where = f": {log}" if log else f"; see its log in {job.paths.folder}"
+            where = log_gist(job.paths.stderr) or f"; see its log in {job.paths.folder}"
             return outcome_without_result(run_dir, f"Slurm job {job.job_id} {ended}{where}")
         except OSError as unreadable:  # the future must resolve, or the sweep would wait forever
             return CellOutcome(run_dir, "failed", error=f"Slurm job {job.job_id}: run folder unreadable ({unreadable})")
@@ -494,6 +503,12 @@ def import_submitit() -> Any:
     except ImportError:
         raise UserError(f"--executor slurm needs submitit here and on the nodes: {SLURM_INSTALL}") from None
     return submitit
+
+
+def submitit_python() -> str:
+    """The shell command submitit runs `-u -m submitit.core._submit` with on a node: this interpreter, without the
+    job's working folder first on sys.path (startup.py says why)."""
+    return shlex.join(python_command())
 
 
 def check_slurm_config(config: SlurmConfig, device: str, gpus_per_job: float) -> None:

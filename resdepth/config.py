@@ -55,6 +55,36 @@ def cli_fields(cls: type) -> list[Field]:
     return [f for f in fields(cls) if f.metadata.get("cli") and not is_dataclass(typing.get_type_hints(cls)[f.name])]
 
 
+def config_args(cls: type, values: dict[str, Any], panel: str, skip: frozenset[str] = frozenset()
+                ) -> tuple[list[str], list[str]]:
+    """The command-line options that set cls's fields of a help panel to values (a config.json section) where they
+    differ from the defaults, and the names of such fields no option sets (sweep files only). `skip`: fields
+    the caller gives itself."""
+    args: list[str] = []
+    unset: list[str] = []
+    for field in fields(cls):
+        if field.metadata.get("panel") != panel or field.name in skip or field.name not in values:
+            continue
+        default = field.default_factory() if field.default_factory is not MISSING else field.default
+        value = values[field.name]
+        if value is None or normalised(value) == normalised(default) or is_dataclass(default):
+            continue
+        if not field.metadata.get("cli"):
+            unset.append(field.name)
+            continue
+        on, _, off = flag_name(field).partition("/")
+        if isinstance(value, bool):
+            args.append(on if value else off or f"--no-{on.removeprefix('--')}")
+        else:
+            args += [on, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
+    return args, unset
+
+
+def normalised(value: Any) -> Any:
+    """A value as JSON gives it back (tuples are lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 # ---------------------------------------------------------------------------------------------- loading
 def from_dict(cls: type[T], payload: Any, where: str, prefix: str = "", ignore: frozenset[str] = frozenset()) -> T:
     """Build cls from a mapping, strictly: every key must be a field (or in `ignore`), every value of the field's

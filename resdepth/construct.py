@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from .config import DATA, config_args
 from .data import DataConfig, Dataset, load_dataset, normalize
 from .errors import UserError
 from .families import build_network, get_family
@@ -292,6 +293,7 @@ class Construction:
     target: str  # e.g. plain-56
     comparisons: list[SplitComparison]
     train_args: list[str]  # `resdepth train` options that train from it on the source run's data
+    source_config: dict[str, Any]  # the source run's config.json: its protocol, for the command that trains on
 
 
 def train_args(spec: NetSpec, target_dir: Path, config: dict[str, Any]) -> list[str]:
@@ -300,12 +302,8 @@ def train_args(spec: NetSpec, target_dir: Path, config: dict[str, Any]) -> list[
     if shown:
         args += ["--shortcut", shown]
     args += [f"--{name}={value}" for name, value in spec.options if name == "width"]  # the one option with a flag
-    defaults = asdict(DataConfig())
-    for key, value in config.get("data", {}).items():
-        if key in defaults and value != defaults[key] and value is not None and key != "split_seed":
-            option = f"--{key.replace('_', '-')}"
-            args += [option] if value is True else [f"--no-{key}"] if value is False else [option, str(value)]
-    return [*args, "--init", str(target_dir)]
+    data_args, _ = config_args(DataConfig, config.get("data", {}), DATA)  # split_seed: no option, the default's
+    return [*args, *data_args, "--init", str(target_dir)]
 
 
 class ConstructionMismatch(RuntimeError):
@@ -365,8 +363,8 @@ def construct_from_run(run_dir: Path, depth: int, out: Path, device: torch.devic
                                    f"{differing[0].disagreements} {differing[0].split} images: nothing written")
     write_construction(target_dir, target, target_spec, config, run_dir, spec, identity, comparisons,
                        identity_bn if needs_statistics else None)
-    return Construction(target_dir, spec.label, target_spec.label, comparisons, train_args(target_spec, target_dir,
-                                                                                           config))
+    return Construction(target_dir, spec.label, target_spec.label, comparisons,
+                        train_args(target_spec, target_dir, config), config)
 
 
 def finished_run(run_dir: Path) -> dict[str, Any]:

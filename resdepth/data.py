@@ -10,6 +10,7 @@ import functools
 import hashlib
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,10 @@ class DataConfig:
                                      "sees the same images.", panel=DATA, cli=False)
     augment: bool = option(True, help="Pad-4 random crop + flip (§4.2); --no-augment is a named deviation.",
                            flag="--augment/--no-augment", panel=DATA)
+    # a label only: runs with other names but the same data compute the same thing (groups.comparable ignores it)
+    dataset_name: str | None = option(None, help="Name of the dataset in tables, figure titles and file names, e.g. "
+                                                 "cifar10-jpeg.", panel=DATA,
+                                      default_text="the dataset, or an image folder's own name")
     # the demo's four small nets train in about a minute on 2 cores at these sizes
     synthetic_train: int = option(1500, help="Training images of --dataset synthetic.", panel=DATA)
     synthetic_test: int = option(500, help="Test images of --dataset synthetic.", panel=DATA)
@@ -136,6 +141,9 @@ def pixel_sums(images: torch.Tensor) -> torch.Tensor:
     return total
 
 
+DISPLAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # --dataset-name: a title and a file name alike
+
+
 def check_data_config(config: DataConfig) -> None:
     """Refuse values no dataset can satisfy, before anything is loaded or written."""
     if config.dataset not in DATASETS:
@@ -146,6 +154,9 @@ def check_data_config(config: DataConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number of images, got {value}")
     if config.val_size < 0:
         raise UserError(f"--val-size must be 0 (no split) or a positive number of images, got {config.val_size}")
+    if config.dataset_name is not None and not DISPLAY_NAME.fullmatch(config.dataset_name):
+        raise UserError(f"--dataset-name {config.dataset_name!r} must be 1 to 64 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit (it names figure files too), e.g. cifar10-jpeg")
 
 
 def expected_classes(config: DataConfig) -> int:
@@ -212,10 +223,28 @@ def check_folder_present(config: DataConfig) -> DataCheck:
 
 
 def sized_check(config: DataConfig, ready: bool, summary: str, train: int, test: int) -> DataCheck:
-    """The split sizes a run sees: the validation split comes out of the training images, then the subsets."""
+    """The split sizes a run sees: the validation split comes out of the training images, then the subsets. Split
+    options these sizes cannot satisfy are refused here as loading refuses them (a dry run checks what a run does)."""
+    check_split_sizes(config, train, test, expected_classes(config))
     train -= config.val_size
     return DataCheck(ready, summary, min(train, config.train_size or train), min(test, config.test_size or test),
                      config.val_size)
+
+
+def check_split_sizes(config: DataConfig, train: int, test: int, classes: int) -> None:
+    """Refuse --val-size, --train-size and --test-size that a dataset of train and test images in classes classes
+    cannot satisfy: a run when it loads the data, a dry run from the counts (`sized_check`)."""
+    if config.val_size and config.val_size >= train:
+        raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has {train})")
+    for name, images in (("train_size", train - config.val_size), ("test_size", test)):
+        if (getattr(config, name) or 0) > images:
+            split = name.split("_")[0]
+            raise UserError(f"--{name.replace('_', '-')} {getattr(config, name)} is more than the {images} "
+                            f"{split} images of {config.dataset} (after any --val-size): ask for at most "
+                            f"{images}, or leave it out for all")
+    if config.train_size is not None and config.train_size < classes:
+        raise UserError(f"--train-size {config.train_size} is fewer images than the {classes} classes of "
+                        f"{config.dataset}: ask for at least one image per class, or leave it out for all")
 
 
 def load_dataset(config: DataConfig, on_progress: OnLoadProgress = lambda _: None) -> Dataset:
@@ -242,24 +271,13 @@ def _load_cached(key: tuple[tuple[str, Any], ...]) -> Dataset:
 
 
 def _prepare(config: DataConfig, data: Dataset) -> Dataset:
+    check_split_sizes(config, len(data.train_labels), len(data.test_labels), data.num_classes)
     if config.val_size:
-        if config.val_size >= len(data.train_labels):
-            raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has "
-                            f"{len(data.train_labels)})")
         val = balanced_subset(data.train_labels, config.val_size, config.split_seed)
         keep = torch.ones(len(data.train_labels), dtype=torch.bool)
         keep[val] = False
         data.val_images, data.val_labels = data.train_images[val], data.train_labels[val]
         data.train_images, data.train_labels = data.train_images[keep], data.train_labels[keep]
-    for name, labels in (("train_size", data.train_labels), ("test_size", data.test_labels)):
-        if (getattr(config, name) or 0) > len(labels):
-            split = name.split("_")[0]
-            raise UserError(f"--{name.replace('_', '-')} {getattr(config, name)} is more than the {len(labels)} "
-                            f"{split} images of {config.dataset} (after any --val-size): ask for at most "
-                            f"{len(labels)}, or leave it out for all")
-    if config.train_size is not None and config.train_size < data.num_classes:
-        raise UserError(f"--train-size {config.train_size} is fewer images than the {data.num_classes} classes of "
-                        f"{config.dataset}: ask for at least one image per class, or leave it out for all")
     if config.train_size is not None and config.train_size < len(data.train_labels):
         pick = balanced_subset(data.train_labels, config.train_size, config.split_seed + 1)
         data.train_images, data.train_labels = data.train_images[pick], data.train_labels[pick]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -22,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cell import CellOutcome, job_outcome_from_status, run_cells
+from .startup import python_command
+
+WORKER_LOG = "worker.log"  # a worker process's output, in its job's first run folder
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ class SequentialExecutor(Executor):
 
 
 class LocalProcessExecutor(Executor):
-    """One `python -m resdepth.worker` process per job; its exit, even by SIGKILL, is read from the run folders
+    """One `python -m resdepth.worker` process per job (started so that it imports the installed resdepth, whatever
+    the working folder holds: `startup.python_command`); its exit, even by SIGKILL, is read from the run folders
     (its log goes to the first cell's worker.log)."""
 
     def __init__(self) -> None:
@@ -84,10 +87,10 @@ class LocalProcessExecutor(Executor):
     def submit(self, job: CellJob) -> Future[CellOutcome]:
         future: Future[CellOutcome] = Future()
         device, env = worker_device(job.device, os.environ)
-        command = [sys.executable, "-m", "resdepth.worker", *map(str, job.run_dirs), "--device", device]
+        command = python_command("-m", "resdepth.worker", *map(str, job.run_dirs), "--device", device)
         if job.threads:
             command += ["--threads", str(job.threads)]
-        log = (job.run_dir / "worker.log").open("ab")
+        log = (job.run_dir / WORKER_LOG).open("ab")
         env["PYTHONUNBUFFERED"] = "1"
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.close()
@@ -100,7 +103,7 @@ class LocalProcessExecutor(Executor):
         code = process.wait()
         with self._lock:
             self._processes.discard(process)
-        future.set_result(job_outcome_from_status(job.run_dirs, exit_code=code))
+        future.set_result(job_outcome_from_status(job.run_dirs, exit_code=code, log=job.run_dir / WORKER_LOG))
 
     def interrupt(self) -> None:
         with self._lock:

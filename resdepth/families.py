@@ -496,9 +496,31 @@ def known_names() -> list[str]:
     return list(_BUILTIN) + sorted({ep.name for ep in installed_entry_points()} - set(_BUILTIN))
 
 
+# The named networks' prefixes (resnet56 is the residual family at depth 56), and the family and depth of each
+# named network `resdepth models` lists (models.register_model fills it): a network's name is not a --kind.
+NAME_PREFIXES = {"resnet": "residual", "plain": "plain", "preact": "preact"}
+NAMED_NETWORKS: dict[str, tuple[str, int]] = {}
+
+
+def network_meant(name: str) -> tuple[str, int] | None:
+    """(family, depth) of a network name such as resnet20 or preact1001, or None when name is not one."""
+    if name in NAMED_NETWORKS:
+        return NAMED_NETWORKS[name]
+    prefix = name.rstrip("0123456789")
+    if prefix in NAME_PREFIXES and name != prefix:
+        return NAME_PREFIXES[prefix], int(name[len(prefix):])
+    return None
+
+
 def unknown_kind_message(kind: str) -> str:
     names = known_names()
-    close = difflib.get_close_matches(kind, names, n=3, cutoff=0.5)
+    meant = network_meant(kind)
+    if meant:
+        family, depth = meant
+        return (f"--kind {kind} names a network, not a family: it is the {family} family at depth {depth}; give "
+                f"--kind {family} --depth {depth} (a sweep: --kinds {family} --depths {depth})")
+    alias = NAME_PREFIXES.get(kind.lower())
+    close = [alias] if alias else difflib.get_close_matches(kind, names, n=3, cutoff=0.5)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     return (f"unknown kind {kind!r}: {hint}the families are {', '.join(names)} (see `resdepth models`), or a "
             "builder by path, module.path:function")

@@ -22,7 +22,10 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """A saved or planned config without its execution fields (and the shortcut of a family that takes none, which
     builds nothing): two runs with equal ones compute the same thing."""
     ignored = set(EXECUTION_FIELDS) | (set() if family_of_run(config).shortcuts else {"shortcut"})
-    return {k: v for k, v in config.items() if k not in ignored}
+    kept = {k: v for k, v in config.items() if k not in ignored}
+    if isinstance(kept.get("data"), dict):  # the dataset's display name is a label, not what the run computes
+        kept["data"] = {k: v for k, v in kept["data"].items() if k != "dataset_name"}
+    return kept
 
 
 @dataclass(frozen=True, order=True)
@@ -62,14 +65,21 @@ def group_key(run: Run, axes: tuple[tuple[str, str], ...] = ()) -> GroupKey:
 
 
 def dataset_name(config: dict[str, Any]) -> str:
-    """The dataset as tables and figures name it: cifar10, synthetic, ...; for an image folder the folder's own
-    name (/tmp/cifar10-jpeg -> cifar10-jpeg), which says more than 'folder' and fits in a file name."""
+    """The dataset as tables and figures name it: its --dataset-name if the run was given one, else cifar10,
+    synthetic, ...; for an image folder the folder's own name (/tmp/cifar10-jpeg -> cifar10-jpeg), which says more
+    than 'folder' and fits in a file name."""
     data = config.get("data", {})
     dataset = str(data.get("dataset", "unknown"))
+    given = data.get("dataset_name")  # --dataset-name; read from a file, so kept to what a file name may hold
+    if isinstance(given, str) and file_safe(given):
+        return file_safe(given)
     if dataset != "folder" or not data.get("data_dir"):
         return dataset
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePath(str(data["data_dir"]).rstrip("/\\")).name).strip("-.")
-    return name or dataset
+    return file_safe(PurePath(str(data["data_dir"]).rstrip("/\\")).name) or dataset
+
+
+def file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:64]
 
 
 def group_runs(runs: list[Run]) -> dict[GroupKey, list[Run]]:
@@ -106,7 +116,7 @@ NOT_PROTOCOL = {"kind", "depth", "shortcut", "seed", "epochs", "iterations", "pr
 # The warm-up settings only matter to a run that warmed up; which runs do is "resolved"'s warmup (a mode such as
 # auto or deep is only the rule that decided it).
 WARMUP_FIELDS = ("warmup", "warmup_min_depth", "warmup_lr", "warmup_until_error", "warmup_max_iterations")
-NOT_DATA_PROTOCOL = {"dataset", "data_dir", "train_size", "test_size", "val_size"}
+NOT_DATA_PROTOCOL = {"dataset", "data_dir", "train_size", "test_size", "val_size", "dataset_name"}
 
 
 def run_protocol(run: Run) -> dict[str, str]:

@@ -11,8 +11,8 @@ import json
 import os
 import pickle
 import re
+import secrets
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +54,10 @@ def metric_columns(with_validation: bool) -> list[str]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temp file in the same folder, fsync, then rename: a reader never sees half a file. The file gets
+    the mode a plain open() gives under the user's umask (mkstemp's 0600 would hide a shared results folder from
+    the colleagues the umask lets read it)."""
+    fd, tmp = create_temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -63,8 +65,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def create_temp_beside(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created temp file next to path, opened for writing with mode 0666 less the umask (the
+    kernel applies the umask, so nothing has to read it)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -281,6 +295,7 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 def ensure_writable_dir(path: Path) -> None:
     """Create path (and parents) or raise a UserError that says why it cannot be used."""
+    check_writable_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -289,6 +304,21 @@ def ensure_writable_dir(path: Path) -> None:
     except OSError as exc:
         raise UserError(f"cannot write results to {path} ({exc.strerror or exc}): choose another --out "
                         "folder") from None
+
+
+def check_writable_dir(path: Path) -> None:
+    """What ensure_writable_dir would refuse, told without creating anything (a dry run): the nearest existing
+    folder on the way must be a folder this process may write in."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    reason = None
+    if existing.exists() and not existing.is_dir():
+        reason = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"no permission to write in {existing}"
+    if reason:
+        raise UserError(f"cannot write results to {path} ({reason}): choose another --out folder")
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -386,6 +386,7 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
     if queue:
         ensure_writable_dir(sweep.out_dir())
         save_sweep(sweep)
+        queue_retries(planned)
     slots = device_slots(sweep)
     threads = task_threads(sweep)
     free = list(slots)
@@ -421,6 +422,15 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
             break
     executor.shutdown()
     return outcomes
+
+
+def queue_retries(planned: list[PlannedCell]) -> None:
+    """Cells --retry-failed will run are queued from now on: `status` shows them pending, not failed with the error
+    of the attempt that is being retried (their progress, for the resume, stays)."""
+    for item in planned:
+        status = RunStatus.read(item.cell.run_dir) if item.action == "retry" and item.device else None
+        if status and status.state in ("failed", "diverged") and not is_locked(item.cell.run_dir):
+            status.update(item.cell.run_dir, state="pending", error=None)
 
 
 def prepare_job(job: list[PlannedCell], outcomes: dict[str, CellOutcome]) -> list[PlannedCell]:

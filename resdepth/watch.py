@@ -18,7 +18,8 @@ from .cluster import TASK_FILE
 from .config import from_dict
 from .errors import UserError
 from .families import Family, family_of_run
-from .results import CONFIG_FILE, REPLACED_MARK, TERMINAL_STATES, RunStatus, find_run_dirs, read_json
+from .results import (CONFIG_FILE, REPLACED_MARK, TERMINAL_STATES, RunStatus, config_problem, find_run_dirs,
+                      read_json)
 from .sweep import SWEEP_FILE, SweepConfig, make_cells
 from .train import TrainConfig, steps_per_epoch
 
@@ -95,7 +96,12 @@ def read_folder_status(root: Path) -> FolderStatus:
         raise UserError(f"results folder {root} does not exist: pass the --out folder of a sweep, e.g. results/smoke")
     sweeps, warnings = planned_cells(root)
     planned = {run_dir: config for _, cells in sweeps.values() for run_dir, config in cells}
-    run_dirs, _ = find_run_dirs(root)
+    found, _ = find_run_dirs(root)
+    run_dirs, skipped = own_run_dirs([run_dir for run_dir in found if run_dir not in planned])
+    if not planned and not run_dirs and skipped:  # as table, plot and report refuse it
+        raise UserError(f"no readable runs under {root}: {len(skipped)} run folder(s), all skipped "
+                        f"(first: {skipped[0].removeprefix('skipped ')})")
+    warnings += skipped
     order = list(dict.fromkeys([*planned, *run_dirs]))
     if not order:
         raise UserError(f"no runs or sweep under {root}: it holds no run folder (config.json) and no sweep.json")
@@ -105,6 +111,22 @@ def read_folder_status(root: Path) -> FolderStatus:
         configs = dict(members)
         fill_planned_iterations([cell for cell in cells if cell.run_dir in configs], configs)
     return FolderStatus(root, cells, {folder: executor for folder, (executor, _) in sweeps.items()}, warnings, now)
+
+
+def own_run_dirs(run_dirs: list[Path]) -> tuple[list[Path], list[str]]:
+    """The folders whose config.json is a resdepth run's (its kind and depth at least), and a 'skipped' line for
+    each of the others: a folder from something else is not a pending run."""
+    own, skipped = [], []
+    for run_dir in run_dirs:
+        config = read_json(run_dir / CONFIG_FILE)
+        problem = config_problem(config) if isinstance(config, dict) else "config.json is not valid JSON"
+        if not problem and not {"kind", "depth"} <= config.keys():
+            problem = "config.json is not a resdepth run's (it names no kind and depth)"
+        if problem:
+            skipped.append(f"skipped {run_dir}: {problem}")
+        else:
+            own.append(run_dir)
+    return own, skipped
 
 
 def planned_cells(root: Path) -> tuple[dict[Path, tuple[str, list[tuple[Path, TrainConfig]]]], list[str]]:

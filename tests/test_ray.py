@@ -63,6 +63,8 @@ def test_a_retry_takes_over_the_lock_its_lost_attempt_left_on_another_node(tmp_p
 def test_cli_ray_sweep_gives_the_sequential_executors_numbers(ray_cluster, tmp_path, cli_env, tiny_sweep, run_sweep_now,
                                                               resdepth_cli, tiny_args, assert_same_run):
     run_sweep_now(tiny_sweep(tmp_path / "seq"), SequentialExecutor())
+    (tmp_path / "resdepth").mkdir()  # a clone's folder where the sweep starts: the tasks import the installed package
+    (tmp_path / "resdepth" / "__init__.py").write_text("")
     command = [resdepth_cli, "sweep", "--executor", "ray", "--address", ray_cluster, "--depths", "8", "--epochs", "2",
                *tiny_args, "--out", "ray"]
     result = subprocess.run(command, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=120)

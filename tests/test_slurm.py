@@ -166,8 +166,11 @@ def test_a_failing_squeue_is_not_taken_for_finished_jobs(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ submitit's local executor
 def test_local_slurm_sweep_gives_the_sequential_executors_numbers(tmp_path, run_sweep_now, assert_same_run, slurm_sweep,
-                                                                  sequential_reference):
+                                                                  sequential_reference, monkeypatch):
     reference = sequential_reference()
+    (tmp_path / "resdepth").mkdir()  # a clone's folder where the sweep starts: the jobs import the installed package
+    (tmp_path / "resdepth" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
     _, outcomes = run_sweep_now(slurm_sweep(tmp_path / "slurm", "local"))
     assert {o.state for o in outcomes.values()} == {"done"}
     for name in ("plain-8-s0", "residual-8-s0"):

@@ -1,0 +1,336 @@
+"""A new user's first runs: workers started from any folder, files others can read, failures that say why."""
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+
+from resdepth.results import RunStatus
+
+
+# ---------------------------------------------------------------------------------------------- workers
+@pytest.mark.parametrize("decoy", ["package", "namespace"])
+def test_a_parallel_sweep_from_a_folder_holding_a_decoy_resdepth_imports_the_installed_package(
+        tmp_path, cli_env, resdepth_cli, tiny_args, decoy):
+    # the folder a clone lands in: resdepth/ (with results/) beside where the user runs the sweep
+    (tmp_path / "resdepth" / "results").mkdir(parents=True)
+    if decoy == "package":
+        (tmp_path / "resdepth" / "__init__.py").write_text("")
+    result = subprocess.run([resdepth_cli, "sweep", "--jobs", "2", "--depths", "8", "--epochs", "1", *tiny_args,
+                             "--out", "runs"], cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("plain-8-s0", "residual-8-s0"):
+        assert RunStatus.read(tmp_path / "runs" / name).state == "done"
+
+
+def test_a_worker_still_finds_a_family_module_on_pythonpath_and_in_the_working_folder(
+        tmp_path, user_family, resdepth_cli, tiny_args):
+    here = tmp_path / "lab"
+    (here / "resdepth").mkdir(parents=True)
+    (here / "resdepth" / "__init__.py").write_text("")
+    shutil.copy(user_family.folder / "tinyfam_nets.py", here / "labnets.py")  # found as `uvicorn main:app` finds it
+    for kind in ("tinyfam_nets:gated", "labnets:gated"):
+        result = subprocess.run([resdepth_cli, "sweep", "--jobs", "2", "--kinds", kind, "--depths", "2",
+                                 "--epochs", "1", *tiny_args, "--out", kind.split(":")[0]],
+                                cwd=here, env=user_family.env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_safe_start_runs_a_module_without_the_working_folder_on_sys_path(tmp_path):
+    from resdepth.startup import python_command
+
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "__init__.py").write_text("raise SystemExit('the decoy was imported')")
+    (tmp_path / "probe.py").write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "elsewhere")}
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "probe_mod.py").write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    result = subprocess.run(python_command("-u", "-m", "probe_mod", "a", "--b"), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, '["a", "--b"]'), result.stderr
+    assert sys.executable == python_command()[0]
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def test_a_worker_that_crashes_before_training_says_why_and_where_its_log_is(tmp_path, tiny_config):
+    from resdepth.cell import read_run_config
+    from resdepth.executors import WORKER_LOG, CellJob, LocalProcessExecutor
+    from resdepth.results import ERROR_FILE, write_config
+
+    run_dir = tmp_path / "plain-8-s0"
+    run_dir.mkdir()
+    write_config(run_dir, asdict(tiny_config(kind="plain")))
+    read_run_config(run_dir)  # a good config: the worker fails on its command line, before it reads the folder
+    job = CellJob(run_dir, "cpu", threads="two")  # type: ignore[arg-type] - what a broken caller might pass
+    outcome = LocalProcessExecutor().submit(job).result(timeout=120)
+    log = run_dir / WORKER_LOG
+    assert outcome.state == "failed"
+    assert "exited with code 2: python -m resdepth.worker: error: argument --threads: invalid int" in outcome.error
+    assert outcome.error.endswith(f"(log: {log})")
+    assert (run_dir / ERROR_FILE).read_text().strip() == outcome.error == RunStatus.read(run_dir).error
+
+
+def test_the_gist_of_a_log_is_its_last_unindented_line(tmp_path):
+    from resdepth.cell import log_gist
+
+    log = tmp_path / "worker.log"
+    log.write_text("epoch 1/2\nTraceback (most recent call last):\n  File \"x.py\", line 1\n    import y\n"
+                   "ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results'\n\n")
+    assert log_gist(log) == f": ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results' (log: {log})"
+    assert log_gist(tmp_path / "missing.log") == log_gist(None) == ""
+
+
+# ---------------------------------------------------------------------------------------------- file modes
+@pytest.fixture
+def umask():
+    """Set the process's umask for one test; the one before comes back after it."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield lambda mask: os.umask(mask)
+    os.umask(before)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_every_file_a_sweep_and_its_report_write_gets_the_mode_open_gives_under_the_umask(
+        tmp_path, tiny_sweep, run_sweep_now, run_cli, umask, mask):
+    from resdepth.results import atomic_write_bytes
+
+    umask(mask)
+    out = tmp_path / "runs"
+    _, outcomes = run_sweep_now(tiny_sweep(out, seeds=[0], kinds=["plain"]))
+    assert {o.state for o in outcomes.values()} == {"done"}
+    assert run_cli("report", str(out)).code == 0
+    assert run_cli("table", str(out), "--csv", str(out / "table.csv")).code == 0
+    atomic_write_bytes(tmp_path / "one.bin", b"x")
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    names = {path.name for path in files}
+    assert {"config.json", "metrics.csv", "status.json", "checkpoint.pt", "sweep.json", "report.html"} <= names
+    modes = {str(path.relative_to(tmp_path)): oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
+    assert modes == dict.fromkeys(modes, oct(0o666 & ~mask))
+    assert not [path for path in tmp_path.rglob(".*.tmp")]  # no temp file left behind
+
+
+# ---------------------------------------------------------------------------------------------- help, names
+def test_no_help_page_shows_a_type_after_a_flag(run_cli):
+    from resdepth.cli import app
+
+    commands = [command.name or command.callback.__name__ for command in app.registered_commands]
+    assert {"train", "sweep", "models", "status"} <= set(commands)
+    for command in ["", *commands]:
+        code, out, _ = run_cli(*filter(None, [command, "--help"]))
+        assert code == 0 and "--help" in out and "<bool>" not in out, command
+    assert "<int>" in run_cli("train", "--help").out  # options that take a value still show its type
+
+
+# ---------------------------------------------------------------------------------------------- foreign folders
+def test_status_refuses_a_folder_from_something_else_as_table_plot_and_report_do(tmp_path, run_cli, write_run):
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run1" / "config.json").write_text("{}")
+    for command in ("status", "table", "plot", "report"):
+        code, out, err = run_cli(command, str(tmp_path))
+        assert code == 2 and out == "" and err.count("\n") == 1, (command, out, err)
+        assert err.startswith(f"error: no readable runs under {tmp_path}: 1 run folder(s), all skipped"), command
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "config.json").write_text('{"kind": "plain", "depth": 8, "data": {}}')
+    code, out, err = run_cli("status", str(tmp_path))  # a run not started yet beside it: shown, the other said
+    assert code == 0 and "ours" in out and "pending" in out and "run1" not in out
+    assert "skipped" in err and "run1" in err
+
+
+# ---------------------------------------------------------------------------------------------- resdepth models
+@pytest.mark.parametrize("kind", ["plain", "residual", "preact", "preact-bottleneck"])
+def test_a_built_in_familys_counts_without_building_equal_the_built_nets(kind):
+    from resdepth.families import build_network, get_family
+    from resdepth.models import count_multiply_adds, count_network, count_parameters
+
+    rule = get_family(kind).depths
+    for n in (3, 4):
+        depth = rule.smallest + (n - 1) * rule.step
+        for classes, shortcut, width in ((10, None, None), (100, "B", None), (10, None, 2)):
+            options = {"width": width} if width else None
+            model = build_network(kind, depth, num_classes=classes, shortcut=shortcut, net_options=options)
+            expected = (count_parameters(model), count_multiply_adds(model))
+            assert count_network(kind, depth, classes, shortcut, options) == expected, (kind, depth, shortcut, width)
+
+
+def test_resdepth_models_lists_the_deepest_nets_without_building_them_with_the_readmes_counts(run_cli, monkeypatch):
+    from resdepth import models
+
+    built = []
+    real_build = models.build_network
+
+    def recording_build(kind, depth, *args, **kwargs):
+        built.append(depth)
+        return real_build(kind, depth, *args, **kwargs)
+
+    monkeypatch.setattr(models, "build_network", recording_build)
+    models.built_counts.cache_clear()
+    rows = {row["name"]: row for row in models.describe_models()}
+    assert built and max(built) < 100  # building resnet1202, plain1202 and preact1001 took 2.5 minutes on 2 cores
+    assert (rows["resnet1202"]["params"], rows["preact1001"]["params"]) == (19_421_274, 10_327_706)
+    assert (rows["preact1001"]["kind"], rows["preact1001"]["depth"]) == ("preact-bottleneck", 1001)
+    assert "19,421,274" in run_cli("models", "resnet12*").out
+
+
+# ---------------------------------------------------------------------------------------------- names
+@pytest.mark.parametrize(("name", "family", "depth"), [("resnet20", "residual", 20), ("plain56", "plain", 56),
+                                                       ("preact1001", "preact-bottleneck", 1001),
+                                                       ("resnet26", "residual", 26)])
+def test_a_network_name_given_as_a_kind_says_which_kind_and_depth_it_means(run_cli, tiny_args, tmp_path, name,
+                                                                           family, depth):
+    for command in (["train", "--kind", name, "--depth", "20"], ["sweep", "--kinds", name, "--depths", "8"]):
+        code, _, err = run_cli(*command, *tiny_args, "--out", str(tmp_path / "r"))
+        assert code == 2 and err.count("\n") == 1, (command, err)
+        assert f"--kind {name} names a network, not a family: it is the {family} family at depth {depth}" in err
+        assert f"--kind {family} --depth {depth} (a sweep: --kinds {family} --depths {depth})" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_resnet_as_a_kind_suggests_the_residual_family(run_cli, tiny_args, tmp_path):
+    code, _, err = run_cli("train", "--kind", "resnet", "--depth", "20", *tiny_args, "--out", str(tmp_path))
+    assert code == 2 and "unknown kind 'resnet': did you mean residual?" in err
+
+
+# ---------------------------------------------------------------------------------------------- dry runs
+@pytest.mark.parametrize("refused", [["--train-size", "5"], ["--out", "FILE/sub"], ["--val-size", "128"],
+                                     ["--test-size", "65"]])
+def test_a_dry_run_refuses_what_the_run_refuses_with_the_same_line(tmp_path, run_cli, tiny_args, refused):
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    refused = [arg.replace("FILE", str(tmp_path / "FILE")) for arg in refused]
+    out = [] if "--out" in refused else ["--out", str(tmp_path / "runs")]
+    command = ["sweep", "--depths", "8", "--kinds", "plain", *tiny_args, *out, *refused]
+    dry, real = run_cli(*command, "--dry-run"), run_cli(*command)
+    assert (dry.code, real.code) == (2, 2) and dry.err == real.err and dry.err.count("\n") == 1, (dry, real)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["FILE"]  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------- construct
+def test_the_train_command_construct_prints_trains_with_the_source_runs_protocol(tmp_path, tiny_sweep, tiny_config,
+                                                                                 run_sweep_now, run_cli):
+    import json
+    import shlex
+
+    from resdepth.config import PROTOCOL, config_args
+    from resdepth.train import TrainConfig
+
+    train = tiny_config(epochs=2, lr=0.05, weight_decay=5e-4, warmup="on")
+    run_sweep_now(tiny_sweep(tmp_path / "src", kinds=["plain"], train=train))
+    code, out, err = run_cli("construct", str(tmp_path / "src" / "plain-8-s0"), "--depth", "14", "--out",
+                             str(tmp_path / "c"), "--device", "cpu")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if "resdepth train" in line)
+    args = shlex.split(line.split("resdepth train ", 1)[1].removesuffix(" --out DIR"))
+    for option in (["--epochs", "2"], ["--lr", "0.05"], ["--weight-decay", "0.0005"], ["--warmup", "on"],
+                   ["--batch-size", "32"], ["--synthetic-train", "128"]):
+        assert " ".join(option) in " ".join(args), (option, line)
+    code, _, err = run_cli("train", *args, "--out", str(tmp_path / "again"), "--device", "cpu", "--threads", "1")
+    assert code == 0, err
+    source, again = (json.loads(next((tmp_path / folder).glob("*/config.json")).read_text())
+                     for folder in ("src", "again"))
+    for key in ("iterations", "epochs", "lr_milestone_iterations", "warmup", "train_size"):
+        assert again["resolved"][key] == source["resolved"][key], key
+    assert config_args(TrainConfig, {"lr_decay": 0.2, "lr": 0.1}, PROTOCOL) == ([], ["lr_decay"])  # sweep file only
+
+
+# ---------------------------------------------------------------------------------------------- dataset name
+def test_a_dataset_display_name_is_recorded_and_names_tables_and_figures(tmp_path, tiny_config, run_cli,
+                                                                         run_sweep_now):
+    import json
+
+    from resdepth.sweep import load_sweep_file
+
+    sweep_file = tmp_path / "named.toml"
+    sweep_file.write_text(f'depths = [8]\nkinds = ["plain"]\nseeds = [0]\nout = "{tmp_path / "runs"}"\n[train]\n'
+                          'epochs = 1\nbatch_size = 32\ndevice = "cpu"\nthreads = 1\n[data]\ndataset = "synthetic"\n'
+                          'synthetic_train = 128\nsynthetic_test = 64\ndataset_name = "lab-set"\n')
+    sweep = load_sweep_file(sweep_file)
+    assert sweep.train.data.dataset_name == "lab-set"
+    run_sweep_now(sweep)
+    saved = json.loads((tmp_path / "runs" / "plain-8-s0" / "config.json").read_text())
+    assert saved["data"]["dataset_name"] == "lab-set"
+    code, out, err = run_cli("table", str(tmp_path / "runs"))
+    assert code == 0 and "(lab-set)" in out and "synthetic" not in out, out + err
+    code, out, err = run_cli("plot", str(tmp_path / "runs"))
+    assert code == 0 and "figure6-lab-set.png" in out, out + err
+    # the option gives it too, and a name that cannot title a figure file is refused in one line
+    code, _, err = run_cli("sweep", str(sweep_file), "--dataset-name", "my data/1", "--dry-run")
+    assert code == 2 and "--dataset-name 'my data/1' must be 1 to 64 letters" in err and err.count("\n") == 1
+    code, out, _ = run_cli("sweep", str(sweep_file), "--dataset-name", "renamed", "--dry-run")
+    assert code == 0 and "skip-done" in out  # a label: renaming does not make the runs differ
+
+
+# ---------------------------------------------------------------------------------------------- progress lines
+def cell_lines(out: str, name: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(f"{name}: ")]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_progress_lines_say_each_epoch_once_and_done_with_the_last_epochs_numbers(tmp_path, cli_env, resdepth_cli,
+                                                                                  tiny_args, jobs):
+    result = subprocess.run([resdepth_cli, "sweep", "--jobs", jobs, "--depths", "8", "--epochs", "2", *tiny_args,
+                             "--out", "runs"], cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("plain-8-s0", "residual-8-s0"):
+        lines = cell_lines(result.stdout, name)
+        assert len(lines) == len(set(lines)), lines  # no line twice
+        assert lines[-1].startswith(f"{name}: done: epoch 2/2 iteration 8/8 train "), lines
+        assert sum(" epoch 2/2 " in line for line in lines) == 1, lines
+
+
+def test_fused_cells_each_say_done(tmp_path, cli_env, resdepth_cli, tiny_args):
+    result = subprocess.run([resdepth_cli, "sweep", "--kinds", "residual", "--depths", "8", "--seeds", "0,1",
+                             "--fuse", "2", "--jobs", "2", "--epochs", "1", *tiny_args, "--out", "runs"], cwd=tmp_path,
+                            env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for seed in (0, 1):
+        lines = [line for line in result.stdout.splitlines() if f"-s{seed}: " in line]
+        assert lines and ": done: epoch 1/1 " in lines[-1], result.stdout
+
+
+def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(tmp_path, capsys):
+    from resdepth.cli import LiveDisplay
+    from resdepth.sweep import SweepProgress
+
+    cell = type("Cell", (), {"name": "plain-8-s0", "run_dir": tmp_path})()
+    planned = [type("Planned", (), {"cell": cell})()]
+    display = LiveDisplay(total=1)
+    before = dict(epoch=4, epochs=5, iteration=52, iterations=55, train_error=40.0, test_error=45.0)
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="interrupted", **before)}, {}))  # stale
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
+    last = dict(before, epoch=5, iteration=55, train_error=30.0, test_error=35.0, images_per_second=512.0)
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="done", **last)}, {}))  # process not gone yet
+    RunStatus(state="done", **last).write(tmp_path)
+    from resdepth.cell import CellOutcome
+
+    display.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "done")}))
+    display.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "done")}))
+    assert capsys.readouterr().out.splitlines() == [
+        "plain-8-s0: resumed at iteration 52/55, after epoch 4/5 (train 40.00% test 45.00%)",
+        "plain-8-s0: done: epoch 5/5 iteration 55/55 train 30.00% test 35.00% 512 img/s"]
+
+
+def test_cells_queued_by_retry_failed_show_as_pending_not_with_the_old_error(tmp_path, tiny_sweep, run_sweep_now):
+    from dataclasses import replace
+
+    from resdepth.executors import SequentialExecutor
+    from resdepth.watch import read_folder_status
+
+    sweep = tiny_sweep(tmp_path, train=replace(tiny_sweep(tmp_path).train, epochs=1))
+    run_sweep_now(sweep)
+    for name in ("plain-8-s0", "residual-8-s0"):
+        RunStatus.read(tmp_path / name).update(tmp_path / name, state="failed", error="the old error")
+    seen = []
+
+    def look(_snapshot) -> None:
+        if not seen:
+            seen.extend((cell.name, cell.state, cell.error) for cell in read_folder_status(tmp_path).cells)
+
+    _, outcomes = run_sweep_now(replace(sweep, retry_failed=True), SequentialExecutor(), on_progress=look)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    waiting = [cell for cell in seen if cell[1] != "running"]
+    assert waiting and all(state == "pending" and error is None for _, state, error in waiting), seen
