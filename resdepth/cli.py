@@ -38,9 +38,10 @@ from .errors import UserError
 from .estimate import estimate_plan, remember_bench
 from .models import build_model
 from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end
-from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
-                    load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
-                    task_threads)
+from .families import load_named_families
+from .sweep import (RUNNABLE, SWEEP_FILE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
+                    execution_not_resumed, load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep,
+                    settled_elsewhere, task_threads)
 from .tables import describe_warmup_end
 from .train import DEPTH_HELP, KIND_HELP, TrainConfig
 
@@ -278,19 +279,30 @@ def train(
 def sweep(
     sweep_file: Annotated[Path | None, typer.Argument(help="TOML sweep file (see sweeps/); options given here "
                                                               "override it.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Resume the sweep saved in this results folder.",
+    resume: Annotated[Path | None, typer.Option(help="Resume the sweep saved in this results folder: its grid and "
+                                                     "protocol; how to execute comes from the command line or a "
+                                                     "sweep file given with it.",
                                                    rich_help_panel=WHAT)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells, their folders and devices; train nothing.",
                                           rich_help_panel=WHAT)] = False,
     **options: Any,
 ) -> None:
     """Train every cell of depths x kinds x seeds; finished cells are skipped, unfinished ones resumed."""
-    if resume is not None and sweep_file is not None:
-        raise UserError("give either a sweep file or --resume RESULTS_DIR, not both")
-    config = load_saved_sweep(resume) if resume else load_sweep_file(sweep_file) if sweep_file else SweepConfig()
-    config = replace(config, **given_values(SWEEP_OPTIONS, SweepConfig, options),
-                     slurm=replace(config.slurm, **given_values(SWEEP_OPTIONS, SlurmConfig, options)),
+    given = given_values(SWEEP_OPTIONS, SweepConfig, options)
+    if resume is not None:  # the grid and protocol from its sweep.json; how to execute only from the user
+        load_named_families(given.get("kinds", []))  # a family by path is imported only when the user names it
+        execution = load_sweep_file(sweep_file) if sweep_file else None
+        config = load_saved_sweep(resume, execution)
+    else:
+        config = load_sweep_file(sweep_file) if sweep_file else SweepConfig()
+    config = replace(config, **given, slurm=replace(config.slurm, **given_values(SWEEP_OPTIONS, SlurmConfig, options)),
                      train=apply_overrides(config.train, options))
+    if resume is not None:
+        not_resumed = execution_not_resumed(resume, config)
+        if not_resumed:
+            errors.print(f"note: --resume never takes how to execute from the folder's {SWEEP_FILE}; not used: "
+                         f"{', '.join(not_resumed)} (give them on the command line or in a sweep file to use them)",
+                         markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(execute(config, dry_run))
 
 
@@ -693,6 +705,10 @@ def analyze(
     device: DEVICE = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (the statistics do not depend on "
                                                  "it).")] = 500,
+    kinds: Annotated[str | None, typer.Option("--kind", help="Comma-separated families by import path "
+                                                             "(module.path:function) to import for runs that use "
+                                                             "them: a results folder never names code to import.")]
+    = None,
 ) -> None:
     """Figure 7 (std of each 3x3 layer's response, eval mode) and per-layer gradient norms of trained runs."""
     from .analysis import build_figures, check_std, write_analysis
@@ -701,6 +717,7 @@ def analyze(
 
     chosen_formats = parse_formats(formats)
     check_std(std)  # before the long analysis, not after it
+    load_named_families(parse_list(kinds, str, "--kind") if kinds else [])
     runs = read_runs(results_dir)
     where = resolve_device(device or "auto")
     count = "all images" if images is None else f"{images:,} images (class-balanced)"

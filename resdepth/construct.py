@@ -33,7 +33,8 @@ from torch import nn
 
 from .data import DataConfig, Dataset, load_dataset, normalize
 from .errors import UserError
-from .families import build_network, get_family
+from .config import from_dict
+from .families import build_network, family_named_by_folder, get_family, known_family
 from .groups import is_complete
 from .models import CifarNet, count_parameters
 from .results import (CHECKPOINT_FILE, CONFIG_FILE, CONSTRUCTED_KEY, atomic_write_bytes, ensure_writable_dir,
@@ -54,23 +55,27 @@ class NetSpec:
     num_classes: int | None  # None: not recorded (then only the weights' shapes can tell)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> NetSpec:
+    def from_config(cls, config: dict[str, Any], where: str) -> NetSpec:
+        """The net a run's config.json names (checked by the results reader); its family is never imported by
+        path (families.family_named_by_folder)."""
         classes = config.get("resolved", {}).get("num_classes")
-        kind = str(config.get("kind"))
-        return cls(kind, int(config.get("depth", 0)), get_family(kind).shortcut_for(config.get("shortcut")),
+        kind = config.get("kind")
+        return cls(kind, int(config.get("depth", 0)),
+                   family_named_by_folder(kind, where).shortcut_for(config.get("shortcut")),
                    int(classes) if classes is not None else None)
 
     @property
     def label(self) -> str:
         """plain-20, residual-56, residual-56-B (the shortcut where it is not the family's default)."""
-        return f"{get_family(self.kind).variant(self.shortcut)}-{self.depth}"
+        return f"{known_family(self.kind).variant(self.shortcut)}-{self.depth}"
 
     def same_net(self, kind: str, depth: int, shortcut: str | None) -> bool:
         family = get_family(kind)
         return (self.kind, self.depth) == (kind, depth) and (
             not family.shortcuts or family.shortcut_for(self.shortcut) == family.shortcut_for(shortcut))
 
-    def build(self) -> nn.Module:
+    def build(self, where: str) -> nn.Module:
+        family_named_by_folder(self.kind, where)  # never a module the folder names by path
         return build_network(self.kind, self.depth, num_classes=self.num_classes or 10, shortcut=self.shortcut)
 
 
@@ -84,7 +89,7 @@ class SavedNet:
 
     def load(self, device: torch.device) -> nn.Module:
         """The network with these weights, in evaluation mode, on device."""
-        model = self.spec.build()
+        model = self.spec.build(str(self.path))
         load_weights(model, self.checkpoint["model"], self.path)
         return model.to(device).eval()
 
@@ -105,13 +110,13 @@ def read_saved_net(path: Path | str) -> SavedNet:
     checkpoint = read_checkpoint_file(file)
     net = checkpoint.get("net")
     if isinstance(net, dict) and set(net) == set(NetSpec.__dataclass_fields__):
-        spec = NetSpec(**net)
+        spec = from_dict(NetSpec, net, str(file), "net.")
     else:
         config = read_json(file.parent / CONFIG_FILE)
         if not isinstance(config, dict) or "kind" not in config or "depth" not in config:
             raise UserError(f"cannot tell which network {file} holds: name a run folder (with its config.json) or "
                             "a checkpoint written by `resdepth construct`")
-        spec = NetSpec.from_config(config)
+        spec = NetSpec.from_config(config, str(file.parent / CONFIG_FILE))
     return SavedNet(spec, checkpoint, file)
 
 
@@ -137,7 +142,7 @@ def check_init(init: str, kind: str, depth: int, shortcut: str | None, num_class
     spec = saved.spec
     if not spec.same_net(kind, depth, shortcut):
         wanted = NetSpec(kind, depth, shortcut, None).label
-        shown = get_family(spec.kind).shown_shortcut(spec.shortcut)
+        shown = known_family(spec.kind).shown_shortcut(spec.shortcut)
         fix = f"--kind {spec.kind} --depth {spec.depth}" + (f" --shortcut {shown}" if shown else "")
         raise UserError(f"--init {init} holds a {spec.label} net, not the {wanted} this run trains: pass {fix}, "
                         "or --init weights of a " + wanted)
@@ -291,7 +296,7 @@ class Construction:
 
 def train_args(spec: NetSpec, target_dir: Path, config: dict[str, Any]) -> list[str]:
     args = ["--kind", spec.kind, "--depth", str(spec.depth)]
-    shown = get_family(spec.kind).shown_shortcut(spec.shortcut)
+    shown = known_family(spec.kind).shown_shortcut(spec.shortcut)
     if shown:
         args += ["--shortcut", shown]
     defaults = asdict(DataConfig())
@@ -317,8 +322,8 @@ def construct_from_run(run_dir: Path, depth: int, out: Path, device: torch.devic
     if identity_bn not in IDENTITY_BN:
         raise UserError(f"unknown --identity-bn {identity_bn!r}: use data (measured statistics) or unit")
     config = finished_run(run_dir)
-    spec = NetSpec.from_config(config)
-    family = get_family(spec.kind)
+    spec = NetSpec.from_config(config, str(run_dir / CONFIG_FILE))
+    family = family_named_by_folder(spec.kind, str(run_dir / CONFIG_FILE))
     if family.build is None or not isinstance(build_network(spec.kind, family.depths.offset + family.depths.step),
                                               CifarNet):
         raise UserError(f"{run_dir} holds a {spec.kind} net: construct adds identity blocks to the paper's plain and "

@@ -23,9 +23,7 @@ import difflib
 import fnmatch
 import importlib
 import importlib.metadata
-import os
 import re
-import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -272,7 +270,7 @@ def builtin_families() -> list[Family]:
 def known_family(kind: str) -> Family:
     """A built-in family by name, else a bare one of that name: for labels drawn from results, which never import
     a user's family."""
-    return _BUILTIN.get(kind) or Family(kind)
+    return _BUILTIN.get(kind) or _LOADED.get(kind) or Family(kind)
 
 
 def is_plain_twin(kind: str) -> bool:
@@ -300,6 +298,25 @@ def get_family(kind: str) -> Family:
     return _LOADED[kind]
 
 
+def family_named_by_folder(kind: Any, where: str) -> Family:
+    """The family a results folder's file names (config.json, a checkpoint, sweep.json), to build or train its nets:
+    a built-in one, one an installed package registers (entry point), or one the user named on this command line
+    (already loaded by `--kind`). A module path the folder names is never imported: whoever can write the folder
+    would choose the code."""
+    if not isinstance(kind, str) or not kind:
+        raise UserError(f"{where}: kind must be a family name, got {kind!r}")
+    if kind in _BUILTIN or kind in _LOADED or ":" not in kind:
+        return get_family(kind)
+    raise UserError(f"{where} names the family {kind} by import path; resdepth never imports code that a results "
+                    f"folder names: if you trust that module, name it yourself with --kind {kind}")
+
+
+def load_named_families(kinds: list[str]) -> None:
+    """Load the families the user named on the command line, so that a folder naming the same ones may use them."""
+    for kind in kinds:
+        get_family(kind)
+
+
 def forget_loaded() -> None:
     """Drop the user families loaded so far (tests, and a long-lived process whose packages changed)."""
     _LOADED.clear()
@@ -310,8 +327,6 @@ def load_by_path(spec: str) -> Family:
     if not PATH_SPEC.match(spec):
         raise UserError(f"--kind {spec!r} is not a family path: write module.path:function, e.g. mylab.nets:gated")
     module_name, attribute = spec.split(":")
-    if os.getcwd() not in sys.path:  # as `uvicorn main:app`: a module in the folder the command runs from
-        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - whatever a user's module raises on import, said in one line

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from .data import DataConfig, expected_classes
 from .devices import check_cuda_graph_device, resolve_device
 from .errors import UserError
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
-from .families import FIGURE6_FAMILIES, Family, check_builds, get_family
+from .families import FIGURE6_FAMILIES, Family, check_builds, family_named_by_folder, get_family
 from .fused import auto_fuse, group_label, parse_fuse
 from .groups import comparable
 from .results import (CHECKPOINT_FILE, CONFIG_FILE, RUN_CONFIG_SECTIONS, TERMINAL_STATES, RunStatus,
@@ -448,7 +448,14 @@ def load_sweep_file(path: Path) -> SweepConfig:
     return from_dict(SweepConfig, {**payload, "train": train, "slurm": slurm}, where)
 
 
-def load_saved_sweep(results_dir: Path) -> SweepConfig:
+def execution_fields() -> list[str]:
+    """The SweepConfig fields that say how and where a sweep executes, not what it trains: --resume never takes them
+    from a folder's sweep.json (Slurm setup lines run as shell; a Ray address sends the work to another host)."""
+    return [f.name for f in fields(SweepConfig) if f.metadata.get("panel") in (EXECUTION, CLUSTER)] + ["slurm"]
+
+
+def read_saved_sweep(results_dir: Path) -> SweepConfig:
+    """sweep.json as it is (execution settings included), checked against the schema; a UserError otherwise."""
     path = results_dir / SWEEP_FILE
     if not path.is_file():
         raise UserError(f"{results_dir} holds no {SWEEP_FILE}: pass the --out folder of an earlier sweep to --resume")
@@ -456,13 +463,35 @@ def load_saved_sweep(results_dir: Path) -> SweepConfig:
     try:
         if not isinstance(payload, dict):
             raise TypeError("not valid JSON" if payload is None else "not a JSON object")
-        sweep = from_dict(SweepConfig, payload, str(path))
-        sweep.validate()
+        return from_dict(SweepConfig, payload, str(path))
     except (TypeError, ValueError, UserError) as exc:
         raise UserError(f"{path} is not a sweep that resdepth can resume ({exc}): rerun the sweep's own command "
                         "(same --out) instead of --resume") from None
+
+
+def load_saved_sweep(results_dir: Path, execution: SweepConfig | None = None) -> SweepConfig:
+    """The grid and protocol of the sweep saved in results_dir, executed as `execution` says (a sweep file the user
+    passed; default: the defaults, to which the command line adds): never as the folder's sweep.json says. A family
+    it names by path is used only when the user named it too (--kind)."""
+    saved = read_saved_sweep(results_dir)
+    for kind in saved.kinds:
+        family_named_by_folder(kind, str(results_dir / SWEEP_FILE))
+    how = execution or SweepConfig()
+    sweep = replace(saved, **{name: getattr(how, name) for name in execution_fields()})
+    try:
+        sweep.validate()
+    except UserError as exc:
+        raise UserError(f"{results_dir / SWEEP_FILE} is not a sweep that resdepth can resume ({exc}): rerun the "
+                        "sweep's own command (same --out) instead of --resume") from None
     # where it was saved; and never an earlier invocation's --force or --retry-failed (older versions saved them)
     return replace(sweep, out=str(results_dir), retry_failed=False, force=False)
+
+
+def execution_not_resumed(results_dir: Path, used: SweepConfig) -> list[str]:
+    """The execution settings of the folder's sweep.json that differ from those `used`: 'executor slurm', ..."""
+    saved = read_saved_sweep(results_dir)
+    return [f"{name} {getattr(saved, name)!r}" for name in execution_fields()
+            if getattr(saved, name) != getattr(used, name)]
 
 
 def count_actions(planned: list[PlannedCell]) -> dict[str, int]:

@@ -1,11 +1,16 @@
 """Reading a results or data folder never runs code: a checkpoint made to run code is refused by every entry point
 that reads one, and image files that declare a huge size are refused before their pixels are decoded."""
 
+import hashlib
 import json
 import os
+import shutil
 import struct
+import sys
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -118,3 +123,127 @@ def test_init_refuses_a_checkpoint_made_to_run_code(tmp_path, run_cli, tiny_args
                            str(finished_plain_run), "--out", str(tmp_path / "from"))
     assert code == 2 and not marker.exists() and REFUSAL in " ".join(err.split())
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "from").exists()
+
+
+# ---------------------------------------------------------------------------------------------- a planted folder
+# Every test below starts from the results folder of a real tiny sweep (plain-8 and residual-8, one epoch), copies
+# it, tampers with it as someone who can write a shared folder would, and runs the reading commands on it: nothing
+# may run (a marker file stays absent), nothing outside the folder may change (checksums), every refusal is one line.
+READING = ("table", "plot", "report", "status", "analyze")
+
+
+@pytest.fixture(scope="module")
+def swept_folder(tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    from resdepth.cli import app
+
+    out = tmp_path_factory.mktemp("swept") / "results"
+    args = ["sweep", "--depths", "8", "--kind", "plain,residual", "--dataset", "synthetic", "--synthetic-train", "128",
+            "--synthetic-test", "64", "--batch-size", "32", "--threads", "1", "--device", "cpu", "--epochs", "1",
+            "--out", str(out)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@dataclass
+class Planted:
+    results: Path  # the copied results folder
+    outside: Path  # files beside it that no command may change
+    marker: Path  # created by any planted code that runs
+
+    def checksums(self) -> dict[str, str]:
+        return {str(p.relative_to(self.outside)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(self.outside.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def planted(tmp_path, swept_folder, monkeypatch) -> Planted:
+    """A copy of the swept folder, a folder of private files beside it, a module `evil_mod` planted in the folder
+    (it creates the marker when imported) and the folder as the working directory, as a user inside it would be."""
+    results = tmp_path / "results"
+    shutil.copytree(swept_folder, results, symlinks=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "private.txt").write_text("a private file\n")
+    (outside / "figure6-synthetic.png").write_bytes(b"\x89PNG not a figure, a private file")
+    marker = tmp_path / "code-ran"
+    (results / "evil_mod.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                                         "def build(depth, num_classes=10):\n    raise SystemExit\n")
+    monkeypatch.chdir(results)
+    return Planted(results, outside, marker)
+
+
+def edit_json(path: Path, **changes: Any) -> None:
+    payload = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        target = payload
+        for parent in parents:
+            target = target[parent]
+        target[key] = value
+    path.write_text(json.dumps(payload))
+
+
+def one_line_refusal(result, *words: str) -> None:
+    code, out, err = result
+    assert code == 2 and "Traceback" not in out + err, (code, out, err)
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in " ".join(err.split()), err
+
+
+def run_reading(run_cli, results: Path, command: str):
+    extra = {"plot": ["--out", str(results / "figures")], "report": ["--out", str(results / "report.html")]}
+    return run_cli(command, str(results), *extra.get(command, []), columns=400)
+
+
+def test_a_family_named_by_the_folder_is_never_imported(planted, run_cli, tiny_args):
+    """config.json and a checkpoint name a module planted in the folder (the working directory): reading commands
+    label the run from its record, and construct, analyze and --init refuse to build it, in one line."""
+    before = planted.checksums()
+    victim = planted.results / "plain-8-s0"
+    edit_json(victim / "config.json", kind="evil_mod:build")
+    for command in READING:
+        code, out, err = run_reading(run_cli, planted.results, command)
+        assert code == 0 and "Traceback" not in out + err, (command, out, err)
+    one_line_refusal(run_cli("construct", str(victim), "--depth", "14", "--out", str(planted.results / "built")),
+                     "names the family evil_mod:build by import path", "never imports code")
+    one_line_refusal(run_cli("train", "--kind", "plain", "--depth", "8", *tiny_args, "--epochs", "1", "--init",
+                             str(victim), "--out", str(planted.results / "from")), "never imports code")
+    state = torch.load(planted.results / "residual-8-s0" / "checkpoint.pt", weights_only=True)
+    state["net"] = {"kind": "evil_mod:build", "depth": 8, "shortcut": None, "num_classes": 10}
+    torch.save(state, planted.results / "named.pt")
+    one_line_refusal(run_cli("train", "--kind", "residual", "--depth", "8", *tiny_args, "--epochs", "1", "--init",
+                             str(planted.results / "named.pt"), "--out", str(planted.results / "from")),
+                     "named.pt holds a evil_mod:build-8 net, not the residual-8")
+    assert not planted.marker.exists() and "evil_mod" not in sys.modules
+    assert planted.checksums() == before
+
+
+def test_resume_takes_the_grid_from_sweep_json_but_never_how_to_execute(planted, run_cli):
+    """sweep.json asks for Slurm with a setup line that would run as shell, and a Ray cluster elsewhere: --resume
+    trains the saved grid (a seed added to it) here, says which settings it left out, and runs none of them."""
+    before = planted.checksums()
+    sweep_json = planted.results / "sweep.json"
+    edit_json(sweep_json, seeds=[0, 1], executor="slurm", ray_address="203.0.113.1:6379",
+              slurm__setup=[f"touch {planted.marker}"], slurm__cluster="local", slurm__partition="theirs")
+    code, out, err = run_cli("sweep", "--resume", str(planted.results), columns=400)
+    assert code == 0 and not planted.marker.exists(), (out, err)
+    note = " ".join(err.split())
+    assert "never takes how to execute from the folder's sweep.json" in note and "executor 'slurm'" in note
+    assert "ray_address '203.0.113.1:6379'" in note and "touch" in note
+    assert json.loads((planted.results / "plain-8-s1" / "status.json").read_text())["state"] == "done"
+    assert not (planted.results / "slurm").exists()
+    edit_json(sweep_json, kinds=["evil_mod:build"])
+    one_line_refusal(run_cli("sweep", "--resume", str(planted.results), "--dry-run"),
+                     "sweep.json names the family evil_mod:build by import path")
+    assert not planted.marker.exists() and "evil_mod" not in sys.modules
+    assert planted.checksums() == before
+
+
+def test_a_family_by_path_is_not_looked_for_in_the_working_folder(planted, run_cli, tiny_args):
+    one_line_refusal(run_cli("train", "--kind", "evil_mod:build", "--depth", "8", *tiny_args, "--out",
+                             str(planted.results / "new")), "cannot import family evil_mod:build")
+    assert not planted.marker.exists()
