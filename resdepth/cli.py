@@ -15,7 +15,7 @@ import signal
 import time
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import Field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +24,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -37,7 +38,7 @@ from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
 from .models import build_model
-from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, warmup_end
+from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, printable, warmup_end
 from .families import load_named_families
 from .sweep import (RUNNABLE, SWEEP_FILE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
                     execution_not_resumed, load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep,
@@ -45,9 +46,19 @@ from .sweep import (RUNNABLE, SWEEP_FILE, WHAT, PlannedCell, SweepConfig, SweepP
 from .tables import describe_warmup_end
 from .train import DEPTH_HELP, KIND_HELP, TrainConfig
 
+class SafeConsole(Console):
+    """A Console that strips control characters from all text it is given, whatever its source (a folder name, a
+    dataset name, status.json's error), while its own styling and cursor controls still reach the terminal."""
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        # Rich renders text segments and its own control segments apart: only the text is cleaned.
+        return super()._render_buffer(segment if segment.control else Segment(printable(segment.text), segment.style)
+                                      for segment in buffer)
+
+
 # no :emoji: codes: a family path such as mylab.nets:family:... must print as written
-console = Console(emoji=False)
-errors = Console(stderr=True, emoji=False)
+console = SafeConsole(emoji=False)
+errors = SafeConsole(stderr=True, emoji=False)
 
 
 class Commands(typer.core.TyperGroup):
@@ -658,14 +669,14 @@ def table(
         write_csv(summary, csv)
         errors.print(f"wrote {csv}", markup=False, highlight=False, soft_wrap=True)  # stdout stays the table
     if markdown:
-        print(to_markdown(summary, runs=runs), end="")
+        print(printable(to_markdown(summary, runs=runs)), end="")
         return
     headers, rows, notes = display_runs(summary) if runs else display_table(summary)
     datasets = ", ".join(summary["dataset"].unique())
     print_full_width(render_text_table(f"{results_dir} ({datasets}): {'runs' if runs else 'errors by depth'}",
                                        headers, rows))
     for note in notes:
-        console.print(f"[dim]{note}[/]", highlight=False)
+        console.print(Text(note, style="dim"), highlight=False)
 
 
 def render_text_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
@@ -676,7 +687,7 @@ def render_text_table(title: str, headers: list[str], rows: list[list[str]]) -> 
         left = header in ("dataset", "setting", "kind", "state", "folder")
         view.add_column(header, justify="left" if left else "right", width=width)
     for row in rows:
-        view.add_row(*row)
+        view.add_row(*map(Text, row))  # text from a folder, never markup
     return view
 
 
@@ -684,7 +695,7 @@ def print_full_width(view: Table) -> None:
     """A terminal gets the table at its own width; a pipe or a log at the table's full width, never numbers cut to
     '…' to fit 80 columns."""
     needed = view.__rich_measure__(console, console.options.update(max_width=10_000)).maximum
-    (console if console.is_terminal or needed <= console.width else Console(width=needed, emoji=False)).print(view)
+    (console if console.is_terminal or needed <= console.width else SafeConsole(width=needed, emoji=False)).print(view)
 
 
 # ---------------------------------------------------------------------------------------------- analyze, construct
@@ -853,7 +864,8 @@ def status_view(folder: Any, width: int) -> Any:
         table.add_column(column, justify="left" if column in ("cell", "state", "where", "note") else "right",
                          no_wrap=column != "note")
     for row in rows:
-        cells = {**row, "state": Text(row["state"], style=STATE_STYLES.get(row["state"], "")),
+        cells = {**{column: Text(value) for column, value in row.items()},  # text from a folder, never markup
+                 "state": Text(row["state"], style=STATE_STYLES.get(row["state"], "")),
                  "note": Text(row["note"], style="dim")}
         table.add_row(*(cells[column] for column in shown))
     counts = ", ".join(f"{n} {state}" for state, n in folder.counts().items())

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from .errors import UserError
 from .families import builtin_families, file_name
 from .groups import GroupKey, group_runs, is_complete
-from .results import Run
+from .results import Run, printable
 from .tables import group_differences, nets_by_difference, paper_test_error, summarize
 
 X_AXES = ("iterations", "epochs")
@@ -131,12 +131,15 @@ def file_slug(setting: str) -> str:
 
 def study_name(study: tuple[str, str]) -> str:
     """(dataset, setting) as part of a file name: 'cifar10', or 'cifar10-iterations400' for a named setting."""
-    return "-".join(filter(None, (study[0], file_slug(study[1]))))
+    # the dataset is a config.json's text: never a '/' (a path out of the folder) in a file name
+    return "-".join(filter(None, (file_name(study[0]), file_slug(study[1]))))
 
 
 def study_title(study: tuple[str, str]) -> str:
-    """(dataset, setting) as a figure's title names it: 'cifar10', or 'cifar10 (iterations 400)'."""
-    return f"{study[0]} ({study[1]})" if study[1] else study[0]
+    """(dataset, setting) as a figure's title names it: 'cifar10', or 'cifar10 (iterations 400)'; as plain text
+    (a '$' in a folder's dataset name is no mathtext)."""
+    title = f"{study[0]} ({study[1]})" if study[1] else study[0]
+    return printable(title).replace("$", r"\$")
 
 
 def plot_figure1(runs: list[Run], kind: str = "plain", x: str = "iterations") -> Figure:

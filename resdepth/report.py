@@ -60,8 +60,8 @@ def build_report(results_dir: Path, out: Path) -> tuple[str, list[str]]:
     ]
     if warnings:
         sections.append(section("warnings", "Left out", bullet_list(warnings, "notes")))
-    datasets = ", ".join(summary["dataset"].unique())
-    head = (f"<h1>resdepth report: {esc(results_dir)}</h1><p class='meta'>{len(runs)} run(s) of {datasets} · "
+    datasets = ", ".join(map(str, summary["dataset"].unique()))
+    head = (f"<h1>resdepth report: {esc(results_dir)}</h1><p class='meta'>{len(runs)} run(s) of {esc(datasets)} · "
             f"written {time.strftime('%Y-%m-%d %H:%M')} by resdepth {__version__} · He et al. 2016, "
             "<i>Deep Residual Learning for Image Recognition</i>, section 4.2</p>")
     page = (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>resdepth report: {esc(results_dir)}"

@@ -46,6 +46,15 @@ CONSTRUCTED_KEY = "constructed_from"  # config.json of a net `resdepth construct
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 controls but tab and newline: ESC starts them
+
+
+def printable(text: str) -> str:
+    """Text as a terminal or a figure may show it: control characters (escape sequences that set a terminal's title,
+    write its clipboard or move its cursor) left out. Values read from a results folder are anyone's text."""
+    return CONTROL.sub("", text)
+
+
 def metric_columns(with_validation: bool) -> list[str]:
     columns = list(METRIC_COLUMNS)
     if with_validation:

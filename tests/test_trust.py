@@ -247,3 +247,23 @@ def test_a_family_by_path_is_not_looked_for_in_the_working_folder(planted, run_c
     one_line_refusal(run_cli("train", "--kind", "evil_mod:build", "--depth", "8", *tiny_args, "--out",
                              str(planted.results / "new")), "cannot import family evil_mod:build")
     assert not planted.marker.exists()
+
+
+HOSTILE = "../../outside/$\\frac<script>alert(1)</script>\x1b]0;pwned\x07\x1b]52;c;c2VjcmV0\x07[/]\x9b2J"
+
+
+def test_folder_values_reach_a_page_escaped_and_a_terminal_without_escape_sequences(planted, run_cli):
+    """A dataset name, a state, an error and a host made of markup and terminal escapes (window title, clipboard,
+    clear screen, and rich's own markup)."""
+    before = planted.checksums()
+    edit_json(planted.results / "plain-8-s0" / "config.json", data__dataset=HOSTILE)
+    edit_json(planted.results / "residual-8-s0" / "status.json", state="failed", error=HOSTILE, host=HOSTILE)
+    for command in READING[:4]:
+        code, out, err = run_reading(run_cli, planted.results, command)
+        assert code == 0 and "Traceback" not in out + err, (command, out, err)
+        assert not any(c in out + err for c in "\x1b\x07\x9b"), (command, out + err)
+    code, out, err = run_cli("table", str(planted.results), "--markdown", "--runs")
+    assert code == 0 and not any(c in out + err for c in "\x1b\x07\x9b") and "alert(1)" in out
+    page = (planted.results / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert planted.checksums() == before
