@@ -65,16 +65,19 @@ class RunLock:
         return False
 
     def owner(self) -> dict | None:
-        return read_json(self.path)
+        owner = read_json(self.path)
+        return owner if isinstance(owner, dict) else None
 
     def is_stale(self) -> bool:
         owner = self.owner()
         if owner is None:  # empty or half-written: its writer died between create and write
             return time.time() - self.path.stat().st_mtime > 5 if self.path.exists() else True
         if owner.get("host") == socket.gethostname():
-            return not pid_alive(int(owner.get("pid", -1)))
-        status = RunStatus.read(self.path.parent)
-        last_sign = status.updated if status else owner.get("time", 0)
+            pid = owner.get("pid")
+            return not pid_alive(pid if isinstance(pid, int) and not isinstance(pid, bool) else -1)
+        status = RunStatus.read_or_none(self.path.parent)
+        written = owner.get("time")
+        last_sign = status.updated if status else written if isinstance(written, (int, float)) else 0
         return time.time() - last_sign > STALE_FOREIGN_LOCK_SECONDS
 
     def release(self) -> None:
@@ -191,7 +194,7 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 
 
 def set_state(run_dir: Path, state: str, error: str | None = None) -> None:
-    status = RunStatus.read(run_dir) or RunStatus()
+    status = RunStatus.read_or_none(run_dir) or RunStatus()
     status.state, status.error = state, error
     status.write(run_dir)
 
@@ -210,7 +213,7 @@ def job_outcome_from_status(run_dirs: list[Path], exit_code: int) -> CellOutcome
         return outcome_from_status(run_dirs[0], exit_code)
     outcomes = []
     for run_dir in run_dirs:
-        status = RunStatus.read(run_dir)
+        status = RunStatus.read_or_none(run_dir)
         if (status is None or status.state in ("running", "pending")) and is_locked(run_dir):
             outcomes.append(busy_outcome(run_dir))
         else:  # a group's worker never exits with the busy code: the cells say how each ended
@@ -222,7 +225,7 @@ def outcome_from_status(run_dir: Path, exit_code: int) -> CellOutcome:
     """How a worker process ended, from its run folder; a process that died without saying so is a failure."""
     if exit_code == EXIT_CODES["busy"]:
         return busy_outcome(run_dir)
-    status = RunStatus.read(run_dir)
+    status = RunStatus.read_or_none(run_dir)
     state = status.state if status else "failed"
     if state in ("running", "pending"):
         reason = (f"worker process died (signal {-exit_code})" if exit_code < 0 else

@@ -422,7 +422,7 @@ def render_summary(planned: list[PlannedCell], outcomes: dict[str, Any], states:
     for column in ("cell", "state", "epochs", "train err %", "test err %", "note"):
         table.add_column(column, justify="right" if "err" in column or column == "epochs" else "left")
     for item in planned:
-        status = RunStatus.read(item.cell.run_dir)
+        status = RunStatus.read_or_none(item.cell.run_dir)
         table.add_row(item.cell.name, states[item.cell.name], f"{status.epoch}/{status.epochs}" if status else "-",
                       _pct(status.train_error if status else None), _pct(status.test_error if status else None),
                       summary_note(item, outcomes.get(item.cell.name), status, states[item.cell.name]))
@@ -461,7 +461,7 @@ def print_next_steps(out: Path, planned: list[PlannedCell], outcomes: dict[str, 
         steps.append(("run failed ones again", f"resdepth sweep --resume {folder} --retry-failed"))
     if "busy" in states:
         steps.append(("busy ones", f"resdepth status {folder} --watch; once they end, the same command again"))
-    if any((status := RunStatus.read(p.cell.run_dir)) and status.epoch for p in planned):
+    if any((status := RunStatus.read_or_none(p.cell.run_dir)) and status.epoch for p in planned):
         steps += [("table", f"resdepth table {folder}"), ("figures", f"resdepth plot {folder}"),
                   ("report", f"resdepth report {folder}")]
     width = max(len(label) for label, _ in steps) + 1
@@ -829,8 +829,8 @@ def status(
         pass  # stopping the watch is not an error: the last table stays on the screen
 
 
-STATE_STYLES = {"done": "green", "running": "cyan", "failed": "red", "diverged": "red", "stopped": "yellow",
-                "interrupted": "yellow", "pending": "dim", "not started": "dim"}
+STATE_STYLES = {"done": "green", "running": "cyan", "failed": "red", "diverged": "red", "unreadable": "red",
+                "stopped": "yellow", "interrupted": "yellow", "pending": "dim", "not started": "dim"}
 
 
 STATUS_COLUMNS = ("cell", "state", "epoch", "iteration", "train\nerr %", "test\nerr %", "img/s", "elapsed", "ETA",

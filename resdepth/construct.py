@@ -37,8 +37,8 @@ from .config import from_dict
 from .families import build_network, family_named_by_folder, get_family, known_family
 from .groups import is_complete
 from .models import CifarNet, count_parameters
-from .results import (CHECKPOINT_FILE, CONFIG_FILE, CONSTRUCTED_KEY, atomic_write_bytes, ensure_writable_dir,
-                      load_runs, read_checkpoint, read_json, write_config)
+from .results import (CHECKPOINT_FILE, CONFIG_FILE, CONSTRUCTED_KEY, atomic_write_bytes, check_run_config,
+                      ensure_writable_dir, load_runs, read_checkpoint, read_json, write_config)
 
 IDENTITY_BN = ("data", "unit")
 EVAL_BATCH = 500  # images per forward pass when evaluating: ResNet-110's largest activations stay near 40 MB
@@ -116,6 +116,7 @@ def read_saved_net(path: Path | str) -> SavedNet:
         if not isinstance(config, dict) or "kind" not in config or "depth" not in config:
             raise UserError(f"cannot tell which network {file} holds: name a run folder (with its config.json) or "
                             "a checkpoint written by `resdepth construct`")
+        check_run_config(config, str(file.parent / CONFIG_FILE))
         spec = NetSpec.from_config(config, str(file.parent / CONFIG_FILE))
     return SavedNet(spec, checkpoint, file)
 

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .config import check_type, from_dict
 from .errors import UserError
 
 # Errors are in percent. train_* are measured on the augmented mini-batches during the epoch, in training
@@ -80,10 +81,11 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> Any:
+    """A JSON file's value; None when it is missing or not JSON (a nesting deeper than the parser's stack too)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -136,11 +138,24 @@ class RunStatus:
 
     @classmethod
     def read(cls, run_dir: Path) -> RunStatus | None:
-        payload = read_json(run_dir / STATUS_FILE)
+        """The run's status.json (None while there is none, or it is not JSON); its keys of other versions are left
+        out, a value of the wrong type is a UserError naming the file and the key."""
+        path = run_dir / STATUS_FILE
+        payload = read_json(path)
         if payload is None:
             return None
-        known = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        if not isinstance(payload, dict):
+            raise UserError(f"{path} is not a run's status (a JSON object), got a {type(payload).__name__}")
+        return from_dict(cls, payload, str(path), ignore=frozenset(payload) - set(cls.__dataclass_fields__))
+
+    @classmethod
+    def read_or_none(cls, run_dir: Path) -> RunStatus | None:
+        """read(), with a status.json of the wrong shape taken as none: for the sweep's own bookkeeping, which rewrites
+        it or only shows it (the commands that judge a run from it use read(), and say what is wrong)."""
+        try:
+            return cls.read(run_dir)
+        except UserError:
+            return None
 
     def write(self, run_dir: Path) -> None:
         self.updated = time.time()
@@ -216,7 +231,8 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
     if not body:
         raise ValueError(f"{path} has no epochs yet")
     frame = pd.DataFrame(body, columns=header).apply(pd.to_numeric, errors="coerce")
-    if frame[["epoch", "iteration"]].isna().any().any():
+    counts = frame[["epoch", "iteration"]]
+    if counts.isna().any().any() or not counts.abs().le(2**53).all().all():  # 1e400 and inf are not counts either
         raise ValueError(f"{path} has an epoch or iteration that is not a number")
     return frame, note
 
@@ -245,7 +261,11 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
             continue
         if note:
             warnings.append(note)
-        status = RunStatus.read(run_dir)
+        try:
+            status = RunStatus.read(run_dir)
+        except UserError as exc:
+            warnings.append(f"skipped {run_dir}: {exc}")
+            continue
         runs.append(Run(run_dir, config, metrics, status.state if status else "unknown", *warmup_end(status)))
     if not runs and not warnings and constructed:
         raise UserError(f"{root} holds only nets built by `resdepth construct`, no trained runs: train from one "
@@ -273,14 +293,46 @@ def warmup_end(status: RunStatus | None) -> tuple[int | None, str | None]:
     return status.warmup_end_iteration, status.warmup_end_reason or "threshold"
 
 
+# config.json as the readers (table, plot, report, status, analyze) use it: each key they read, with its type (the
+# TrainConfig, DataConfig and describe_run types; a test holds them equal). A key left out is fine (hand-made and
+# older configs); a value of another type makes the run unreadable, and the warning names the key.
+RUN_CONFIG_TYPES: dict[str, Any] = {
+    "kind": str, "depth": int, "seed": int, "shortcut": str | None, "batch_size": int, "iterations": int,
+    "epochs": int | None, "lr": float, "momentum": float, "weight_decay": float, "lr_milestones": tuple[float, ...],
+    "precision": str, "warmup": str, "warmup_min_depth": int, "warmup_lr": float, "warmup_until_error": float | None,
+    "warmup_max_iterations": int | None, "init": str | None}
+DATA_CONFIG_TYPES: dict[str, Any] = {
+    "dataset": str, "data_dir": str | None, "train_size": int | None, "test_size": int | None, "val_size": int,
+    "split_seed": int, "augment": bool, "synthetic_train": int, "synthetic_test": int}
+RESOLVED_TYPES: dict[str, Any] = {
+    "iterations": int, "steps_per_epoch": int, "epochs": int, "warmup": bool, "precision": str, "train_size": int,
+    "test_size": int, "val_size": int, "num_classes": int, "params": int | None}
+SECTIONS = ("data", "resolved", "environment", "fused", "family")  # JSON objects where present
+
+
+def check_run_config(config: Any, where: str) -> None:
+    """A run's config.json against RUN_CONFIG_TYPES: a UserError naming the file and the key otherwise."""
+    if not isinstance(config, dict):
+        raise UserError(f"{where} is not a resdepth config (a JSON object with a data object)")
+    resolved = config.get("resolved")
+    for name, section in (*((n, config.get(n)) for n in SECTIONS[:4]),
+                          ("resolved.family", resolved.get("family") if isinstance(resolved, dict) else None)):
+        if section is not None and not isinstance(section, dict):
+            raise UserError(f"{where}: key {name}: expected a JSON object, got {type(section).__name__}")
+    schemas = ((RUN_CONFIG_TYPES, config, ""), (DATA_CONFIG_TYPES, config.get("data") or {}, "data."),
+               (RESOLVED_TYPES, resolved or {}, "resolved."))
+    for types, values, prefix in schemas:
+        for key, hint in types.items():
+            if values.get(key) is not None:
+                check_type(values[key], hint, f"{where}: key {prefix}{key}")
+
+
 def config_problem(config: Any) -> str | None:
     """What makes a config.json unusable for grouping runs (hand-edited or foreign files), or None."""
-    if not isinstance(config, dict) or not isinstance(config.get("data", {}), dict):
-        return "config.json is not a resdepth config (a JSON object with a data object)"
     try:
-        int(config.get("depth", 0))
-    except (TypeError, ValueError):
-        return f"config.json has depth {config['depth']!r}, not a whole number"
+        check_run_config(config, CONFIG_FILE)
+    except UserError as exc:
+        return str(exc)
     return None
 
 

@@ -396,7 +396,8 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
             free.append(slot)
             for item, outcome in zip(items, each_cell(future.result()), strict=True):
                 outcomes[item.cell.name] = outcome
-        live = {item.cell.name: RunStatus.read(item.cell.run_dir) for items, _ in running.values() for item in items}
+        live = {item.cell.name: RunStatus.read_or_none(item.cell.run_dir)
+                for items, _ in running.values() for item in items}
         on_progress(SweepProgress(planned, {k: v for k, v in live.items() if v}, outcomes))
         if not running and interrupted:
             break
@@ -503,6 +504,6 @@ def count_actions(planned: list[PlannedCell]) -> dict[str, int]:
 
 def settled_elsewhere(item: PlannedCell) -> str | None:
     """The state a busy cell reached in another process by now (done, failed, ...), or None while it still runs."""
-    status = RunStatus.read(item.cell.run_dir)
+    status = RunStatus.read_or_none(item.cell.run_dir)
     return status.state if status and status.state in TERMINAL_STATES and not is_locked(item.cell.run_dir) else None
 

@@ -267,3 +267,71 @@ def test_folder_values_reach_a_page_escaped_and_a_terminal_without_escape_sequen
     page = (planted.results / "report.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert planted.checksums() == before
+
+
+def set_metrics_cell(run_dir: Path, column: str, value: str) -> None:
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index(column)] = value
+    (run_dir / "metrics.csv").write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+
+
+def nest_net_kind(run_dir: Path) -> None:
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    state["net"] = {"kind": 5, "depth": 8, "shortcut": None, "num_classes": 10}
+    torch.save(state, run_dir / "checkpoint.pt")
+
+
+MALFORMED = {  # what is planted in plain-8-s0, and the words the one line (or the warning) must hold
+    "status a list": (lambda d: (d / "status.json").write_text("[]"), "status.json is not a run's status"),
+    "status epoch text": (lambda d: edit_json(d / "status.json", epoch="x"), "key epoch: expected int, got 'x'"),
+    "resolved a list": (lambda d: edit_json(d / "config.json", resolved=[]), "key resolved: expected a JSON object"),
+    "environment text": (lambda d: edit_json(d / "config.json", environment="x"),
+                         "key environment: expected a JSON object"),
+    "batch size text": (lambda d: edit_json(d / "config.json", batch_size="x"), "key batch_size: expected int"),
+    "train size text": (lambda d: edit_json(d / "config.json", data__train_size="x"),
+                        "key data.train_size: expected int or nothing"),
+    "epoch inf": (lambda d: set_metrics_cell(d, "epoch", "inf"), "has an epoch or iteration that is not a number"),
+    "iteration 1e400": (lambda d: set_metrics_cell(d, "iteration", "1e400"),
+                        "has an epoch or iteration that is not a number"),
+    "deep JSON": (lambda d: (d / "config.json").write_text("[" * 200_000 + "]" * 200_000), "config.json"),
+    "net kind a number": (nest_net_kind, "key net.kind: expected str, got 5"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_file_is_one_line_naming_it_in_every_reading_command(planted, run_cli, tiny_args, case):
+    plant, words = MALFORMED[case]
+    victim = planted.results / "plain-8-s0"
+    plant(victim)
+    before = planted.checksums()
+    commands = [[command, str(planted.results)] for command in READING] + [
+        ["plot", str(planted.results), "--out", str(planted.results / "figures")],
+        ["report", str(planted.results), "--out", str(planted.results / "report.html")],
+        ["construct", str(victim), "--depth", "14", "--out", str(planted.results / "built")],
+        ["train", "--kind", "plain", "--depth", "8", *tiny_args, "--epochs", "1", "--init", str(victim), "--out",
+         str(planted.results / "from")],
+        ["sweep", "--resume", str(planted.results), "--dry-run"]]
+    named = 0
+    for args in commands:
+        code, out, err = run_cli(*args, columns=400)
+        said = " ".join((out + err).split())
+        assert code in (0, 2) and "Traceback" not in out + err, (args, code, out, err)
+        if code == 2:
+            assert len(err.strip().splitlines()) == 1, (args, err)
+        named += words in said
+    assert named, f"no command named the problem ({words})"
+    assert not planted.marker.exists() and planted.checksums() == before
+
+
+def test_the_readers_schema_of_config_json_is_the_configs_own():
+    import typing
+
+    from resdepth.data import DataConfig
+    from resdepth.results import DATA_CONFIG_TYPES, RUN_CONFIG_TYPES
+    from resdepth.train import TrainConfig
+
+    train, data = typing.get_type_hints(TrainConfig), typing.get_type_hints(DataConfig)
+    assert {key: train[key] for key in RUN_CONFIG_TYPES} == RUN_CONFIG_TYPES
+    assert data == DATA_CONFIG_TYPES
