@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .config import from_dict
 from .errors import UserError
-from .results import CONFIG_FILE, ERROR_FILE, LOCK_FILE, RUN_CONFIG_SECTIONS, RunStatus, read_json
+from .results import (CONFIG_FILE, ERROR_FILE, LOCK_FILE, RUN_CONFIG_SECTIONS, RunStatus, atomic_write_bytes,
+                      read_json)
 from .train import RunResult, TrainConfig, run_training
 
 STALE_FOREIGN_LOCK_SECONDS = 900  # a lock from another host whose run shows no progress for this long is dead
@@ -177,7 +178,7 @@ def train_guarded(run_dirs: list[Path], train: Callable[[], list[RunResult]]) ->
     except Exception as exc:  # noqa: BLE001 - a crash fails only these cells; the sweep goes on
         trace = traceback.format_exc()
         for run_dir in run_dirs:
-            (run_dir / ERROR_FILE).write_text(trace)
+            atomic_write_bytes(run_dir / ERROR_FILE, trace.encode())
         return [mark_failed(run_dir, f"{type(exc).__name__}: {exc}") for run_dir in run_dirs]
     return [CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
             for run_dir, result in zip(run_dirs, results, strict=True)]
@@ -201,8 +202,8 @@ def set_state(run_dir: Path, state: str, error: str | None = None) -> None:
 
 def mark_failed(run_dir: Path, error: str) -> CellOutcome:
     set_state(run_dir, "failed", error)
-    if not (run_dir / ERROR_FILE).exists():
-        (run_dir / ERROR_FILE).write_text(error + "\n")
+    if not (run_dir / ERROR_FILE).is_file():
+        atomic_write_bytes(run_dir / ERROR_FILE, (error + "\n").encode())
     return CellOutcome(run_dir, "failed", error=error)
 
 

@@ -38,7 +38,8 @@ from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
 from .models import build_model
-from .results import CHECKPOINT_FILE, RunStatus, ensure_writable_dir, load_runs, printable, warmup_end
+from .results import (CHECKPOINT_FILE, RunStatus, atomic_write_bytes, ensure_writable_dir, load_runs,
+                      own_output_dir, printable, warmup_end)
 from .families import load_named_families
 from .sweep import (RUNNABLE, SWEEP_FILE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
                     execution_not_resumed, load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep,
@@ -642,7 +643,7 @@ def plot(
     figures = build_figures(runs, x=x, paper=paper)
     for line in paper_tick_notes(runs) if paper else ():
         errors.print(f"note: --paper: {line}", markup=False, highlight=False, soft_wrap=True)
-    out_dir = out or results_dir / "plots"
+    out_dir = out or own_output_dir(results_dir / "plots")
     ensure_writable_dir(out_dir)
     for path in save_figures(figures, out_dir, chosen_formats):
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
@@ -737,7 +738,7 @@ def analyze(
     analysis = analyze_runs(runs, split, images, where, batch_size)
     warn(analysis.notes)
     figures = build_figures(analysis, std)
-    out_dir = out or results_dir / "analysis"
+    out_dir = out or own_output_dir(results_dir / "analysis")
     ensure_writable_dir(out_dir)
     for path in write_analysis(analysis, figures, out_dir, chosen_formats):
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
@@ -786,7 +787,6 @@ def report(
     """One self-contained HTML page: the Table-6 summary beside the paper, Figures 1 and 6 (and the analysis
     figures), each group's config and environment, and links to every run's CSV."""
     from .report import build_report
-    from .results import atomic_write_bytes
 
     out = out or results_dir / "report.html"
     if results_dir.is_dir():
@@ -945,7 +945,8 @@ def bench(
     rows = run_benchmark(config, on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
     remember_bench(config, rows)  # `sweep --dry-run` estimates times from these speeds
     if json_out is not None:
-        json_out.write_text(json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        atomic_write_bytes(json_out, (json.dumps({"config": asdict(config), "rows": [asdict(r) for r in rows]},
+                                                 indent=2) + "\n").encode())
     console.print(render_bench(kind, rows))
 
 
@@ -960,8 +961,8 @@ def bench_fused(config: BenchConfig, sizes: str, processes: bool, json_out: Path
     rows = run_fuse_benchmark(config, chosen, processes,
                               on_progress=lambda line: errors.print(f"[dim]{line}[/]", highlight=False))
     if json_out is not None:
-        json_out.write_text(json.dumps({"config": asdict(config), "fuse": list(chosen),
-                                        "fused_rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        atomic_write_bytes(json_out, (json.dumps({"config": asdict(config), "fuse": list(chosen),
+                                                 "fused_rows": [asdict(r) for r in rows]}, indent=2) + "\n").encode())
     console.print(render_fuse_bench(rows))
     return 0
 

@@ -423,8 +423,16 @@ def unknown_kind_message(kind: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- checking and building
+# Over 3x the paper's deepest net (ResNet-1202): a deeper one named by a folder's file or a typo is refused before
+# anything is allocated (a 6,000,002-layer net would fill the memory while it is built).
+MAX_DEPTH = 4_000
+
+
 def check_network(kind: str, depth: int, shortcut: str | None = None) -> Family:
     """Refuse what the family cannot build, without building it (a 1001-layer net has 10M parameters)."""
+    if depth > MAX_DEPTH:
+        raise UserError(f"depth {depth:,} is deeper than resdepth builds (at most {MAX_DEPTH:,} layers; the paper's "
+                        "deepest is 1202): choose a smaller depth")
     family = get_family(kind)
     family.depths.blocks(depth, family.name)
     family.shortcut_for(shortcut)

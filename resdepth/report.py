@@ -21,7 +21,9 @@ from typing import Any
 from urllib.parse import quote
 
 from . import __version__
-from .results import CONFIG_FILE, METRICS_FILE, STATUS_FILE, Run, load_runs
+from .errors import UserError
+from .results import (CONFIG_FILE, MAX_FIGURE_BYTES, METRICS_FILE, STATUS_FILE, Run, load_runs,
+                      read_folder_file)
 
 ANALYSIS_FIGURES = ("figure7-*.png", "gradients-*.png")  # what `resdepth analyze` writes into RESULTS_DIR/analysis/
 NOT_CONFIG = ("resolved", "environment")  # shown apart from the training config
@@ -55,7 +57,7 @@ def build_report(results_dir: Path, out: Path) -> tuple[str, list[str]]:
         section("table", "Test error by depth (Table 6)", summary_table(headers, rows) + bullet_list(notes, "notes")),
         section("figures", "Error curves (Figures 1 and 6)",
                 "".join(svg_figure(name, fig) for name, fig in figures.items())),
-        analysis_section(results_dir),
+        analysis_section(results_dir, warnings),
         section("groups", "Groups: config, environment and runs", groups_html(runs, out.parent)),
     ]
     if warnings:
@@ -97,10 +99,19 @@ def embedded_figure(name: str, mime: str, data: bytes) -> str:
     return f"<figure><img class='figure' src='{url}' alt='{esc(name)}'><figcaption>{esc(name)}</figcaption></figure>"
 
 
-def analysis_section(results_dir: Path) -> str:
+def analysis_section(results_dir: Path, warnings: list[str]) -> str:
+    """The figures `analyze` wrote, embedded: regular files inside the folder only (a link named like a figure
+    could ship a private file inside a page meant for sharing); one warning per file left out."""
     folder = results_dir / "analysis"
-    paths = [path for pattern in ANALYSIS_FIGURES for path in sorted(folder.glob(pattern))]
-    figures = "".join(embedded_figure(path.stem, "image/png", path.read_bytes()) for path in paths)
+    if folder.is_symlink():
+        warnings.append(f"left out {folder}: a link (the page embeds only files inside the results folder)")
+        return ""
+    figures = ""
+    for path in (path for pattern in ANALYSIS_FIGURES for path in sorted(folder.glob(pattern))):
+        try:
+            figures += embedded_figure(path.stem, "image/png", read_folder_file(path, MAX_FIGURE_BYTES))
+        except (UserError, OSError) as exc:
+            warnings.append(f"left out {path}: {exc}")
     intro = f"<p class='notes'>Written by <code>resdepth analyze</code> into {esc(folder)}.</p>"
     return section("analysis", "Analysis", intro + figures) if figures else ""
 

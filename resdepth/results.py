@@ -6,17 +6,20 @@ The metric schema is defined here once; the trainer's CSV writer, the plots, the
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import pickle
 import re
 import socket
+import stat
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import torch
@@ -81,10 +84,50 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's value; None when it is missing or not JSON (a nesting deeper than the parser's stack too)."""
+# The most resdepth ever writes into each kind of file, with room to spare: a larger file is not one of its own, and
+# is refused before it is read (a 2 GB sparse metrics.csv would otherwise be read whole).
+MAX_JSON_BYTES = 16 * 2**20  # config.json and status.json are a few kB; sweep.json of the largest grid < 1 MB
+MAX_CSV_BYTES = 256 * 2**20  # metrics.csv: ~100 B an epoch; gradients.csv: ~60 B a layer and epoch (~20 MB at 1202)
+MAX_FIGURE_BYTES = 64 * 2**20  # a PNG that `analyze` drew
+MAX_CHECKPOINT_BYTES = 4 * 2**30  # ResNet-1202's weights and momentum: ~160 MB
+
+
+def open_folder_file(path: Path, limit: int) -> BinaryIO:
+    """A file of a results folder opened for reading, refused in one line when it is a link (which may lead out of the
+    folder), not a regular file (a FIFO would block) or larger than `limit` bytes: before anything is read from it.
+    A missing file raises FileNotFoundError."""
     try:
-        return json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path} is a link: resdepth reads only regular files inside a results folder (a link may "
+                            "lead out of it); put the file itself there") from None
+        raise
+    handle = os.fdopen(fd, "rb")
+    info = os.fstat(fd)
+    problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
+               f"is {info.st_size / 2**20:,.0f} MiB, more than resdepth ever writes there ({limit / 2**20:,.0f} MiB)"
+               if info.st_size > limit else None)
+    if problem:
+        handle.close()
+        raise UserError(f"{path} {problem}: it is not one of resdepth's files; left unread")
+    return handle
+
+
+def read_folder_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file inside a results folder, at most `limit` of them (see open_folder_file)."""
+    with open_folder_file(path, limit) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # it grew after it was measured
+        raise UserError(f"{path} grew past {limit / 2**20:,.0f} MiB while it was read: left unread")
+    return data
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value; None when it is missing or not JSON (a nesting deeper than the parser's stack too); a
+    UserError when it is a link, or larger than any resdepth writes."""
+    try:
+        return json.loads(read_folder_file(path, MAX_JSON_BYTES))
     except (OSError, ValueError, RecursionError):
         return None
 
@@ -213,7 +256,9 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
     if not path.is_file():
         raise ValueError(f"{path} is missing")
     try:
-        lines = list(csv.reader(io.StringIO(path.read_text())))
+        lines = list(csv.reader(io.StringIO(read_folder_file(path, MAX_CSV_BYTES).decode())))
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{path} is not a readable CSV ({exc.__class__.__name__})") from None
     lines = [line for line in lines if line]
@@ -246,27 +291,15 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     run_dirs, replaced = find_run_dirs(root)
     runs, warnings, constructed = [], [], []
     for run_dir in run_dirs:
-        config = read_json(run_dir / CONFIG_FILE)
-        if isinstance(config, dict) and CONSTRUCTED_KEY in config and not (run_dir / METRICS_FILE).exists():
+        try:
+            run = read_run(run_dir, warnings)
+        except (UserError, ValueError) as exc:
+            warnings.append(f"skipped {run_dir}: {exc}")
+            continue
+        if run is None:
             constructed.append(run_dir)  # a net built by `resdepth construct`, not trained here
-            continue
-        problem = "config.json is not valid JSON" if config is None else config_problem(config)
-        if problem:
-            warnings.append(f"skipped {run_dir}: {problem}")
-            continue
-        try:
-            metrics, note = read_metrics(run_dir / METRICS_FILE)
-        except ValueError as exc:
-            warnings.append(f"skipped {run_dir}: {exc}")
-            continue
-        if note:
-            warnings.append(note)
-        try:
-            status = RunStatus.read(run_dir)
-        except UserError as exc:
-            warnings.append(f"skipped {run_dir}: {exc}")
-            continue
-        runs.append(Run(run_dir, config, metrics, status.state if status else "unknown", *warmup_end(status)))
+        else:
+            runs.append(run)
     if not runs and not warnings and constructed:
         raise UserError(f"{root} holds only nets built by `resdepth construct`, no trained runs: train from one "
                         "with --init")
@@ -283,6 +316,22 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
         warnings.append(f"left out {len(replaced)} run folder(s) that sweep --force replaced (*{REPLACED_MARK}*, e.g. "
                         f"{replaced[0]}): name one to read it")
     return runs, warnings
+
+
+def read_run(run_dir: Path, notes: list[str]) -> Run | None:
+    """One run folder as its files say, checked against their schemas (a UserError or ValueError naming the file
+    and the key otherwise); None for a net `resdepth construct` built (no metrics: not a trained run)."""
+    config = read_json(run_dir / CONFIG_FILE)
+    if isinstance(config, dict) and CONSTRUCTED_KEY in config and not (run_dir / METRICS_FILE).exists():
+        return None
+    problem = "config.json is not valid JSON" if config is None else config_problem(config)
+    if problem:
+        raise UserError(problem)
+    metrics, note = read_metrics(run_dir / METRICS_FILE)
+    if note:
+        notes.append(note)
+    status = RunStatus.read(run_dir)
+    return Run(run_dir, config, metrics, status.state if status else "unknown", *warmup_end(status))
 
 
 def warmup_end(status: RunStatus | None) -> tuple[int | None, str | None]:
@@ -340,6 +389,15 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
     write_json(run_dir / CONFIG_FILE, config)
 
 
+def own_output_dir(path: Path) -> Path:
+    """A folder inside a results folder that a command writes into by default (plots/, analysis/); refused when it
+    is a link, whose target may lie outside the folder."""
+    if path.is_symlink():
+        raise UserError(f"{path} is a link: resdepth writes into a results folder only through folders of its own (a "
+                        "link may lead out of it); remove the link, or name a folder with --out")
+    return path
+
+
 def ensure_writable_dir(path: Path) -> None:
     """Create path (and parents) or raise a UserError that says why it cannot be used."""
     try:
@@ -364,7 +422,11 @@ def read_checkpoint(path: Path, fix: str = RESUME_FIX) -> dict[str, Any]:
     and `load_state_dict` moves everything else to the run's device.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_folder_file(path, MAX_CHECKPOINT_BYTES) as handle:
+            check_unpacked_size(handle, path, fix)
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except pickle.UnpicklingError as exc:
         refused = refused_global(exc)
         if refused:  # a pickle of objects, not plain data: foreign, or made to run code
@@ -376,6 +438,20 @@ def read_checkpoint(path: Path, fix: str = RESUME_FIX) -> dict[str, Any]:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{path} is not a resdepth checkpoint (no model weights in it): {fix}")
     return state
+
+
+def check_unpacked_size(handle: BinaryIO, path: Path, fix: str) -> None:
+    """Refuse a checkpoint whose zip declares more than MAX_CHECKPOINT_BYTES unpacked, or compressed members (torch
+    stores them as they are): a 2 MB deflate bomb is refused before anything is inflated. Leaves handle at 0."""
+    try:
+        members = zipfile.ZipFile(handle).infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise UserError(f"{path} cannot be read (not a checkpoint): {fix}") from None
+    unpacked = sum(member.file_size for member in members)
+    if unpacked > MAX_CHECKPOINT_BYTES or any(m.compress_type != zipfile.ZIP_STORED for m in members):
+        raise UserError(f"{path} is not a checkpoint torch wrote (it declares {unpacked / 2**20:,.0f} MiB unpacked, "
+                        "from compressed members): refused before unpacking it; " + fix)
+    handle.seek(0)
 
 
 def refused_global(exc: Exception) -> str | None:

@@ -118,6 +118,7 @@ def planned_cells(root: Path) -> tuple[dict[Path, tuple[str, list[tuple[Path, Tr
             part.startswith(".") or REPLACED_MARK in part for part in p.parts[len(root.parts):])):
         try:
             sweep = from_dict(SweepConfig, read_json(path), str(path))
+            sweep.check_size()
             sweep.out = str(path.parent)
             cells = make_cells(sweep, recorded_families(path.parent))
             found[path.parent] = (sweep.executor, [(cell.run_dir, cell.config) for cell in cells])
