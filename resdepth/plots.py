@@ -6,6 +6,7 @@ caller's own plots (a notebook can still show the returned Figure).
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -22,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from .errors import UserError
 from .families import builtin_families, file_name
 from .groups import GroupKey, group_runs, is_complete
-from .results import Run, printable
+from .results import Run, atomic_write_bytes, printable
 from .tables import group_differences, nets_by_difference, paper_test_error, summarize
 
 X_AXES = ("iterations", "epochs")
@@ -419,8 +420,10 @@ def save_figures(figures: dict[str, Figure], out_dir: Path, formats: Sequence[st
     for stem, figure in figures.items():
         for fmt in formats:
             path = out_dir / f"{stem}.{fmt}"
-            try:
-                figure.savefig(path, dpi=200)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format=fmt, dpi=200)
+            try:  # whole or not at all (a kill mid-write leaves the old file), and never through a link in its place
+                atomic_write_bytes(path, buffer.getvalue())
             except OSError as exc:
                 raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --out folder") from None
             paths.append(path)

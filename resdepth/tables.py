@@ -14,7 +14,7 @@ import pandas as pd
 from .errors import UserError
 from .families import TABLE6, Family, PaperNumber, family_of_run
 from .groups import GroupKey, group_runs, is_complete, paper_differences, paper_number
-from .results import Run
+from .results import Run, atomic_write_bytes
 
 # He et al. 2016, Table 6 (the residual family's reference, families.TABLE6): CIFAR-10 test error (%) by depth.
 PAPER_TABLE6: dict[int, float] = {number.depth: number.test_error for number in TABLE6.numbers}
@@ -292,7 +292,7 @@ def to_markdown(summary: pd.DataFrame, runs: bool = False) -> str:
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False, float_format="%.4f")
+        atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.4f").encode())
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --csv file") from None
 
