@@ -1,6 +1,7 @@
 """Reading a results or data folder never runs code: a checkpoint made to run code is refused by every entry point
 that reads one, and image files that declare a huge size are refused before their pixels are decoded."""
 
+import base64
 import hashlib
 import json
 import os
@@ -8,7 +9,7 @@ import shutil
 import struct
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +336,173 @@ def test_the_readers_schema_of_config_json_is_the_configs_own():
     train, data = typing.get_type_hints(TrainConfig), typing.get_type_hints(DataConfig)
     assert {key: train[key] for key in RUN_CONFIG_TYPES} == RUN_CONFIG_TYPES
     assert data == DATA_CONFIG_TYPES
+
+
+# ---------------------------------------------------------------------------------------------- links out of it
+def test_links_in_the_folder_are_never_read_or_written_through(planted, run_cli):
+    """A link named like an analysis figure (to a private file) is not embedded in the report; links in place of
+    plot outputs are replaced, not written through; a linked plots/ folder is refused; a linked config.json is
+    not read."""
+    before = planted.checksums()
+    private = planted.outside / "figure6-synthetic.png"
+    (planted.results / "analysis").mkdir()
+    (planted.results / "analysis" / "figure7-synthetic.png").symlink_to(private)
+    (planted.results / "plots").mkdir()
+    (planted.results / "plots" / "figure6-synthetic.png").symlink_to(private)
+    (planted.results / "plots" / "figure1-plain-synthetic.png").symlink_to(planted.outside / "new.png")  # dangling
+    code, out, err = run_cli("report", str(planted.results))
+    assert code == 0 and "figure7-synthetic.png" in err and "is a link" in err
+    page = (planted.results / "report.html").read_text()
+    assert base64.b64encode(private.read_bytes()).decode() not in page and "figure7-synthetic" not in page.split(
+        "id='warnings'")[0]
+    code, out, err = run_cli("plot", str(planted.results), "--format", "png,svg")
+    assert code == 0, err
+    assert not (planted.results / "plots" / "figure6-synthetic.png").is_symlink()
+    assert (planted.results / "plots" / "figure6-synthetic.png").read_bytes().startswith(b"\x89PNG\r\n")
+    assert not (planted.outside / "new.png").exists()
+    shutil.rmtree(planted.results / "plots")
+    (planted.results / "plots").symlink_to(planted.outside)
+    one_line_refusal(run_cli("plot", str(planted.results)), "plots is a link")
+    config = planted.results / "residual-8-s0" / "config.json"
+    shutil.copy(config, planted.outside / "config.json")
+    config.unlink()
+    config.symlink_to(planted.outside / "config.json")
+    code, out, err = run_cli("table", str(planted.results))
+    assert code == 0 and "residual-8-s0" in err and "is a link" in err and "| residual" not in out
+    assert planted.checksums() == {**before, "config.json": planted.checksums()["config.json"]}
+
+
+def test_a_worker_log_planted_as_a_link_is_replaced_not_appended_through(planted, run_cli, tiny_args):
+    before = planted.checksums()
+    for seed, target in ((1, planted.outside / "private.txt"), (2, planted.outside / "created.log")):
+        (planted.results / f"plain-8-s{seed}").mkdir()
+        (planted.results / f"plain-8-s{seed}" / "worker.log").symlink_to(target)
+    code, out, err = run_cli("sweep", "--depths", "8", "--kind", "plain", "--seeds", "1,2", *tiny_args, "--epochs", "1",
+                             "--executor", "local", "--out", str(planted.results))
+    assert code == 0, out + err
+    for seed in (1, 2):
+        log = planted.results / f"plain-8-s{seed}" / "worker.log"
+        assert log.is_file() and not log.is_symlink()
+    assert not (planted.outside / "created.log").exists() and planted.checksums() == before
+
+
+# ---------------------------------------------------------------------------------------------- unbounded resources
+def deflate_bomb(path: Path, unpacked: int) -> None:
+    """A zip laid out like a torch checkpoint whose tensor data is `unpacked` zero bytes, deflated to a few kB."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        with archive.open("archive/data/0", "w", force_zip64=True) as member:
+            chunk = bytes(2**20)
+            for _ in range(unpacked // len(chunk)):
+                member.write(chunk)
+
+
+def test_sizes_depths_and_counts_are_bounded_before_anything_is_read_or_built(planted, run_cli, tiny_args):
+    before = planted.checksums()
+    metrics = planted.results / "plain-8-s0" / "metrics.csv"
+    kept = metrics.read_bytes()
+    with metrics.open("r+b") as handle:  # sparse: 300 MB that take no disk
+        handle.truncate(300 * 2**20)
+    code, _, err = run_cli("table", str(planted.results))
+    assert code == 0 and "metrics.csv is 300 MiB, more than resdepth ever writes there" in " ".join(err.split())
+    metrics.write_bytes(kept)
+    deflate_bomb(planted.results / "bomb.pt", 64 * 2**20)
+    for command in (["construct", str(planted.results / "bomb.pt"), "--depth", "14", "--out", str(planted.outside)],
+                    ["train", "--kind", "plain", "--depth", "8", *tiny_args, "--init", str(planted.results / "bomb.pt"),
+                     "--out", str(planted.outside)]):
+        one_line_refusal(run_cli(*command), "bomb.pt")
+    from resdepth.errors import UserError as Refused
+    from resdepth.results import read_checkpoint as read
+
+    with pytest.raises(Refused, match="refused before unpacking it"):
+        read(planted.results / "bomb.pt")
+    one_line_refusal(run_cli("sweep", "--depths", "6000002", "--kind", "plain", *tiny_args, "--dry-run", "--out",
+                             str(planted.results / "deep")), "depth 6,000,002 is deeper than resdepth builds")
+    state = torch.load(planted.results / "residual-8-s0" / "checkpoint.pt", weights_only=True)
+    state["net"] = {"kind": "residual", "depth": 60_000_002, "shortcut": "A", "num_classes": 10}
+    torch.save(state, planted.results / "residual-8-s0" / "checkpoint.pt")
+    code, out, err = run_cli("analyze", str(planted.results), "--out", str(planted.results / "analysis"))
+    assert code == 0 and "Traceback" not in out + err and "depth 60,000,002 is deeper than resdepth builds" in err
+    edit_json(planted.results / "sweep.json", seeds=list(range(100_000)))
+    one_line_refusal(run_cli("sweep", "--resume", str(planted.results), "--dry-run"), "at most 10,000")
+    code, _, err = run_cli("status", str(planted.results))
+    assert code == 0 and "sweep.json: not a sweep resdepth can read" in err and "at most 10,000" in err
+    assert not planted.marker.exists() and planted.checksums() == before
+
+
+def test_jobs_are_capped_by_the_machine(tmp_path, tiny_sweep):
+    from resdepth.sweep import cpu_cores, device_slots
+
+    assert len(device_slots(tiny_sweep(tmp_path, jobs=10_000))) == cpu_cores()
+
+
+def test_a_job_whose_thread_dies_fails_its_cells_and_the_sweep_ends(tmp_path, tiny_sweep, run_sweep_now):
+    """A job's thread killed by an exception the cell lifecycle did not catch (here, the run folder's config.json
+    replaced by a folder between planning and training: reading it raises IsADirectoryError in the thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from resdepth.executors import SequentialExecutor
+
+    class DyingThread(SequentialExecutor):
+        def submit(self, job):
+            def train():
+                (job.run_dir / "config.json").unlink()
+                (job.run_dir / "config.json").mkdir()
+                return json.loads((job.run_dir / "config.json").read_text())
+            return ThreadPoolExecutor(1).submit(train)
+
+    sweep = tiny_sweep(tmp_path, kinds=["plain"])
+    _, outcomes = run_sweep_now(sweep, DyingThread())
+    assert outcomes["plain-8-s0"].state == "failed" and "IsADirectoryError" in outcomes["plain-8-s0"].error
+    assert json.loads((tmp_path / "plain-8-s0" / "status.json").read_text())["state"] == "failed"
+
+
+# ---------------------------------------------------------------------------------------------- whole outputs
+def complete(path: Path) -> bool:
+    data = path.read_bytes()
+    ends = {".png": b"IEND\xaeB`\x82", ".pdf": b"%%EOF\n", ".svg": b"</svg>\n"}
+    return data.rstrip(b"\n").endswith(ends[path.suffix].rstrip(b"\n"))
+
+
+def test_a_plot_killed_midway_leaves_whole_files_or_none(swept_folder, tmp_path, resdepth_cli, cli_env):
+    """SIGKILL as soon as the first figure file appears: every file under its final name is whole."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "figures"
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        process = subprocess.Popen([resdepth_cli, "plot", str(swept_folder), "--format", "png,pdf,svg", "--out",
+                                    str(out)], env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None and not any(
+                p for p in (out.glob("*.*") if out.exists() else ()) if not p.name.startswith(".")):
+            time.sleep(0.001)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        written = [p for p in out.glob("*.*") if not p.name.startswith(".")]
+        assert written and all(complete(p) for p in written), [(p.name, p.stat().st_size) for p in written]
+
+
+# ---------------------------------------------------------------------------------------------- a busy sweep
+def test_a_sweep_that_only_finds_busy_cells_leaves_sweep_json_as_it_was(tmp_path, tiny_sweep, run_sweep_now,
+                                                                       live_lock):
+    """Sweep B plans a cell as new, and by the time it would start it, sweep A (another live process) holds it."""
+    from resdepth.sweep import make_executor, plan_sweep, run_sweep
+
+    first = tiny_sweep(tmp_path, kinds=["plain"], seeds=[0, 1])
+    run_sweep_now(first)
+    saved = (tmp_path / "sweep.json").read_bytes()
+    second = tiny_sweep(tmp_path, kinds=["plain"], seeds=[0, 1, 2], train=replace(first.train, lr=0.05), force=True)
+    planned = plan_sweep(second)
+    assert [p.action for p in planned] == ["replace", "replace", "new"]
+    for item in planned:
+        item.action = "busy" if item.action == "replace" else item.action  # A's cells: left alone in this test
+    (tmp_path / "plain-8-s2").mkdir()
+    live_lock(tmp_path / "plain-8-s2")
+    outcomes = run_sweep(second, make_executor(second), planned, poll_seconds=0.05)
+    assert outcomes["plain-8-s2"].state == "busy"
+    assert (tmp_path / "sweep.json").read_bytes() == saved
