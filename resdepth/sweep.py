@@ -479,8 +479,10 @@ def load_sweep_file(path: Path) -> SweepConfig:
 
 def execution_fields() -> list[str]:
     """The SweepConfig fields that say how and where a sweep executes, not what it trains: --resume never takes them
-    from a folder's sweep.json (Slurm setup lines run as shell; a Ray address sends the work to another host)."""
-    return [f.name for f in fields(SweepConfig) if f.metadata.get("panel") in (EXECUTION, CLUSTER)] + ["slurm"]
+    from a folder's sweep.json (Slurm setup lines run as shell; a Ray address sends the work to another host).
+    --fuse is kept: it names no code nor host, and a fused group resumes as it was fused."""
+    return [f.name for f in fields(SweepConfig)
+            if f.metadata.get("panel") in (EXECUTION, CLUSTER) and f.name != "fuse"] + ["slurm"]
 
 
 def read_saved_sweep(results_dir: Path) -> SweepConfig:
