@@ -31,7 +31,7 @@ from rich.text import Text
 from . import __version__
 from .bench import BenchConfig, BenchRow, run_benchmark
 from .cluster import CLUSTER, SlurmConfig
-from .config import DATA, EXECUTION, PROTOCOL, cli_fields, flag_name, help_text
+from .config import DATA, EXECUTION, PROTOCOL, cli_fields, flag, flag_name, help_text
 from .data import DataConfig, LoadProgress, load_dataset
 from .construct import ConstructionMismatch, check_init, construct_from_run
 from .devices import resolve_device
@@ -350,7 +350,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
             signal.signal(sig, handler)
     states = final_states(planned, outcomes)
     console.print(render_summary(planned, outcomes, states))
-    print_next_steps(config.out_dir(), planned, outcomes, states, interrupted=bool(received))
+    print_next_steps(config, planned, outcomes, states, interrupted=bool(received))
     if received:
         return 143 if received[0] == signal.SIGTERM else 130
     ended = set(states.values())
@@ -448,18 +448,35 @@ def summary_note(item: PlannedCell, outcome: Any, status: RunStatus | None, stat
     return "; ".join(notes)
 
 
-def print_next_steps(out: Path, planned: list[PlannedCell], outcomes: dict[str, Any], final: dict[str, str],
-                     interrupted: bool) -> None:
+def resume_command(config: SweepConfig, *extra: str) -> str:
+    """`resdepth sweep --resume DIR` with the execution options this sweep ran with, which --resume takes only from
+    the command line (a sweep file's [slurm] table is named, not spelled out)."""
+    default = SweepConfig()
+    args = ["resdepth", "sweep", "--resume", str(config.out_dir())]
+    for name in ("executor", "ray_address", "jobs", "gpus", "jobs_per_gpu", "gpus_per_job"):
+        value = getattr(config, name)
+        if value != getattr(default, name):
+            shown = ",".join(map(str, value)) if isinstance(value, list) else f"{value:g}" \
+                if isinstance(value, float) else str(value)
+            args += [flag(SweepConfig, name), shown]
+    command = " ".join(map(shlex.quote, [*args, *extra]))
+    return command + (" with your sweep file's [slurm] table (SWEEP_FILE before --resume)"
+                      if config.slurm != default.slurm else "")
+
+
+def print_next_steps(config: SweepConfig, planned: list[PlannedCell], outcomes: dict[str, Any],
+                     final: dict[str, str], interrupted: bool) -> None:
     """Where the results are and what to run next: resume what is left, then the table, figures and report."""
+    out = config.out_dir()
     states = set(final.values())
     left = interrupted or "interrupted" in states or any(
         p.action in RUNNABLE and p.cell.name not in outcomes for p in planned)
     folder = shlex.quote(str(out))
     steps = [("results", str(out))]
     if left:
-        steps.append(("resume", f"resdepth sweep --resume {folder}"))
+        steps.append(("resume", resume_command(config)))
     if states & {"failed", "diverged"}:
-        steps.append(("run failed ones again", f"resdepth sweep --resume {folder} --retry-failed"))
+        steps.append(("run failed ones again", resume_command(config, "--retry-failed")))
     if "busy" in states:
         steps.append(("busy ones", f"resdepth status {folder} --watch; once they end, the same command again"))
     if any((status := RunStatus.read_or_none(p.cell.run_dir)) and status.epoch for p in planned):

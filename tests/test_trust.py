@@ -506,3 +506,11 @@ def test_a_sweep_that_only_finds_busy_cells_leaves_sweep_json_as_it_was(tmp_path
     outcomes = run_sweep(second, make_executor(second), planned, poll_seconds=0.05)
     assert outcomes["plain-8-s2"].state == "busy"
     assert (tmp_path / "sweep.json").read_bytes() == saved
+
+
+def test_the_suggested_resume_command_repeats_how_the_sweep_executed(tmp_path, tiny_sweep):
+    from resdepth.cli import resume_command
+
+    sweep = tiny_sweep(tmp_path, executor="ray", ray_address="auto", gpus_per_job=0.5)
+    assert resume_command(sweep, "--retry-failed") == (
+        f"resdepth sweep --resume {tmp_path} --executor ray --address auto --gpus-per-job 0.5 --retry-failed")
