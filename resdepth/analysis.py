@@ -12,6 +12,7 @@ them and the CSVs. Nothing here prints.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from .errors import UserError
 from .families import family_order, is_plain_twin, known_family, response_layers
 from .groups import GroupKey, group_runs, is_complete
 from .plots import BAND_ALPHA, FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_figures, study_name, study_title
-from .results import GRADIENT_COLUMNS, GRADIENTS_FILE, Run
+from .results import GRADIENT_COLUMNS, GRADIENTS_FILE, MAX_CSV_BYTES, Run, atomic_write_bytes, read_folder_file
 
 SPLITS = ("test", "train", "val")
 STDS = {"std": "std over all elements", "channel_std": "mean over channels of the per-channel std"}
@@ -252,7 +253,9 @@ def run_gradients(run: Run, identity: dict[str, Any]) -> tuple[pd.DataFrame | No
     cut short by a kill (fewer rows than layers, a torn last line) are left out."""
     path = run.path / GRADIENTS_FILE
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(io.BytesIO(read_folder_file(path, MAX_CSV_BYTES)))
+    except UserError as exc:
+        return None, f"left out {exc}"
     except (OSError, ValueError) as exc:
         return None, f"left out {path}: not a readable CSV ({type(exc).__name__})"
     missing = [c for c in GRADIENT_COLUMNS if c not in frame.columns]
@@ -511,7 +514,7 @@ def write_analysis(analysis: Analysis, figures: dict[str, Figure], out_dir: Path
     for name, frame in tables:
         paths.append(out_dir / name)
         try:
-            frame.to_csv(paths[-1], index=False)
+            atomic_write_bytes(paths[-1], frame.to_csv(index=False).encode())
         except OSError as exc:
             raise UserError(f"cannot write {paths[-1]} ({exc.strerror or exc}): choose another --out folder") from None
     return paths + save_figures(figures, out_dir, formats)

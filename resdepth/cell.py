@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .config import from_dict
 from .errors import UserError
-from .results import CONFIG_FILE, ERROR_FILE, LOCK_FILE, RUN_CONFIG_SECTIONS, RunStatus, read_json
+from .results import (CONFIG_FILE, ERROR_FILE, LOCK_FILE, RUN_CONFIG_SECTIONS, RunStatus, atomic_write_bytes,
+                      read_json)
 from .train import RunResult, TrainConfig, run_training
 
 STALE_FOREIGN_LOCK_SECONDS = 900  # a lock from another host whose run shows no progress for this long is dead
@@ -65,16 +66,19 @@ class RunLock:
         return False
 
     def owner(self) -> dict | None:
-        return read_json(self.path)
+        owner = read_json(self.path)
+        return owner if isinstance(owner, dict) else None
 
     def is_stale(self) -> bool:
         owner = self.owner()
         if owner is None:  # empty or half-written: its writer died between create and write
             return time.time() - self.path.stat().st_mtime > 5 if self.path.exists() else True
         if owner.get("host") == socket.gethostname():
-            return not pid_alive(int(owner.get("pid", -1)))
-        status = RunStatus.read(self.path.parent)
-        last_sign = status.updated if status else owner.get("time", 0)
+            pid = owner.get("pid")
+            return not pid_alive(pid if isinstance(pid, int) and not isinstance(pid, bool) else -1)
+        status = RunStatus.read_or_none(self.path.parent)
+        written = owner.get("time")
+        last_sign = status.updated if status else written if isinstance(written, (int, float)) else 0
         return time.time() - last_sign > STALE_FOREIGN_LOCK_SECONDS
 
     def release(self) -> None:
@@ -174,7 +178,7 @@ def train_guarded(run_dirs: list[Path], train: Callable[[], list[RunResult]]) ->
     except Exception as exc:  # noqa: BLE001 - a crash fails only these cells; the sweep goes on
         trace = traceback.format_exc()
         for run_dir in run_dirs:
-            (run_dir / ERROR_FILE).write_text(trace)
+            atomic_write_bytes(run_dir / ERROR_FILE, trace.encode())
         return [mark_failed(run_dir, f"{type(exc).__name__}: {exc}") for run_dir in run_dirs]
     return [CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
             for run_dir, result in zip(run_dirs, results, strict=True)]
@@ -191,15 +195,15 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 
 
 def set_state(run_dir: Path, state: str, error: str | None = None) -> None:
-    status = RunStatus.read(run_dir) or RunStatus()
+    status = RunStatus.read_or_none(run_dir) or RunStatus()
     status.state, status.error = state, error
     status.write(run_dir)
 
 
 def mark_failed(run_dir: Path, error: str) -> CellOutcome:
     set_state(run_dir, "failed", error)
-    if not (run_dir / ERROR_FILE).exists():
-        (run_dir / ERROR_FILE).write_text(error + "\n")
+    if not (run_dir / ERROR_FILE).is_file():
+        atomic_write_bytes(run_dir / ERROR_FILE, (error + "\n").encode())
     return CellOutcome(run_dir, "failed", error=error)
 
 
@@ -210,7 +214,7 @@ def job_outcome_from_status(run_dirs: list[Path], exit_code: int, log: Path | No
         return outcome_from_status(run_dirs[0], exit_code, log)
     outcomes = []
     for run_dir in run_dirs:
-        status = RunStatus.read(run_dir)
+        status = RunStatus.read_or_none(run_dir)
         if (status is None or status.state in ("running", "pending")) and is_locked(run_dir):
             outcomes.append(busy_outcome(run_dir))
         else:  # a group's worker never exits with the busy code: the cells say how each ended
@@ -223,7 +227,7 @@ def outcome_from_status(run_dir: Path, exit_code: int, log: Path | None = None) 
     reason quotes the last line of its log (the exception, mostly) and names the log."""
     if exit_code == EXIT_CODES["busy"]:
         return busy_outcome(run_dir)
-    status = RunStatus.read(run_dir)
+    status = RunStatus.read_or_none(run_dir)
     if status is None or status.state in ("running", "pending"):  # it ended without recording how
         reason = (f"worker process died (signal {-exit_code})" if exit_code < 0 else
                   f"worker process exited with code {exit_code}")

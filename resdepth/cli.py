@@ -15,7 +15,7 @@ import signal
 import time
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import Field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,31 +24,42 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
 from . import __version__
 from .bench import BenchConfig, BenchRow, run_benchmark
 from .cluster import CLUSTER, SlurmConfig
-from .config import DATA, EXECUTION, PROTOCOL, cli_fields, config_args, flag_name, help_text
+from .config import DATA, EXECUTION, PROTOCOL, cli_fields, config_args, flag, flag_name, help_text
 from .data import DataConfig, LoadProgress, expected_classes, load_dataset
 from .construct import ConstructionMismatch, check_init, construct_from_run
 from .devices import resolve_device
 from .errors import UserError
 from .estimate import estimate_plan, remember_bench
-from .families import WIDTH, get_family
+from .families import WIDTH, get_family, load_named_families
 from .grid import parse_grid_words
-from .results import (CHECKPOINT_FILE, RunStatus, check_writable_dir, ensure_writable_dir, load_runs, warmup_end,
-                      write_json)
-from .sweep import (RUNNABLE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
-                    load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep, settled_elsewhere,
-                    task_threads)
+from .results import (CHECKPOINT_FILE, RunStatus, atomic_write_bytes, check_writable_dir, ensure_writable_dir,
+                      load_runs, own_output_dir, printable, warmup_end, write_json)
+from .sweep import (RUNNABLE, SWEEP_FILE, WHAT, PlannedCell, SweepConfig, SweepProgress, count_actions, device_slots,
+                    execution_not_resumed, load_saved_sweep, load_sweep_file, make_executor, plan_sweep, run_sweep,
+                    settled_elsewhere, task_threads)
 from .tables import describe_warmup_end
 from .train import DEPTH_HELP, KIND_HELP, TrainConfig
 
+class SafeConsole(Console):
+    """A Console that strips control characters from all text it is given, whatever its source (a folder name, a
+    dataset name, status.json's error), while its own styling and cursor controls still reach the terminal."""
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        # Rich renders text segments and its own control segments apart: only the text is cleaned.
+        return super()._render_buffer(segment if segment.control else Segment(printable(segment.text), segment.style)
+                                      for segment in buffer)
+
+
 # no :emoji: codes: a family path such as mylab.nets:family:... must print as written
-console = Console(emoji=False)
-errors = Console(stderr=True, emoji=False)
+console = SafeConsole(emoji=False)
+errors = SafeConsole(stderr=True, emoji=False)
 
 
 class Commands(typer.core.TyperGroup):
@@ -331,7 +342,9 @@ def train(
 def sweep(
     sweep_file: Annotated[Path | None, typer.Argument(help="TOML sweep file (see sweeps/); options given here "
                                                               "override it.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Resume the sweep saved in this results folder.",
+    resume: Annotated[Path | None, typer.Option(help="Resume the sweep saved in this results folder: its grid and "
+                                                     "protocol; how to execute comes from the command line or a "
+                                                     "sweep file given with it.",
                                                    rich_help_panel=WHAT)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells, their folders and devices; train nothing.",
                                           rich_help_panel=WHAT)] = False,
@@ -341,12 +354,20 @@ def sweep(
 ) -> None:
     """Train every cell of depths x kinds x seeds (x the --grid axes); finished cells are skipped, unfinished ones
     resumed."""
-    if resume is not None and sweep_file is not None:
-        raise UserError("give either a sweep file or --resume RESULTS_DIR, not both")
-    config = load_saved_sweep(resume) if resume else load_sweep_file(sweep_file) if sweep_file else SweepConfig()
-    config = replace(config, **given_values(SWEEP_OPTIONS, SweepConfig, options),
-                     slurm=replace(config.slurm, **given_values(SWEEP_OPTIONS, SlurmConfig, options)),
+    given = given_values(SWEEP_OPTIONS, SweepConfig, options)
+    if resume is not None:  # the grid and protocol from its sweep.json; how to execute only from the user
+        load_named_families(given.get("kinds", []))  # a family by path is imported only when the user names it
+        config = load_saved_sweep(resume, load_sweep_file(sweep_file) if sweep_file else None)
+    else:
+        config = load_sweep_file(sweep_file) if sweep_file else SweepConfig()
+    config = replace(config, **given, slurm=replace(config.slurm, **given_values(SWEEP_OPTIONS, SlurmConfig, options)),
                      train=with_width(apply_overrides(config.train, options), width))
+    if resume is not None:
+        not_resumed = execution_not_resumed(resume, config)
+        if not_resumed:
+            errors.print(f"note: --resume never takes how to execute from the folder's {SWEEP_FILE}; not used: "
+                         f"{', '.join(not_resumed)} (give them on the command line or in a sweep file to use them)",
+                         markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(execute(with_grid(config, grid), dry_run))
 
 
@@ -384,7 +405,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
             signal.signal(sig, handler)
     states = final_states(planned, outcomes)
     console.print(render_summary(planned, outcomes, states))
-    print_next_steps(config.out_dir(), planned, outcomes, states, interrupted=bool(received))
+    print_next_steps(config, planned, outcomes, states, interrupted=bool(received))
     if received:
         return 143 if received[0] == signal.SIGTERM else 130
     ended = set(states.values())
@@ -457,7 +478,7 @@ def render_summary(planned: list[PlannedCell], outcomes: dict[str, Any], states:
     for column in ("cell", "state", "epochs", "train err %", "test err %", "note"):
         table.add_column(column, justify="right" if "err" in column or column == "epochs" else "left")
     for item in planned:
-        status = RunStatus.read(item.cell.run_dir)
+        status = RunStatus.read_or_none(item.cell.run_dir)
         table.add_row(item.cell.name, states[item.cell.name], f"{status.epoch}/{status.epochs}" if status else "-",
                       _pct(status.train_error if status else None), _pct(status.test_error if status else None),
                       summary_note(item, outcomes.get(item.cell.name), status, states[item.cell.name]))
@@ -482,21 +503,38 @@ def summary_note(item: PlannedCell, outcome: Any, status: RunStatus | None, stat
     return "; ".join(notes)
 
 
-def print_next_steps(out: Path, planned: list[PlannedCell], outcomes: dict[str, Any], final: dict[str, str],
-                     interrupted: bool) -> None:
+def resume_command(config: SweepConfig, *extra: str) -> str:
+    """`resdepth sweep --resume DIR` with the execution options this sweep ran with, which --resume takes only from
+    the command line (a sweep file's [slurm] table is named, not spelled out)."""
+    default = SweepConfig()
+    args = ["resdepth", "sweep", "--resume", str(config.out_dir())]
+    for name in ("executor", "ray_address", "jobs", "gpus", "jobs_per_gpu", "gpus_per_job"):
+        value = getattr(config, name)
+        if value != getattr(default, name):
+            shown = ",".join(map(str, value)) if isinstance(value, list) else f"{value:g}" \
+                if isinstance(value, float) else str(value)
+            args += [flag(SweepConfig, name), shown]
+    command = " ".join(map(shlex.quote, [*args, *extra]))
+    return command + (" with your sweep file's [slurm] table (SWEEP_FILE before --resume)"
+                      if config.slurm != default.slurm else "")
+
+
+def print_next_steps(config: SweepConfig, planned: list[PlannedCell], outcomes: dict[str, Any],
+                     final: dict[str, str], interrupted: bool) -> None:
     """Where the results are and what to run next: resume what is left, then the table, figures and report."""
+    out = config.out_dir()
     states = set(final.values())
     left = interrupted or "interrupted" in states or any(
         p.action in RUNNABLE and p.cell.name not in outcomes for p in planned)
     folder = shlex.quote(str(out))
     steps = [("results", str(out))]
     if left:
-        steps.append(("resume", f"resdepth sweep --resume {folder}"))
+        steps.append(("resume", resume_command(config)))
     if states & {"failed", "diverged"}:
-        steps.append(("run failed ones again", f"resdepth sweep --resume {folder} --retry-failed"))
+        steps.append(("run failed ones again", resume_command(config, "--retry-failed")))
     if "busy" in states:
         steps.append(("busy ones", f"resdepth status {folder} --watch; once they end, the same command again"))
-    if any((status := RunStatus.read(p.cell.run_dir)) and status.epoch for p in planned):
+    if any((status := RunStatus.read_or_none(p.cell.run_dir)) and status.epoch for p in planned):
         steps += [("table", f"resdepth table {folder}"), ("figures", f"resdepth plot {folder}"),
                   ("report", f"resdepth report {folder}")]
     width = max(len(label) for label, _ in steps) + 1
@@ -688,7 +726,7 @@ def plot(
     figures = build_figures(runs, x=x, paper=paper)
     for line in paper_tick_notes(runs) if paper else ():
         errors.print(f"note: --paper: {line}", markup=False, highlight=False, soft_wrap=True)
-    out_dir = out or results_dir / "plots"
+    out_dir = out or own_output_dir(results_dir / "plots")
     ensure_writable_dir(out_dir)
     for path in save_figures(figures, out_dir, chosen_formats):
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
@@ -715,14 +753,14 @@ def table(
         write_csv(summary, csv)
         errors.print(f"wrote {csv}", markup=False, highlight=False, soft_wrap=True)  # stdout stays the table
     if markdown:
-        print(to_markdown(summary, runs=runs), end="")
+        print(printable(to_markdown(summary, runs=runs)), end="")
         return
     headers, rows, notes = display_runs(summary) if runs else display_table(summary)
     datasets = ", ".join(summary["dataset"].unique())
     print_full_width(render_text_table(f"{results_dir} ({datasets}): {'runs' if runs else 'errors by depth'}",
                                        headers, rows))
     for note in notes:
-        console.print(f"[dim]{note}[/]", highlight=False)
+        console.print(Text(note, style="dim"), highlight=False)
 
 
 def render_text_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
@@ -735,7 +773,7 @@ def render_text_table(title: str, headers: list[str], rows: list[list[str]]) -> 
         left = header in TEXT_HEADERS
         view.add_column(header, justify="left" if left else "right", width=width)
     for row in rows:
-        view.add_row(*row)
+        view.add_row(*map(Text, row))  # text from a folder, never markup
     return view
 
 
@@ -743,7 +781,7 @@ def print_full_width(view: Table) -> None:
     """A terminal gets the table at its own width; a pipe or a log at the table's full width, never numbers cut to
     '…' to fit 80 columns."""
     needed = view.__rich_measure__(console, console.options.update(max_width=10_000)).maximum
-    (console if console.is_terminal or needed <= console.width else Console(width=needed, emoji=False)).print(view)
+    (console if console.is_terminal or needed <= console.width else SafeConsole(width=needed, emoji=False)).print(view)
 
 
 # ---------------------------------------------------------------------------------------------- analyze, construct
@@ -764,6 +802,10 @@ def analyze(
     device: DEVICE = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (the statistics do not depend on "
                                                  "it).")] = 500,
+    kinds: Annotated[str | None, typer.Option("--kind", help="Comma-separated families by import path "
+                                                             "(module.path:function) to import for runs that use "
+                                                             "them: a results folder never names code to import.")]
+    = None,
 ) -> None:
     """Figure 7 (std of each 3x3 layer's response, eval mode) and per-layer gradient norms of trained runs."""
     from .analysis import build_figures, check_std, write_analysis
@@ -772,6 +814,7 @@ def analyze(
 
     chosen_formats = parse_formats(formats)
     check_std(std)  # before the long analysis, not after it
+    load_named_families(parse_list(kinds, str, "--kind") if kinds else [])
     runs = read_runs(results_dir)
     where = resolve_device(device or "auto")
     count = "all images" if images is None else f"{images:,} images (class-balanced)"
@@ -780,7 +823,7 @@ def analyze(
     analysis = analyze_runs(runs, split, images, where, batch_size)
     warn(analysis.notes)
     figures = build_figures(analysis, std)
-    out_dir = out or results_dir / "analysis"
+    out_dir = out or own_output_dir(results_dir / "analysis")
     ensure_writable_dir(out_dir)
     for path in write_analysis(analysis, figures, out_dir, chosen_formats):
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
@@ -948,7 +991,6 @@ def report(
     """One self-contained HTML page: the Table-6 summary beside the paper, Figures 1 and 6 (and the analysis
     figures), each group's config and environment, and links to every run's CSV."""
     from .report import build_report
-    from .results import atomic_write_bytes
 
     out = out or results_dir / "report.html"
     if results_dir.is_dir():
@@ -991,8 +1033,8 @@ def status(
         pass  # stopping the watch is not an error: the last table stays on the screen
 
 
-STATE_STYLES = {"done": "green", "running": "cyan", "failed": "red", "diverged": "red", "stopped": "yellow",
-                "interrupted": "yellow", "pending": "dim", "not started": "dim"}
+STATE_STYLES = {"done": "green", "running": "cyan", "failed": "red", "diverged": "red", "unreadable": "red",
+                "stopped": "yellow", "interrupted": "yellow", "pending": "dim", "not started": "dim"}
 
 
 STATUS_COLUMNS = ("cell", "state", "epoch", "iteration", "train\nerr %", "test\nerr %", "img/s", "elapsed", "ETA",
@@ -1026,7 +1068,8 @@ def status_view(folder: Any, width: int) -> Any:
         table.add_column(column, justify="left" if column in ("cell", "state", "where", "note") else "right",
                          no_wrap=column != "note")
     for row in rows:
-        cells = {**row, "state": Text(row["state"], style=STATE_STYLES.get(row["state"], "")),
+        cells = {**{column: Text(value) for column, value in row.items()},  # text from a folder, never markup
+                 "state": Text(row["state"], style=STATE_STYLES.get(row["state"], "")),
                  "note": Text(row["note"], style="dim")}
         table.add_row(*(cells[column] for column in shown))
     counts = ", ".join(f"{n} {state}" for state, n in folder.counts().items())

@@ -154,7 +154,7 @@ def take_over_own_lock(run_dir: Path, token: str) -> None:
 
 def outcome_without_result(run_dir: Path, reason: str) -> CellOutcome:
     """A task that returned no outcome (its worker died more often than retried, or it could not start)."""
-    status = RunStatus.read(run_dir)
+    status = RunStatus.read_or_none(run_dir)
     state = status.state if status else "pending"
     if state in ("running", "pending"):
         return mark_failed(run_dir, reason)
@@ -458,7 +458,7 @@ class SlurmExecutor(Executor):
     def _cell_outcome(self, job: Any, run_dir: Path) -> CellOutcome:
         """How one cell of the job ended, read from its run folder (and the job's log when it recorded no end)."""
         try:
-            status = RunStatus.read(run_dir) or RunStatus()
+            status = RunStatus.read_or_none(run_dir) or RunStatus()
             if status.state not in ("running", "pending"):  # the run recorded its own end
                 return outcome_from_status(run_dir, exit_code=0)
             if self._interrupted and status.state == "pending":

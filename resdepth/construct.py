@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterator
@@ -31,14 +31,14 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .config import DATA, config_args
+from .config import DATA, config_args, from_dict
 from .data import DataConfig, Dataset, load_dataset, normalize
 from .errors import UserError
-from .families import build_network, get_family
+from .families import build_network, family_named_by_folder, get_family, known_family
 from .groups import is_complete
 from .models import CifarNet, count_parameters
-from .results import (CHECKPOINT_FILE, CONFIG_FILE, CONSTRUCTED_KEY, atomic_write_bytes, ensure_writable_dir,
-                      load_runs, read_checkpoint, read_json, write_config)
+from .results import (CHECKPOINT_FILE, CONFIG_FILE, CONSTRUCTED_KEY, atomic_write_bytes, check_run_config,
+                      ensure_writable_dir, load_runs, read_checkpoint, read_json, write_config)
 
 IDENTITY_BN = ("data", "unit")
 EVAL_BATCH = 500  # images per forward pass when evaluating: ResNet-110's largest activations stay near 40 MB
@@ -56,10 +56,12 @@ class NetSpec:
     options: tuple[tuple[str, Any], ...] = ()  # the family's network options other than their defaults (width)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> NetSpec:
+    def from_config(cls, config: dict[str, Any], where: str) -> NetSpec:
+        """The net a run's config.json names (checked by the results reader); its family is never imported by
+        path (families.family_named_by_folder)."""
         classes = config.get("resolved", {}).get("num_classes")
-        kind = str(config.get("kind"))
-        family, options = get_family(kind), config.get("options")
+        kind = config.get("kind")
+        family, options = family_named_by_folder(kind, where), config.get("options")
         return cls(kind, int(config.get("depth", 0)), family.shortcut_for(config.get("shortcut")),
                    int(classes) if classes is not None else None,
                    tuple(family.resolve_options(options if isinstance(options, dict) else {}).items()))
@@ -67,14 +69,15 @@ class NetSpec:
     @property
     def label(self) -> str:
         """plain-20, residual-56, residual-56-B (the shortcut where it is not the family's default)."""
-        return f"{get_family(self.kind).variant(self.shortcut)}-{self.depth}"
+        return f"{known_family(self.kind).variant(self.shortcut)}-{self.depth}"
 
     def same_net(self, kind: str, depth: int, shortcut: str | None) -> bool:
         family = get_family(kind)
         return (self.kind, self.depth) == (kind, depth) and (
             not family.shortcuts or family.shortcut_for(self.shortcut) == family.shortcut_for(shortcut))
 
-    def build(self) -> nn.Module:
+    def build(self, where: str) -> nn.Module:
+        family_named_by_folder(self.kind, where)  # never a module the folder names by path
         return build_network(self.kind, self.depth, num_classes=self.num_classes or 10, shortcut=self.shortcut,
                              net_options=dict(self.options))
 
@@ -89,7 +92,7 @@ class SavedNet:
 
     def load(self, device: torch.device) -> nn.Module:
         """The network with these weights, in evaluation mode, on device."""
-        model = self.spec.build()
+        model = self.spec.build(str(self.path))
         load_weights(model, self.checkpoint["model"], self.path)
         return model.to(device).eval()
 
@@ -102,6 +105,15 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
     return read_checkpoint(path, fix="name another run folder or checkpoint")
 
 
+def saved_options(options: Any, file: Path) -> tuple[tuple[str, Any], ...]:
+    """A checkpoint's net.options as (name, value) pairs; their names and values are the family's to check when
+    the net is built."""
+    if not isinstance(options, (list, tuple)) or not all(
+            isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str) for item in options):
+        raise UserError(f"{file}: key net.options: expected (name, value) pairs, got {type(options).__name__}")
+    return tuple((str(name), value) for name, value in options)
+
+
 def read_saved_net(path: Path | str) -> SavedNet:
     """Weights from a run folder (its checkpoint.pt and config.json) or a checkpoint file. The network is the
     one the checkpoint names (`resdepth construct` writes it), else the one its folder's config.json names."""
@@ -110,13 +122,15 @@ def read_saved_net(path: Path | str) -> SavedNet:
     checkpoint = read_checkpoint_file(file)
     net = checkpoint.get("net")
     if isinstance(net, dict) and set(net) | {"options"} == set(NetSpec.__dataclass_fields__):  # older: no options
-        spec = NetSpec(**{**net, "options": tuple(tuple(item) for item in net.get("options", ()))})
+        spec = replace(from_dict(NetSpec, {**net, "options": ()}, str(file), "net."),
+                       options=saved_options(net.get("options", ()), file))
     else:
         config = read_json(file.parent / CONFIG_FILE)
         if not isinstance(config, dict) or "kind" not in config or "depth" not in config:
             raise UserError(f"cannot tell which network {file} holds: name a run folder (with its config.json) or "
                             "a checkpoint written by `resdepth construct`")
-        spec = NetSpec.from_config(config)
+        check_run_config(config, str(file.parent / CONFIG_FILE))
+        spec = NetSpec.from_config(config, str(file.parent / CONFIG_FILE))
     return SavedNet(spec, checkpoint, file)
 
 
@@ -142,7 +156,7 @@ def check_init(init: str, kind: str, depth: int, shortcut: str | None, num_class
     spec = saved.spec
     if not spec.same_net(kind, depth, shortcut):
         wanted = NetSpec(kind, depth, shortcut, None).label
-        shown = get_family(spec.kind).shown_shortcut(spec.shortcut)
+        shown = known_family(spec.kind).shown_shortcut(spec.shortcut)
         fix = f"--kind {spec.kind} --depth {spec.depth}" + (f" --shortcut {shown}" if shown else "")
         raise UserError(f"--init {init} holds a {spec.label} net, not the {wanted} this run trains: pass {fix}, "
                         "or --init weights of a " + wanted)
@@ -298,7 +312,7 @@ class Construction:
 
 def train_args(spec: NetSpec, target_dir: Path, config: dict[str, Any]) -> list[str]:
     args = ["--kind", spec.kind, "--depth", str(spec.depth)]
-    shown = get_family(spec.kind).shown_shortcut(spec.shortcut)
+    shown = known_family(spec.kind).shown_shortcut(spec.shortcut)
     if shown:
         args += ["--shortcut", shown]
     args += [f"--{name}={value}" for name, value in spec.options if name == "width"]  # the one option with a flag
@@ -321,8 +335,8 @@ def construct_from_run(run_dir: Path, depth: int, out: Path, device: torch.devic
     if identity_bn not in IDENTITY_BN:
         raise UserError(f"unknown --identity-bn {identity_bn!r}: use data (measured statistics) or unit")
     config = finished_run(run_dir)
-    spec = NetSpec.from_config(config)
-    family = get_family(spec.kind)
+    spec = NetSpec.from_config(config, str(run_dir / CONFIG_FILE))
+    family = family_named_by_folder(spec.kind, str(run_dir / CONFIG_FILE))
     if family.build is None or not isinstance(build_network(spec.kind, family.depths.offset + family.depths.step),
                                               CifarNet):
         raise UserError(f"{run_dir} holds a {spec.kind} net: construct adds identity blocks to the paper's plain and "

@@ -10,8 +10,10 @@ of cells trained together, whose outcome carries each cell's (`cell.each_cell`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import stat
 import subprocess
 import threading
 from abc import ABC, abstractmethod
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .cell import CellOutcome, job_outcome_from_status, run_cells
 from .startup import python_command
@@ -90,7 +93,7 @@ class LocalProcessExecutor(Executor):
         command = python_command("-m", "resdepth.worker", *map(str, job.run_dirs), "--device", device)
         if job.threads:
             command += ["--threads", str(job.threads)]
-        log = (job.run_dir / WORKER_LOG).open("ab")
+        log = open_log(job.run_dir / WORKER_LOG)
         env["PYTHONUNBUFFERED"] = "1"
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.close()
@@ -110,6 +113,16 @@ class LocalProcessExecutor(Executor):
             for process in self._processes:
                 if process.poll() is None:
                     process.send_signal(signal.SIGINT)
+
+
+def open_log(path: Path) -> BinaryIO:
+    """A worker's log, opened to append to. Anything but a regular file in its place (a link that may lead out of
+    the folder, a FIFO that would block) is removed first, never written through."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            path.unlink()
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(path, flags, 0o666), "ab")
 
 
 def worker_device(slot: str, environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:

@@ -24,9 +24,7 @@ import fnmatch
 import importlib
 import json
 import importlib.metadata
-import os
 import re
-import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,12 +142,14 @@ class Protocol:
 class NetOption:
     """A network option a family declares: its builder takes it as a keyword argument, runs set it in their config's
     `options` (`--width` for width, `[train.options]` in sweep files) and sweeps put it on the grid
-    (`--grid width=1,2,4`). Its values have the type of its default; minimum: the smallest a number may be."""
+    (`--grid width=1,2,4`). Its values have the type of its default; minimum and maximum: the range of a number
+    (a maximum refuses, before anything is allocated, a value that would fill the memory)."""
 
     name: str
     default: int | float | str | bool
     help: str
     minimum: float | None = None
+    maximum: float | None = None
 
     def check(self, value: Any, family: str) -> Any:
         """value if it fits the option (an int for a float option becomes a float), else one line saying why."""
@@ -160,12 +160,14 @@ class NetOption:
             raise UserError(f"{family} nets' option {self.name} takes a {kind.__name__}, got {value!r}")
         if self.minimum is not None and value < self.minimum:
             raise UserError(f"{family} nets' option {self.name} must be at least {self.minimum:g}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise UserError(f"{family} nets' option {self.name} must be at most {self.maximum:g}, got {value!r}")
         return kind(value)
 
 
 # Zagoruyko and Komodakis 2016 (Wide Residual Networks): stage widths 16k/32k/64k; k = 1 is the paper's nets
 WIDTH = NetOption("width", 1, "Width multiplier k: stages of 16k/32k/64k filters, as Wide ResNets (1: the paper's "
-                              "16/32/64).", minimum=1)
+                              "16/32/64).", minimum=1, maximum=32)  # WRN's widest CIFAR net is k = 10
 
 
 @dataclass(frozen=True)
@@ -369,7 +371,7 @@ def builtin_families() -> list[Family]:
 def known_family(kind: str) -> Family:
     """A built-in family by name, else a bare one of that name: for labels drawn from results, which never import
     a user's family."""
-    return _BUILTIN.get(kind) or Family(kind)
+    return _BUILTIN.get(kind) or _LOADED.get(kind) or Family(kind)
 
 
 def is_plain_twin(kind: str) -> bool:
@@ -397,6 +399,25 @@ def get_family(kind: str) -> Family:
     return _LOADED[kind]
 
 
+def family_named_by_folder(kind: Any, where: str) -> Family:
+    """The family a results folder's file names (config.json, a checkpoint, sweep.json), to build or train its nets:
+    a built-in one, one an installed package registers (entry point), or one the user named on this command line
+    (already loaded by `--kind`). A module path the folder names is never imported: whoever can write the folder
+    would choose the code."""
+    if not isinstance(kind, str) or not kind:
+        raise UserError(f"{where}: kind must be a family name, got {kind!r}")
+    if kind in _BUILTIN or kind in _LOADED or ":" not in kind:
+        return get_family(kind)
+    raise UserError(f"{where} names the family {kind} by import path; resdepth never imports code that a results "
+                    f"folder names: if you trust that module, name it yourself with --kind {kind}")
+
+
+def load_named_families(kinds: list[str]) -> None:
+    """Load the families the user named on the command line, so that a folder naming the same ones may use them."""
+    for kind in kinds:
+        get_family(kind)
+
+
 def forget_loaded() -> None:
     """Drop the user families loaded so far (tests, and a long-lived process whose packages changed)."""
     _LOADED.clear()
@@ -407,8 +428,6 @@ def load_by_path(spec: str) -> Family:
     if not PATH_SPEC.match(spec):
         raise UserError(f"--kind {spec!r} is not a family path: write module.path:function, e.g. mylab.nets:gated")
     module_name, attribute = spec.split(":")
-    if os.getcwd() not in sys.path:  # as `uvicorn main:app`: a module in the folder the command runs from
-        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - whatever a user's module raises on import, said in one line
@@ -527,9 +546,17 @@ def unknown_kind_message(kind: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- checking and building
+# Over 3x the paper's deepest net (ResNet-1202): a deeper one named by a folder's file or a typo is refused before
+# anything is allocated (a 6,000,002-layer net would fill the memory while it is built).
+MAX_DEPTH = 4_000
+
+
 def check_network(kind: str, depth: int, shortcut: str | None = None,
                   net_options: dict[str, Any] | None = None) -> Family:
     """Refuse what the family cannot build, without building it (a 1001-layer net has 10M parameters)."""
+    if depth > MAX_DEPTH:
+        raise UserError(f"depth {depth:,} is deeper than resdepth builds (at most {MAX_DEPTH:,} layers; the paper's "
+                        "deepest is 1202): choose a smaller depth")
     family = get_family(kind)
     family.depths.blocks(depth, family.name)
     family.options(shortcut, net_options)
@@ -639,7 +666,7 @@ def family_of_run(config: dict[str, Any]) -> Family:
     record = config.get("resolved", {}).get("family") if isinstance(config.get("resolved"), dict) else None
     try:
         return from_record(kind, record) if isinstance(record, dict) else Family(kind)
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, AttributeError):
         return Family(kind)  # a hand-edited record: the name is still the family
 
 

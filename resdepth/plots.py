@@ -6,6 +6,7 @@ caller's own plots (a notebook can still show the returned Figure).
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -22,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from .errors import UserError
 from .families import builtin_families, file_name
 from .groups import GroupKey, axes_text, group_runs, is_complete, setting_order
-from .results import Run
+from .results import Run, atomic_write_bytes, printable
 from .tables import group_differences, nets_by_difference, paper_test_error, summarize
 
 X_AXES = ("iterations", "epochs")
@@ -137,12 +138,15 @@ def file_slug(setting: str) -> str:
 
 def study_name(study: tuple[str, str]) -> str:
     """(dataset, setting) as part of a file name: 'cifar10', or 'cifar10-iterations400' for a named setting."""
-    return "-".join(filter(None, (study[0], file_slug(study[1]))))
+    # the dataset is a config.json's text: never a '/' (a path out of the folder) in a file name
+    return "-".join(filter(None, (file_name(study[0]), file_slug(study[1]))))
 
 
 def study_title(study: tuple[str, str]) -> str:
-    """(dataset, setting) as a figure's title names it: 'cifar10', or 'cifar10 (iterations 400)'."""
-    return f"{study[0]} ({study[1]})" if study[1] else study[0]
+    """(dataset, setting) as a figure's title names it: 'cifar10', or 'cifar10 (iterations 400)'; as plain text
+    (a '$' in a folder's dataset name is no mathtext)."""
+    title = f"{study[0]} ({study[1]})" if study[1] else study[0]
+    return printable(title).replace("$", r"\$")
 
 
 def plot_figure1(runs: list[Run], kind: str = "plain", x: str = "iterations") -> Figure:
@@ -471,8 +475,10 @@ def save_figures(figures: dict[str, Figure], out_dir: Path, formats: Sequence[st
     for stem, figure in figures.items():
         for fmt in formats:
             path = out_dir / f"{stem}.{fmt}"
-            try:
-                figure.savefig(path, dpi=200)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format=fmt, dpi=200)
+            try:  # whole or not at all (a kill mid-write leaves the old file), and never through a link in its place
+                atomic_write_bytes(path, buffer.getvalue())
             except OSError as exc:
                 raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --out folder") from None
             paths.append(path)

@@ -21,12 +21,15 @@ from typing import Any
 from urllib.parse import quote
 
 from . import __version__
-from .results import CONFIG_FILE, METRICS_FILE, STATUS_FILE, Run, load_runs
+from .errors import UserError
+from .results import (CONFIG_FILE, MAX_FIGURE_BYTES, METRICS_FILE, STATUS_FILE, Run, load_runs,
+                      read_folder_file)
 
-ANALYSIS_FIGURES = ("figure7-*.png", "gradients-*.png")  # what `resdepth analyze` writes into RESULTS_DIR/analysis/
-# what `resdepth lesion` and `resdepth landscape` write into RESULTS_DIR/lesion/ and RESULTS_DIR/landscape/
-PROBE_SECTIONS = (("lesion", "Lesion studies (Veit et al. 2016)", ("lesion-blocks-*.png", "lesion-k-*.png")),
-                  ("landscape", "Loss landscapes (Li et al. 2018)", ("landscape-2d-*.png", "landscape-1d-*.png")))
+# what `resdepth analyze`, `lesion` and `landscape` write into RESULTS_DIR/analysis/, lesion/ and landscape/
+FIGURE_SECTIONS = (("analyze", "analysis", "Analysis", ("figure7-*.png", "gradients-*.png")),
+                   ("lesion", "lesion", "Lesion studies (Veit et al. 2016)", ("lesion-blocks-*.png", "lesion-k-*.png")),
+                   ("landscape", "landscape", "Loss landscapes (Li et al. 2018)",
+                    ("landscape-2d-*.png", "landscape-1d-*.png")))
 NOT_CONFIG = ("resolved", "environment")  # shown apart from the training config
 
 STYLE = """
@@ -58,14 +61,13 @@ def build_report(results_dir: Path, out: Path) -> tuple[str, list[str]]:
         section("table", "Test error by depth (Table 6)", summary_table(headers, rows) + bullet_list(notes, "notes")),
         section("figures", "Error curves (Figures 1 and 6)",
                 "".join(svg_figure(name, fig) for name, fig in figures.items())),
-        analysis_section(results_dir),
-        *(probe_section(results_dir, *probe) for probe in PROBE_SECTIONS),
+        *(figures_section(results_dir, *part, warnings) for part in FIGURE_SECTIONS),
         section("groups", "Groups: config, environment and runs", groups_html(runs, out.parent)),
     ]
     if warnings:
         sections.append(section("warnings", "Left out", bullet_list(warnings, "notes")))
-    datasets = ", ".join(summary["dataset"].unique())
-    head = (f"<h1>resdepth report: {esc(results_dir)}</h1><p class='meta'>{len(runs)} run(s) of {datasets} · "
+    datasets = ", ".join(map(str, summary["dataset"].unique()))
+    head = (f"<h1>resdepth report: {esc(results_dir)}</h1><p class='meta'>{len(runs)} run(s) of {esc(datasets)} · "
             f"written {time.strftime('%Y-%m-%d %H:%M')} by resdepth {__version__} · He et al. 2016, "
             "<i>Deep Residual Learning for Image Recognition</i>, section 4.2</p>")
     page = (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>resdepth report: {esc(results_dir)}"
@@ -103,22 +105,23 @@ def embedded_figure(name: str, mime: str, data: bytes) -> str:
     return f"<figure><img class='figure' src='{url}' alt='{esc(name)}'><figcaption>{esc(name)}</figcaption></figure>"
 
 
-def analysis_section(results_dir: Path) -> str:
-    folder = results_dir / "analysis"
-    paths = [path for pattern in ANALYSIS_FIGURES for path in sorted(folder.glob(pattern))]
-    figures = "".join(embedded_figure(path.stem, "image/png", path.read_bytes()) for path in paths)
-    intro = f"<p class='notes'>Written by <code>resdepth analyze</code> into {esc(folder)}.</p>"
-    return section("analysis", "Analysis", intro + figures) if figures else ""
-
-
-def probe_section(results_dir: Path, command: str, title: str, patterns: tuple[str, ...]) -> str:
-    """The figures `resdepth <command>` wrote into RESULTS_DIR/<command>/ (links are not followed)."""
-    folder = results_dir / command
-    paths = [path for pattern in patterns for path in sorted(folder.glob(pattern))
-             if path.is_file() and not path.is_symlink()]
-    figures = "".join(embedded_figure(path.stem, "image/png", path.read_bytes()) for path in paths)
+def figures_section(results_dir: Path, command: str, folder_name: str, title: str, patterns: tuple[str, ...],
+                    warnings: list[str]) -> str:
+    """The figures `resdepth <command>` wrote into RESULTS_DIR/<folder_name>/, embedded: regular files inside the
+    folder only (a link named like a figure could ship a private file inside a page meant for sharing); one
+    warning per file left out."""
+    folder = results_dir / folder_name
+    if folder.is_symlink():
+        warnings.append(f"left out {folder}: a link (the page embeds only files inside the results folder)")
+        return ""
+    figures = ""
+    for path in (path for pattern in patterns for path in sorted(folder.glob(pattern))):
+        try:
+            figures += embedded_figure(path.stem, "image/png", read_folder_file(path, MAX_FIGURE_BYTES))
+        except (UserError, OSError) as exc:
+            warnings.append(f"left out {path}: {exc}")
     intro = f"<p class='notes'>Written by <code>resdepth {esc(command)}</code> into {esc(folder)}.</p>"
-    return section(command, title, intro + figures) if figures else ""
+    return section(folder_name, title, intro + figures) if figures else ""
 
 
 # ---------------------------------------------------------------------------------------------- groups

@@ -6,6 +6,7 @@ The metric schema is defined here once; the trainer's CSV writer, the plots, the
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -13,14 +14,17 @@ import pickle
 import re
 import secrets
 import socket
+import stat
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import torch
 
+from .config import check_type, from_dict
 from .errors import UserError
 
 # Errors are in percent. train_* are measured on the augmented mini-batches during the epoch, in training
@@ -44,6 +48,15 @@ GRADIENTS_FILE = "gradients.csv"
 CONSTRUCTED_KEY = "constructed_from"  # config.json of a net `resdepth construct` built: a starting point, not a run
 # A run is pending, running, interrupted (resumable), or in one of these:
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 controls but tab and newline: ESC starts them
+
+
+def printable(text: str) -> str:
+    """Text as a terminal or a figure may show it: control characters (escape sequences that set a terminal's title,
+    write its clipboard or move its cursor) left out. Values read from a results folder are anyone's text."""
+    return CONTROL.sub("", text)
 
 
 def metric_columns(with_validation: bool) -> list[str]:
@@ -85,10 +98,51 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+# The most resdepth ever writes into each kind of file, with room to spare: a larger file is not one of its own, and
+# is refused before it is read (a 2 GB sparse metrics.csv would otherwise be read whole).
+MAX_JSON_BYTES = 16 * 2**20  # config.json and status.json are a few kB; sweep.json of the largest grid < 1 MB
+MAX_CSV_BYTES = 256 * 2**20  # metrics.csv: ~100 B an epoch; gradients.csv: ~60 B a layer and epoch (~20 MB at 1202)
+MAX_FIGURE_BYTES = 64 * 2**20  # a PNG that `analyze` drew
+MAX_CHECKPOINT_BYTES = 4 * 2**30  # ResNet-1202's weights and momentum: ~160 MB
+
+
+def open_folder_file(path: Path, limit: int) -> BinaryIO:
+    """A file of a results folder opened for reading, refused in one line when it is a link (which may lead out of the
+    folder), not a regular file (a FIFO would block) or larger than `limit` bytes: before anything is read from it.
+    A missing file raises FileNotFoundError."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path} is a link: resdepth reads only regular files inside a results folder (a link may "
+                            "lead out of it); put the file itself there") from None
+        raise
+    handle = os.fdopen(fd, "rb")
+    info = os.fstat(fd)
+    problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
+               f"is {info.st_size / 2**20:,.0f} MiB, more than resdepth ever writes there ({limit / 2**20:,.0f} MiB)"
+               if info.st_size > limit else None)
+    if problem:
+        handle.close()
+        raise UserError(f"{path} {problem}: it is not one of resdepth's files; left unread")
+    return handle
+
+
+def read_folder_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file inside a results folder, at most `limit` of them (see open_folder_file)."""
+    with open_folder_file(path, limit) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # it grew after it was measured
+        raise UserError(f"{path} grew past {limit / 2**20:,.0f} MiB while it was read: left unread")
+    return data
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value; None when it is missing or not JSON (a nesting deeper than the parser's stack too); a
+    UserError when it is a link, or larger than any resdepth writes."""
+    try:
+        return json.loads(read_folder_file(path, MAX_JSON_BYTES))
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -141,11 +195,24 @@ class RunStatus:
 
     @classmethod
     def read(cls, run_dir: Path) -> RunStatus | None:
-        payload = read_json(run_dir / STATUS_FILE)
+        """The run's status.json (None while there is none, or it is not JSON); its keys of other versions are left
+        out, a value of the wrong type is a UserError naming the file and the key."""
+        path = run_dir / STATUS_FILE
+        payload = read_json(path)
         if payload is None:
             return None
-        known = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        if not isinstance(payload, dict):
+            raise UserError(f"{path} is not a run's status (a JSON object), got a {type(payload).__name__}")
+        return from_dict(cls, payload, str(path), ignore=frozenset(payload) - set(cls.__dataclass_fields__))
+
+    @classmethod
+    def read_or_none(cls, run_dir: Path) -> RunStatus | None:
+        """read(), with a status.json of the wrong shape taken as none: for the sweep's own bookkeeping, which rewrites
+        it or only shows it (the commands that judge a run from it use read(), and say what is wrong)."""
+        try:
+            return cls.read(run_dir)
+        except UserError:
+            return None
 
     def write(self, run_dir: Path) -> None:
         self.updated = time.time()
@@ -203,7 +270,9 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
     if not path.is_file():
         raise ValueError(f"{path} is missing")
     try:
-        lines = list(csv.reader(io.StringIO(path.read_text())))
+        lines = list(csv.reader(io.StringIO(read_folder_file(path, MAX_CSV_BYTES).decode())))
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{path} is not a readable CSV ({exc.__class__.__name__})") from None
     lines = [line for line in lines if line]
@@ -221,7 +290,8 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
     if not body:
         raise ValueError(f"{path} has no epochs yet")
     frame = pd.DataFrame(body, columns=header).apply(pd.to_numeric, errors="coerce")
-    if frame[["epoch", "iteration"]].isna().any().any():
+    counts = frame[["epoch", "iteration"]]
+    if counts.isna().any().any() or not counts.abs().le(2**53).all().all():  # 1e400 and inf are not counts either
         raise ValueError(f"{path} has an epoch or iteration that is not a number")
     return frame, note
 
@@ -235,23 +305,15 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     run_dirs, replaced = find_run_dirs(root)
     runs, warnings, constructed = [], [], []
     for run_dir in run_dirs:
-        config = read_json(run_dir / CONFIG_FILE)
-        if isinstance(config, dict) and CONSTRUCTED_KEY in config and not (run_dir / METRICS_FILE).exists():
-            constructed.append(run_dir)  # a net built by `resdepth construct`, not trained here
-            continue
-        problem = "config.json is not valid JSON" if config is None else config_problem(config)
-        if problem:
-            warnings.append(f"skipped {run_dir}: {problem}")
-            continue
         try:
-            metrics, note = read_metrics(run_dir / METRICS_FILE)
-        except ValueError as exc:
+            run = read_run(run_dir, warnings)
+        except (UserError, ValueError) as exc:
             warnings.append(f"skipped {run_dir}: {exc}")
             continue
-        if note:
-            warnings.append(note)
-        status = RunStatus.read(run_dir)
-        runs.append(Run(run_dir, config, metrics, status.state if status else "unknown", *warmup_end(status)))
+        if run is None:
+            constructed.append(run_dir)  # a net built by `resdepth construct`, not trained here
+        else:
+            runs.append(run)
     if not runs and not warnings and constructed:
         raise UserError(f"{root} holds only nets built by `resdepth construct`, no trained runs: train from one "
                         "with --init")
@@ -270,6 +332,22 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     return runs, warnings
 
 
+def read_run(run_dir: Path, notes: list[str]) -> Run | None:
+    """One run folder as its files say, checked against their schemas (a UserError or ValueError naming the file
+    and the key otherwise); None for a net `resdepth construct` built (no metrics: not a trained run)."""
+    config = read_json(run_dir / CONFIG_FILE)
+    if isinstance(config, dict) and CONSTRUCTED_KEY in config and not (run_dir / METRICS_FILE).exists():
+        return None
+    problem = "config.json is not valid JSON" if config is None else config_problem(config)
+    if problem:
+        raise UserError(problem)
+    metrics, note = read_metrics(run_dir / METRICS_FILE)
+    if note:
+        notes.append(note)
+    status = RunStatus.read(run_dir)
+    return Run(run_dir, config, metrics, status.state if status else "unknown", *warmup_end(status))
+
+
 def warmup_end(status: RunStatus | None) -> tuple[int | None, str | None]:
     """(iteration, reason) of a warm-up that ended. Runs of versions without the cap record no reason: theirs
     could only end at the threshold."""
@@ -278,19 +356,60 @@ def warmup_end(status: RunStatus | None) -> tuple[int | None, str | None]:
     return status.warmup_end_iteration, status.warmup_end_reason or "threshold"
 
 
+# config.json as the readers (table, plot, report, status, analyze) use it: each key they read, with its type (the
+# TrainConfig, DataConfig and describe_run types; a test holds them equal). A key left out is fine (hand-made and
+# older configs); a value of another type makes the run unreadable, and the warning names the key.
+RUN_CONFIG_TYPES: dict[str, Any] = {
+    "kind": str, "depth": int, "seed": int, "shortcut": str | None, "batch_size": int, "iterations": int,
+    "epochs": int | None, "lr": float, "momentum": float, "weight_decay": float, "lr_milestones": tuple[float, ...],
+    "precision": str, "warmup": str, "warmup_min_depth": int, "warmup_lr": float, "warmup_until_error": float | None,
+    "warmup_max_iterations": int | None, "init": str | None}
+DATA_CONFIG_TYPES: dict[str, Any] = {
+    "dataset": str, "data_dir": str | None, "train_size": int | None, "test_size": int | None, "val_size": int,
+    "split_seed": int, "augment": bool, "synthetic_train": int, "synthetic_test": int}
+RESOLVED_TYPES: dict[str, Any] = {
+    "iterations": int, "steps_per_epoch": int, "epochs": int, "warmup": bool, "precision": str, "train_size": int,
+    "test_size": int, "val_size": int, "num_classes": int, "params": int | None}
+SECTIONS = ("data", "resolved", "environment", "fused", "family")  # JSON objects where present
+
+
+def check_run_config(config: Any, where: str) -> None:
+    """A run's config.json against RUN_CONFIG_TYPES: a UserError naming the file and the key otherwise."""
+    if not isinstance(config, dict):
+        raise UserError(f"{where} is not a resdepth config (a JSON object with a data object)")
+    resolved = config.get("resolved")
+    for name, section in (*((n, config.get(n)) for n in SECTIONS[:4]),
+                          ("resolved.family", resolved.get("family") if isinstance(resolved, dict) else None)):
+        if section is not None and not isinstance(section, dict):
+            raise UserError(f"{where}: key {name}: expected a JSON object, got {type(section).__name__}")
+    schemas = ((RUN_CONFIG_TYPES, config, ""), (DATA_CONFIG_TYPES, config.get("data") or {}, "data."),
+               (RESOLVED_TYPES, resolved or {}, "resolved."))
+    for types, values, prefix in schemas:
+        for key, hint in types.items():
+            if values.get(key) is not None:
+                check_type(values[key], hint, f"{where}: key {prefix}{key}")
+
+
 def config_problem(config: Any) -> str | None:
     """What makes a config.json unusable for grouping runs (hand-edited or foreign files), or None."""
-    if not isinstance(config, dict) or not isinstance(config.get("data", {}), dict):
-        return "config.json is not a resdepth config (a JSON object with a data object)"
     try:
-        int(config.get("depth", 0))
-    except (TypeError, ValueError):
-        return f"config.json has depth {config['depth']!r}, not a whole number"
+        check_run_config(config, CONFIG_FILE)
+    except UserError as exc:
+        return str(exc)
     return None
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
     write_json(run_dir / CONFIG_FILE, config)
+
+
+def own_output_dir(path: Path) -> Path:
+    """A folder inside a results folder that a command writes into by default (plots/, analysis/); refused when it
+    is a link, whose target may lie outside the folder."""
+    if path.is_symlink():
+        raise UserError(f"{path} is a link: resdepth writes into a results folder only through folders of its own (a "
+                        "link may lead out of it); remove the link, or name a folder with --out")
+    return path
 
 
 def ensure_writable_dir(path: Path) -> None:
@@ -333,7 +452,11 @@ def read_checkpoint(path: Path, fix: str = RESUME_FIX) -> dict[str, Any]:
     and `load_state_dict` moves everything else to the run's device.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_folder_file(path, MAX_CHECKPOINT_BYTES) as handle:
+            check_unpacked_size(handle, path, fix)
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except pickle.UnpicklingError as exc:
         refused = refused_global(exc)
         if refused:  # a pickle of objects, not plain data: foreign, or made to run code
@@ -345,6 +468,20 @@ def read_checkpoint(path: Path, fix: str = RESUME_FIX) -> dict[str, Any]:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{path} is not a resdepth checkpoint (no model weights in it): {fix}")
     return state
+
+
+def check_unpacked_size(handle: BinaryIO, path: Path, fix: str) -> None:
+    """Refuse a checkpoint whose zip declares more than MAX_CHECKPOINT_BYTES unpacked, or compressed members (torch
+    stores them as they are): a 2 MB deflate bomb is refused before anything is inflated. Leaves handle at 0."""
+    try:
+        members = zipfile.ZipFile(handle).infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise UserError(f"{path} cannot be read (not a checkpoint): {fix}") from None
+    unpacked = sum(member.file_size for member in members)
+    if unpacked > MAX_CHECKPOINT_BYTES or any(m.compress_type != zipfile.ZIP_STORED for m in members):
+        raise UserError(f"{path} is not a checkpoint torch wrote (it declares {unpacked / 2**20:,.0f} MiB unpacked, "
+                        "from compressed members): refused before unpacking it; " + fix)
+    handle.seek(0)
 
 
 def refused_global(exc: Exception) -> str | None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,14 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .cell import CellOutcome, RunLock, describe_owner, each_cell, is_locked
+from .cell import CellOutcome, RunLock, busy_outcome, describe_owner, each_cell, is_locked, mark_failed
 from .cluster import CLUSTER, RayExecutor, SlurmConfig, SlurmExecutor, check_slurm_config
 from .config import EXECUTION, from_dict, option
 from .data import DataConfig, expected_classes
 from .devices import check_cuda_graph_device, resolve_device
 from .errors import UserError
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
-from .families import FIGURE6_FAMILIES, Family, check_builds, get_family
+from .families import FIGURE6_FAMILIES, Family, check_builds, family_named_by_folder, get_family
 from .fused import auto_fuse, group_label, parse_fuse
 from .grid import apply_axes, axis_label, axis_values, grid_axes, grid_points
 from .groups import comparable
@@ -43,6 +44,7 @@ WHAT = "What to run"  # the help panel of the grid's options
 EXECUTORS = ("auto", "sequential", "local", "ray", "slurm")
 # Flags of one invocation, not of the sweep: never saved in sweep.json, so --resume does not repeat them.
 INVOCATION_FIELDS = ("retry_failed", "force")
+MAX_CELLS = 10_000  # the paper's whole §4.2 is under 100 cells; a larger grid is a typo or a planted sweep.json
 
 
 @dataclass
@@ -91,12 +93,25 @@ class SweepConfig:
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("results") / (self.name or self.train.data.dataset)
 
+    def check_size(self) -> None:
+        """Refuse a grid larger than any study runs before anything is planned (a 300k-cell sweep.json took minutes
+        to plan and to show) and more concurrent jobs than it can start."""
+        cells = len(self.depths) * len(self.kinds) * len(self.seeds)
+        if cells > MAX_CELLS:
+            raise UserError(f"the sweep has {cells:,} cells ({len(self.depths):,} depths x {len(self.kinds):,} kinds x "
+                            f"{len(self.seeds):,} seeds): at most {MAX_CELLS:,}; split it into several sweeps")
+        if max(self.jobs, self.jobs_per_gpu) > MAX_CELLS:
+            raise UserError(f"--jobs and --jobs-per-gpu take at most {MAX_CELLS:,} (this machine runs {cpu_cores()} "
+                            "CPU jobs at once)")
+
     def validate(self) -> None:
         """Everything that can be checked without running: a dry run refuses what the real run would."""
         if not self.depths or not self.kinds or not self.seeds:
             raise UserError("a sweep needs at least one depth, one kind and one seed")
+        self.check_size()
         for option_name, values in (("--depths", self.depths), ("--kinds", self.kinds), ("--seeds", self.seeds)):
-            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            counts = Counter(map(str, values))
+            repeated = sorted(value for value, count in counts.items() if count > 1)
             if repeated:
                 raise UserError(f"{option_name} lists {', '.join(repeated)} more than once: name each value once")
         if any(seed < 0 for seed in self.seeds):
@@ -202,9 +217,9 @@ def device_slots(sweep: SweepConfig) -> list[str]:
     if gpus and max(gpus) >= visible:
         raise UserError(f"--gpus {','.join(map(str, gpus))}: this machine has {visible} CUDA GPU(s), numbered from 0")
     if gpus:
-        slots = [f"cuda:{gpu}" for gpu in gpus for _ in range(sweep.jobs_per_gpu)]
-    else:
-        slots = [device if device not in ("auto", "cpu") else "cpu"] * sweep.jobs
+        slots = [f"cuda:{gpu}" for gpu in gpus for _ in range(min(sweep.jobs_per_gpu, cpu_cores()))]
+    else:  # never more jobs at once than cores: --jobs 10000 would start 10,000 processes
+        slots = [device if device not in ("auto", "cpu") else "cpu"] * min(sweep.jobs, cpu_cores())
     check_cuda_graph_device(sweep.train.cuda_graph, slots[0])
     return slots
 
@@ -380,12 +395,11 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
               stop_requested: Callable[[], bool] = lambda: False, poll_seconds: float = 0.5) -> dict[str, CellOutcome]:
     """Run every runnable cell on the executor, one job (a cell, or a fused group) per slot at a time; returns each
     cell's outcome.
-    sweep.json is (re)written only when some cell runs: a sweep that only skips or finds busy cells changes
-    nothing."""
+    sweep.json is (re)written only when some cell starts: a sweep that only skips or finds busy cells (when planned,
+    or since) changes nothing."""
     queue = planned_jobs(planned)  # one cell each, or a fused group
+    saved = False
     if queue:
-        ensure_writable_dir(sweep.out_dir())
-        save_sweep(sweep)
         queue_retries(planned)
     slots = device_slots(sweep)
     threads = task_threads(sweep)
@@ -405,6 +419,10 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
                 starting.append((ready, slot))
             else:
                 free.append(slot)
+        if starting and not saved:
+            ensure_writable_dir(sweep.out_dir())
+            save_sweep(sweep)
+            saved = True
         if starting:
             futures = executor.submit_all([CellJob(items[0].cell.run_dir, slot, threads,
                                                    tuple(item.cell.run_dir for item in items[1:]))
@@ -414,9 +432,10 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
         for future in done:
             items, slot = running.pop(future)
             free.append(slot)
-            for item, outcome in zip(items, each_cell(future.result()), strict=True):
+            for item, outcome in zip(items, job_outcomes(future, items), strict=True):
                 outcomes[item.cell.name] = outcome
-        live = {item.cell.name: RunStatus.read(item.cell.run_dir) for items, _ in running.values() for item in items}
+        live = {item.cell.name: RunStatus.read_or_none(item.cell.run_dir)
+                for items, _ in running.values() for item in items}
         on_progress(SweepProgress(planned, {k: v for k, v in live.items() if v}, outcomes))
         if not running and interrupted:
             break
@@ -428,9 +447,18 @@ def queue_retries(planned: list[PlannedCell]) -> None:
     """Cells --retry-failed will run are queued from now on: `status` shows them pending, not failed with the error
     of the attempt that is being retried (their progress, for the resume, stays)."""
     for item in planned:
-        status = RunStatus.read(item.cell.run_dir) if item.action == "retry" and item.device else None
+        status = RunStatus.read_or_none(item.cell.run_dir) if item.action == "retry" and item.device else None
         if status and status.state in ("failed", "diverged") and not is_locked(item.cell.run_dir):
             status.update(item.cell.run_dir, state="pending", error=None)
+
+
+def job_outcomes(future: Future[CellOutcome], items: list[PlannedCell]) -> list[CellOutcome]:
+    """Each cell's outcome of an ended job. A job whose thread died of an exception (say, out of memory) fails its
+    cells with it, so the sweep goes on and ends with an error instead of a traceback or a hang."""
+    try:
+        return list(each_cell(future.result()))
+    except Exception as exc:  # noqa: BLE001 - whatever killed the job's thread is that job's failure
+        return [mark_failed(item.cell.run_dir, f"{type(exc).__name__}: {exc}") for item in items]
 
 
 def prepare_job(job: list[PlannedCell], outcomes: dict[str, CellOutcome]) -> list[PlannedCell]:
@@ -442,6 +470,9 @@ def prepare_job(job: list[PlannedCell], outcomes: dict[str, CellOutcome]) -> lis
             prepare_run_dir(item)
         except (OSError, UserError) as exc:
             outcomes[item.cell.name] = CellOutcome(item.cell.run_dir, "failed", error=str(exc))
+            continue
+        if is_locked(item.cell.run_dir):  # another sweep started it since planning: its folder is its own
+            outcomes[item.cell.name] = busy_outcome(item.cell.run_dir)
             continue
         ready.append(item)
     return ready
@@ -477,7 +508,16 @@ def load_sweep_file(path: Path) -> SweepConfig:
     return from_dict(SweepConfig, {**payload, "train": train, "slurm": slurm}, where)
 
 
-def load_saved_sweep(results_dir: Path) -> SweepConfig:
+def execution_fields() -> list[str]:
+    """The SweepConfig fields that say how and where a sweep executes, not what it trains: --resume never takes them
+    from a folder's sweep.json (Slurm setup lines run as shell; a Ray address sends the work to another host).
+    --fuse is kept: it names no code nor host, and a fused group resumes as it was fused."""
+    return [f.name for f in fields(SweepConfig)
+            if f.metadata.get("panel") in (EXECUTION, CLUSTER) and f.name != "fuse"] + ["slurm"]
+
+
+def read_saved_sweep(results_dir: Path) -> SweepConfig:
+    """sweep.json as it is (execution settings included), checked against the schema; a UserError otherwise."""
     path = results_dir / SWEEP_FILE
     if not path.is_file():
         raise UserError(f"{results_dir} holds no {SWEEP_FILE}: pass the --out folder of an earlier sweep to --resume")
@@ -485,13 +525,35 @@ def load_saved_sweep(results_dir: Path) -> SweepConfig:
     try:
         if not isinstance(payload, dict):
             raise TypeError("not valid JSON" if payload is None else "not a JSON object")
-        sweep = from_dict(SweepConfig, payload, str(path))
-        sweep.validate()
+        return from_dict(SweepConfig, payload, str(path))
     except (TypeError, ValueError, UserError) as exc:
         raise UserError(f"{path} is not a sweep that resdepth can resume ({exc}): rerun the sweep's own command "
                         "(same --out) instead of --resume") from None
+
+
+def load_saved_sweep(results_dir: Path, execution: SweepConfig | None = None) -> SweepConfig:
+    """The grid and protocol of the sweep saved in results_dir, executed as `execution` says (a sweep file the user
+    passed; default: the defaults, to which the command line adds): never as the folder's sweep.json says. A family
+    it names by path is used only when the user named it too (--kind)."""
+    saved = read_saved_sweep(results_dir)
+    for kind in saved.kinds:
+        family_named_by_folder(kind, str(results_dir / SWEEP_FILE))
+    how = execution or SweepConfig()
+    sweep = replace(saved, **{name: getattr(how, name) for name in execution_fields()})
+    try:
+        sweep.validate()
+    except UserError as exc:
+        raise UserError(f"{results_dir / SWEEP_FILE} is not a sweep that resdepth can resume ({exc}): rerun the "
+                        "sweep's own command (same --out) instead of --resume") from None
     # where it was saved; and never an earlier invocation's --force or --retry-failed (older versions saved them)
     return replace(sweep, out=str(results_dir), retry_failed=False, force=False)
+
+
+def execution_not_resumed(results_dir: Path, used: SweepConfig) -> list[str]:
+    """The execution settings of the folder's sweep.json that differ from those `used`: 'executor slurm', ..."""
+    saved = read_saved_sweep(results_dir)
+    return [f"{name} {getattr(saved, name)!r}" for name in execution_fields()
+            if getattr(saved, name) != getattr(used, name)]
 
 
 def count_actions(planned: list[PlannedCell]) -> dict[str, int]:
@@ -503,6 +565,6 @@ def count_actions(planned: list[PlannedCell]) -> dict[str, int]:
 
 def settled_elsewhere(item: PlannedCell) -> str | None:
     """The state a busy cell reached in another process by now (done, failed, ...), or None while it still runs."""
-    status = RunStatus.read(item.cell.run_dir)
+    status = RunStatus.read_or_none(item.cell.run_dir)
     return status.state if status and status.state in TERMINAL_STATES and not is_locked(item.cell.run_dir) else None
 

@@ -15,7 +15,7 @@ from .errors import UserError
 from .families import TABLE6, Family, PaperNumber, family_of_run
 from .groups import (GroupKey, group_runs, is_complete, on_paper_axes, paper_differences, paper_number,
                      run_precision)
-from .results import Run
+from .results import Run, atomic_write_bytes
 
 # He et al. 2016, Table 6 (the residual family's reference, families.TABLE6): CIFAR-10 test error (%) by depth.
 PAPER_TABLE6: dict[int, float] = {number.depth: number.test_error for number in TABLE6.numbers}
@@ -393,7 +393,7 @@ def to_markdown(summary: pd.DataFrame, runs: bool = False) -> str:
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False, float_format="%.4f")
+        atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.4f").encode())
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --csv file") from None
 

@@ -18,13 +18,15 @@ from .cluster import TASK_FILE
 from .config import from_dict
 from .errors import UserError
 from .families import Family, family_of_run
-from .results import (CONFIG_FILE, REPLACED_MARK, TERMINAL_STATES, RunStatus, config_problem, find_run_dirs,
+from .results import (CONFIG_FILE, REPLACED_MARK, TERMINAL_STATES, RunStatus, check_run_config, config_problem,
+                      find_run_dirs,
                       read_json)
 from .sweep import SWEEP_FILE, SweepConfig, make_cells
 from .train import TrainConfig, steps_per_epoch
 
 NOT_STARTED = "not started"  # a cell of sweep.json whose folder the sweep has not made yet
 STOPPED = "stopped"  # status.json says running, but its process is gone (killed, node lost): resume it
+UNREADABLE = "unreadable"  # its config.json or status.json is not what resdepth writes (the note says what)
 
 
 @dataclass
@@ -138,6 +140,7 @@ def planned_cells(root: Path) -> tuple[dict[Path, tuple[str, list[tuple[Path, Tr
             part.startswith(".") or REPLACED_MARK in part for part in p.parts[len(root.parts):])):
         try:
             sweep = from_dict(SweepConfig, read_json(path), str(path))
+            sweep.check_size()
             sweep.out = str(path.parent)
             cells = make_cells(sweep, recorded_families(path.parent))
             found[path.parent] = (sweep.executor, [(cell.run_dir, cell.config) for cell in cells])
@@ -158,11 +161,16 @@ def recorded_families(folder: Path) -> Callable[[str], Family]:
     return lambda kind: recorded.get(kind) or family_of_run({"kind": kind})
 
 
+def recorded_train_size(run_dir: Path) -> int | None:
+    config = read_json(run_dir / CONFIG_FILE)
+    resolved = config.get("resolved") if isinstance(config, dict) else None
+    return resolved.get("train_size") if isinstance(resolved, dict) else None
+
+
 def fill_planned_iterations(cells: list[CellState], configs: dict[Path, TrainConfig]) -> None:
     """The iterations of a sweep's cells that have not started: given, or --epochs over the training split's
     size, which every cell of a sweep shares and a started cell's config.json records."""
-    sizes = [(read_json(cell.run_dir / CONFIG_FILE) or {}).get("resolved", {}).get("train_size") for cell in cells
-             if cell.state != NOT_STARTED]
+    sizes = [recorded_train_size(cell.run_dir) for cell in cells if cell.state not in (NOT_STARTED, UNREADABLE)]
     train_size = next((size for size in sizes if size), None)
     for cell in cells:
         config = configs[cell.run_dir]
@@ -173,10 +181,20 @@ def fill_planned_iterations(cells: list[CellState], configs: dict[Path, TrainCon
 
 
 def read_cell(root: Path, run_dir: Path, now: float) -> CellState:
+    """A cell as its files show it; one whose config.json or status.json is malformed is shown as unreadable, with
+    what is wrong (the file and the key)."""
     name = run_dir.name if run_dir == root else str(run_dir.relative_to(root))
+    try:
+        return read_cell_files(name, run_dir, now)
+    except UserError as exc:
+        return CellState(name, run_dir, UNREADABLE, error=str(exc))
+
+
+def read_cell_files(name: str, run_dir: Path, now: float) -> CellState:
     config = read_json(run_dir / CONFIG_FILE)
     if config is None:
         return CellState(name, run_dir, NOT_STARTED)
+    check_run_config(config, str(run_dir / CONFIG_FILE))
     status = RunStatus.read(run_dir)
     planned = planned_iterations(config)
     if status is None:

@@ -370,15 +370,19 @@ def test_a_family_by_entry_point_runs_through_the_command_line_with_its_paper_nu
     assert run_cli(*args).code == 0  # run again: every cell is skipped as done, nothing differs
 
 
-def test_a_family_by_path_in_worker_processes_found_from_the_working_folder(tmp_path, user_family, resdepth_cli,
-                                                                           tiny_args):
+def test_a_family_by_path_in_worker_processes_found_on_pythonpath_not_in_the_working_folder(
+        tmp_path, user_family, resdepth_cli, tiny_args):
     out = tmp_path / "runs"
     env = dict(user_family.env)  # the folder is not on the path: only the working folder holds the module
     env["PYTHONPATH"] = os.pathsep.join(p for p in env["PYTHONPATH"].split(os.pathsep) if p != str(user_family.folder))
-    done = subprocess.run([resdepth_cli, "sweep", "--kind", "tinyfam_nets:gated", "--depths", "4,6", *tiny_args,
-                           "--epochs", "1", "--jobs", "2", "--out", str(out)], cwd=user_family.folder, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr  # the console script's path lacks the folder: found as uvicorn finds apps
+    command = [resdepth_cli, "sweep", "--kind", "tinyfam_nets:gated", "--depths", "4,6", *tiny_args, "--epochs", "1",
+               "--jobs", "2", "--out", str(out)]
+    refused = subprocess.run(command, cwd=user_family.folder, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "cannot import family tinyfam_nets:gated" in refused.stderr
+    assert not out.exists()  # the working folder may be a results folder others write: it is never searched
+    env["PYTHONPATH"] = os.pathsep.join([".", env["PYTHONPATH"]])  # the user says where the module is
+    done = subprocess.run(command, cwd=user_family.folder, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     assert all(json.loads((out / f"tinyfam_nets.gated-{d}-s0" / "status.json").read_text())["state"] == "done"
                for d in (4, 6))
     assert (out / "tinyfam_nets.gated-4-s0" / "worker.log").exists()  # it ran in a worker process

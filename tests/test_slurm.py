@@ -22,7 +22,8 @@ from resdepth.cluster import SLURM_LOGS, TASK_FILE, CellTask, SlurmConfig, queue
 from resdepth.errors import UserError
 from resdepth.executors import SequentialExecutor
 from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config
-from resdepth.sweep import SweepProgress, load_saved_sweep, load_sweep_file, make_executor, plan_sweep
+from resdepth.sweep import (SweepProgress, load_saved_sweep, load_sweep_file, make_executor, plan_sweep,
+                            read_saved_sweep)
 
 pytest.importorskip("submitit")
 
@@ -114,7 +115,9 @@ def test_the_slurm_table_of_a_sweep_file_is_typed_saved_and_restored(tmp_path, t
         load_sweep_file(bad)
     sweep = replace(sweep, out=str(tmp_path / "out"), train=tiny_config(epochs=1))
     run_sweep_now(sweep)
-    assert load_saved_sweep(tmp_path / "out").slurm == sweep.slurm
+    assert read_saved_sweep(tmp_path / "out").slurm == sweep.slurm  # saved, to be seen ...
+    assert load_saved_sweep(tmp_path / "out").slurm == SlurmConfig()  # ... but --resume takes it only from the user
+    assert load_saved_sweep(tmp_path / "out", execution=sweep).slurm == sweep.slurm
 
 
 def test_a_task_refuses_a_run_folder_it_cannot_see(tmp_path):

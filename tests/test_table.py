@@ -196,7 +196,7 @@ def test_hand_broken_configs_and_a_last_line_cut_short(results, run_cli):
     assert code == 0, err
     warnings = err.strip().splitlines()
     assert any("plain-20-s0" in w and "not a resdepth config" in w for w in warnings)
-    assert any("plain-56-s0" in w and "'abc', not a whole number" in w for w in warnings)
+    assert any("plain-56-s0" in w and "key depth: expected int, got 'abc'" in w for w in warnings)
     assert any("residual-56-s2" in w and "4 of 9 fields, cut short" in w for w in warnings)
     assert "| residual | 56 | 0.85M | 3 | 2.00 | 7.00 (8.00±1.00) |" in out  # the torn line did not count
     (results / "residual-56-s1" / "metrics.csv").write_text(
