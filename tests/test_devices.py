@@ -1,6 +1,8 @@
 """The device logic of the GPU paths, run on the CPU: how checkpoints are read and what they restore, which GPU a
 worker process gets, what preparing a CUDA-graph capture does to the optimizer, the precision the benchmark's naive
-recipe runs at, and that a Ray task starts in a fresh process. test_gpu.py holds what only a GPU can show."""
+recipe runs at, that a Ray task starts in a fresh process, that resumed momentum buffers are laid out like their
+params, and that a closed Trainer holds no tensors. test_launch_paths.py follows every launch path to its first CUDA
+tensor on a fake CUDA; test_gpu.py holds what only a GPU can show."""
 
 import json
 from dataclasses import replace
