@@ -3,8 +3,9 @@
 `python -m module` (the local worker, submitit's job on a Slurm node) puts the working folder first on sys.path,
 and so does Ray for its workers (the driver's folder). Started from the folder that holds a clone of the
 repository, `import resdepth` would then find the clone folder `resdepth/` (its `results/` too) instead of the
-installed package. Workers therefore drop that one entry before anything of resdepth is imported; PYTHONPATH and
-the family loader's own rule for `--kind module:function` (it adds the working folder back, at the end) still hold.
+installed package. Workers therefore drop that one entry before anything of resdepth is imported; PYTHONPATH (and so
+a `--kind module:function` family found through it) still holds, and where families come from is the family
+loader's policy alone (families.py).
 
 Nothing here imports resdepth at module level: Ray ships this module's functions by value, so that a worker can
 run them before it can safely import the package.
