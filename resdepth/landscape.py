@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from torch import nn
 
 from .analysis import IDENTITY_COLUMNS, DataCache, nets_of, rows_of, studies, study_rows
@@ -306,6 +307,7 @@ def slice_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
                                        linewidth=width, label=net.label)
         grid[0][column].set_title(f"depth {depth}", fontsize=FONT)
         grid[0][column].set_yscale("log")
+        plain_numbers(grid[0][column])
         grid[1][column].set_ylim(0, 100)
         grid[1][column].set_xlabel("a (along direction 1)", fontsize=FONT)
         for row in range(2):
@@ -320,6 +322,14 @@ def slice_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=FONT,
                   frameon=False)
     return figure
+
+
+def plain_numbers(axes: Axes) -> None:
+    """A log axis labelled 1, 2, 5, 10, 20, 50 ... in plain numbers (matplotlib's 6x10^1 minor labels crowd it)."""
+    axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_minor_locator(LogLocator(subs="auto"))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.yaxis.set_minor_formatter(FuncFormatter(lambda _value, _: ""))
 
 
 # ---------------------------------------------------------------------------------------------- files
