@@ -232,8 +232,8 @@ def models(
     depths: Annotated[str | None, typer.Option(help="Build each matching family at these depths (comma-separated) "
                                                     "instead of listing its named networks.")] = None,
     widths: Annotated[str | None, typer.Option(help="Build each matching family at these width multipliers "
-                                                    "(comma-separated, e.g. 1,2,4) x --depths (or its paper's depths): "
-                                                    "parameters and MFLOPs by depth x width.")] = None,
+                                                    "(comma-separated, e.g. 1,2,4) x --depths (or its paper's depths "
+                                                    "up to 110): parameters and MFLOPs by depth x width.")] = None,
 ) -> None:
     """The network families (depth rule, shortcuts, plain twin, paper numbers, protocol, source) and networks
     (name, family, depth, parameters, forward multiply-adds)."""
@@ -267,7 +267,6 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None, nu
     """The named networks matching the pattern, or each family at --depths (user families without named networks:
     at example depths) and --widths; and a line for each depth a family's rule does not allow (or family without
     a width option)."""
-    from .families import example_depths
     from .models import count_network, describe_models
 
     rows = describe_models(pattern, num_classes) if depths is None and widths is None else []
@@ -277,7 +276,7 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None, nu
         if widths and not family.net_option("width"):
             skipped.append(f"{family.name}: takes no width option")
             continue
-        for depth in depths or example_depths(family):
+        for depth in depths or widths_depths(family, widths):
             if not family.depths.allows(depth):
                 skipped.append(f"{family.name}: no {depth}-layer net (depths {family.depths})")
                 continue
@@ -287,6 +286,15 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None, nu
                 rows.append({"name": f"{family.name}-{depth}" + (f"-w{width}" if width else ""), "kind": family.name,
                              "depth": depth, "width": width, "params": params, "mflops": multiply_adds / 1e6})
     return rows, skipped
+
+
+def widths_depths(family: Any, widths: list[int] | None) -> list[int]:
+    """The depths a family is built at without --depths: its example depths; with --widths, those up to 110 (a
+    1202-layer net at width 4 has 300M parameters), else its shallowest."""
+    from .families import example_depths
+
+    examples = example_depths(family)
+    return examples if not widths else [d for d in examples if d <= 110] or examples[:1]
 
 
 def render_families(rows: list[dict[str, str]]) -> Table:

@@ -179,6 +179,10 @@ def test_a_grid_is_grouped_by_its_axes_in_table_csv_figures_and_report(tmp_path,
     assert "figure6-synthetic-lr0.05_width2" in figures  # and each setting's own Figure 6, as before
     page, _ = build_report(tmp_path, tmp_path / "report.html")
     assert "<th>lr</th>" in page and "<th>width</th>" in page and "lr 0.05, width 2" in page
+    code, out, err = run_cli("status", str(tmp_path))  # status and a dry run of --resume see the grid's cells
+    assert code == 0 and all(name in out for name in GRID_CELLS) and "4 done" in out, err
+    code, out, err = run_cli("sweep", "--resume", str(tmp_path), "--dry-run")
+    assert code == 0 and out.count("skip-done") == 4, err
 
 
 def test_a_wide_run_is_loaded_back_and_constructed_at_its_width(tmp_path, tiny_config):
