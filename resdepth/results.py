@@ -363,10 +363,11 @@ RUN_CONFIG_TYPES: dict[str, Any] = {
     "kind": str, "depth": int, "seed": int, "shortcut": str | None, "batch_size": int, "iterations": int,
     "epochs": int | None, "lr": float, "momentum": float, "weight_decay": float, "lr_milestones": tuple[float, ...],
     "precision": str, "warmup": str, "warmup_min_depth": int, "warmup_lr": float, "warmup_until_error": float | None,
-    "warmup_max_iterations": int | None, "init": str | None}
+    "warmup_max_iterations": int | None, "init": str | None, "options": dict[str, int | float | str | bool]}
 DATA_CONFIG_TYPES: dict[str, Any] = {
-    "dataset": str, "data_dir": str | None, "train_size": int | None, "test_size": int | None, "val_size": int,
-    "split_seed": int, "augment": bool, "synthetic_train": int, "synthetic_test": int}
+    "dataset": str, "dataset_name": str | None, "data_dir": str | None, "train_size": int | None,
+    "test_size": int | None, "val_size": int, "split_seed": int, "augment": bool, "synthetic_train": int,
+    "synthetic_test": int}
 RESOLVED_TYPES: dict[str, Any] = {
     "iterations": int, "steps_per_epoch": int, "epochs": int, "warmup": bool, "precision": str, "train_size": int,
     "test_size": int, "val_size": int, "num_classes": int, "params": int | None}

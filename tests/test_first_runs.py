@@ -330,5 +330,5 @@ def test_cells_queued_by_retry_failed_show_as_pending_not_with_the_old_error(tmp
 
     _, outcomes = run_sweep_now(replace(sweep, retry_failed=True), SequentialExecutor(), on_progress=look)
     assert {o.state for o in outcomes.values()} == {"done"}
-    waiting = [cell for cell in seen if cell[1] != "running"]
+    waiting = [cell for cell in seen if cell[1] not in ("running", "done")]  # a sequential sweep may finish one first
     assert waiting and all(state == "pending" and error is None for _, state, error in waiting), seen

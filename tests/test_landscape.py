@@ -193,5 +193,5 @@ def test_the_report_shows_the_lesion_and_landscape_figures(results, run_cli, tmp
     for stem in ("lesion-blocks-synthetic", "lesion-k-synthetic", "landscape-2d-synthetic",
                  "landscape-2d-error-synthetic", "landscape-1d-synthetic"):
         assert f"<figcaption>{stem}</figcaption>" in page
-    assert "landscape-1d-linked" not in page
+    assert "<figcaption>landscape-1d-linked" not in page and "landscape-1d-linked.png is a link" in page  # a warning
     assert page.count("data:image/png;base64,") == 5
