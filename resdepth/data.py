@@ -394,6 +394,21 @@ def load_torchvision_cifar(name: str, root: Path) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------- image folders
+CACHE_BYTES_PER_IMAGE = 3 * 32 * 32 + 8  # uint8 pixels and an int64 label
+CACHE_SLACK_BYTES = 2**20  # class names, notices and the zip's own records
+
+
+def read_cache(cache: Path, images: int) -> dict[str, Any]:
+    """The decoded-images cache, read as a results folder's files are (no link followed, weights only), and refused
+    before it is unpacked when it declares more bytes than its folder's images can fill (a deflate bomb)."""
+    from .results import check_unpacked_size, open_folder_file
+
+    limit = images * CACHE_BYTES_PER_IMAGE + CACHE_SLACK_BYTES
+    with open_folder_file(cache, limit) as handle:
+        check_unpacked_size(handle, cache, "decode the images again", limit)
+        return torch.load(handle, map_location="cpu", weights_only=True)
+
+
 def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) -> Dataset:
     """train/<class>/* and test/<class>/* images of 32x32, decoded once and cached as a tensor file."""
     if not root.is_dir():
@@ -409,10 +424,10 @@ def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) 
     cache = _cache_path(root, files)
     if cache.exists():
         try:
-            saved = torch.load(cache, weights_only=True)
+            saved = read_cache(cache, sum(len(paths) for split in files.values() for paths in split.values()))
             notices = saved.pop("notices", [])
             dataset = Dataset(**saved)
-        except Exception:  # noqa: BLE001 - a broken cache is only a lost speed-up: decode again
+        except Exception:  # noqa: BLE001 - a broken, planted or oversized cache is only a lost speed-up: decode again
             cache.unlink(missing_ok=True)
         else:
             for notice in notices:  # said again on every load: the user may not have seen the first one

@@ -471,15 +471,15 @@ def read_checkpoint(path: Path, fix: str = RESUME_FIX) -> dict[str, Any]:
     return state
 
 
-def check_unpacked_size(handle: BinaryIO, path: Path, fix: str) -> None:
-    """Refuse a checkpoint whose zip declares more than MAX_CHECKPOINT_BYTES unpacked, or compressed members (torch
+def check_unpacked_size(handle: BinaryIO, path: Path, fix: str, limit: int = MAX_CHECKPOINT_BYTES) -> None:
+    """Refuse a torch file whose zip declares more than `limit` bytes unpacked, or compressed members (torch
     stores them as they are): a 2 MB deflate bomb is refused before anything is inflated. Leaves handle at 0."""
     try:
         members = zipfile.ZipFile(handle).infolist()
     except (zipfile.BadZipFile, OSError, ValueError):
         raise UserError(f"{path} cannot be read (not a checkpoint): {fix}") from None
     unpacked = sum(member.file_size for member in members)
-    if unpacked > MAX_CHECKPOINT_BYTES or any(m.compress_type != zipfile.ZIP_STORED for m in members):
+    if unpacked > limit or any(m.compress_type != zipfile.ZIP_STORED for m in members):
         raise UserError(f"{path} is not a checkpoint torch wrote (it declares {unpacked / 2**20:,.0f} MiB unpacked, "
                         "from compressed members): refused before unpacking it; " + fix)
     handle.seek(0)

@@ -191,3 +191,39 @@ def test_fingerprint_and_mean_are_computed_once_and_again_when_a_split_is_replac
     assert data.fingerprint() != fingerprint
     expected = (data.train_images.double().sum(0) / (255.0 * 128)).float()
     torch.testing.assert_close(data.pixel_mean(), expected)
+
+
+def test_a_planted_cache_is_decoded_again_never_inflated_nor_followed(tmp_path, monkeypatch):
+    import zipfile
+
+    import resdepth.data
+
+    loaded = []
+    real_load = torch.load
+    monkeypatch.setattr(resdepth.data.torch, "load", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+
+    write_folder(tmp_path)
+    first: list = []
+    data = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)), on_progress=first.append)
+    cache = next(e.cache for e in first if e.cache is not None)
+    cached: list = []
+    load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)), on_progress=cached.append)
+    assert not [e for e in cached if e.notice is None]  # the cache is used: nothing decoded
+
+    cache.unlink()  # a deflate bomb: 64 MiB of zeros in a few kB, far more than 12 images can fill
+    with zipfile.ZipFile(cache, "w", compression=zipfile.ZIP_DEFLATED) as bomb:
+        bomb.writestr("archive/data.pkl", bytes(64 * 2**20))
+    assert cache.stat().st_size < 2**20
+    decoded: list = []
+    loaded.clear()
+    again = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)), on_progress=decoded.append)
+    assert [e for e in decoded if e.notice is None] and torch.equal(again.train_images, data.train_images)
+    assert not loaded  # refused from the zip's own records, before torch inflated anything
+
+    private = tmp_path.parent / "private.pt"  # a link in the cache's place is not read through
+    private.write_bytes(cache.read_bytes())
+    cache.unlink()
+    cache.symlink_to(private)
+    followed: list = []
+    load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)), on_progress=followed.append)
+    assert [e for e in followed if e.notice is None] and private.exists()
