@@ -340,3 +340,26 @@ def test_slurm_interrupt_signals_running_cells_which_checkpoint(slurm_cluster, t
     planned, outcomes = run_sweep_now(sweep)
     assert [p.action for p in planned] == ["resume", "resume"]
     assert {o.state for o in outcomes.values()} == {"done"}
+
+
+def slurm_gpus() -> int:
+    """The GPUs the real cluster's node offers (the loopback cluster: two stand-ins, where device nodes can be made)."""
+    shown = subprocess.run(["sinfo", "--noheader", "--format=%G"], capture_output=True, text=True).stdout
+    match = re.search(r"gpu(?::[\w-]+)?:(\d+)", shown)
+    return int(match.group(1)) if match else 0
+
+
+def test_a_real_slurm_gpu_job_uses_the_gpu_slurm_gave_it(slurm_cluster, tmp_path, fake_cuda_machine, tiny_config,
+                                                         slurm_sweep, run_sweep_now):
+    """The GPU launch path through sbatch: Slurm hands each job its CUDA_VISIBLE_DEVICES, and the job's process must
+    end on one indexed device it can see (the fake CUDA records where; the first CUDA tensor then fails the cell)."""
+    if slurm_gpus() < 1:
+        pytest.skip("the Slurm cluster here offers no GPUs (the loopback one does where it can make device nodes)")
+    machine = fake_cuda_machine(2)
+    sweep = slurm_sweep(tmp_path, "slurm", train=tiny_config(device="cuda"))  # one thread: the node has 2 CPUs
+    _, outcomes = run_sweep_now(sweep)
+    assert {o.state for o in outcomes.values()} == {"failed"}, outcomes
+    records = machine.records()
+    assert len(records) == 2 and len({r["pid"] for r in records}) == 2, records
+    assert all(r["requested"] == "cuda:0" and r["current"] == 0 for r in records), records
+    assert all(r["visible"] in ("0", "1") and r["physical"] == int(r["visible"]) for r in records), records
