@@ -1087,8 +1087,10 @@ def status_view(folder: Any, width: int) -> Any:
     eta = f" · longest ETA {_duration(folder.longest_eta)}" if folder.longest_eta is not None else ""
     lines = [Text(f"{len(folder.cells)} cell(s): {counts} · {progress}{eta}")]
     stopped = {cell.run_dir.parent for cell in folder.cells if cell.state in ("stopped", "interrupted")}
-    for sweep_dir in (path for path in folder.sweeps if path in stopped):
-        lines.append(Text(f"resume: resdepth sweep --resume {shlex.quote(str(sweep_dir))}", style="dim"))
+    for sweep_dir, executor in ((path, e) for path, e in folder.sweeps.items() if path in stopped):
+        how = ("" if executor == SweepConfig().executor else  # --resume never takes it from sweep.json: say it
+               f" --executor {shlex.quote(executor)} (and the other execution options it ran with)")
+        lines.append(Text(f"resume: resdepth sweep --resume {shlex.quote(str(sweep_dir))}{how}", style="dim"))
     return Group(table, *lines)
 
 

@@ -142,6 +142,11 @@ def test_an_interrupted_sweep_prints_how_to_resume(tmp_path, cli_env, resdepth_c
     code = subprocess.run([resdepth_cli, "status", str(out)], env=cli_env, capture_output=True, text=True, timeout=120)
     assert "interrupted" in code.stdout and "not started" in code.stdout
     assert f"resume: resdepth sweep --resume {out}" in " ".join(code.stdout.split())
+    assert "--executor" not in code.stdout
+    saved = json.loads((out / "sweep.json").read_text())  # as a Slurm sweep would have saved it
+    (out / "sweep.json").write_text(json.dumps({**saved, "executor": "slurm"}))
+    code = subprocess.run([resdepth_cli, "status", str(out)], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert f"resume: resdepth sweep --resume {out} --executor slurm" in " ".join(code.stdout.split())  # not taken
 
 
 def test_version(run_cli):
