@@ -18,15 +18,16 @@ import torch
 
 from resdepth.landscape import directions, move_to, perturbed
 from resdepth.models import build_model
-from resdepth.trained import loss_and_error
+from resdepth.trained import EVAL_LAYOUT, loss_and_error
 
 
 def seconds_per_point(depth: int, images: int, batch_size: int, points: int, threads: int) -> list[float]:
     """Wall-clock seconds of each of `points` grid points (after one untimed warm-up point)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model("residual", depth).eval()
-    inputs, labels = torch.randn(images, 3, 32, 32), torch.randint(0, 10, (images,))
+    model = build_model("residual", depth).eval().to(memory_format=EVAL_LAYOUT)
+    inputs = torch.randn(images, 3, 32, 32).contiguous(memory_format=EVAL_LAYOUT)
+    labels = torch.randint(0, 10, (images,))
     origin = {name: p.detach().clone() for name, p in perturbed(model)}
     d1, d2 = directions(model, 0)
     times = []

@@ -50,7 +50,7 @@ class LandscapeConfig:
     images: int = 2000  # a fixed class-balanced subset of the training split (Li et al. use all 50k)
     dims: int = 2  # 2: the grid (contours); 1: only the b = 0 line (a 1D slice)
     seed: int = 0  # of the directions: the same seed draws the same raw directions for twins
-    batch_size: int = 1000  # images per forward pass
+    batch_size: int = 500  # images per forward pass: on 2 CPU cores 1.5x as fast as 2,000 (BENCHMARKS.md)
 
     def check(self) -> None:
         if self.resolution < 2:

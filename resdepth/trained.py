@@ -21,6 +21,11 @@ from .groups import GroupKey, is_complete
 from .results import Run
 
 
+# Nets and images in channels-last layout, as training runs them: only the order of float sums changes, and a
+# ResNet-20 forward pass on 2 CPU cores is ~1.5x as fast (a 21x21 landscape: 9 instead of 15 minutes)
+EVAL_LAYOUT = torch.channels_last
+
+
 @dataclass(frozen=True)
 class EvalProgress:
     """Evaluations of one run so far, for a progress display (the library never prints)."""
@@ -53,7 +58,8 @@ def load_trained(run: Run, key: GroupKey, data: DataCache, device: torch.device)
     saved = read_saved_net(run.path)
     dataset = data.get(run.config)
     check_same_data(dataset, saved.checkpoint, run.path)
-    return TrainedRun(run, run_identity(key, run), saved.load(device), dataset, dataset.pixel_mean(),
+    model = saved.load(device).to(memory_format=EVAL_LAYOUT)
+    return TrainedRun(run, run_identity(key, run), model, dataset, dataset.pixel_mean(),
                       saved.checkpoint.get("epoch"), is_complete(run))
 
 
@@ -68,7 +74,8 @@ def split_images(trained: TrainedRun, split: str, count: int | None,
     if count is not None and count < len(labels):
         index = balanced_subset(labels, count, IMAGE_SUBSET_SEED)
         images, labels = images[index], labels[index]
-    return normalize(images.to(device), trained.mean.to(device)), labels.to(device)
+    inputs = normalize(images.to(device), trained.mean.to(device)).contiguous(memory_format=EVAL_LAYOUT)
+    return inputs, labels.to(device)
 
 
 @torch.inference_mode()
