@@ -965,7 +965,7 @@ def landscape(
                                                   "\\[default: landscape/ beside the first run folder]")] = None,
     formats: Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")] = "png",
     device: DEVICE = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = LandscapeConfig.batch_size,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
     force: Annotated[bool, typer.Option("--force", help="Compute grids anew where --out holds grids of other "
                                                         "settings or weights.")] = False,
 ) -> None:
