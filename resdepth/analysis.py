@@ -34,8 +34,8 @@ from .data import Dataset, balanced_subset
 from .errors import UserError
 from .families import family_order, is_plain_twin, known_family, response_layers
 from .groups import GroupKey, group_runs, is_complete
-from .plots import BAND_ALPHA, FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_figures, study_name, study_title
-from .results import GRADIENT_COLUMNS, GRADIENTS_FILE, MAX_CSV_BYTES, Run, atomic_write_bytes, read_folder_file
+from .plots import BAND_ALPHA, FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_outputs, study_name, study_title
+from .results import GRADIENT_COLUMNS, GRADIENTS_FILE, MAX_CSV_BYTES, Run, read_folder_file
 
 SPLITS = ("test", "train", "val")
 STDS = {"std": "std over all elements", "channel_std": "mean over channels of the per-channel std"}
@@ -508,13 +508,7 @@ RESPONSES_CSV, GRADIENTS_CSV = "layer_responses.csv", "gradients.csv"
 
 def write_analysis(analysis: Analysis, figures: dict[str, Figure], out_dir: Path, formats: Sequence[str]) -> list[Path]:
     """The CSVs and every figure in every format into out_dir; returns the paths written."""
-    tables = [(RESPONSES_CSV, analysis.responses)] + ([(GRADIENTS_CSV,
-                                                        analysis.gradients)] if not analysis.gradients.empty else [])
-    paths = []
-    for name, frame in tables:
-        paths.append(out_dir / name)
-        try:
-            atomic_write_bytes(paths[-1], frame.to_csv(index=False).encode())
-        except OSError as exc:
-            raise UserError(f"cannot write {paths[-1]} ({exc.strerror or exc}): choose another --out folder") from None
-    return paths + save_figures(figures, out_dir, formats)
+    tables = {RESPONSES_CSV: analysis.responses}
+    if not analysis.gradients.empty:
+        tables[GRADIENTS_CSV] = analysis.gradients
+    return save_outputs(tables, figures, out_dir, formats)

@@ -33,7 +33,7 @@ from .analysis import IDENTITY_COLUMNS, DataCache, nets_of, rows_of, studies, st
 from .construct import finished_run
 from .errors import UserError
 from .groups import group_runs
-from .plots import FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_figures, study_name, study_title
+from .plots import FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_outputs, study_name, study_title
 from .results import CHECKPOINT_FILE, atomic_write_bytes, ensure_writable_dir, load_runs, read_json
 from .trained import EvalProgress, OnEvalProgress, TrainedRun, load_trained, loss_and_error, split_images
 
@@ -336,10 +336,5 @@ def plain_numbers(axes: Axes) -> None:
 def write_landscape(landscape: Landscape, figures: dict[str, Figure], out_dir: Path,
                     formats: Sequence[str]) -> list[Path]:
     """landscape.csv (every run's grid) and every figure in every format into out_dir; returns the paths."""
-    path = out_dir / LANDSCAPE_CSV
-    try:
-        atomic_write_bytes(path, landscape.table.to_csv(index=False).encode())
-    except OSError as exc:
-        raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --out folder") from None
-    return [path, *save_figures(figures, out_dir, formats)]
+    return save_outputs({LANDSCAPE_CSV: landscape.table}, figures, out_dir, formats)
 

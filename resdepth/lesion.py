@@ -32,8 +32,8 @@ from .errors import UserError
 from .families import lesion_blocks
 from .groups import group_runs, is_complete
 from .nets import LesionBlock
-from .plots import BAND_ALPHA, FIG_WIDTH, FONT, TITLE_FONT, save_figures, study_name, study_title
-from .results import Run, atomic_write_bytes
+from .plots import BAND_ALPHA, FIG_WIDTH, FONT, TITLE_FONT, save_outputs, study_name, study_title
+from .results import Run
 from .trained import EvalProgress, OnEvalProgress, TrainedRun, load_trained, loss_and_error, split_images
 
 LESIONS = ("none", "delete-one", "delete-k", "swap-k")
@@ -310,9 +310,4 @@ def finished_mark(rows: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------------------------------- files
 def write_lesion(result: LesionResult, figures: dict[str, Figure], out_dir: Path, formats: Sequence[str]) -> list[Path]:
     """lesion.csv and every figure in every format into out_dir; returns the paths written."""
-    path = out_dir / LESION_CSV
-    try:
-        atomic_write_bytes(path, result.table.to_csv(index=False).encode())
-    except OSError as exc:
-        raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --out folder") from None
-    return [path, *save_figures(figures, out_dir, formats)]
+    return save_outputs({LESION_CSV: result.table}, figures, out_dir, formats)

@@ -474,12 +474,23 @@ def save_figures(figures: dict[str, Figure], out_dir: Path, formats: Sequence[st
     paths = []
     for stem, figure in figures.items():
         for fmt in formats:
-            path = out_dir / f"{stem}.{fmt}"
             buffer = io.BytesIO()
             figure.savefig(buffer, format=fmt, dpi=200)
-            try:  # whole or not at all (a kill mid-write leaves the old file), and never through a link in its place
-                atomic_write_bytes(path, buffer.getvalue())
-            except OSError as exc:
-                raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --out folder") from None
-            paths.append(path)
+            paths.append(write_output(out_dir / f"{stem}.{fmt}", buffer.getvalue()))
     return paths
+
+
+def save_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, Figure], out_dir: Path,
+                 formats: Sequence[str]) -> list[Path]:
+    """A command's CSVs (out_dir/<name>) and every figure in every format; returns the paths written."""
+    paths = [write_output(out_dir / name, frame.to_csv(index=False).encode()) for name, frame in tables.items()]
+    return paths + save_figures(figures, out_dir, formats)
+
+
+def write_output(path: Path, data: bytes) -> Path:
+    """Whole or not at all (a kill mid-write leaves the old file), and never through a link in its place."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --out folder") from None
+    return path
