@@ -68,6 +68,23 @@ def tiny_args() -> list[str]:
             "--threads", "1", "--device", "cpu"]
 
 
+@pytest.fixture(scope="session")
+def randomized() -> Callable[..., torch.nn.Module]:
+    """A function: the model with random BN scales, shifts and running statistics (a fresh net's BNs are the
+    identity, which would hide what a test looks for), in evaluation mode."""
+    def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+        generator = torch.Generator().manual_seed(seed)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                size = module.num_features
+                module.weight.data = torch.rand(size, generator=generator) + 0.5
+                module.bias.data = torch.randn(size, generator=generator) * 0.3
+                module.running_mean = torch.randn(size, generator=generator) * 0.2
+                module.running_var = torch.rand(size, generator=generator) + 0.5
+        return model.eval()
+    return randomize
+
+
 # ---------------------------------------------------------------------------------------------- running
 @pytest.fixture(scope="session")
 def run_sweep_now():

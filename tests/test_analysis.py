@@ -29,19 +29,6 @@ from resdepth.train import Trainer, run_training
 CPU = torch.device("cpu")
 
 
-def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN scales, shifts and running statistics (fresh nets have the identity), in evaluation mode."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            size = module.num_features
-            module.weight.data = torch.rand(size, generator=generator) + 0.5
-            module.bias.data = torch.randn(size, generator=generator) * 0.3
-            module.running_mean = torch.randn(size, generator=generator) * 0.2
-            module.running_var = torch.rand(size, generator=generator) + 0.5
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_sweep, run_sweep_now) -> Path:
     """A finished sweep of plain-8 and residual-8 (3 epochs of the tiny synthetic set)."""
@@ -77,7 +64,7 @@ def test_one_response_per_3x3_layer_in_forward_order(kind, depth):
     assert len(model.weight_layers()) == depth and model.weight_layers()[-1][0] == "linear"
 
 
-def test_the_hooked_response_is_the_bn_output_before_the_addition_and_the_relu():
+def test_the_hooked_response_is_the_bn_output_before_the_addition_and_the_relu(randomized):
     torch.manual_seed(0)
     model = randomized(build_model("residual", 8))
     block = model.layer1[0]
@@ -101,7 +88,7 @@ def test_the_hooked_response_is_the_bn_output_before_the_addition_and_the_relu()
 
 
 @pytest.mark.parametrize("kind, depth", [("preact", 14), ("preact-bottleneck", 20)])
-def test_a_preact_nets_response_is_each_units_residual_function(kind, depth):
+def test_a_preact_nets_response_is_each_units_residual_function(kind, depth, randomized):
     # inside a pre-activation unit every conv but the last feeds a BN (its scale is its weight norm's): Figure 7
     # measures F(x), what the unit adds to its shortcut
     model = randomized(build_model(kind, depth))
@@ -142,7 +129,7 @@ def test_figure7_draws_each_quantity_apart_and_says_what_it_measures():
     assert list(alone) == ["figure7-synthetic"] and "F(x)" in alone["figure7-synthetic"].get_suptitle()
 
 
-def test_streamed_statistics_equal_those_of_the_whole_response_tensors():
+def test_streamed_statistics_equal_those_of_the_whole_response_tensors(randomized):
     model = randomized(build_model("plain", 8), seed=1)
     data = make_synthetic(40, 8)
     mean = data.train_images.float().mean(0) / 255
@@ -157,7 +144,7 @@ def test_streamed_statistics_equal_those_of_the_whole_response_tensors():
         assert row.std != pytest.approx(row.channel_std, rel=1e-3)  # two different numbers, both reported
 
 
-def test_evaluation_statistics_do_not_depend_on_the_batch_size_or_change_the_net():
+def test_evaluation_statistics_do_not_depend_on_the_batch_size_or_change_the_net(randomized):
     model = randomized(build_model("residual", 14), seed=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = make_synthetic(50, 8)
@@ -359,7 +346,7 @@ def test_the_constructed_net_predicts_as_its_source(results, tmp_path, kind, ide
     assert config["depth"] == 20 and config["constructed_from"]["run"] == str(source_dir.resolve())
 
 
-def test_a_residual_construction_is_the_identity_in_training_mode_too_a_plain_one_only_near_it():
+def test_a_residual_construction_is_the_identity_in_training_mode_too_a_plain_one_only_near_it(randomized):
     torch.manual_seed(0)
     x = torch.randn(64, 3, 32, 32)
     residual = calibrated(randomized(build_model("residual", 8)), x)

@@ -21,19 +21,6 @@ from resdepth.models import build_model
 CPU = torch.device("cpu")
 
 
-def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN scales, shifts and running statistics (a fresh net's BNs are the identity), evaluation mode."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            size = module.num_features
-            module.weight.data = torch.rand(size, generator=generator) + 0.5
-            module.bias.data = torch.randn(size, generator=generator) * 0.3
-            module.running_mean = torch.randn(size, generator=generator) * 0.2
-            module.running_var = torch.rand(size, generator=generator) + 0.5
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_sweep, run_sweep_now) -> Path:
     """A finished sweep of plain-14 and residual-14 (2 epochs of the tiny synthetic set)."""
@@ -63,7 +50,7 @@ def zero_branch(block: nn.Module) -> None:
 
 @pytest.mark.parametrize("kind, shortcut", [("residual", "A"), ("residual", "B"), ("preact", "B"), ("preact", "A")])
 @pytest.mark.parametrize("name", ["layer1.1", "layer2.0", "layer3.1"])  # layer2.0 downsamples
-def test_deleting_a_residual_block_whose_branch_is_zeroed_changes_nothing(kind, shortcut, name):
+def test_deleting_a_residual_block_whose_branch_is_zeroed_changes_nothing(kind, shortcut, name, randomized):
     torch.manual_seed(0)
     model = randomized(build_model(kind, 14, shortcut=shortcut))
     blocks = {block.name: block for block in lesion_blocks(model, kind)}
@@ -79,7 +66,7 @@ def test_deleting_a_residual_block_whose_branch_is_zeroed_changes_nothing(kind, 
     torch.testing.assert_close(deleted, intact, rtol=0, atol=1e-6)
 
 
-def test_deleting_a_block_whose_branch_is_not_zero_changes_the_output_and_is_put_back():
+def test_deleting_a_block_whose_branch_is_not_zero_changes_the_output_and_is_put_back(randomized):
     torch.manual_seed(0)
     model = randomized(build_model("residual", 14))
     blocks = lesion_blocks(model, "residual")
@@ -96,7 +83,7 @@ def test_deleting_a_block_whose_branch_is_not_zero_changes_the_output_and_is_put
         torch.testing.assert_close(model(x), intact, rtol=0, atol=0)  # every block back in its place
 
 
-def test_deleting_a_plain_block_of_a_constructed_net_changes_nothing():
+def test_deleting_a_plain_block_of_a_constructed_net_changes_nothing(randomized):
     torch.manual_seed(0)
     source = randomized(build_model("plain", 8))
     constructed, _ = construct_deeper(source, 14, unit_moments(source))  # identity blocks: layer<s>.1
