@@ -1,7 +1,7 @@
 """Aggregate training images/s of N resdepth jobs sharing one device, per depth, and the Figure 6 sweep time
 extrapolated from them. A helper of benchmarks/gpu_bench.sh; it also runs on a CPU (for its own check).
 
-Each job is a process running the real Trainer (`resdepth.bench.OwnPath`, as `resdepth train` runs it).
+Each job is a process running the real Trainer (`resdepth.bench.throughput.OwnPath`, as `resdepth train` runs it).
 For each depth all jobs set up and warm up, wait at a barrier, run `--steps` timed steps and report their
 start and end times; the aggregate is all jobs' images over the span from the first start to the last end
 (CLOCK_MONOTONIC is shared by the processes of one Linux machine).
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resdepth.families import FIGURE6_FAMILIES
-from resdepth.sweep import threads_per_job
+from resdepth.models.families import FIGURE6_FAMILIES
+from resdepth.sweep.runner import threads_per_job
 
 FIGURE6_DEPTHS = (20, 32, 44, 56, 110)  # sweeps/figure6.toml: plain and residual at each depth
 FIGURE6_KINDS = FIGURE6_FAMILIES
@@ -32,9 +32,9 @@ PAPER_ITERATIONS, PAPER_BATCH = 64_000, 128  # §4.2
 def job(rank: int, args: argparse.Namespace, threads: int | None, barrier: Any, results: Any) -> None:
     import torch
 
-    from resdepth.bench import BenchConfig, OwnPath, synchronize
-    from resdepth.data import DataConfig, load_dataset
-    from resdepth.devices import resolve_device
+    from resdepth.bench.throughput import BenchConfig, OwnPath, synchronize
+    from resdepth.train.data import DataConfig, load_dataset
+    from resdepth.train.devices import resolve_device
 
     config = BenchConfig(depths=tuple(args.depths), device=args.device, iterations=args.steps, warmup=args.warmup,
                          rounds=1, batch_size=args.batch_size, naive=False, threads=threads,

@@ -1,8 +1,8 @@
-"""What logging per-layer gradient norms (resdepth/gradients.py) costs the training step, measured in one process.
+"""What logging per-layer gradient norms (resdepth/train/gradients.py) costs the training step, measured in one process.
 
-The real Trainer (`resdepth.bench.OwnPath`, as `resdepth train` runs it, compiled on the CPU by default) trains
-in alternating windows with the gradient log on (every 10th step sampled, as in a run) and off (its `sample`
-replaced by a no-op); under load from other processes both sides see the same machine, so the ratio of the
+The real Trainer (`resdepth.bench.throughput.OwnPath`, as `resdepth train` runs it, compiled on the CPU by
+default) trains in alternating windows with the gradient log on (every 10th step sampled, as in a run) and off
+(its `sample` replaced by a no-op); under load from other processes both sides see the same machine, so the ratio of the
 median windows holds where absolute img/s do not. It also times one sampled step's norm computation alone
 (one `torch._foreach_norm` over the weight gradients, stacked and summed on the device) against a step.
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from resdepth.bench import BenchConfig, OwnPath, synchronize
-from resdepth.data import DataConfig, load_dataset
-from resdepth.gradients import GRADIENT_EVERY
+from resdepth.bench.throughput import BenchConfig, OwnPath, synchronize
+from resdepth.train.data import DataConfig, load_dataset
+from resdepth.train.gradients import GRADIENT_EVERY
 
 
 def window(path: OwnPath, steps: int, device: torch.device) -> float:

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from resdepth.landscape import directions, move_to, perturbed
+from resdepth.analysis.landscape import directions, move_to, perturbed
+from resdepth.analysis.trained import EVAL_LAYOUT, loss_and_error
 from resdepth.models import build_model
-from resdepth.trained import EVAL_LAYOUT, loss_and_error
 
 
 def seconds_per_point(depth: int, images: int, batch_size: int, points: int, threads: int) -> list[float]:

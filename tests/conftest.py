@@ -16,12 +16,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from resdepth.bench import BenchConfig
-from resdepth.cli import app
-from resdepth.data import DataConfig
-from resdepth.results import metric_columns
-from resdepth.sweep import SweepConfig, make_executor, plan_sweep, run_sweep
-from resdepth.train import TrainConfig
+from resdepth.bench.throughput import BenchConfig
+from resdepth.cli.app import app
+from resdepth.results.runs import metric_columns
+from resdepth.sweep.runner import SweepConfig, make_executor, plan_sweep, run_sweep
+from resdepth.train.data import DataConfig
+from resdepth.train.trainer import TrainConfig
 
 torch.set_num_threads(1)  # same numerics in every test process, and room for a second job on 2 cores
 
@@ -244,7 +244,7 @@ TINY_FAMILY = '''"""A tiny network family, as a user would write one: gated resi
 import torch
 from torch import nn
 
-from resdepth.families import DepthRule, Family, PaperNumber, PaperReference
+from resdepth.models.families import DepthRule, Family, PaperNumber, PaperReference
 
 
 class Gated(nn.Module):
@@ -299,8 +299,8 @@ class UserFamily:
 def user_family(tmp_path_factory, monkeypatch) -> UserFamily:
     """A user's family module, `tinyfam_nets` (builder `gated`, a Family `family`, and broken ones), on sys.path
     and PYTHONPATH, installed as the distribution tinyfam-nets 0.1 that registers `family` as the entry point
-    `gated` of resdepth.families (an .dist-info folder on sys.path, as pip would leave it)."""
-    from resdepth.families import forget_loaded
+    `gated` of resdepth.models.families (an .dist-info folder on sys.path, as pip would leave it)."""
+    from resdepth.models.families import forget_loaded
 
     folder = tmp_path_factory.mktemp("site")
     (folder / "tinyfam_nets.py").write_text(TINY_FAMILY)

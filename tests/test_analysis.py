@@ -14,17 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resdepth.analysis import (GRADIENT_TABLE_COLUMNS, RESPONSE_COLUMNS, Analysis, build_figures, gradient_figure,
-                               hooked_responses, layer_responses, training_points)
-from resdepth.families import get_family, weight_layers
-from resdepth.construct import construct_deeper, construct_from_run, read_saved_net
-from resdepth.data import make_synthetic
+from resdepth.analysis.responses import (
+    GRADIENT_TABLE_COLUMNS,
+    RESPONSE_COLUMNS,
+    Analysis,
+    build_figures,
+    gradient_figure,
+    hooked_responses,
+    layer_responses,
+    training_points,
+)
 from resdepth.errors import UserError
-from resdepth.gradients import GRADIENT_EVERY, GradientLog
 from resdepth.models import build_model
-from resdepth.results import GRADIENT_COLUMNS, load_runs
-from resdepth.sweep import load_sweep_file
-from resdepth.train import Trainer, run_training
+from resdepth.models.families import get_family, weight_layers
+from resdepth.results.runs import GRADIENT_COLUMNS, load_runs
+from resdepth.sweep.runner import load_sweep_file
+from resdepth.train.construct import construct_deeper, construct_from_run, read_saved_net
+from resdepth.train.data import make_synthetic
+from resdepth.train.gradients import GRADIENT_EVERY, GradientLog
+from resdepth.train.trainer import Trainer, run_training
 
 CPU = torch.device("cpu")
 

@@ -5,18 +5,18 @@ No timing assertions: the machines that run these tests are shared.
 
 import importlib.util
 import json
-import sys
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from resdepth.bench import BenchRow, run_benchmark
-from resdepth.data import load_dataset
+from resdepth.bench.throughput import BenchRow, run_benchmark
 from resdepth.errors import UserError
-from resdepth.train import Trainer, run_training
+from resdepth.train.data import load_dataset
+from resdepth.train.trainer import Trainer, run_training
 
 CPU = torch.device("cpu")
 
@@ -165,7 +165,8 @@ def test_every_benchmark_script_imports_against_the_library_as_it_is(script):
 @pytest.mark.parametrize("fuse", [None, "1,2"])
 def test_bench_json_holds_each_row_as_it_is_measured(tmp_path, run_cli, monkeypatch, fuse):
     # gpu_bench.sh stops a step at its time limit: the rows measured by then must be in the file
-    from resdepth import bench, fusebench
+    from resdepth.bench import fused as fusebench
+    from resdepth.bench import throughput as bench
 
     module, name = (bench, "bench_depth") if fuse is None else (fusebench, "bench_size")
     measured = getattr(module, name)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from resdepth.cli import final_states
-from resdepth.results import METRIC_COLUMNS, RunStatus
-from resdepth.sweep import plan_sweep
+from resdepth.cli.app import final_states
+from resdepth.results.runs import METRIC_COLUMNS, RunStatus
+from resdepth.sweep.runner import plan_sweep
 
 
 def test_smoke_sweep_through_the_console_entry_point(tmp_path, cli_env, resdepth_cli):
@@ -202,8 +202,8 @@ def test_a_busy_cell_that_another_sweep_has_finished_counts_as_done(tmp_path, ti
 
 
 def test_progress_lines_say_where_a_resumed_run_starts_and_what_an_epoch_ended_at(capsys):
-    from resdepth.cli import LiveDisplay
-    from resdepth.sweep import SweepProgress
+    from resdepth.cli.app import LiveDisplay
+    from resdepth.sweep.runner import SweepProgress
 
     display = LiveDisplay(total=1)
     resumed = RunStatus(state="running", epoch=2, epochs=4, iteration=60, iterations=92, train_error=40.0,

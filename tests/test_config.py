@@ -5,13 +5,13 @@ from dataclasses import asdict, fields
 
 import pytest
 
-from resdepth.cell import read_run_config
-from resdepth.cluster import SlurmConfig
 from resdepth.config import cli_fields, flag, flag_name, from_dict
-from resdepth.data import DataConfig
 from resdepth.errors import UserError
-from resdepth.sweep import SweepConfig, load_saved_sweep, plan_sweep
-from resdepth.train import TrainConfig, run_training
+from resdepth.sweep.cell import read_run_config
+from resdepth.sweep.cluster import SlurmConfig
+from resdepth.sweep.runner import SweepConfig, load_saved_sweep, plan_sweep
+from resdepth.train.data import DataConfig
+from resdepth.train.trainer import TrainConfig, run_training
 
 # config.json as resdepth 0.1.0 wrote it before this change (TrainConfig fields, data, resolved, environment):
 # every later version must keep reading it.

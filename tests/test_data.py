@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resdepth.data import DataConfig, augment, balanced_subset, load_dataset, make_synthetic, normalize
 from resdepth.errors import UserError
+from resdepth.train.data import DataConfig, augment, balanced_subset, load_dataset, make_synthetic, normalize
 
 
 def test_synthetic_is_deterministic_and_balanced():
@@ -132,7 +132,7 @@ def test_cifar_offline_without_a_copy_says_where_to_put_it(tmp_path, monkeypatch
 
 
 def test_decoding_a_folder_reports_progress_its_cache_and_converted_images(tmp_path):
-    from resdepth.data import LoadProgress
+    from resdepth.train.data import LoadProgress
 
     write_folder(tmp_path)
     Image.new("L", (32, 32), 90).save(tmp_path / "train" / "cat" / "gray.png")
@@ -167,7 +167,7 @@ def test_the_cli_shows_where_the_decoded_images_go_and_the_conversion_note(tmp_p
 
 
 def test_a_dry_run_says_whether_the_data_is_here(tmp_path):
-    from resdepth.data import check_data_present
+    from resdepth.train.data import check_data_present
 
     missing = check_data_present(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
     assert not missing.ready and "cifar-10-python.tar.gz" in missing.summary and missing.train_images == 50_000
@@ -196,11 +196,11 @@ def test_fingerprint_and_mean_are_computed_once_and_again_when_a_split_is_replac
 def test_a_planted_cache_is_decoded_again_never_inflated_nor_followed(tmp_path, monkeypatch):
     import zipfile
 
-    import resdepth.data
+    import resdepth.train.data
 
     loaded = []
     real_load = torch.load
-    monkeypatch.setattr(resdepth.data.torch, "load", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(resdepth.train.data.torch, "load", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
 
     write_folder(tmp_path)
     first: list = []

@@ -5,19 +5,24 @@ params, and that a closed Trainer holds no tensors. test_launch_paths.py follows
 tensor on a fake CUDA; test_gpu.py holds what only a GPU can show."""
 
 import json
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from resdepth.data import load_dataset
-from resdepth.devices import device_label, pytorch_default_precision, restore_training_state, snapshot_training_state
-from resdepth.executors import SequentialExecutor, worker_device
-from resdepth.results import read_checkpoint
-from resdepth.train import Trainer, run_training
+from resdepth.results.runs import read_checkpoint
+from resdepth.sweep.executors import SequentialExecutor, worker_device
+from resdepth.train.data import load_dataset
+from resdepth.train.devices import (
+    device_label,
+    pytorch_default_precision,
+    restore_training_state,
+    snapshot_training_state,
+)
+from resdepth.train.trainer import Trainer, run_training
 
 CPU = torch.device("cpu")
 
@@ -121,7 +126,7 @@ def test_preparing_a_capture_leaves_the_run_as_if_it_had_not_happened(tmp_path, 
 
 
 def test_the_benchmarks_naive_recipe_runs_at_pytorchs_own_precision(monkeypatch, tiny_bench):
-    from resdepth import bench
+    from resdepth.bench import throughput as bench
 
     seen = []
     real_run = bench.NaivePath.run
@@ -142,7 +147,7 @@ def test_the_benchmarks_naive_recipe_runs_at_pytorchs_own_precision(monkeypatch,
 
 
 def test_one_sweep_process_loads_its_dataset_once(tmp_path, monkeypatch, run_cli):
-    from resdepth import data
+    from resdepth.train import data
     loads = []
     real = data._load_raw
     monkeypatch.setattr(data, "_load_raw", lambda config: loads.append(config) or real(config))
@@ -173,7 +178,7 @@ def stop_after(steps: int):
 
 def resumed_trainer(config, run_dir: Path, fused_kernel: bool) -> Trainer:
     """A single run's Trainer resumed from run_dir's checkpoint, its SGD the CUDA one (fused kernel) or the CPU's."""
-    from resdepth import train
+    from resdepth.train import trainer as train
 
     dataset = load_dataset(config.data)
     trainer = Trainer(train.resolve_iterations(config, len(dataset.train_labels)), run_dir, CPU, dataset)
@@ -205,7 +210,7 @@ def test_momentum_buffers_resume_laid_out_like_their_params(tmp_path, tiny_confi
     if source == "single":
         run_training(config, tmp_path / "run", should_stop=stop_after(6))
     else:
-        from resdepth.fused import run_fused_training
+        from resdepth.train.fused import run_fused_training
 
         run_fused_training([config, replace(config, seed=1)], [tmp_path / "run", tmp_path / "other"],
                            should_stop=stop_after(6))
@@ -220,8 +225,8 @@ def test_momentum_buffers_resume_laid_out_like_their_params(tmp_path, tiny_confi
 
 
 def test_a_fused_group_resumes_its_momentum_laid_out_like_its_params(tmp_path, tiny_config):
-    from resdepth.fused import FusedTrainer, run_fused_training
-    from resdepth.train import resolve_iterations
+    from resdepth.train.fused import FusedTrainer, run_fused_training
+    from resdepth.train.trainer import resolve_iterations
 
     configs = [tiny_config(epochs=4, seed=seed) for seed in (0, 1)]
     run_dirs = [tmp_path / "s0", tmp_path / "s1"]
@@ -239,7 +244,7 @@ def test_a_closed_trainer_holds_no_weights_or_gradients(tmp_path, tiny_config):
     import gc
     import weakref
 
-    from resdepth.train import resolve_iterations
+    from resdepth.train.trainer import resolve_iterations
 
     dataset = load_dataset(tiny_config().data)
     trainer = Trainer(resolve_iterations(tiny_config(), len(dataset.train_labels)), tmp_path, CPU, dataset)

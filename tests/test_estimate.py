@@ -5,10 +5,9 @@ import json
 
 import pytest
 
-from resdepth.estimate import estimate_plan, fit_image_cost, read_speeds, speeds_path, wall_time
+from resdepth.bench.estimate import estimate_plan, fit_image_cost, read_speeds, speeds_path, wall_time
 from resdepth.models import build_model, count_multiply_adds
-from resdepth.sweep import plan_sweep
-
+from resdepth.sweep.runner import plan_sweep
 
 
 def test_probe_then_cache_gives_each_cells_iterations_and_time(tmp_path, tiny_config, tiny_sweep):

@@ -15,15 +15,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from resdepth.errors import UserError
-from resdepth.families import (PREACT_BOTTLENECK_TABLE, build_network, builtin_families, check_network, family_of_run,
-                               forget_loaded, get_family, response_layers)
 from resdepth.models import PreActBlock, PreActNet, build_model, count_parameters
-from resdepth.plots import build_figures
-from resdepth.results import load_runs
-from resdepth.sweep import SweepConfig, plan_sweep
-from resdepth.tables import display_table, summarize
-from resdepth.train import TrainConfig, run_training
-from resdepth.watch import read_folder_status
+from resdepth.models.families import (
+    PREACT_BOTTLENECK_TABLE,
+    build_network,
+    builtin_families,
+    check_network,
+    family_of_run,
+    forget_loaded,
+    get_family,
+    response_layers,
+)
+from resdepth.results.plots import build_figures
+from resdepth.results.runs import load_runs
+from resdepth.results.tables import display_table, summarize
+from resdepth.sweep.runner import SweepConfig, plan_sweep
+from resdepth.sweep.watch import read_folder_status
+from resdepth.train.trainer import TrainConfig, run_training
 
 # The common PyTorch port of the authors' code, 10 classes: projection shortcuts where the shape changes.
 PREACT_PARAMS = {20: 272_282, 56: 855_578, 110: 1_730_522}

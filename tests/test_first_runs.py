@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import pytest
 
-from resdepth.results import RunStatus
+from resdepth.results.runs import RunStatus
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -39,7 +39,7 @@ def test_a_worker_still_finds_a_family_module_given_by_import_path_on_pythonpath
 
 
 def test_the_safe_start_runs_a_module_without_the_working_folder_on_sys_path(tmp_path):
-    from resdepth.startup import python_command
+    from resdepth.sweep.startup import python_command
 
     (tmp_path / "json").mkdir()
     (tmp_path / "json" / "__init__.py").write_text("raise SystemExit('the decoy was imported')")
@@ -55,9 +55,9 @@ def test_the_safe_start_runs_a_module_without_the_working_folder_on_sys_path(tmp
 
 # ---------------------------------------------------------------------------------------------- failures
 def test_a_worker_that_crashes_before_training_says_why_and_where_its_log_is(tmp_path, tiny_config):
-    from resdepth.cell import read_run_config
-    from resdepth.executors import WORKER_LOG, CellJob, LocalProcessExecutor
-    from resdepth.results import ERROR_FILE, write_config
+    from resdepth.results.runs import ERROR_FILE, write_config
+    from resdepth.sweep.cell import read_run_config
+    from resdepth.sweep.executors import WORKER_LOG, CellJob, LocalProcessExecutor
 
     run_dir = tmp_path / "plain-8-s0"
     run_dir.mkdir()
@@ -67,18 +67,19 @@ def test_a_worker_that_crashes_before_training_says_why_and_where_its_log_is(tmp
     outcome = LocalProcessExecutor().submit(job).result(timeout=120)
     log = run_dir / WORKER_LOG
     assert outcome.state == "failed"
-    assert "exited with code 2: python -m resdepth.worker: error: argument --threads: invalid int" in outcome.error
+    assert ("exited with code 2: python -m resdepth.sweep.worker: error: argument --threads: invalid int"
+            in outcome.error)
     assert outcome.error.endswith(f"(log: {log})")
     assert (run_dir / ERROR_FILE).read_text().strip() == outcome.error == RunStatus.read(run_dir).error
 
 
 def test_the_gist_of_a_log_is_its_last_unindented_line(tmp_path):
-    from resdepth.cell import log_gist
+    from resdepth.sweep.cell import log_gist
 
     log = tmp_path / "worker.log"
     log.write_text("epoch 1/2\nTraceback (most recent call last):\n  File \"x.py\", line 1\n    import y\n"
-                   "ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results'\n\n")
-    assert log_gist(log) == f": ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results' (log: {log})"
+                   "ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results.runs'\n\n")
+    assert log_gist(log) == f": ImportError: cannot import name 'CONFIG_FILE' from 'resdepth.results.runs' (log: {log})"
     assert log_gist(tmp_path / "missing.log") == log_gist(None) == ""
 
 
@@ -95,7 +96,7 @@ def umask():
 @pytest.mark.parametrize("mask", [0o022, 0o077])
 def test_every_file_a_sweep_and_its_report_write_gets_the_mode_open_gives_under_the_umask(
         tmp_path, tiny_sweep, run_sweep_now, run_cli, umask, mask):
-    from resdepth.results import atomic_write_bytes
+    from resdepth.results.runs import atomic_write_bytes
 
     umask(mask)
     out = tmp_path / "runs"
@@ -114,7 +115,7 @@ def test_every_file_a_sweep_and_its_report_write_gets_the_mode_open_gives_under_
 
 # ---------------------------------------------------------------------------------------------- help, names
 def test_no_help_page_shows_a_type_after_a_flag(run_cli):
-    from resdepth.cli import app
+    from resdepth.cli.app import app
 
     commands = [command.name or command.callback.__name__ for command in app.registered_commands]
     assert {"train", "sweep", "models", "status"} <= set(commands)
@@ -142,8 +143,8 @@ def test_status_refuses_a_folder_from_something_else_as_table_plot_and_report_do
 # ---------------------------------------------------------------------------------------------- resdepth models
 @pytest.mark.parametrize("kind", ["plain", "residual", "preact", "preact-bottleneck"])
 def test_a_built_in_familys_counts_without_building_equal_the_built_nets(kind):
-    from resdepth.families import build_network, get_family
     from resdepth.models import count_multiply_adds, count_network, count_parameters
+    from resdepth.models.families import build_network, get_family
 
     rule = get_family(kind).depths
     for n in (3, 4):
@@ -213,7 +214,7 @@ def test_the_train_command_construct_prints_trains_with_the_source_runs_protocol
     import shlex
 
     from resdepth.config import PROTOCOL, config_args
-    from resdepth.train import TrainConfig
+    from resdepth.train.trainer import TrainConfig
 
     train = tiny_config(epochs=2, lr=0.05, weight_decay=5e-4, warmup="on")
     run_sweep_now(tiny_sweep(tmp_path / "src", kinds=["plain"], train=train))
@@ -239,7 +240,7 @@ def test_a_dataset_display_name_is_recorded_and_names_tables_and_figures(tmp_pat
                                                                          run_sweep_now):
     import json
 
-    from resdepth.sweep import load_sweep_file
+    from resdepth.sweep.runner import load_sweep_file
 
     sweep_file = tmp_path / "named.toml"
     sweep_file.write_text(f'depths = [8]\nkinds = ["plain"]\nseeds = [0]\nout = "{tmp_path / "runs"}"\n[train]\n'
@@ -290,8 +291,8 @@ def test_fused_cells_each_say_done(tmp_path, cli_env, resdepth_cli, tiny_args):
 
 
 def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(tmp_path, capsys):
-    from resdepth.cli import LiveDisplay
-    from resdepth.sweep import SweepProgress
+    from resdepth.cli.app import LiveDisplay
+    from resdepth.sweep.runner import SweepProgress
 
     cell = type("Cell", (), {"name": "plain-8-s0", "run_dir": tmp_path})()
     planned = [type("Planned", (), {"cell": cell})()]
@@ -303,7 +304,7 @@ def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(t
     last = dict(before, epoch=5, iteration=55, train_error=30.0, test_error=35.0, images_per_second=512.0)
     display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="done", **last)}, {}))  # process not gone yet
     RunStatus(state="done", **last).write(tmp_path)
-    from resdepth.cell import CellOutcome
+    from resdepth.sweep.cell import CellOutcome
 
     display.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "done")}))
     display.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "done")}))
@@ -315,8 +316,8 @@ def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(t
 def test_cells_queued_by_retry_failed_show_as_pending_not_with_the_old_error(tmp_path, tiny_sweep, run_sweep_now):
     from dataclasses import replace
 
-    from resdepth.executors import SequentialExecutor
-    from resdepth.watch import read_folder_status
+    from resdepth.sweep.executors import SequentialExecutor
+    from resdepth.sweep.watch import read_folder_status
 
     sweep = tiny_sweep(tmp_path, train=replace(tiny_sweep(tmp_path).train, epochs=1))
     run_sweep_now(sweep)

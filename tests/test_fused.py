@@ -14,16 +14,16 @@ import pandas as pd
 import pytest
 import torch
 
-from resdepth.cell import each_cell, run_cells
-from resdepth.data import load_dataset
 from resdepth.errors import UserError
-from resdepth.executors import CellJob, LocalProcessExecutor, SequentialExecutor
-from resdepth.fused import FusedTrainer, group_label, run_fused_training, train_group_to_the_end
 from resdepth.models import build_model
-from resdepth.results import RunStatus, load_runs, write_config
-from resdepth.sweep import plan_sweep
-from resdepth.tables import summarize
-from resdepth.train import Trainer, resolve_iterations, run_training
+from resdepth.results.runs import RunStatus, load_runs, write_config
+from resdepth.results.tables import summarize
+from resdepth.sweep.cell import each_cell, run_cells
+from resdepth.sweep.executors import CellJob, LocalProcessExecutor, SequentialExecutor
+from resdepth.sweep.runner import plan_sweep
+from resdepth.train.data import load_dataset
+from resdepth.train.fused import FusedTrainer, group_label, run_fused_training, train_group_to_the_end
+from resdepth.train.trainer import Trainer, resolve_iterations, run_training
 
 CPU = torch.device("cpu")
 SEEDS = (0, 1, 2)

@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import torch
 
-from resdepth.fused import run_fused_training
-from resdepth.results import read_checkpoint
-from resdepth.train import run_training
+from resdepth.results.runs import read_checkpoint
+from resdepth.train.fused import run_fused_training
+from resdepth.train.trainer import run_training
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -124,7 +124,7 @@ def test_cuda_sweep_with_two_jobs_per_gpu(tmp_path, tiny_config, tiny_sweep, run
     planned, outcomes = run_sweep_now(sweep)
     assert {p.device for p in planned} == {f"cuda:{last}"}
     assert len(outcomes) == 4 and {o.state for o in outcomes.values()} == {"done"}
-    from resdepth.results import RunStatus
+    from resdepth.results.runs import RunStatus
 
     assert {RunStatus.read(p.cell.run_dir).device for p in planned} == {f"cuda:{last}"}  # the machine's number
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from resdepth.errors import UserError
-from resdepth.families import build_network
 from resdepth.models import count_parameters
-from resdepth.plots import build_figures
-from resdepth.report import build_report
-from resdepth.results import load_runs
-from resdepth.sweep import load_saved_sweep, load_sweep_file, make_cells, plan_sweep
-from resdepth.tables import display_table, summarize, summarize_runs
-from resdepth.train import run_training
+from resdepth.models.families import build_network
+from resdepth.results.plots import build_figures
+from resdepth.results.report import build_report
+from resdepth.results.runs import load_runs
+from resdepth.results.tables import display_table, summarize, summarize_runs
+from resdepth.sweep.runner import load_saved_sweep, load_sweep_file, make_cells, plan_sweep
+from resdepth.train.trainer import run_training
 
 GRID_CELLS = ["residual-8-lr0.1-w1-s0", "residual-8-lr0.1-w2-s0", "residual-8-lr0.05-w1-s0", "residual-8-lr0.05-w2-s0"]
 
@@ -81,7 +81,7 @@ def test_data_fields_and_strings_are_axes_too(tmp_path, tiny_sweep, tiny_config)
 def test_a_user_family_declares_its_own_option_and_sweeps_it(tmp_path, tiny_sweep, monkeypatch):
     (tmp_path / "wide_nets.py").write_text(
         "from torch import nn\n"
-        "from resdepth.families import DepthRule, Family, NetOption\n\n"
+        "from resdepth.models.families import DepthRule, Family, NetOption\n\n"
         "def build(depth, num_classes=10, channels=8):\n"
         "    return nn.Sequential(nn.Conv2d(3, channels, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
         "                         nn.Linear(channels, num_classes))\n\n"
@@ -186,7 +186,7 @@ def test_a_grid_is_grouped_by_its_axes_in_table_csv_figures_and_report(tmp_path,
 
 
 def test_a_wide_run_is_loaded_back_and_constructed_at_its_width(tmp_path, tiny_config):
-    from resdepth.construct import construct_from_run, read_saved_net
+    from resdepth.train.construct import construct_from_run, read_saved_net
 
     run_dir = tmp_path / "residual-8-w2-s0"
     assert run_training(tiny_config(options={"width": 2}), run_dir).state == "done"
@@ -212,7 +212,7 @@ def test_two_values_that_read_the_same_in_a_folder_name_are_refused(tmp_path, ti
 
 
 def test_a_dry_run_times_each_width_apart(tmp_path, tiny_sweep):
-    from resdepth.estimate import estimate_plan, read_speeds
+    from resdepth.bench.estimate import estimate_plan, read_speeds
 
     sweep = tiny_sweep(tmp_path, kinds=["residual"], grid={"width": [1, 4]})
     plan = estimate_plan(sweep, plan_sweep(sweep))

@@ -12,14 +12,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resdepth.analysis import DataCache
-from resdepth.groups import group_key
-from resdepth.landscape import (GRID_SUFFIX, LANDSCAPE_COLUMNS, Grid, LandscapeConfig, directions, fill_grid,
-                                filter_normalized_direction, move_to, perturbed)
+from resdepth.analysis.landscape import (
+    GRID_SUFFIX,
+    LANDSCAPE_COLUMNS,
+    Grid,
+    LandscapeConfig,
+    directions,
+    fill_grid,
+    filter_normalized_direction,
+    move_to,
+    perturbed,
+)
+from resdepth.analysis.responses import DataCache
+from resdepth.analysis.trained import load_trained, split_images
 from resdepth.errors import UserError
 from resdepth.models import build_model
-from resdepth.results import load_runs
-from resdepth.trained import load_trained, split_images
+from resdepth.results.groups import group_key
+from resdepth.results.runs import load_runs
 
 CPU = torch.device("cpu")
 TINY = LandscapeConfig(resolution=3, span=0.5, images=32, batch_size=16)

@@ -13,12 +13,12 @@ import pytest
 import torch
 from fake_cuda import FakeCudaReached
 
-from resdepth.bench import run_benchmark
-from resdepth.estimate import estimate_plan
-from resdepth.fusebench import ProcessPool, run_fuse_benchmark
-from resdepth.fused import run_fused_training
-from resdepth.sweep import plan_sweep
-from resdepth.train import run_training
+from resdepth.bench.estimate import estimate_plan
+from resdepth.bench.fused import ProcessPool, run_fuse_benchmark
+from resdepth.bench.throughput import run_benchmark
+from resdepth.sweep.runner import plan_sweep
+from resdepth.train.fused import run_fused_training
+from resdepth.train.trainer import run_training
 
 
 def where(record: dict) -> tuple[str, int, int]:
@@ -153,7 +153,7 @@ def test_a_ray_task_uses_the_gpu_ray_gave_it(tmp_path, fake_cuda_machine, tiny_c
 
 def test_a_slurm_task_uses_the_gpu_slurm_gave_it(tmp_path, fake_cuda_machine, tiny_config, tiny_sweep, run_sweep_now):
     pytest.importorskip("submitit")
-    from resdepth.cluster import SlurmConfig
+    from resdepth.sweep.cluster import SlurmConfig
 
     machine = fake_cuda_machine(2)
     sweep = tiny_sweep(tmp_path, executor="slurm", slurm=SlurmConfig(cluster="local", time=10, poll_seconds=0.2),

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from resdepth.construct import construct_deeper, unit_moments
+from resdepth.analysis.lesion import LESION_COLUMNS, Lesion, LesionConfig, lesioned, plan_lesions, shape_keeping
 from resdepth.errors import UserError
-from resdepth.families import lesion_blocks
-from resdepth.lesion import LESION_COLUMNS, Lesion, LesionConfig, lesioned, plan_lesions, shape_keeping
 from resdepth.models import build_model
+from resdepth.models.families import lesion_blocks
+from resdepth.train.construct import construct_deeper, unit_moments
 
 CPU = torch.device("cpu")
 
@@ -188,7 +188,7 @@ def test_lesion_without_a_finished_run_or_checkpoints_is_one_line(results, run_c
 
 def test_a_family_that_cannot_say_what_a_block_is_is_one_line_and_the_others_are_lesioned(
         tmp_path, user_family, tiny_config, tiny_sweep, run_sweep_now, run_cli):
-    from resdepth.sweep import SweepConfig
+    from resdepth.sweep.runner import SweepConfig
 
     gated = SweepConfig(depths=[4, 6], kinds=["tinyfam_nets:gated"], seeds=[0], out=str(tmp_path / "r" / "gated"),
                         train=tiny_config(depth=8, epochs=1))

@@ -4,8 +4,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from resdepth.errors import UserError
-from resdepth.models import (BasicBlock, CifarNet, ZeroPadShortcut, build_model, count_multiply_adds, count_parameters,
-                             list_models)
+from resdepth.models import (
+    BasicBlock,
+    CifarNet,
+    ZeroPadShortcut,
+    build_model,
+    count_multiply_adds,
+    count_parameters,
+    list_models,
+)
 
 PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 

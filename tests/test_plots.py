@@ -9,9 +9,17 @@ import pandas as pd
 import pytest
 
 from resdepth.errors import UserError
-from resdepth.plots import (MARKED_POINTS, build_figures, group_curves, paper_tick_notes, parse_formats, plot_figure1,
-                            plot_figure6, save_figures)
-from resdepth.results import load_runs
+from resdepth.results.plots import (
+    MARKED_POINTS,
+    build_figures,
+    group_curves,
+    paper_tick_notes,
+    parse_formats,
+    plot_figure1,
+    plot_figure6,
+    save_figures,
+)
+from resdepth.results.runs import load_runs
 
 
 @pytest.fixture

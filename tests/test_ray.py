@@ -10,11 +10,11 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from resdepth.cluster import TASK_FILE, CellTask, probe_folder
 from resdepth.errors import UserError
-from resdepth.executors import SequentialExecutor
-from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config, write_json
-from resdepth.sweep import SweepProgress, make_executor, plan_sweep
+from resdepth.results.runs import LOCK_FILE, RunStatus, read_json, write_config, write_json
+from resdepth.sweep.cluster import TASK_FILE, CellTask, probe_folder
+from resdepth.sweep.executors import SequentialExecutor
+from resdepth.sweep.runner import SweepProgress, make_executor, plan_sweep
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resdepth.plots import build_figures
-from resdepth.report import build_report
-from resdepth.results import load_runs
+from resdepth.results.plots import build_figures
+from resdepth.results.report import build_report
+from resdepth.results.runs import load_runs
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "headless_shell")
 WIDTH = 1280
@@ -132,7 +132,7 @@ def test_the_table_and_figures_render_in_a_real_browser(swept, tmp_path):
 
 
 def test_cifar10_residual_nets_stand_beside_the_papers_table_6(tmp_path):
-    from resdepth.results import metric_columns
+    from resdepth.results.runs import metric_columns
 
     run_dir = tmp_path / "residual-20-s0"
     run_dir.mkdir()

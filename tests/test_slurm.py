@@ -18,12 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from resdepth.cluster import SLURM_LOGS, TASK_FILE, CellTask, SlurmConfig, queue_states
 from resdepth.errors import UserError
-from resdepth.executors import SequentialExecutor
-from resdepth.results import LOCK_FILE, RunStatus, read_json, write_config
-from resdepth.sweep import (SweepProgress, load_saved_sweep, load_sweep_file, make_executor, plan_sweep,
-                            read_saved_sweep)
+from resdepth.results.runs import LOCK_FILE, RunStatus, read_json, write_config
+from resdepth.sweep.cluster import SLURM_LOGS, TASK_FILE, CellTask, SlurmConfig, queue_states
+from resdepth.sweep.executors import SequentialExecutor
+from resdepth.sweep.runner import (
+    SweepProgress,
+    load_saved_sweep,
+    load_sweep_file,
+    make_executor,
+    plan_sweep,
+    read_saved_sweep,
+)
 
 pytest.importorskip("submitit")
 

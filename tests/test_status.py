@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from resdepth.results import RunStatus
-from resdepth.sweep import make_executor, plan_sweep, run_sweep
-from resdepth.watch import read_folder_status
+from resdepth.results.runs import RunStatus
+from resdepth.sweep.runner import make_executor, plan_sweep, run_sweep
+from resdepth.sweep.watch import read_folder_status
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_status_shows_finished_cells_and_the_sweeps_cells_not_started(tmp_path, 
 def test_a_narrow_terminal_leaves_columns_out_instead_of_cutting_names_and_numbers(tmp_path, width, half_run_sweep):
     from rich.console import Console
 
-    from resdepth.cli import status_view
+    from resdepth.cli.app import status_view
 
     half_run_sweep(tmp_path)
     console = Console(width=width, record=True, file=io.StringIO())

@@ -13,12 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from resdepth.cell import RunLock, run_cell
 from resdepth.errors import UserError
-from resdepth.executors import LocalProcessExecutor
-from resdepth.results import atomic_write_bytes
-from resdepth.sweep import SweepConfig, load_sweep_file, plan_sweep, run_sweep
-from resdepth.results import read_checkpoint
+from resdepth.results.runs import atomic_write_bytes, read_checkpoint
+from resdepth.sweep.cell import RunLock, run_cell
+from resdepth.sweep.executors import LocalProcessExecutor
+from resdepth.sweep.runner import SweepConfig, load_sweep_file, plan_sweep, run_sweep
 
 
 def test_sequential_sweep_runs_every_cell_and_resume_skips_finished(tmp_path, tiny_sweep, run_sweep_now):
@@ -154,7 +153,7 @@ def test_sigint_checkpoints_mid_epoch_and_resume_is_exact(tmp_path, cli_env, res
 KILL_INSIDE_A_WRITE = """
 import os, signal, sys
 from pathlib import Path
-from resdepth import results
+from resdepth.results import runs as results
 
 class Handle:  # the temp file's handle: writes the first `cut` bytes, makes them durable, then SIGKILLs itself
     def __init__(self, handle): self.handle = handle

@@ -8,9 +8,18 @@ import math
 import pandas as pd
 import pytest
 
-from resdepth.results import load_runs
-from resdepth.tables import (PAPER_TABLE6, RUN_COLUMNS, SUMMARY_COLUMNS, display_runs, display_table, summarize,
-                             summarize_runs, to_markdown, write_csv)
+from resdepth.results.runs import load_runs
+from resdepth.results.tables import (
+    PAPER_TABLE6,
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    display_runs,
+    display_table,
+    summarize,
+    summarize_runs,
+    to_markdown,
+    write_csv,
+)
 
 PAPER = {"iterations": 64_000}  # with write_run's other defaults: the paper's protocol
 

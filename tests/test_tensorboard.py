@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from resdepth.fused import run_fused_training
-from resdepth.train import run_training
+from resdepth.train.fused import run_fused_training
+from resdepth.train.trainer import run_training
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
                                         reason="the tensorboard extra is not installed")

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from resdepth.data import DataConfig
 from resdepth.errors import UserError
-from resdepth.results import METRIC_COLUMNS, VAL_COLUMNS, RunStatus, metric_columns
-from resdepth.train import TrainConfig, learning_rate, resolve_iterations, run_training
+from resdepth.results.runs import METRIC_COLUMNS, VAL_COLUMNS, RunStatus, metric_columns
+from resdepth.train.data import DataConfig
+from resdepth.train.trainer import TrainConfig, learning_rate, resolve_iterations, run_training
 
 
 def test_paper_defaults():

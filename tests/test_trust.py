@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 import torch
 
-from resdepth.data import DataConfig, load_dataset
 from resdepth.errors import UserError
-from resdepth.results import RunStatus
-from resdepth.results import read_checkpoint
+from resdepth.results.runs import RunStatus, read_checkpoint
+from resdepth.train.data import DataConfig, load_dataset
 
 
 class RunsCode:
@@ -49,7 +48,7 @@ REFUSAL = "is not a resdepth checkpoint, or one made to run code (the safe loade
 
 
 def test_the_safe_reader_refuses_it_and_runs_nothing(tmp_path, tiny_config, malicious_checkpoint):
-    from resdepth.train import run_training
+    from resdepth.train.trainer import run_training
 
     seen: list[int] = []
     run_training(tiny_config(epochs=3), tmp_path / "run", should_stop=lambda: seen.append(1) or len(seen) > 5)
@@ -137,7 +136,7 @@ READING = ("table", "plot", "report", "status", "analyze")
 def swept_folder(tmp_path_factory) -> Path:
     from typer.testing import CliRunner
 
-    from resdepth.cli import app
+    from resdepth.cli.app import app
 
     out = tmp_path_factory.mktemp("swept") / "results"
     args = ["sweep", "--depths", "8", "--kind", "plain,residual", "--dataset", "synthetic", "--synthetic-train", "128",
@@ -329,9 +328,9 @@ def test_a_malformed_file_is_one_line_naming_it_in_every_reading_command(planted
 def test_the_readers_schema_of_config_json_is_the_configs_own():
     import typing
 
-    from resdepth.data import DataConfig
-    from resdepth.results import DATA_CONFIG_TYPES, RUN_CONFIG_TYPES
-    from resdepth.train import TrainConfig
+    from resdepth.results.runs import DATA_CONFIG_TYPES, RUN_CONFIG_TYPES
+    from resdepth.train.data import DataConfig
+    from resdepth.train.trainer import TrainConfig
 
     train, data = typing.get_type_hints(TrainConfig), typing.get_type_hints(DataConfig)
     assert {key: train[key] for key in RUN_CONFIG_TYPES} == RUN_CONFIG_TYPES
@@ -414,7 +413,7 @@ def test_sizes_depths_and_counts_are_bounded_before_anything_is_read_or_built(pl
                      "--out", str(planted.outside)]):
         one_line_refusal(run_cli(*command), "bomb.pt")
     from resdepth.errors import UserError as Refused
-    from resdepth.results import read_checkpoint as read
+    from resdepth.results.runs import read_checkpoint as read
 
     with pytest.raises(Refused, match="refused before unpacking it"):
         read(planted.results / "bomb.pt")
@@ -433,7 +432,7 @@ def test_sizes_depths_and_counts_are_bounded_before_anything_is_read_or_built(pl
 
 
 def test_jobs_are_capped_by_the_machine(tmp_path, tiny_sweep):
-    from resdepth.sweep import cpu_cores, device_slots
+    from resdepth.sweep.runner import cpu_cores, device_slots
 
     assert len(device_slots(tiny_sweep(tmp_path, jobs=10_000))) == cpu_cores()
 
@@ -443,7 +442,7 @@ def test_a_job_whose_thread_dies_fails_its_cells_and_the_sweep_ends(tmp_path, ti
     replaced by a folder between planning and training: reading it raises IsADirectoryError in the thread)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from resdepth.executors import SequentialExecutor
+    from resdepth.sweep.executors import SequentialExecutor
 
     class DyingThread(SequentialExecutor):
         def submit(self, job):
@@ -491,7 +490,7 @@ def test_a_plot_killed_midway_leaves_whole_files_or_none(swept_folder, tmp_path,
 def test_a_sweep_that_only_finds_busy_cells_leaves_sweep_json_as_it_was(tmp_path, tiny_sweep, run_sweep_now,
                                                                        live_lock):
     """Sweep B plans a cell as new, and by the time it would start it, sweep A (another live process) holds it."""
-    from resdepth.sweep import make_executor, plan_sweep, run_sweep
+    from resdepth.sweep.runner import make_executor, plan_sweep, run_sweep
 
     first = tiny_sweep(tmp_path, kinds=["plain"], seeds=[0, 1])
     run_sweep_now(first)
@@ -509,7 +508,7 @@ def test_a_sweep_that_only_finds_busy_cells_leaves_sweep_json_as_it_was(tmp_path
 
 
 def test_the_suggested_resume_command_repeats_how_the_sweep_executed(tmp_path, tiny_sweep):
-    from resdepth.cli import resume_command
+    from resdepth.cli.app import resume_command
 
     sweep = tiny_sweep(tmp_path, executor="ray", ray_address="auto", gpus_per_job=0.5)
     assert resume_command(sweep, "--retry-failed") == (

@@ -1,0 +1,320 @@
+"""How long a planned sweep would take on this machine, for `resdepth sweep --dry-run`.
+
+Per cell: the iterations it would run (a resumed cell: those left) and the time they take at this machine's
+measured training speed. A depth's speed comes from a `resdepth bench` with the same settings where one was
+recorded, else from a short timed probe of the real `Trainer` (a few eager steps on synthetic images of the run's
+batch size); both are kept in a small cache for the next dry run. Only the sweep's smallest depth and its largest
+up to 110 are probed: the others are interpolated, a training image costing a fixed time plus a time per forward
+multiply-add (the fixed part is what makes small nets slower per FLOP on a GPU). It never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import count_multiply_adds
+from ..models.families import build_network
+from ..results.runs import RunStatus, write_json
+from ..sweep.runner import RUNNABLE, PlannedCell, SweepConfig, cpu_cores, device_slots, planned_jobs, task_threads
+from ..train.data import DataCheck, DataConfig, check_data_present, make_synthetic
+from ..train.devices import resolve_device, resolved_precision
+from ..train.trainer import TrainConfig, Trainer, resolve_iterations, steps_per_epoch, uses_compile
+from .throughput import BenchConfig, BenchRow, device_name, synchronize, train_steps
+
+SPEEDS_FILE = "speeds.json"
+PROBE_WARMUP_STEPS = 2  # untimed: the first steps allocate memory and plan the convolutions
+PROBE_STEPS = (3, 10)  # timed steps per depth: at least 3, then until PROBE_SECONDS have passed, at most 10
+PROBE_SECONDS = 1.5
+PROBE_MAX_DEPTH = 110  # deeper nets (1202) are not probed (a step takes many seconds on a CPU): extrapolated
+BUSY_LOAD = 1.0  # load average per core at which a probe shares the cores with others: on 2 cores, ~10x slower seen
+EVAL_SPEEDUP = 3.0  # evaluation is a forward pass only, about a third of a training step (bench.TRAINING_PASSES)
+
+
+@dataclass(frozen=True)
+class Speed:
+    images_per_second: float
+    source: str  # "bench" (an earlier `resdepth bench`), "probe", or "interpolated" (from the measured depths)
+    measured: float  # when (Unix time)
+    compile: bool  # measured with torch.compile (bench only; a probe is always eager)
+    load: float | None = None  # a probe: the 1-minute load average per core just before it (>= 1: others were busy)
+    now: bool = False  # measured by this call
+
+
+@dataclass
+class CellEstimate:
+    iterations: int | None  # to run: None for a cell that is skipped, or whose --epochs need an unknown data size
+    seconds: float | None  # None where there is no estimate
+    speed: Speed | None = None
+
+
+@dataclass
+class PlanEstimate:
+    cells: dict[str, CellEstimate]  # by cell name
+    total_seconds: float | None  # wall time with the sweep's parallel job slots, when every cell has an estimate
+    basis: list[str]  # where the speeds come from and what the times leave out, or why there is none
+    data: DataCheck
+
+
+def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
+                  on_progress: Callable[[str], None] = lambda _: None) -> PlanEstimate:
+    """Iterations and time per planned cell on this machine, measuring what the speed cache does not hold."""
+    data = check_data_present(sweep.train.data)
+    runnable = [item for item in planned if item.action in RUNNABLE]
+    cells = {item.cell.name: CellEstimate(cell_iterations(item, data) if item in runnable else None, None)
+             for item in planned}
+    if sweep.executor in ("ray", "slurm"):
+        basis = [f"no time estimate: the cells run on {sweep.executor} nodes, not on this machine"]
+        return PlanEstimate(cells, None, basis, data)
+    slots = device_slots(sweep)
+    threads = task_threads(sweep)
+    speeds: dict[tuple[str, str, int], Speed] = {}
+    for slot, setting in dict.fromkeys((item.device, speed_setting(item.cell.config)) for item in runnable):
+        configs = {item.cell.config.depth: item.cell.config for item in runnable
+                   if (item.device, speed_setting(item.cell.config)) == (slot, setting)}
+        for depth, speed in depth_speeds(configs, slot, threads, on_progress).items():
+            speeds[slot, setting, depth] = speed
+    eager = False  # some run will compile, and its speed was measured without
+    for item in runnable:
+        estimate = cells[item.cell.name]
+        estimate.speed = speeds[item.device, speed_setting(item.cell.config), item.cell.config.depth]
+        estimate.seconds = cell_seconds(item.cell.config, estimate.iterations, data, estimate.speed.images_per_second)
+        eager |= will_compile(item, data) and not estimate.speed.compile
+    seconds = job_seconds(runnable, cells)
+    total = None if None in seconds else wall_time([s for s in seconds if s is not None], len(slots))
+    basis = describe_basis(speeds, threads, len(slots), data, eager)
+    if any(item.group for item in runnable):
+        basis.append("a fused job is timed as its cells one after another in one slot: `resdepth bench --fuse 1,2,4` "
+                     "measures what fusing changes on this machine")
+    return PlanEstimate(cells, total, basis, data)
+
+
+def speed_setting(config: TrainConfig) -> str:
+    """What sets a cell's images/s besides its depth and slot, as grid axes may vary it: the mini-batch, the
+    precision, the layout and the network's options (width)."""
+    return json.dumps([config.batch_size, config.precision, config.channels_last, config.options], sort_keys=True)
+
+
+def job_seconds(runnable: list[PlannedCell], cells: dict[str, CellEstimate]) -> list[float | None]:
+    """Each job's time: a cell's own, a fused group's the sum of its cells' (its cells share one slot)."""
+    times = [[cells[item.cell.name].seconds for item in job] for job in planned_jobs(runnable)]
+    return [None if None in job else sum(t for t in job if t is not None) for job in times]
+
+
+def planned_iterations(config: TrainConfig, data: DataCheck) -> int | None:
+    """The run's iterations from start to end; None when --epochs sets them and the data size is unknown."""
+    if config.epochs is not None and data.train_images is None:
+        return None
+    return resolve_iterations(config, data.train_images or 0).iterations
+
+
+def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:
+    """The iterations the cell has left to run."""
+    planned = planned_iterations(item.cell.config, data)
+    if planned is None:
+        return None
+    status = RunStatus.read(item.cell.run_dir) if item.action == "resume" else None
+    return max(0, planned - status.iteration) if status else planned
+
+
+def will_compile(item: PlannedCell, data: DataCheck) -> bool:
+    """Whether the cell's run will use torch.compile: a fused job never does; a single run by its whole run's
+    iterations (which --epochs sets)."""
+    planned = planned_iterations(item.cell.config, data)
+    if item.group or planned is None:
+        return False
+    return uses_compile(replace(item.cell.config, iterations=planned), resolve_device(item.device))
+
+
+def cell_seconds(config: TrainConfig, iterations: int | None, data: DataCheck,
+                 images_per_second: float) -> float | None:
+    """Training steps at the measured speed, plus an evaluation of the test (and validation) images per epoch."""
+    if iterations is None:
+        return None
+    seconds = iterations * config.batch_size / images_per_second
+    if data.train_images and data.test_images is not None:
+        epochs = math.ceil(iterations / steps_per_epoch(data.train_images, config.batch_size))
+        seconds += epochs * (data.test_images + data.val_images) / (EVAL_SPEEDUP * images_per_second)
+    return seconds
+
+
+def wall_time(seconds: list[float], slots: int) -> float:
+    """The sweep's length when each cell, in plan order, takes the first job slot to come free (as run_sweep does)."""
+    free_at = [0.0] * max(1, slots)
+    for length in seconds:
+        first = free_at.index(min(free_at))
+        free_at[first] += length
+    return max(free_at)
+
+
+# ---------------------------------------------------------------------------------------------- speeds
+def depth_speeds(configs: dict[int, TrainConfig], slot: str, threads: int,
+                 on_progress: Callable[[str], None]) -> dict[int, Speed]:
+    """The speed of each depth on one device: cached, else probed (the smallest depth and the largest up to
+    PROBE_MAX_DEPTH), else interpolated from those by forward multiply-adds."""
+    device = resolve_device(slot)
+    cache = read_speeds()
+    known = {depth: speed for depth, config in configs.items()
+             if (speed := cached_speed(cache, config, device, threads)) is not None}
+    probed = [d for d in configs if d <= PROBE_MAX_DEPTH] or [min(configs)]
+    for depth in sorted({min(configs), max(probed)} - known.keys()):
+        on_progress(f"measuring depth {depth} on {slot} ({threads} thread(s)): a few training steps")
+        known[depth] = probe_and_remember(configs[depth], device, threads)
+    config = next(iter(configs.values()))
+    cost = fit_image_cost({depth: 1 / speed.images_per_second for depth, speed in known.items()}, config.kind,
+                          config.options)
+    compiled = all(speed.compile for speed in known.values())
+    return {depth: known.get(depth) or Speed(1 / cost(depth), "interpolated", time.time(), compiled)
+            for depth in configs}
+
+
+def cached_speed(cache: dict[str, dict[str, Any]], config: TrainConfig, device: Any, threads: int) -> Speed | None:
+    """The recorded speed of these settings: with compile as the run will use it, else eager."""
+    for compile in dict.fromkeys((uses_compile(config, device), False)):
+        entry = cache.get(speed_key(config, device, threads, compile))
+        if entry is not None:
+            return Speed(**entry)
+    return None
+
+
+def probe_and_remember(config: TrainConfig, device: Any, threads: int) -> Speed:
+    load = os.getloadavg()[0] / cpu_cores()
+    saved_threads = torch.get_num_threads()
+    try:
+        images_per_second = probe_speed(config, device, threads)
+    finally:
+        torch.set_num_threads(saved_threads)
+    speed = Speed(images_per_second, "probe", time.time(), compile=False, load=round(load, 2))
+    remember_speed(speed_key(config, device, threads, False), speed)
+    return replace(speed, now=True)
+
+
+def fit_image_cost(seconds_per_image: dict[int, float], kind: str,
+                   options: dict[str, Any] | None = None) -> Callable[[int], float]:
+    """Seconds per training image as fixed + per-multiply-add cost, fitted through the measured depths of the
+    family at these network options (least squares; through zero when one depth is known, or when the fit gives a
+    negative fixed cost)."""
+    def macs(depth: int) -> float:
+        return float(count_multiply_adds(build_network(kind, depth, net_options=options)))
+
+    points = [(macs(depth), cost) for depth, cost in seconds_per_image.items()]
+    fixed, per_mac = 0.0, sum(x * y for x, y in points) / sum(x * x for x, _ in points)
+    if len(points) > 1:
+        mean_x, mean_y = (sum(v) / len(points) for v in zip(*points, strict=True))
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+        if mean_y - slope * mean_x >= 0 and slope > 0:
+            fixed, per_mac = mean_y - slope * mean_x, slope
+    return lambda depth: fixed + per_mac * macs(depth)
+
+
+def probe_speed(config: TrainConfig, device: Any, threads: int) -> float:
+    """Images/s of the real Trainer's training step with these settings, eager, on synthetic images."""
+
+    torch.set_num_threads(threads)
+    data = DataConfig(dataset="synthetic", synthetic_train=2 * config.batch_size, synthetic_test=16)
+    probe = replace(config, compile=False, epochs=None, iterations=TrainConfig.iterations, data=data,
+                    device=str(device), threads=threads, tensorboard=False)
+    with tempfile.TemporaryDirectory(prefix="resdepth-probe-") as run_dir:
+        trainer = Trainer(probe, Path(run_dir), device, make_synthetic(data.synthetic_train, data.synthetic_test))
+        try:
+            train_steps(trainer, PROBE_WARMUP_STEPS)
+            synchronize(device)
+            seconds: list[float] = []  # per step: other load only ever slows a step down, so the fastest counts
+            while len(seconds) < PROBE_STEPS[0] or (len(seconds) < PROBE_STEPS[1] and sum(seconds) < PROBE_SECONDS):
+                started = time.perf_counter()
+                train_steps(trainer, 1)
+                synchronize(device)
+                seconds.append(time.perf_counter() - started)
+            return trainer.batch / min(seconds)
+        finally:
+            trainer.close()
+
+
+def speed_key(config: TrainConfig, device: Any, threads: int, compile: bool, depth: int | None = None,
+              batch_size: int | None = None, precision: str | None = None, channels_last: bool | None = None) -> str:
+    """What a speed depends on: this host, its device, threads, batch size, precision, layout, graph, depth."""
+    return json.dumps({
+        "host": socket.gethostname(), "device": device_name(device), "threads": threads,
+        "batch_size": batch_size or config.batch_size,
+        "precision": precision or resolved_precision(config.precision, device),
+        "channels_last": channels_last if channels_last is not None else config.channels_last is not False,
+        "cuda_graph": config.cuda_graph, "compile": compile, "depth": depth or config.depth,
+        **({"options": config.options} if config.options else {}),  # width 1 keeps the keys cached before widths
+    }, sort_keys=True)
+
+
+def speeds_path() -> Path:
+    """$RESDEPTH_CACHE/speeds.json, by default ~/.cache/resdepth/speeds.json."""
+    return Path(os.environ.get("RESDEPTH_CACHE") or Path.home() / ".cache" / "resdepth") / SPEEDS_FILE
+
+
+def read_speeds() -> dict[str, dict[str, Any]]:
+    try:
+        payload = json.loads(speeds_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    fields = set(Speed.__dataclass_fields__) - {"now"}
+    return {key: value for key, value in payload.items() if isinstance(value, dict) and set(value) == fields}
+
+
+def remember_speed(key: str, speed: Speed) -> None:
+    """Keep a measured speed for later dry runs; a cache that cannot be written only means measuring again."""
+    path = speeds_path()
+    entries = read_speeds()
+    entries[key] = {name: getattr(speed, name) for name in Speed.__dataclass_fields__ if name != "now"}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, entries)
+    except OSError:
+        pass
+
+
+def remember_bench(config: BenchConfig, rows: list[BenchRow]) -> None:
+    """`resdepth bench`'s speeds, preferred by later dry runs with the same settings over a probe."""
+
+    for row in rows:
+        device = torch.device(row.device)
+        train = TrainConfig(batch_size=config.batch_size, cuda_graph=row.cuda_graph)
+        key = speed_key(train, device, row.threads, row.compile, depth=row.depth, precision=row.precision,
+                        channels_last=row.channels_last)
+        remember_speed(key, Speed(row.resdepth_images_per_second, "bench", time.time(), row.compile))
+
+
+def describe_basis(speeds: dict[tuple[str, str, int], Speed], threads: int, slots: int, data: DataCheck,
+                   eager: bool) -> list[str]:
+    """Where the img/s come from, and what the times assume (eager: runs that will compile were timed without)."""
+    lines = []
+    for source, words in (("bench", "from `resdepth bench` of"), ("probe", "probed (a few eager training steps)")):
+        chosen = {depth: speed for (*_, depth), speed in speeds.items() if speed.source == source}
+        if chosen:
+            when = ", ".join(sorted({"now" if s.now else time.strftime("%Y-%m-%d %H:%M", time.localtime(s.measured))
+                                     for s in chosen.values()}))
+            lines.append(f"img/s of depth {', '.join(map(str, sorted(chosen)))} {words} {when} on this machine, "
+                         f"{threads} thread(s) per job")
+    guessed = sorted({depth for (*_, depth), speed in speeds.items() if speed.source == "interpolated"})
+    if guessed:
+        lines.append(f"depth {', '.join(map(str, guessed))}: from the measured depths by forward multiply-adds")
+    if eager:
+        lines.append("measured without torch.compile, which these runs use (CPU, >= 2000 iterations): expect them "
+                     "~14% faster after 1-2 minutes of compiling; `resdepth bench` measures that")
+    busy = [speed.load for speed in speeds.values() if speed.load is not None and speed.load >= BUSY_LOAD]
+    if busy:
+        lines.append(f"probed while other processes kept this machine busy (load {max(busy):.1f} per core): those "
+                     "img/s may be several times too low")
+    if slots > 1:
+        lines.append(f"{slots} jobs at once, assumed not to slow each other")
+    if data.train_images is None:
+        lines.append("runs given in --epochs: their iterations are unknown until the data can be read")
+    if speeds:
+        lines.append(f"speeds are kept in {speeds_path()}: delete it to measure again (say on an idle machine)")
+    return lines

@@ -1,0 +1,496 @@
+"""Figure 1 and Figure 6 style error curves, seeds averaged, as matplotlib Figures (the CLI saves them).
+
+Figures are built on the Agg canvas directly, without pyplot: headless, and nothing global is changed for a
+caller's own plots (a notebook can still show the returned Figure).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from ..errors import UserError
+from ..models.families import builtin_families, file_name
+from .groups import GroupKey, axes_text, group_runs, is_complete, setting_order
+from .runs import Run, atomic_write_bytes, printable
+from .tables import group_differences, nets_by_difference, paper_test_error, summarize
+
+X_AXES = ("iterations", "epochs")
+FORMATS = ("png", "pdf", "svg")
+METRICS = ("train_error", "test_error", "val_error")
+METRIC_WORDS = {"train_error": "train", "test_error": "test", "val_error": "val"}
+PAPER_Y_MAX = 20.0  # the paper's figures show 0-20% error and clip the first, higher iterations
+# A page's text width (7 in) at 9-10 pt text and thick lines: legible printed at that size, still readable at
+# half of it (a single column). Test error is the bold line, as in the paper's Figure 6.
+FIG_WIDTH, FIG_HEIGHT, FONT, TITLE_FONT = 7.0, 3.2, 9, 10
+TRAIN_WIDTH, TEST_WIDTH, VAL_WIDTH, BAND_ALPHA = 1.3, 2.2, 1.6, 0.18
+# Line style, width and point marker per metric in Figure 6 (dashed training, bold test, dotted validation); the
+# point markers are drawn only on curves with few points (short runs), where overlapping lines would hide each other.
+STYLES = {"train_error": ("--", TRAIN_WIDTH, "s"), "test_error": ("-", TEST_WIDTH, "o"),
+          "val_error": (":", VAL_WIDTH, "^")}
+STYLE_WORDS = {"train_error": "training error", "test_error": "test error", "val_error": "validation error"}
+MARKED_POINTS = 30  # curves with at most this many points show them
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+DEEPEST_PAIR = (110, 1202)  # Figure 6, right: ResNet-110 against ResNet-1202, in a panel of their own
+LEGEND_ENTRY_WIDTH = 1.7  # inches a legend entry takes at FONT, the longest ("warm-up end (cap)") included
+PAPER_TICK_WIDTH = 0.05  # the paper's final test error: a tick this share of the x range long, after the curve's end
+
+
+@dataclass
+class SeedCurves:
+    """The seeds of one setting averaged: one row per logged iteration, mean and range of the errors (%)."""
+
+    key: GroupKey
+    runs: list[Run]
+    frame: pd.DataFrame  # iteration, epoch, runs, {train,test[,val]}_error_{mean,min,max}
+
+    @property
+    def finished(self) -> bool:
+        return all(is_complete(run) for run in self.runs)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics the runs logged: training and test error, and validation error with a held-out split."""
+        return [m for m in METRICS if f"{m}_mean" in self.frame and self.frame[f"{m}_mean"].notna().any()]
+
+    @property
+    def paper_protocol(self) -> bool:
+        return not group_differences(self.runs)
+
+    def label(self, metric: str) -> str:
+        """Names the line for code that inspects a figure (e.g. 'plain-20 test_error'); legends name depths."""
+        return f"{self.key.variant}-{self.key.depth} {metric}"
+
+
+def group_curves(runs: list[Run]) -> list[SeedCurves]:
+    """One SeedCurves per dataset x kind (x shortcut) x depth. Where a seed has stopped early the mean goes on over the
+    seeds that reached that iteration (the `runs` column says how many)."""
+    return [SeedCurves(key, group, average_seeds(group)) for key, group in group_runs(runs).items()]
+
+
+def average_seeds(runs: list[Run]) -> pd.DataFrame:
+    logged = [m for m in METRICS if any(m in run.metrics for run in runs)]
+    metrics = pd.concat([run.metrics.reindex(columns=["iteration", "epoch", *logged]) for run in runs])
+    grouped = metrics.groupby("iteration", sort=True)
+    frame = grouped[logged].agg(["mean", "min", "max"])
+    frame.columns = [f"{metric}_{stat}" for metric, stat in frame.columns]
+    frame.insert(0, "runs", grouped.size())
+    frame.insert(0, "epoch", grouped["epoch"].first())
+    return frame.reset_index()
+
+
+def build_figures(runs: list[Run], x: str = "iterations", paper: bool = False) -> dict[str, Figure]:
+    """Every figure for the runs, by file stem: figure1-<kind>-<dataset> per kind, figure6-<dataset>. With paper,
+    Figure 6 marks the test errors of each family's paper (Table 6 for residual nets) beside the curves of runs
+    that follow that paper's protocol."""
+    check_axis(x)
+    suffix = "" if x == "iterations" else "-epochs"
+    figures: dict[str, Figure] = {}
+    every = group_curves(runs)
+    for study in dict.fromkeys(curve.key.study for curve in every):
+        curves = [c for c in every if c.key.study == study]
+        name = study_name(study)
+        for variant in dict.fromkeys(c.key.variant for c in curves):
+            figures[f"figure1-{file_name(variant)}-{name}{suffix}"] = figure1(curves, variant, x)
+        figures[f"figure6-{name}{suffix}"] = figure6(curves, x, paper=paper)
+    for dataset in dict.fromkeys(curve.key.dataset for curve in every):
+        curves = [c for c in every if c.key.dataset == dataset]
+        keys = list(dict.fromkeys(name for c in curves for name, _ in c.key.axes))
+        if len({c.key.axes for c in curves}) > 1:
+            figures[f"figure6-{study_name((dataset, ''))}-by-{file_slug('_'.join(keys))}{suffix}"] = \
+                figure6_by_setting(curves, x, paper=paper)
+    return figures
+
+
+def paper_tick_notes(runs: list[Run]) -> list[str]:
+    """Why `--paper` leaves nets its family's paper has a number for without a tick: one line per way their protocol
+    differs from the paper's (or one line when no run is such a net); empty when every such net got its tick."""
+    summary = summarize(runs)
+    eligible = summary[summary["paper_test_error"].notna()]
+    if eligible.empty:
+        return [f"no net here that its family's paper gives a number for ({papers_known()}): nothing to mark"]
+    several = summary["dataset"].nunique() > 1 or summary["setting"].ne("").any()
+    return [f"no tick for {nets}: not the paper's protocol ({differences})"
+            for nets, differences in nets_by_difference(eligible[~eligible["paper_protocol"]], several)]
+
+
+def papers_known() -> str:
+    """'residual 20, 32, 44, 56, 110, 1202; preact 110; ...': the nets of the built-in families' paper tables."""
+    return "; ".join(f"{f.name} {', '.join(map(str, f.reference.depths()))}"
+                     for f in builtin_families() if f.reference)
+
+
+def file_slug(setting: str) -> str:
+    """'iterations 400, lr 0.05' -> 'iterations400_lr0.05': a setting as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9._]+", "", setting.replace(", ", "_"))
+
+
+def study_name(study: tuple[str, str]) -> str:
+    """(dataset, setting) as part of a file name: 'cifar10', or 'cifar10-iterations400' for a named setting."""
+    # the dataset is a config.json's text: never a '/' (a path out of the folder) in a file name
+    return "-".join(filter(None, (file_name(study[0]), file_slug(study[1]))))
+
+
+def study_title(study: tuple[str, str]) -> str:
+    """(dataset, setting) as a figure's title names it: 'cifar10', or 'cifar10 (iterations 400)'; as plain text
+    (a '$' in a folder's dataset name is no mathtext)."""
+    title = f"{study[0]} ({study[1]})" if study[1] else study[0]
+    return printable(title).replace("$", r"\$")
+
+
+def plot_figure1(runs: list[Run], kind: str = "plain", x: str = "iterations") -> Figure:
+    """Figure 1 style for one dataset's runs of one kind: training error (left), test error (right)."""
+    return figure1(one_dataset(group_curves(runs)), kind, x)
+
+
+def plot_figure6(runs: list[Run], x: str = "iterations", paper: bool = False) -> Figure:
+    """Figure 6 style for one dataset's runs: a panel per kind, dashed training error, bold test error, dotted
+    validation error; ResNet-110 vs ResNet-1202 in a third panel when both are there."""
+    return figure6(one_dataset(group_curves(runs)), x, paper=paper)
+
+
+def figure1(curves: list[SeedCurves], variant: str, x: str) -> Figure:
+    """Training error left, test (and validation) error right, one colour per depth. The y range is the one every
+    kind's Figure 1 of this study gets (from all its curves), so the plain and residual files compare side by side."""
+    check_axis(x)
+    chosen = [c for c in curves if c.key.variant == variant]
+    if not chosen:
+        raise ValueError(f"no {variant} runs to plot")
+    colours = depth_colours(c.key.depth for c in curves)
+    figure, (train_axes, test_axes) = new_figure(2)
+    xaxis = XAxis.choose(x, chosen)
+    with_val = any("val_error" in c.metrics for c in chosen)
+    panels = ((train_axes, ("train_error",), "training error"),
+              (test_axes, ("test_error", "val_error"), "test and validation error" if with_val else "test error"))
+    for axes, metrics, title in panels:
+        for curve in chosen:
+            for metric in (m for m in metrics if m in curve.metrics):
+                style = "-" if metric != "val_error" else ":"
+                width = TEST_WIDTH if style == "-" else VAL_WIDTH
+                draw(axes, curve, metric, xaxis, colours[curve.key.depth], width, style)
+            mark_warmup_ends(axes, curve, xaxis, colours[curve.key.depth])
+        style_axes(axes, f"{variant} nets: {title}", xaxis, ylabel=axes is train_axes)
+    top = set_error_range([train_axes, test_axes], curves)
+    for axes, metrics, _ in panels:
+        note_off_axis(axes, chosen, metrics, top)
+    figure.suptitle(f"{study_title(chosen[0].key.study)}: {variant} nets by depth", fontsize=TITLE_FONT)
+    styles = [("test_error", "-"), ("val_error", ":")] if with_val else []
+    add_legend(figure, chosen, colours, styles)
+    return figure
+
+
+def figure6(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
+    check_axis(x)
+    if not curves:
+        raise ValueError("no runs to plot")
+    panels = figure6_panels(curves)
+    colours = depth_colours(c.key.depth for c in curves)
+    xaxis = XAxis.choose(x, curves)
+    figure, axes_list = new_figure(len(panels))
+    ticked: set[str] = set()
+    for axes, (title, members) in zip(axes_list, panels, strict=True):
+        ticked |= draw_panel(axes, members, xaxis, colours, paper)
+        style_axes(axes, title, xaxis, ylabel=axes is axes_list[0])
+    top = set_error_range(axes_list, curves)
+    for axes, (_, members) in zip(axes_list, panels, strict=True):
+        note_off_axis(axes, members, METRICS, top)
+    figure.suptitle(f"{study_title(curves[0].key.study)}: {style_words(curves)}", fontsize=TITLE_FONT)
+    finish_figure6(figure, curves, colours, ticked)
+    return figure
+
+
+def figure6_by_setting(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
+    """One dataset's Figure 6 across its settings (a sweep's grid axes: lr, width, ...): a row of panels per kind,
+    a column per setting, titled with its values; one colour per depth and one y range throughout, so depth reads
+    along a row and the axis down a column."""
+    check_axis(x)
+    settings = sorted(dict.fromkeys(c.key.axes for c in curves), key=setting_order)
+    variants = list(dict.fromkeys(c.key.variant for c in curves))
+    colours = depth_colours(c.key.depth for c in curves)
+    xaxis = XAxis.choose(x, curves)
+    figure, grid = new_grid(len(variants), len(settings))
+    ticked: set[str] = set()
+    for row, variant in zip(grid, variants, strict=True):
+        for axes, setting in zip(row, settings, strict=True):
+            members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
+            ticked |= draw_panel(axes, members, xaxis, colours, paper)
+            style_axes(axes, f"{variant} nets: {axes_text(setting)}", xaxis, ylabel=axes is row[0])
+            if not members:  # the grid is not full: say so rather than leave a blank the eye reads as a result
+                axes.text(0.5, 0.5, "no runs", transform=axes.transAxes, ha="center", va="center", fontsize=FONT,
+                          color="0.5")
+    top = set_error_range([axes for row in grid for axes in row], curves)
+    for row, variant in zip(grid, variants, strict=True):
+        for axes, setting in zip(row, settings, strict=True):
+            members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
+            note_off_axis(axes, members, METRICS, top)
+    keys = ", ".join(dict.fromkeys(name for setting in settings for name, _ in setting))
+    figure.suptitle(f"{curves[0].key.dataset} by {keys}: {style_words(curves)}", fontsize=TITLE_FONT)
+    finish_figure6(figure, curves, colours, ticked)
+    return figure
+
+
+def draw_panel(axes: Axes, members: list[SeedCurves], xaxis: XAxis, colours: dict[int, str], paper: bool) -> set[str]:
+    """A Figure 6 panel's curves (every metric in its style, a colour per depth) and warm-up marks; with paper, the
+    paper's errors beside them. Returns the labels of the papers it marked."""
+    for curve in members:
+        for metric in curve.metrics:
+            style, width, _ = STYLES[metric]
+            draw(axes, curve, metric, xaxis, colours[curve.key.depth], width, style)
+        mark_warmup_ends(axes, curve, xaxis, colours[curve.key.depth])
+    return mark_paper_errors(axes, members, xaxis, colours) if paper else set()
+
+
+def style_words(curves: list[SeedCurves]) -> str:
+    with_val = any("val_error" in c.metrics for c in curves)
+    return "dashed = training error, bold = test error" + (", dotted = validation error" if with_val else "")
+
+
+def finish_figure6(figure: Figure, curves: list[SeedCurves], colours: dict[int, str], ticked: set[str]) -> None:
+    with_val = any("val_error" in c.metrics for c in curves)
+    styles = [(m, STYLES[m][0]) for m in METRICS if with_val or m != "val_error"]
+    add_legend(figure, curves, colours, styles, paper_ticks=sorted(ticked))
+
+
+def figure6_panels(curves: list[SeedCurves]) -> list[tuple[str, list[SeedCurves]]]:
+    """A panel per kind, as the paper's left and middle panels; a kind with both 110 and 1202 layers gets the
+    paper's right panel, ResNet-110 vs ResNet-1202, and its 1202-layer curve moves there."""
+    panels = []
+    for variant in dict.fromkeys(c.key.variant for c in curves):
+        members = [c for c in curves if c.key.variant == variant]
+        pair = [c for c in members if c.key.depth in DEEPEST_PAIR]
+        if len(pair) == len(DEEPEST_PAIR):
+            panels.append((f"{variant} nets", [c for c in members if c.key.depth != DEEPEST_PAIR[1]]))
+            panels.append((f"{variant} nets: {DEEPEST_PAIR[0]} vs {DEEPEST_PAIR[1]} layers", pair))
+        else:
+            panels.append((f"{variant} nets", members))
+    return panels
+
+
+@dataclass(frozen=True)
+class XAxis:
+    column: str
+    divisor: float
+    label: str
+
+    @classmethod
+    def choose(cls, x: str, curves: list[SeedCurves]) -> XAxis:
+        """Iterations in units of 1e4 as the paper; plain iterations for runs too short for that unit to read."""
+        if x == "epochs":
+            return cls("epoch", 1.0, "epoch")
+        longest = max(c.frame["iteration"].max() for c in curves)
+        return cls("iteration", 1e4, "iter. (1e4)") if longest >= 1e4 else cls("iteration", 1.0, "iterations")
+
+
+def new_figure(panels: int) -> tuple[Figure, list[Axes]]:
+    figure, grid = new_grid(1, panels)
+    return figure, grid[0]
+
+
+def new_grid(rows: int, columns: int) -> tuple[Figure, list[list[Axes]]]:
+    """Rows of panels side by side, all sharing the y axis; a row is a page's width (or 3.5 in a panel) wide."""
+    height = FIG_HEIGHT if rows == 1 else 0.4 + (FIG_HEIGHT - 0.6) * rows
+    figure = Figure(figsize=(max(FIG_WIDTH, 3.5 * columns), height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, [list(row) for row in figure.subplots(rows, columns, sharey=True, squeeze=False)]
+
+
+def draw(axes: Axes, curve: SeedCurves, metric: str, xaxis: XAxis, colour: str, width: float, style: str) -> None:
+    """The mean over seeds as a line (with its points marked when there are few); the range over seeds as a band
+    where there are several; an open circle at the end of an unfinished curve."""
+    frame = curve.frame.dropna(subset=[f"{metric}_mean"])
+    xs = frame[xaxis.column] / xaxis.divisor
+    few = len(frame) <= MARKED_POINTS
+    axes.plot(xs, frame[f"{metric}_mean"], color=colour, linewidth=width, linestyle=style, label=curve.label(metric),
+              marker=STYLES[metric][2] if few else None, markersize=3.5 if metric == "test_error" else 3)
+    if not curve.finished:
+        axes.plot(xs.iloc[-1:], frame[f"{metric}_mean"].iloc[-1:], color=colour, marker="o", markerfacecolor="white",
+                  markersize=6, linestyle="none", label=f"_unfinished {curve.label(metric)}")
+    if len(curve.runs) > 1 and metric != "val_error":  # a third band would mostly repeat the test error's
+        axes.fill_between(xs, frame[f"{metric}_min"], frame[f"{metric}_max"], color=colour, alpha=BAND_ALPHA,
+                          linewidth=0)
+
+
+def mark_warmup_ends(axes: Axes, curve: SeedCurves, xaxis: XAxis, colour: str) -> None:
+    """A small triangle on the x axis, in the depth's colour, where each run's warm-up ended: filled when the
+    training error fell below the threshold (§4.2), open when the cap ended it. On the axis rather than on the
+    curve: in the paper's 0-20% range a curve is still far above the top at the end of a warm-up."""
+    for run in curve.runs:
+        if run.warmup_end_iteration is None:
+            continue
+        x = warmup_end_x(run, xaxis)
+        if x is None:
+            continue
+        axes.plot([x], [0.025], transform=axes.get_xaxis_transform(), clip_on=False, linestyle="none", marker="^",
+                  markersize=6, color=colour, markerfacecolor=colour if run.warmup_end_reason != "cap" else "white",
+                  label=f"_warm-up end {curve.label(run.warmup_end_reason or '')}")
+
+
+def warmup_end_x(run: Run, xaxis: XAxis) -> float | None:
+    if xaxis.column == "iteration":
+        return run.warmup_end_iteration / xaxis.divisor
+    steps = run.config.get("resolved", {}).get("steps_per_epoch")
+    return run.warmup_end_iteration / steps if steps else None
+
+
+def mark_paper_errors(axes: Axes, curves: list[SeedCurves], xaxis: XAxis, colours: dict[int, str]) -> set[str]:
+    """A short horizontal tick just after the end of each curve at its family's paper's test error for that depth
+    (where the paper gives a mean over runs, that mean, as our line is a mean: ResNet-110's 6.61), only for curves
+    whose every run followed the paper's protocol. Returns the labels of the papers it marked."""
+    chosen = [(c, paper_test_error(c.runs)) for c in curves if c.paper_protocol]
+    chosen = [(c, value) for c, value in chosen if value is not None]
+    if not chosen:
+        return set()
+    right = max(c.frame[xaxis.column].max() for c in curves) / xaxis.divisor
+    for curve, value in chosen:
+        end = curve.frame[xaxis.column].iloc[-1] / xaxis.divisor
+        start = end + 0.01 * right
+        axes.plot([start, start + PAPER_TICK_WIDTH * right], [value, value], color=colours[curve.key.depth],
+                  linewidth=3.0, solid_capstyle="butt", label=f"_paper {curve.label('test_error')}")
+    axes.set_xlim(right=right * (1.02 + PAPER_TICK_WIDTH))
+    return {c.key.family.reference.label for c, _ in chosen if c.key.family.reference}
+
+
+def style_axes(axes: Axes, title: str, xaxis: XAxis, ylabel: bool) -> None:
+    axes.set_title(title, fontsize=TITLE_FONT)
+    axes.set_xlabel(xaxis.label, fontsize=FONT)
+    if ylabel:  # the panels share the y axis: one label and one set of tick labels, on the left
+        axes.set_ylabel("error (%)", fontsize=FONT)
+    axes.tick_params(labelsize=FONT - 1)
+    axes.grid(True, linewidth=0.5, alpha=0.4)
+    axes.set_xlim(left=0)
+    if xaxis.divisor == 1:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no half epochs or iterations on short runs
+
+
+def set_error_range(panels: list[Axes], curves: list[SeedCurves]) -> float:
+    """0-20% as the paper when at least half the curves end inside it (early iterations are clipped, as there;
+    a curve that stays above, like the paper's plain-110 at over 60%, is named in its panel instead of drawn in
+    range); otherwise 0 up to the next 10% above the highest curve (short runs sit higher). Returns the top."""
+    inside = [all(final <= PAPER_Y_MAX for final in final_errors(c, ("train_error", "test_error")).values())
+              for c in curves]
+    highest = pd.concat([c.frame[f"{m}_max"] for c in curves for m in c.metrics]).max()
+    if inside and 2 * sum(inside) >= len(inside):
+        top = PAPER_Y_MAX
+    else:  # NaN-proof: a diverged run may have logged non-finite numbers
+        top = min(100.0, 10 * math.ceil(highest / 10 + 1e-9)) if math.isfinite(highest) else 100.0
+    for axes in panels:
+        axes.set_ylim(0, top)
+    return top
+
+
+def final_errors(curve: SeedCurves, metrics: Sequence[str]) -> dict[str, float]:
+    """The last logged mean of each metric (metrics a curve never logged are left out)."""
+    means = {m: curve.frame[f"{m}_mean"].dropna() for m in metrics if f"{m}_mean" in curve.frame}
+    return {m: float(values.iloc[-1]) for m, values in means.items() if not values.empty}
+
+
+def note_off_axis(axes: Axes, curves: list[SeedCurves], metrics: Sequence[str], top: float) -> None:
+    """Name the curves that end above the axis, with where they end, in the panel's top right corner."""
+    lines = []
+    for curve in curves:
+        above = {m: v for m, v in final_errors(curve, metrics).items() if v > top}
+        if above:
+            ends = ", ".join(f"{METRIC_WORDS[m]} {v:.1f}%" for m, v in above.items())
+            lines.append(f"{curve.key.variant}-{curve.key.depth} ends above the axis:\n{ends}")
+    if lines:
+        axes.text(0.98, 0.97, "\n".join(lines), transform=axes.transAxes, ha="right", va="top", fontsize=FONT - 1,
+                  bbox={"facecolor": "white", "edgecolor": "0.7", "boxstyle": "round,pad=0.3"})
+
+
+def add_legend(figure: Figure, curves: list[SeedCurves], colours: dict[int, str],
+               styles: list[tuple[str, str]] = (), paper_ticks: Sequence[str] = ()) -> None:
+    """One entry per depth (its colour is the same in every panel), the line styles where a figure mixes metrics,
+    and the keys of the marks it uses (unfinished runs, warm-up ends, the paper's errors); below the panels,
+    where it never covers a curve."""
+    depths = sorted({c.key.depth for c in curves})
+    handles = [Line2D([], [], color=colours[depth], linewidth=TEST_WIDTH, label=f"{depth}-layer") for depth in depths]
+    grey = "0.35"
+    points = any(len(c.frame) <= MARKED_POINTS for c in curves)  # the keys show the point markers the curves do
+    handles += [Line2D([], [], color=grey, linestyle=style, linewidth=STYLES[metric][1], label=STYLE_WORDS[metric],
+                       marker=STYLES[metric][2] if points else None, markersize=3.5) for metric, style in styles]
+    if not all(c.finished for c in curves):
+        handles.append(Line2D([], [], color=grey, marker="o", markerfacecolor="white", markersize=6,
+                              linestyle="none", label="unfinished runs"))
+    reasons = {run.warmup_end_reason for c in curves for run in c.runs if run.warmup_end_iteration is not None}
+    fixed = any(c.key.family.protocol.fixed_warmup for c in curves)  # 2016b: a fixed 400 iterations, ended as a cap
+    cap_words = "warm-up end (cap, fixed)" if fixed else "warm-up end (cap)"
+    for reason, face, words in (("threshold", grey, "warm-up end (threshold)"), ("cap", "white", cap_words)):
+        if reason in reasons:
+            handles.append(Line2D([], [], color=grey, marker="^", markerfacecolor=face, markersize=6,
+                                  linestyle="none", label=words))
+    if paper_ticks:
+        handles.append(Line2D([], [], color=grey, marker="_", markersize=12, markeredgewidth=3, linestyle="none",
+                              label=f"paper ({', '.join(paper_ticks)})"))
+    columns = min(len(handles), max(2, int(figure.get_figwidth() / LEGEND_ENTRY_WIDTH)))
+    figure.legend(handles=row_major(handles, columns), loc="outside lower center", ncol=columns, fontsize=FONT,
+                  frameon=False)
+
+
+def row_major(handles: list[Line2D], columns: int) -> list[Line2D]:
+    """Matplotlib fills a legend column by column; reordered, the entries read left to right, depths first."""
+    rows = math.ceil(len(handles) / columns)
+    grid = [handles[r * columns:(r + 1) * columns] for r in range(rows)]
+    return [grid[r][c] for c in range(columns) for r in range(rows) if c < len(grid[r])]
+
+
+def depth_colours(depths: Iterable[int]) -> dict[int, str]:
+    """The same colour for a depth in every panel and figure of a dataset, shallow to deep."""
+    return {depth: PALETTE[i % len(PALETTE)] for i, depth in enumerate(sorted(set(depths)))}
+
+
+def one_dataset(curves: list[SeedCurves]) -> list[SeedCurves]:
+    studies = sorted({study_title(c.key.study) for c in curves})
+    if len(studies) > 1:
+        raise ValueError(f"runs of several datasets or settings ({'; '.join(studies)}): pass one study's runs")
+    return curves
+
+
+def check_axis(x: str) -> None:
+    if x not in X_AXES:
+        raise UserError(f"unknown x axis {x!r}: choose {' or '.join(X_AXES)}")
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [part.strip().lower().lstrip(".") for part in text.split(",") if part.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserError(f"unknown figure format {', '.join(unknown) or repr(text)}: choose from {', '.join(FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def save_figures(figures: dict[str, Figure], out_dir: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Write every figure in every format as out_dir/<stem>.<format>; returns the paths written."""
+    paths = []
+    for stem, figure in figures.items():
+        for fmt in formats:
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format=fmt, dpi=200)
+            paths.append(write_output(out_dir / f"{stem}.{fmt}", buffer.getvalue()))
+    return paths
+
+
+def save_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, Figure], out_dir: Path,
+                 formats: Sequence[str]) -> list[Path]:
+    """A command's CSVs (out_dir/<name>) and every figure in every format; returns the paths written."""
+    paths = [write_output(out_dir / name, frame.to_csv(index=False).encode()) for name, frame in tables.items()]
+    return paths + save_figures(figures, out_dir, formats)
+
+
+def write_output(path: Path, data: bytes) -> Path:
+    """Whole or not at all (a kill mid-write leaves the old file), and never through a link in its place."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --out folder") from None
+    return path

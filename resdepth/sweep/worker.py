@@ -1,0 +1,39 @@
+"""Entry point of one local worker process:
+`python -m resdepth.sweep.worker RUN_DIR [RUN_DIR ...] --device D [--threads T]`
+(several folders: a fused group, trained as one job)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from .cell import EXIT_CODES, each_cell, run_cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resdepth.sweep.worker")
+    parser.add_argument("run_dirs", type=Path, nargs="+")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    received: list[int] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        received.append(signum)  # the training loop checkpoints at the next iteration and returns
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    outcome = run_cells(args.run_dirs, args.device, args.threads, lambda: bool(received))
+    states = {cell.state for cell in each_cell(outcome)}
+    if "interrupted" in states and received and received[0] == signal.SIGTERM:
+        return 143
+    if len(args.run_dirs) > 1:  # a group: the parent reads each cell's state from its folder, busy ones by their lock
+        states.discard("busy")
+        return next((EXIT_CODES[s] for s in ("failed", "diverged", "interrupted") if s in states), 0)
+    return EXIT_CODES.get(outcome.state, 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

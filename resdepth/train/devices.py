@@ -1,0 +1,215 @@
+"""Where and how a run executes: the device, its precision, its random states, and the CUDA-graph step.
+
+None of this changes what a run computes beyond the order of floating-point sums (and TF32/bf16, which are
+named precisions); `train.py` decides what to compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import UserError
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+# What the TF32 switches give in a process that never touched them: cuDNN convolutions in TF32, matmuls in fp32.
+PYTORCH_DEFAULT_PRECISION = {"cuda": "PyTorch default: tf32 convolutions, fp32 matmuls", "cpu": "fp32"}
+
+
+# ---------------------------------------------------------------------------------------------- which device
+def check_device_name(name: str) -> None:
+    """The spelling of --device, checked without touching any GPU (a sweep may be planned on a login node)."""
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a run on this machine uses, always with its index (cuda: this process's current GPU); a UserError
+    when this machine does not have it. An index is what torch.cuda.set_device, the RNG state of one GPU and a
+    CUDA graph's streams need: `cuda` alone would mean "whichever GPU is current" at each call."""
+    check_device_name(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise UserError(f"device {name} asked for, but this machine has no CUDA GPU: use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    # current_device() would initialise CUDA in a process that may only plan (and fork); until then it is GPU 0
+    return torch.device("cuda", device.index if device.index is not None else
+                        torch.cuda.current_device() if torch.cuda.is_initialized() else 0)
+
+
+def check_cuda_graph_device(cuda_graph: bool, device: str) -> None:
+    """--cuda-graph records CUDA kernels: refused for a run or sweep that will train on the CPU."""
+    if cuda_graph and device.startswith("cpu"):
+        raise UserError(f"--cuda-graph needs a CUDA device, not {device}: leave it out on the CPU")
+
+
+def device_label(device: torch.device, environ: Mapping[str, str] = os.environ) -> str:
+    """The device as the machine numbers it: a worker that sees only GPU 3 (CUDA_VISIBLE_DEVICES=3, as the local,
+    Ray and Slurm executors give it) trains on its cuda:0, which a progress display should call cuda:3."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if device.type != "cuda" or not visible:
+        return str(device)
+    ids = [part.strip() for part in visible.split(",")]
+    index = device.index or 0
+    return f"cuda:{ids[index]}" if index < len(ids) else str(device)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What config.json records of the machine a run trained on."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"python": platform.python_version(), "torch": torch.__version__, "resdepth": __version__,
+            "device": str(device), "device_name": name, "host": socket.gethostname(),
+            "threads": torch.get_num_threads(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+# ---------------------------------------------------------------------------------------------- precision
+def resolved_precision(precision: str, device: torch.device) -> str:
+    return precision if precision != "auto" else "tf32" if device.type == "cuda" else "fp32"
+
+
+def precision_context(precision: str, device: torch.device, graph_safe: bool = False) -> Callable[[], Any]:
+    """Set matmul/conv precision for the run and return the autocast context factory for its forward passes."""
+    precision = resolved_precision(precision, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if precision == "bf16":
+        # autocast runs the convs and the FC layer in bf16; BN takes their bf16 activations as they come (its weights
+        # and running statistics stay fp32); the loss is computed in fp32
+        # a CUDA graph must not keep autocast's cache of cast weights: a replay would read stale copies
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=not graph_safe)
+    return contextlib.nullcontext
+
+
+@contextlib.contextmanager
+def pytorch_default_precision() -> Iterator[None]:
+    """PyTorch's own TF32 switches for the duration, whatever a Trainer in this process set (they are global)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# ---------------------------------------------------------------------------------------------- random states
+CPU_GENERATOR_STATE_BYTES = 5056  # a CPU torch.Generator's state; a CUDA one's is 16 bytes (seed and offset)
+
+
+def rng_state(device: torch.device, generator: torch.Generator) -> dict[str, Any]:
+    """The random states a run draws from: its own generator (data order, augmentation), torch's global CPU RNG
+    and, on CUDA, the global RNG of the run's own GPU only (a model with dropout draws from it). Saving one state
+    per visible GPU would tie a checkpoint to the number of GPUs the process saw."""
+    return {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "device_type": device.type}
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device, generator: torch.Generator) -> None:
+    """Put back what `rng_state` saved (CPU byte tensors, whatever device they were mapped to), refusing a state
+    saved on another kind of device."""
+    check_same_device_type(state, device)
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    cuda_rng = state.get("cuda_rng")
+    if device.type == "cuda" and torch.is_tensor(cuda_rng):  # checkpoints of older versions saved a list: skip it
+        torch.cuda.set_rng_state(cuda_rng.cpu(), device)
+
+
+def check_same_device_type(state: dict[str, Any], device: torch.device) -> None:
+    """Refuse to resume on another kind of device: the generator's state (data order and augmentation) does not
+    carry over between CPU and CUDA, and `--precision auto` means fp32 on one and tf32 on the other."""
+    saved = state.get("device_type")
+    if saved is None:  # written before device_type was saved: the generator state's size tells
+        saved = "cpu" if state["generator"].numel() == CPU_GENERATOR_STATE_BYTES else "cuda"
+    if saved != device.type:
+        raise UserError(f"this run was trained on {saved} and is now asked to resume on {device.type}: the two draw "
+                        f"different random numbers, so resume it on {saved} (--device {saved}), or delete "
+                        "checkpoint.pt and rerun with --retry-failed to start over")
+
+
+# ---------------------------------------------------------------------------------------------- CUDA graphs
+Step = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
+
+
+class CapturedStep:
+    """The training step (forward, loss, backward, SGD update) recorded once as a CUDA graph, then replayed.
+
+    A replay launches the whole step at once. Shapes are static (full batches); the lr lives in a device tensor,
+    so the schedule and the warm-up change it without a new capture; augmentation stays outside the graph, drawing
+    from the run's generator as the eager step does, so checkpoints resume exactly. Capturing needs a few real
+    steps first (cuDNN plans, the momentum buffers, with lr 0); `restore_training_state` then puts the weights,
+    BN statistics and momentum back, so the replayed run computes what the eager step computes (a GPU test checks
+    this; the CPU suite checks the restore itself). Everything happens under the run's own device: a capture
+    stream made on another GPU than the model's records nothing that replays.
+    """
+
+    WARMUP_STEPS = 3  # PyTorch's recipe: run the step a few times on a side stream before capturing it
+
+    def __init__(self, step: Step, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 inputs: torch.Tensor, labels: torch.Tensor):
+        self.inputs, self.labels = inputs.clone(), labels.clone()  # the graph's fixed input addresses
+        self.lr = torch.zeros((), device=device)
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr
+        saved = snapshot_training_state(model, optimizer)
+        with torch.cuda.device(device):
+            current = torch.cuda.current_stream(device)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP_STEPS):
+                    step(self.inputs, self.labels, True)
+            current.wait_stream(side)
+            optimizer.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph's pool
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device)):
+                self.loss, self.wrong = step(self.inputs, self.labels, False)
+        restore_training_state(model, optimizer, saved)
+
+    def replay(self, inputs: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the step on this batch; the returned tensors are overwritten by the next replay."""
+        self.inputs.copy_(inputs)
+        self.labels.copy_(labels)
+        self.lr.fill_(lr)
+        self.graph.replay()
+        return self.loss, self.wrong
+
+
+def snapshot_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Copies of the weights, BN statistics and momentum buffers, to undo steps taken only to prepare a capture."""
+    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    momentum = {id(p): s["momentum_buffer"].clone() for p, s in optimizer.state.items()
+                if s.get("momentum_buffer") is not None}
+    return {"model": weights, "momentum": momentum}
+
+
+@torch.no_grad()
+def restore_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Copy the snapshot back into the same tensors (a CUDA graph holds their addresses). A momentum buffer born
+    in the undone steps becomes zero, so the next real step sets it to the gradient, as SGD's first step does."""
+    for name, tensor in model.state_dict().items():
+        tensor.copy_(saved["model"][name])
+    for param, state in optimizer.state.items():
+        buffer = state.get("momentum_buffer")
+        if buffer is None:
+            continue
+        before = saved["momentum"].get(id(param))
+        if before is not None:
+            buffer.copy_(before)
+        else:
+            buffer.zero_()

@@ -1,0 +1,659 @@
+"""One training run with the §4.2 protocol: SGD, iteration-based step schedule, warm-up for deep nets.
+
+`run_training(config, run_dir)` trains, writes metrics.csv row by row, checkpoints every epoch (and when
+asked to stop), resumes exactly from the last checkpoint, records how it ended in status.json, and returns a
+`RunResult`. It never prints.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import EXECUTION, flag, option
+from ..errors import UserError
+from ..models import count_parameters
+from ..models.families import (
+    Family,
+    build_network,
+    check_network,
+    family_record,
+    get_family,
+    recorded_version,
+    weight_layers,
+)
+from ..results.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    GRADIENTS_FILE,
+    METRICS_FILE,
+    MetricsWriter,
+    RunStatus,
+    atomic_write_bytes,
+    ensure_writable_dir,
+    metric_columns,
+    read_checkpoint,
+    read_json,
+    read_metrics,
+    write_config,
+)
+from ..results.tensorboard_log import TensorBoardLog, check_tensorboard_installed
+from .construct import describe_init, load_init
+from .data import DataConfig, Dataset, augment, check_data_config, load_dataset, normalize
+from .devices import (
+    PRECISIONS,
+    CapturedStep,
+    check_cuda_graph_device,
+    check_device_name,
+    device_label,
+    environment,
+    precision_context,
+    resolve_device,
+    resolved_precision,
+    restore_rng_state,
+    rng_state,
+)
+from .gradients import GradientLog
+
+COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
+WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
+NAN_CHECK_EVERY = 50  # iterations per divergence check: one host sync per 50 steps, at the same steps every run
+# auto: the family's paper's warm-up (families.py): §4.2's for residual nets of depth >= warmup_min_depth (it used it
+# for ResNet-110 and says nothing of plain-110), 2016b's first 400 iterations for preact nets; deep: every net that
+# deep, plain ones too; on: every net; off: none
+WARMUP_MODES = ("auto", "deep", "on", "off")
+
+
+KIND_HELP = ("Network family: plain, residual (§4.2), preact, preact-bottleneck (2016b), an installed one or "
+             "module.path:function (`resdepth models`).")
+DEPTH_HELP = ("Layers: 6n+2 for plain, residual, preact (20, 32, 44, 56, 110, 1202; 8, 14 for quick tests); 9n+2 "
+              "for preact-bottleneck (164, 1001).")
+
+
+@dataclass
+class TrainConfig:
+    """One run's training protocol and how it executes; saved as the run's config.json."""
+
+    kind: str = option("residual", help=KIND_HELP, cli=False)
+    depth: int = option(20, help=DEPTH_HELP, cli=False)
+    # None: the family's (A for residual, §4.2; B for preact, the authors' code); plain nets take none
+    shortcut: str | None = option(None, help="Where the shape changes: A zero-padding identity (§4.2; plain and "
+                                             "residual twins then have the same parameters), B 1x1 projection.",
+                                  default_text="the family's: A for residual (§4.2), B for preact")
+    # Only values other than the family's defaults are kept, so {} is the paper's nets (width 1)
+    options: dict[str, int | float | str | bool] = option(
+        help="The family's own network options (`resdepth models`), e.g. width; --width sets width.",
+        default_factory=dict, cli=False, default_text="none: the family's defaults")
+    seed: int = option(0, help="Seed of init, shuffling and augmentation.", cli=False)
+    iterations: int = option(64_000, help="SGD iterations (§4.2: stop at 64k); lr milestones scale with it (50%/75%).")
+    epochs: int | None = option(None, help="Train for this many epochs instead (converted to iterations).",
+                                default_text="none: --iterations")
+    batch_size: int = option(128, help="Mini-batch size (images), §4.2.")
+    lr: float = option(0.1,
+                       help="Initial learning rate (§4.2), /10 at 50% and 75% of the iterations (32k, 48k of 64k).")
+    lr_milestones: tuple[float, ...] = option((0.5, 0.75), help="Fractions of the iterations where lr is divided.",
+                                              cli=False)
+    lr_decay: float = option(0.1, help="Factor applied to lr at each milestone.", cli=False)
+    momentum: float = option(0.9, help="SGD momentum (§4.2).")
+    # §4.2 names no exclusions, so BN parameters and biases are decayed too
+    weight_decay: float = option(1e-4, help="L2 weight decay on every parameter (§4.2).")
+    warmup: str = option("auto", help="auto: the family's paper's warm-up at lr 0.01: residual nets of depth >= 110 "
+                                      "until the train error is below 80% (§4.2), preact nets for their first 400 "
+                                      "iterations (2016b), plain nets none; deep: plain nets that deep too; on: every "
+                                      "net; off.")
+    warmup_min_depth: int = option(110, help="Smallest depth that warms up with --warmup deep, and with auto for "
+                                             "residual nets (§4.2).")
+    warmup_lr: float = option(0.01, help="§4.2: 0.01 until the training error is below 80% (about 400 iterations).",
+                              cli=False)
+    # None: the family's; 80 (§4.2), 0 for preact (no threshold: 2016b warms up for a fixed 400 iterations)
+    warmup_until_error: float | None = option(None, help="Training error (%) that ends the warm-up.", cli=False,
+                                              default_text="the family's: 80 (§4.2), 0 for preact (none)")
+    # A warm-up that never reaches the threshold (a net stuck above 80% at lr 0.01) ends here anyway, at 10x the
+    # paper's "about 400 iterations": without a bound it would train the whole run at 0.01 and skip the schedule.
+    # None: the family's; 4,000, or 400 for preact, whose paper warms up for exactly the first 400 iterations.
+    warmup_max_iterations: int | None = option(None, help="The warm-up ends here at the latest; the lr milestones "
+                                                          "apply either way.",
+                                               default_text="the family's: 4000 (10x §4.2's about 400), 400 for "
+                                                            "preact (2016b: exactly the first 400)")
+    data: DataConfig = option(help="The dataset.", default_factory=DataConfig, cli=False)
+    device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", panel=EXECUTION)
+    threads: int | None = option(None, help="Torch CPU threads per job.", panel=EXECUTION, default_text="cores / jobs")
+    precision: str = option("auto", help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast: convs, "
+                                         "FC and BN compute on bf16 activations; BN's weights and running statistics "
+                                         "and the loss stay fp32).", panel=EXECUTION)
+    # NHWC runs oneDNN's and cuDNN's native kernels: +16-19% img/s on 2 CPU cores (BENCHMARKS.md), GPU not measured
+    channels_last: bool | None = option(None, help="NHWC memory format (measured faster on CPU).", panel=EXECUTION,
+                                        default_text="on")
+    # torch.compile: +14% img/s on CPU (BENCHMARKS.md) after 1-2 min of compiling per process, so None (auto)
+    # turns it on for CPU runs of >= COMPILE_MIN_ITERATIONS, where that is repaid; off on CUDA until measured there
+    compile: bool | None = option(None, help="torch.compile the training step (+14% img/s on CPU after 1-2 min of "
+                                             "compiling).", panel=EXECUTION,
+                                  default_text="on for CPU runs of >= 2000 iterations, else off")
+    # One CUDA graph per step removes the kernel-launch overhead that bounds these small nets on a fast GPU
+    cuda_graph: bool = option(False, help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch "
+                                          "overhead; same math).", panel=EXECUTION)
+    eval_batch_size: int = option(1000, help="Images per evaluation batch.", panel=EXECUTION, cli=False)
+    tensorboard: bool = option(False, help="Also write each epoch's metrics as TensorBoard scalars in the run folder "
+                                           "(needs the tensorboard extra).", panel=EXECUTION)
+    # A named deviation: the paper's nets start from He init; the constructed deeper net (§1) starts from these
+    init: str | None = option(None, help="Start from these weights instead of the family's init: a run folder or a "
+                                         "checkpoint (`resdepth construct` writes one); the rest of the protocol is "
+                                         "unchanged.", default_text="none: He init, as the paper")
+
+    def validate(self) -> None:
+        """Refuse values that cannot train, with the fix in the message."""
+        for name in ("batch_size", "iterations", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{flag(TrainConfig, name)} must be a positive integer, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise UserError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if self.warmup not in WARMUP_MODES:
+            raise UserError(f"unknown warm-up mode {self.warmup!r}: use one of {', '.join(WARMUP_MODES)}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be a positive integer, got {self.threads}")
+        if self.cuda_graph and self.compile:
+            raise UserError("--cuda-graph and --compile each rebuild the training step: choose one")
+        check_device_name(self.device)
+        check_cuda_graph_device(self.cuda_graph, self.device)
+        if self.seed < 0:
+            raise UserError(f"--seed must be 0 or a positive integer, got {self.seed}")
+        until = self.warmup_until_error
+        if self.warmup_min_depth < 1 or not self.warmup_lr > 0 or (until is not None and not 0 <= until <= 100):
+            raise UserError("warm-up settings: warmup_min_depth >= 1, warmup_lr > 0, warmup_until_error in [0, 100]")
+        if self.warmup_max_iterations is not None and self.warmup_max_iterations < 1:
+            raise UserError(f"--warmup-max-iterations must be a positive integer, got {self.warmup_max_iterations}")
+        check_data_config(self.data)
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
+        check_network(self.kind, self.depth, self.shortcut, self.options)
+        if self.tensorboard:
+            check_tensorboard_installed()
+
+    def uses_warmup(self) -> bool:
+        if self.warmup == "auto":
+            return get_family(self.kind).protocol.warms_up(self.depth, self.warmup_min_depth)
+        return self.warmup == "on" or (self.warmup == "deep" and self.depth >= self.warmup_min_depth)
+
+    def for_family(self, family: Family | None = None) -> TrainConfig:
+        """This config with its family's values where it leaves them open (None): the shortcut and the warm-up's
+        threshold and length. A run's config.json holds these resolved values. family: the kind's family as known
+        (reading results: from records, never importing a user's module); by default it is looked up."""
+        family = family or get_family(self.kind)
+        protocol = family.protocol
+        return replace(self, shortcut=family.shortcut_for(self.shortcut), options=family.resolve_options(self.options),
+                       warmup_until_error=first_given(self.warmup_until_error, protocol.warmup_until_error),
+                       warmup_max_iterations=first_given(self.warmup_max_iterations, protocol.warmup_max_iterations))
+
+
+def first_given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+@dataclass
+class RunResult:
+    state: str  # done, diverged or interrupted
+    epochs_done: int
+    iterations_done: int
+    final_test_error: float | None
+    warmup_end_iteration: int | None
+    warmup_end_reason: str | None = None  # threshold (training error below warmup_until_error) or cap
+
+
+def learning_rate(config: TrainConfig, iteration: int, warming_up: bool) -> float:
+    """The lr for 0-based `iteration`: step decay at the milestone fractions; while warming up the warm-up lr,
+    unless a milestone has already brought the schedule below it (§4.2: "the rest of the schedule is as before")."""
+    passed = sum(iteration >= round(m * config.iterations) for m in config.lr_milestones)
+    scheduled = config.lr * config.lr_decay ** passed
+    return min(config.warmup_lr, scheduled) if warming_up else scheduled
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    # Full batches only (static shapes); a training set smaller than a batch is one batch per epoch.
+    return max(1, train_size // batch_size)
+
+
+def resolve_iterations(config: TrainConfig, train_size: int) -> TrainConfig:
+    """--epochs E becomes E epochs' worth of iterations, so the schedule is always in iterations."""
+    if config.epochs is None:
+        return config
+    return replace(config, iterations=config.epochs * steps_per_epoch(train_size, config.batch_size))
+
+
+def build_run_network(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The run's network, initialised from the global RNG (seeded with the run's seed just before)."""
+    return build_network(config.kind, config.depth, num_classes=num_classes, shortcut=config.shortcut,
+                         net_options=config.options)
+
+
+def sgd_optimizer(params: Any, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
+    """§4.2's SGD. The same update either way: fused (one kernel for all parameters) on CUDA, foreach on the CPU."""
+    implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           **implementation)
+
+
+@torch.no_grad()
+def lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Momentum buffers in their params' strides. A loaded buffer keeps the layout it was saved in: contiguous from
+    a fused group's checkpoint, the other layout across a --channels-last toggle. CUDA's fused SGD kernel assumes
+    equal strides and computes a wrong update, silently, from a buffer laid out otherwise."""
+    for param, state in optimizer.state.items():
+        buffer = state.get("momentum_buffer")
+        if buffer is not None and buffer.stride() != param.stride():
+            state["momentum_buffer"] = torch.empty_like(param).copy_(buffer)
+
+
+def uses_compile(config: TrainConfig, device: torch.device) -> bool:
+    if config.compile is not None:
+        return config.compile
+    return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
+
+
+@dataclass
+class EpochInProgress:
+    """The epoch being trained: its data order, how far it got, and its running sums (device tensors), so a run
+    stopped inside an epoch resumes at the same step with the same sums."""
+
+    order: torch.Tensor
+    loss_sum: torch.Tensor
+    wrong: torch.Tensor
+    step: int = 0
+    seconds: float = 0.0
+
+    def to(self, device: torch.device) -> EpochInProgress:
+        return replace(self, order=self.order.to(device), loss_sum=self.loss_sum.to(device),
+                       wrong=self.wrong.to(device))
+
+
+class Trainer:
+    """The state of one run: data, model, optimizer, schedule position and RNGs, all checkpointable.
+
+    `train_epoch` trains one epoch (or until asked to stop) and counts it; `epoch_row` evaluates it into the
+    metrics row. The Trainer owns its position (iteration, epoch, the epoch in progress): callers only read it.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, dataset: Dataset):
+        config = config.for_family()
+        check_cuda_graph_device(config.cuda_graph, str(device))
+        self.config, self.run_dir, self.device = config, run_dir, device
+        torch.manual_seed(config.seed)
+        self.data_fingerprint = dataset.fingerprint()
+        self.data = dataset.to(device)
+        self.mean = self.data.pixel_mean()
+        self.batch = min(config.batch_size, len(self.data.train_labels))
+        self.steps_per_epoch = steps_per_epoch(len(self.data.train_labels), config.batch_size)
+        self.epochs = math.ceil(config.iterations / self.steps_per_epoch)
+        self.channels_last = config.channels_last is not False  # None (auto): on for CPU and CUDA alike
+        self.model = build_run_network(config, dataset.num_classes).to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = sgd_optimizer(self.model.parameters(), config, device)
+        self.compiled = uses_compile(config, device)
+        self.forward = torch.compile(self.model) if self.compiled else self.model  # training steps only
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.iteration, self.epoch = 0, 0
+        self.warming_up = config.uses_warmup()
+        self.warmup_end_iteration: int | None = None
+        self.warmup_end_reason: str | None = None  # threshold or cap
+        self.warmup_window = torch.zeros((), device=device)  # wrong answers since the last warm-up check
+        self.in_progress: EpochInProgress | None = None  # an epoch stopped by a signal, resumed where it stopped
+        self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
+        self.captured: CapturedStep | None = None  # captured at the first step, after any resume
+        self.gradients = GradientLog(weight_layers(self.model), device)  # gradients.csv, sampled every 10th step
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, in types that `torch.load(weights_only=True)` accepts."""
+        optimizer = self.optimizer.state_dict()
+        for group in optimizer["param_groups"]:  # a CUDA graph keeps the lr in a device tensor: save the number
+            group["lr"] = float(group["lr"])
+        return {
+            "model": self.model.state_dict(), "optimizer": optimizer, "iteration": self.iteration, "epoch": self.epoch,
+            "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
+            "warmup_end_reason": self.warmup_end_reason, "warmup_window": self.warmup_window,
+            **rng_state(self.device, self.generator),
+            "partial": None if self.in_progress is None else asdict(self.in_progress),
+            "data_fingerprint": self.data_fingerprint, "gradients": self.gradients.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint read onto the CPU (`read_checkpoint`): tensors move to this run's device here."""
+        restore_rng_state(state, self.device, self.generator)  # first: it refuses a checkpoint of another device type
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        lay_out_like_params(self.optimizer)
+        self.iteration, self.epoch = state["iteration"], state["epoch"]
+        self.warming_up, self.warmup_end_iteration = state["warming_up"], state["warmup_end_iteration"]
+        self.warmup_end_reason = state.get("warmup_end_reason")  # absent in checkpoints of older versions
+        self.warmup_window = state["warmup_window"].to(self.device)
+        partial = state["partial"]
+        self.in_progress = None if partial is None else EpochInProgress(**partial).to(self.device)
+        self.gradients.load_state_dict(state.get("gradients"))  # None in checkpoints of older versions
+
+    def save_checkpoint(self) -> None:
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        atomic_write_bytes(self.run_dir / CHECKPOINT_FILE, buffer.getvalue())
+
+    def try_resume(self) -> bool:
+        """Continue from the run folder's checkpoint if it has one; refuses one trained on other data."""
+        state = read_resume_checkpoint(self.run_dir, self.data_fingerprint)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        return True
+
+    def close(self) -> None:
+        """Drop the model, data, optimizer and CUDA graph now: a finished run's GPU memory is free at once, not
+        when the cyclic garbage collector gets round to it (the next cell of an in-process sweep needs it)."""
+        self.captured = self.in_progress = None
+        self.model = self.forward = self.optimizer = self.data = None  # type: ignore[assignment]
+        self.gradients = None  # type: ignore[assignment]  # it holds the conv weights, and so their gradients
+
+    @property
+    def finished(self) -> bool:
+        return self.iteration >= self.config.iterations
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, should_stop: Callable[[], bool] = lambda: False,
+                    report: Callable[[dict[str, float]], None] = lambda _: None) -> dict[str, float] | None:
+        """Train to the end of the epoch, count it and return its sums; or stop early when asked (returns None;
+        the position is kept for the checkpoint). A NaN/inf loss ends the epoch early: its sums say so."""
+        self.model.train()
+        epoch = self.in_progress or self.new_epoch()
+        self.in_progress = None
+        steps = min(self.steps_per_epoch, self.config.iterations - (self.iteration - epoch.step))
+        started, last_report = time.perf_counter() - epoch.seconds, time.monotonic()
+        while epoch.step < steps:
+            if should_stop():
+                epoch.seconds = time.perf_counter() - started
+                self.in_progress = epoch
+                return None
+            self.train_batch(epoch)
+            if epoch.step % NAN_CHECK_EVERY == 0 and not torch.isfinite(epoch.loss_sum).item():
+                break  # diverged: end the epoch here, its row records the NaN/inf
+            if time.monotonic() - last_report > 1.0:  # progress for displays only: decides nothing
+                last_report = time.monotonic()
+                seen = epoch.step * self.batch
+                report({"live_train_error": epoch.wrong.item() / seen * 100, "iteration": self.iteration,
+                        "images_per_second": seen / (time.perf_counter() - started)})
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.epoch += 1
+        seconds, seen = time.perf_counter() - started, epoch.step * self.batch
+        return {"train_loss": epoch.loss_sum.item() / seen, "train_error": epoch.wrong.item() / seen * 100,
+                "epoch_seconds": seconds, "images_per_second": seen / seconds}
+
+    def new_epoch(self) -> EpochInProgress:
+        order = torch.randperm(len(self.data.train_labels), generator=self.generator, device=self.device)
+        return EpochInProgress(order, torch.zeros((), device=self.device), torch.zeros((), device=self.device))
+
+    def train_batch(self, epoch: EpochInProgress) -> None:
+        """The epoch's next step, its sums and the warm-up check."""
+        index = epoch.order[epoch.step * self.batch:(epoch.step + 1) * self.batch]
+        loss, wrong = self.train_step(index)
+        self.gradients.sample(epoch.step)
+        epoch.loss_sum += loss * len(index)
+        epoch.wrong += wrong
+        self.warmup_window += wrong
+        epoch.step += 1
+        self.iteration += 1
+        if self.warming_up and self.iteration % WARMUP_CHECK_EVERY == 0:
+            self.check_warmup(self.warmup_window.item() / (WARMUP_CHECK_EVERY * self.batch) * 100)
+            self.warmup_window.zero_()
+        if self.warming_up and self.iteration >= self.config.warmup_max_iterations:
+            self.end_warmup("cap")
+
+    def train_step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step on the images at index; returns the batch's mean loss and wrong answers (device tensors)."""
+        lr = learning_rate(self.config, self.iteration, self.warming_up)
+        images = self.data.train_images[index]
+        if self.config.data.augment:
+            inputs = augment(images, self.mean, self.generator)
+        else:
+            inputs = normalize(images, self.mean)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        labels = self.data.train_labels[index]
+        if self.config.cuda_graph and len(index) == self.batch:
+            if self.captured is None:
+                self.captured = CapturedStep(self.sgd_step, self.model, self.optimizer, self.device, inputs, labels)
+            return self.captured.replay(inputs, labels, lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return self.sgd_step(inputs, labels, True)
+
+    def sgd_step(self, inputs: torch.Tensor, labels: torch.Tensor,
+                 zero_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            logits = self.forward(inputs)
+            loss = F.cross_entropy(logits, labels)
+        if zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach().float(), (logits.detach().argmax(1) != labels).sum().float()
+
+    def check_warmup(self, recent_error: float) -> None:
+        # §4.2 (110 layers): warm up with lr 0.01 until the training error is below 80%, then go back to 0.1.
+        if recent_error < self.config.warmup_until_error:
+            self.end_warmup("threshold")
+
+    def end_warmup(self, reason: str) -> None:
+        """From the next step on, the schedule's lr: reason is threshold (the paper's rule) or cap (the bound)."""
+        self.warming_up = False
+        self.warmup_end_iteration, self.warmup_end_reason = self.iteration, reason
+
+    # ------------------------------------------------------------------ the epoch's row
+    def epoch_row(self, sums: dict[str, float]) -> dict[str, float | int]:
+        """The metrics row of the epoch just trained: its sums, the lr its last step ran at, test (and val) errors."""
+        # the lr rounded to the schedule's value (0.001, not 0.0010000000000000002); training used the exact one
+        row: dict[str, float | int] = {"epoch": self.epoch, "iteration": self.iteration,
+                                       "lr": round(self.last_step_lr(), 12), **sums}
+        for split, (images, labels) in self.data.splits().items():
+            if split != "train":  # the held-out splits; the training error is the epoch's own sums
+                row[f"{split}_loss"], row[f"{split}_error"] = self.evaluate(images, labels)
+        return row
+
+    def last_step_lr(self) -> float:
+        # a warm-up that ended at this very iteration still ran its last step at the warm-up lr
+        ran_warming_up = self.warming_up or self.warmup_end_iteration == self.iteration
+        return learning_rate(self.config, self.iteration - 1, ran_warming_up)
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """Mean loss and error (%) on un-augmented images, in eval mode (BN running statistics)."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device)
+        for start in range(0, len(labels), self.config.eval_batch_size):
+            batch = normalize(images[start:start + self.config.eval_batch_size], self.mean)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            target = labels[start:start + self.config.eval_batch_size]
+            with self.autocast():
+                logits = self.model(batch)  # eager: compiling eval-mode graphs too would double the compile time
+            loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
+            wrong += (logits.argmax(1) != target).sum()
+        self.model.train()
+        return loss_sum.item() / len(labels), wrong.item() / len(labels) * 100
+
+
+def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], bool] = lambda: False,
+                 dataset: Dataset | None = None) -> RunResult:
+    """Train (or resume) the run in run_dir: metrics.csv gets a row as each epoch ends, and status.json says how
+    the run ended (done, diverged or interrupted) whichever entry point called it. A finished run asked again
+    trains nothing and returns its result."""
+    config = config.for_family()
+    config.validate()
+    ensure_writable_dir(run_dir)
+    device = resolve_device(config.device)
+    prepare_process(config, device)
+    dataset = dataset or load_dataset(config.data)
+    check_same_network(run_dir, config.kind)
+    trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
+    try:
+        write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, dataset),
+                               "environment": environment(device)})
+        if not trainer.try_resume() and config.init:
+            load_init(trainer.model, config.init, trainer.config.kind, trainer.config.depth, trainer.config.shortcut,
+                      dataset.num_classes)
+        return train_to_the_end(trainer, should_stop)
+    finally:
+        trainer.close()
+
+
+def check_same_network(run_dir: Path, kind: str) -> None:
+    """Refuse to resume a run begun on another version of its family's networks (a fix has changed what they
+    compute since): its weights would go on training in another function, and its config.json would name only one."""
+    saved = read_json(run_dir / CONFIG_FILE)
+    if not (run_dir / CHECKPOINT_FILE).exists() or not isinstance(saved, dict) or "resolved" not in saved:
+        return
+    was, now = recorded_version(saved), get_family(kind).version
+    if was != now:
+        raise UserError(f"{run_dir} began training on version {was} of the {kind} networks and resdepth now builds "
+                        f"version {now} (README, Network versions): resuming would mix the two; delete its "
+                        f"{CHECKPOINT_FILE} and rerun (a sweep: with --retry-failed) to start it over, or keep it and "
+                        "sweep into another --out folder")
+
+
+def read_resume_checkpoint(run_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:
+    """The run folder's checkpoint to resume from (None: there is none), refused if trained on other data. A
+    checkpoint write cut short by a kill leaves a temporary file, removed here: the previous checkpoint is intact."""
+    for leftover in run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    state = read_checkpoint(path)
+    saved = state.get("data_fingerprint")  # absent in checkpoints written before it existed
+    if saved is not None and saved != data_fingerprint:
+        raise UserError(f"the training data is not what {path} was trained on (images or labels changed): "
+                        "restore the data, or delete checkpoint.pt and rerun with --retry-failed to start over")
+    return state
+
+
+def prepare_process(config: TrainConfig, device: torch.device) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # streams, graphs and cuDNN handles of this process are made on the run's GPU
+
+
+def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False) -> RunResult:
+    """Epochs until the last iteration, a NaN/inf loss or a stop; each epoch's row, checkpoint and status."""
+    logs = RunLogs.open(trainer, trainer.data.val_labels is not None)
+
+    def report(live: dict[str, float]) -> None:
+        logs.status.update(trainer.run_dir, **live, **warmup_progress(trainer))
+
+    while not trainer.finished:
+        sums = trainer.train_epoch(should_stop, report)
+        if sums is None:
+            trainer.save_checkpoint()
+            return logs.end(trainer, "interrupted")
+        row = trainer.epoch_row(sums)
+        logs.append(trainer, row)
+        if not math.isfinite(row["train_loss"]):
+            return logs.end(trainer, "diverged")  # no checkpoint: it keeps the last finite epoch
+        trainer.save_checkpoint()
+    return logs.end(trainer, "done")
+
+
+@dataclass
+class RunLogs:
+    """What a run writes besides its checkpoint: metrics.csv, gradients.csv (through its GradientLog), status.json
+    and the --tensorboard events; and, once it has ended, how. A fused group keeps one per model (its `Member`
+    carries the attributes read here), so its folders are written by this same code."""
+
+    writer: MetricsWriter
+    status: RunStatus
+    board: TensorBoardLog | None
+    result: RunResult | None = None
+
+    @classmethod
+    def open(cls, run: Trainer, has_val: bool) -> RunLogs:
+        """Start (or continue) the run's files, each kept as far as its checkpoint; metrics.csv is cut back first,
+        so a resumed run's status shows its last kept epoch."""
+        writer = MetricsWriter(run.run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=run.epoch)
+        run.gradients.open(run.run_dir / GRADIENTS_FILE)
+        # --tensorboard: the event file restarts from the rows the CSV kept, so no epoch shows twice
+        board = TensorBoardLog.resumed(run.run_dir, run.epoch) if run.config.tensorboard else None
+        status = starting_status(run)
+        status.write(run.run_dir)
+        return cls(writer, status, board)
+
+    def append(self, run: Trainer, row: dict[str, float | int]) -> None:
+        """The epoch just ended: its metrics row, its gradient norms, its events and its status."""
+        self.writer.append(row)
+        run.gradients.end_epoch(run.epoch, run.iteration)
+        if self.board is not None:
+            self.board.append(row)
+        self.status.update(run.run_dir, **epoch_progress(row), live_train_error=None, **warmup_progress(run))
+
+    def end(self, run: Trainer, state: str) -> RunResult:
+        self.result = end_run(run, self.status, state)
+        return self.result
+
+
+def warmup_progress(trainer: Trainer) -> dict[str, Any]:
+    """How the warm-up ended (iteration, threshold or cap), as status.json records it; None while it goes on."""
+    return {"warmup_end_iteration": trainer.warmup_end_iteration, "warmup_end_reason": trainer.warmup_end_reason}
+
+
+def epoch_progress(row: dict[str, Any]) -> dict[str, Any]:
+    """What status.json shows of the last finished epoch."""
+    return {key: row[key] for key in ("epoch", "iteration", "train_error", "test_error", "images_per_second")}
+
+
+def starting_status(trainer: Trainer) -> RunStatus:
+    """status.json as a run (re)starts: a resumed run shows its last finished epoch's numbers, not blanks."""
+    status = RunStatus(state="running", epoch=trainer.epoch, epochs=trainer.epochs, iteration=trainer.iteration,
+                       iterations=trainer.config.iterations, device=device_label(trainer.device),
+                       **warmup_progress(trainer))
+    if trainer.epoch:
+        try:
+            metrics, _ = read_metrics(trainer.run_dir / METRICS_FILE)
+        except ValueError:  # rows lost (deleted by hand): the next epoch's numbers fill the blanks
+            return status
+        last = metrics.iloc[-1]
+        status.train_error, status.test_error = float(last["train_error"]), float(last["test_error"])
+        status.images_per_second = float(last["images_per_second"])
+    return status
+
+
+def end_run(trainer: Trainer, status: RunStatus, state: str) -> RunResult:
+    status.update(trainer.run_dir, state=state, iteration=trainer.iteration, live_train_error=None,
+                  **warmup_progress(trainer))
+    final = status.test_error if state != "interrupted" else None
+    return RunResult(state, trainer.epoch, trainer.iteration, final, trainer.warmup_end_iteration,
+                     trainer.warmup_end_reason)
+
+
+def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:
+    """The resolved settings stored in config.json beside the raw config."""
+    config = trainer.config
+    return {
+        "iterations": config.iterations, "steps_per_epoch": trainer.steps_per_epoch, "epochs": trainer.epochs,
+        "lr_milestone_iterations": [round(m * config.iterations) for m in config.lr_milestones],
+        "warmup": config.uses_warmup(), "compile": trainer.compiled, "channels_last": trainer.channels_last,
+        "cuda_graph": config.cuda_graph, "precision": resolved_precision(config.precision, trainer.device),
+        "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
+        "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
+        "params": count_parameters(trainer.model), "family": family_record(config.kind),
+        "init": describe_init(config.init) if config.init else None,
+    }
