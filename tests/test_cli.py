@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from resdepth.cli.app import final_states
+from resdepth.cli.sweep import final_states
 from resdepth.results.runs import METRIC_COLUMNS, RunStatus
 from resdepth.sweep.runner import plan_sweep
 
@@ -202,7 +202,7 @@ def test_a_busy_cell_that_another_sweep_has_finished_counts_as_done(tmp_path, ti
 
 
 def test_progress_lines_say_where_a_resumed_run_starts_and_what_an_epoch_ended_at(capsys):
-    from resdepth.cli.app import LiveDisplay
+    from resdepth.cli.progress import LiveDisplay
     from resdepth.sweep.runner import SweepProgress
 
     display = LiveDisplay(total=1)

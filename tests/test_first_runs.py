@@ -291,7 +291,7 @@ def test_fused_cells_each_say_done(tmp_path, cli_env, resdepth_cli, tiny_args):
 
 
 def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(tmp_path, capsys):
-    from resdepth.cli.app import LiveDisplay
+    from resdepth.cli.progress import LiveDisplay
     from resdepth.sweep.runner import SweepProgress
 
     cell = type("Cell", (), {"name": "plain-8-s0", "run_dir": tmp_path})()

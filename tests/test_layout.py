@@ -66,7 +66,8 @@ def upward_imports(root: Path) -> list[str]:
             if target not in LEVEL or own not in LEVEL:
                 problems.append(f"{path.relative_to(root.parent)}:{line}: {module} is in no level (add it to LEVELS)")
             elif LEVEL[target] >= LEVEL[own]:
-                problems.append(f"{path.relative_to(root.parent)}:{line}: {own}/ imports {module}, a level not below it")
+                problems.append(f"{path.relative_to(root.parent)}:{line}: {own}/ imports {module}, "
+                                "a level not below it")
     return problems
 
 

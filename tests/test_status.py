@@ -50,7 +50,7 @@ def test_status_shows_finished_cells_and_the_sweeps_cells_not_started(tmp_path, 
 def test_a_narrow_terminal_leaves_columns_out_instead_of_cutting_names_and_numbers(tmp_path, width, half_run_sweep):
     from rich.console import Console
 
-    from resdepth.cli.app import status_view
+    from resdepth.cli.results import status_view
 
     half_run_sweep(tmp_path)
     console = Console(width=width, record=True, file=io.StringIO())

@@ -508,7 +508,7 @@ def test_a_sweep_that_only_finds_busy_cells_leaves_sweep_json_as_it_was(tmp_path
 
 
 def test_the_suggested_resume_command_repeats_how_the_sweep_executed(tmp_path, tiny_sweep):
-    from resdepth.cli.app import resume_command
+    from resdepth.cli.sweep import resume_command
 
     sweep = tiny_sweep(tmp_path, executor="ray", ray_address="auto", gpus_per_job=0.5)
     assert resume_command(sweep, "--retry-failed") == (

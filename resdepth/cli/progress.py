@@ -1,0 +1,165 @@
+"""Live displays of work under way: a sweep's cells (LiveDisplay), a dataset being decoded (DataLoadDisplay), an
+evaluation of trained runs (EvalDisplay). On a terminal each draws rich progress bars; piped or logged, it prints
+plain lines instead."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TypeVar
+
+from rich.markup import escape
+
+from ..results.runs import RunStatus
+from ..sweep.runner import SweepProgress
+from ..train.data import LoadProgress
+from .console import console, pct, rate
+
+
+Display = TypeVar("Display", bound="ProgressDisplay")
+
+
+def progress_bars(description: str, bar_width: int = 40, info: bool = False, transient: bool = False) -> Any:
+    """Rich progress bars: the task's description, its bar, done/total, its `info` field where asked, the time
+    left. None off a terminal (piped or logged), where the displays print lines instead."""
+    if not console.is_terminal:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn(description), BarColumn(bar_width=bar_width), MofNCompleteColumn(),
+               *([TextColumn("{task.fields[info]}")] if info else []), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=transient)
+
+
+class ProgressDisplay:
+    """What the displays share: their bars (None off a terminal) drawn while a `with` block runs."""
+
+    progress: Any = None
+
+    def __enter__(self: Display) -> Display:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class LiveDisplay(ProgressDisplay):
+    """Rich progress bars (overall, then one per running job) on a terminal; one plain line per epoch otherwise."""
+
+    def __init__(self, total: int):
+        self.progress = progress_bars("{task.description:<22}", bar_width=24, info=True)
+        self.overall = self.progress.add_task("sweep", total=total, info="") if self.progress else None
+        self.tasks: dict[str, Any] = {}
+        self.logged: dict[str, int] = {}  # the last epoch a line was printed for, by cell
+        self.ended: set[str] = set()  # the cells whose end was printed
+
+    def update(self, snapshot: SweepProgress) -> None:
+        if self.progress:
+            self.update_bars(snapshot)
+        else:
+            self.log_lines(snapshot)
+
+    def update_bars(self, snapshot: SweepProgress) -> None:
+        assert self.progress is not None
+        ended = snapshot.outcomes.values()
+        failed = sum(o.state in ("failed", "diverged") for o in ended)
+        skipped = sum(1 for p in snapshot.planned if not p.device)
+        self.progress.update(self.overall, completed=len(snapshot.outcomes) + skipped,
+                             info=f"{sum(o.state == 'done' for o in ended)} done, {failed} failed/diverged, "
+                                  f"{len(snapshot.running)} running, {skipped} skipped")
+        for name, status in snapshot.running.items():
+            if name not in self.tasks:
+                self.tasks[name] = self.progress.add_task(name, total=status.iterations or None, info="")
+            train = status.live_train_error if status.live_train_error is not None else status.train_error
+            self.progress.update(self.tasks[name], total=status.iterations or None, completed=status.iteration,
+                                 info=f"{status.device} epoch {min(status.epoch + 1, status.epochs)}/{status.epochs} "
+                                      f"train {pct(train)}% test {pct(status.test_error)}% "
+                                      f"{rate(status.images_per_second)} img/s")
+        for name, outcome in snapshot.outcomes.items():
+            if name in self.tasks:
+                self.progress.update(self.tasks.pop(name), description=f"{name} {outcome.state}")
+
+    def log_lines(self, snapshot: SweepProgress) -> None:
+        """A line when a run resumes from a checkpoint, one per epoch it finishes, and one when it ends, with its
+        last epoch's numbers. Lines are keyed on the epoch, not the state: a status.json read between the run's
+        last epoch and its process's exit says done too, and one read before a resumed run rewrote it is stale."""
+        for name, status in snapshot.running.items():
+            if status.state != "running" or name in self.ended:
+                continue  # not started yet (still the last attempt's status.json), or already said
+            if name not in self.logged and status.epoch and status.iteration < status.iterations:
+                console.print(f"{name}: resumed at iteration {status.iteration}/{status.iterations}, after epoch "
+                              f"{status.epoch}/{status.epochs} (train {pct(status.train_error)}% test "
+                              f"{pct(status.test_error)}%)", highlight=False, soft_wrap=True)
+            elif status.epoch > self.logged.get(name, 0):
+                console.print(f"{name}: {epoch_line(status)}", highlight=False, soft_wrap=True)
+            self.logged[name] = max(status.epoch, self.logged.get(name, 0))
+        for item in snapshot.planned:
+            outcome = snapshot.outcomes.get(item.cell.name)
+            if outcome is not None and item.cell.name not in self.ended:
+                self.ended.add(item.cell.name)
+                status = RunStatus.read(item.cell.run_dir)
+                numbers = f": {epoch_line(status)}" if status and status.epoch else ""
+                console.print(f"{item.cell.name}: {outcome.state}{numbers}" +
+                              (f" ({outcome.error})" if outcome.error else ""), highlight=False, soft_wrap=True)
+
+
+def epoch_line(status: RunStatus) -> str:
+    """'epoch 5/5 iteration 55/55 train 12.50% test 20.31% 1,234 img/s' from a run's status."""
+    return (f"epoch {status.epoch}/{status.epochs} iteration {status.iteration}/{status.iterations} train "
+            f"{pct(status.train_error)}% test {pct(status.test_error)}% {rate(status.images_per_second)} img/s")
+
+
+class DataLoadDisplay(ProgressDisplay):
+    """While an image folder is decoded (once: later loads read the cache it names), a progress bar on a
+    terminal and a line at the start and end elsewhere; the loader's notices as one line each."""
+
+    def __init__(self) -> None:
+        self.task: Any = None
+        self.started = 0.0
+
+    def __call__(self, event: LoadProgress) -> None:
+        if event.notice:
+            console.print(f"[yellow]note:[/] {escape(event.notice)}", highlight=False, soft_wrap=True)
+        elif event.done == 0:
+            self.start(event)
+        elif self.progress is not None:
+            self.progress.update(self.task, completed=event.done)
+        if not event.notice and event.done == event.total and event.total:
+            self.__exit__()
+            self.progress = None
+            console.print(f"decoded {event.total:,} images in {time.monotonic() - self.started:.0f} s", highlight=False)
+
+    def start(self, event: LoadProgress) -> None:
+        self.started = time.monotonic()
+        console.print(f"decoding {event.total:,} images once; they are kept in {event.cache} for later runs",
+                      markup=False, highlight=False, soft_wrap=True)
+        self.progress = progress_bars("decoding", transient=True)
+        # started at the first event, which gives the number of images (a load from the cache never gets here)
+        if self.progress is not None:
+            self.task = self.progress.add_task("decoding", total=event.total)
+            self.progress.start()
+
+
+class EvalDisplay(ProgressDisplay):
+    """A progress bar per run on a terminal; elsewhere a line as each run starts, every 10% and at its end (lesion,
+    landscape)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.progress = progress_bars("{task.description}")
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, event: Any) -> None:
+        if event.label not in self.tasks:
+            self.tasks[event.label] = self.progress.add_task(event.label, total=event.total) if self.progress else None
+            if not self.progress:
+                resumed = f", {event.done:,} already saved" if event.done else ""
+                console.print(f"{event.label}: {event.total:,} {self.what}{resumed}", markup=False, highlight=False)
+        if self.progress:
+            self.progress.update(self.tasks[event.label], completed=event.done)
+        elif event.done == event.total:
+            console.print(f"{event.label}: done", markup=False, highlight=False)
+        elif event.done and event.done * 10 // event.total > (event.done - 1) * 10 // event.total:  # every 10%
+            console.print(f"{event.label}: {event.done:,}/{event.total:,}", markup=False, highlight=False)
