@@ -2,7 +2,7 @@
 metadata that the command line is generated from.
 
 Each config field is declared once, with `option(...)`: its default, its help text, its command-line flag and the
-help panel it shows in. `cli.py` builds the shared Typer options from `fields(...)`, and error messages name a
+help panel it shows in. `cli/app.py` builds the shared Typer options from `fields(...)`, and error messages name a
 field by its flag through `flag()`, so adding a training option is one line in one place.
 """
 
