@@ -1,7 +1,11 @@
-"""The manual's links: every relative link in README.md, BENCHMARKS.md and docs/*.md names a file of the repository,
-and every anchor (#section) a heading of the page it points into, as GitHub makes anchors from headings."""
+"""The manual holds: every relative link in README.md, BENCHMARKS.md and docs/*.md names a file of the repository,
+and every anchor (#section) a heading of the page it points into, as GitHub makes anchors from headings; every
+`resdepth` command line names real options; the Python API page runs."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +143,19 @@ def test_the_command_checker_finds_a_made_up_command_and_option():
     assert [bad_commands(line, top, commands) for line in lines] == [
         ["--made-up is not an option of resdepth sweep"], ["frobnicate is not a resdepth command"], [],
         ["--kind-of is not an option of resdepth bench"]]
+
+
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+
+
+def test_the_python_api_page_runs_as_it_stands(tmp_path):
+    # The whole page in a fresh interpreter, from an empty folder: its imports, training, fused seeds, sweep cells,
+    # tables and analysis, so that the API the page documents cannot drift from the package.
+    (code,) = python_blocks(ROOT / "docs" / "python-api.md")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code + "\nprint(sorted(figures), len(summary), len(per_run))"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[-2] == "['figure7-synthetic', 'gradients-synthetic'] 1 3"
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["r8", "r8-s1", "r8-s2"]
