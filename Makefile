@@ -8,7 +8,7 @@ EXTRAS ?= test,ray,slurm,tensorboard
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: demo test lint install clean
-# The suite's line coverage of resdepth/, subprocesses included (96% when last measured; README): `make test` fails below it
+# The suite's line coverage of resdepth/, subprocesses included (96% when last measured; docs/install.md): `make test` fails below it
 COVERAGE_MIN ?= 90
 
 install: $(STAMP)

@@ -15,9 +15,8 @@ import importlib.util
 import sys
 from types import ModuleType
 
-__version__ = "0.1.0"
-
-from .models import build_model, list_models  # after __version__, which models/families.py reads
+from ._version import __version__
+from .models import build_model, list_models
 
 __all__ = ["__version__", "build_model", "list_models"]
 

@@ -19,8 +19,8 @@ import resdepth
 PACKAGE = Path(resdepth.__file__).parent
 
 # Lowest first. Siblings on one level (sweep/, analysis/) never import each other.
-LEVELS: list[set[str]] = [{"errors"}, {"config"}, {"models"}, {"results"}, {"train"}, {"sweep", "analysis"}, {"bench"},
-                          {"cli"}]
+LEVELS: list[set[str]] = [{"errors", "_version"}, {"config"}, {"models"}, {"results"}, {"train"},
+                          {"sweep", "analysis"}, {"bench"}, {"cli"}]
 LEVEL = {part: index for index, parts in enumerate(LEVELS) for part in parts}
 
 
@@ -55,6 +55,7 @@ def imported_modules(path: Path, root: Path) -> list[tuple[int, str]]:
 def upward_imports(root: Path) -> list[str]:
     problems = []
     for path in sorted(root.rglob("*.py")):
+        where = path.relative_to(root.parent)
         importer = module_name(path, root)
         own = part_of(importer)
         if own is None:
@@ -64,10 +65,9 @@ def upward_imports(root: Path) -> list[str]:
             if target is None or target == "__version__" or target == own:
                 continue
             if target not in LEVEL or own not in LEVEL:
-                problems.append(f"{path.relative_to(root.parent)}:{line}: {module} is in no level (add it to LEVELS)")
+                problems.append(f"{where}:{line}: {module} is in no level (add it to LEVELS)")
             elif LEVEL[target] >= LEVEL[own]:
-                problems.append(f"{path.relative_to(root.parent)}:{line}: {own}/ imports {module}, "
-                                "a level not below it")
+                problems.append(f"{where}:{line}: {own}/ imports {module}, a level not below it")
     return problems
 
 

@@ -295,7 +295,7 @@ def test_warmup_settings_split_seeds_only_of_runs_that_warmed_up(tmp_path, write
 
 
 def test_a_run_trained_from_init_is_not_the_papers_protocol(tmp_path, write_run, run_cli):
-    # README's example: two ResNet-56 runs started from a constructed net, alone in their folder
+    # docs/plots-tables-report.md's example: two ResNet-56 runs started from a constructed net, alone in their folder
     start = "/results/constructed/residual-56-from-20"
     record = {"path": start, "net": "residual-56", "sha256": "ab"}
     for seed in (0, 1):

@@ -3,7 +3,7 @@ Relatively Shallow Networks* (NeurIPS 2016).
 
 At test time a block is deleted (a residual block leaves its shortcut's path; a plain block, where the shape
 stays, the identity) or blocks are swapped, and the test error is measured. Which blocks a net has and what is
-left without each is the network's own answer (`families.lesion_blocks`, see nets.py). Per run: the intact net,
+left without each is the network's own answer (`families.lesion_blocks`, see models/nets.py). Per run: the intact net,
 each single block deleted, k random shape-keeping blocks deleted and k random pairs of shape-keeping blocks of one
 stage swapped (k = 1 .. max_k, `draws` seeded draws each; twins of one depth draw the same blocks). Evaluation
 only: BN in evaluation mode, the run's own normalisation, fp32. `build_figures` draws the paper's Figures 3 and 5

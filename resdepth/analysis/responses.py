@@ -82,7 +82,7 @@ def response_measure(model: nn.Module) -> str:
     return measure if measure in MEASURES else "layer_output"
 
 
-# Figures: plots.py's size, fonts and colours (Figures 1 and 6). A plain twin dashed, every other family bold:
+# Figures: results/plots.py's size, fonts and colours (Figures 1 and 6). A plain twin dashed, every other family bold:
 # twins of one depth share a colour
 TWIN_STYLE, FAMILY_STYLE = ("--", 1.4), ("-", 2.0)
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserError
 from .nets import (
     NINE_N_PLUS_TWO,

@@ -3,7 +3,7 @@ pre-activation ResNets of the follow-up paper (He et al., *Identity Mappings in 
 basic blocks (6n+2) and bottleneck blocks (9n+2: 164, 1001).
 
 One general class per design (`CifarNet`, `PreActNet`) and their blocks, shortcuts and inits; families.py builds
-its nets from them, and models.py names them (`build_model("resnet56")`). Module names of CifarNet follow the
+its nets from them, and `resdepth.models` names them (`build_model("resnet56")`). Module names of CifarNet follow the
 common option-A CIFAR ResNet layout (conv1, bn1, layer1..3 with conv1/bn1/conv2/bn2 per block, linear) so
 published weights load in order.
 
@@ -207,7 +207,8 @@ class CifarNet(nn.Module):
     filters (16k/32k/64k, the stem keeps 16, as in Wide ResNets); 1 is the paper's net."""
 
     KINDS = ("plain", "residual")
-    response_measure = "bn_output"  # what response_layers() measures: analysis.py's MEASURES name and title it
+    # what response_layers() measures: analysis/responses.py's MEASURES name and title it
+    response_measure = "bn_output"
 
     def __init__(self, kind: str, depth: int, num_classes: int = 10, shortcut: Shortcut = "A", width: int = 1):
         super().__init__()
@@ -378,7 +379,7 @@ class PreActNet(nn.Module):
     after the 16-filter stem, the first unit projecting 16 to 16k: the basic net is then Wide ResNet's own
     (Zagoruyko and Komodakis 2016: pre-activation basic blocks, widened)."""
 
-    response_measure = "residual_function"  # what response_layers() measures: analysis.py's MEASURES
+    response_measure = "residual_function"  # what response_layers() measures: analysis/responses.py's MEASURES
 
     def __init__(self, depth: int, num_classes: int = 10, bottleneck: bool = False, shortcut: Shortcut = "B",
                  width: int = 1):

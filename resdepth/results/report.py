@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserError
 from .runs import CONFIG_FILE, MAX_FIGURE_BYTES, METRICS_FILE, STATUS_FILE, Run, load_runs, read_folder_file
 

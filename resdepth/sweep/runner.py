@@ -4,7 +4,8 @@ already holds, then run.
 The runner decides what to run (skip finished, resume unfinished, refuse mismatched folders), on which slot
 (GPU or CPU share), and with which executor (`make_executor`: the choice sits here, above executors.py and
 cluster.py, which never see a SweepConfig). An `Executor` only runs jobs: a cell, or with `--fuse` a group of
-cells that differ only in their seed, trained together (`fused.py`). `run_sweep` returns data; the CLI displays it.
+cells that differ only in their seed, trained together
+(`train/fused.py`). `run_sweep` returns data; the CLI displays it.
 """
 
 from __future__ import annotations

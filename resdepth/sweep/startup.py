@@ -5,7 +5,7 @@ and so does Ray for its workers (the driver's folder). Started from the folder t
 repository, `import resdepth` would then find the clone folder `resdepth/` (its `results/` too) instead of the
 installed package. Workers therefore drop that one entry before anything of resdepth is imported; PYTHONPATH (and so
 a `--kind module:function` family found through it) still holds, and where families come from is the family
-loader's policy alone (families.py).
+loader's policy alone (models/families.py).
 
 Nothing here imports resdepth at module level: Ray ships this module's functions by value, so that a worker can
 run them before it can safely import the package.

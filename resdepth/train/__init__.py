@@ -4,6 +4,7 @@ trained as one stacked model (`fused.py`), devices, precision and random states 
 norms (`gradients.py`) and the constructed deeper net that `--init` starts from (`construct.py`)."""
 
 from .fused import run_fused_training
+from .data import DataConfig
 from .trainer import RunResult, TrainConfig, run_training
 
-__all__ = ["RunResult", "TrainConfig", "run_fused_training", "run_training"]
+__all__ = ["DataConfig", "RunResult", "TrainConfig", "run_fused_training", "run_training"]

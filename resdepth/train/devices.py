@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserError
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")

@@ -526,7 +526,7 @@ def check_same_network(run_dir: Path, kind: str) -> None:
     was, now = recorded_version(saved), get_family(kind).version
     if was != now:
         raise UserError(f"{run_dir} began training on version {was} of the {kind} networks and resdepth now builds "
-                        f"version {now} (README, Network versions): resuming would mix the two; delete its "
+                        f"version {now} (docs/families.md, Network versions): resuming would mix the two; delete its "
                         f"{CHECKPOINT_FILE} and rerun (a sweep: with --retry-failed) to start it over, or keep it and "
                         "sweep into another --out folder")
 
