@@ -62,7 +62,11 @@ def upward_imports(root: Path) -> list[str]:
             continue  # the root package is the public face: it imports the builders, as resdepth.build_model
         for line, module in imported_modules(path, root):
             target = part_of(module)
-            if target is None or target == "__version__" or target == own:
+            if target is None:
+                problems.append(f"{where}:{line}: imports the package root, which imports models/ (import from the "
+                                "module itself)")
+                continue
+            if target == own:
                 continue
             if target not in LEVEL or own not in LEVEL:
                 problems.append(f"{where}:{line}: {module} is in no level (add it to LEVELS)")

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserError
 from . import analysis, bench, models, results, sweep
 from .console import console, errors
