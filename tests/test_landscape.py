@@ -204,3 +204,23 @@ def test_the_report_shows_the_lesion_and_landscape_figures(results, run_cli, tmp
         assert f"<figcaption>{stem}</figcaption>" in page
     assert "<figcaption>landscape-1d-linked" not in page and "landscape-1d-linked.png is a link" in page  # a warning
     assert page.count("data:image/png;base64,") == 5
+
+
+def test_a_run_of_a_family_by_import_path_is_drawn_only_when_the_user_names_it(
+        tmp_path, user_family, tiny_config, run_sweep_now, run_cli, monkeypatch):
+    from resdepth.models import families
+    from resdepth.sweep.runner import SweepConfig
+
+    gated = SweepConfig(depths=[4], kinds=["tinyfam_nets:gated"], seeds=[0], out=str(tmp_path / "gated"),
+                        train=tiny_config(depth=8, epochs=1))
+    _, outcomes = run_sweep_now(gated)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    (run,) = [path for path in (tmp_path / "gated").iterdir() if (path / "config.json").exists()]
+    monkeypatch.setattr(families, "_LOADED", {})  # as a new command starts: no family imported yet
+    args = ["landscape", str(run), "--resolution", "3", "--images", "32", "--dims", "1"]
+    code, _, err = run_cli(*args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--kind tinyfam_nets:gated" in err, err
+    assert not (tmp_path / "gated" / "landscape").exists()
+    code, _, err = run_cli(*args, "--kind", "tinyfam_nets:gated")
+    assert code == 0, err
+    assert len(pd.read_csv(tmp_path / "gated" / "landscape" / "landscape.csv")) == 3

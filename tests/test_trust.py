@@ -209,7 +209,8 @@ def test_a_family_named_by_the_folder_is_never_imported(planted, run_cli, tiny_a
         code, out, err = run_reading(run_cli, planted.results, command)
         assert code == 0 and "Traceback" not in out + err, (command, out, err)
     one_line_refusal(run_cli("construct", str(victim), "--depth", "14", "--out", str(planted.results / "built")),
-                     "names the family evil_mod:build by import path", "never imports code")
+                     "holds a evil_mod:build net (a family by import path, which resdepth never imports",
+                     "plain and residual nets only")
     one_line_refusal(run_cli("train", "--kind", "plain", "--depth", "8", *tiny_args, "--epochs", "1", "--init",
                              str(victim), "--out", str(planted.results / "from")), "never imports code")
     state = torch.load(planted.results / "residual-8-s0" / "checkpoint.pt", weights_only=True)

@@ -30,9 +30,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from torch import nn
 
 from ..errors import UserError
+from ..models.families import family_named_by_folder
 from ..results.groups import group_runs
 from ..results.plots import FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_outputs, study_name, study_title
-from ..results.runs import CHECKPOINT_FILE, atomic_write_bytes, ensure_writable_dir, load_runs, read_json
+from ..results.runs import CHECKPOINT_FILE, CONFIG_FILE, atomic_write_bytes, ensure_writable_dir, load_runs, read_json
 from ..train.construct import finished_run
 from .responses import IDENTITY_COLUMNS, DataCache, nets_of, rows_of, studies, study_rows
 from .trained import EvalProgress, OnEvalProgress, TrainedRun, load_trained, loss_and_error, split_images
@@ -200,7 +201,9 @@ def landscape_runs(run_dirs: Sequence[Path], config: LandscapeConfig, out_dir: P
         twice = next(name for name in names if names.count(name) > 1)
         raise UserError(f"two run folders are named {twice}: their grids would share a file; run landscape on "
                         "each with its own --out")
-    ensure_writable_dir(out_dir)  # only once the runs are known to be finished runs
+    for run in runs:  # a family the folder names by import path is refused before anything is written
+        family_named_by_folder(run.config.get("kind"), str(run.path / CONFIG_FILE))
+    ensure_writable_dir(out_dir)  # only once the runs are known to be finished runs of families resdepth may build
     frames, data = [], DataCache()
     for key, group in group_runs(runs).items():
         for run in group:

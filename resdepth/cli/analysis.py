@@ -13,13 +13,12 @@ from rich import box
 from rich.table import Table
 
 from ..config import PROTOCOL, config_args
-from ..models.families import load_named_families
 from ..results.runs import ensure_writable_dir, own_output_dir
 from ..train.construct import ConstructionMismatch, construct_from_run
 from ..train.devices import resolve_device
 from ..train.trainer import TrainConfig
 from .console import console, errors, read_runs, warn
-from .options import DEVICE, parse_list
+from .options import DEVICE, FAMILY_PATHS, import_named_families
 from .progress import EvalDisplay
 
 
@@ -39,10 +38,7 @@ def analyze(
     device: DEVICE = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (the statistics do not depend on "
                                                  "it).")] = 500,
-    kinds: Annotated[str | None, typer.Option("--kind", help="Comma-separated families by import path "
-                                                             "(module.path:function) to import for runs that use "
-                                                             "them: a results folder never names code to import.")]
-    = None,
+    kinds: FAMILY_PATHS = None,
 ) -> None:
     """Figure 7 (std of each 3x3 layer's response, eval mode) and per-layer gradient norms of trained runs."""
     from ..analysis.responses import analyze as analyze_runs
@@ -51,7 +47,7 @@ def analyze(
 
     chosen_formats = parse_formats(formats)
     check_std(std)  # before the long analysis, not after it
-    load_named_families(parse_list(kinds, str, "--kind") if kinds else [])
+    import_named_families(kinds)
     runs = read_runs(results_dir)
     where = resolve_device(device or "auto")
     count = "all images" if images is None else f"{images:,} images (class-balanced)"
@@ -119,6 +115,7 @@ def lesion(
     formats: Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")] = "png",
     device: DEVICE = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
+    kinds: FAMILY_PATHS = None,
 ) -> None:
     """Veit et al. 2016: test error of trained runs with single blocks deleted, k random blocks deleted and k random
     pairs swapped (evaluation mode)."""
@@ -128,6 +125,7 @@ def lesion(
     chosen_formats = parse_formats(formats)
     config = LesionConfig(images, max_k, draws, seed, batch_size)
     config.check()  # before reading anything
+    import_named_families(kinds)
     runs = read_runs(results_dir)
     where = resolve_device(device or "auto")
     console.print(f"lesions: test split, {'all images' if images is None else f'{images:,} images'} per run, "
@@ -158,6 +156,7 @@ def landscape(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
     force: Annotated[bool, typer.Option("--force", help="Compute grids anew where --out holds grids of other "
                                                         "settings or weights.")] = False,
+    kinds: FAMILY_PATHS = None,
 ) -> None:
     """Li et al. 2018: training loss and error of trained runs around their weights, along filter-normalised
     random directions (1D slices, 2D contours); a partial grid is resumed."""
@@ -167,6 +166,7 @@ def landscape(
     chosen_formats = parse_formats(formats)
     config = LandscapeConfig(resolution, span, images, dims, seed, batch_size)
     config.check()
+    import_named_families(kinds)
     out_dir = out or run_dirs[0].parent / "landscape"
     where = resolve_device(device or "auto")
     console.print(f"landscape: {resolution}{f'x{resolution}' if dims == 2 else ''} points in [-{span:g}, {span:g}], "

@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from ..config import DATA, EXECUTION, PROTOCOL, cli_fields, flag_name, help_text
 from ..errors import UserError
+from ..models.families import load_named_families
 from ..sweep.cluster import CLUSTER, SlurmConfig
 from ..sweep.runner import WHAT, SweepConfig
 from ..train.data import DataConfig
@@ -83,6 +84,16 @@ def config_options(cls: type) -> list[ConfigOption]:
 TRAINING_OPTIONS = config_options(TrainConfig) + config_options(DataConfig)
 SWEEP_OPTIONS = config_options(SweepConfig) + config_options(SlurmConfig)
 # a few shared options that other commands (bench, analyze, construct) take as they are
+# analyze, lesion, landscape: the families by import path their runs use, named by the user (never by the folder)
+FAMILY_PATHS = Annotated[str | None, typer.Option("--kind", help="Comma-separated families by import path "
+                                                               "(module.path:function) to import for runs that use "
+                                                               "them: a results folder never names code to import.")]
+
+
+def import_named_families(kinds: str | None) -> None:
+    load_named_families(parse_list(kinds, str, "--kind") if kinds else [])
+
+
 DEVICE = next(o for o in TRAINING_OPTIONS if o.param == "device").annotation
 THREADS = next(o for o in TRAINING_OPTIONS if o.param == "threads").annotation
 PRECISION = next(o for o in TRAINING_OPTIONS if o.param == "precision").annotation

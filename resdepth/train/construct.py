@@ -345,6 +345,10 @@ def construct_from_run(run_dir: Path, depth: int, out: Path, device: torch.devic
     if identity_bn not in IDENTITY_BN:
         raise UserError(f"unknown --identity-bn {identity_bn!r}: use data (measured statistics) or unit")
     config = finished_run(run_dir)
+    kind = config.get("kind")
+    if isinstance(kind, str) and ":" in kind:  # a family by path: not one construct can deepen; never imported
+        raise UserError(f"{run_dir} holds a {kind} net (a family by import path, which resdepth never imports for a "
+                        "folder): construct adds identity blocks to the paper's plain and residual nets only")
     spec = NetSpec.from_config(config, str(run_dir / CONFIG_FILE))
     family = family_named_by_folder(spec.kind, str(run_dir / CONFIG_FILE))
     if family.build is None or not isinstance(build_network(spec.kind, family.depths.offset + family.depths.step),
