@@ -96,6 +96,23 @@ def run_sweep_now():
 
 
 @pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory, tiny_sweep, run_sweep_now) -> Callable[..., Path]:
+    """A factory: a finished tiny sweep of plain and residual nets of one depth, trained once per session for each
+    (depth, epochs) and shared by the modules that read trained runs (analyze, lesion, landscape). Tests copy it before
+    changing it."""
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(depth: int = 8, epochs: int = 2) -> Path:
+        if (depth, epochs) not in made:
+            out = tmp_path_factory.mktemp(f"finished-{depth}-{epochs}")
+            _, outcomes = run_sweep_now(tiny_sweep(out, depths=[depth], train=_tiny_config(epochs=epochs)))
+            assert {o.state for o in outcomes.values()} == {"done"}
+            made[depth, epochs] = out
+        return made[depth, epochs]
+    return make
+
+
+@pytest.fixture(scope="session")
 def resdepth_cli() -> str:
     """The real console entry point of this venv, for the tests that need a separate process."""
     return str(Path(sys.executable).with_name("resdepth"))

@@ -5,7 +5,6 @@ their files or fail in one line without writing anything."""
 import copy
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -37,22 +36,10 @@ from resdepth.train.trainer import Trainer, run_training
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_sweep, run_sweep_now) -> Path:
-    """A finished sweep of plain-8 and residual-8 (3 epochs of the tiny synthetic set)."""
-    out = tmp_path_factory.mktemp("trained")
-    sweep = tiny_sweep(out)
-    sweep.train = replace(sweep.train, epochs=3)
-    _, outcomes = run_sweep_now(sweep)
-    assert {o.state for o in outcomes.values()} == {"done"}
-    return out
-
-
 @pytest.fixture
-def results(trained, tmp_path) -> Path:
-    """A private copy of the finished sweep, to change."""
-    shutil.copytree(trained, tmp_path / "results")
-    return tmp_path / "results"
+def results(finished_sweep, tmp_path) -> Path:
+    """A private copy of a finished sweep of plain-8 and residual-8 (3 epochs of the tiny synthetic set)."""
+    return Path(shutil.copytree(finished_sweep(depth=8, epochs=3), tmp_path / "results"))
 
 
 # ---------------------------------------------------------------------------------------------- hooks

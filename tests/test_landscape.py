@@ -34,19 +34,10 @@ CPU = torch.device("cpu")
 TINY = LandscapeConfig(resolution=3, span=0.5, images=32, batch_size=16)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_sweep, run_sweep_now) -> Path:
-    """A finished sweep of plain-8 and residual-8 (2 epochs of the tiny synthetic set)."""
-    out = tmp_path_factory.mktemp("trained")
-    _, outcomes = run_sweep_now(tiny_sweep(out))
-    assert {o.state for o in outcomes.values()} == {"done"}
-    return out
-
-
 @pytest.fixture
-def results(trained, tmp_path) -> Path:
-    shutil.copytree(trained, tmp_path / "results")
-    return tmp_path / "results"
+def results(finished_sweep, tmp_path) -> Path:
+    """A private copy of a finished sweep of plain-8 and residual-8 (3 epochs, the one test_analysis reads)."""
+    return Path(shutil.copytree(finished_sweep(depth=8, epochs=3), tmp_path / "results"))
 
 
 def load(run_dir: Path):

@@ -21,19 +21,10 @@ from resdepth.train.construct import construct_deeper, unit_moments
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_sweep, run_sweep_now) -> Path:
-    """A finished sweep of plain-14 and residual-14 (2 epochs of the tiny synthetic set)."""
-    out = tmp_path_factory.mktemp("trained")
-    _, outcomes = run_sweep_now(tiny_sweep(out, depths=[14]))
-    assert {o.state for o in outcomes.values()} == {"done"}
-    return out
-
-
 @pytest.fixture
-def results(trained, tmp_path) -> Path:
-    shutil.copytree(trained, tmp_path / "results")
-    return tmp_path / "results"
+def results(finished_sweep, tmp_path) -> Path:
+    """A private copy of a finished sweep of plain-14 and residual-14 (2 epochs of the tiny synthetic set)."""
+    return Path(shutil.copytree(finished_sweep(depth=14, epochs=2), tmp_path / "results"))
 
 
 # ---------------------------------------------------------------------------------------------- what a deletion leaves
