@@ -232,3 +232,20 @@ def test_the_paper_number_and_delta_stand_only_beside_the_papers_axis_values(tmp
     paper = headers.index("paper Table 6")
     assert [row[paper] for row in rows] == ["none", "8.75"]
     assert any("Table 6 gives numbers at its own values of lr only" in note for note in notes)
+
+
+def test_analyze_and_lesion_csvs_have_a_column_per_axis_as_the_table_has(tmp_path, grid_sweep, run_sweep_now):
+    from resdepth.analysis.lesion import LesionConfig, lesion_runs
+    from resdepth.analysis.responses import analyze
+
+    run_sweep_now(grid_sweep(tmp_path))
+    runs = load_runs(tmp_path)[0]
+    analysis = analyze(runs, images=16)
+    lesions = lesion_runs(runs, LesionConfig(images=16, max_k=1, draws=1, seed=0, batch_size=16))
+    for frame in (analysis.responses, analysis.gradients, lesions.table):  # lr: the epoch's lr in gradients
+        assert list(frame.columns[:5]) == ["dataset", "setting", "axis_lr", "width", "kind"]
+        rows = frame.drop_duplicates(["axis_lr", "width"])
+        assert sorted(zip(rows["axis_lr"], rows["width"], strict=True)) == [
+            ("0.05", "1"), ("0.05", "2"), ("0.1", "1"), ("0.1", "2")]
+    top = analysis.gradients.groupby("axis_lr")["lr"].max()  # the epochs' lr starts at the axis's value
+    assert {axis: float(axis) for axis in top.index} == top.to_dict()

@@ -35,7 +35,7 @@ from ..results.groups import group_runs
 from ..results.plots import FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_outputs, study_name, study_title
 from ..results.runs import CHECKPOINT_FILE, CONFIG_FILE, atomic_write_bytes, ensure_writable_dir, load_runs, read_json
 from ..train.construct import finished_run
-from .responses import IDENTITY_COLUMNS, DataCache, nets_of, rows_of, studies, study_rows
+from .responses import IDENTITY_COLUMNS, DataCache, nets_of, rows_of, studies, study_rows, with_axes
 from .trained import EvalProgress, OnEvalProgress, TrainedRun, load_trained, loss_and_error, split_images
 
 LANDSCAPE_COLUMNS = (*IDENTITY_COLUMNS, "run", "a", "b", "train_loss", "train_error", "images", "epoch")
@@ -204,13 +204,13 @@ def landscape_runs(run_dirs: Sequence[Path], config: LandscapeConfig, out_dir: P
     for run in runs:  # a family the folder names by import path is refused before anything is written
         family_named_by_folder(run.config.get("kind"), str(run.path / CONFIG_FILE))
     ensure_writable_dir(out_dir)  # only once the runs are known to be finished runs of families resdepth may build
-    frames, data = [], DataCache()
-    for key, group in group_runs(runs).items():
+    frames, data, groups = [], DataCache(), group_runs(runs)
+    for key, group in groups.items():
         for run in group:
             trained = load_trained(run, key, data, device)
             grid = fill_grid(trained, config, out_dir / f"{run.path.name}{GRID_SUFFIX}", device, on_progress, force)
             frames.append(grid_rows(trained, grid, config))
-    return Landscape(pd.concat(frames, ignore_index=True))
+    return Landscape(pd.concat(frames, ignore_index=True).reindex(columns=with_axes(LANDSCAPE_COLUMNS, groups)))
 
 
 def grid_rows(trained: TrainedRun, grid: Grid, config: LandscapeConfig) -> pd.DataFrame:
@@ -220,7 +220,7 @@ def grid_rows(trained: TrainedRun, grid: Grid, config: LandscapeConfig) -> pd.Da
     for column, value in {**trained.identity, "run": trained.label, "images": config.images,
                           "epoch": trained.epoch}.items():
         frame[column] = value
-    return frame[list(LANDSCAPE_COLUMNS)]
+    return frame
 
 
 # ---------------------------------------------------------------------------------------------- figures

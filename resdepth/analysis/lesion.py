@@ -33,7 +33,7 @@ from ..models.nets import LesionBlock
 from ..results.groups import group_runs, is_complete
 from ..results.plots import BAND_ALPHA, FIG_WIDTH, FONT, TITLE_FONT, save_outputs, study_name, study_title
 from ..results.runs import Run
-from .responses import IDENTITY_COLUMNS, DataCache, Net, nets_of, rows_of, studies, study_rows
+from .responses import IDENTITY_COLUMNS, DataCache, Net, nets_of, rows_of, studies, study_rows, with_axes
 from .trained import EvalProgress, OnEvalProgress, TrainedRun, load_trained, loss_and_error, split_images
 
 LESIONS = ("none", "delete-one", "delete-k", "swap-k")
@@ -139,7 +139,8 @@ def lesion_runs(runs: list[Run], config: LesionConfig, device: torch.device | No
     notes: list[str] = []
     refused: set[str] = set()  # families that cannot say what a block is: one line each, not one per run
     data = DataCache()
-    for key, group in group_runs(runs).items():
+    groups = group_runs(runs)
+    for key, group in groups.items():
         for run in (run for run in group if key.kind not in refused):
             try:
                 trained = load_trained(run, key, data, device)
@@ -155,7 +156,8 @@ def lesion_runs(runs: list[Run], config: LesionConfig, device: torch.device | No
             rows += lesion_run(trained, blocks, config, device, on_progress)
     if not rows:
         raise UserError(f"no run could be lesioned ({notes[0]})" if notes else "no run could be lesioned")
-    table = pd.DataFrame(rows, columns=list(LESION_COLUMNS)).astype({"block": "Int64", "stage": "Int64"})
+    table = pd.DataFrame(rows, columns=with_axes(LESION_COLUMNS, groups))
+    table = table.astype({"block": "Int64", "stage": "Int64"})
     return LesionResult(table, notes)
 
 

@@ -42,6 +42,7 @@ from ..results.plots import (
     study_name,
     study_title,
 )
+from ..results.tables import axis_cells, with_axis_columns
 from ..results.runs import GRADIENT_COLUMNS, GRADIENTS_FILE, MAX_CSV_BYTES, Run, read_folder_file
 from ..train.construct import check_same_data, full_fp32, input_batches, read_saved_net, run_dataset
 from ..train.data import Dataset, balanced_subset
@@ -53,6 +54,10 @@ RESPONSE_COLUMNS = (*IDENTITY_COLUMNS, "layer", "stage", "std", "channel_std", "
                     "epoch", "finished")
 GRADIENT_TABLE_COLUMNS = (*IDENTITY_COLUMNS, "epoch", "iteration", "lr", "layer", "name", "grad_norm",
                           "weight_norm", "sampled_steps", "finished")
+# A grid's axis takes a column of its name in every analysis CSV, axis_<name> where that name is taken (the epoch's
+# lr of gradients.csv is not the lr axis), so the same axis has the same column in responses, gradients, lesions
+ANALYSIS_COLUMNS = frozenset({*RESPONSE_COLUMNS, *GRADIENT_TABLE_COLUMNS, "run", "a", "b", "images", "epoch", "lesion",
+                              "k", "draw", "block", "stage"})
 IMAGE_SUBSET_SEED = 0  # --images N: the same class-balanced subset for every run of a dataset
 EVAL_BATCH = 500
 
@@ -209,7 +214,8 @@ def analyze(runs: list[Run], split: str = "test", images: int | None = None,
     gradient_frames: list[pd.DataFrame] = []
     without_gradients: list[Path] = []
     data = DataCache()
-    for key, group in group_runs(runs).items():
+    groups = group_runs(runs)
+    for key, group in groups.items():
         for run in group:
             identity = run_identity(key, run)
             try:
@@ -229,14 +235,21 @@ def analyze(runs: list[Run], split: str = "test", images: int | None = None,
     if without_gradients:
         notes.append(f"{len(without_gradients)} run(s) have no {GRADIENTS_FILE} (trained before resdepth logged "
                      f"gradient norms), e.g. {without_gradients[0]}")
-    gradients = (pd.concat(gradient_frames, ignore_index=True) if gradient_frames
-                 else pd.DataFrame(columns=list(GRADIENT_TABLE_COLUMNS)))
-    return Analysis(pd.DataFrame(response_rows, columns=list(RESPONSE_COLUMNS)), gradients, notes, split)
+    gradients = pd.concat(gradient_frames, ignore_index=True) if gradient_frames else pd.DataFrame()
+    return Analysis(pd.DataFrame(response_rows, columns=with_axes(RESPONSE_COLUMNS, groups)),
+                    gradients.reindex(columns=with_axes(GRADIENT_TABLE_COLUMNS, groups)), notes, split)
+
+
+def with_axes(columns: tuple[str, ...], groups: dict[GroupKey, list[Run]]) -> list[str]:
+    """An analysis CSV's columns, with one per axis of the runs' grid between setting and kind."""
+    return with_axis_columns(columns, groups, ANALYSIS_COLUMNS)
 
 
 def run_identity(key: GroupKey, run: Run) -> dict[str, Any]:
+    """The CSV columns that say which run a row is of: IDENTITY_COLUMNS, and a column per axis of a grid (lr, width:
+    the same columns as `table --csv`), so that a grid's rows can be told apart without parsing `setting`."""
     return {"dataset": key.dataset, "setting": key.setting, "kind": key.kind, "shortcut": key.shortcut,
-            "depth": key.depth, "seed": int(run.setting("seed", 0))}
+            "depth": key.depth, "seed": int(run.setting("seed", 0)), **axis_cells(key, ANALYSIS_COLUMNS)}
 
 
 def run_responses(run: Run, identity: dict[str, Any], data: DataCache, split: str, count: int | None,
@@ -282,7 +295,7 @@ def run_gradients(run: Run, identity: dict[str, Any]) -> tuple[pd.DataFrame | No
     frame["lr"] = frame["epoch"].map(lrs)
     for column, value in {**identity, "finished": is_complete(run)}.items():
         frame[column] = value
-    return frame[list(GRADIENT_TABLE_COLUMNS)], None
+    return frame[[*GRADIENT_TABLE_COLUMNS, *(column for column in identity if column not in IDENTITY_COLUMNS)]], None
 
 
 # ---------------------------------------------------------------------------------------------- figures

@@ -148,19 +148,23 @@ def summarize_runs(runs: list[Run]) -> pd.DataFrame:
     return frame
 
 
-def axis_column(key: str) -> str:
+TABLE_COLUMNS = frozenset({*SUMMARY_COLUMNS, *RUN_COLUMNS})
+
+
+def axis_column(key: str, taken: frozenset[str] = TABLE_COLUMNS) -> str:
     """The column of a setting's key (an axis of the runs: lr, width, ...): the key, or axis_<key> where a column
-    of the table already has that name."""
-    return f"axis_{key}" if key in SUMMARY_COLUMNS or key in RUN_COLUMNS else key
+    of the table (taken) already has that name."""
+    return f"axis_{key}" if key in taken else key
 
 
-def axis_cells(key: GroupKey) -> dict[str, str]:
-    return {axis_column(name): value for name, value in key.axes}
+def axis_cells(key: GroupKey, taken: frozenset[str] = TABLE_COLUMNS) -> dict[str, str]:
+    return {axis_column(name, taken): value for name, value in key.axes}
 
 
-def with_axis_columns(columns: tuple[str, ...], groups: dict[GroupKey, list[Run]]) -> list[str]:
+def with_axis_columns(columns: tuple[str, ...], groups: dict[GroupKey, list[Run]],
+                      taken: frozenset[str] = TABLE_COLUMNS) -> list[str]:
     """The columns with one per axis of the runs (in key order) between setting and kind: a setting's values."""
-    axes = sorted({axis_column(name) for key in groups for name, _ in key.axes})
+    axes = sorted({axis_column(name, taken) for key in groups for name, _ in key.axes})
     at = columns.index("kind")
     return [*columns[:at], *axes, *columns[at:]]
 
