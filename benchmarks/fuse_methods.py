@@ -1,7 +1,7 @@
 """How to fuse K seeds, measured: the training step of K ResNets as K separate steps, as torch.func (vmap over
 stacked weights, what `--fuse` uses) and as hand-written grouped convolutions (HFTA's way, specific to CifarNet).
 
-A throwaway comparison behind the choice in resdepth/fused.py, kept so it can be run again on other machines:
+A throwaway comparison behind the choice in resdepth/train/fused.py, kept so it can be run again on other machines:
 random data, no augmentation, the model and SGD step only, windows alternating between the ways, median of
 three. Aggregate images/s (images x models per second).
 

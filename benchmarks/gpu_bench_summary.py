@@ -96,7 +96,7 @@ def fused_lines(folder: Path, name: str, iterations: int) -> list[str]:
                  **{r["models"]: r["fused_images_per_second"] for r in mine if r["models"] > 1}}
         best = max(rates, key=lambda k: rates[k])
         lines.append(f"best K at depth {depth} ({mine[0]['precision']}): {best}, {rates[best]:,.0f} img/s vs "
-                     f"{rates[1]:,.0f} unfused (for MEASURED_BEST_FUSE['cuda'] in resdepth/fused.py)")
+                     f"{rates[1]:,.0f} unfused (for MEASURED_BEST_FUSE['cuda'] in resdepth/train/fused.py)")
     sizes = {r["models"] for r in rows}
     for k in sorted({s for s in sizes if s < 5} | ({5} if sizes and max(sizes) >= 5 else set())):
         jobs = [k] * (5 // k) + ([5 % k] if 5 % k else [])
