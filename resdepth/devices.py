@@ -114,9 +114,13 @@ def rng_state(device: torch.device, generator: torch.Generator) -> dict[str, Any
     """The random states a run draws from: its own generator (data order, augmentation), torch's global CPU RNG
     and, on CUDA, the global RNG of the run's own GPU only (a model with dropout draws from it). Saving one state
     per visible GPU would tie a checkpoint to the number of GPUs the process saw."""
-    return {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "device_type": device.type}
+    return {"generator": generator.get_state(), **global_rng_state(device), "device_type": device.type}
+
+
+def global_rng_state(device: torch.device) -> dict[str, Any]:
+    """torch's global CPU RNG state and, on CUDA, the run's own GPU's."""
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def restore_rng_state(state: dict[str, Any], device: torch.device, generator: torch.Generator) -> None:

@@ -33,8 +33,8 @@ def trainer(tiny_config):
 def assert_same_step(fast: Trainer, eager: Trainer) -> None:
     """One training step on the same batch: the same loss and, parameter by parameter, the same gradients."""
     index = torch.arange(fast.batch)
-    fast_loss, fast_wrong = fast.train_step(index)
-    eager_loss, eager_wrong = eager.train_step(index)
+    fast_loss, fast_wrong = fast.step_on(index, fast.lr())
+    eager_loss, eager_wrong = eager.step_on(index, eager.lr())
     torch.testing.assert_close(fast_loss, eager_loss, rtol=1e-5, atol=1e-6)
     assert fast_wrong == eager_wrong
     for (name, a), (_, b) in zip(fast.model.named_parameters(), eager.model.named_parameters(), strict=True):

@@ -114,8 +114,8 @@ def test_preparing_a_capture_leaves_the_run_as_if_it_had_not_happened(tmp_path, 
     assert any(s.get("momentum_buffer") is not None for s in prepared.optimizer.state.values())
     restore_training_state(prepared.model, prepared.optimizer, saved)
     assert all(torch.count_nonzero(s["momentum_buffer"]) == 0 for s in prepared.optimizer.state.values())
-    fresh.train_step(index)
-    prepared.train_step(index)
+    fresh.step_on(index, 0.1)
+    prepared.step_on(index, 0.1)
     for (name, a), b in zip(fresh.model.state_dict().items(), prepared.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -177,7 +177,7 @@ def resumed_trainer(config, run_dir: Path, fused_kernel: bool) -> Trainer:
 
     dataset = load_dataset(config.data)
     trainer = Trainer(train.resolve_iterations(config, len(dataset.train_labels)), run_dir, CPU, dataset)
-    assert trainer.try_resume()
+    assert trainer.try_resume() == []  # no model starts afresh: it resumed
     for group in trainer.optimizer.param_groups:  # what a CUDA run's SGD is and saves; the CPU has the same kernel
         group.update(fused=fused_kernel, foreach=not fused_kernel)
     return trainer
@@ -243,7 +243,7 @@ def test_a_closed_trainer_holds_no_weights_or_gradients(tmp_path, tiny_config):
 
     dataset = load_dataset(tiny_config().data)
     trainer = Trainer(resolve_iterations(tiny_config(), len(dataset.train_labels)), tmp_path, CPU, dataset)
-    trainer.train_epoch(lambda: False, lambda _: None)
+    trainer.train_epoch(lambda: False)
     weights = [weakref.ref(p) for p in trainer.model.parameters()]
     gc.disable()  # what only the cyclic collector would free does not count
     try:
