@@ -95,6 +95,20 @@ def precision_context(precision: str, device: torch.device, graph_safe: bool = F
     return contextlib.nullcontext
 
 
+def cudnn_benchmark(device: torch.device, deterministic: bool) -> bool:
+    """Whether cuDNN times its convolution algorithms at each new shape and keeps the fastest: on CUDA, unless
+    --deterministic asks for algorithms that give the same bits in every process (the fastest one it times may
+    differ from process to process, and so may the float order of a resumed run)."""
+    return device.type == "cuda" and not deterministic
+
+
+def set_cudnn_mode(device: torch.device, deterministic: bool) -> None:
+    """cuDNN's algorithm choice for the run (process-wide switches, as the TF32 ones); the CPU has none."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark(device, deterministic)
+        torch.backends.cudnn.deterministic = deterministic
+
+
 @contextlib.contextmanager
 def pytorch_default_precision() -> Iterator[None]:
     """PyTorch's own TF32 switches for the duration, whatever a Trainer in this process set (they are global)."""

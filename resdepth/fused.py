@@ -12,11 +12,12 @@ The loss of the group is the sum of the K models' losses: its gradient with resp
 model k's gradient alone (the parameters are disjoint), so a model that diverges cannot disturb the others; it
 is marked `diverged` and dropped from the group while the others train on.
 
+Everything but the batched step and its weights is the single run's code (`train.Engine`, `protocol.RunProgress`).
 Each model keeps its own run folder, written exactly as a single run writes it (config.json, metrics.csv,
-status.json, checkpoint.pt): its checkpoint holds that one model's weights and optimizer state in the single-run
-format, so `build_model` + `load_state_dict`, `plot`, `table`, and even resuming it alone with `--fuse 1`, work
-as for any run. A group whose members stopped at different points (a kill between their checkpoint writes)
-trains each from its own position.
+status.json, checkpoint.pt): its checkpoint holds that one model's weights and optimizer state in the one
+checkpoint format, so `build_model` + `load_state_dict`, `plot`, `table`, and even resuming it alone with
+`--fuse 1`, work as for any run. A group whose members stopped at different points (a kill between their
+checkpoint writes) trains each from its own position.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from .data import Dataset, augment, load_dataset, normalize
-from .devices import environment, precision_context, resolve_device
+from .devices import environment, precision_context, resolve_device, set_cudnn_mode
 from .errors import UserError
 from .groups import comparable
 from .families import weight_layers
@@ -177,6 +178,7 @@ class FusedTrainer(Engine):
         self.sgd = StackedSGD(list(self.params.values()), config.momentum, config.weight_decay)
         self.active = list(self.members)
         self.autocast = precision_context(config.precision, device)
+        set_cudnn_mode(device, config.deterministic)
 
     def build_members(self, configs: list[TrainConfig], run_dirs: list[Path],
                       num_classes: int) -> list[torch.nn.Module]:

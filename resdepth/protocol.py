@@ -199,7 +199,7 @@ class RunProgress:
         self.gradients.load_state_dict(state.get("gradients"))  # None in checkpoints of older versions
 
 
-def checkpoint(progress: RunProgress, weights: dict[str, torch.Tensor], momentum: dict[int, torch.Tensor],
+def checkpoint_state(progress: RunProgress, weights: dict[str, torch.Tensor], momentum: dict[int, torch.Tensor],
                param_groups: list[dict[str, Any]], data_fingerprint: str) -> dict[str, Any]:
     """One model's checkpoint, the same format from a single run and a fused group: its weights and SGD state as
     torch's SGD saves them (the momentum keyed by parameter index), every tensor contiguous and of its own storage

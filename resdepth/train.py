@@ -1,8 +1,13 @@
 """One training run with the §4.2 protocol: SGD, iteration-based step schedule, warm-up for deep nets.
 
-`run_training(config, run_dir)` trains, writes metrics.csv row by row, checkpoints every epoch (and when
-asked to stop), resumes exactly from the last checkpoint, records how it ended in status.json, and returns a
-`RunResult`. It never prints.
+`run_training(config, run_dir)` trains, writes metrics.csv row by row, checkpoints at each epoch's end (or at the
+--checkpoint-every cadence, and when asked to stop), resumes exactly from the last checkpoint, records how it
+ended in status.json, and returns a `RunResult`. It never prints.
+
+One engine trains one model or K: `Engine` is what every trainer does around its steps (resume, --init, the
+epochs' rows, checkpoints, dropping finished models) and `train_to_the_end` drives it; the protocol of each model
+is a `protocol.RunProgress`. `Trainer`, a single run, is an Engine whose one member is itself; `fused.FusedTrainer`
+is one with K members.
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ import torch.nn.functional as F
 from .config import EXECUTION, flag, option
 from .data import DataConfig, Dataset, augment, check_data_config, load_dataset, normalize
 from .devices import (PRECISIONS, CapturedStep, check_cuda_graph_device, check_device_name, device_label, environment,
-                      precision_context, resolve_device, resolved_precision)
+                      cudnn_benchmark, precision_context, resolve_device, resolved_precision, set_cudnn_mode)
 from .errors import UserError
 from .construct import describe_init, load_init
 from .families import Family, build_network, check_network, family_record, get_family, recorded_version, weight_layers
 from .gradients import GradientLog
 from .models import count_parameters
-from .protocol import (NAN_CHECK_EVERY, WARMUP_CHECK_EVERY, EpochInProgress, RunProgress, checkpoint,  # noqa: F401
-                       learning_rate, saved_momentum)
+from .protocol import (NAN_CHECK_EVERY, WARMUP_CHECK_EVERY, EpochInProgress, RunProgress,  # noqa: F401
+                       checkpoint_state, learning_rate, saved_momentum)
 from .results import (CHECKPOINT_FILE, CONFIG_FILE, GRADIENTS_FILE, METRICS_FILE, MetricsWriter, RunStatus,
                       atomic_write_bytes, ensure_writable_dir, metric_columns, read_checkpoint, read_json, read_metrics,
                       write_config)
@@ -109,9 +114,20 @@ class TrainConfig:
     # One CUDA graph per step removes the kernel-launch overhead that bounds these small nets on a fast GPU
     cuda_graph: bool = option(False, help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch "
                                           "overhead; same math).", panel=EXECUTION)
+    # cudnn.benchmark picks the fastest convolution algorithms, measured in each process: a resumed run may take
+    # other ones (float order only); this asks for deterministic ones instead
+    deterministic: bool = option(False, help="CUDA: deterministic cuDNN algorithms, the same bits in every process, "
+                                             "instead of the fastest ones measured (cudnn.benchmark).",
+                                 panel=EXECUTION)
     eval_batch_size: int = option(1000, help="Images per evaluation batch.", panel=EXECUTION, cli=False)
     tensorboard: bool = option(False, help="Also write each epoch's metrics as TensorBoard scalars in the run folder "
                                            "(needs the tensorboard extra).", panel=EXECUTION)
+    # epoch: today's cadence, whose cost is small beside a CPU epoch (minutes); at GPU pace (an epoch in ~0.5 s) an
+    # iteration or minute cadence keeps checkpoints from costing more than the steps they protect
+    checkpoint_every: str = option("epoch", help="When the run writes its checkpoint: epoch (at each epoch's end), N "
+                                                 "(every N iterations) or Nmin (every N minutes), and always when it "
+                                                 "ends or is stopped; a kill loses only the steps since the last one.",
+                                   panel=EXECUTION)
     # A named deviation: the paper's nets start from He init; the constructed deeper net (§1) starts from these
     init: str | None = option(None, help="Start from these weights instead of the family's init: a run folder or a "
                                          "checkpoint (`resdepth construct` writes one); the rest of the protocol is "
@@ -146,6 +162,7 @@ class TrainConfig:
         if self.warmup_max_iterations is not None and self.warmup_max_iterations < 1:
             raise UserError(f"--warmup-max-iterations must be a positive integer, got {self.warmup_max_iterations}")
         check_data_config(self.data)
+        Cadence.parse(self.checkpoint_every)
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
         check_network(self.kind, self.depth, self.shortcut, self.options)
@@ -170,6 +187,41 @@ class TrainConfig:
 
 def first_given(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When a run writes its checkpoint (--checkpoint-every): at each epoch's end (neither set), or once so many
+    iterations or seconds have passed since the last one, inside an epoch too. A checkpoint changes nothing the
+    run computes, so any cadence resumes bit-identically; it only sets how much a kill can lose."""
+
+    iterations: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Cadence:
+        """epoch, N (iterations) or Nmin (minutes); anything else is refused in one line."""
+        value = str(text).strip().lower()
+        if value == "epoch":
+            return cls()
+        if value.isdigit() and int(value) >= 1:
+            return cls(iterations=int(value))
+        minutes = value.removesuffix("min").strip()
+        if value.endswith("min") and minutes.replace(".", "", 1).isdigit() and float(minutes) > 0:
+            return cls(seconds=float(minutes) * 60)
+        raise UserError(f"--checkpoint-every must be epoch, a number of iterations (2000) or of minutes (5min), "
+                        f"got {text!r}")
+
+    @property
+    def per_epoch(self) -> bool:
+        return self.iterations is None and self.seconds is None
+
+    def due(self, iterations: int, seconds: float) -> bool:
+        """Whether a checkpoint is due, so many iterations and seconds after the last one (at an epoch's end with
+        the per-epoch cadence)."""
+        if self.iterations is not None:
+            return iterations >= self.iterations
+        return self.seconds is None or seconds >= self.seconds
 
 
 @dataclass
@@ -279,8 +331,8 @@ class Engine:
     # ------------------------------------------------------------------ checkpoints, one per model
     def checkpoint(self, member: RunProgress) -> dict[str, Any]:
         """The model's checkpoint, in the one format that a single run and a fused group both write and read."""
-        return checkpoint(member, self.model_weights(member), self.model_momentum(member), self.param_groups,
-                          self.data_fingerprint)
+        return checkpoint_state(member, self.model_weights(member), self.model_momentum(member), self.param_groups,
+                                self.data_fingerprint)
 
     def save_checkpoint(self, member: RunProgress) -> None:
         buffer = io.BytesIO()
@@ -348,6 +400,7 @@ class Trainer(RunProgress, Engine):
         self.compiled = uses_compile(config, device)
         self.forward = torch.compile(self.model) if self.compiled else self.model  # training steps only
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
+        set_cudnn_mode(device, config.deterministic)
         self.captured: CapturedStep | None = None  # captured at the first step, after any resume
         self.members, self.active = [self], [self]
 
@@ -400,10 +453,11 @@ class Trainer(RunProgress, Engine):
 
     def train_step(self) -> None:
         """One SGD step on the epoch's next batch, its sums, its gradient sample and the warm-up check."""
+        epoch = self.start_epoch(self.train_size)
         lr = self.lr()
         index = self.next_batch(self.batch)
         loss, wrong = self.step_on(index, lr)
-        self.gradients.sample(self.in_progress.step)  # type: ignore[union-attr]
+        self.gradients.sample(epoch.step)
         self.count_step(lr, loss, wrong, len(index))
 
     def step_on(self, index: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -527,13 +581,14 @@ def train_to_the_end(engine: Engine, should_stop: Callable[[], bool] = lambda: F
         if should_stop():
             for member in engine.active:
                 member.pause()
-                engine.save_checkpoint(member)
+                logs[id(member)].save_checkpoint(engine, member)
             finish(engine.active, logs, "interrupted")
             break
         engine.train_step()
         ended = engine.ended_members()
         if ended:
             engine.drop(end_epochs(engine, ended, logs))
+        save_due_checkpoints(engine, [member for member in engine.active if member not in ended], logs)
         if time.monotonic() - last_report > 1.0:  # progress for displays only: decides nothing
             last_report = time.monotonic()
             report_progress(engine, logs)
@@ -549,10 +604,22 @@ def end_epochs(engine: Engine, ended: list[RunProgress], logs: dict[int, RunLogs
         if not math.isfinite(row["train_loss"]):
             leaving += finish([member], logs, "diverged")  # no checkpoint: it keeps the last finite epoch
             continue
-        engine.save_checkpoint(member)
+        if member.finished or logs[id(member)].checkpoint_due(member, epoch_ended=True):
+            logs[id(member)].save_checkpoint(engine, member)  # the last one always: analysis reads its weights
         if member.finished:
             leaving += finish([member], logs, "done")
     return leaving
+
+
+def save_due_checkpoints(engine: Engine, members: list[RunProgress], logs: dict[int, RunLogs]) -> None:
+    """Inside an epoch, the checkpoints that an iteration or minute cadence has made due (with its epoch so far)."""
+    for member in members:
+        epoch = member.in_progress
+        if epoch is None or not logs[id(member)].checkpoint_due(member, epoch_ended=False):
+            continue
+        if torch.isfinite(epoch.loss_sum).item():  # a diverging epoch is not kept: its row will record the NaN
+            member.pause()
+            logs[id(member)].save_checkpoint(engine, member)
 
 
 def finish(members: list[RunProgress], logs: dict[int, RunLogs], state: str) -> list[RunProgress]:
@@ -582,7 +649,10 @@ class RunLogs:
     writer: MetricsWriter
     status: RunStatus
     board: TensorBoardLog | None
+    cadence: Cadence
     result: RunResult | None = None
+    saved_iteration: int = 0  # where and when (time.monotonic()) the last checkpoint was written or read
+    saved_at: float = 0.0
 
     @classmethod
     def open(cls, run: RunProgress, has_val: bool) -> RunLogs:
@@ -594,7 +664,17 @@ class RunLogs:
         board = TensorBoardLog.resumed(run.run_dir, run.epoch) if run.config.tensorboard else None
         status = starting_status(run)
         status.write(run.run_dir)
-        return cls(writer, status, board)
+        return cls(writer, status, board, Cadence.parse(run.config.checkpoint_every), saved_iteration=run.iteration,
+                   saved_at=time.monotonic())
+
+    def checkpoint_due(self, run: RunProgress, epoch_ended: bool) -> bool:
+        if self.cadence.per_epoch:
+            return epoch_ended
+        return self.cadence.due(run.iteration - self.saved_iteration, time.monotonic() - self.saved_at)
+
+    def save_checkpoint(self, engine: Engine, run: RunProgress) -> None:
+        engine.save_checkpoint(run)
+        self.saved_iteration, self.saved_at = run.iteration, time.monotonic()
 
     def append(self, run: RunProgress, row: dict[str, float | int]) -> None:
         """The epoch just ended: its metrics row, its gradient norms, its events and its status."""
@@ -651,6 +731,7 @@ def describe_run(run: RunProgress, engine: Engine, dataset: Dataset) -> dict[str
         "lr_milestone_iterations": [round(m * config.iterations) for m in config.lr_milestones],
         "warmup": config.uses_warmup(), "compile": engine.compiled, "channels_last": engine.channels_last,
         "cuda_graph": config.cuda_graph, "precision": resolved_precision(config.precision, run.device),
+        "cudnn_benchmark": cudnn_benchmark(run.device, config.deterministic),
         "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
         "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
         "params": count_parameters(engine.network), "family": family_record(config.kind),

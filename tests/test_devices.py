@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from resdepth.data import load_dataset
-from resdepth.devices import device_label, pytorch_default_precision, restore_training_state, snapshot_training_state
+from resdepth.devices import (cudnn_benchmark, device_label, pytorch_default_precision, restore_training_state,
+                              set_cudnn_mode, snapshot_training_state)
 from resdepth.executors import SequentialExecutor, worker_device
 from resdepth.results import read_checkpoint
 from resdepth.train import Trainer, run_training
@@ -251,3 +252,19 @@ def test_a_closed_trainer_holds_no_weights_or_gradients(tmp_path, tiny_config):
         assert not any(ref() is not None for ref in weights)
     finally:
         gc.enable()
+
+
+# ---------------------------------------------------------------------------------------------- cuDNN's algorithms
+@pytest.mark.parametrize("device, deterministic, benchmark", [
+    ("cuda:0", False, True), ("cuda:1", True, False), ("cpu", False, False), ("cpu", True, False),
+])
+def test_cudnn_benchmarks_its_algorithms_on_cuda_unless_deterministic_is_asked(device, deterministic, benchmark):
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = False  # a process that never touched them
+    try:
+        assert cudnn_benchmark(torch.device(device), deterministic) == benchmark
+        set_cudnn_mode(torch.device(device), deterministic)  # the switches alone: no GPU is needed to set them
+        assert torch.backends.cudnn.benchmark == benchmark
+        assert torch.backends.cudnn.deterministic == (deterministic and device != "cpu")  # the CPU's left alone
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
