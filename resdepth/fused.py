@@ -31,16 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from .data import Dataset, augment, load_dataset, normalize
-from .devices import environment, precision_context, resolve_device, set_cudnn_mode
+from .data import Dataset, augment, normalize
+from .devices import precision_context, set_cudnn_mode
 from .errors import UserError
 from .groups import comparable
 from .families import weight_layers
 from .gradients import GradientLog
-from .results import ensure_writable_dir, write_config
 from .protocol import RunProgress
-from .train import (Engine, RunResult, TrainConfig, build_run_network, check_same_network, describe_run,
-                    prepare_process, resolve_iterations, sgd_optimizer, steps_per_epoch, train_to_the_end)
+from .train import (Engine, RunResult, TrainConfig, build_run_network, prepare_runs, resolve_iterations, sgd_optimizer,
+                    steps_per_epoch, train_to_the_end, write_run_config)
 
 # The aggregate training img/s of one fused job of K against K runs one after another, measured per device type
 # and depth with `resdepth bench --fuse 1,2,4,8` (BENCHMARKS.md): `--fuse auto` takes, for each depth, the K that
@@ -331,15 +330,7 @@ def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
                        dataset: Dataset | None = None) -> list[RunResult]:
     """Train (or resume) the runs in run_dirs as one fused job; each folder ends as its single run's would.
     Returns one RunResult per run, in order."""
-    configs = [config.for_family() for config in configs]
-    for config in configs:
-        config.validate()
-    for run_dir, config in zip(run_dirs, configs, strict=True):
-        ensure_writable_dir(run_dir)
-        check_same_network(run_dir, config.kind)
-    device = resolve_device(configs[0].device)
-    prepare_process(configs[0], device)
-    dataset = dataset or load_dataset(configs[0].data)
+    configs, device, dataset = prepare_runs(configs, run_dirs, dataset)
     resolved = [resolve_iterations(config, len(dataset.train_labels)) for config in configs]
     trainer: FusedTrainer | None = None
     try:
@@ -348,8 +339,7 @@ def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
         for config, member in zip(configs, trainer.members, strict=True):
             fused = {"group": group_label(names), "models": len(names),
                      "fused_with": [name for name in names if name != member.run_dir.name]}
-            write_config(member.run_dir, {**asdict(config), "resolved": describe_run(member, trainer, dataset),
-                                          "environment": environment(device), "fused": fused})
+            write_run_config(trainer, member, config, dataset, fused=fused)
         trainer.start(dataset.num_classes)
         return train_to_the_end(trainer, should_stop)
     except torch.cuda.OutOfMemoryError as exc:  # the CPU's is a RuntimeError or MemoryError, below

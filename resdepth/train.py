@@ -514,21 +514,37 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
     """Train (or resume) the run in run_dir: metrics.csv gets a row as each epoch ends, and status.json says how
     the run ended (done, diverged or interrupted) whichever entry point called it. A finished run asked again
     trains nothing and returns its result."""
-    config = config.for_family()
-    config.validate()
-    ensure_writable_dir(run_dir)
-    device = resolve_device(config.device)
-    prepare_process(config, device)
-    dataset = dataset or load_dataset(config.data)
-    check_same_network(run_dir, config.kind)
+    (config,), device, dataset = prepare_runs([config], [run_dir], dataset)
     trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
     try:
-        write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, trainer, dataset),
-                               "environment": environment(device)})
+        write_run_config(trainer, trainer, config, dataset)
         trainer.start(dataset.num_classes)
         return train_to_the_end(trainer, should_stop)[0]
     finally:
         trainer.close()
+
+
+def prepare_runs(configs: list[TrainConfig], run_dirs: list[Path],
+                 dataset: Dataset | None) -> tuple[list[TrainConfig], torch.device, Dataset]:
+    """What a single run and a fused group check and set up before their engine: each config with its family's
+    values filled in and valid, each folder writable and begun (if at all) on today's networks; the device, this
+    process's threads and GPU, and the data."""
+    configs = [config.for_family() for config in configs]
+    for config in configs:
+        config.validate()
+    for run_dir, config in zip(run_dirs, configs, strict=True):
+        ensure_writable_dir(run_dir)
+        check_same_network(run_dir, config.kind)
+    device = resolve_device(configs[0].device)
+    prepare_process(configs[0], device)
+    return configs, device, dataset or load_dataset(configs[0].data)
+
+
+def write_run_config(engine: Engine, run: RunProgress, config: TrainConfig, dataset: Dataset, **extra: Any) -> None:
+    """The run's config.json: its config as given (the family's values filled in), what it resolved to, the machine
+    and anything its engine adds (a fused group, its members)."""
+    write_config(run.run_dir, {**asdict(config), "resolved": describe_run(run, engine, dataset),
+                               "environment": environment(run.device), **extra})
 
 
 def check_same_network(run_dir: Path, kind: str) -> None:
