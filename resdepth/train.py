@@ -399,6 +399,7 @@ class Trainer(RunProgress, Engine):
         self.state_names = list(self.model.state_dict())
         self.compiled = uses_compile(config, device)
         self.forward = torch.compile(self.model) if self.compiled else self.model  # training steps only
+        self.optimizer_step = self.compiled_sgd() if self.compiled else self.optimizer.step
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
         set_cudnn_mode(device, config.deterministic)
         self.captured: CapturedStep | None = None  # captured at the first step, after any resume
@@ -434,7 +435,7 @@ class Trainer(RunProgress, Engine):
         """Drop the model, data, optimizer and CUDA graph now: a finished run's GPU memory is free at once, not
         when the cyclic garbage collector gets round to it (the next cell of an in-process sweep needs it)."""
         self.captured = self.in_progress = None
-        self.model = self.forward = self.optimizer = self.data = None  # type: ignore[assignment]
+        self.model = self.forward = self.optimizer = self.optimizer_step = self.data = None  # type: ignore[assignment]
         self.gradients = None  # type: ignore[assignment]  # it holds the conv weights, and so their gradients
         self.members, self.active = [], []
 
@@ -474,9 +475,20 @@ class Trainer(RunProgress, Engine):
             if self.captured is None:
                 self.captured = CapturedStep(self.sgd_step, self.model, self.optimizer, self.device, inputs, labels)
             return self.captured.replay(inputs, labels, lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if self.compiled:
+            self.lr_tensor.fill_(lr)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         return self.sgd_step(inputs, labels, True)
+
+    def compiled_sgd(self) -> Callable[[], Any]:
+        """The SGD update compiled too (one fused kernel per elementwise chain). Its lr lives in a device tensor
+        that each step fills: a float lr would be a constant of the compiled code, recompiled at every change."""
+        self.lr_tensor = torch.tensor(self.config.lr, device=self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_tensor
+        return torch.compile(self.optimizer.step)
 
     def sgd_step(self, inputs: torch.Tensor, labels: torch.Tensor,
                  zero_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -486,7 +498,7 @@ class Trainer(RunProgress, Engine):
         if zero_grad:
             self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        self.optimizer_step()
         return loss.detach().float(), (logits.detach().argmax(1) != labels).sum().float()
 
     @torch.no_grad()
