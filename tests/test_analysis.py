@@ -201,10 +201,10 @@ def test_gradient_rows_written_after_the_last_checkpoint_are_redone_on_resume_no
     run_training(config, tmp_path / "reference")
     save = Trainer.save_checkpoint
 
-    def killed_before_the_third_checkpoint(trainer: Trainer) -> None:
-        if trainer.epoch == 3:
+    def killed_before_the_third_checkpoint(trainer: Trainer, member: Trainer) -> None:
+        if member.epoch == 3:
             raise Killed  # epoch 3's rows are in both CSVs; the checkpoint on disk is epoch 2's
-        save(trainer)
+        save(trainer, member)
 
     monkeypatch.setattr(Trainer, "save_checkpoint", killed_before_the_third_checkpoint)
     with pytest.raises(Killed):

@@ -17,9 +17,11 @@ from resdepth.results.runs import read_checkpoint
 from resdepth.sweep.executors import SequentialExecutor, worker_device
 from resdepth.train.data import load_dataset
 from resdepth.train.devices import (
+    cudnn_benchmark,
     device_label,
     pytorch_default_precision,
     restore_training_state,
+    set_cudnn_mode,
     snapshot_training_state,
 )
 from resdepth.train.trainer import Trainer, run_training
@@ -107,7 +109,7 @@ def test_progress_names_the_gpu_as_the_machine_numbers_it():
 def test_preparing_a_capture_leaves_the_run_as_if_it_had_not_happened(tmp_path, tiny_config):
     # What CapturedStep does around its warm-up steps, on the CPU: steps taken with lr 0 (BN statistics and
     # momentum move) are undone, so the next real step is the step a fresh trainer takes.
-    config = tiny_config(channels_last=False)
+    config = tiny_config(channels_last=False, compile=False)  # as --cuda-graph runs: never compiled
     fresh, prepared = (Trainer(config, tmp_path, CPU, load_dataset(config.data)) for _ in range(2))
     index = torch.arange(fresh.batch)
     saved = snapshot_training_state(prepared.model, prepared.optimizer)
@@ -119,8 +121,8 @@ def test_preparing_a_capture_leaves_the_run_as_if_it_had_not_happened(tmp_path, 
     assert any(s.get("momentum_buffer") is not None for s in prepared.optimizer.state.values())
     restore_training_state(prepared.model, prepared.optimizer, saved)
     assert all(torch.count_nonzero(s["momentum_buffer"]) == 0 for s in prepared.optimizer.state.values())
-    fresh.train_step(index)
-    prepared.train_step(index)
+    fresh.step_on(index, 0.1)
+    prepared.step_on(index, 0.1)
     for (name, a), b in zip(fresh.model.state_dict().items(), prepared.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -182,7 +184,7 @@ def resumed_trainer(config, run_dir: Path, fused_kernel: bool) -> Trainer:
 
     dataset = load_dataset(config.data)
     trainer = Trainer(train.resolve_iterations(config, len(dataset.train_labels)), run_dir, CPU, dataset)
-    assert trainer.try_resume()
+    assert trainer.try_resume() == []  # no model starts afresh: it resumed
     for group in trainer.optimizer.param_groups:  # what a CUDA run's SGD is and saves; the CPU has the same kernel
         group.update(fused=fused_kernel, foreach=not fused_kernel)
     return trainer
@@ -248,7 +250,7 @@ def test_a_closed_trainer_holds_no_weights_or_gradients(tmp_path, tiny_config):
 
     dataset = load_dataset(tiny_config().data)
     trainer = Trainer(resolve_iterations(tiny_config(), len(dataset.train_labels)), tmp_path, CPU, dataset)
-    trainer.train_epoch(lambda: False, lambda _: None)
+    trainer.train_epoch(lambda: False)
     weights = [weakref.ref(p) for p in trainer.model.parameters()]
     gc.disable()  # what only the cyclic collector would free does not count
     try:
@@ -256,3 +258,19 @@ def test_a_closed_trainer_holds_no_weights_or_gradients(tmp_path, tiny_config):
         assert not any(ref() is not None for ref in weights)
     finally:
         gc.enable()
+
+
+# ---------------------------------------------------------------------------------------------- cuDNN's algorithms
+@pytest.mark.parametrize("device, deterministic, benchmark", [
+    ("cuda:0", False, True), ("cuda:1", True, False), ("cpu", False, False), ("cpu", True, False),
+])
+def test_cudnn_benchmarks_its_algorithms_on_cuda_unless_deterministic_is_asked(device, deterministic, benchmark):
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark = torch.backends.cudnn.deterministic = False  # a process that never touched them
+    try:
+        assert cudnn_benchmark(torch.device(device), deterministic) == benchmark
+        set_cudnn_mode(torch.device(device), deterministic)  # the switches alone: no GPU is needed to set them
+        assert torch.backends.cudnn.benchmark == benchmark
+        assert torch.backends.cudnn.deterministic == (deterministic and device != "cpu")  # the CPU's left alone
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved

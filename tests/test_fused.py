@@ -7,6 +7,7 @@ import json
 import math
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, replace
 
@@ -22,8 +23,8 @@ from resdepth.sweep.cell import each_cell, run_cells
 from resdepth.sweep.executors import CellJob, LocalProcessExecutor, SequentialExecutor
 from resdepth.sweep.runner import plan_sweep
 from resdepth.train.data import load_dataset
-from resdepth.train.fused import FusedTrainer, group_label, run_fused_training, train_group_to_the_end
-from resdepth.train.trainer import Trainer, resolve_iterations, run_training
+from resdepth.train.fused import FusedTrainer, group_label, run_fused_training
+from resdepth.train.trainer import Trainer, resolve_iterations, run_training, train_to_the_end
 
 CPU = torch.device("cpu")
 SEEDS = (0, 1, 2)
@@ -173,7 +174,7 @@ def test_a_diverging_model_is_dropped_and_its_nan_never_reaches_the_others(tmp_p
                 trainer.params["layer1.0.conv1.weight"][1].fill_(math.nan)
         return False
 
-    results = train_group_to_the_end(trainer, poison_seed_1_at_step_2)
+    results = train_to_the_end(trainer, poison_seed_1_at_step_2)
     assert [r.state for r in results] == ["done", "diverged", "done"]
     assert RunStatus.read(poisoned[1]).state == "diverged" and math.isnan(metrics_of(poisoned[1])["train_loss"][0])
     assert len(metrics_of(poisoned[1])) == 1 and not (poisoned[1] / "checkpoint.pt").exists()  # as a single run
@@ -349,3 +350,100 @@ def test_a_fused_trainer_fills_in_its_familys_protocol_and_refuses_compiled_step
     assert all(member.warming_up for member in trainer.members)  # 2016b: lr 0.01 for the first 400 iterations
     with pytest.raises(UserError, match="a fused group trains eagerly"):  # (--cuda-graph: refused on a CPU anyway)
         run_fused_training([tiny_config(seed=s, compile=True) for s in (0, 1)], [tmp_path / f"c{s}" for s in (0, 1)])
+
+
+# ---------------------------------------------------------------------------------------------- one engine
+def assert_same_state(ours, theirs, where: str = "checkpoint") -> None:
+    """Two checkpoints hold the same keys, values and tensors (dtype, shape, strides and bits)."""
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and set(ours) == set(theirs), where
+        for key in theirs:
+            assert_same_state(ours[key], theirs[key], f"{where}[{key!r}]")
+    elif torch.is_tensor(theirs):
+        assert torch.is_tensor(ours) and (ours.dtype, ours.shape, ours.stride()) == (
+            theirs.dtype, theirs.shape, theirs.stride()), where
+        assert torch.equal(ours, theirs), where
+    else:
+        assert ours == theirs, where
+
+
+def stop_after(steps: int):
+    calls = itertools.count(1)
+    return lambda: next(calls) > steps
+
+
+def test_a_checkpoint_passes_between_a_fused_group_and_a_single_run_unchanged(tmp_path, tiny_config):
+    # One format, written and read by one engine: a group's checkpoint (inside epoch 2, with momentum, warming up)
+    # read by a single run and written again is the same, bit for bit and stride for stride; and the other way.
+    configs = [tiny_config(seed=seed, epochs=3, warmup="on", channels_last=True) for seed in (0, 1)]
+    dataset = load_dataset(configs[0].data)
+    resolved = [resolve_iterations(c, len(dataset.train_labels)) for c in configs]
+    group_dirs = [tmp_path / "group-s0", tmp_path / "group-s1"]
+    run_fused_training(configs, group_dirs, should_stop=stop_after(6))
+    written = torch.load(group_dirs[0] / "checkpoint.pt", weights_only=True)
+    assert written["partial"] is not None and written["warming_up"] and written["optimizer"]["state"]
+    alone = Trainer(resolved[0], group_dirs[0], CPU, dataset)
+    assert alone.try_resume() == []
+    assert_same_state(alone.checkpoint(alone), written)
+
+    run_training(configs[1], tmp_path / "alone-s1", should_stop=stop_after(5))
+    written = torch.load(tmp_path / "alone-s1" / "checkpoint.pt", weights_only=True)
+    group = FusedTrainer(resolved, [tmp_path / "new-s0", tmp_path / "alone-s1"], CPU, dataset)
+    assert group.try_resume() == [group.members[0]]
+    assert_same_state(group.checkpoint(group.members[1]), written)
+
+
+def test_a_single_run_and_a_fused_group_follow_one_warmup_rule(tmp_path, tiny_config, metrics_of):
+    # the cap at 7 (not a multiple of the 10-step check), then the milestones: the protocol's one implementation
+    config = tiny_config(warmup="on", warmup_until_error=0.0, warmup_max_iterations=7, epochs=4)
+    alone = run_training(config, tmp_path / "alone")
+    fused = run_fused_training([config, replace(config, seed=1)], [tmp_path / "f0", tmp_path / "f1"])
+    assert {(r.warmup_end_reason, r.warmup_end_iteration) for r in [alone, *fused]} == {("cap", 7)}
+    assert metrics_of(tmp_path / "alone")["lr"].tolist() == metrics_of(tmp_path / "f0")["lr"].tolist() == [
+        0.01, 0.1, 0.01, 0.001]
+
+
+UNUSED_PARAMETER_FAMILY = '''
+import torch
+from torch import nn
+
+
+class Spare(nn.Module):
+    """A net holding a parameter its forward never uses: it never gets a gradient."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(8)
+        self.spare = nn.Parameter(torch.ones(4))
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.norm(self.conv(x))).mean((2, 3)))
+
+
+def spare(depth, num_classes=10, **options):
+    return Spare(num_classes)
+'''
+
+
+def test_a_fused_net_with_a_parameter_that_gets_no_gradient_trains_as_alone(tmp_path, tiny_config, monkeypatch,
+                                                                             metrics_of):
+    from resdepth.models.families import forget_loaded
+
+    (tmp_path / "spare_nets.py").write_text(UNUSED_PARAMETER_FAMILY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    forget_loaded()
+    try:
+        configs = [tiny_config(kind="spare_nets:spare", depth=3, seed=seed) for seed in (0, 1)]
+        run_training(configs[0], tmp_path / "alone-s0")
+        results = run_fused_training(configs, [tmp_path / "s0", tmp_path / "s1"], should_stop=stop_after(5))
+        assert [r.state for r in results] == ["interrupted"] * 2
+        state = torch.load(tmp_path / "s0" / "checkpoint.pt", weights_only=True)
+        spare = list(dict(build_model("spare_nets:spare", 3).named_parameters())).index("spare")
+        assert spare not in state["optimizer"]["state"] and torch.equal(state["model"]["spare"], torch.ones(4))
+        assert [r.state for r in run_fused_training(configs, [tmp_path / "s0", tmp_path / "s1"])] == ["done"] * 2
+        assert_close_runs(metrics_of(tmp_path / "s0"), metrics_of(tmp_path / "alone-s0"))
+    finally:
+        forget_loaded()
+        sys.modules.pop("spare_nets", None)

@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 from dataclasses import replace
@@ -9,7 +10,8 @@ import torch
 from resdepth.errors import UserError
 from resdepth.results.runs import METRIC_COLUMNS, VAL_COLUMNS, RunStatus, metric_columns
 from resdepth.train.data import DataConfig
-from resdepth.train.trainer import TrainConfig, learning_rate, resolve_iterations, run_training
+from resdepth.train.fused import run_fused_training
+from resdepth.train.trainer import Cadence, TrainConfig, learning_rate, resolve_iterations, run_training
 
 
 def test_paper_defaults():
@@ -160,6 +162,7 @@ def test_absurd_lr_diverges_as_a_result(tmp_path, tiny_config):
     ({"epochs": 0}, "--epochs"), ({"kind": "dense"}, "unknown kind"), ({"depth": 21}, "6n\\+2"),
     ({"precision": "fp8"}, "precision"), ({"device": "tpu"}, "device"),
     ({"warmup": "sometimes"}, "warm-up mode"), ({"warmup_max_iterations": 0}, "--warmup-max-iterations"),
+    ({"checkpoint_every": "often"}, "--checkpoint-every"), ({"checkpoint_every": "0"}, "--checkpoint-every"),
 ])
 def test_bad_configs_are_user_errors(tmp_path, change, message, tiny_config):
     with pytest.raises(UserError, match=message):
@@ -178,7 +181,7 @@ def test_config_json_holds_resolved_settings_and_versions(tmp_path, tiny_config)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["kind"] == "residual" and saved["data"]["dataset"] == "synthetic"
     assert saved["resolved"]["iterations"] == 8 and saved["resolved"]["params"] == 75_290
-    assert saved["resolved"]["precision"] == "fp32"  # auto on the CPU
+    assert saved["resolved"]["precision"] == "fp32" and not saved["resolved"]["cudnn_benchmark"]  # the CPU
     assert saved["environment"]["torch"] == torch.__version__ and "resdepth" in saved["environment"]
 
 
@@ -199,3 +202,52 @@ def test_an_interrupted_run_reports_its_last_finished_epoch_not_the_partial_one(
     assert result.state == status.state == "interrupted" and len(rows) == 1
     assert (status.epoch, status.iteration) == (1, 6)
     assert status.train_error == rows["train_error"].iloc[-1] and status.live_train_error is None
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint cadence
+class Killed(Exception):
+    """A kill: the run stops where it stands and writes nothing more."""
+
+
+def kill_before_step(step: int):
+    calls = itertools.count(1)
+
+    def hook() -> bool:
+        if next(calls) >= step:
+            raise Killed
+        return False
+    return hook
+
+
+def train(engine: str, config, run_dir, **kwargs):
+    """The run in run_dir alone, or fused with seed 1's in a folder beside it."""
+    if engine == "single":
+        return run_training(config, run_dir, **kwargs)
+    return run_fused_training([config, replace(config, seed=1)], [run_dir, run_dir.with_name("seed1")], **kwargs)[0]
+
+
+@pytest.mark.parametrize("engine", ["single", "fused"])
+@pytest.mark.parametrize("every, kept", [("3", 6), ("epoch", 4), ("5", 5)])
+def test_a_kill_loses_only_the_steps_since_the_last_checkpoint_of_the_cadence(tmp_path, tiny_config, assert_same_run,
+                                                                            engine, every, kept):
+    # 4 steps per epoch, 16 in all, killed before step 8: "3" last saved at 6 (inside epoch 2), "5" at 5, "epoch" at
+    # the end of epoch 1; each resumes to the run that was never killed, bit for bit
+    config = tiny_config(epochs=4, checkpoint_every=every)
+    (tmp_path / "straight").mkdir(), (tmp_path / "killed").mkdir()
+    train(engine, config, tmp_path / "straight" / "s0")
+    with pytest.raises(Killed):
+        train(engine, config, tmp_path / "killed" / "s0", should_stop=kill_before_step(8))
+    assert torch.load(tmp_path / "killed" / "s0" / "checkpoint.pt", weights_only=True)["iteration"] == kept
+    assert train(engine, config, tmp_path / "killed" / "s0").state == "done"
+    assert_same_run(tmp_path / "straight" / "s0", tmp_path / "killed" / "s0")
+
+
+def test_checkpoint_cadences_read_as_epochs_iterations_or_minutes():
+    assert Cadence.parse("epoch").per_epoch and Cadence.parse(" Epoch ") == Cadence()
+    assert Cadence.parse("2000") == Cadence(iterations=2000) and Cadence.parse("5min") == Cadence(seconds=300.0)
+    assert Cadence.parse("0.5min") == Cadence(seconds=30.0)
+    assert Cadence(iterations=3).due(3, 0.0) and not Cadence(iterations=3).due(2, 1e9)
+    assert Cadence(seconds=60.0).due(1, 60.0) and not Cadence(seconds=60.0).due(10**6, 59.0)
+    for bad in ("0", "-3", "min", "0min", "5 minutes", "1e3"):
+        with pytest.raises(UserError, match="--checkpoint-every"):
+            Cadence.parse(bad)

@@ -42,8 +42,8 @@ from ..results.plots import (
     study_name,
     study_title,
 )
-from ..results.tables import axis_cells, with_axis_columns
 from ..results.runs import GRADIENT_COLUMNS, GRADIENTS_FILE, MAX_CSV_BYTES, Run, read_folder_file
+from ..results.tables import axis_cells, with_axis_columns
 from ..train.construct import check_same_data, full_fp32, input_batches, read_saved_net, run_dataset
 from ..train.data import Dataset, balanced_subset
 

@@ -14,7 +14,6 @@ from ..sweep.runner import SweepProgress
 from ..train.data import LoadProgress
 from .console import console, pct, rate
 
-
 Display = TypeVar("Display", bound="ProgressDisplay")
 
 

@@ -49,7 +49,6 @@ from .console import console, duration, errors, pct, print_full_width, rate, tho
 from .options import SWEEP_OPTIONS, TRAINING_OPTIONS, given_values, with_options
 from .progress import DataLoadDisplay, LiveDisplay
 
-
 # the network options that are not config fields: the width multiplier of the built-in families, and grid axes
 WIDTH_OPTION = Annotated[int | None, typer.Option("--width", help=escape(f"{WIDTH.help} [default: {WIDTH.default}]"),
                                                   rich_help_panel=PROTOCOL, show_default=False)]

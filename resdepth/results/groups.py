@@ -15,7 +15,8 @@ from .runs import Run
 
 # TrainConfig fields that change how a run executes but not what it computes: a resumed run may change them,
 # and runs that differ only in them are seeds of one setting.
-EXECUTION_FIELDS = ("device", "threads", "compile", "cuda_graph", "channels_last", "eval_batch_size", "tensorboard")
+EXECUTION_FIELDS = ("device", "threads", "compile", "cuda_graph", "channels_last", "eval_batch_size", "tensorboard",
+                    "checkpoint_every", "deterministic")
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 trained as one stacked model (`fused.py`), devices, precision and random states (`devices.py`), per-layer gradient
 norms (`gradients.py`) and the constructed deeper net that `--init` starts from (`construct.py`)."""
 
-from .fused import run_fused_training
 from .data import DataConfig
+from .fused import run_fused_training
 from .trainer import RunResult, TrainConfig, run_training
 
 __all__ = ["DataConfig", "RunResult", "TrainConfig", "run_fused_training", "run_training"]

@@ -95,6 +95,20 @@ def precision_context(precision: str, device: torch.device, graph_safe: bool = F
     return contextlib.nullcontext
 
 
+def cudnn_benchmark(device: torch.device, deterministic: bool) -> bool:
+    """Whether cuDNN times its convolution algorithms at each new shape and keeps the fastest: on CUDA, unless
+    --deterministic asks for algorithms that give the same bits in every process (the fastest one it times may
+    differ from process to process, and so may the float order of a resumed run)."""
+    return device.type == "cuda" and not deterministic
+
+
+def set_cudnn_mode(device: torch.device, deterministic: bool) -> None:
+    """cuDNN's algorithm choice for the run (process-wide switches, as the TF32 ones); the CPU has none."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark(device, deterministic)
+        torch.backends.cudnn.deterministic = deterministic
+
+
 @contextlib.contextmanager
 def pytorch_default_precision() -> Iterator[None]:
     """PyTorch's own TF32 switches for the duration, whatever a Trainer in this process set (they are global)."""
@@ -114,9 +128,13 @@ def rng_state(device: torch.device, generator: torch.Generator) -> dict[str, Any
     """The random states a run draws from: its own generator (data order, augmentation), torch's global CPU RNG
     and, on CUDA, the global RNG of the run's own GPU only (a model with dropout draws from it). Saving one state
     per visible GPU would tie a checkpoint to the number of GPUs the process saw."""
-    return {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "device_type": device.type}
+    return {"generator": generator.get_state(), **global_rng_state(device), "device_type": device.type}
+
+
+def global_rng_state(device: torch.device) -> dict[str, Any]:
+    """torch's global CPU RNG state and, on CUDA, the run's own GPU's."""
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def restore_rng_state(state: dict[str, Any], device: torch.device, generator: torch.Generator) -> None:

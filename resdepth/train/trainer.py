@@ -1,8 +1,13 @@
 """One training run with the §4.2 protocol: SGD, iteration-based step schedule, warm-up for deep nets.
 
-`run_training(config, run_dir)` trains, writes metrics.csv row by row, checkpoints every epoch (and when
-asked to stop), resumes exactly from the last checkpoint, records how it ended in status.json, and returns a
-`RunResult`. It never prints.
+`run_training(config, run_dir)` trains, writes metrics.csv row by row, checkpoints at each epoch's end (or at the
+--checkpoint-every cadence, and when asked to stop), resumes exactly from the last checkpoint, records how it
+ended in status.json, and returns a `RunResult`. It never prints.
+
+One engine trains one model or K: `Engine` is what every trainer does around its steps (resume, --init, the
+epochs' rows, checkpoints, dropping finished models) and `train_to_the_end` drives it; the protocol of each model
+is a `protocol.RunProgress`. `Trainer`, a single run, is an Engine whose one member is itself; `fused.FusedTrainer`
+is one with K members.
 """
 
 from __future__ import annotations
@@ -53,19 +58,26 @@ from .devices import (
     CapturedStep,
     check_cuda_graph_device,
     check_device_name,
+    cudnn_benchmark,
     device_label,
     environment,
     precision_context,
     resolve_device,
     resolved_precision,
-    restore_rng_state,
-    rng_state,
+    set_cudnn_mode,
 )
 from .gradients import GradientLog
+from .protocol import (  # noqa: F401
+    NAN_CHECK_EVERY,
+    WARMUP_CHECK_EVERY,
+    EpochInProgress,
+    RunProgress,
+    checkpoint_state,
+    learning_rate,
+    saved_momentum,
+)
 
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
-WARMUP_CHECK_EVERY = 10  # iterations per warm-up check: one host sync per 10 steps, only while warming up
-NAN_CHECK_EVERY = 50  # iterations per divergence check: one host sync per 50 steps, at the same steps every run
 # auto: the family's paper's warm-up (families.py): §4.2's for residual nets of depth >= warmup_min_depth (it used it
 # for ResNet-110 and says nothing of plain-110), 2016b's first 400 iterations for preact nets; deep: every net that
 # deep, plain ones too; on: every net; off: none
@@ -140,9 +152,20 @@ class TrainConfig:
     # One CUDA graph per step removes the kernel-launch overhead that bounds these small nets on a fast GPU
     cuda_graph: bool = option(False, help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch "
                                           "overhead; same math).", panel=EXECUTION)
+    # cudnn.benchmark picks the fastest convolution algorithms, measured in each process: a resumed run may take
+    # other ones (float order only); this asks for deterministic ones instead
+    deterministic: bool = option(False, help="CUDA: deterministic cuDNN algorithms, the same bits in every process, "
+                                             "instead of the fastest ones measured (cudnn.benchmark).",
+                                 panel=EXECUTION)
     eval_batch_size: int = option(1000, help="Images per evaluation batch.", panel=EXECUTION, cli=False)
     tensorboard: bool = option(False, help="Also write each epoch's metrics as TensorBoard scalars in the run folder "
                                            "(needs the tensorboard extra).", panel=EXECUTION)
+    # epoch: today's cadence, whose cost is small beside a CPU epoch (minutes); at GPU pace (an epoch in ~0.5 s) an
+    # iteration or minute cadence keeps checkpoints from costing more than the steps they protect
+    checkpoint_every: str = option("epoch", help="When the run writes its checkpoint: epoch (at each epoch's end), N "
+                                                 "(every N iterations) or Nmin (every N minutes), and always when it "
+                                                 "ends or is stopped; a kill loses only the steps since the last one.",
+                                   panel=EXECUTION)
     # A named deviation: the paper's nets start from He init; the constructed deeper net (§1) starts from these
     init: str | None = option(None, help="Start from these weights instead of the family's init: a run folder or a "
                                          "checkpoint (`resdepth construct` writes one); the rest of the protocol is "
@@ -177,6 +200,7 @@ class TrainConfig:
         if self.warmup_max_iterations is not None and self.warmup_max_iterations < 1:
             raise UserError(f"--warmup-max-iterations must be a positive integer, got {self.warmup_max_iterations}")
         check_data_config(self.data)
+        Cadence.parse(self.checkpoint_every)
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
         check_network(self.kind, self.depth, self.shortcut, self.options)
@@ -203,6 +227,41 @@ def first_given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+@dataclass(frozen=True)
+class Cadence:
+    """When a run writes its checkpoint (--checkpoint-every): at each epoch's end (neither set), or once so many
+    iterations or seconds have passed since the last one, inside an epoch too. A checkpoint changes nothing the
+    run computes, so any cadence resumes bit-identically; it only sets how much a kill can lose."""
+
+    iterations: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Cadence:
+        """epoch, N (iterations) or Nmin (minutes); anything else is refused in one line."""
+        value = str(text).strip().lower()
+        if value == "epoch":
+            return cls()
+        if value.isdigit() and int(value) >= 1:
+            return cls(iterations=int(value))
+        minutes = value.removesuffix("min").strip()
+        if value.endswith("min") and minutes.replace(".", "", 1).isdigit() and float(minutes) > 0:
+            return cls(seconds=float(minutes) * 60)
+        raise UserError(f"--checkpoint-every must be epoch, a number of iterations (2000) or of minutes (5min), "
+                        f"got {text!r}")
+
+    @property
+    def per_epoch(self) -> bool:
+        return self.iterations is None and self.seconds is None
+
+    def due(self, iterations: int, seconds: float) -> bool:
+        """Whether a checkpoint is due, so many iterations and seconds after the last one (at an epoch's end with
+        the per-epoch cadence)."""
+        if self.iterations is not None:
+            return iterations >= self.iterations
+        return self.seconds is None or seconds >= self.seconds
+
+
 @dataclass
 class RunResult:
     state: str  # done, diverged or interrupted
@@ -211,14 +270,6 @@ class RunResult:
     final_test_error: float | None
     warmup_end_iteration: int | None
     warmup_end_reason: str | None = None  # threshold (training error below warmup_until_error) or cap
-
-
-def learning_rate(config: TrainConfig, iteration: int, warming_up: bool) -> float:
-    """The lr for 0-based `iteration`: step decay at the milestone fractions; while warming up the warm-up lr,
-    unless a milestone has already brought the schedule below it (§4.2: "the rest of the schedule is as before")."""
-    passed = sum(iteration >= round(m * config.iterations) for m in config.lr_milestones)
-    scheduled = config.lr * config.lr_decay ** passed
-    return min(config.warmup_lr, scheduled) if warming_up else scheduled
 
 
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
@@ -239,22 +290,20 @@ def build_run_network(config: TrainConfig, num_classes: int) -> torch.nn.Module:
                          net_options=config.options)
 
 
+def init_weights(config: TrainConfig, num_classes: int) -> dict[str, torch.Tensor]:
+    """--init's weights (and BN statistics) for the run's network, checked to be of that network. The network
+    they are loaded into is built on a fork of the global RNG, which the run's own random states never see."""
+    with torch.random.fork_rng(devices=[]):
+        network = build_run_network(config, num_classes)
+    load_init(network, config.init, config.kind, config.depth, config.shortcut, num_classes)  # type: ignore[arg-type]
+    return network.state_dict()
+
+
 def sgd_optimizer(params: Any, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
     """§4.2's SGD. The same update either way: fused (one kernel for all parameters) on CUDA, foreach on the CPU."""
     implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                            **implementation)
-
-
-@torch.no_grad()
-def lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
-    """Momentum buffers in their params' strides. A loaded buffer keeps the layout it was saved in: contiguous from
-    a fused group's checkpoint, the other layout across a --channels-last toggle. CUDA's fused SGD kernel assumes
-    equal strides and computes a wrong update, silently, from a buffer laid out otherwise."""
-    for param, state in optimizer.state.items():
-        buffer = state.get("momentum_buffer")
-        if buffer is not None and buffer.stride() != param.stride():
-            state["momentum_buffer"] = torch.empty_like(param).copy_(buffer)
 
 
 def uses_compile(config: TrainConfig, device: torch.device) -> bool:
@@ -263,164 +312,195 @@ def uses_compile(config: TrainConfig, device: torch.device) -> bool:
     return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
 
 
-@dataclass
-class EpochInProgress:
-    """The epoch being trained: its data order, how far it got, and its running sums (device tensors), so a run
-    stopped inside an epoch resumes at the same step with the same sums."""
+class Engine:
+    """What every trainer of one model or K does around its steps, written once: resume each model from its own
+    checkpoint or start it from --init, close epochs into metrics rows, write checkpoints, drop models that have
+    finished or diverged. `train_to_the_end` drives any engine. A subclass holds the weights and provides
+    `train_step()` (one step of every active model), `evaluate`, `model_weights`, `model_momentum`,
+    `set_weights` and `load_momentum`."""
 
-    order: torch.Tensor
-    loss_sum: torch.Tensor
-    wrong: torch.Tensor
-    step: int = 0
-    seconds: float = 0.0
+    members: list[RunProgress]  # one per model, in the order of the run folders
+    active: list[RunProgress]  # those still training
+    data: Dataset
+    data_fingerprint: str
+    batch: int
+    train_size: int
+    param_groups: list[dict[str, Any]]  # the SGD settings a checkpoint records, as torch's SGD saves them
+    state_names: list[str]  # the network's state_dict keys
+    network: torch.nn.Module  # the network's shape (config.json's parameter count)
+    compiled: bool
+    channels_last: bool
 
-    def to(self, device: torch.device) -> EpochInProgress:
-        return replace(self, order=self.order.to(device), loss_sum=self.loss_sum.to(device),
-                       wrong=self.wrong.to(device))
+    def train_step(self) -> Any:
+        raise NotImplementedError
+
+    def evaluate(self, members: list[RunProgress], images: torch.Tensor,
+                 labels: torch.Tensor) -> list[tuple[float, float]]:
+        raise NotImplementedError
+
+    def model_weights(self, member: RunProgress) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def model_momentum(self, member: RunProgress) -> dict[int, torch.Tensor]:
+        raise NotImplementedError
+
+    def set_weights(self, member: RunProgress, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def load_momentum(self, member: RunProgress, momentum: dict[int, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def ended_members(self) -> list[RunProgress]:
+        return [member for member in self.active if member.epoch_ended()]
+
+    def drop(self, members: list[RunProgress]) -> None:
+        """These models train no more (finished or diverged)."""
+        self.active = [member for member in self.active if member not in members]
+
+    def close_epochs(self, members: list[RunProgress]) -> list[dict[str, float | int]]:
+        """The metrics rows of the epochs these models just finished: sums, lr, test (and val) errors."""
+        rows = [member.row(member.close_epoch(self.batch)) for member in members]
+        for split, (images, labels) in self.data.splits().items():
+            if split != "train":  # the held-out splits; the training error is the epochs' own sums
+                for row, (loss, error) in zip(rows, self.evaluate(members, images, labels), strict=True):
+                    row[f"{split}_loss"], row[f"{split}_error"] = loss, error
+        return rows
+
+    # ------------------------------------------------------------------ checkpoints, one per model
+    def checkpoint(self, member: RunProgress) -> dict[str, Any]:
+        """The model's checkpoint, in the one format that a single run and a fused group both write and read."""
+        return checkpoint_state(member, self.model_weights(member), self.model_momentum(member), self.param_groups,
+                                self.data_fingerprint)
+
+    def save_checkpoint(self, member: RunProgress) -> None:
+        buffer = io.BytesIO()
+        torch.save(self.checkpoint(member), buffer)
+        atomic_write_bytes(member.run_dir / CHECKPOINT_FILE, buffer.getvalue())
+
+    def load_checkpoint(self, member: RunProgress, state: dict[str, Any], path: Path | None = None) -> None:
+        """Restore a checkpoint read onto the CPU (`read_checkpoint`): tensors move to this engine's device."""
+        member.load_progress(state)  # first: it refuses a checkpoint of another device type
+        if set(state["model"]) != set(self.state_names):
+            raise UserError(f"{path} holds another network's weights: delete it and rerun with --retry-failed")
+        self.set_weights(member, state["model"])
+        with torch.no_grad():
+            self.load_momentum(member, saved_momentum(state))
+
+    def try_resume(self) -> list[RunProgress]:
+        """Each model continues from its own checkpoint, if its folder holds one (whichever trainer wrote it);
+        returns the models that start afresh."""
+        fresh = []
+        for member in self.members:
+            state = read_resume_checkpoint(member.run_dir, self.data_fingerprint)
+            if state is None:
+                fresh.append(member)
+            else:
+                self.load_checkpoint(member, state, member.run_dir / CHECKPOINT_FILE)
+        return fresh
+
+    def start(self, num_classes: int) -> None:
+        """Resume every model that has a checkpoint; the others start from --init's weights if it names any."""
+        fresh = self.try_resume()
+        config = self.members[0].config
+        if fresh and config.init:
+            weights = init_weights(config, num_classes)  # the models of a group share their --init: loaded once
+            for member in fresh:
+                self.set_weights(member, weights)
 
 
-class Trainer:
-    """The state of one run: data, model, optimizer, schedule position and RNGs, all checkpointable.
+class Trainer(RunProgress, Engine):
+    """One run: its protocol (a `RunProgress`, its own and only member) and its model, optimizer and data, eager,
+    compiled or replayed as a CUDA graph.
 
-    `train_epoch` trains one epoch (or until asked to stop) and counts it; `epoch_row` evaluates it into the
-    metrics row. The Trainer owns its position (iteration, epoch, the epoch in progress): callers only read it.
+    `train_step` trains one step; `train_epoch` trains to the end of the epoch (or a stop) and counts it, for
+    the benchmarks; `close_epochs` evaluates it into the metrics row. The Trainer owns its position (iteration,
+    epoch, the epoch in progress): callers only read it.
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, dataset: Dataset):
         config = config.for_family()
         check_cuda_graph_device(config.cuda_graph, str(device))
-        self.config, self.run_dir, self.device = config, run_dir, device
         torch.manual_seed(config.seed)
         self.data_fingerprint = dataset.fingerprint()
         self.data = dataset.to(device)
         self.mean = self.data.pixel_mean()
-        self.batch = min(config.batch_size, len(self.data.train_labels))
-        self.steps_per_epoch = steps_per_epoch(len(self.data.train_labels), config.batch_size)
-        self.epochs = math.ceil(config.iterations / self.steps_per_epoch)
+        self.train_size = len(self.data.train_labels)
+        self.batch = min(config.batch_size, self.train_size)
         self.channels_last = config.channels_last is not False  # None (auto): on for CPU and CUDA alike
         self.model = build_run_network(config, dataset.num_classes).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        steps = steps_per_epoch(self.train_size, config.batch_size)
+        super().__init__(config, run_dir, device, steps, GradientLog(weight_layers(self.model), device), True)
         self.optimizer = sgd_optimizer(self.model.parameters(), config, device)
+        self.param_groups = self.optimizer.state_dict()["param_groups"]
+        self.state_names = list(self.model.state_dict())
         self.compiled = uses_compile(config, device)
         self.forward = torch.compile(self.model) if self.compiled else self.model  # training steps only
-        self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.iteration, self.epoch = 0, 0
-        self.warming_up = config.uses_warmup()
-        self.warmup_end_iteration: int | None = None
-        self.warmup_end_reason: str | None = None  # threshold or cap
-        self.warmup_window = torch.zeros((), device=device)  # wrong answers since the last warm-up check
-        self.in_progress: EpochInProgress | None = None  # an epoch stopped by a signal, resumed where it stopped
+        self.optimizer_step = self.compiled_sgd() if self.compiled else self.optimizer.step
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
+        set_cudnn_mode(device, config.deterministic)
         self.captured: CapturedStep | None = None  # captured at the first step, after any resume
-        self.gradients = GradientLog(weight_layers(self.model), device)  # gradients.csv, sampled every 10th step
+        self.members, self.active = [self], [self]
 
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs, in types that `torch.load(weights_only=True)` accepts."""
-        optimizer = self.optimizer.state_dict()
-        for group in optimizer["param_groups"]:  # a CUDA graph keeps the lr in a device tensor: save the number
-            group["lr"] = float(group["lr"])
-        return {
-            "model": self.model.state_dict(), "optimizer": optimizer, "iteration": self.iteration, "epoch": self.epoch,
-            "warming_up": self.warming_up, "warmup_end_iteration": self.warmup_end_iteration,
-            "warmup_end_reason": self.warmup_end_reason, "warmup_window": self.warmup_window,
-            **rng_state(self.device, self.generator),
-            "partial": None if self.in_progress is None else asdict(self.in_progress),
-            "data_fingerprint": self.data_fingerprint, "gradients": self.gradients.state_dict(),
-        }
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.model
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint read onto the CPU (`read_checkpoint`): tensors move to this run's device here."""
-        restore_rng_state(state, self.device, self.generator)  # first: it refuses a checkpoint of another device type
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        lay_out_like_params(self.optimizer)
-        self.iteration, self.epoch = state["iteration"], state["epoch"]
-        self.warming_up, self.warmup_end_iteration = state["warming_up"], state["warmup_end_iteration"]
-        self.warmup_end_reason = state.get("warmup_end_reason")  # absent in checkpoints of older versions
-        self.warmup_window = state["warmup_window"].to(self.device)
-        partial = state["partial"]
-        self.in_progress = None if partial is None else EpochInProgress(**partial).to(self.device)
-        self.gradients.load_state_dict(state.get("gradients"))  # None in checkpoints of older versions
+    # ------------------------------------------------------------------ weights in the checkpoint format
+    def model_weights(self, member: RunProgress) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
 
-    def save_checkpoint(self) -> None:
-        buffer = io.BytesIO()
-        torch.save(self.state_dict(), buffer)
-        atomic_write_bytes(self.run_dir / CHECKPOINT_FILE, buffer.getvalue())
+    def model_momentum(self, member: RunProgress) -> dict[int, torch.Tensor]:
+        momentum = {}
+        for index, param in enumerate(self.model.parameters()):
+            buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
+            if buffer is not None:
+                momentum[index] = buffer
+        return momentum
 
-    def try_resume(self) -> bool:
-        """Continue from the run folder's checkpoint if it has one; refuses one trained on other data."""
-        state = read_resume_checkpoint(self.run_dir, self.data_fingerprint)
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        return True
+    def set_weights(self, member: RunProgress, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def load_momentum(self, member: RunProgress, momentum: dict[int, torch.Tensor]) -> None:
+        """Each buffer in its param's strides, whatever layout it was saved in (CUDA's fused SGD kernel assumes
+        equal strides and computes a wrong update, silently, from a buffer laid out otherwise)."""
+        params = list(self.model.parameters())
+        for index, buffer in momentum.items():
+            self.optimizer.state[params[index]]["momentum_buffer"] = torch.empty_like(params[index]).copy_(buffer)
 
     def close(self) -> None:
         """Drop the model, data, optimizer and CUDA graph now: a finished run's GPU memory is free at once, not
         when the cyclic garbage collector gets round to it (the next cell of an in-process sweep needs it)."""
         self.captured = self.in_progress = None
-        self.model = self.forward = self.optimizer = self.data = None  # type: ignore[assignment]
+        self.model = self.forward = self.optimizer = self.optimizer_step = self.data = None  # type: ignore[assignment]
         self.gradients = None  # type: ignore[assignment]  # it holds the conv weights, and so their gradients
+        self.members, self.active = [], []
 
-    @property
-    def finished(self) -> bool:
-        return self.iteration >= self.config.iterations
-
-    # ------------------------------------------------------------------ one epoch
-    def train_epoch(self, should_stop: Callable[[], bool] = lambda: False,
-                    report: Callable[[dict[str, float]], None] = lambda _: None) -> dict[str, float] | None:
+    # ------------------------------------------------------------------ steps
+    def train_epoch(self, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
         """Train to the end of the epoch, count it and return its sums; or stop early when asked (returns None;
-        the position is kept for the checkpoint). A NaN/inf loss ends the epoch early: its sums say so."""
-        self.model.train()
-        epoch = self.in_progress or self.new_epoch()
-        self.in_progress = None
-        steps = min(self.steps_per_epoch, self.config.iterations - (self.iteration - epoch.step))
-        started, last_report = time.perf_counter() - epoch.seconds, time.monotonic()
-        while epoch.step < steps:
+        the position is kept). What the benchmarks time: the steps, without rows or checkpoints."""
+        while True:
+            self.start_epoch(self.train_size)
             if should_stop():
-                epoch.seconds = time.perf_counter() - started
-                self.in_progress = epoch
+                self.pause()
                 return None
-            self.train_batch(epoch)
-            if epoch.step % NAN_CHECK_EVERY == 0 and not torch.isfinite(epoch.loss_sum).item():
-                break  # diverged: end the epoch here, its row records the NaN/inf
-            if time.monotonic() - last_report > 1.0:  # progress for displays only: decides nothing
-                last_report = time.monotonic()
-                seen = epoch.step * self.batch
-                report({"live_train_error": epoch.wrong.item() / seen * 100, "iteration": self.iteration,
-                        "images_per_second": seen / (time.perf_counter() - started)})
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.epoch += 1
-        seconds, seen = time.perf_counter() - started, epoch.step * self.batch
-        return {"train_loss": epoch.loss_sum.item() / seen, "train_error": epoch.wrong.item() / seen * 100,
-                "epoch_seconds": seconds, "images_per_second": seen / seconds}
+            self.train_step()
+            if self.epoch_ended():
+                return self.close_epoch(self.batch)
 
-    def new_epoch(self) -> EpochInProgress:
-        order = torch.randperm(len(self.data.train_labels), generator=self.generator, device=self.device)
-        return EpochInProgress(order, torch.zeros((), device=self.device), torch.zeros((), device=self.device))
-
-    def train_batch(self, epoch: EpochInProgress) -> None:
-        """The epoch's next step, its sums and the warm-up check."""
-        index = epoch.order[epoch.step * self.batch:(epoch.step + 1) * self.batch]
-        loss, wrong = self.train_step(index)
+    def train_step(self) -> None:
+        """One SGD step on the epoch's next batch, its sums, its gradient sample and the warm-up check."""
+        epoch = self.start_epoch(self.train_size)
+        lr = self.lr()
+        index = self.next_batch(self.batch)
+        loss, wrong = self.step_on(index, lr)
         self.gradients.sample(epoch.step)
-        epoch.loss_sum += loss * len(index)
-        epoch.wrong += wrong
-        self.warmup_window += wrong
-        epoch.step += 1
-        self.iteration += 1
-        if self.warming_up and self.iteration % WARMUP_CHECK_EVERY == 0:
-            self.check_warmup(self.warmup_window.item() / (WARMUP_CHECK_EVERY * self.batch) * 100)
-            self.warmup_window.zero_()
-        if self.warming_up and self.iteration >= self.config.warmup_max_iterations:
-            self.end_warmup("cap")
+        self.count_step(lr, loss, wrong, len(index))
 
-    def train_step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_on(self, index: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on the images at index; returns the batch's mean loss and wrong answers (device tensors)."""
-        lr = learning_rate(self.config, self.iteration, self.warming_up)
         images = self.data.train_images[index]
         if self.config.data.augment:
             inputs = augment(images, self.mean, self.generator)
@@ -433,9 +513,20 @@ class Trainer:
             if self.captured is None:
                 self.captured = CapturedStep(self.sgd_step, self.model, self.optimizer, self.device, inputs, labels)
             return self.captured.replay(inputs, labels, lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if self.compiled:
+            self.lr_tensor.fill_(lr)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         return self.sgd_step(inputs, labels, True)
+
+    def compiled_sgd(self) -> Callable[[], Any]:
+        """The SGD update compiled too (one fused kernel per elementwise chain). Its lr lives in a device tensor
+        that each step fills: a float lr would be a constant of the compiled code, recompiled at every change."""
+        self.lr_tensor = torch.tensor(self.config.lr, device=self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_tensor
+        return torch.compile(self.optimizer.step)
 
     def sgd_step(self, inputs: torch.Tensor, labels: torch.Tensor,
                  zero_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -445,37 +536,12 @@ class Trainer:
         if zero_grad:
             self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        self.optimizer_step()
         return loss.detach().float(), (logits.detach().argmax(1) != labels).sum().float()
 
-    def check_warmup(self, recent_error: float) -> None:
-        # §4.2 (110 layers): warm up with lr 0.01 until the training error is below 80%, then go back to 0.1.
-        if recent_error < self.config.warmup_until_error:
-            self.end_warmup("threshold")
-
-    def end_warmup(self, reason: str) -> None:
-        """From the next step on, the schedule's lr: reason is threshold (the paper's rule) or cap (the bound)."""
-        self.warming_up = False
-        self.warmup_end_iteration, self.warmup_end_reason = self.iteration, reason
-
-    # ------------------------------------------------------------------ the epoch's row
-    def epoch_row(self, sums: dict[str, float]) -> dict[str, float | int]:
-        """The metrics row of the epoch just trained: its sums, the lr its last step ran at, test (and val) errors."""
-        # the lr rounded to the schedule's value (0.001, not 0.0010000000000000002); training used the exact one
-        row: dict[str, float | int] = {"epoch": self.epoch, "iteration": self.iteration,
-                                       "lr": round(self.last_step_lr(), 12), **sums}
-        for split, (images, labels) in self.data.splits().items():
-            if split != "train":  # the held-out splits; the training error is the epoch's own sums
-                row[f"{split}_loss"], row[f"{split}_error"] = self.evaluate(images, labels)
-        return row
-
-    def last_step_lr(self) -> float:
-        # a warm-up that ended at this very iteration still ran its last step at the warm-up lr
-        ran_warming_up = self.warming_up or self.warmup_end_iteration == self.iteration
-        return learning_rate(self.config, self.iteration - 1, ran_warming_up)
-
     @torch.no_grad()
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    def evaluate(self, members: list[RunProgress], images: torch.Tensor,
+                 labels: torch.Tensor) -> list[tuple[float, float]]:
         """Mean loss and error (%) on un-augmented images, in eval mode (BN running statistics)."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -490,7 +556,7 @@ class Trainer:
             loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
             wrong += (logits.argmax(1) != target).sum()
         self.model.train()
-        return loss_sum.item() / len(labels), wrong.item() / len(labels) * 100
+        return [(loss_sum.item() / len(labels), wrong.item() / len(labels) * 100)]
 
 
 def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], bool] = lambda: False,
@@ -498,23 +564,37 @@ def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], b
     """Train (or resume) the run in run_dir: metrics.csv gets a row as each epoch ends, and status.json says how
     the run ended (done, diverged or interrupted) whichever entry point called it. A finished run asked again
     trains nothing and returns its result."""
-    config = config.for_family()
-    config.validate()
-    ensure_writable_dir(run_dir)
-    device = resolve_device(config.device)
-    prepare_process(config, device)
-    dataset = dataset or load_dataset(config.data)
-    check_same_network(run_dir, config.kind)
+    (config,), device, dataset = prepare_runs([config], [run_dir], dataset)
     trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
     try:
-        write_config(run_dir, {**asdict(config), "resolved": describe_run(trainer, dataset),
-                               "environment": environment(device)})
-        if not trainer.try_resume() and config.init:
-            load_init(trainer.model, config.init, trainer.config.kind, trainer.config.depth, trainer.config.shortcut,
-                      dataset.num_classes)
-        return train_to_the_end(trainer, should_stop)
+        write_run_config(trainer, trainer, config, dataset)
+        trainer.start(dataset.num_classes)
+        return train_to_the_end(trainer, should_stop)[0]
     finally:
         trainer.close()
+
+
+def prepare_runs(configs: list[TrainConfig], run_dirs: list[Path],
+                 dataset: Dataset | None) -> tuple[list[TrainConfig], torch.device, Dataset]:
+    """What a single run and a fused group check and set up before their engine: each config with its family's
+    values filled in and valid, each folder writable and begun (if at all) on today's networks; the device, this
+    process's threads and GPU, and the data."""
+    configs = [config.for_family() for config in configs]
+    for config in configs:
+        config.validate()
+    for run_dir, config in zip(run_dirs, configs, strict=True):
+        ensure_writable_dir(run_dir)
+        check_same_network(run_dir, config.kind)
+    device = resolve_device(configs[0].device)
+    prepare_process(configs[0], device)
+    return configs, device, dataset or load_dataset(configs[0].data)
+
+
+def write_run_config(engine: Engine, run: RunProgress, config: TrainConfig, dataset: Dataset, **extra: Any) -> None:
+    """The run's config.json: its config as given (the family's values filled in), what it resolved to, the machine
+    and anything its engine adds (a fused group, its members)."""
+    write_config(run.run_dir, {**asdict(config), "resolved": describe_run(run, engine, dataset),
+                               "environment": environment(run.device), **extra})
 
 
 def check_same_network(run_dir: Path, kind: str) -> None:
@@ -554,39 +634,94 @@ def prepare_process(config: TrainConfig, device: torch.device) -> None:
         torch.cuda.set_device(device)  # streams, graphs and cuDNN handles of this process are made on the run's GPU
 
 
-def train_to_the_end(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False) -> RunResult:
-    """Epochs until the last iteration, a NaN/inf loss or a stop; each epoch's row, checkpoint and status."""
-    logs = RunLogs.open(trainer, trainer.data.val_labels is not None)
+def train_to_the_end(engine: Engine, should_stop: Callable[[], bool] = lambda: False) -> list[RunResult]:
+    """Steps until every model has finished, diverged, or the job is asked to stop (checked before every step);
+    each model's epochs get their rows, checkpoints and status. Returns one RunResult per model, in order."""
+    has_val = engine.data.val_labels is not None
+    logs = {id(member): RunLogs.open(member, has_val) for member in engine.members}
+    engine.drop(finish([member for member in engine.members if member.finished], logs, "done"))
+    last_report = time.monotonic()
+    while engine.active:
+        for member in engine.active:
+            member.start_epoch(engine.train_size)  # before the stop check: a stopped epoch keeps its data order
+        if should_stop():
+            for member in engine.active:
+                member.pause()
+                logs[id(member)].save_checkpoint(engine, member)
+            finish(engine.active, logs, "interrupted")
+            break
+        engine.train_step()
+        ended = engine.ended_members()
+        if ended:
+            engine.drop(end_epochs(engine, ended, logs))
+        save_due_checkpoints(engine, [member for member in engine.active if member not in ended], logs)
+        if time.monotonic() - last_report > 1.0:  # progress for displays only: decides nothing
+            last_report = time.monotonic()
+            report_progress(engine, logs)
+    return [logs[id(member)].result for member in engine.members]  # type: ignore[misc]
 
-    def report(live: dict[str, float]) -> None:
-        logs.status.update(trainer.run_dir, **live, **warmup_progress(trainer))
 
-    while not trainer.finished:
-        sums = trainer.train_epoch(should_stop, report)
-        if sums is None:
-            trainer.save_checkpoint()
-            return logs.end(trainer, "interrupted")
-        row = trainer.epoch_row(sums)
-        logs.append(trainer, row)
+def end_epochs(engine: Engine, ended: list[RunProgress], logs: dict[int, RunLogs]) -> list[RunProgress]:
+    """Rows, status and checkpoints of the epochs that just ended; returns the models that are now done or
+    diverged, to be dropped."""
+    leaving: list[RunProgress] = []
+    for member, row in zip(ended, engine.close_epochs(ended), strict=True):
+        logs[id(member)].append(member, row)
         if not math.isfinite(row["train_loss"]):
-            return logs.end(trainer, "diverged")  # no checkpoint: it keeps the last finite epoch
-        trainer.save_checkpoint()
-    return logs.end(trainer, "done")
+            leaving += finish([member], logs, "diverged")  # no checkpoint: it keeps the last finite epoch
+            continue
+        if member.finished or logs[id(member)].checkpoint_due(member, epoch_ended=True):
+            logs[id(member)].save_checkpoint(engine, member)  # the last one always: analysis reads its weights
+        if member.finished:
+            leaving += finish([member], logs, "done")
+    return leaving
+
+
+def save_due_checkpoints(engine: Engine, members: list[RunProgress], logs: dict[int, RunLogs]) -> None:
+    """Inside an epoch, the checkpoints that an iteration or minute cadence has made due (with its epoch so far)."""
+    for member in members:
+        epoch = member.in_progress
+        if epoch is None or not logs[id(member)].checkpoint_due(member, epoch_ended=False):
+            continue
+        if torch.isfinite(epoch.loss_sum).item():  # a diverging epoch is not kept: its row will record the NaN
+            member.pause()
+            logs[id(member)].save_checkpoint(engine, member)
+
+
+def finish(members: list[RunProgress], logs: dict[int, RunLogs], state: str) -> list[RunProgress]:
+    for member in members:
+        logs[id(member)].end(member, state)
+    return members
+
+
+def report_progress(engine: Engine, logs: dict[int, RunLogs]) -> None:
+    """Live progress in every active model's status.json: its own error so far and its own share of img/s."""
+    for member in engine.active:
+        epoch = member.in_progress
+        if epoch is None or not epoch.step or member.epoch_started is None:
+            continue
+        seen = epoch.step * engine.batch
+        logs[id(member)].status.update(member.run_dir, live_train_error=epoch.wrong.item() / seen * 100,
+                                       iteration=member.iteration,
+                                       images_per_second=seen / (time.perf_counter() - member.epoch_started),
+                                       **warmup_progress(member))
 
 
 @dataclass
 class RunLogs:
     """What a run writes besides its checkpoint: metrics.csv, gradients.csv (through its GradientLog), status.json
-    and the --tensorboard events; and, once it has ended, how. A fused group keeps one per model (its `Member`
-    carries the attributes read here), so its folders are written by this same code."""
+    and the --tensorboard events; and, once it has ended, how. One per model, single or fused."""
 
     writer: MetricsWriter
     status: RunStatus
     board: TensorBoardLog | None
+    cadence: Cadence
     result: RunResult | None = None
+    saved_iteration: int = 0  # where and when (time.monotonic()) the last checkpoint was written or read
+    saved_at: float = 0.0
 
     @classmethod
-    def open(cls, run: Trainer, has_val: bool) -> RunLogs:
+    def open(cls, run: RunProgress, has_val: bool) -> RunLogs:
         """Start (or continue) the run's files, each kept as far as its checkpoint; metrics.csv is cut back first,
         so a resumed run's status shows its last kept epoch."""
         writer = MetricsWriter(run.run_dir / METRICS_FILE, metric_columns(has_val), keep_rows=run.epoch)
@@ -595,9 +730,19 @@ class RunLogs:
         board = TensorBoardLog.resumed(run.run_dir, run.epoch) if run.config.tensorboard else None
         status = starting_status(run)
         status.write(run.run_dir)
-        return cls(writer, status, board)
+        return cls(writer, status, board, Cadence.parse(run.config.checkpoint_every), saved_iteration=run.iteration,
+                   saved_at=time.monotonic())
 
-    def append(self, run: Trainer, row: dict[str, float | int]) -> None:
+    def checkpoint_due(self, run: RunProgress, epoch_ended: bool) -> bool:
+        if self.cadence.per_epoch:
+            return epoch_ended
+        return self.cadence.due(run.iteration - self.saved_iteration, time.monotonic() - self.saved_at)
+
+    def save_checkpoint(self, engine: Engine, run: RunProgress) -> None:
+        engine.save_checkpoint(run)
+        self.saved_iteration, self.saved_at = run.iteration, time.monotonic()
+
+    def append(self, run: RunProgress, row: dict[str, float | int]) -> None:
         """The epoch just ended: its metrics row, its gradient norms, its events and its status."""
         self.writer.append(row)
         run.gradients.end_epoch(run.epoch, run.iteration)
@@ -605,14 +750,14 @@ class RunLogs:
             self.board.append(row)
         self.status.update(run.run_dir, **epoch_progress(row), live_train_error=None, **warmup_progress(run))
 
-    def end(self, run: Trainer, state: str) -> RunResult:
+    def end(self, run: RunProgress, state: str) -> RunResult:
         self.result = end_run(run, self.status, state)
         return self.result
 
 
-def warmup_progress(trainer: Trainer) -> dict[str, Any]:
+def warmup_progress(run: RunProgress) -> dict[str, Any]:
     """How the warm-up ended (iteration, threshold or cap), as status.json records it; None while it goes on."""
-    return {"warmup_end_iteration": trainer.warmup_end_iteration, "warmup_end_reason": trainer.warmup_end_reason}
+    return {"warmup_end_iteration": run.warmup_end_iteration, "warmup_end_reason": run.warmup_end_reason}
 
 
 def epoch_progress(row: dict[str, Any]) -> dict[str, Any]:
@@ -620,14 +765,14 @@ def epoch_progress(row: dict[str, Any]) -> dict[str, Any]:
     return {key: row[key] for key in ("epoch", "iteration", "train_error", "test_error", "images_per_second")}
 
 
-def starting_status(trainer: Trainer) -> RunStatus:
+def starting_status(run: RunProgress) -> RunStatus:
     """status.json as a run (re)starts: a resumed run shows its last finished epoch's numbers, not blanks."""
-    status = RunStatus(state="running", epoch=trainer.epoch, epochs=trainer.epochs, iteration=trainer.iteration,
-                       iterations=trainer.config.iterations, device=device_label(trainer.device),
-                       **warmup_progress(trainer))
-    if trainer.epoch:
+    status = RunStatus(state="running", epoch=run.epoch, epochs=run.epochs, iteration=run.iteration,
+                       iterations=run.config.iterations, device=device_label(run.device),
+                       **warmup_progress(run))
+    if run.epoch:
         try:
-            metrics, _ = read_metrics(trainer.run_dir / METRICS_FILE)
+            metrics, _ = read_metrics(run.run_dir / METRICS_FILE)
         except ValueError:  # rows lost (deleted by hand): the next epoch's numbers fill the blanks
             return status
         last = metrics.iloc[-1]
@@ -636,24 +781,25 @@ def starting_status(trainer: Trainer) -> RunStatus:
     return status
 
 
-def end_run(trainer: Trainer, status: RunStatus, state: str) -> RunResult:
-    status.update(trainer.run_dir, state=state, iteration=trainer.iteration, live_train_error=None,
-                  **warmup_progress(trainer))
+def end_run(run: RunProgress, status: RunStatus, state: str) -> RunResult:
+    status.update(run.run_dir, state=state, iteration=run.iteration, live_train_error=None,
+                  **warmup_progress(run))
     final = status.test_error if state != "interrupted" else None
-    return RunResult(state, trainer.epoch, trainer.iteration, final, trainer.warmup_end_iteration,
-                     trainer.warmup_end_reason)
+    return RunResult(state, run.epoch, run.iteration, final, run.warmup_end_iteration,
+                     run.warmup_end_reason)
 
 
-def describe_run(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:
-    """The resolved settings stored in config.json beside the raw config."""
-    config = trainer.config
+def describe_run(run: RunProgress, engine: Engine, dataset: Dataset) -> dict[str, Any]:
+    """The resolved settings stored in config.json beside the raw config: the run's, and how its engine trains."""
+    config = run.config
     return {
-        "iterations": config.iterations, "steps_per_epoch": trainer.steps_per_epoch, "epochs": trainer.epochs,
+        "iterations": config.iterations, "steps_per_epoch": run.steps_per_epoch, "epochs": run.epochs,
         "lr_milestone_iterations": [round(m * config.iterations) for m in config.lr_milestones],
-        "warmup": config.uses_warmup(), "compile": trainer.compiled, "channels_last": trainer.channels_last,
-        "cuda_graph": config.cuda_graph, "precision": resolved_precision(config.precision, trainer.device),
+        "warmup": config.uses_warmup(), "compile": engine.compiled, "channels_last": engine.channels_last,
+        "cuda_graph": config.cuda_graph, "precision": resolved_precision(config.precision, run.device),
+        "cudnn_benchmark": cudnn_benchmark(run.device, config.deterministic),
         "train_size": len(dataset.train_labels), "test_size": len(dataset.test_labels),
         "val_size": 0 if dataset.val_labels is None else len(dataset.val_labels), "num_classes": dataset.num_classes,
-        "params": count_parameters(trainer.model), "family": family_record(config.kind),
+        "params": count_parameters(engine.network), "family": family_record(config.kind),
         "init": describe_init(config.init) if config.init else None,
     }
