@@ -1,7 +1,9 @@
 import itertools
 import json
 import math
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -246,8 +248,29 @@ def test_checkpoint_cadences_read_as_epochs_iterations_or_minutes():
     assert Cadence.parse("epoch").per_epoch and Cadence.parse(" Epoch ") == Cadence()
     assert Cadence.parse("2000") == Cadence(iterations=2000) and Cadence.parse("5min") == Cadence(seconds=300.0)
     assert Cadence.parse("0.5min") == Cadence(seconds=30.0)
+    assert Cadence.parse("auto").per_epoch and Cadence.parse("auto", "cuda") == Cadence(seconds=60.0)
     assert Cadence(iterations=3).due(3, 0.0) and not Cadence(iterations=3).due(2, 1e9)
     assert Cadence(seconds=60.0).due(1, 60.0) and not Cadence(seconds=60.0).due(10**6, 59.0)
     for bad in ("0", "-3", "min", "0min", "5 minutes", "1e3"):
         with pytest.raises(UserError, match="--checkpoint-every"):
             Cadence.parse(bad)
+
+
+@pytest.mark.parametrize("cadence, metric_syncs", [("epoch", 4), ("1000", 1)])
+def test_rows_are_made_durable_before_each_checkpoint_that_counts_them_and_not_after_every_epoch(
+        tmp_path, tiny_config, monkeypatch, cadence, metric_syncs):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    assert run_training(tiny_config(epochs=4, checkpoint_every=cadence), tmp_path / "run").state == "done"
+    checkpoints = [i for i, name in enumerate(synced) if name.startswith(".checkpoint.pt")]
+    rows = [i for i, name in enumerate(synced) if name == "metrics.csv"]
+    assert len(rows) == metric_syncs and len(checkpoints) == metric_syncs  # 4 epochs: 4 checkpoints, or the last
+    for checkpoint in checkpoints:  # each checkpoint comes after the rows it counts, and gradients.csv's
+        assert any(row < checkpoint for row in rows)
+    assert synced.count("gradients.csv") == metric_syncs

@@ -1,8 +1,8 @@
 """TensorBoard event files beside metrics.csv (`--tensorboard`): each run's per-epoch metrics, its lr and its
 img/s as scalars at their iteration, so `tensorboard --logdir results/NAME` shows every cell of a sweep, live.
 
-The event file mirrors metrics.csv: an epoch's scalars are appended (and fsynced) right after its CSV row, and
-a resumed run rewrites the file from the rows the CSV kept, so TensorBoard never shows an epoch twice. Optional:
+The event file mirrors metrics.csv: an epoch's scalars are appended right after its CSV row (made durable with it),
+and a resumed run rewrites the file from the rows the CSV kept, so TensorBoard never shows an epoch twice. Optional:
 it needs the `tensorboard` package (`pip install "resdepth[tensorboard]"`).
 """
 
@@ -71,8 +71,6 @@ class TensorBoardLog:
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("ab") as handle:
             handle.write(framed([self.row_event(row)]))
-            handle.flush()
-            os.fsync(handle.fileno())
 
     def row_event(self, row: dict[str, Any]) -> bytes:
         scalars = {TAGS[column]: float(value) for column, value in row.items()

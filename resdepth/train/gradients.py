@@ -14,7 +14,6 @@ an epoch resumes them, and gradients.csv is cut back to the checkpoint's rows as
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +72,6 @@ class GradientLog:
             layers = zip(self.names, means[:count], means[count:], strict=True)
             for layer, (name, grad, weight) in enumerate(layers, start=1):
                 writer.writerow([epoch, iteration, layer, name, grad, weight, self.steps])
-            handle.flush()
-            os.fsync(handle.fileno())
         self.rows += len(self.names)
         self.sums.zero_()
         self.steps = 0
