@@ -20,10 +20,11 @@
 #      released, fused seeds vs their own runs                                                        <= 130 s
 #   2. resdepth bench: depths 20/56/110, resdepth vs the naive PIL + DataLoader recipe               <= 50 s
 #   2b. the same with --cuda-graph (no naive recipe)                                                  <= 25 s
+#   2c. the same at depth 20 with --compile (torch.compile's CUDA-graph mode, the SGD update compiled) <= 45 s
 #   3. 1, 2 and 4 concurrent jobs per GPU, aggregate img/s and the Figure 6 sweep time EXTRAPOLATED   <= 40 s
 #   3b. --fuse: one fused job of K seeds vs one run, ResNet-20 and -56, K = 1..16, tf32                <= 40 s
 #   3c. the same in bf16 (K = 1, 4, 16), and the Table 6 sweep time EXTRAPOLATED from 3b              <= 20 s
-#   4. a 64k-iteration ResNet-20 run (`resdepth train`, the defaults; --cuda-graph if 2b measured it faster),
+#   4. a 64k-iteration ResNet-20 run (`resdepth train`, the defaults; --cuda-graph or --compile if 2b or 2c was faster),
 #      cut at the time left; a cut run reports how far it got and its pace                          the rest
 # bench and bench --fuse write their JSON row by row, so a step cut at its limit keeps the rows it measured.
 set -u
@@ -118,6 +119,13 @@ else
   step "graph bench" 25 graph.log "${RESDEPTH[@]}" bench --device "$DEVICE" --depths "$DEPTHS" --iterations \
     "$BENCH_ITERS" --warmup "$WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive --cuda-graph "${BENCH_DATA[@]}" --json "$WORK/graph.json"
 fi
+# 2c. the compiled step (its compilation is in the warm-up, not in the timed windows)
+if [ "$DEVICE" = cpu ]; then
+  echo "compile bench: not on the CPU (the rehearsal would compile for minutes)" | tee -a "$OUT/steps.txt" > "$WORK/compile.log"
+else
+  step "compile bench" 45 compile.log "${RESDEPTH[@]}" bench --device "$DEVICE" --depths 20 --iterations "$BENCH_ITERS" \
+    --warmup "$WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive --compile "${BENCH_DATA[@]}" --json "$WORK/compile.json"
+fi
 
 # 3. concurrent jobs per GPU, and the extrapolated Figure 6 sweep time (the script writes its rows as it goes)
 step concurrent 40 concurrent.log "$PY" benchmarks/concurrent_throughput.py --device "$DEVICE" --jobs "$CONC_JOBS" \
@@ -132,7 +140,7 @@ step "fused bf16 bench" 20 fused-bf16.log "${RESDEPTH[@]}" bench --device "$DEVI
   "${BENCH_DATA[@]}" "${CPU[@]}" --json "$WORK/fused-bf16.json"
 
 # 4. the full paper-length ResNet-20 run, in whatever time is left
-GRAPH=$("$PY" benchmarks/gpu_bench_summary.py faster-graph "$WORK" 2>/dev/null)
+GRAPH=$("$PY" benchmarks/gpu_bench_summary.py fastest-step "$WORK" 2>/dev/null)
 TRAIN_SECONDS=$(($(left) - RESERVE))
 if [ "$TRAIN_SECONDS" -ge "$TRAIN_MIN" ]; then
   echo "resdepth train ${GRAPH:-(eager step)}" > "$WORK/train.log"

@@ -2,7 +2,8 @@
 benchmark rows, the ResNet-20 run's pace, and the (labelled) extrapolations. A helper of that script:
 
     python benchmarks/gpu_bench_summary.py summary WORK_DIR ITERATIONS   # the summary, on stdout
-    python benchmarks/gpu_bench_summary.py faster-graph WORK_DIR         # "--cuda-graph" if 2b beat 2 at depth 20
+    python benchmarks/gpu_bench_summary.py fastest-step WORK_DIR         # the fastest step's flag at depth 20:
+                                                                         # none (2), --cuda-graph (2b), --compile (2c)
 
 Every file may be missing or cut short (a step stopped at its time limit): what is there is reported.
 """
@@ -31,8 +32,11 @@ def depth20_rate(folder: Path, name: str) -> float:
     return next((r["resdepth_images_per_second"] for r in rows if r["depth"] == 20), 0)
 
 
-def faster_graph(folder: Path) -> str:
-    return "--cuda-graph" if depth20_rate(folder, "graph.json") > depth20_rate(folder, "bench.json") > 0 else ""
+def fastest_step(folder: Path) -> str:
+    """The flag of the fastest measured step at depth 20 (eager when nothing was measured)."""
+    rates = {flag: depth20_rate(folder, name) for flag, name in
+             (("", "bench.json"), ("--cuda-graph", "graph.json"), ("--compile", "compile.json"))}
+    return max(rates, key=lambda flag: rates[flag]) if rates[""] > 0 else ""
 
 
 def gpu_test_lines(folder: Path) -> list[str]:
@@ -51,10 +55,11 @@ def gpu_test_lines(folder: Path) -> list[str]:
 
 def bench_lines(folder: Path) -> list[str]:
     lines = []
-    for name in ("bench.json", "graph.json"):
+    for name in ("bench.json", "graph.json", "compile.json"):
         for r in load(folder, name).get("rows", []):
+            flags = (" --cuda-graph" if r.get("cuda_graph") else "") + (" --compile" if r.get("compile") else "")
             lines.append(
-                f"bench{' --cuda-graph' if r.get('cuda_graph') else ''} depth {r['depth']}: resdepth "
+                f"bench{flags} depth {r['depth']}: resdepth "
                 f"{r['resdepth_images_per_second']:,.0f} img/s, naive {r['naive_images_per_second'] or 0:,.0f} img/s, "
                 f"ratio {r['speedup'] or 0:.2f}x, {r['achieved_gflops']:,.0f} GFLOP/s = "
                 f"{r['peak_fraction'] * 100:.0f}% of a {r['matmul_gflops']:,.0f} GFLOP/s {r['precision']} matmul, peak "
@@ -135,8 +140,8 @@ def summary(folder: Path, iterations: int) -> list[str]:
 
 def main() -> None:
     command, folder = sys.argv[1], Path(sys.argv[2])
-    if command == "faster-graph":
-        print(faster_graph(folder))
+    if command == "fastest-step":
+        print(fastest_step(folder))
     else:
         print("\n".join(summary(folder, int(sys.argv[3]))))
 

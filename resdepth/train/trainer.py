@@ -78,6 +78,9 @@ from .protocol import (  # noqa: F401
     saved_momentum,
 )
 
+# CUDA: torch.compile's CUDA-graph mode (cudagraph trees) removes the launch cost of each of the eager step's ~240
+# kernels, which bounds a ResNet-20 step on a GPU; the CPU has no such mode. Not yet run on a GPU (gpu_bench.sh 2c)
+COMPILE_MODES = {"cuda": "reduce-overhead"}
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
 # auto: the family's paper's warm-up (families.py): §4.2's for residual nets of depth >= warmup_min_depth (it used it
 # for ResNet-110 and says nothing of plain-110), 2016b's first 400 iterations for preact nets; deep: every net that
@@ -439,7 +442,7 @@ class Trainer(RunProgress, Engine):
         self.param_groups = self.optimizer.state_dict()["param_groups"]
         self.state_names = list(self.model.state_dict())
         self.compiled = uses_compile(config, device)
-        self.forward = torch.compile(self.model) if self.compiled else self.model  # training steps only
+        self.forward = torch.compile(self.model, mode=COMPILE_MODES.get(device.type)) if self.compiled else self.model
         self.optimizer_step = self.compiled_sgd() if self.compiled else self.optimizer.step
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
         set_cudnn_mode(device, config.deterministic)
