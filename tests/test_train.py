@@ -13,7 +13,8 @@ from resdepth.errors import UserError
 from resdepth.results.runs import METRIC_COLUMNS, VAL_COLUMNS, RunStatus, metric_columns
 from resdepth.train.data import DataConfig
 from resdepth.train.fused import run_fused_training
-from resdepth.train.trainer import Cadence, TrainConfig, learning_rate, resolve_iterations, run_training
+from resdepth.train.protocol import learning_rate
+from resdepth.train.trainer import Cadence, TrainConfig, resolve_iterations, run_training
 
 
 def test_paper_defaults():

@@ -295,7 +295,7 @@ def run_gradients(run: Run, identity: dict[str, Any]) -> tuple[pd.DataFrame | No
     frame["lr"] = frame["epoch"].map(lrs)
     for column, value in {**identity, "finished": is_complete(run)}.items():
         frame[column] = value
-    return frame[[*GRADIENT_TABLE_COLUMNS, *(column for column in identity if column not in IDENTITY_COLUMNS)]], None
+    return frame, None  # analyze keeps the columns of its table (with_axes) once the runs' frames are joined
 
 
 # ---------------------------------------------------------------------------------------------- figures

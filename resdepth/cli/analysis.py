@@ -18,7 +18,7 @@ from ..train.construct import ConstructionMismatch, construct_from_run
 from ..train.devices import resolve_device
 from ..train.trainer import TrainConfig
 from .console import console, errors, read_runs, warn
-from .options import DEVICE, FAMILY_PATHS, import_named_families
+from .options import DEVICE, FAMILY_PATHS, FIGURE_FORMATS, import_named_families
 from .progress import EvalDisplay
 
 
@@ -31,7 +31,7 @@ def analyze(
                                                     "same for every run. \\[default: all]")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the CSVs and figures. "
                                                   "\\[default: RESULTS_DIR/analysis]")] = None,
-    formats: Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")] = "png",
+    formats: FIGURE_FORMATS = "png",
     std: Annotated[str, typer.Option(help="The std Figure 7 draws: std (over all elements of a response) or "
                                           "channel_std (mean over channels of the per-channel std). The CSV holds "
                                           "both.")] = "std",
@@ -112,7 +112,7 @@ def lesion(
     seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Folder for lesion.csv and the figures. "
                                                   "\\[default: RESULTS_DIR/lesion]")] = None,
-    formats: Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")] = "png",
+    formats: FIGURE_FORMATS = "png",
     device: DEVICE = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
     kinds: FAMILY_PATHS = None,
@@ -151,7 +151,7 @@ def landscape(
     seed: Annotated[int, typer.Option(help="Seed of the random directions (twins draw the same).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Folder for the grids, landscape.csv and the figures. "
                                                   "\\[default: landscape/ beside the first run folder]")] = None,
-    formats: Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")] = "png",
+    formats: FIGURE_FORMATS = "png",
     device: DEVICE = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
     force: Annotated[bool, typer.Option("--force", help="Compute grids anew where --out holds grids of other "

@@ -84,6 +84,9 @@ def config_options(cls: type) -> list[ConfigOption]:
 TRAINING_OPTIONS = config_options(TrainConfig) + config_options(DataConfig)
 SWEEP_OPTIONS = config_options(SweepConfig) + config_options(SlurmConfig)
 # a few shared options that other commands (bench, analyze, construct) take as they are
+# analyze, lesion, landscape: the formats of the figures they draw
+FIGURE_FORMATS = Annotated[str, typer.Option("--format", help="Comma-separated figure formats: png, pdf, svg.")]
+
 # analyze, lesion, landscape: the families by import path their runs use, named by the user (never by the folder)
 FAMILY_PATHS = Annotated[str | None, typer.Option("--kind", help="Comma-separated families by import path "
                                                                "(module.path:function) to import for runs that use "

@@ -155,8 +155,8 @@ def sync_file(path: Path) -> None:
 
 class MetricsWriter:
     """Appends one row per epoch to metrics.csv. Each row reaches the OS at once (a killed process loses none);
-    `sync` makes the rows durable against a power loss, which the run does before each checkpoint that counts
-    them: fsyncing every row would cost a GPU run a share of its time for rows a resume redoes anyway."""
+    the run makes the rows durable against a power loss (`sync_file`) before each checkpoint that counts them:
+    fsyncing every row would cost a GPU run a share of its time for rows a resume redoes anyway."""
 
     def __init__(self, path: Path, columns: list[str], keep_rows: int = 0):
         self.path, self.columns = path, columns
@@ -168,9 +168,6 @@ class MetricsWriter:
             writer = csv.DictWriter(handle, fieldnames=self.columns, lineterminator="\n")
             writer.writerow({k: row.get(k, "") for k in self.columns})
         self.rows += 1
-
-    def sync(self) -> None:
-        sync_file(self.path)
 
 
 def truncate_csv(path: Path, keep_rows: int, columns: list[str]) -> None:

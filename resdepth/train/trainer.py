@@ -68,15 +68,7 @@ from .devices import (
     set_cudnn_mode,
 )
 from .gradients import GradientLog
-from .protocol import (  # noqa: F401
-    NAN_CHECK_EVERY,
-    WARMUP_CHECK_EVERY,
-    EpochInProgress,
-    RunProgress,
-    checkpoint_state,
-    learning_rate,
-    saved_momentum,
-)
+from .protocol import RunProgress, checkpoint_state, saved_momentum
 
 # CUDA: torch.compile's CUDA-graph mode (cudagraph trees) removes the launch cost of each of the eager step's ~240
 # kernels, which bounds a ResNet-20 step on a GPU; the CPU has no such mode. Not yet run on a GPU (gpu_bench.sh 2c)
