@@ -245,7 +245,7 @@ class Cadence:
         minutes = value.removesuffix("min").strip()
         if value.endswith("min") and minutes.replace(".", "", 1).isdigit() and float(minutes) > 0:
             return cls(seconds=float(minutes) * 60)
-        raise UserError(f"--checkpoint-every must be epoch, a number of iterations (2000) or of minutes (5min), "
+        raise UserError(f"--checkpoint-every must be auto, epoch, a number of iterations (2000) or of minutes (5min), "
                         f"got {text!r}")
 
     @property
