@@ -5,7 +5,6 @@ No timing assertions: the machines that run these tests are shared.
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from resdepth.bench.fused import run_fuse_benchmark
 from resdepth.bench.throughput import BenchRow, run_benchmark
 from resdepth.errors import UserError
 from resdepth.train.data import load_dataset
@@ -54,27 +54,23 @@ def test_channels_last_step_matches_eager_nchw(tmp_path, trainer):
     assert_same_step(trainer(tmp_path / "fast", channels_last=True), trainer(tmp_path / "eager", channels_last=False))
 
 
-@pytest.mark.skipif(not os.environ.get("RESDEPTH_SLOW_TESTS"),
-                    reason="torch.compile takes minutes on 2 CPU cores; set RESDEPTH_SLOW_TESTS=1")
 def test_compiled_step_matches_eager_nchw(tmp_path, trainer):
     assert_same_step(trainer(tmp_path / "fast", channels_last=True, compile=True),
                      trainer(tmp_path / "eager", channels_last=False))
 
 
-@pytest.mark.skipif(not os.environ.get("RESDEPTH_SLOW_TESTS"),
-                    reason="torch.compile takes minutes on 2 CPU cores; set RESDEPTH_SLOW_TESTS=1")
-def test_compiled_steps_follow_the_eager_ones_through_lr_changes_without_recompiling(tmp_path, trainer, monkeypatch):
+def test_compiled_steps_follow_the_eager_ones_through_lr_changes_without_recompiling(tmp_path, trainer):
     # forward, backward and the SGD update compiled, the lr in a device tensor: 8 iterations put the milestones at
     # steps 4 and 6, so the lr changes twice within the 6 steps taken, each time without a recompile
     compiled = trainer(tmp_path / "compiled", compile=True, epochs=None, iterations=8)
     eager = trainer(tmp_path / "eager", compile=False, epochs=None, iterations=8)
     for run in (compiled, eager):
         run.train_epoch(lambda run=run: run.iteration >= 2)  # the first steps compile, and the momentum is born
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     losses = []
-    for run in (compiled, eager):
-        run.train_epoch(lambda run=run: run.iteration >= 4)  # to the end of epoch 1 (4 steps per epoch)
-        losses.append(run.train_epoch(lambda run=run: run.iteration >= 6) or run.in_progress.loss_sum.item())
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for run in (compiled, eager):
+            run.train_epoch(lambda run=run: run.iteration >= 4)  # to the end of epoch 1 (4 steps per epoch)
+            losses.append(run.train_epoch(lambda run=run: run.iteration >= 6) or run.in_progress.loss_sum.item())
     assert compiled.lr_tensor.item() == pytest.approx(0.01) and compiled.last_step_lr() == pytest.approx(0.01)
     # steps 5-6 after 4 of float-order noise at lr 0.1: measured 1.4e-4 apart (fused models drift alike, test_fused);
     # a wrong lr or a stale compiled constant is off by O(1e-2) and more
@@ -169,11 +165,15 @@ def test_bench_fuse_times_a_fused_job_against_one_run_and_k_processes(tmp_path, 
     assert rows[1]["process_threads"] == 1  # --threads, as `sweep --jobs K --threads 1` gives each job
 
 
-def test_bench_fuse_refuses_bad_sizes_and_compile(run_cli):
+def test_bench_fuse_refuses_bad_sizes(run_cli):
     code, _, err = run_cli("bench", "--fuse", "0,2", "--device", "cpu")
     assert code == 2 and "--fuse '0,2': give numbers of models per fused job" in err
-    code, _, err = run_cli("bench", "--fuse", "2", "--compile", "--device", "cpu", "--depths", "8")
-    assert code == 2 and "bench --fuse times the fused step eagerly" in err
+
+
+def test_bench_fuse_times_the_compiled_steps_when_asked(tmp_path, tiny_bench):
+    rows = run_fuse_benchmark(tiny_bench(compile=True, rounds=1), (2,), processes=False)
+    assert [(row.models, row.compile, row.cuda_graph) for row in rows] == [(2, True, False)]
+    assert rows[0].fused_images_per_second > 0 and rows[0].sequence_images_per_second > 0
 
 
 @pytest.mark.parametrize("script", sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py")),

@@ -108,7 +108,8 @@ def test_a_probe_on_a_busy_machine_says_so(tmp_path, monkeypatch, tiny_sweep):
 @pytest.mark.parametrize("changes, fuse, warned", [
     ({"epochs": 3}, 1, False),  # --epochs: 12 iterations, below the compile threshold
     ({"epochs": None, "iterations": 2000}, 1, True),  # compiles, and was timed eager
-    ({"epochs": None, "iterations": 2000}, 2, False),  # a fused job never compiles
+    ({"epochs": None, "iterations": 2000}, 2, False),  # a fused job compiles only when asked (slower on the CPU)
+    ({"epochs": None, "iterations": 2000, "compile": True}, 2, True),
 ])
 def test_the_compile_caveat_is_given_only_for_runs_that_compile(tmp_path, tiny_config, tiny_sweep, changes, fuse,
                                                                  warned):

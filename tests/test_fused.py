@@ -22,8 +22,8 @@ from resdepth.results.tables import summarize
 from resdepth.sweep.cell import each_cell, run_cells
 from resdepth.sweep.executors import CellJob, LocalProcessExecutor, SequentialExecutor
 from resdepth.sweep.runner import plan_sweep
-from resdepth.train.data import load_dataset
-from resdepth.train.fused import FusedTrainer, group_label, run_fused_training
+from resdepth.train.data import augment, augment_models, load_dataset
+from resdepth.train.fused import FusedTrainer, StackedSGD, group_label, run_fused_training
 from resdepth.train.trainer import Trainer, resolve_iterations, run_training, train_to_the_end
 
 CPU = torch.device("cpu")
@@ -228,10 +228,25 @@ def test_fuse_groups_only_runnable_cells_that_differ_in_their_seed(tmp_path, tin
     assert "fused" not in json.loads((out / "residual-8-s4" / "config.json").read_text())
 
 
+def test_a_compiled_fused_sweep_compiles_its_groups_and_the_cell_left_to_train_alone(tmp_path, tiny_sweep,
+                                                                                    run_sweep_now):
+    # --fuse with --compile (refused before): the group of two compiles its fused step, and seed 2, left over,
+    # takes the single run's compiled step; all in one process (the sequential executor)
+    out = tmp_path / "grid"
+    sweep = tiny_sweep(out, kinds=["residual"], seeds=[0, 1, 2], fuse=2, executor="sequential")
+    sweep = replace(sweep, train=replace(sweep.train, compile=True))
+    assert [p.group for p in plan_sweep(sweep)] == ["residual-8-s0+s1", "residual-8-s0+s1", ""]
+    _, outcomes = run_sweep_now(sweep)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    for seed, fused in ((0, True), (1, True), (2, False)):
+        saved = json.loads((out / f"residual-8-s{seed}" / "config.json").read_text())
+        assert saved["resolved"]["compile"] and ("fused" in saved) == fused, seed
+
+
 @pytest.mark.parametrize("fuse, changes, message", [
     ("0", {}, "--fuse must be a number of models per job (1: no fusing) or auto, got '0'"),
     ("many", {}, "--fuse must be a number of models per job"),
-    ("4", {"compile": True}, "--fuse 4 trains a group's models eagerly, through torch.func: leave out --compile"),
+    ("-2", {}, "--fuse must be a number of models per job"),
 ])
 def test_bad_fuse_values_are_refused_in_one_line(tmp_path, tiny_sweep, fuse, changes, message):
     sweep = tiny_sweep(tmp_path, fuse=fuse)
@@ -343,13 +358,73 @@ def test_a_fused_preact_group_matches_its_runs_alone(tmp_path, tiny_config, metr
         assert resolved["params"] == alone["params"] and resolved["warmup"] == alone["warmup"]
 
 
-def test_a_fused_trainer_fills_in_its_familys_protocol_and_refuses_compiled_steps(tmp_path, seeds_of, tiny_config):
+def test_a_fused_trainer_fills_in_its_familys_protocol(tmp_path, seeds_of):
     configs = seeds_of(kind="preact")  # as `bench --fuse` builds them: the family's defaults not yet filled in
     trainer = FusedTrainer(configs, [tmp_path / f"p{c.seed}" for c in configs], CPU, load_dataset(configs[0].data))
     trainer.train_step()
     assert all(member.warming_up for member in trainer.members)  # 2016b: lr 0.01 for the first 400 iterations
-    with pytest.raises(UserError, match="a fused group trains eagerly"):  # (--cuda-graph: refused on a CPU anyway)
-        run_fused_training([tiny_config(seed=s, compile=True) for s in (0, 1)], [tmp_path / f"c{s}" for s in (0, 1)])
+
+
+def test_one_gather_augments_every_model_as_its_run_alone_does(tiny_config):
+    # a fused step's K batches in one gather: each model's crops and flips from its own generator, the same images
+    # (bit for bit) and the same generator state after as K calls of the single run's augmentation
+    dataset = load_dataset(tiny_config().data)
+    mean, images = dataset.pixel_mean(), dataset.train_images[:3 * 16]
+    alone = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    expected = torch.stack([augment(images[16 * k:16 * (k + 1)], mean, alone[k]) for k in range(3)])
+    for channels_last in (False, True):
+        together = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+        batches = augment_models(images, mean, together, channels_last)
+        assert torch.equal(batches, expected)
+        assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(alone, together, strict=True))
+        # NHWC: the memory of (B, K*3, H, W) in channels-last, what the grouped convolutions read without a copy
+        assert batches.permute(1, 0, 2, 3, 4).reshape(16, 9, 32, 32).is_contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_the_fused_update_is_torchs_sgd_for_each_model_at_its_own_lr():
+    # the (K,) lr tensor that a compiled update reads: model 0's slices end bit-identical to torch's SGD (foreach, the
+    # single run's CPU optimizer) over 4 steps and an lr change, while model 1 trains at another lr
+    torch.manual_seed(0)
+    alone = [torch.randn(8, 4, 3, 3, requires_grad=True), torch.randn(8, requires_grad=True)]
+    stacked = [torch.stack([p.detach(), p.detach() + 1]).requires_grad_() for p in alone]
+    sgd = torch.optim.SGD(alone, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
+    fused = StackedSGD(stacked, momentum=0.9, weight_decay=1e-4)
+    for step, lr in enumerate((0.1, 0.1, 0.01, 0.01)):
+        grads = [torch.randn_like(p) for p in alone]
+        for param, stack, grad in zip(alone, stacked, grads, strict=True):
+            param.grad, stack.grad = grad.clone(), torch.stack([grad, grad.flip(0)])
+        sgd.param_groups[0]["lr"] = lr
+        sgd.step()
+        fused.step(torch.tensor([lr, 0.5]))
+        assert all(torch.equal(param, stack[0]) for param, stack in zip(alone, stacked, strict=True)), step
+    assert not torch.equal(stacked[0][1], alone[0] + 1)
+
+
+def test_compiled_fused_steps_follow_eager_ones_and_runs_alone_as_models_drop_out(tmp_path, tiny_config, metrics_of):
+    # --compile in a fused group: the batched forward, backward and the SGD update with the (K,) lr tensor compiled.
+    # Seeds 1 and 2 start 2 and 4 steps ahead, so the group trains K = 3, then 2, then 1 (each drop recompiles), and
+    # the models' lrs differ at the milestones (steps 4 and 6 of 8). Each model must end as its eager fused twin and
+    # as its run alone do, up to float order.
+    configs = [tiny_config(seed=seed) for seed in SEEDS]
+    ahead = {1: 2, 2: 4}
+    for way in ("compiled", "eager"):
+        for seed, steps in ahead.items():
+            run_training(configs[seed], tmp_path / way / f"s{seed}", should_stop=stop_after(steps))
+    torch._dynamo.reset()  # graphs another test compiled for these shapes would be reused, and not counted below
+    captured = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = run_fused_training([replace(c, compile=True) for c in configs],
+                                  [tmp_path / "compiled" / f"s{seed}" for seed in SEEDS])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= captured + 6  # steps and updates for K = 3, 2, 1
+    eager = run_fused_training([replace(c, compile=False) for c in configs],
+                               [tmp_path / "eager" / f"s{seed}" for seed in SEEDS])
+    assert [r.state for r in compiled + eager] == ["done"] * 6
+    for seed, config in zip(SEEDS, configs, strict=True):
+        run_training(config, tmp_path / "alone" / f"s{seed}")
+        ours = metrics_of(tmp_path / "compiled" / f"s{seed}")
+        assert_close_runs(ours, metrics_of(tmp_path / "eager" / f"s{seed}"))
+        assert_close_runs(ours, metrics_of(tmp_path / "alone" / f"s{seed}"))
+        assert json.loads((tmp_path / "compiled" / f"s{seed}" / "config.json").read_text())["resolved"]["compile"]
 
 
 # ---------------------------------------------------------------------------------------------- one engine

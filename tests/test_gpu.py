@@ -1,6 +1,7 @@
 """What only a CUDA GPU can show: resume after SIGKILL, CUDA-graph runs and their resume, the last visible GPU,
-bf16, two jobs sharing a GPU, memory released when a run ends, and fused seeds (--fuse) on CUDA. Every test skips
-without CUDA; `benchmarks/gpu_bench.sh` runs this module first on a GPU machine.
+bf16, two jobs sharing a GPU, memory released when a run ends, and fused seeds (--fuse) on CUDA, eager and with
+their step compiled or captured. Every test skips without CUDA; `benchmarks/gpu_bench.sh` runs this module first
+on a GPU machine.
 
 Tolerances: cuDNN picks convolution algorithms whose backward sums in a varying order (atomics), so two CUDA runs
 of one seed are not bit-identical, resumed or not. Resumed runs are compared with an uninterrupted one by their
@@ -155,3 +156,20 @@ def test_cuda_fused_seeds_follow_their_own_runs_resume_and_free_their_memory(tmp
     assert [r.state for r in run_fused_training(bf16, [tmp_path / "bf16-0", tmp_path / "bf16-1"])] == ["done"] * 2
     curve = losses(tmp_path / "bf16-1")
     assert curve.notna().all() and curve.iloc[-1] < curve.iloc[0] - 0.5
+
+
+@pytest.mark.parametrize("fast", [{"compile": True}, {"cuda_graph": True}], ids=["compile", "cuda-graph"])
+def test_cuda_fast_fused_group_follows_the_eager_one_as_a_member_drops_out(tmp_path, gpu_config, fast):
+    # the group's step compiled in torch.compile's CUDA-graph mode (--compile, and --cuda-graph for a group), the
+    # stacks marked static; seed 1 starts 10 steps ahead, so it finishes first and the step compiles again for K = 1
+    configs = [replace(gpu_config, seed=seed) for seed in (0, 1)]
+    seen: list[int] = []
+    for way in ("fast", "eager"):
+        seen.clear()
+        run_training(configs[1], tmp_path / way / "s1", should_stop=lambda: seen.append(1) or len(seen) > 10)
+    fast_configs = [replace(config, **fast) for config in configs]
+    fast_results = run_fused_training(fast_configs, [tmp_path / "fast" / f"s{seed}" for seed in (0, 1)])
+    run_fused_training(configs, [tmp_path / "eager" / f"s{seed}" for seed in (0, 1)])
+    assert [r.state for r in fast_results] == ["done"] * 2
+    for seed in (0, 1):
+        assert_close_curves(losses(tmp_path / "fast" / f"s{seed}"), losses(tmp_path / "eager" / f"s{seed}"))

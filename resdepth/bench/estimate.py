@@ -128,12 +128,14 @@ def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:
 
 
 def will_compile(item: PlannedCell, data: DataCheck) -> bool:
-    """Whether the cell's run will use torch.compile: a fused job never does; a single run by its whole run's
-    iterations (which --epochs sets)."""
-    planned = planned_iterations(item.cell.config, data)
-    if item.group or planned is None:
-        return False
-    return uses_compile(replace(item.cell.config, iterations=planned), resolve_device(item.device))
+    """Whether the cell's run will use torch.compile: a fused group when asked (--compile, or --cuda-graph, which
+    it takes through torch.compile's CUDA-graph mode); a single run by its whole run's iterations (which --epochs
+    sets)."""
+    config = item.cell.config
+    if item.group:
+        return bool(config.compile) or config.cuda_graph
+    planned = planned_iterations(config, data)
+    return planned is not None and uses_compile(replace(config, iterations=planned), resolve_device(item.device))
 
 
 def cell_seconds(config: TrainConfig, iterations: int | None, data: DataCheck,

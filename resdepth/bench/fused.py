@@ -54,6 +54,8 @@ class FuseRow:
     threads: int  # torch threads of the fused and single paths
     process_threads: int  # torch threads of each of the K processes
     precision: str
+    compile: bool  # the fused step (and the single run's) compiled: --compile, or --cuda-graph for the group
+    cuda_graph: bool  # --cuda-graph: the single run's step replayed as a CUDA graph
     fused_images_per_second: float  # aggregate, median window
     sequence_images_per_second: float  # one run's: K runs one after another train at this rate
     processes_images_per_second: float | None  # aggregate of K processes at once; None with --no-processes
@@ -83,9 +85,9 @@ def run_fuse_benchmark(config: BenchConfig, sizes: tuple[int, ...], processes: b
                        on_progress: Callable[[str], None] = lambda _: None,
                        on_row: Callable[[FuseRow], None] = lambda _: None) -> list[FuseRow]:
     """One row per depth and K, each handed to `on_row` as it is measured."""
-    if config.compile or config.cuda_graph:
-        raise UserError("bench --fuse times the fused step eagerly (torch.func): leave out --compile and --cuda-graph")
-    config = replace(config, compile=False)  # every path eager: the fused step has no compiled form
+    # eager unless asked: a paper-length run on the CPU would compile (minutes per K); --compile and --cuda-graph
+    # time the fast path of each way (a fused group captures its step through torch.compile's CUDA-graph mode)
+    config = replace(config, compile=bool(config.compile))
     device, dataset = prepare_bench(config)
     rows = []
     with tempfile.TemporaryDirectory(prefix="resdepth-fusebench-") as folder:
@@ -132,7 +134,8 @@ def bench_size(config: BenchConfig, depth: int, size: int, processes: bool, devi
     return FuseRow(
         kind=config.kind, depth=depth, models=size, device=str(device), device_name=device_name(device),
         threads=torch.get_num_threads(), process_threads=process_threads(size, config.threads),
-        precision=resolved_precision(config.precision, device), fused_images_per_second=fused_ips,
+        precision=resolved_precision(config.precision, device), compile=fused.trainer.compiled,
+        cuda_graph=config.cuda_graph, fused_images_per_second=fused_ips,
         sequence_images_per_second=sequence_ips, processes_images_per_second=processes_ips,
         fused_vs_sequence=fused_ips / sequence_ips,
         fused_vs_processes=fused_ips / processes_ips if processes_ips else None,

@@ -99,7 +99,9 @@ def render_fuse_bench(rows: list[Any]) -> Table:
     first = rows[0]
     title = (f"{first.kind}: K seeds fused vs separate, on {first.device_name} ({first.device}, {first.precision}; "
              f"fused and single: {first.threads} threads, K processes: cores / K threads each)")
-    caption = (f"img/s = images x models per second, all paths eager; vs: the fused job's ratio to each; "
+    steps = "compiled" if first.compile else "eager"
+    steps += ", the single run's replayed as a CUDA graph" if first.cuda_graph else ""
+    caption = (f"img/s = images x models per second, steps {steps}; vs: the fused job's ratio to each; "
                f"MB: {first.memory_measure}, the processes' summed")
     view = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, caption=caption)
     for column in ("depth", "K", "fused\nimg/s", "in seq.\nimg/s", "K procs\nimg/s", "vs\nseq.", "vs\nprocs",

@@ -315,23 +315,59 @@ def normalize(images: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, mean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """§4.2 augmentation of a whole uint8 batch: mean-subtract, zero-pad 4, random 32x32 crop, random flip.
+    """§4.2 augmentation of a whole uint8 batch: mean-subtract, zero-pad 4, random 32x32 crop, random flip (NCHW).
 
     One gather does crop and flip together; the random numbers come from `generator` so a run resumes exactly.
     """
-    batch, device = images.shape[0], images.device
-    padded = F.pad(normalize(images, mean), (PAD, PAD, PAD, PAD))
+    return augment_models(images, mean, [generator], channels_last=False)[0]
+
+
+def crop_draws(batch: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's random crop offsets (2, batch) and flips (batch,), drawn from its model's generator in the order
+    every version of resdepth has drawn them: a run's augmentation stream is the same whoever trains it."""
     offsets = torch.randint(0, 2 * PAD + 1, (2, batch), generator=generator, device=device)
     flip = torch.rand(batch, generator=generator, device=device) < 0.5
+    return offsets, flip
+
+
+def augment_models(images: torch.Tensor, mean: torch.Tensor, generators: list[torch.Generator],
+                   channels_last: bool) -> torch.Tensor:
+    """K models' batches augmented at once: images (K*B, 3, H, W) uint8, model k's B images k-th, each model's
+    crops and flips from its own generator. Returns (K, B, 3, H, W): each model's batch exactly as `augment` makes
+    it alone, in one gather for all K (a fused step's K augmentations cost one kernel, not K)."""
+    models, device = len(generators), images.device
+    batch = images.shape[0] // models
+    draws = [crop_draws(batch, generator, device) for generator in generators]
+    offsets = torch.cat([offsets for offsets, _ in draws], dim=1)
+    flip = torch.cat([flip for _, flip in draws])
     steps = torch.arange(IMAGE_SIZE, device=device)
     rows = offsets[0, :, None] + steps
     cols = offsets[1, :, None] + torch.where(flip[:, None], IMAGE_SIZE - 1 - steps, steps)
-    return padded[
-        torch.arange(batch, device=device)[:, None, None, None],
-        torch.arange(3, device=device)[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
+    padded = F.pad(normalize(images, mean), (PAD, PAD, PAD, PAD))
+    return gather_models(padded, rows.view(models, batch, -1), cols.view(models, batch, -1), channels_last)
+
+
+def stack_models(images: torch.Tensor, mean: torch.Tensor, models: int, channels_last: bool) -> torch.Tensor:
+    """K models' batches without augmentation (--no-augment), laid out as `augment_models` lays them out."""
+    batch, device = images.shape[0] // models, images.device
+    whole = torch.arange(IMAGE_SIZE, device=device).expand(models, batch, IMAGE_SIZE)
+    return gather_models(normalize(images, mean), whole, whole, channels_last)
+
+
+def gather_models(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The (K, B, 3, H, W) windows rows (K, B, H) x cols (K, B, W) of images (K*B, 3, H', W'). channels_last: its
+    memory is NHWC, and for K > 1 that of (B, K*3, H, W), the layout the grouped convolutions of a fused step read
+    natively."""
+    models, batch = rows.shape[:2]
+    device = images.device
+    sample = torch.arange(models * batch, device=device).view(models, batch, 1, 1, 1)
+    channel = torch.arange(images.shape[1], device=device).view(1, 1, -1, 1, 1)
+    windows = images[sample, channel, rows[:, :, None, :, None], cols[:, :, None, None, :]]
+    if not channels_last:
+        return windows
+    # into (B, H, W, K, C) by one stack: on the CPU (K = 4, B = 128) gathering straight into that layout took 1.4x,
+    # and permute().contiguous() 4x, this copy's time
+    return torch.stack(list(windows.permute(0, 1, 3, 4, 2)), dim=3).permute(3, 0, 4, 1, 2)
 
 
 # ---------------------------------------------------------------------------------------------- synthetic

@@ -167,6 +167,8 @@ Step = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Te
 class CapturedStep:
     """The training step (forward, loss, backward, SGD update) recorded once as a CUDA graph, then replayed.
 
+    Why a hand-written capture beside `--compile`'s CUDA-graph mode: it captures in seconds at any depth, where
+    compiling ResNet-1202 takes minutes; which is faster per step is what gpu_bench.sh (2b against 2c) measures.
     A replay launches the whole step at once. Shapes are static (full batches); the lr lives in a device tensor,
     so the schedule and the warm-up change it without a new capture; augmentation stays outside the graph, drawing
     from the run's generator as the eager step does, so checkpoints resume exactly. Capturing needs a few real

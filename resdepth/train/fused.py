@@ -22,6 +22,7 @@ checkpoint writes) trains each from its own position.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
@@ -34,11 +35,12 @@ from torch.func import functional_call, vmap
 from ..errors import UserError
 from ..models.families import weight_layers
 from ..results.groups import comparable
-from .data import Dataset, augment, normalize
+from .data import Dataset, augment_models, normalize, stack_models
 from .devices import precision_context, set_cudnn_mode
 from .gradients import GradientLog
 from .protocol import RunProgress
 from .trainer import (
+    COMPILE_MODES,
     Engine,
     RunResult,
     TrainConfig,
@@ -57,6 +59,7 @@ from .trainer import (
 # with one small net). CUDA is not measured yet (benchmarks/gpu_bench.sh prints the rows that belong here), so
 # auto is 1 there too until it is.
 MEASURED_BEST_FUSE: dict[str, dict[int, int]] = {"cpu": {20: 1, 56: 1}}
+FUSED_RECOMPILE_LIMIT = 64  # compiles of the fused step one process may make before dynamo gives up on it
 
 # vmap runs adaptive_avg_pool2d's backward through a slower generic path and says so on every new process; measured
 # (torch.profiler, ResNet-20, K = 4) it costs well under 1% of a step, so the warning would only alarm.
@@ -100,12 +103,17 @@ def check_fusable(configs: list[TrainConfig]) -> None:
         if differing:
             raise UserError(f"runs fused in one job must differ only in their seed, these differ in "
                             f"{', '.join(differing)}: train them in separate jobs (--fuse 1)")
-    if configs[0].compile or configs[0].cuda_graph:
-        raise UserError("a fused group trains eagerly, through torch.func: leave out --compile and --cuda-graph, or "
-                        "train the runs alone (--fuse 1)")
     seeds = [config.seed for config in configs]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"a fused group lists a seed twice ({seeds}): each model needs its own seed")
+
+
+def allow_recompiles(limit: int) -> None:
+    """Let dynamo compile one function up to `limit` times in this process (its setting's name before torch 2.6:
+    cache_size_limit)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
 
 
 class StackedSGD:
@@ -123,7 +131,9 @@ class StackedSGD:
         self.buffers: list[torch.Tensor | None] = [None] * len(params)  # stacked like the params, from the 1st step
 
     @torch.no_grad()
-    def step(self, lrs: list[float]) -> None:
+    def step(self, lrs: torch.Tensor) -> None:
+        """One update; lrs: each model's lr, a (K,) device tensor (compiled, a change of lr is new data, not new
+        code)."""
         stepped = [i for i, p in enumerate(self.params) if p.grad is not None]
         params = [self.params[i] for i in stepped]
         grads = [self.params[i].grad for i in stepped]
@@ -131,11 +141,8 @@ class StackedSGD:
             grads = torch._foreach_add(grads, params, alpha=self.weight_decay)  # type: ignore[arg-type]
         if self.momentum:
             grads = self.momentum_step(stepped, grads)  # type: ignore[arg-type]
-        if len(set(lrs)) == 1:
-            torch._foreach_add_(params, grads, alpha=-lrs[0])  # type: ignore[arg-type]
-            return
-        for index, lr in enumerate(lrs):  # models whose lr differs (one's warm-up ended, another's not yet)
-            torch._foreach_add_([p[index] for p in params], [g[index] for g in grads], alpha=-lr)  # type: ignore[index]
+        model_lrs = [lrs.view(-1, *[1] * (p.dim() - 1)) for p in params]  # model k's lr over its slice of each
+        torch._foreach_addcmul_(params, grads, model_lrs, value=-1)  # type: ignore[arg-type]  # as SGD's alpha=-lr
 
     def momentum_step(self, stepped: list[int], grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """The buffers of the stepped params, each set to its gradient at its first step, then momentum-averaged."""
@@ -186,8 +193,16 @@ class FusedTrainer(Engine):
         self.gradient_params = [f"{name}.weight" for name, _ in weight_layers(self.network)]
         self.sgd = StackedSGD(list(self.params.values()), config.momentum, config.weight_decay)
         self.active = list(self.members)
+        self.lrs, self.lr_values = torch.zeros(len(self.active), device=device), [math.nan] * len(self.active)
         self.autocast = precision_context(config.precision, device)
         set_cudnn_mode(device, config.deterministic)
+        # Only when asked (--compile; --cuda-graph, captured through torch.compile's CUDA-graph mode, the one capture
+        # that follows vmap): compiled, a group of 2 ResNet-20 trained at 0.77x its eager img/s on 2 CPU cores
+        # (BENCHMARKS.md), where a run alone gains 6-14%; CUDA is not measured yet (gpu_bench.sh 2e)
+        self.compiled = config.cuda_graph or bool(config.compile)
+        self.losses_of, self.sgd_step = self.batched_losses, self.sgd.step
+        if self.compiled:
+            self.compile_step()
 
     def build_members(self, configs: list[TrainConfig], run_dirs: list[Path],
                       num_classes: int) -> list[torch.nn.Module]:
@@ -211,35 +226,60 @@ class FusedTrainer(Engine):
                 inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(self.network, (params, buffers), (inputs,))
 
-    def stack_inputs(self, batches: list[torch.Tensor]) -> torch.Tensor:
-        """K batches (B, 3, H, W) as one (K, B, 3, H, W) tensor whose memory is the channels-last layout of
-        (B, K*3, H, W): the grouped convolutions vmap makes then read NHWC, as the single run's do."""
-        if not self.channels_last:
-            return torch.stack(batches)
-        return torch.stack([batch.permute(0, 2, 3, 1) for batch in batches], dim=3).permute(3, 0, 4, 1, 2)
+    def compile_step(self) -> None:
+        """torch.compile the batched forward and loss (its backward with it) and the SGD update, as a single run's
+        --compile does, for the group's current K: a model dropping out changes the shapes, and the next step
+        compiles for the new K."""
+        # each group compiles anew (its network is a new module), and one process may train many groups and sizes
+        # in turn (an in-process sweep, `bench --fuse 1,2,4,8`, members dropping out): past dynamo's 8 recompiles
+        # of one function it would run eagerly, silently
+        allow_recompiles(FUSED_RECOMPILE_LIMIT)
+        if self.device.type == "cuda":  # the CUDA-graph mode keeps the stacks in place instead of copying them in
+            for tensor in [*self.params.values(), *self.buffers.values()]:
+                torch._dynamo.mark_static_address(tensor)
+        self.losses_of = torch.compile(self.batched_losses, mode=COMPILE_MODES.get(self.device.type), dynamic=False)
+        self.sgd_step = torch.compile(self.sgd.step, dynamic=False)
+
+    def batched_losses(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                       inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every model's mean loss (K,) and logits (K, B, classes) on its own batch, in one batched pass."""
+        logits = vmap(self.forward)(params, buffers, inputs)
+        return vmap(F.cross_entropy)(logits, labels), logits
+
+    def next_batches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every active model's next batch (K, B, 3, H, W) and labels (K, B): one gather and one augmentation for
+        all, each model's crops and flips from its own generator, so its data stream is its single run's."""
+        index = torch.cat([member.next_batch(self.batch) for member in self.active])
+        images, labels = self.data.train_images[index], self.data.train_labels[index].view(self.models, self.batch)
+        if self.config.data.augment:
+            generators = [member.generator for member in self.active]
+            return augment_models(images, self.mean, generators, self.channels_last), labels
+        return stack_models(images, self.mean, self.models, self.channels_last), labels
+
+    def set_lrs(self) -> list[float]:
+        """The active models' lrs for this step, in the (K,) device tensor the update reads (refilled only when one
+        changes: a few times a run)."""
+        lrs = [member.lr() for member in self.active]
+        if lrs != self.lr_values:
+            self.lrs.copy_(torch.tensor(lrs))
+            self.lr_values = lrs
+        return lrs
 
     def train_step(self) -> torch.Tensor:
         """One SGD step of every active model on its own next batch; returns the models' losses (K, device)."""
-        inputs, labels = [], []
         for member in self.active:
             member.start_epoch(self.train_size)
-            index = member.next_batch(self.batch)
-            images = self.data.train_images[index]
-            inputs.append(augment(images, self.mean, member.generator) if self.config.data.augment else
-                          normalize(images, self.mean))
-            labels.append(self.data.train_labels[index])
-        lrs = [member.lr() for member in self.active]
-        stacked_labels = torch.stack(labels)
+        inputs, labels = self.next_batches()
+        lrs = self.set_lrs()
         with self.autocast():
-            logits = vmap(self.forward)(self.params, self.buffers, self.stack_inputs(inputs))
-            losses = vmap(F.cross_entropy)(logits, stacked_labels)
+            losses, logits = self.losses_of(self.params, self.buffers, inputs, labels)
         for param in self.params.values():
             param.grad = None
         losses.sum().backward()  # d(sum)/d(model k's weights) is model k's own gradient: the weights are disjoint
-        self.sgd.step(lrs)
+        self.sgd_step(self.lrs)
         self.sample_gradients()
         losses = losses.detach().float()
-        wrong = (logits.detach().argmax(-1) != stacked_labels).sum(1).float()
+        wrong = (logits.detach().argmax(-1) != labels).sum(1).float()
         for index, member in enumerate(self.active):
             member.count_step(lrs[index], losses[index], wrong[index], self.batch)
         return losses
@@ -261,9 +301,10 @@ class FusedTrainer(Engine):
 
     @torch.no_grad()
     def evaluate(self, members: list[RunProgress], images: torch.Tensor,
-                 labels: torch.Tensor) -> list[tuple[float, float]]:
-        """Mean loss and error (%) of these models on un-augmented images, in eval mode (each its own BN running
-        statistics); every model sees the same images, so they are passed once, unbatched."""
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss and wrong answers (each (K,), on the device) of these models on un-augmented images, in eval
+        mode (each its own BN running statistics); every model sees the same images, so they are passed once,
+        unbatched."""
         indices = [self.active.index(member) for member in members]
         params, buffers = self.params, self.buffers
         if indices != list(range(self.models)):
@@ -285,8 +326,7 @@ class FusedTrainer(Engine):
             loss_sum += losses.view(len(indices), -1).sum(1)
             wrong += (logits.argmax(-1) != target).sum(1)
         self.network.train()
-        return [(loss / len(labels), miss / len(labels) * 100)
-                for loss, miss in zip(loss_sum.tolist(), wrong.tolist(), strict=True)]
+        return loss_sum, wrong
 
     # ------------------------------------------------------------------ the group shrinks
     def drop(self, members: list[RunProgress]) -> None:
@@ -301,6 +341,9 @@ class FusedTrainer(Engine):
             self.buffers = {k: v.index_select(0, indices) for k, v in self.buffers.items()}
         self.sgd.params = list(self.params.values())
         self.sgd.keep(indices)
+        self.lrs, self.lr_values = torch.zeros(len(keep), device=self.device), [math.nan] * len(keep)
+        if self.compiled:
+            self.compile_step()
 
     # ------------------------------------------------------------------ one model's slices, in the checkpoint format
     def model_weights(self, member: RunProgress) -> dict[str, torch.Tensor]:

@@ -53,7 +53,7 @@ from ..results.runs import (
 )
 from ..results.tensorboard_log import TensorBoardLog, check_tensorboard_installed
 from .construct import describe_init, load_init
-from .data import DataConfig, Dataset, augment, check_data_config, load_dataset, normalize
+from .data import DataConfig, Dataset, augment_models, check_data_config, load_dataset, normalize, stack_models
 from .devices import (
     PRECISIONS,
     CapturedStep,
@@ -333,7 +333,8 @@ class Engine:
         raise NotImplementedError
 
     def evaluate(self, members: list[RunProgress], images: torch.Tensor,
-                 labels: torch.Tensor) -> list[tuple[float, float]]:
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """These models' summed loss and wrong answers on the images, each a (K,) device tensor."""
         raise NotImplementedError
 
     def model_weights(self, member: RunProgress) -> dict[str, torch.Tensor]:
@@ -358,10 +359,13 @@ class Engine:
     def close_epochs(self, members: list[RunProgress]) -> list[dict[str, float | int]]:
         """The metrics rows of the epochs these models just finished: sums, lr, test (and val) errors."""
         rows = [member.row(member.close_epoch(self.batch)) for member in members]
-        for split, (images, labels) in self.data.splits().items():
-            if split != "train":  # the held-out splits; the training error is the epochs' own sums
-                for row, (loss, error) in zip(rows, self.evaluate(members, images, labels), strict=True):
-                    row[f"{split}_loss"], row[f"{split}_error"] = loss, error
+        # the held-out splits (the training error is the epochs' own sums), summed on the device and read in one
+        # transfer for every split and model
+        held_out = {split: data for split, data in self.data.splits().items() if split != "train"}
+        sums = [torch.stack(self.evaluate(members, images, labels)) for images, labels in held_out.values()]
+        for (split, (_, labels)), (losses, wrong) in zip(held_out.items(), torch.stack(sums).tolist(), strict=True):
+            for row, loss, miss in zip(rows, losses, wrong, strict=True):
+                row[f"{split}_loss"], row[f"{split}_error"] = loss / len(labels), miss / len(labels) * 100
         return rows
 
     # ------------------------------------------------------------------ checkpoints, one per model
@@ -500,12 +504,10 @@ class Trainer(RunProgress, Engine):
     def step_on(self, index: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on the images at index; returns the batch's mean loss and wrong answers (device tensors)."""
         images = self.data.train_images[index]
-        if self.config.data.augment:
-            inputs = augment(images, self.mean, self.generator)
+        if self.config.data.augment:  # laid out as the model reads it (NHWC or NCHW) by the gather itself
+            inputs = augment_models(images, self.mean, [self.generator], self.channels_last)[0]
         else:
-            inputs = normalize(images, self.mean)
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            inputs = stack_models(images, self.mean, 1, self.channels_last)[0]
         labels = self.data.train_labels[index]
         if self.config.cuda_graph and len(index) == self.batch:
             if self.captured is None:
@@ -539,8 +541,9 @@ class Trainer(RunProgress, Engine):
 
     @torch.no_grad()
     def evaluate(self, members: list[RunProgress], images: torch.Tensor,
-                 labels: torch.Tensor) -> list[tuple[float, float]]:
-        """Mean loss and error (%) on un-augmented images, in eval mode (BN running statistics)."""
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss and wrong answers (each (1,), on the device) on un-augmented images, in eval mode (BN running
+        statistics)."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device)
@@ -554,7 +557,7 @@ class Trainer(RunProgress, Engine):
             loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
             wrong += (logits.argmax(1) != target).sum()
         self.model.train()
-        return [(loss_sum.item() / len(labels), wrong.item() / len(labels) * 100)]
+        return loss_sum.view(1), wrong.float().view(1)
 
 
 def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], bool] = lambda: False,
