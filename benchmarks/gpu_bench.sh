@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# resdepth's GPU check: the GPU-only tests, then throughput, in one call of at most 6.5 minutes on one H100 or H200,
-# so that a rerun fits beside the first run in 15 minutes of a lent machine.
+# resdepth's GPU check: the GPU-only tests, then throughput, in one call of at most 7 minutes (BUDGET=420 s) on one
+# H100 or H200: with the machine's start-up, about half of the 15 minutes of device time a session gets, so that a
+# rerun (with a smaller BUDGET, or a few steps) still fits.
 #
 #   bash benchmarks/gpu_bench.sh                 # synthetic images of CIFAR-10's size (50k train, 10k test)
 #   CIFAR_DIR=/path/to/cifar bash benchmarks/gpu_bench.sh   # CIFAR-10 (torchvision's cifar-10-batches-py) instead
@@ -14,18 +15,26 @@
 # Output: $OUT (the device tool's folder; else ./gpu-bench-out) receives three files, as a lent machine returns
 # only a few: summary.txt (also printed), steps.txt (each step's exit and seconds, written as it goes) and
 # gpu-bench.tar.gz (every log and JSON file, refreshed after each step, so a cut script still returns them).
-# Steps, each in its own time box (cut at the time the whole script has left), cheapest first:
+# Steps, each in its own time box (cut at the time the whole script has left, BUDGET=420 s in all), in this order:
 #   1. environment, and tests/test_gpu.py one test per process, each under `timeout` (no pytest plugin needed):
 #      resume after SIGKILL, CUDA graph vs eager and resumed, the last visible GPU, bf16, 2 jobs per GPU, memory
 #      released, fused seeds vs their own runs                                                        <= 130 s
 #   2. resdepth bench: depths 20/56/110, resdepth vs the naive PIL + DataLoader recipe               <= 50 s
 #   2b. the same with --cuda-graph (no naive recipe)                                                  <= 25 s
 #   2c. the same at depth 20 with --compile (torch.compile's CUDA-graph mode, the SGD update compiled) <= 45 s
+#   2d. the fast path at the FAST_DEPTHS (20/56/110/1202) that 2 and 2b left out, i.e. ResNet-1202, in windows
+#       of 10 steps: the default (eager) step                                                        <= 35 s
+#       and --cuda-graph (--compile only at depth 20, in 2c: compiling 1202 layers would take minutes) <= 35 s
+#   2e. fused-fast: bench --fuse 8 --compile --no-processes, ResNet-20 then -56, vs one compiled run  <= 60 s
+#       The summary prints default vs fast vs fused-fast per depth, and each of issue #27's targets as MET, NOT
+#       MET or NOT MEASURED, the Table 6 time (+ ResNet-1202 once) EXTRAPOLATED at each depth's fastest way.
 #   3. 1, 2 and 4 concurrent jobs per GPU, aggregate img/s and the Figure 6 sweep time EXTRAPOLATED   <= 40 s
 #   3b. --fuse: one fused job of K seeds vs one run, ResNet-20 and -56, K = 1..16, tf32                <= 40 s
 #   3c. the same in bf16 (K = 1, 4, 16), and the Table 6 sweep time EXTRAPOLATED from 3b              <= 20 s
 #   4. a 64k-iteration ResNet-20 run (`resdepth train`, the defaults; --cuda-graph or --compile if 2b or 2c was faster),
 #      cut at the time left; a cut run reports how far it got and its pace                          the rest
+# The boxes add up to more than the budget: a step that ends early leaves its time to the later ones, and the last
+# steps are cut (or skipped) when the early ones take their whole boxes.
 # bench and bench --fuse write their JSON row by row, so a step cut at its limit keeps the rows it measured.
 set -u
 REHEARSE=0
@@ -38,17 +47,20 @@ if [ "$REHEARSE" = 1 ]; then  # the CPU, tiny sizes, the same steps and files
   : "${DEVICE:=cpu}" "${DEPTHS:=8}" "${BENCH_ITERS:=1}" "${WARMUP:=1}" "${CONC_STEPS:=2}" "${WORKERS:=0}"
   : "${TRAIN_ITERS:=8}" "${SYNTH_TRAIN:=64}" "${SYNTH_TEST:=16}" "${FUSE_DEPTHS:=8}" "${FUSE_SIZES:=2}"
   : "${BF16_SIZES:=2}" "${FUSE_ITERS:=1}" "${GPU_TESTS:=1}" "${BUDGET:=150}" "${TRAIN_MIN:=5}" "${ROUNDS:=1}"
-  : "${CONC_JOBS:=1}" "${BENCH_SYNTH:=64}" "${BATCH:=16}"
+  : "${CONC_JOBS:=1}" "${BENCH_SYNTH:=64}" "${BATCH:=16}" "${FAST_DEPTHS:=8,14}" "${DEEP_ITERS:=1}" "${DEEP_WARMUP:=1}"
   # eager (the CPU's default for a paper-length run is torch.compile: minutes), one thread, a small matmul
   EAGER=(--no-compile) CPU=(--threads 1) MATMUL=(--matmul-size 128)
 fi
-BUDGET=${BUDGET:-390}  # seconds for the whole script, copying $OUT off the machine aside
+BUDGET=${BUDGET:-420}  # seconds for the whole script, copying $OUT off the machine aside
 DEVICE=${DEVICE:-cuda} DEPTHS=${DEPTHS:-20,56,110} WORKERS=${WORKERS:-8}  # 8 of the 16 cores load the naive recipe
 BENCH_ITERS=${BENCH_ITERS:-100} WARMUP=${WARMUP:-20} CONC_STEPS=${CONC_STEPS:-100}
 TRAIN_ITERS=${TRAIN_ITERS:-64000} SYNTH_TRAIN=${SYNTH_TRAIN:-50000} SYNTH_TEST=${SYNTH_TEST:-10000}
 FUSE_DEPTHS=${FUSE_DEPTHS:-20,56} FUSE_SIZES=${FUSE_SIZES:-1,2,4,8,16} BF16_SIZES=${BF16_SIZES:-1,4,16}
 FUSE_ITERS=${FUSE_ITERS:-30} GPU_TESTS=${GPU_TESTS:-99} TRAIN_MIN=${TRAIN_MIN:-30}
 CONC_JOBS=${CONC_JOBS:-1,2,4} BENCH_SYNTH=${BENCH_SYNTH:-4096} BATCH=${BATCH:-128}  # bench's defaults, §4.2's batch
+# the fast path's depths; those beyond DEPTHS (1202) get short windows: a ResNet-1202 step takes ~0.1 s, not ~2 ms
+FAST_DEPTHS=${FAST_DEPTHS:-20,56,110,1202} DEEP_ITERS=${DEEP_ITERS:-10} DEEP_WARMUP=${DEEP_WARMUP:-3}
+FUSED_FAST_DEPTHS=${FUSED_FAST_DEPTHS:-20,56} FUSED_FAST_K=${FUSED_FAST_K:-8}
 [ -n "${EAGER+set}" ] || EAGER=()  # on a GPU a run trains eagerly by default
 [ -n "${MATMUL+set}" ] || MATMUL=()
 [ -n "${CPU+set}" ] || CPU=()
@@ -64,6 +76,11 @@ left() { echo $((BUDGET - ($(date +%s) - START))); }
 box() {  # a step's time limit: its own, or what the script has left before its reserve, whichever is less
   local room=$(($(left) - RESERVE))
   echo $(($1 < room ? $1 : room))
+}
+beyond_depths() {  # the FAST_DEPTHS that steps 2 and 2b do not measure, comma-separated
+  local depth beyond=()
+  for depth in ${FAST_DEPTHS//,/ }; do [[ ",$DEPTHS," == *",$depth,"* ]] || beyond+=("$depth"); done
+  (IFS=,; echo "${beyond[*]}")
 }
 pack() {  # every file so far into the one archive, replaced whole
   tar -czf "$OUT/.gpu-bench.tar.gz.tmp" -C "$WORK" . && mv "$OUT/.gpu-bench.tar.gz.tmp" "$OUT/gpu-bench.tar.gz"
@@ -125,6 +142,32 @@ if [ "$DEVICE" = cpu ]; then
 else
   step "compile bench" 45 compile.log "${RESDEPTH[@]}" bench --device "$DEVICE" --depths 20 --iterations "$BENCH_ITERS" \
     --warmup "$WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive --compile "${BENCH_DATA[@]}" --json "$WORK/compile.json"
+fi
+
+# 2d. the fast path at the depths 2 and 2b left out (1202): the default step, then the fast one; the compiled step
+# stays at depth 20 (2c), as compiling a 1202-layer net would take the whole budget
+DEEP=$(beyond_depths)
+if [ -z "$DEEP" ]; then
+  echo "deep bench: skipped, every FAST_DEPTHS depth is in DEPTHS" | tee -a "$OUT/steps.txt" > "$WORK/deep.log"
+else
+  step "deep bench" 35 deep.log "${RESDEPTH[@]}" bench --device "$DEVICE" --depths "$DEEP" --iterations "$DEEP_ITERS" \
+    --warmup "$DEEP_WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive "${EAGER[@]}" "${MATMUL[@]}" \
+    "${BENCH_DATA[@]}" "${CPU[@]}" --json "$WORK/deep.json"
+fi
+if [ "$DEVICE" = cpu ]; then
+  echo "deep graph bench: not on the CPU (--cuda-graph records CUDA kernels)" | tee -a "$OUT/steps.txt" > "$WORK/deep-graph.log"
+elif [ -n "$DEEP" ]; then
+  step "deep graph bench" 35 deep-graph.log "${RESDEPTH[@]}" bench --device "$DEVICE" --depths "$DEEP" --iterations \
+    "$DEEP_ITERS" --warmup "$DEEP_WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive --cuda-graph \
+    "${BENCH_DATA[@]}" --json "$WORK/deep-graph.json"
+fi
+# 2e. fused-fast: one compiled job of K seeds against one compiled run (compilation in the warm-up)
+if [ "$DEVICE" = cpu ]; then
+  echo "fused-fast bench: not on the CPU (the rehearsal would compile for minutes)" | tee -a "$OUT/steps.txt" > "$WORK/fused-fast.log"
+else
+  step "fused-fast bench" 60 fused-fast.log "${RESDEPTH[@]}" bench --device "$DEVICE" --depths "$FUSED_FAST_DEPTHS" \
+    --fuse "$FUSED_FAST_K" --compile --no-processes --iterations "$FUSE_ITERS" --warmup "$WARMUP" --rounds "$ROUNDS" \
+    --batch-size "$BATCH" "${BENCH_DATA[@]}" --json "$WORK/fused-fast.json"
 fi
 
 # 3. concurrent jobs per GPU, and the extrapolated Figure 6 sweep time (the script writes its rows as it goes)

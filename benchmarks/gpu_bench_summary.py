@@ -5,7 +5,8 @@ benchmark rows, the ResNet-20 run's pace, and the (labelled) extrapolations. A h
     python benchmarks/gpu_bench_summary.py fastest-step WORK_DIR         # the fastest step's flag at depth 20:
                                                                          # none (2), --cuda-graph (2b), --compile (2c)
 
-Every file may be missing or cut short (a step stopped at its time limit): what is there is reported.
+Every file may be missing or cut short (a step stopped at its time limit): what is there is reported, and a
+target whose numbers are missing says NOT MEASURED rather than guessing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from pathlib import Path
 from typing import Any
 
 TABLE6_DEPTHS = (20, 32, 44, 56, 110)  # sweeps/table6.toml: 5 seeds at each depth
+TABLE6_SEEDS = 5
+DEEPEST = 1202  # Table 6's ResNet-1202, trained once
+PAPER_ITERATIONS = 64000  # §4.2: every target is about runs of this length
+# issue #27's targets, on one H100
+RESNET20_TARGET_SECONDS = 90
+FUSED_TARGET_MODELS, FUSED_TARGET_RATIO = 8, 3.0
+TABLE6_TARGET_MINUTES = 45
+# the bench steps' files of one run each (2, 2d, 2b, 2d, 2c), and of fused jobs: fused-fast (2e) and eager (3b)
+SINGLE_FILES = ("bench.json", "deep.json", "graph.json", "deep-graph.json", "compile.json")
+FUSED_FILES = (("fused-fast", "fused-fast.json"), ("fused eager", "fused.json"))
 
 
 def load(folder: Path, name: str) -> dict[str, Any]:
@@ -55,7 +66,7 @@ def gpu_test_lines(folder: Path) -> list[str]:
 
 def bench_lines(folder: Path) -> list[str]:
     lines = []
-    for name in ("bench.json", "graph.json", "compile.json"):
+    for name in SINGLE_FILES:
         for r in load(folder, name).get("rows", []):
             flags = (" --cuda-graph" if r.get("cuda_graph") else "") + (" --compile" if r.get("compile") else "")
             lines.append(
@@ -112,6 +123,180 @@ def fused_lines(folder: Path, name: str, iterations: int) -> list[str]:
     return lines
 
 
+def single_way(row: dict[str, Any]) -> str:
+    return "--compile" if row.get("compile") else "--cuda-graph" if row.get("cuda_graph") else "default"
+
+
+def single_rates(folder: Path) -> dict[str, dict[int, float]]:
+    """One run's img/s per way (default, --cuda-graph, --compile) and depth, from every bench step's rows."""
+    rates: dict[str, dict[int, float]] = {}
+    for name in SINGLE_FILES:
+        for r in load(folder, name).get("rows", []):
+            rates.setdefault(single_way(r), {})[r["depth"]] = r["resdepth_images_per_second"]
+    return rates
+
+
+def fastest_single(rates: dict[str, dict[int, float]], depth: int, ways: tuple[str, ...] | None = None
+                   ) -> tuple[str, float] | None:
+    """The fastest of these ways (all when None) measured at this depth, with its img/s."""
+    measured = [(way, by_depth[depth]) for way, by_depth in rates.items()
+                if depth in by_depth and (ways is None or way in ways)]
+    return max(measured, key=lambda item: item[1], default=None)
+
+
+def batch_size(folder: Path) -> int:
+    """The bench steps' batch (they all run $BATCH), to turn img/s into seconds per step."""
+    for name in SINGLE_FILES + tuple(name for _, name in FUSED_FILES):
+        config = load(folder, name).get("config")
+        if config:
+            return config["batch_size"]
+    return 128
+
+
+def fused_rows(folder: Path, name: str) -> list[dict[str, Any]]:
+    return load(folder, name).get("fused_rows", [])
+
+
+def ratios(rate: float, bases: dict[str, float | None]) -> str:
+    """' (2.50x default, 1.20x fast)': the rate against each base that was measured."""
+    parts = [f"{rate / base:.2f}x {name}" for name, base in bases.items() if base]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def fast_path_line(depth: int, rates: dict[str, dict[int, float]], jobs: list[dict[str, Any]]) -> str:
+    """The default step, the fastest one-flag step, and the fastest fused-fast job (aggregate) at one depth."""
+    default = rates.get("default", {}).get(depth)
+    fast = fastest_single(rates, depth, ("--cuda-graph", "--compile"))
+    job = max((r for r in jobs if r["depth"] == depth), key=lambda r: r["fused_images_per_second"], default=None)
+    parts = [f"default {default:,.0f} img/s" if default else "default NOT MEASURED"]
+    parts.append(f"fast {fast[0]} {fast[1]:,.0f} img/s{ratios(fast[1], {'default': default})}" if fast
+                 else "fast NOT MEASURED")
+    if job is None:
+        parts.append("fused-fast NOT MEASURED")
+    else:
+        aggregate = job["fused_images_per_second"]
+        bases = {"default": default, "fast": fast[1] if fast else None,
+                 "one compiled run": job.get("sequence_images_per_second")}
+        parts.append(f"fused-fast K={job['models']} {aggregate:,.0f} img/s aggregate{ratios(aggregate, bases)}")
+    return f"fast path depth {depth}: " + "; ".join(parts)
+
+
+def fast_path_lines(folder: Path) -> list[str]:
+    """Default vs fast vs fused-fast, per depth that any of them measured."""
+    rates, jobs = single_rates(folder), fused_rows(folder, "fused-fast.json")
+    depths = sorted({depth for by_depth in rates.values() for depth in by_depth} | {r["depth"] for r in jobs})
+    return [fast_path_line(depth, rates, jobs) for depth in depths]
+
+
+def resnet20_target(folder: Path) -> str:
+    """64k iterations of ResNet-20 at the fastest measured single step's img/s (training steps only)."""
+    head = f"target ResNet-20, {PAPER_ITERATIONS} iterations in <= {RESNET20_TARGET_SECONDS} s:"
+    fastest = fastest_single(single_rates(folder), 20)
+    if fastest is None:
+        return f"{head} NOT MEASURED (no depth-20 bench row)"
+    way, rate = fastest
+    seconds = PAPER_ITERATIONS * batch_size(folder) / rate
+    verdict = "MET" if seconds <= RESNET20_TARGET_SECONDS else "NOT MET"
+    return (f"{head} {verdict}, {seconds:.0f} s EXTRAPOLATED: {PAPER_ITERATIONS} x {batch_size(folder)} images at "
+            f"{rate:,.0f} img/s ({way}, the fastest single step; training steps only)")
+
+
+def fused_target(folder: Path) -> str:
+    """The fastest job of 8 fused ResNet-20 seeds (compiled or eager) against one default run, and one fast run."""
+    head = (f"target {FUSED_TARGET_MODELS} fused ResNet-20 >= {FUSED_TARGET_RATIO:g}x one unfused run's img/s "
+            "(the default step):")
+    jobs = [(way, r["fused_images_per_second"]) for way, name in FUSED_FILES for r in fused_rows(folder, name)
+            if r["depth"] == 20 and r["models"] == FUSED_TARGET_MODELS]
+    rates = single_rates(folder)
+    default = rates.get("default", {}).get(20)
+    if not jobs or not default:
+        missing = [what for what, there in ((f"a K={FUSED_TARGET_MODELS} fused row", jobs), ("a default row", default))
+                   if not there]
+        return f"{head} NOT MEASURED (missing at depth 20: {', '.join(missing)})"
+    way, aggregate = max(jobs, key=lambda job: job[1])
+    verdict = "MET" if aggregate / default >= FUSED_TARGET_RATIO else "NOT MET"
+    fast = fastest_single(rates, 20, ("--cuda-graph", "--compile"))
+    versus_fast = f"{aggregate / fast[1]:.2f}x one {fast[0]} run ({fast[1]:,.0f})" if fast else "no fast run measured"
+    return (f"{head} {verdict}, {aggregate / default:.2f}x: {way} {aggregate:,.0f} img/s aggregate vs "
+            f"{default:,.0f} default; {versus_fast}")
+
+
+def interpolated(points: dict[int, float], depth: int) -> float | None:
+    """The value at this depth, linear between the measured depths around it; None outside them."""
+    if depth in points:
+        return points[depth]
+    for (d0, v0), (d1, v1) in itertools.pairwise(sorted(points.items())):
+        if d0 < depth < d1:
+            return v0 + (v1 - v0) * (depth - d0) / (d1 - d0)
+    return None
+
+
+def single_ways_seconds(rates: dict[str, dict[int, float]], batch: int, depth: int, seeds: int
+                        ) -> list[tuple[float, str]]:
+    """Seeds one run after another, per way whose per-step time is measured at or around this depth."""
+    ways = []
+    for way, by_depth in rates.items():
+        step = interpolated({d: batch / rate for d, rate in by_depth.items()}, depth)
+        if step is not None:
+            ways.append((seeds * PAPER_ITERATIONS * step, f"{seeds} x one {way} run" + note(depth in by_depth)))
+    return ways
+
+
+def note(measured: bool) -> str:
+    return "" if measured else " (per-step time interpolated in depth)"
+
+
+def seed_jobs(sizes: set[int]) -> list[list[int]]:
+    """Ways to split Table 6's seeds into fused jobs: jobs of 5 (costed at the next measured K), or of a smaller
+    measured K and the rest."""
+    ks = {k for k in sizes if 1 < k < TABLE6_SEEDS}
+    if max(sizes, default=0) >= TABLE6_SEEDS:
+        ks.add(TABLE6_SEEDS)
+    return [[k] * (TABLE6_SEEDS // k) + ([TABLE6_SEEDS % k] if TABLE6_SEEDS % k else []) for k in sorted(ks)]
+
+
+def fused_ways_seconds(folder: Path, batch: int, depth: int) -> list[tuple[float, str]]:
+    """Table 6's seeds as fused jobs, where the fused rows measure the depth or two around it (step_seconds)."""
+    ways = []
+    for way, name in FUSED_FILES:
+        rows = fused_rows(folder, name)
+        sizes = {r["models"] for r in rows}
+        for jobs in seed_jobs(sizes):
+            costed = sorted({min(s for s in sizes if s >= k) for k in jobs})  # the K that step_seconds times each at
+            depths = [sorted(r["depth"] for r in rows if r["models"] == size) for size in costed]
+            if all(ds[0] <= depth <= ds[-1] for ds in depths):  # step_seconds would extrapolate outside them
+                seconds = sum(PAPER_ITERATIONS * step_seconds(rows, batch, depth, k) for k in jobs)
+                ways.append((seconds, f"{way} jobs of {jobs} (costed at K={'/'.join(map(str, costed))})"
+                             + note(all(depth in ds for ds in depths))))
+    return ways
+
+
+def table6_lines(folder: Path) -> list[str]:
+    """Table 6 (5 seeds at each depth) plus ResNet-1202 once, each depth at its fastest measured way."""
+    rates, batch = single_rates(folder), batch_size(folder)
+    head = (f"target Table 6 (5 seeds x {'/'.join(map(str, TABLE6_DEPTHS))} + ResNet-{DEEPEST} once, "
+            f"{PAPER_ITERATIONS} iterations each) in <= {TABLE6_TARGET_MINUTES} min:")
+    lines, total, missing = [], 0.0, []
+    for depth, seeds in [(d, TABLE6_SEEDS) for d in TABLE6_DEPTHS] + [(DEEPEST, 1)]:
+        ways = single_ways_seconds(rates, batch, depth, seeds)
+        if seeds > 1:
+            ways += fused_ways_seconds(folder, batch, depth)
+        if not ways:
+            missing.append(depth)
+            continue
+        seconds, way = min(ways)
+        total += seconds
+        lines.append(f"EXTRAPOLATION Table 6 depth {depth}: {way}, {seconds / 60:.1f} min")
+    if missing:
+        return [*lines, f"{head} NOT MEASURED (no measured way at depth {', '.join(map(str, missing))})"]
+    verdict = "MET" if total / 60 <= TABLE6_TARGET_MINUTES else "NOT MET"
+    return [*lines, f"{head} {verdict}, {total / 60:.1f} min EXTRAPOLATED (training steps only, one GPU)"]
+
+
+def target_lines(folder: Path) -> list[str]:
+    return [resnet20_target(folder), fused_target(folder), *table6_lines(folder)]
+
+
 def run_lines(folder: Path, iterations: int) -> list[str]:
     try:
         import pandas as pd
@@ -133,9 +318,9 @@ def run_lines(folder: Path, iterations: int) -> list[str]:
 
 
 def summary(folder: Path, iterations: int) -> list[str]:
-    return [*gpu_test_lines(folder), *bench_lines(folder), *concurrent_lines(folder),
+    return [*gpu_test_lines(folder), *bench_lines(folder), *fast_path_lines(folder), *concurrent_lines(folder),
             *fused_lines(folder, "fused.json", iterations), *fused_lines(folder, "fused-bf16.json", iterations),
-            *run_lines(folder, iterations)]
+            *run_lines(folder, iterations), *target_lines(folder)]
 
 
 def main() -> None:
