@@ -81,6 +81,20 @@ def test_compiled_steps_follow_the_eager_ones_through_lr_changes_without_recompi
     assert ((ours - theirs).norm() / theirs.norm()).item() < 2e-3
 
 
+def test_a_process_keeps_compiling_the_runs_it_trains_one_after_another(tmp_path, trainer):
+    # each compiled run compiles its SGD update anew (2 graphs: before and after its momentum is born); at dynamo's
+    # default limit of 8 recompiles per function, the 5th compiled run of a process (an in-process sweep) stepped
+    # eagerly, silently
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=8):
+        for seed in range(6):
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            run = trainer(tmp_path / f"s{seed}", compile=True, seed=seed)
+            run.train_epoch(lambda run=run: run.iteration >= 2)
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs, f"run {seed + 1} ran eagerly"
+            run.close()
+
+
 def test_fast_path_trains_like_eager_nchw(tmp_path, tiny_config):
     # 8 epochs x 4 steps on 128 images. fp32 rounding differences grow as training goes on, so the curves agree
     # closely at first and within noise later: measured, channels-last vs NCHW differ by 0.008 on average and

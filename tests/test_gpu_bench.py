@@ -36,11 +36,14 @@ def test_the_gpu_check_rehearses_on_the_cpu_with_the_files_a_gpu_machine_returns
     for name, outcome in steps.items():
         assert re.match(r"exit (0|124|137) |skipped|not on the CPU", outcome), (name, outcome)
     assert any(name.startswith("tests/test_gpu.py::") for name in steps), steps  # one process per GPU test
-    # the fast path: the depth beyond DEPTHS runs its default step; --cuda-graph and --compile wait for a GPU
+    # the fast path: the depth beyond DEPTHS runs its default step, and the fused group compiles (on the CPU too);
+    # --cuda-graph waits for a GPU
     assert {"deep bench", "deep graph bench", "fused-fast bench"} <= set(steps), steps
-    assert steps["deep graph bench"].startswith("not on the CPU") and steps["fused-fast bench"].startswith("not on")
+    assert steps["deep graph bench"].startswith("not on the CPU")
     assert "bench depth 8: resdepth" in summary and "skipped because: needs a CUDA GPU" in summary
-    assert "fast path depth 8: default " in summary and "fused-fast NOT MEASURED" in summary
+    assert "fast path depth 8: default " in summary
+    if steps["fused-fast bench"].startswith("exit 0 "):  # else cut by its time box on a loaded machine
+        assert re.search(r"^fast path depth 8: .*; fused-fast K=2 [\d,]+ img/s aggregate", summary, re.MULTILINE)
     for target in ("ResNet-20, 64000 iterations in <= 90 s", "8 fused ResNet-20 >= 3x", "Table 6 (5 seeds x"):
         assert re.search(rf"^target {re.escape(target)}.*: (MET|NOT MET|NOT MEASURED)", summary, re.MULTILINE), target
     with tarfile.open(out / "gpu-bench.tar.gz") as archive:

@@ -164,6 +164,19 @@ def check_same_device_type(state: dict[str, Any], device: torch.device) -> None:
 Step = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
 
 
+RECOMPILE_LIMIT = 64  # compiles of one function a process may make before dynamo gives up on it
+
+
+def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
+    """Let dynamo compile one function up to `limit` times in this process. Each run or fused group compiles its
+    step anew (new parameters, new optimizer), and one process may train many in turn (an in-process sweep,
+    `bench`, a group's models dropping out): past the default of 8 the step silently ran eagerly from the 5th
+    compiled run of a process on (2 SGD graphs a run). Its name before torch 2.6: cache_size_limit."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
+
+
 class CapturedStep:
     """The training step (forward, loss, backward, SGD update) recorded once as a CUDA graph, then replayed.
 

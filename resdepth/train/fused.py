@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..models.families import weight_layers
 from ..results.groups import comparable
 from .data import Dataset, augment_models, normalize, stack_models
-from .devices import precision_context, set_cudnn_mode
+from .devices import allow_recompiles, precision_context, set_cudnn_mode
 from .gradients import GradientLog
 from .protocol import RunProgress
 from .trainer import (
@@ -59,7 +59,6 @@ from .trainer import (
 # with one small net). CUDA is not measured yet (benchmarks/gpu_bench.sh prints the rows that belong here), so
 # auto is 1 there too until it is.
 MEASURED_BEST_FUSE: dict[str, dict[int, int]] = {"cpu": {20: 1, 56: 1}}
-FUSED_RECOMPILE_LIMIT = 64  # compiles of the fused step one process may make before dynamo gives up on it
 
 # vmap runs adaptive_avg_pool2d's backward through a slower generic path and says so on every new process; measured
 # (torch.profiler, ResNet-20, K = 4) it costs well under 1% of a step, so the warning would only alarm.
@@ -106,14 +105,6 @@ def check_fusable(configs: list[TrainConfig]) -> None:
     seeds = [config.seed for config in configs]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"a fused group lists a seed twice ({seeds}): each model needs its own seed")
-
-
-def allow_recompiles(limit: int) -> None:
-    """Let dynamo compile one function up to `limit` times in this process (its setting's name before torch 2.6:
-    cache_size_limit)."""
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), limit))
 
 
 class StackedSGD:
@@ -230,10 +221,7 @@ class FusedTrainer(Engine):
         """torch.compile the batched forward and loss (its backward with it) and the SGD update, as a single run's
         --compile does, for the group's current K: a model dropping out changes the shapes, and the next step
         compiles for the new K."""
-        # each group compiles anew (its network is a new module), and one process may train many groups and sizes
-        # in turn (an in-process sweep, `bench --fuse 1,2,4,8`, members dropping out): past dynamo's 8 recompiles
-        # of one function it would run eagerly, silently
-        allow_recompiles(FUSED_RECOMPILE_LIMIT)
+        allow_recompiles()  # a group per size, and a size per model dropping out
         if self.device.type == "cuda":  # the CUDA-graph mode keeps the stacks in place instead of copying them in
             for tensor in [*self.params.values(), *self.buffers.values()]:
                 torch._dynamo.mark_static_address(tensor)

@@ -57,6 +57,7 @@ from .data import DataConfig, Dataset, augment_models, check_data_config, load_d
 from .devices import (
     PRECISIONS,
     CapturedStep,
+    allow_recompiles,
     check_cuda_graph_device,
     check_device_name,
     cudnn_benchmark,
@@ -438,6 +439,8 @@ class Trainer(RunProgress, Engine):
         self.param_groups = self.optimizer.state_dict()["param_groups"]
         self.state_names = list(self.model.state_dict())
         self.compiled = uses_compile(config, device)
+        if self.compiled:
+            allow_recompiles()
         self.forward = torch.compile(self.model, mode=COMPILE_MODES.get(device.type)) if self.compiled else self.model
         self.optimizer_step = self.compiled_sgd() if self.compiled else self.optimizer.step
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
