@@ -84,12 +84,13 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
                    if (item.device, speed_setting(item.cell.config)) == (slot, setting)}
         for depth, speed in depth_speeds(configs, slot, threads, on_progress).items():
             speeds[slot, setting, depth] = speed
-    eager = False  # some run will compile, and its speed was measured without
+    eager: set[str] = set()  # "run", "group": some will compile, and their speed was measured without
     for item in runnable:
         estimate = cells[item.cell.name]
         estimate.speed = speeds[item.device, speed_setting(item.cell.config), item.cell.config.depth]
         estimate.seconds = cell_seconds(item.cell.config, estimate.iterations, data, estimate.speed.images_per_second)
-        eager |= will_compile(item, data) and not estimate.speed.compile
+        if will_compile(item, data) and not estimate.speed.compile:
+            eager.add("group" if item.group else "run")
     seconds = job_seconds(runnable, cells)
     total = None if None in seconds else wall_time([s for s in seconds if s is not None], len(slots))
     basis = describe_basis(speeds, threads, len(slots), data, eager)
@@ -293,8 +294,9 @@ def remember_bench(config: BenchConfig, rows: list[BenchRow]) -> None:
 
 
 def describe_basis(speeds: dict[tuple[str, str, int], Speed], threads: int, slots: int, data: DataCheck,
-                   eager: bool) -> list[str]:
-    """Where the img/s come from, and what the times assume (eager: runs that will compile were timed without)."""
+                   eager: set[str]) -> list[str]:
+    """Where the img/s come from, and what the times assume (eager: "run" and/or "group" when single runs or fused
+    groups that will compile were timed without)."""
     lines = []
     for source, words in (("bench", "from `resdepth bench` of"), ("probe", "probed (a few eager training steps)")):
         chosen = {depth: speed for (*_, depth), speed in speeds.items() if speed.source == source}
@@ -306,9 +308,13 @@ def describe_basis(speeds: dict[tuple[str, str, int], Speed], threads: int, slot
     guessed = sorted({depth for (*_, depth), speed in speeds.items() if speed.source == "interpolated"})
     if guessed:
         lines.append(f"depth {', '.join(map(str, guessed))}: from the measured depths by forward multiply-adds")
-    if eager:
-        lines.append("measured without torch.compile, which these runs use (CPU, >= 2000 iterations): expect them "
-                     "~14% faster after 1-2 minutes of compiling; `resdepth bench` measures that")
+    if "run" in eager:
+        lines.append("measured without torch.compile, which these runs use: on the CPU expect them ~14% faster after "
+                     "1-2 minutes of compiling; `resdepth bench` measures that")
+    if "group" in eager:
+        lines.append("measured without torch.compile, which the fused jobs use (--compile): on 2 CPU cores a compiled "
+                     "group trained at ~0.7x its eager img/s (BENCHMARKS.md); `resdepth bench --fuse K --compile` "
+                     "measures it here")
     busy = [speed.load for speed in speeds.values() if speed.load is not None and speed.load >= BUSY_LOAD]
     if busy:
         lines.append(f"probed while other processes kept this machine busy (load {max(busy):.1f} per core): those "

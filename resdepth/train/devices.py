@@ -7,6 +7,7 @@ named precisions); `train.py` decides what to compute.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import socket
@@ -165,16 +166,36 @@ Step = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Te
 
 
 RECOMPILE_LIMIT = 64  # compiles of one function a process may make before dynamo gives up on it
+# torch.compile's notices that say nothing about a run: compiling on a machine without CUDA names CUDA_HOME, and
+# torch's SGD step marks itself for the profiler, which dynamo skips; a user would read both as trouble
+COMPILE_NOTICES = {"torch.utils.cpp_extension": "No CUDA runtime is found",
+                   "torch._dynamo.variables.ctx_manager": "Profiler record function"}
 
 
-def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
-    """Let dynamo compile one function up to `limit` times in this process. Each run or fused group compiles its
-    step anew (new parameters, new optimizer), and one process may train many in turn (an in-process sweep,
-    `bench`, a group's models dropping out): past the default of 8 the step silently ran eagerly from the 5th
-    compiled run of a process on (2 SGD graphs a run). Its name before torch 2.6: cache_size_limit."""
+def prepare_compiling(limit: int = RECOMPILE_LIMIT) -> None:
+    """Before this process compiles a training step: let dynamo compile one function up to `limit` times, and keep
+    its empty notices off the terminal and the logs.
+
+    The limit: each run or fused group compiles its step anew (new parameters, new optimizer), and one process may
+    train many in turn (an in-process sweep, `bench`, a group's models dropping out); past the default of 8 the
+    step silently ran eagerly from the 5th compiled run of a process on (2 SGD graphs a run). The setting's name
+    before torch 2.6: cache_size_limit."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), limit))
+    for logger_name, message in COMPILE_NOTICES.items():
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, DropNotice) and f.message == message for f in logger.filters):
+            logger.addFilter(DropNotice(message))
+
+
+class DropNotice(logging.Filter):
+    def __init__(self, message: str):
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.message)
 
 
 class CapturedStep:

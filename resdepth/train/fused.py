@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..models.families import weight_layers
 from ..results.groups import comparable
 from .data import Dataset, augment_models, normalize, stack_models
-from .devices import allow_recompiles, precision_context, set_cudnn_mode
+from .devices import precision_context, prepare_compiling, set_cudnn_mode
 from .gradients import GradientLog
 from .protocol import RunProgress
 from .trainer import (
@@ -221,7 +221,7 @@ class FusedTrainer(Engine):
         """torch.compile the batched forward and loss (its backward with it) and the SGD update, as a single run's
         --compile does, for the group's current K: a model dropping out changes the shapes, and the next step
         compiles for the new K."""
-        allow_recompiles()  # a group per size, and a size per model dropping out
+        prepare_compiling()  # a group per size, and a size per model dropping out
         if self.device.type == "cuda":  # the CUDA-graph mode keeps the stacks in place instead of copying them in
             for tensor in [*self.params.values(), *self.buffers.values()]:
                 torch._dynamo.mark_static_address(tensor)

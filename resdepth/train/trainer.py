@@ -57,13 +57,13 @@ from .data import DataConfig, Dataset, augment_models, check_data_config, load_d
 from .devices import (
     PRECISIONS,
     CapturedStep,
-    allow_recompiles,
     check_cuda_graph_device,
     check_device_name,
     cudnn_benchmark,
     device_label,
     environment,
     precision_context,
+    prepare_compiling,
     resolve_device,
     resolved_precision,
     set_cudnn_mode,
@@ -145,10 +145,12 @@ class TrainConfig:
     # turns it on for CPU runs of >= COMPILE_MIN_ITERATIONS, where that is repaid; off on CUDA until measured there
     compile: bool | None = option(None, help="torch.compile the training step (+14% img/s on CPU after 1-2 min of "
                                              "compiling).", panel=EXECUTION,
-                                  default_text="on for CPU runs of >= 2000 iterations, else off")
+                                  default_text="on for CPU runs of >= 2000 iterations, else off (and off for "
+                                               "fused groups, slower compiled on the CPU)")
     # One CUDA graph per step removes the kernel-launch overhead that bounds these small nets on a fast GPU
     cuda_graph: bool = option(False, help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch "
-                                          "overhead; same math).", panel=EXECUTION)
+                                          "overhead; same math); a fused group through torch.compile's CUDA-graph "
+                                          "mode.", panel=EXECUTION)
     # cudnn.benchmark picks the fastest convolution algorithms, measured in each process: a resumed run may take
     # other ones (float order only); this asks for deterministic ones instead
     deterministic: bool = option(False, help="CUDA: deterministic cuDNN algorithms, the same bits in every process, "
@@ -440,7 +442,7 @@ class Trainer(RunProgress, Engine):
         self.state_names = list(self.model.state_dict())
         self.compiled = uses_compile(config, device)
         if self.compiled:
-            allow_recompiles()
+            prepare_compiling()
         self.forward = torch.compile(self.model, mode=COMPILE_MODES.get(device.type)) if self.compiled else self.model
         self.optimizer_step = self.compiled_sgd() if self.compiled else self.optimizer.step
         self.autocast = precision_context(config.precision, device, graph_safe=config.cuda_graph)
