@@ -228,6 +228,20 @@ def test_fuse_groups_only_runnable_cells_that_differ_in_their_seed(tmp_path, tin
     assert "fused" not in json.loads((out / "residual-8-s4" / "config.json").read_text())
 
 
+def test_a_compiled_fused_group_stopped_mid_epoch_resumes_bit_identically(tmp_path, tiny_config, assert_same_run):
+    # compiled, with a 3-iteration checkpoint cadence, stopped inside epoch 2 and resumed (its momentum loaded, not
+    # born: the SGD update's other compiled form): the same rows, gradients and weights, bit for bit, as the
+    # compiled group trained through
+    configs = [tiny_config(seed=seed, compile=True, checkpoint_every="3", epochs=3) for seed in (0, 1)]
+    through, cut = ([tmp_path / way / f"s{seed}" for seed in (0, 1)] for way in ("through", "cut"))
+    run_fused_training(configs, through)
+    stopped = run_fused_training(configs, cut, should_stop=stop_after(5))
+    assert [r.state for r in stopped] == ["interrupted"] * 2 and [r.iterations_done for r in stopped] == [5, 5]
+    assert [r.state for r in run_fused_training(configs, cut)] == ["done"] * 2
+    for ours, theirs in zip(cut, through, strict=True):
+        assert_same_run(ours, theirs)
+
+
 def test_a_compiled_fused_sweep_compiles_its_groups_and_the_cell_left_to_train_alone(tmp_path, tiny_sweep,
                                                                                     run_sweep_now):
     # --fuse with --compile (refused before): the group of two compiles its fused step, and seed 2, left over,
