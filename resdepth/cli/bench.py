@@ -16,7 +16,7 @@ from ..bench.estimate import remember_bench
 from ..bench.throughput import BenchConfig, BenchRow, run_benchmark
 from ..results.runs import write_json
 from ..train.data import DataConfig
-from ..train.trainer import KIND_HELP
+from ..train.protocol import KIND_HELP
 from .console import console, errors, ratio, thousands
 from .options import CHANNELS_LAST, CUDA_GRAPH, DEVICE, PRECISION, THREADS, check_output_file, parse_list
 

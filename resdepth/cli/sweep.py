@@ -44,7 +44,7 @@ from ..sweep.runner import (
 )
 from ..train.construct import check_init
 from ..train.data import DataConfig, expected_classes, load_dataset
-from ..train.trainer import DEPTH_HELP, KIND_HELP, TrainConfig
+from ..train.protocol import DEPTH_HELP, KIND_HELP, TrainConfig
 from .console import console, duration, errors, pct, print_full_width, rate, thousands
 from .options import SWEEP_OPTIONS, TRAINING_OPTIONS, given_values, with_options
 from .progress import DataLoadDisplay, LiveDisplay

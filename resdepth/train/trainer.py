@@ -6,8 +6,8 @@ ended in status.json, and returns a `RunResult`. It never prints.
 
 One engine trains one model or K: `Engine` is what every trainer does around its steps (resume, --init, the
 epochs' rows, checkpoints, dropping finished models) and `train_to_the_end` drives it; the protocol of each model
-is a `protocol.RunProgress`. `Trainer`, a single run, is an Engine whose one member is itself; `fused.FusedTrainer`
-is one with K members.
+is a `protocol.RunProgress`, configured by a `protocol.TrainConfig`. `Trainer`, a single run, is an Engine whose
+one member is itself; `fused.FusedTrainer` is one with K members.
 """
 
 from __future__ import annotations
@@ -23,13 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import EXECUTION, flag, option
 from ..errors import UserError
 from ..models import count_parameters
 from ..models.families import (
-    Family,
     build_network,
-    check_network,
     family_record,
     get_family,
     recorded_version,
@@ -51,14 +48,12 @@ from ..results.runs import (
     sync_file,
     write_config,
 )
-from ..results.tensorboard_log import TensorBoardLog, check_tensorboard_installed
+from ..results.tensorboard_log import TensorBoardLog
 from .construct import describe_init, load_init
-from .data import DataConfig, Dataset, augment_models, check_data_config, load_dataset, normalize, stack_models
+from .data import Dataset, augment_models, load_dataset, normalize, stack_models
 from .devices import (
-    PRECISIONS,
     CapturedStep,
     check_cuda_graph_device,
-    check_device_name,
     cudnn_benchmark,
     device_label,
     environment,
@@ -69,199 +64,12 @@ from .devices import (
     set_cudnn_mode,
 )
 from .gradients import GradientLog
-from .protocol import RunProgress, checkpoint_state, saved_momentum
+from .protocol import Cadence, RunProgress, TrainConfig, checkpoint_state, saved_momentum
 
 # CUDA: torch.compile's CUDA-graph mode (cudagraph trees) removes the launch cost of each of the eager step's ~240
 # kernels, which bounds a ResNet-20 step on a GPU; the CPU has no such mode. Not yet run on a GPU (gpu_bench.sh 2c)
 COMPILE_MODES = {"cuda": "reduce-overhead"}
 COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against 1-2 min of compiling
-# auto: the family's paper's warm-up (families.py): §4.2's for residual nets of depth >= warmup_min_depth (it used it
-# for ResNet-110 and says nothing of plain-110), 2016b's first 400 iterations for preact nets; deep: every net that
-# deep, plain ones too; on: every net; off: none
-WARMUP_MODES = ("auto", "deep", "on", "off")
-
-
-KIND_HELP = ("Network family: plain, residual (§4.2), preact, preact-bottleneck (2016b), an installed one or "
-             "module.path:function (`resdepth models`).")
-DEPTH_HELP = ("Layers: 6n+2 for plain, residual, preact (20, 32, 44, 56, 110, 1202; 8, 14 for quick tests); 9n+2 "
-              "for preact-bottleneck (164, 1001).")
-
-
-@dataclass
-class TrainConfig:
-    """One run's training protocol and how it executes; saved as the run's config.json."""
-
-    kind: str = option("residual", help=KIND_HELP, cli=False)
-    depth: int = option(20, help=DEPTH_HELP, cli=False)
-    # None: the family's (A for residual, §4.2; B for preact, the authors' code); plain nets take none
-    shortcut: str | None = option(None, help="Where the shape changes: A zero-padding identity (§4.2; plain and "
-                                             "residual twins then have the same parameters), B 1x1 projection.",
-                                  default_text="the family's: A for residual (§4.2), B for preact")
-    # Only values other than the family's defaults are kept, so {} is the paper's nets (width 1)
-    options: dict[str, int | float | str | bool] = option(
-        help="The family's own network options (`resdepth models`), e.g. width; --width sets width.",
-        default_factory=dict, cli=False, default_text="none: the family's defaults")
-    seed: int = option(0, help="Seed of init, shuffling and augmentation.", cli=False)
-    iterations: int = option(64_000, help="SGD iterations (§4.2: stop at 64k); lr milestones scale with it (50%/75%).")
-    epochs: int | None = option(None, help="Train for this many epochs instead (converted to iterations).",
-                                default_text="none: --iterations")
-    batch_size: int = option(128, help="Mini-batch size (images), §4.2.")
-    lr: float = option(0.1,
-                       help="Initial learning rate (§4.2), /10 at 50% and 75% of the iterations (32k, 48k of 64k).")
-    lr_milestones: tuple[float, ...] = option((0.5, 0.75), help="Fractions of the iterations where lr is divided.",
-                                              cli=False)
-    lr_decay: float = option(0.1, help="Factor applied to lr at each milestone.", cli=False)
-    momentum: float = option(0.9, help="SGD momentum (§4.2).")
-    # §4.2 names no exclusions, so BN parameters and biases are decayed too
-    weight_decay: float = option(1e-4, help="L2 weight decay on every parameter (§4.2).")
-    warmup: str = option("auto", help="auto: the family's paper's warm-up at lr 0.01: residual nets of depth >= 110 "
-                                      "until the train error is below 80% (§4.2), preact nets for their first 400 "
-                                      "iterations (2016b), plain nets none; deep: plain nets that deep too; on: every "
-                                      "net; off.")
-    warmup_min_depth: int = option(110, help="Smallest depth that warms up with --warmup deep, and with auto for "
-                                             "residual nets (§4.2).")
-    warmup_lr: float = option(0.01, help="§4.2: 0.01 until the training error is below 80% (about 400 iterations).",
-                              cli=False)
-    # None: the family's; 80 (§4.2), 0 for preact (no threshold: 2016b warms up for a fixed 400 iterations)
-    warmup_until_error: float | None = option(None, help="Training error (%) that ends the warm-up.", cli=False,
-                                              default_text="the family's: 80 (§4.2), 0 for preact (none)")
-    # A warm-up that never reaches the threshold (a net stuck above 80% at lr 0.01) ends here anyway, at 10x the
-    # paper's "about 400 iterations": without a bound it would train the whole run at 0.01 and skip the schedule.
-    # None: the family's; 4,000, or 400 for preact, whose paper warms up for exactly the first 400 iterations.
-    warmup_max_iterations: int | None = option(None, help="The warm-up ends here at the latest; the lr milestones "
-                                                          "apply either way.",
-                                               default_text="the family's: 4000 (10x §4.2's about 400), 400 for "
-                                                            "preact (2016b: exactly the first 400)")
-    data: DataConfig = option(help="The dataset.", default_factory=DataConfig, cli=False)
-    device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.", panel=EXECUTION)
-    threads: int | None = option(None, help="Torch CPU threads per job.", panel=EXECUTION, default_text="cores / jobs")
-    precision: str = option("auto", help="auto (fp32 on CPU, tf32 on CUDA), fp32, tf32 or bf16 (autocast: convs, "
-                                         "FC and BN compute on bf16 activations; BN's weights and running statistics "
-                                         "and the loss stay fp32).", panel=EXECUTION)
-    # NHWC runs oneDNN's and cuDNN's native kernels: +16-19% img/s on 2 CPU cores (BENCHMARKS.md), GPU not measured
-    channels_last: bool | None = option(None, help="NHWC memory format (measured faster on CPU).", panel=EXECUTION,
-                                        default_text="on")
-    # torch.compile: +14% img/s on CPU (BENCHMARKS.md) after 1-2 min of compiling per process, so None (auto)
-    # turns it on for CPU runs of >= COMPILE_MIN_ITERATIONS, where that is repaid; off on CUDA until measured there
-    compile: bool | None = option(None, help="torch.compile the training step (+14% img/s on CPU after 1-2 min of "
-                                             "compiling).", panel=EXECUTION,
-                                  default_text="on for CPU runs of >= 2000 iterations, else off (and off for "
-                                               "fused groups, slower compiled on the CPU)")
-    # One CUDA graph per step removes the kernel-launch overhead that bounds these small nets on a fast GPU
-    cuda_graph: bool = option(False, help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch "
-                                          "overhead; same math); a fused group through torch.compile's CUDA-graph "
-                                          "mode.", panel=EXECUTION)
-    # cudnn.benchmark picks the fastest convolution algorithms, measured in each process: a resumed run may take
-    # other ones (float order only); this asks for deterministic ones instead
-    deterministic: bool = option(False, help="CUDA: deterministic cuDNN algorithms, the same bits in every process, "
-                                             "instead of the fastest ones measured (cudnn.benchmark).",
-                                 panel=EXECUTION)
-    eval_batch_size: int = option(1000, help="Images per evaluation batch.", panel=EXECUTION, cli=False)
-    tensorboard: bool = option(False, help="Also write each epoch's metrics as TensorBoard scalars in the run folder "
-                                           "(needs the tensorboard extra).", panel=EXECUTION)
-    # auto: each epoch on the CPU, where a checkpoint is small beside an epoch (minutes); each minute on CUDA, where
-    # one per ~0.5 s ResNet-20 epoch costs ~2% of the time on a quiet local disk (BENCHMARKS.md); a kill loses <= 1 min
-    checkpoint_every: str = option("auto", help="When the run writes its checkpoint: auto (epoch on the CPU, 1min on "
-                                                "CUDA), epoch (at each epoch's end), N (every N iterations) or Nmin "
-                                                "(every N minutes), and always when it ends or is stopped; a kill "
-                                                "loses only the steps since the last one.", panel=EXECUTION)
-    # A named deviation: the paper's nets start from He init; the constructed deeper net (§1) starts from these
-    init: str | None = option(None, help="Start from these weights instead of the family's init: a run folder or a "
-                                         "checkpoint (`resdepth construct` writes one); the rest of the protocol is "
-                                         "unchanged.", default_text="none: He init, as the paper")
-
-    def validate(self) -> None:
-        """Refuse values that cannot train, with the fix in the message."""
-        for name in ("batch_size", "iterations", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{flag(TrainConfig, name)} must be a positive integer, got {getattr(self, name)}")
-        if self.epochs is not None and self.epochs < 1:
-            raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise UserError("--weight-decay must be >= 0 and --momentum in [0, 1)")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
-        if self.warmup not in WARMUP_MODES:
-            raise UserError(f"unknown warm-up mode {self.warmup!r}: use one of {', '.join(WARMUP_MODES)}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be a positive integer, got {self.threads}")
-        if self.cuda_graph and self.compile:
-            raise UserError("--cuda-graph and --compile each rebuild the training step: choose one")
-        check_device_name(self.device)
-        check_cuda_graph_device(self.cuda_graph, self.device)
-        if self.seed < 0:
-            raise UserError(f"--seed must be 0 or a positive integer, got {self.seed}")
-        until = self.warmup_until_error
-        if self.warmup_min_depth < 1 or not self.warmup_lr > 0 or (until is not None and not 0 <= until <= 100):
-            raise UserError("warm-up settings: warmup_min_depth >= 1, warmup_lr > 0, warmup_until_error in [0, 100]")
-        if self.warmup_max_iterations is not None and self.warmup_max_iterations < 1:
-            raise UserError(f"--warmup-max-iterations must be a positive integer, got {self.warmup_max_iterations}")
-        check_data_config(self.data)
-        Cadence.parse(self.checkpoint_every)
-        if any(not 0 < m < 1 for m in self.lr_milestones):
-            raise UserError("lr milestones are fractions of the iterations, each between 0 and 1")
-        check_network(self.kind, self.depth, self.shortcut, self.options)
-        if self.tensorboard:
-            check_tensorboard_installed()
-
-    def uses_warmup(self) -> bool:
-        if self.warmup == "auto":
-            return get_family(self.kind).protocol.warms_up(self.depth, self.warmup_min_depth)
-        return self.warmup == "on" or (self.warmup == "deep" and self.depth >= self.warmup_min_depth)
-
-    def for_family(self, family: Family | None = None) -> TrainConfig:
-        """This config with its family's values where it leaves them open (None): the shortcut and the warm-up's
-        threshold and length. A run's config.json holds these resolved values. family: the kind's family as known
-        (reading results: from records, never importing a user's module); by default it is looked up."""
-        family = family or get_family(self.kind)
-        protocol = family.protocol
-        return replace(self, shortcut=family.shortcut_for(self.shortcut), options=family.resolve_options(self.options),
-                       warmup_until_error=first_given(self.warmup_until_error, protocol.warmup_until_error),
-                       warmup_max_iterations=first_given(self.warmup_max_iterations, protocol.warmup_max_iterations))
-
-
-def first_given(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-@dataclass(frozen=True)
-class Cadence:
-    """When a run writes its checkpoint (--checkpoint-every): at each epoch's end (neither set), or once so many
-    iterations or seconds have passed since the last one, inside an epoch too. A checkpoint changes nothing the
-    run computes, so any cadence resumes bit-identically; it only sets how much a kill can lose."""
-
-    iterations: int | None = None
-    seconds: float | None = None
-
-    @classmethod
-    def parse(cls, text: str, device_type: str = "cpu") -> Cadence:
-        """auto, epoch, N (iterations) or Nmin (minutes); anything else is refused in one line."""
-        value = str(text).strip().lower()
-        if value == "auto":
-            value = "1min" if device_type == "cuda" else "epoch"
-        if value == "epoch":
-            return cls()
-        if value.isdigit() and int(value) >= 1:
-            return cls(iterations=int(value))
-        minutes = value.removesuffix("min").strip()
-        if value.endswith("min") and minutes.replace(".", "", 1).isdigit() and float(minutes) > 0:
-            return cls(seconds=float(minutes) * 60)
-        raise UserError(f"--checkpoint-every must be auto, epoch, a number of iterations (2000) or of minutes (5min), "
-                        f"got {text!r}")
-
-    @property
-    def per_epoch(self) -> bool:
-        return self.iterations is None and self.seconds is None
-
-    def due(self, iterations: int, seconds: float) -> bool:
-        """Whether a checkpoint is due, so many iterations and seconds after the last one (at an epoch's end with
-        the per-epoch cadence)."""
-        if self.iterations is not None:
-            return iterations >= self.iterations
-        return self.seconds is None or seconds >= self.seconds
-
 
 @dataclass
 class RunResult:
