@@ -6,7 +6,14 @@ import torch
 from PIL import Image
 
 from resdepth.errors import UserError
-from resdepth.train.data import DataConfig, augment, balanced_subset, load_dataset, make_synthetic, normalize
+from resdepth.train.data import (
+    DataConfig,
+    augment_models,
+    balanced_subset,
+    load_dataset,
+    make_synthetic,
+    normalize,
+)
 
 
 def test_synthetic_is_deterministic_and_balanced():
@@ -50,7 +57,7 @@ def test_augment_is_a_padded_crop_with_optional_flip():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     mean = torch.full((3, 32, 32), 0.5)
     generator = torch.Generator().manual_seed(0)
-    out = augment(images, mean, generator)
+    out = augment_models(images, mean, [generator], channels_last=False)[0]  # one model's batch
     assert out.shape == (64, 3, 32, 32)
     # replay the same random draws and check every image against a hand-made crop
     replay = torch.Generator().manual_seed(0)

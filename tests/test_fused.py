@@ -22,7 +22,7 @@ from resdepth.results.tables import summarize
 from resdepth.sweep.cell import each_cell, run_cells
 from resdepth.sweep.executors import CellJob, LocalProcessExecutor, SequentialExecutor
 from resdepth.sweep.runner import plan_sweep
-from resdepth.train.data import augment, augment_models, load_dataset
+from resdepth.train.data import augment_models, load_dataset
 from resdepth.train.fused import FusedTrainer, StackedSGD, group_label, run_fused_training
 from resdepth.train.trainer import Trainer, resolve_iterations, run_training, train_to_the_end
 
@@ -385,7 +385,8 @@ def test_one_gather_augments_every_model_as_its_run_alone_does(tiny_config):
     dataset = load_dataset(tiny_config().data)
     mean, images = dataset.pixel_mean(), dataset.train_images[:3 * 16]
     alone = [torch.Generator().manual_seed(seed) for seed in SEEDS]
-    expected = torch.stack([augment(images[16 * k:16 * (k + 1)], mean, alone[k]) for k in range(3)])
+    expected = torch.stack([augment_models(images[16 * k:16 * (k + 1)], mean, [alone[k]], channels_last=False)[0]
+                            for k in range(3)])
     for channels_last in (False, True):
         together = [torch.Generator().manual_seed(seed) for seed in SEEDS]
         batches = augment_models(images, mean, together, channels_last)

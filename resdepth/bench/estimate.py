@@ -129,14 +129,13 @@ def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:
 
 
 def will_compile(item: PlannedCell, data: DataCheck) -> bool:
-    """Whether the cell's run will use torch.compile: a fused group when asked (--compile, or --cuda-graph, which
-    it takes through torch.compile's CUDA-graph mode); a single run by its whole run's iterations (which --epochs
-    sets)."""
-    config = item.cell.config
+    """Whether the cell's run will use torch.compile (`uses_compile`): a fused group's by its options, a single
+    run's by its whole run's iterations too (which --epochs sets)."""
+    config, device = item.cell.config, resolve_device(item.device)
     if item.group:
-        return bool(config.compile) or config.cuda_graph
+        return uses_compile(config, device, fused=True)
     planned = planned_iterations(config, data)
-    return planned is not None and uses_compile(replace(config, iterations=planned), resolve_device(item.device))
+    return planned is not None and uses_compile(replace(config, iterations=planned), device)
 
 
 def cell_seconds(config: TrainConfig, iterations: int | None, data: DataCheck,

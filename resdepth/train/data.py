@@ -314,12 +314,14 @@ def normalize(images: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0).sub_(mean)
 
 
-def augment(images: torch.Tensor, mean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """§4.2 augmentation of a whole uint8 batch: mean-subtract, zero-pad 4, random 32x32 crop, random flip (NCHW).
-
-    One gather does crop and flip together; the random numbers come from `generator` so a run resumes exactly.
-    """
-    return augment_models(images, mean, [generator], channels_last=False)[0]
+def model_inputs(images: torch.Tensor, mean: torch.Tensor, generators: list[torch.Generator], augment: bool,
+                 channels_last: bool) -> torch.Tensor:
+    """The (K, B, 3, H, W) inputs of K models' steps (a single run: K = 1) from their images (K*B, 3, H, W) uint8,
+    model k's B images k-th: §4.2's augmentation, each model's from its own generator, or (--no-augment) the
+    images as they are; laid out as the network reads them."""
+    if augment:
+        return augment_models(images, mean, generators, channels_last)
+    return stack_models(images, mean, len(generators), channels_last)
 
 
 def crop_draws(batch: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,9 +334,10 @@ def crop_draws(batch: int, generator: torch.Generator, device: torch.device) -> 
 
 def augment_models(images: torch.Tensor, mean: torch.Tensor, generators: list[torch.Generator],
                    channels_last: bool) -> torch.Tensor:
-    """K models' batches augmented at once: images (K*B, 3, H, W) uint8, model k's B images k-th, each model's
-    crops and flips from its own generator. Returns (K, B, 3, H, W): each model's batch exactly as `augment` makes
-    it alone, in one gather for all K (a fused step's K augmentations cost one kernel, not K)."""
+    """§4.2 augmentation of K models' batches at once (mean-subtract, zero-pad 4, random 32x32 crop, random flip):
+    images (K*B, 3, H, W) uint8, model k's B images k-th, each model's crops and flips from its own generator.
+    Returns (K, B, 3, H, W): each model's batch exactly as it is augmented alone (K = 1), in one gather for all K
+    (a fused step's K augmentations cost one kernel, not K)."""
     models, device = len(generators), images.device
     batch = images.shape[0] // models
     draws = [crop_draws(batch, generator, device) for generator in generators]

@@ -22,7 +22,6 @@ checkpoint writes) trains each from its own position.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
@@ -35,7 +34,7 @@ from torch.func import functional_call, vmap
 from ..errors import UserError
 from ..models.families import weight_layers
 from ..results.groups import comparable
-from .data import Dataset, augment_models, normalize, stack_models
+from .data import Dataset, model_inputs, normalize
 from .devices import precision_context, prepare_compiling, set_cudnn_mode
 from .gradients import GradientLog
 from .protocol import RunProgress
@@ -50,6 +49,7 @@ from .trainer import (
     sgd_optimizer,
     steps_per_epoch,
     train_to_the_end,
+    uses_compile,
     write_run_config,
 )
 
@@ -170,7 +170,7 @@ class FusedTrainer(Engine):
         self.mean = self.data.pixel_mean()
         self.train_size = len(self.data.train_labels)
         self.batch = min(config.batch_size, self.train_size)
-        self.channels_last, self.compiled = config.channels_last is not False, False
+        self.channels_last = config.channels_last is not False
         networks = self.build_members(configs, run_dirs, dataset.num_classes)
         self.param_names = [name for name, _ in networks[0].named_parameters()]
         self.state_names = list(networks[0].state_dict())
@@ -184,13 +184,11 @@ class FusedTrainer(Engine):
         self.gradient_params = [f"{name}.weight" for name, _ in weight_layers(self.network)]
         self.sgd = StackedSGD(list(self.params.values()), config.momentum, config.weight_decay)
         self.active = list(self.members)
-        self.lrs, self.lr_values = torch.zeros(len(self.active), device=device), [math.nan] * len(self.active)
+        self.lr_values: list[float] = []  # the lrs in self.lrs, set by the first step
         self.autocast = precision_context(config.precision, device)
         set_cudnn_mode(device, config.deterministic)
-        # Only when asked (--compile; --cuda-graph, captured through torch.compile's CUDA-graph mode, the one capture
-        # that follows vmap): compiled, a group of 2 ResNet-20 trained at 0.77x its eager img/s on 2 CPU cores
-        # (BENCHMARKS.md), where a run alone gains 6-14%; CUDA is not measured yet (gpu_bench.sh 2e)
-        self.compiled = config.cuda_graph or bool(config.compile)
+        # --cuda-graph too: torch.compile's CUDA-graph mode is the one capture that follows vmap
+        self.compiled = uses_compile(config, device, fused=True)
         self.losses_of, self.sgd_step = self.batched_losses, self.sgd.step
         if self.compiled:
             self.compile_step()
@@ -239,18 +237,15 @@ class FusedTrainer(Engine):
         all, each model's crops and flips from its own generator, so its data stream is its single run's."""
         index = torch.cat([member.next_batch(self.batch) for member in self.active])
         images, labels = self.data.train_images[index], self.data.train_labels[index].view(self.models, self.batch)
-        if self.config.data.augment:
-            generators = [member.generator for member in self.active]
-            return augment_models(images, self.mean, generators, self.channels_last), labels
-        return stack_models(images, self.mean, self.models, self.channels_last), labels
+        generators = [member.generator for member in self.active]
+        return model_inputs(images, self.mean, generators, self.config.data.augment, self.channels_last), labels
 
     def set_lrs(self) -> list[float]:
-        """The active models' lrs for this step, in the (K,) device tensor the update reads (refilled only when one
-        changes: a few times a run)."""
+        """The active models' lrs for this step, in the (K,) device tensor the update reads (made anew only when one
+        changes, or a model leaves: a few times a run)."""
         lrs = [member.lr() for member in self.active]
         if lrs != self.lr_values:
-            self.lrs.copy_(torch.tensor(lrs))
-            self.lr_values = lrs
+            self.lrs, self.lr_values = torch.tensor(lrs, device=self.device), lrs
         return lrs
 
     def train_step(self) -> torch.Tensor:
@@ -329,7 +324,6 @@ class FusedTrainer(Engine):
             self.buffers = {k: v.index_select(0, indices) for k, v in self.buffers.items()}
         self.sgd.params = list(self.params.values())
         self.sgd.keep(indices)
-        self.lrs, self.lr_values = torch.zeros(len(keep), device=self.device), [math.nan] * len(keep)
         if self.compiled:
             self.compile_step()
 

@@ -50,7 +50,7 @@ from ..results.runs import (
 )
 from ..results.tensorboard_log import TensorBoardLog
 from .construct import describe_init, load_init
-from .data import Dataset, augment_models, load_dataset, normalize, stack_models
+from .data import Dataset, load_dataset, model_inputs, normalize
 from .devices import (
     CapturedStep,
     check_cuda_graph_device,
@@ -115,7 +115,13 @@ def sgd_optimizer(params: Any, config: TrainConfig, device: torch.device) -> tor
                            **implementation)
 
 
-def uses_compile(config: TrainConfig, device: torch.device) -> bool:
+def uses_compile(config: TrainConfig, device: torch.device, fused: bool = False) -> bool:
+    """Whether a run (fused: a fused group) compiles its step. A group compiles only when asked, --compile or
+    --cuda-graph (which it takes through torch.compile's CUDA-graph mode): compiled, a group of 2 ResNet-20 trained
+    at 0.77x its eager img/s on 2 CPU cores (BENCHMARKS.md), where a run alone gains 6-14%; CUDA is not measured
+    yet (gpu_bench.sh 2e)."""
+    if fused:
+        return config.cuda_graph or bool(config.compile)
     if config.compile is not None:
         return config.compile
     return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
@@ -317,10 +323,7 @@ class Trainer(RunProgress, Engine):
     def step_on(self, index: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on the images at index; returns the batch's mean loss and wrong answers (device tensors)."""
         images = self.data.train_images[index]
-        if self.config.data.augment:  # laid out as the model reads it (NHWC or NCHW) by the gather itself
-            inputs = augment_models(images, self.mean, [self.generator], self.channels_last)[0]
-        else:
-            inputs = stack_models(images, self.mean, 1, self.channels_last)[0]
+        inputs = model_inputs(images, self.mean, [self.generator], self.config.data.augment, self.channels_last)[0]
         labels = self.data.train_labels[index]
         if self.config.cuda_graph and len(index) == self.batch:
             if self.captured is None:
@@ -370,7 +373,7 @@ class Trainer(RunProgress, Engine):
             loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
             wrong += (logits.argmax(1) != target).sum()
         self.model.train()
-        return loss_sum.view(1), wrong.float().view(1)
+        return loss_sum.view(1), wrong.view(1)
 
 
 def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], bool] = lambda: False,
