@@ -16,7 +16,7 @@ import torch
 from resdepth.bench.throughput import BenchRow, run_benchmark
 from resdepth.errors import UserError
 from resdepth.train.data import load_dataset
-from resdepth.train.trainer import Trainer, run_training
+from resdepth.train.trainer import COMPILE_MODES, Trainer, run_training
 
 CPU = torch.device("cpu")
 
@@ -54,7 +54,10 @@ def test_channels_last_step_matches_eager_nchw(tmp_path, trainer):
     assert_same_step(trainer(tmp_path / "fast", channels_last=True), trainer(tmp_path / "eager", channels_last=False))
 
 
-def test_compiled_step_matches_eager_nchw(tmp_path, trainer):
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"], ids=["cpu-mode", "cuda-graph-mode"])
+def test_compiled_step_matches_eager_nchw(tmp_path, trainer, monkeypatch, mode):
+    # also in CUDA's compile mode (no GPU test machine: on the CPU the mode graphs nothing, but traces as there)
+    monkeypatch.setitem(COMPILE_MODES, "cpu", mode)
     assert_same_step(trainer(tmp_path / "fast", channels_last=True, compile=True),
                      trainer(tmp_path / "eager", channels_last=False))
 

@@ -106,10 +106,22 @@ class ShortcutOnly(nn.Module):
         return F.relu(out) if self.relu_after else out
 
 
-def stage_blocks(stages: tuple[nn.Sequential, ...]) -> list[LesionBlock]:
-    """Every block of the stages in forward order, as each block describes itself (`lesion_view`)."""
-    return [LesionBlock(f"layer{stage}.{position}", stage, blocks, position, *block.lesion_view())
-            for stage, blocks in enumerate(stages, start=1) for position, block in enumerate(blocks)]
+class ThreeStages(nn.Module):
+    """What the CIFAR nets share beyond their blocks: three stages, layer1-3 on 32/16/8 maps, which the lesion,
+    response and construction studies walk in forward order."""
+
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
+    def stages(self) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
+        return self.layer1, self.layer2, self.layer3
+
+    def lesion_blocks(self) -> list[LesionBlock]:
+        """Every block (unit) in forward order, as each describes itself (`lesion_view`), for lesion studies (Veit
+        et al. 2016)."""
+        return [LesionBlock(f"layer{stage}.{position}", stage, blocks, position, *block.lesion_view())
+                for stage, blocks in enumerate(self.stages(), start=1) for position, block in enumerate(blocks)]
 
 
 class ZeroPadShortcut(nn.Module):
@@ -199,7 +211,7 @@ class BasicBlock(nn.Module):
         return "Dirac convs, BNs with identity evaluation transform"
 
 
-class CifarNet(nn.Module):
+class CifarNet(ThreeStages):
     """The §4.2 network: a 3x3 stem conv, 3 stages of n blocks (2n layers each), global average pool, FC.
 
     kind: plain (no shortcuts) or residual (a shortcut around every block, `shortcut` A or B where the shape
@@ -240,13 +252,6 @@ class CifarNet(nn.Module):
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
-
-    def stages(self) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
-        return self.layer1, self.layer2, self.layer3
-
-    def lesion_blocks(self) -> list[LesionBlock]:
-        """The 3n blocks in forward order, for lesion studies (Veit et al. 2016)."""
-        return stage_blocks(self.stages())
 
     def response_layers(self) -> list[ResponseLayer]:
         """§4.2, Figure 7: "the outputs of each 3x3 layer, after BN and before other nonlinearity (ReLU/addition)":
@@ -370,7 +375,7 @@ def preact_shortcut(in_planes: int, out_planes: int, stride: int, shortcut: Shor
     return ZeroPadShortcut(in_planes, out_planes, stride)
 
 
-class PreActNet(nn.Module):
+class PreActNet(ThreeStages):
     """The pre-activation ResNet of 2016b on CIFAR: a 3x3 stem conv (16), 3 stages of n units on 32/16/8 maps
     (basic: 16/32/64 filters, depth 6n+2; bottleneck: 16/32/64 inside, 64/128/256 out, depth 9n+2), a final
     BN -> ReLU (the last unit's extra activation), global average pool, FC. The first unit's BN -> ReLU is the
@@ -411,13 +416,6 @@ class PreActNet(nn.Module):
         out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
         return self.linear(out)
-
-    def stages(self) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
-        return self.layer1, self.layer2, self.layer3
-
-    def lesion_blocks(self) -> list[LesionBlock]:
-        """The units in forward order, for lesion studies (Veit et al. 2016)."""
-        return stage_blocks(self.stages())
 
     def response_layers(self) -> list[ResponseLayer]:
         """Each unit's residual function F(x): the output of its last conv, before the addition, one per unit in

@@ -220,10 +220,11 @@ class FusedTrainer(Engine):
         --compile does, for the group's current K: a model dropping out changes the shapes, and the next step
         compiles for the new K."""
         prepare_compiling()  # a group per size, and a size per model dropping out
-        if self.device.type == "cuda":  # the CUDA-graph mode keeps the stacks in place instead of copying them in
+        mode = COMPILE_MODES.get(self.device.type)
+        if mode == "reduce-overhead":  # the CUDA-graph mode keeps the stacks in place instead of copying them in
             for tensor in [*self.params.values(), *self.buffers.values()]:
                 torch._dynamo.mark_static_address(tensor)
-        self.losses_of = torch.compile(self.batched_losses, mode=COMPILE_MODES.get(self.device.type), dynamic=False)
+        self.losses_of = torch.compile(self.batched_losses, mode=mode, dynamic=False)
         self.sgd_step = torch.compile(self.sgd.step, dynamic=False)
 
     def batched_losses(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
