@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from resdepth.results.runs import read_checkpoint
+from resdepth.train.devices import clear_cublas_workspaces
 from resdepth.train.fused import run_fused_training
 from resdepth.train.trainer import run_training
 
@@ -106,12 +107,16 @@ def test_cuda_bf16_trains_and_resumes(tmp_path, gpu_config):
 
 
 def test_cuda_memory_is_released_when_a_run_ends(tmp_path, gpu_config):
+    # cuBLAS's per-stream scratch buffers (32 MiB each on an H100) are torch's process-wide cache, reused by the next
+    # run, not the run's: freed before each count (the capture frees those it made itself, CapturedStep)
     torch.cuda.synchronize()
+    clear_cublas_workspaces()
     before = torch.cuda.memory_allocated()
     gc.disable()  # what the cyclic collector would free does not count: the run must let go itself
     try:
         run_training(replace(gpu_config, cuda_graph=True, epochs=2), tmp_path)
         torch.cuda.synchronize()
+        clear_cublas_workspaces()
         held = torch.cuda.memory_allocated() - before
     finally:
         gc.enable()
@@ -158,11 +163,13 @@ def test_cuda_fused_seeds_follow_their_own_runs_resume_and_free_their_memory(tmp
     assert curve.notna().all() and curve.iloc[-1] < curve.iloc[0] - 0.5
 
 
-@pytest.mark.parametrize("fast", [{"compile": True}, {"cuda_graph": True}], ids=["compile", "cuda-graph"])
+@pytest.mark.parametrize("fast", [{"compile": True}, {"cuda_graph": True, "precision": "bf16"}],
+                         ids=["compile", "cuda-graph-bf16"])
 def test_cuda_fast_fused_group_follows_the_eager_one_as_a_member_drops_out(tmp_path, gpu_config, fast):
-    # the group's step compiled in torch.compile's CUDA-graph mode (--compile, and --cuda-graph for a group), the
-    # stacks marked static; seed 1 starts 10 steps ahead, so it finishes first and the step compiles again for K = 1
-    configs = [replace(gpu_config, seed=seed) for seed in (0, 1)]
+    # the group's step compiled in torch.compile's CUDA-graph mode (--compile, and --cuda-graph for a group, here
+    # with bf16 autocast inside the graph), the stacks marked static; seed 1 starts 10 steps ahead, so it finishes
+    # first and the step compiles again for K = 1
+    configs = [replace(gpu_config, seed=seed, precision=fast.get("precision", "fp32")) for seed in (0, 1)]
     seen: list[int] = []
     for way in ("fast", "eager"):
         seen.clear()
@@ -172,4 +179,8 @@ def test_cuda_fast_fused_group_follows_the_eager_one_as_a_member_drops_out(tmp_p
     run_fused_training(configs, [tmp_path / "eager" / f"s{seed}" for seed in (0, 1)])
     assert [r.state for r in fast_results] == ["done"] * 2
     for seed in (0, 1):
-        assert_close_curves(losses(tmp_path / "fast" / f"s{seed}"), losses(tmp_path / "eager" / f"s{seed}"))
+        ours, theirs = losses(tmp_path / "fast" / f"s{seed}"), losses(tmp_path / "eager" / f"s{seed}")
+        if "precision" in fast:  # bf16 rounds where the compiled kernels fuse, not where eager's do: both learn
+            assert ours.notna().all() and ours.iloc[-1] < ours.iloc[0] - 0.5 and len(ours) == len(theirs)
+        else:
+            assert_close_curves(ours, theirs)

@@ -126,6 +126,20 @@ def test_the_slurm_table_of_a_sweep_file_is_typed_saved_and_restored(tmp_path, t
     assert load_saved_sweep(tmp_path / "out", execution=sweep).slurm == sweep.slurm
 
 
+
+def test_a_slurm_gpu_job_trains_on_the_gpu_it_is_given_whatever_index_was_asked(tmp_path, fake_cuda_machine,
+                                                                                 tiny_config, slurm_sweep,
+                                                                                 run_sweep_now):
+    # --device cuda:1 names a GPU of the submitting machine; the job sees only the one Slurm gave it (submitit's local
+    # cluster gives CUDA_VISIBLE_DEVICES=0 as Slurm would give a node's), so it must train on cuda:0, not fail there
+    machine = fake_cuda_machine(2)
+    sweep = slurm_sweep(tmp_path, "local", kinds=["plain"], train=tiny_config(device="cuda:1"))
+    _, outcomes = run_sweep_now(sweep)
+    [outcome] = outcomes.values()
+    assert outcome.state == "failed" and "does not exist" not in str(outcome.error), outcome  # failed at the fake
+    [record] = machine.records()
+    assert (record["requested"], record["current"], record["visible"]) == ("cuda:0", 0, "0"), record
+
 def test_a_task_refuses_a_run_folder_it_cannot_see(tmp_path):
     with pytest.raises(RuntimeError, match=r"is not visible on .*: the results folder must be on a filesystem"):
         CellTask(tmp_path / "elsewhere", "cpu", 1, "t")()

@@ -377,7 +377,9 @@ class SlurmExecutor(Executor):
         self.config = config
         check_slurm_config(config, device, gpus_per_job)
         check_sbatch(config)
-        self.device = device
+        # Slurm picks each job's GPU and shows it as the job's only one, cuda:0: an index given here names a GPU of
+        # the submitting machine, not of the node (Ray's cells do the same, ray_device)
+        self.device = "cuda" if device.startswith("cuda") else device
         self.threads = threads or config.cpus_per_job
         gpus = 0 if device == "cpu" else int(gpus_per_job)
         ensure_writable_dir(out_dir)

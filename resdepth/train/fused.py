@@ -381,12 +381,23 @@ def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
     except torch.cuda.OutOfMemoryError as exc:  # the CPU's is a RuntimeError or MemoryError, below
         raise out_of_memory(len(configs), device, exc) from None
     except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):
+        if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or ran_out_first(exc):
             raise out_of_memory(len(configs), device, exc) from None
         raise
     finally:
         if trainer is not None:
             trainer.close()
+
+
+def ran_out_first(exc: BaseException) -> bool:
+    """Whether CUDA ran out of memory on the way to this error: an allocation that fails while a CUDA graph records
+    surfaces as the capture's own error when the recording ends, the out-of-memory error as its context."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        if isinstance(cause, torch.cuda.OutOfMemoryError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def out_of_memory(models: int, device: torch.device, exc: BaseException) -> UserError:
