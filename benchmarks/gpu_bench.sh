@@ -66,7 +66,7 @@ CONC_JOBS=${CONC_JOBS:-1,2,4} BENCH_SYNTH=${BENCH_SYNTH:-4096} BATCH=${BATCH:-12
 FAST_DEPTHS=${FAST_DEPTHS:-20,56,110,1202} DEEP_ITERS=${DEEP_ITERS:-10} DEEP_WARMUP=${DEEP_WARMUP:-3}
 FUSED_FAST_DEPTHS=${FUSED_FAST_DEPTHS:-20,56} FUSED_FAST_K=${FUSED_FAST_K:-8}
 [ -n "${EAGER+set}" ] || EAGER=()  # on a GPU a run trains eagerly by default
-[ -n "${MATMUL+set}" ] || MATMUL=()
+[ -n "${MATMUL+set}" ] || MATMUL=(--matmul-size 8192)  # bench's 2048 is too small to near an H100's matmul peak
 [ -n "${CPU+set}" ] || CPU=()
 ROUNDS=${ROUNDS:-2}
 RESERVE=15  # seconds kept for the summary and the archive
@@ -138,14 +138,14 @@ if [ "$DEVICE" = cpu ]; then
   echo "graph bench: not on the CPU (--cuda-graph records CUDA kernels)" | tee -a "$OUT/steps.txt" > "$WORK/graph.log"
 else
   step "graph bench" 25 graph.log "${RESDEPTH[@]}" bench --device "$DEVICE" --depths "$DEPTHS" --iterations \
-    "$BENCH_ITERS" --warmup "$WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive --cuda-graph "${BENCH_DATA[@]}" --json "$WORK/graph.json"
+    "$BENCH_ITERS" --warmup "$WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive --cuda-graph "${MATMUL[@]}" "${BENCH_DATA[@]}" --json "$WORK/graph.json"
 fi
 # 2c. the compiled step (its compilation is in the warm-up, not in the timed windows)
 if [ "$DEVICE" = cpu ]; then
   echo "compile bench: not on the CPU (the rehearsal would compile for minutes)" | tee -a "$OUT/steps.txt" > "$WORK/compile.log"
 else
   step "compile bench" 70 compile.log "${RESDEPTH[@]}" bench --device "$DEVICE" --depths 20 --iterations "$BENCH_ITERS" \
-    --warmup "$WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive --compile "${BENCH_DATA[@]}" --json "$WORK/compile.json"
+    --warmup "$WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive --compile "${MATMUL[@]}" "${BENCH_DATA[@]}" --json "$WORK/compile.json"
 fi
 
 # 2d. the fast path at the depths 2 and 2b left out (1202): the default step, then the fast one; the compiled step
@@ -163,7 +163,7 @@ if [ "$DEVICE" = cpu ]; then
 elif [ -n "$DEEP" ]; then
   step "deep graph bench" 35 deep-graph.log "${RESDEPTH[@]}" bench --device "$DEVICE" --depths "$DEEP" --iterations \
     "$DEEP_ITERS" --warmup "$DEEP_WARMUP" --rounds "$ROUNDS" --batch-size "$BATCH" --no-naive --cuda-graph \
-    "${BENCH_DATA[@]}" --json "$WORK/deep-graph.json"
+    "${MATMUL[@]}" "${BENCH_DATA[@]}" --json "$WORK/deep-graph.json"
 fi
 # 2e. fused-fast: one compiled job of K seeds against one compiled run (compilation in the warm-up)
 # (the rehearsal compiles it too, at depth 8 and K = 2: tens of seconds on 2 cores)

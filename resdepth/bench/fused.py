@@ -65,6 +65,7 @@ class FuseRow:
     single_peak_memory_mb: float
     processes_peak_memory_mb: float | None  # summed over the K processes
     memory_measure: str
+    fused_warmup_seconds: float  # the fused job's set-up and warm-up steps, torch.compile's compilation included
     fused_windows: list[float] = field(default_factory=list)
     sequence_windows: list[float] = field(default_factory=list)
     processes_windows: list[float] = field(default_factory=list)
@@ -109,7 +110,9 @@ def bench_size(config: BenchConfig, depth: int, size: int, processes: bool, devi
                on_progress: Callable[[str], None]) -> FuseRow:
     """The three ways at one depth and K, alternating for config.rounds rounds."""
     on_progress(f"depth {depth}, K={size}: fused set-up and {config.warmup} warm-up steps")
+    started = time.perf_counter()
     fused, fused_setup = meter.track(lambda: FusedPath(config, depth, size, device, dataset, folder / f"k{size}"))
+    warmup_seconds = time.perf_counter() - started
     pool = ProcessPool(config, depth, size, device) if processes else None
     sequence_windows, fused_windows, process_windows, fused_memory, single_memory = [], [], [], [], []
     try:
@@ -141,7 +144,7 @@ def bench_size(config: BenchConfig, depth: int, size: int, processes: bool, devi
         fused_vs_processes=fused_ips / processes_ips if processes_ips else None,
         fused_peak_memory_mb=peak_mb(fused_setup, fused_memory),
         single_peak_memory_mb=peak_mb(single_setup, single_memory),
-        processes_peak_memory_mb=process_memory, memory_measure=meter.measure,
+        processes_peak_memory_mb=process_memory, memory_measure=meter.measure, fused_warmup_seconds=warmup_seconds,
         fused_windows=fused_windows, sequence_windows=sequence_windows, processes_windows=process_windows)
 
 

@@ -345,7 +345,8 @@ def matmul_gflops(device: torch.device, size: int, autocast: Callable[[], Any]) 
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     with autocast():
-        a @ b
+        dtype = (a @ b).dtype  # bf16 under bf16 autocast: cast once here, or each matmul below would cast a and b
+        a, b = a.to(dtype), b.to(dtype)
         synchronize(device)
         count, started = 0, time.perf_counter()
         while count < 3 or time.perf_counter() - started < MATMUL_SECONDS:
