@@ -52,7 +52,7 @@ def job(rank: int, args: argparse.Namespace, threads: int | None, barrier: Any, 
             path.run(args.steps)
             synchronize(device)
             results.put({"rank": rank, "depth": depth, "start": start, "end": time.monotonic()})
-            del path
+            path.trainer.close()  # its GPU memory free before the next depth is set up, as bench does
             barrier.wait()  # the next depth starts together
 
 
