@@ -16,7 +16,8 @@ import torch
 from resdepth.bench.throughput import BenchRow, run_benchmark
 from resdepth.errors import UserError
 from resdepth.train.data import load_dataset
-from resdepth.train.trainer import COMPILE_MODES, Trainer, run_training
+from resdepth.train.devices import compile_unavailable
+from resdepth.train.trainer import COMPILE_MIN_ITERATIONS, COMPILE_MODES, Trainer, run_training
 
 CPU = torch.device("cpu")
 
@@ -247,3 +248,43 @@ def test_bench_without_the_naive_recipe_needs_no_torchvision(monkeypatch, tiny_b
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
     [row] = run_benchmark(tiny_bench(naive=False))
     assert row.resdepth_images_per_second > 0 and row.naive_images_per_second is None
+
+
+@pytest.fixture
+def no_compiler(tmp_path_factory, monkeypatch):
+    """A PATH without g++, gcc, clang or cc (slim container images, some cluster nodes); torch's cached compiler
+    search is cleared before and after, so the machine's own compiler is found again for the tests that follow."""
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    bare = tmp_path_factory.mktemp("bare-path")
+    monkeypatch.setenv("PATH", str(bare))
+    for name in ("CC", "CXX"):
+        monkeypatch.delenv(name, raising=False)
+    cpp_compiler_search.cache_clear()
+    yield bare
+    cpp_compiler_search.cache_clear()
+
+
+def test_without_a_working_compiler_auto_trains_eagerly_and_compile_is_refused(tmp_path, trainer, no_compiler,
+                                                                              monkeypatch):
+    # the CPU's auto rule compiles paper-length runs: where nothing can build torch.compile's code it trains eagerly
+    # instead of failing at its first step with a page of torch's text; an asked-for --compile is refused in a line
+    assert "C++ compiler" in compile_unavailable("cpu")
+    assert not trainer(tmp_path / "auto", epochs=None, iterations=COMPILE_MIN_ITERATIONS).compiled
+    with pytest.raises(UserError, match=r"^--compile: torch.compile's CPU code needs a C\+\+ compiler.*apt install"):
+        trainer(tmp_path / "asked", compile=True)
+    assert "C compiler" in compile_unavailable("cuda")  # Triton builds its launchers with one
+    monkeypatch.setenv("CC", "/opt/cc")
+    assert compile_unavailable("cuda") is None
+
+
+def test_the_cli_refuses_compile_without_a_compiler_before_any_run_starts(tmp_path, resdepth_cli, cli_env, tiny_args,
+                                                                          no_compiler):
+    env = {**cli_env, "PATH": str(no_compiler)}
+    for command in (["train", "--depth", "8"], ["sweep", "--depths", "8", "--kind", "plain,residual"]):
+        result = subprocess.run([resdepth_cli, *command, *tiny_args, "--epochs", "1", "--compile", "--out",
+                                 str(tmp_path / command[0])], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "--compile: torch.compile's CPU code needs a C++ compiler" in \
+            result.stderr
+        assert not (tmp_path / command[0]).exists() or not any((tmp_path / command[0]).iterdir())

@@ -41,9 +41,9 @@ from ..results.runs import (
     write_json,
 )
 from ..train.data import DataConfig, expected_classes
-from ..train.devices import check_cuda_graph_device, resolve_device
+from ..train.devices import check_compile_possible, check_cuda_graph_device, resolve_device
 from ..train.fused import auto_fuse, group_label, parse_fuse
-from ..train.trainer import TrainConfig
+from ..train.trainer import TrainConfig, asked_compile
 from .cell import CellOutcome, RunLock, busy_outcome, describe_owner, each_cell, is_locked, mark_failed
 from .cluster import CLUSTER, RayExecutor, SlurmConfig, SlurmExecutor, check_slurm_config
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
@@ -229,6 +229,7 @@ def device_slots(sweep: SweepConfig) -> list[str]:
     else:  # never more jobs at once than cores: --jobs 10000 would start 10,000 processes
         slots = [device if device not in ("auto", "cpu") else "cpu"] * min(sweep.jobs, cpu_cores())
     check_cuda_graph_device(sweep.train.cuda_graph, slots[0])
+    check_compile_possible(asked_compile(sweep.train, fused=parse_fuse(sweep.fuse) != 1), torch.device(slots[0]).type)
     return slots
 
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import platform
+import shutil
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -55,6 +56,32 @@ def check_cuda_graph_device(cuda_graph: bool, device: str) -> None:
     """--cuda-graph records CUDA kernels: refused for a run or sweep that will train on the CPU."""
     if cuda_graph and device.startswith("cpu"):
         raise UserError(f"--cuda-graph needs a CUDA device, not {device}: leave it out on the CPU")
+
+
+def compile_unavailable(device_type: str) -> str | None:
+    """Why torch.compile cannot build its code on this machine, or None when it can. On the CPU it writes C++ for
+    g++ (or $CXX); on CUDA, Triton builds its kernels' launchers with a C compiler. Slim container images and some
+    cluster nodes have neither, and compiling would then fail at the first step, a page of torch's text."""
+    if device_type == "cuda":
+        if os.environ.get("CC") or any(shutil.which(name) for name in ("gcc", "clang", "cc")):
+            return None
+        return "torch.compile's CUDA kernels (Triton) need a C compiler, and none is on PATH (gcc, clang or $CC)"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch's layout: compiling will say for itself
+        return None
+    try:
+        get_cpp_compiler()  # runs `g++ --version` once per process
+    except RuntimeError:
+        return "torch.compile's CPU code needs a C++ compiler, and none works here (g++, or $CXX)"
+    return None
+
+
+def check_compile_possible(flag: str | None, device_type: str) -> None:
+    """Refuse an asked-for compile (flag: the option that asks for it, None: not asked) that cannot build here."""
+    reason = compile_unavailable(device_type) if flag else None
+    if reason:
+        raise UserError(f"{flag}: {reason}: install one (e.g. apt install g++), or train without {flag}")
 
 
 def device_label(device: torch.device, environ: Mapping[str, str] = os.environ) -> str:

@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..models.families import weight_layers
 from ..results.groups import comparable
 from .data import Dataset, model_inputs, normalize
-from .devices import precision_context, prepare_compiling, set_cudnn_mode
+from .devices import check_compile_possible, precision_context, prepare_compiling, set_cudnn_mode
 from .gradients import GradientLog
 from .protocol import RunProgress
 from .trainer import (
@@ -43,6 +43,7 @@ from .trainer import (
     Engine,
     RunResult,
     TrainConfig,
+    asked_compile,
     build_run_network,
     prepare_runs,
     resolve_iterations,
@@ -164,6 +165,7 @@ class FusedTrainer(Engine):
         configs = [config.for_family() for config in configs]  # as Trainer: the family's protocol defaults filled in
         check_fusable(configs)
         config = configs[0]
+        check_compile_possible(asked_compile(config, fused=True), device.type)
         self.config, self.device = config, device
         self.data_fingerprint = dataset.fingerprint()
         self.data = dataset.to(device)

@@ -103,8 +103,9 @@ class TrainConfig:
     # turns it on for CPU runs of >= COMPILE_MIN_ITERATIONS, where that is repaid; off on CUDA until measured there
     compile: bool | None = option(None, help="torch.compile the training step (+14% img/s on CPU after 1-2 min of "
                                              "compiling).", panel=EXECUTION,
-                                  default_text="on for CPU runs of >= 2000 iterations, else off (and off for "
-                                               "fused groups, slower compiled on the CPU)")
+                                  default_text="on for CPU runs of >= 2000 iterations where a C++ compiler "
+                                               "works, else off (and off for fused groups, slower compiled on the "
+                                               "CPU)")
     # One CUDA graph per step removes the kernel-launch overhead that bounds these small nets on a fast GPU
     cuda_graph: bool = option(False, help="CUDA only: replay forward+backward+SGD as one CUDA graph (no kernel-launch "
                                           "overhead; same math); a fused group through torch.compile's CUDA-graph "

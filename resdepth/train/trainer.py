@@ -53,7 +53,9 @@ from .construct import describe_init, load_init
 from .data import Dataset, load_dataset, model_inputs, normalize
 from .devices import (
     CapturedStep,
+    check_compile_possible,
     check_cuda_graph_device,
+    compile_unavailable,
     cudnn_benchmark,
     device_label,
     environment,
@@ -124,7 +126,15 @@ def uses_compile(config: TrainConfig, device: torch.device, fused: bool = False)
         return config.cuda_graph or bool(config.compile)
     if config.compile is not None:
         return config.compile
-    return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS
+    return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS and not compile_unavailable("cpu")
+
+
+def asked_compile(config: TrainConfig, fused: bool = False) -> str | None:
+    """The option by which a run (fused: a fused group) asks to be compiled, or None (auto compiles only where it
+    can, `uses_compile`)."""
+    if config.compile:
+        return "--compile"
+    return "--cuda-graph" if fused and config.cuda_graph else None
 
 
 class Engine:
@@ -254,6 +264,7 @@ class Trainer(RunProgress, Engine):
         self.optimizer = sgd_optimizer(self.model.parameters(), config, device)
         self.param_groups = self.optimizer.state_dict()["param_groups"]
         self.state_names = list(self.model.state_dict())
+        check_compile_possible(asked_compile(config), device.type)
         self.compiled = uses_compile(config, device)
         if self.compiled:
             prepare_compiling()
