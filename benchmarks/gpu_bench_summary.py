@@ -16,7 +16,6 @@ import json
 import math
 import re
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +163,11 @@ def precisions(folder: Path) -> list[str]:
 
 def table6_precision() -> str:
     """What sweeps/table6.toml trains in (its [train] precision; auto when it says none)."""
-    try:
+    try:  # resdepth's own reader: tomllib, or tomli on Python 3.10, whichever the GPU machine's Python has
+        from resdepth.sweep.runner import tomllib
+
         return tomllib.loads(TABLE6_SWEEP.read_text()).get("train", {}).get("precision", "auto")
-    except (OSError, tomllib.TOMLDecodeError):
+    except (ImportError, OSError, ValueError):  # TOMLDecodeError is a ValueError
         return "unknown"
 
 
