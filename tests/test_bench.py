@@ -252,7 +252,7 @@ def test_bench_without_the_naive_recipe_needs_no_torchvision(monkeypatch, tiny_b
 
 @pytest.fixture
 def no_compiler(tmp_path_factory, monkeypatch):
-    """A PATH without g++, gcc, clang or cc (slim container images, some cluster nodes); torch's cached compiler
+    """A PATH without g++, gcc or clang (slim container images, some cluster nodes); torch's cached compiler
     search is cleared before and after, so the machine's own compiler is found again for the tests that follow."""
     from torch._inductor.cpp_builder import cpp_compiler_search
 
@@ -273,6 +273,9 @@ def test_without_a_working_compiler_auto_trains_eagerly_and_compile_is_refused(t
     assert not trainer(tmp_path / "auto", epochs=None, iterations=COMPILE_MIN_ITERATIONS).compiled
     with pytest.raises(UserError, match=r"^--compile: torch.compile's CPU code needs a C\+\+ compiler.*apt install"):
         trainer(tmp_path / "asked", compile=True)
+    plain_cc = no_compiler / "cc"  # Triton looks for $CC, gcc or clang, never for cc
+    plain_cc.write_text("#!/bin/sh\nexit 0\n")
+    plain_cc.chmod(0o755)
     assert "C compiler" in compile_unavailable("cuda")  # Triton builds its launchers with one
     monkeypatch.setenv("CC", "/opt/cc")
     assert compile_unavailable("cuda") is None

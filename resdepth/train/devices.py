@@ -62,8 +62,8 @@ def compile_unavailable(device_type: str) -> str | None:
     """Why torch.compile cannot build its code on this machine, or None when it can. On the CPU it writes C++ for
     g++ (or $CXX); on CUDA, Triton builds its kernels' launchers with a C compiler. Slim container images and some
     cluster nodes have neither, and compiling would then fail at the first step, a page of torch's text."""
-    if device_type == "cuda":
-        if os.environ.get("CC") or any(shutil.which(name) for name in ("gcc", "clang", "cc")):
+    if device_type == "cuda":  # Triton looks for exactly these: $CC, else gcc, else clang
+        if os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang"):
             return None
         return "torch.compile's CUDA kernels (Triton) need a C compiler, and none is on PATH (gcc, clang or $CC)"
     try:
