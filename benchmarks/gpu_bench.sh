@@ -30,7 +30,8 @@
 #   2e. fused-fast: bench --fuse 8 --compile --no-processes, ResNet-20 then -56, vs one compiled run  <= 60 s
 #       (the rehearsal compiles it too: K = 2 at depth 8)
 #       The summary prints default vs fast vs fused-fast per depth, and each of issue #27's targets as MET, NOT
-#       MET or NOT MEASURED, the Table 6 time (+ ResNet-1202 once) EXTRAPOLATED at each depth's fastest way.
+#       MET or NOT MEASURED, the Table 6 time (+ ResNet-1202 once) EXTRAPOLATED at each depth's quickest way (each
+#       run's or job's steps, set-up and warm-up, and evaluations estimated).
 #   3. 1, 2 and 4 concurrent jobs per GPU, aggregate img/s and the Figure 6 sweep time EXTRAPOLATED   <= 40 s
 #   3b. --fuse: one fused job of K seeds vs one run, ResNet-20 and -56, K = 1..16, tf32                <= 40 s
 #   3c. the same in bf16 (K = 1, 4, 16), and the Table 6 sweep time EXTRAPOLATED from 3b              <= 20 s

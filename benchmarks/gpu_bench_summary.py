@@ -147,11 +147,15 @@ def single_rates(folder: Path, field: str = "resdepth_images_per_second") -> dic
     return rates
 
 
+def paper_epochs(batch: int) -> int:
+    """The epochs of a paper-length run, each ending in an evaluation (the last one cut short)."""
+    return math.ceil(PAPER_ITERATIONS / (TRAIN_IMAGES // batch))
+
+
 def evaluation_seconds(models: int, batch: int, images_per_second: float) -> float:
     """A paper-length run's evaluations (its test images after every epoch) for `models` runs, at EVAL_SPEEDUP times
     the training rate, as the dry run estimates them."""
-    epochs = math.ceil(PAPER_ITERATIONS / (TRAIN_IMAGES // batch))
-    return models * epochs * TEST_IMAGES / (EVAL_SPEEDUP * images_per_second)
+    return models * paper_epochs(batch) * TEST_IMAGES / (EVAL_SPEEDUP * images_per_second)
 
 
 def precisions(folder: Path) -> list[str]:
@@ -241,7 +245,7 @@ def resnet20_target(folder: Path) -> str:
     return (f"{head} {verdict}, {seconds:.0f} s EXTRAPOLATED ({way}, the quickest way): steps {steps:.0f} s "
             f"({PAPER_ITERATIONS} x {batch} images at {rate:,.0f} img/s) + set-up and warm-up {warmup:.0f} s "
             f"(compiling or capturing included) + evaluation {evaluation:.0f} s (estimated, "
-            f"{math.ceil(PAPER_ITERATIONS / (TRAIN_IMAGES // batch))} x {TEST_IMAGES:,} test images at "
+            f"{paper_epochs(batch)} x {TEST_IMAGES:,} test images at "
             f"{EVAL_SPEEDUP:g}x the training rate)")
 
 
@@ -349,10 +353,10 @@ def table6_lines(folder: Path) -> list[str]:
     if missing:
         return [*lines, f"{head} NOT MEASURED (no measured way at depth {', '.join(map(str, missing))})"]
     verdict = "MET" if total / 60 <= TABLE6_TARGET_MINUTES else "NOT MET"
-    measured, asked = "/".join(precisions(folder)), table6_precision()
-    caveat = f"; sweeps/table6.toml trains in {asked}, not measured here" if asked not in precisions(folder) else ""
+    measured, asked = precisions(folder), table6_precision()
+    caveat = f"; sweeps/table6.toml trains in {asked}, not measured here" if asked not in measured else ""
     return [*lines, f"{head} {verdict}, {total / 60:.1f} min EXTRAPOLATED (steps, set-up and warm-up, evaluation "
-                    f"estimated; one GPU; {measured}{caveat})"]
+                    f"estimated; one GPU; {'/'.join(measured)}{caveat})"]
 
 
 def target_lines(folder: Path) -> list[str]:

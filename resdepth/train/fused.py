@@ -380,10 +380,8 @@ def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
             write_run_config(trainer, member, config, dataset, fused=fused)
         trainer.start(dataset.num_classes)
         return train_to_the_end(trainer, should_stop)
-    except torch.cuda.OutOfMemoryError as exc:  # the CPU's is a RuntimeError or MemoryError, below
-        raise out_of_memory(len(configs), device, exc) from None
-    except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or ran_out_first(exc):
+    except (MemoryError, RuntimeError) as exc:  # CUDA's OutOfMemoryError is a RuntimeError
+        if ran_out_of_memory(exc):
             raise out_of_memory(len(configs), device, exc) from None
         raise
     finally:
@@ -391,14 +389,14 @@ def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
             trainer.close()
 
 
-def ran_out_first(exc: BaseException) -> bool:
-    """Whether CUDA ran out of memory on the way to this error: an allocation that fails while a CUDA graph records
-    surfaces as the capture's own error when the recording ends, the out-of-memory error as its context."""
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None:
-        if isinstance(cause, torch.cuda.OutOfMemoryError):
+def ran_out_of_memory(exc: BaseException | None) -> bool:
+    """Whether this error, or one on the way to it, says memory ran out: CUDA's OutOfMemoryError, or the CPU's
+    MemoryError or "can't allocate memory" RuntimeError. An allocation that fails while a CUDA graph records surfaces
+    as the capture's own error when the recording ends, the out-of-memory error as its context."""
+    while exc is not None:
+        if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(exc):
             return True
-        cause = cause.__cause__ or cause.__context__
+        exc = exc.__cause__ or exc.__context__
     return False
 
 

@@ -123,7 +123,7 @@ def uses_compile(config: TrainConfig, device: torch.device, fused: bool = False)
     at 0.77x its eager img/s on 2 CPU cores (BENCHMARKS.md), where a run alone gains 6-14%; CUDA is not measured
     yet (gpu_bench.sh 2e)."""
     if fused:
-        return config.cuda_graph or bool(config.compile)
+        return asked_compile(config, fused=True) is not None
     if config.compile is not None:
         return config.compile
     return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS and not compile_unavailable("cpu")
@@ -249,6 +249,7 @@ class Trainer(RunProgress, Engine):
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, dataset: Dataset):
         config = config.for_family()
         check_cuda_graph_device(config.cuda_graph, str(device))
+        check_compile_possible(asked_compile(config), device.type)
         torch.manual_seed(config.seed)
         self.data_fingerprint = dataset.fingerprint()
         self.data = dataset.to(device)
@@ -264,7 +265,6 @@ class Trainer(RunProgress, Engine):
         self.optimizer = sgd_optimizer(self.model.parameters(), config, device)
         self.param_groups = self.optimizer.state_dict()["param_groups"]
         self.state_names = list(self.model.state_dict())
-        check_compile_possible(asked_compile(config), device.type)
         self.compiled = uses_compile(config, device)
         if self.compiled:
             prepare_compiling()
