@@ -302,7 +302,9 @@ def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(t
     display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
     display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
     last = dict(before, epoch=5, iteration=55, train_error=30.0, test_error=35.0, images_per_second=512.0)
-    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="done", **last)}, {}))  # process not gone yet
+    # the last epoch caught by a poll before the run ends, and then its process not gone yet: the end line says it
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **last)}, {}))
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="done", **last)}, {}))
     RunStatus(state="done", **last).write(tmp_path)
     from resdepth.sweep.cell import CellOutcome
 

@@ -83,7 +83,8 @@ class LiveDisplay(ProgressDisplay):
     def log_lines(self, snapshot: SweepProgress) -> None:
         """A line when a run resumes from a checkpoint, one per epoch it finishes, and one when it ends, with its
         last epoch's numbers. Lines are keyed on the epoch, not the state: a status.json read between the run's
-        last epoch and its process's exit says done too, and one read before a resumed run rewrote it is stale."""
+        last epoch and its process's exit says done too, and one read before a resumed run rewrote it is stale.
+        The last epoch is left to the end line, which a poll may or may not catch the run before."""
         for name, status in snapshot.running.items():
             if status.state != "running" or name in self.ended:
                 continue  # not started yet (still the last attempt's status.json), or already said
@@ -91,7 +92,7 @@ class LiveDisplay(ProgressDisplay):
                 console.print(f"{name}: resumed at iteration {status.iteration}/{status.iterations}, after epoch "
                               f"{status.epoch}/{status.epochs} (train {pct(status.train_error)}% test "
                               f"{pct(status.test_error)}%)", highlight=False, soft_wrap=True)
-            elif status.epoch > self.logged.get(name, 0):
+            elif self.logged.get(name, 0) < status.epoch < status.epochs:
                 console.print(f"{name}: {epoch_line(status)}", highlight=False, soft_wrap=True)
             self.logged[name] = max(status.epoch, self.logged.get(name, 0))
         for item in snapshot.planned:
