@@ -179,7 +179,7 @@ def live_lock():
     holders = []
 
     def hold(run_dir: Path) -> int:
-        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # killed at teardown
         holders.append(holder)
         (run_dir / "lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "time": time.time()}))
         return holder.pid

@@ -5,6 +5,8 @@ No timing assertions: the machines that run these tests are shared.
 
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 from resdepth.bench.throughput import BenchRow, run_benchmark
 from resdepth.errors import UserError
 from resdepth.train.data import load_dataset
-from resdepth.train.devices import compile_unavailable
+from resdepth.train.devices import compile_fails, compile_unavailable
 from resdepth.train.trainer import COMPILE_MIN_ITERATIONS, COMPILE_MODES, Trainer, run_training
 
 CPU = torch.device("cpu")
@@ -279,6 +281,41 @@ def test_without_a_working_compiler_auto_trains_eagerly_and_compile_is_refused(t
     assert "C compiler" in compile_unavailable("cuda")  # Triton builds its launchers with one
     monkeypatch.setenv("CC", "/opt/cc")
     assert compile_unavailable("cuda") is None
+
+
+@pytest.fixture
+def compiler_that_cannot_build(tmp_path_factory, monkeypatch):
+    """A g++ that answers --version but fails every build, as one does where Python's headers are missing: the
+    compiler check passes, only compiling shows the failure."""
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    real = shutil.which("g++")
+    if real is None:
+        pytest.skip("no g++ on this machine to answer --version")
+    folder = tmp_path_factory.mktemp("broken-gxx")
+    (folder / "g++").write_text(f'#!/bin/sh\nif [ "$1" = "--version" ]; then exec {real} --version; fi\n'
+                                'echo "fatal error: Python.h: No such file or directory" >&2\nexit 1\n')
+    (folder / "g++").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.delenv("CXX", raising=False)
+    cpp_compiler_search.cache_clear()
+    yield folder
+    cpp_compiler_search.cache_clear()
+
+
+def test_where_compiling_fails_though_a_compiler_answers_auto_trains_eagerly_and_compile_is_refused(
+        tmp_path, trainer, compiler_that_cannot_build, resdepth_cli, cli_env, tiny_args):
+    assert compile_unavailable("cpu") is None  # what the compiler check alone concluded
+    assert "torch.compile fails on this machine" in compile_fails("cpu")
+    assert not trainer(tmp_path / "auto", epochs=None, iterations=COMPILE_MIN_ITERATIONS).compiled
+    with pytest.raises(UserError, match=r"^--compile: torch.compile fails on this machine \(.*docs/install.md"):
+        trainer(tmp_path / "asked", compile=True)
+    env = {**cli_env, "PATH": os.environ["PATH"]}
+    result = subprocess.run([resdepth_cli, "train", "--depth", "8", *tiny_args, "--epochs", "1", "--compile", "--out",
+                             str(tmp_path / "cli")], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: --compile: torch.compile fails on this machine (")
+    assert "or train without --compile" in result.stderr and not (tmp_path / "cli").exists()
 
 
 def test_the_cli_refuses_compile_without_a_compiler_before_any_run_starts(tmp_path, resdepth_cli, cli_env, tiny_args,

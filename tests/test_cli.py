@@ -181,10 +181,11 @@ def test_a_sweep_that_finds_only_busy_cells_changes_nothing_and_says_why(tmp_pat
     assert run_cli(*args).code == 0
     saved = (tmp_path / "sweep.json").read_bytes()
     pid = live_lock(tmp_path / "plain-8-s0")
+    since = time.strftime("%H:%M", time.localtime(json.loads((tmp_path / "plain-8-s0" / "lock").read_text())["time"]))
     for extra in ([], ["--lr", "0.05"], ["--lr", "0.05", "--force"]):
         code, out, _ = run_cli(*args, *extra, columns=300)
         assert code == 4 and "busy" in out
-        assert f"running elsewhere: pid {pid} on {os.uname().nodename} since {time.strftime('%H:%M')}" in out
+        assert f"running elsewhere: pid {pid} on {os.uname().nodename} since {since}" in out
         assert ("its config differs from this sweep's (lr: 0.1 there, 0.05 asked)" in out) == bool(extra)
         assert (tmp_path / "sweep.json").read_bytes() == saved  # neither rewritten nor marked "force"
     assert "force" not in json.loads(saved)
@@ -207,10 +208,11 @@ def test_progress_lines_say_where_a_resumed_run_starts_and_what_an_epoch_ended_a
 
     display = LiveDisplay(total=1)
     resumed = RunStatus(state="running", epoch=2, epochs=4, iteration=60, iterations=92, train_error=40.0,
-                        test_error=45.0, live_train_error=None, images_per_second=None)
+                        test_error=45.0, live_train_error=None, images_per_second=None, started_epoch=2,
+                        started_iteration=60)
     display.log_lines(SweepProgress([], {"plain-8-s0": resumed}, {}))
     finished = RunStatus(state="running", epoch=3, epochs=4, iteration=69, iterations=92, train_error=30.0,
-                         test_error=35.0, images_per_second=512.0)
+                         test_error=35.0, images_per_second=512.0, started_epoch=2, started_iteration=60)
     display.log_lines(SweepProgress([], {"plain-8-s0": finished}, {}))
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["plain-8-s0: resumed at iteration 60/92, after epoch 2/4 (train 40.00% test 45.00%)",

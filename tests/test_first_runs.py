@@ -73,6 +73,30 @@ def test_a_worker_that_crashes_before_training_says_why_and_where_its_log_is(tmp
     assert (run_dir / ERROR_FILE).read_text().strip() == outcome.error == RunStatus.read(run_dir).error
 
 
+def test_a_worker_stopped_while_it_still_imports_is_interrupted_not_failed(tmp_path, tiny_config, run_sweep_now,
+                                                                           tiny_sweep):
+    from resdepth.results.runs import write_config
+    from resdepth.sweep.executors import CellJob, LocalProcessExecutor
+
+    # Ctrl-C in a sweep's first seconds reaches its workers while they import torch, before their stop handler
+    run_dir = tmp_path / "plain-8-s0"
+    run_dir.mkdir()
+    write_config(run_dir, asdict(tiny_config(kind="plain", epochs=1)))
+    executor = LocalProcessExecutor()
+    future = executor.submit(CellJob(run_dir, "cpu", threads=1))
+    executor.interrupt()  # at once: torch's import alone takes over a second
+    outcome = future.result(timeout=120)
+    assert (outcome.state, outcome.error) == ("interrupted", None)
+    assert RunStatus.read(run_dir).state == "interrupted" and not (run_dir / "error.txt").exists()
+    planned, outcomes = run_sweep_now(tiny_sweep(tmp_path, kinds=["plain"], train=tiny_config(epochs=1)))
+    assert [p.action for p in planned] == ["new"] and outcomes["plain-8-s0"].state == "done"  # not a --retry-failed
+    # a worker killed otherwise still failed, saying how
+    from resdepth.sweep.cell import outcome_from_status
+
+    RunStatus(state="running").write(run_dir)
+    assert outcome_from_status(run_dir, exit_code=-9).error.startswith("worker process died (signal 9)")
+
+
 def test_the_gist_of_a_log_is_its_last_unindented_line(tmp_path):
     from resdepth.sweep.cell import log_gist
 
@@ -278,6 +302,33 @@ def test_progress_lines_say_each_epoch_once_and_done_with_the_last_epochs_number
         assert len(lines) == len(set(lines)), lines  # no line twice
         assert lines[-1].startswith(f"{name}: done: epoch 2/2 iteration 8/8 train "), lines
         assert sum(" epoch 2/2 " in line for line in lines) == 1, lines
+        # a fresh run: never "resumed", whenever the first poll found it; epoch 1 said once, before the end
+        assert len(lines) == 2 and lines[0].startswith(f"{name}: epoch 1/2 iteration 4/8 train "), lines
+
+
+def test_a_fresh_run_first_seen_epochs_in_is_not_called_resumed_and_no_epoch_goes_unsaid(tmp_path, capsys):
+    import pandas as pd
+
+    from resdepth.cli.progress import LiveDisplay
+    from resdepth.results.runs import METRIC_COLUMNS
+    from resdepth.sweep.runner import SweepProgress
+
+    # short epochs finish between two polls: the first poll of a run started from scratch finds it at epoch 2
+    cell = type("Cell", (), {"name": "plain-8-s0", "run_dir": tmp_path})()
+    planned = [type("Planned", (), {"cell": cell})()]
+    rows = [dict(epoch=e, iteration=4 * e, lr=0.1, train_loss=1.0, train_error=90.0 - e, test_error=95.0 - e,
+                 test_loss=1.0, epoch_seconds=0.1, images_per_second=100.0 * e) for e in (1, 2, 3)]
+    pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(tmp_path / "metrics.csv", index=False)
+    display = LiveDisplay(total=1)
+    at = dict(epochs=5, iterations=20, started_epoch=0, started_iteration=0, images_per_second=200.0)
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", epoch=2, iteration=8,
+                                                                   train_error=88.0, test_error=93.0, **at)}, {}))
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", epoch=3, iteration=12,
+                                                                   train_error=87.0, test_error=92.0, **at)}, {}))
+    assert capsys.readouterr().out.splitlines() == [
+        "plain-8-s0: epoch 1/5 iteration 4/20 train 89.00% test 94.00% 100 img/s",
+        "plain-8-s0: epoch 2/5 iteration 8/20 train 88.00% test 93.00% 200 img/s",
+        "plain-8-s0: epoch 3/5 iteration 12/20 train 87.00% test 92.00% 200 img/s"]
 
 
 def test_fused_cells_each_say_done(tmp_path, cli_env, resdepth_cli, tiny_args):
@@ -299,6 +350,7 @@ def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(t
     display = LiveDisplay(total=1)
     before = dict(epoch=4, epochs=5, iteration=52, iterations=55, train_error=40.0, test_error=45.0)
     display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="interrupted", **before)}, {}))  # stale
+    before.update(started_epoch=4, started_iteration=52)
     display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
     display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
     last = dict(before, epoch=5, iteration=55, train_error=30.0, test_error=35.0, images_per_second=512.0)

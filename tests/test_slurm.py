@@ -288,16 +288,26 @@ def release_requeued(job_id: str) -> None:
     """Slurm holds a requeued job back about two minutes before it may start; let it start in a few seconds.
 
     Not at once: a job restarted while its node still cleans up the old run is killed ("Job credential revoked").
+    So it waits while any node or job is completing, and at least 5 s (enough on the machines measured), at most 60.
     """
     for _ in range(100):
         state = subprocess.run(["squeue", "--noheader", "--format=%T", "--jobs", job_id], capture_output=True,
                                text=True).stdout.strip()
         if state == "PENDING":
-            time.sleep(5)
+            pending = time.monotonic()
+            while time.monotonic() - pending < 60 and (time.monotonic() - pending < 5 or slurm_completing()):
+                time.sleep(0.5)
             # no check: a job that Slurm has let start meanwhile is no longer pending, which is what this is for
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
             return
         time.sleep(0.2)
+
+
+def slurm_completing() -> bool:
+    """Whether a node or job is still cleaning up after a job (Slurm's COMPLETING)."""
+    nodes = subprocess.run(["sinfo", "--noheader", "--states=completing"], capture_output=True, text=True).stdout
+    jobs = subprocess.run(["squeue", "--noheader", "--states=CG"], capture_output=True, text=True).stdout
+    return bool(nodes.strip() or jobs.strip())
 
 
 def test_cli_slurm_sweep_runs_one_job_array_with_the_sequential_numbers(slurm_cluster, tmp_path, cli_env, resdepth_cli,
@@ -342,8 +352,9 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_ends_identical(slurm_c
         release_requeued(task["slurm_job"])
 
     sent, callback = preempt_once_two_epochs_are_in(run_dir, preempt)
+    deadline = time.monotonic() + 600  # a requeued job that never restarts fails the test (interrupted), not hangs it
     _, outcomes = run_sweep_now(slurm_sweep(tmp_path / "slurm", "slurm", kinds=["plain"], train=train),
-                                on_progress=callback)
+                                on_progress=callback, stop_requested=lambda: time.monotonic() > deadline)
     assert sent and sent[0]["rows"] < 24, "the run finished before it could be preempted"
     assert outcomes["plain-8-s0"].state == "done"
     assert RunStatus.read(run_dir).pid != sent[0]["pid"]

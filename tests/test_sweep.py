@@ -96,7 +96,8 @@ def test_lock_keeps_a_second_process_out_and_stale_locks_are_taken_over(tmp_path
 
 def test_a_second_sweep_process_does_not_run_a_running_cell(tmp_path, cli_env, resdepth_cli, tiny_args, metrics_of,
                                                             wait_for_rows):
-    args = [resdepth_cli, "train", "--depth", "8", "--epochs", "40", "--out", str(tmp_path), *tiny_args]
+    # 400 epochs: still running whatever the machine's pace when the second process looks; killed at the end
+    args = [resdepth_cli, "train", "--depth", "8", "--epochs", "400", "--out", str(tmp_path), *tiny_args]
     first = subprocess.Popen(args, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_rows(tmp_path / "residual-8-s0" / "metrics.csv", 1)

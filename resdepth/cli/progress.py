@@ -5,11 +5,14 @@ plain lines instead."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.markup import escape
 
-from ..results.runs import RunStatus
+from ..errors import UserError
+from ..results.runs import METRICS_FILE, RunStatus, read_metrics
 from ..sweep.runner import SweepProgress
 from ..train.data import LoadProgress
 from .console import console, pct, rate
@@ -84,31 +87,82 @@ class LiveDisplay(ProgressDisplay):
         """A line when a run resumes from a checkpoint, one per epoch it finishes, and one when it ends, with its
         last epoch's numbers. Lines are keyed on the epoch, not the state: a status.json read between the run's
         last epoch and its process's exit says done too, and one read before a resumed run rewrote it is stale.
-        The last epoch is left to the end line, which a poll may or may not catch the run before."""
+        Where this attempt started is status.json's own (a first poll may come epochs in); epochs finished between
+        two polls (or before the end) are read from metrics.csv, and the last epoch is left to the end line."""
+        run_dirs = {item.cell.name: item.cell.run_dir for item in snapshot.planned}
         for name, status in snapshot.running.items():
             if status.state != "running" or name in self.ended:
                 continue  # not started yet (still the last attempt's status.json), or already said
-            if name not in self.logged and status.epoch and status.iteration < status.iterations:
-                console.print(f"{name}: resumed at iteration {status.iteration}/{status.iterations}, after epoch "
-                              f"{status.epoch}/{status.epochs} (train {pct(status.train_error)}% test "
-                              f"{pct(status.test_error)}%)", highlight=False, soft_wrap=True)
-            elif self.logged.get(name, 0) < status.epoch < status.epochs:
-                console.print(f"{name}: {epoch_line(status)}", highlight=False, soft_wrap=True)
-            self.logged[name] = max(status.epoch, self.logged.get(name, 0))
+            self.say_epochs(name, status, run_dirs.get(name), min(status.epoch, status.epochs - 1))
         for item in snapshot.planned:
             outcome = snapshot.outcomes.get(item.cell.name)
             if outcome is not None and item.cell.name not in self.ended:
                 self.ended.add(item.cell.name)
                 status = RunStatus.read(item.cell.run_dir)
-                numbers = f": {epoch_line(status)}" if status and status.epoch else ""
-                console.print(f"{item.cell.name}: {outcome.state}{numbers}" +
-                              (f" ({outcome.error})" if outcome.error else ""), highlight=False, soft_wrap=True)
+                if status and outcome.state != "busy":  # a busy cell's status is another process's run
+                    self.say_epochs(item.cell.name, status, item.cell.run_dir, status.epoch - 1)
+                numbers = f": {epoch_line(status, status)}" if status and status.epoch else ""
+                self.say(item.cell.name, f"{outcome.state}{numbers}" +
+                         (f" ({outcome.error})" if outcome.error else ""))
+
+    def say_epochs(self, name: str, status: RunStatus, run_dir: Path | None, last: int) -> None:
+        """Where a resumed run started, when first seen; then a line for each epoch not said yet up to `last`: the
+        status's own, the ones before it from metrics.csv."""
+        if name not in self.logged and status.started_iteration:
+            self.say(name, resumed_line(status, epoch_rows(run_dir, status.started_epoch)))
+        said = self.logged.setdefault(name, status.started_epoch)
+        rows = epoch_rows(run_dir, said + 1, last) if last > said and not (last == said + 1 == status.epoch) else {}
+        for epoch in range(said + 1, last + 1):
+            numbers = rows.get(epoch) or (status if epoch == status.epoch else None)
+            if numbers is not None:
+                self.say(name, epoch_line(status, numbers))
+        self.logged[name] = max(last, said)
+
+    @staticmethod
+    def say(name: str, line: str) -> None:
+        console.print(f"{name}: {line}", highlight=False, soft_wrap=True, markup=False)
 
 
-def epoch_line(status: RunStatus) -> str:
-    """'epoch 5/5 iteration 55/55 train 12.50% test 20.31% 1,234 img/s' from a run's status."""
-    return (f"epoch {status.epoch}/{status.epochs} iteration {status.iteration}/{status.iterations} train "
-            f"{pct(status.train_error)}% test {pct(status.test_error)}% {rate(status.images_per_second)} img/s")
+@dataclass
+class EpochRow:
+    """An epoch's numbers as a metrics.csv row has them."""
+
+    epoch: int
+    iteration: int
+    train_error: float | None
+    test_error: float | None
+    images_per_second: float | None
+
+
+def epoch_rows(run_dir: Path | None, first: int, last: int | None = None) -> dict[int, EpochRow]:
+    """metrics.csv's rows for epochs first..last (last: first alone), by epoch; none where it cannot be read."""
+    if run_dir is None:
+        return {}
+    try:
+        metrics, _ = read_metrics(run_dir / METRICS_FILE)
+    except (ValueError, UserError):
+        return {}
+    wanted = metrics[(metrics["epoch"] >= first) & (metrics["epoch"] <= (first if last is None else last))]
+    return {int(row.epoch): EpochRow(int(row.epoch), int(row.iteration), float(row.train_error),
+                                     float(row.test_error), float(row.images_per_second))
+            for row in wanted.itertuples()}
+
+
+def resumed_line(status: RunStatus, rows: dict[int, EpochRow]) -> str:
+    """'resumed at iteration 52/55, after epoch 4/5 (train 40.00% test 45.00%)': with the numbers of the epoch it
+    resumed after, while status.json still has them or metrics.csv does."""
+    line = f"resumed at iteration {status.started_iteration}/{status.iterations}"
+    if not status.started_epoch:  # within the first epoch
+        return line
+    line += f", after epoch {status.started_epoch}/{status.epochs}"
+    numbers = rows.get(status.started_epoch) or (status if status.epoch == status.started_epoch else None)
+    return f"{line} (train {pct(numbers.train_error)}% test {pct(numbers.test_error)}%)" if numbers else line
+
+
+def epoch_line(status: RunStatus, numbers: RunStatus | EpochRow) -> str:
+    """'epoch 5/5 iteration 55/55 train 12.50% test 20.31% 1,234 img/s': an epoch's numbers, out of the run's."""
+    return (f"epoch {numbers.epoch}/{status.epochs} iteration {numbers.iteration}/{status.iterations} train "
+            f"{pct(numbers.train_error)}% test {pct(numbers.test_error)}% {rate(numbers.images_per_second)} img/s")
 
 
 class DataLoadDisplay(ProgressDisplay):

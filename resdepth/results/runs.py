@@ -194,6 +194,9 @@ class RunStatus:
     # threshold (training error below the bound, §4.2) or cap (--warmup-max-iterations)
     warmup_end_reason: str | None = None
     error: str | None = None
+    # where this attempt started: a resumed run's checkpoint (0, 0: from the start)
+    started_epoch: int = 0
+    started_iteration: int = 0
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     device: str = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 import traceback
@@ -229,12 +230,19 @@ def job_outcome_from_status(run_dirs: list[Path], exit_code: int, log: Path | No
     return job_outcome(outcomes)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what a sweep's interrupt and Ctrl-C send its workers
+
+
 def outcome_from_status(run_dir: Path, exit_code: int, log: Path | None = None) -> CellOutcome:
     """How a worker process ended, from its run folder; a process that died without saying so is a failure, whose
     reason quotes the last line of its log (the exception, mostly) and names the log."""
     if exit_code == EXIT_CODES["busy"]:
         return busy_outcome(run_dir)
     status = RunStatus.read_or_none(run_dir)
+    if (status is None or status.state in ("running", "pending")) and -exit_code in STOP_SIGNALS:
+        # stopped (Ctrl-C, the sweep's interrupt) while still importing torch, before its handler was in place
+        set_state(run_dir, "interrupted")
+        return CellOutcome(run_dir, "interrupted")
     if status is None or status.state in ("running", "pending"):  # it ended without recording how
         reason = (f"worker process died (signal {-exit_code})" if exit_code < 0 else
                   f"worker process exited with code {exit_code}")

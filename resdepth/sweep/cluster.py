@@ -227,9 +227,11 @@ class RayExecutor(Executor):
             return CellOutcome(run_dir, "failed", error=f"{type(exc).__name__}; run folder: {unreadable}")
 
     def interrupt(self) -> None:
+        """Cancel the jobs not started yet before the running ones: a running job that stopped first would free its
+        CPUs (or GPU) for Ray to start a queued one before its cancel arrived."""
         with self._lock:
-            refs = list(self._running)
-        for ref in refs:
+            jobs = list(self._running.items())
+        for ref, _ in sorted(jobs, key=lambda job: (job[1][0] / TASK_FILE).exists()):
             self.ray.cancel(ref)
 
     def shutdown(self) -> None:

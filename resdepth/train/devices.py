@@ -7,11 +7,14 @@ named precisions); `train.py` decides what to compute.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
 import shutil
 import socket
+import types
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -59,29 +62,77 @@ def check_cuda_graph_device(cuda_graph: bool, device: str) -> None:
 
 
 def compile_unavailable(device_type: str) -> str | None:
-    """Why torch.compile cannot build its code on this machine, or None when it can. On the CPU it writes C++ for
-    g++ (or $CXX); on CUDA, Triton builds its kernels' launchers with a C compiler. Slim container images and some
-    cluster nodes have neither, and compiling would then fail at the first step, a page of torch's text."""
+    """Why torch.compile cannot build its code on this machine, found without compiling (so a login node can say it
+    cheaply), or None when nothing is missing. On the CPU it writes C++ for g++ (or $CXX); on CUDA, Triton builds
+    its kernels' launchers with a C compiler. Slim container images and some cluster nodes have neither, and
+    compiling would then fail at the first step, a page of torch's text."""
     if device_type == "cuda":  # Triton looks for exactly these: $CC, else gcc, else clang
         if os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang"):
             return None
-        return "torch.compile's CUDA kernels (Triton) need a C compiler, and none is on PATH (gcc, clang or $CC)"
+        return ("torch.compile's CUDA kernels (Triton) need a C compiler, and none is on PATH (gcc, clang or $CC): "
+                "install one (e.g. apt install gcc)")
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
-    except ImportError:  # another torch's layout: compiling will say for itself
+    except ImportError:  # another torch's layout: the trial compile will say
         return None
     try:
         get_cpp_compiler()  # runs `g++ --version` once per process
     except RuntimeError:
-        return "torch.compile's CPU code needs a C++ compiler, and none works here (g++, or $CXX)"
+        return ("torch.compile's CPU code needs a C++ compiler, and none works here (g++, or $CXX): install one "
+                "(e.g. apt install g++)")
     return None
 
 
-def check_compile_possible(flag: str | None, device_type: str) -> None:
-    """Refuse an asked-for compile (flag: the option that asks for it, None: not asked) that cannot build here."""
-    reason = compile_unavailable(device_type) if flag else None
+def compile_fails(device_type: str) -> str | None:
+    """Why torch.compile fails on this machine, or None when it works: the compiler check, then a trial compile of a
+    two-op function, which meets what a present compiler does not prove (missing Python headers, a cache folder
+    that cannot be written, a /tmp mounted noexec). Known once per process and setting: about a second."""
+    settings = tuple(os.environ.get(name) for name in ("TORCHINDUCTOR_CACHE_DIR", "TMPDIR", "PATH", "CC", "CXX"))
+    return trial_compile(device_type, settings)
+
+
+def _two_ops(x: torch.Tensor) -> torch.Tensor:
+    return x * 2 + 1
+
+
+@functools.cache
+def trial_compile(device_type: str, settings: tuple[str | None, ...]) -> str | None:
+    """Compile and run `_two_ops` anew (a fresh code object, torch's caches off: a cached kernel, perhaps built on
+    another machine sharing this home folder, would prove nothing); the failure's first line, or None."""
+    try:
+        import torch._inductor.config as inductor_config  # imports dynamo, which makes its cache folder
+    except OSError as exc:  # a second import would fail otherwise, half-registered
+        return compile_failure(exc)
+    reason = compile_unavailable(device_type)
     if reason:
-        raise UserError(f"{flag}: {reason}: install one (e.g. apt install g++), or train without {flag}")
+        return reason
+    prepare_compiling()  # torch's empty notices kept off the terminal from the first compile on
+    fresh = types.FunctionType(_two_ops.__code__.replace(), _two_ops.__globals__)
+    quiet = logging.getLogger("torch._inductor")  # its warning that a failed build's folder was kept
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        caches_off = {"force_disable_caches": True} if hasattr(inductor_config, "force_disable_caches") else {}
+        with inductor_config.patch(caches_off), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "dynamo_pgo force disabled": what caches_off asks for
+            torch.compile(fresh)(torch.ones(4, device=device_type))
+    except Exception as exc:  # noqa: BLE001 - whatever the failure: it is reported, in a line, not raised
+        return compile_failure(exc)
+    finally:
+        quiet.setLevel(level)
+    return None
+
+
+def compile_failure(exc: BaseException) -> str:
+    first = " ".join(str(exc).split("\n", 1)[0].split())[:240]
+    return f"torch.compile fails on this machine ({type(exc).__name__}: {first}): docs/install.md says what it needs"
+
+
+def check_compile_possible(flag: str | None, device_type: str) -> None:
+    """Refuse an asked-for compile (flag: the option that asks for it, None: not asked) that fails here."""
+    reason = compile_fails(device_type) if flag else None
+    if reason:
+        raise UserError(f"{flag}: {reason}; or train without {flag}")
 
 
 def device_label(device: torch.device, environ: Mapping[str, str] = os.environ) -> str:

@@ -55,7 +55,7 @@ from .devices import (
     CapturedStep,
     check_compile_possible,
     check_cuda_graph_device,
-    compile_unavailable,
+    compile_fails,
     cudnn_benchmark,
     device_label,
     environment,
@@ -126,7 +126,7 @@ def uses_compile(config: TrainConfig, device: torch.device, fused: bool = False)
         return asked_compile(config, fused=True) is not None
     if config.compile is not None:
         return config.compile
-    return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS and not compile_unavailable("cpu")
+    return device.type == "cpu" and config.iterations >= COMPILE_MIN_ITERATIONS and not compile_fails("cpu")
 
 
 def asked_compile(config: TrainConfig, fused: bool = False) -> str | None:
@@ -605,7 +605,7 @@ def starting_status(run: RunProgress) -> RunStatus:
     """status.json as a run (re)starts: a resumed run shows its last finished epoch's numbers, not blanks."""
     status = RunStatus(state="running", epoch=run.epoch, epochs=run.epochs, iteration=run.iteration,
                        iterations=run.config.iterations, device=device_label(run.device),
-                       **warmup_progress(run))
+                       started_epoch=run.epoch, started_iteration=run.iteration, **warmup_progress(run))
     if run.epoch:
         try:
             metrics, _ = read_metrics(run.run_dir / METRICS_FILE)
