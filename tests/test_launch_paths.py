@@ -105,6 +105,14 @@ def test_the_dry_runs_speed_probe_uses_one_indexed_device(tmp_path, fake_cuda_ma
     assert [where(r) for r in machine.records()] == [("cuda:1", 1, 0), ("cuda:0", 0, 0), ("cuda:1", 1, 0)]
 
 
+def test_planning_a_compiled_cuda_sweep_touches_no_gpu(tmp_path, fake_cuda_machine, tiny_config, tiny_sweep):
+    # its compile check looks for Triton's compiler; a trial compile here would start CUDA in the planning process
+    machine = fake_cuda_machine(2)
+    sweep = tiny_sweep(tmp_path / "r", kinds=["plain"], train=tiny_config(device="cuda", threads=None, compile=True))
+    assert [item.device for item in plan_sweep(sweep)] == ["cuda:0"]
+    assert machine.records() == []
+
+
 @pytest.mark.parametrize("command", ["analyze", "construct"])
 def test_analyze_and_construct_use_one_indexed_device(tmp_path, fake_cuda_machine, tiny_config, run_cli, command):
     run_training(tiny_config(kind="plain"), tmp_path / "results" / "plain-8-s0")  # on the CPU, before the fake

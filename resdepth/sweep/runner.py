@@ -229,7 +229,10 @@ def device_slots(sweep: SweepConfig) -> list[str]:
     else:  # never more jobs at once than cores: --jobs 10000 would start 10,000 processes
         slots = [device if device not in ("auto", "cpu") else "cpu"] * min(sweep.jobs, cpu_cores())
     check_cuda_graph_device(sweep.train.cuda_graph, slots[0])
-    check_compile_possible(asked_compile(sweep.train, fused=parse_fuse(sweep.fuse) != 1), torch.device(slots[0]).type)
+    # a trial compile on CUDA would start CUDA in this planning process: there, each run tries before it compiles
+    device_type = torch.device(slots[0]).type
+    check_compile_possible(asked_compile(sweep.train, fused=parse_fuse(sweep.fuse) != 1), device_type,
+                           trial=device_type == "cpu")
     return slots
 
 

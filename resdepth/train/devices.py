@@ -128,9 +128,10 @@ def compile_failure(exc: BaseException) -> str:
     return f"torch.compile fails on this machine ({type(exc).__name__}: {first}): docs/install.md says what it needs"
 
 
-def check_compile_possible(flag: str | None, device_type: str) -> None:
-    """Refuse an asked-for compile (flag: the option that asks for it, None: not asked) that fails here."""
-    reason = compile_fails(device_type) if flag else None
+def check_compile_possible(flag: str | None, device_type: str, trial: bool = True) -> None:
+    """Refuse an asked-for compile (flag: the option that asks for it, None: not asked) that fails here (trial:
+    found by compiling, `compile_fails`; else by looking, `compile_unavailable`)."""
+    reason = (compile_fails if trial else compile_unavailable)(device_type) if flag else None
     if reason:
         raise UserError(f"{flag}: {reason}; or train without {flag}")
 
