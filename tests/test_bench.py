@@ -18,7 +18,7 @@ import torch
 from resdepth.bench.throughput import BenchRow, run_benchmark
 from resdepth.errors import UserError
 from resdepth.train.data import load_dataset
-from resdepth.train.devices import compile_fails, compile_unavailable
+from resdepth.train.devices import compile_fails, compile_unavailable, torch_cache_folder, trial_compile
 from resdepth.train.trainer import COMPILE_MIN_ITERATIONS, COMPILE_MODES, Trainer, run_training
 
 CPU = torch.device("cpu")
@@ -306,7 +306,10 @@ def compiler_that_cannot_build(tmp_path_factory, monkeypatch):
 def test_where_compiling_fails_though_a_compiler_answers_auto_trains_eagerly_and_compile_is_refused(
         tmp_path, trainer, compiler_that_cannot_build, resdepth_cli, cli_env, tiny_args):
     assert compile_unavailable("cpu") is None  # what the compiler check alone concluded
+    leftovers = set(Path(torch_cache_folder()).glob("resdepth-trial-*"))
     assert "torch.compile fails on this machine" in compile_fails("cpu")
+    assert "fatal error: Python.h: No such file or directory" in compile_fails("cpu")  # the compiler's own words
+    assert set(Path(torch_cache_folder()).glob("resdepth-trial-*")) == leftovers  # its build folder removed
     assert not trainer(tmp_path / "auto", epochs=None, iterations=COMPILE_MIN_ITERATIONS).compiled
     with pytest.raises(UserError, match=r"^--compile: torch.compile fails on this machine \(.*docs/install.md"):
         trainer(tmp_path / "asked", compile=True)
@@ -316,6 +319,12 @@ def test_where_compiling_fails_though_a_compiler_answers_auto_trains_eagerly_and
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: --compile: torch.compile fails on this machine (")
     assert "or train without --compile" in result.stderr and not (tmp_path / "cli").exists()
+
+
+def test_a_trial_compile_that_works_leaves_nothing_behind():
+    before = set(Path(torch_cache_folder()).iterdir())
+    assert trial_compile("cpu", ("this test's own settings",)) is None  # a key no other trial has: it compiles
+    assert set(Path(torch_cache_folder()).iterdir()) == before
 
 
 def test_the_cli_refuses_compile_without_a_compiler_before_any_run_starts(tmp_path, resdepth_cli, cli_env, tiny_args,

@@ -209,10 +209,11 @@ def test_progress_lines_say_where_a_resumed_run_starts_and_what_an_epoch_ended_a
     display = LiveDisplay(total=1)
     resumed = RunStatus(state="running", epoch=2, epochs=4, iteration=60, iterations=92, train_error=40.0,
                         test_error=45.0, live_train_error=None, images_per_second=None, started_epoch=2,
-                        started_iteration=60)
+                        started_iteration=60, started=1.0)
     display.log_lines(SweepProgress([], {"plain-8-s0": resumed}, {}))
     finished = RunStatus(state="running", epoch=3, epochs=4, iteration=69, iterations=92, train_error=30.0,
-                         test_error=35.0, images_per_second=512.0, started_epoch=2, started_iteration=60)
+                         test_error=35.0, images_per_second=512.0, started_epoch=2, started_iteration=60,
+                         started=1.0)
     display.log_lines(SweepProgress([], {"plain-8-s0": finished}, {}))
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["plain-8-s0: resumed at iteration 60/92, after epoch 2/4 (train 40.00% test 45.00%)",

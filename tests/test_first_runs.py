@@ -306,7 +306,7 @@ def test_progress_lines_say_each_epoch_once_and_done_with_the_last_epochs_number
         assert len(lines) == 2 and lines[0].startswith(f"{name}: epoch 1/2 iteration 4/8 train "), lines
 
 
-def test_a_fresh_run_first_seen_epochs_in_is_not_called_resumed_and_no_epoch_goes_unsaid(tmp_path, capsys):
+def test_a_fresh_run_first_seen_epochs_in_is_not_called_resumed_and_each_epoch_says_its_own_numbers(tmp_path, capsys):
     import pandas as pd
 
     from resdepth.cli.progress import LiveDisplay
@@ -320,15 +320,55 @@ def test_a_fresh_run_first_seen_epochs_in_is_not_called_resumed_and_no_epoch_goe
                  test_loss=1.0, epoch_seconds=0.1, images_per_second=100.0 * e) for e in (1, 2, 3)]
     pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(tmp_path / "metrics.csv", index=False)
     display = LiveDisplay(total=1)
-    at = dict(epochs=5, iterations=20, started_epoch=0, started_iteration=0, images_per_second=200.0)
-    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", epoch=2, iteration=8,
+    at = dict(epochs=5, iterations=20, started_epoch=0, started_iteration=0, images_per_second=200.0, started=1.0)
+    # status.json's iteration has moved on into the next epoch when a poll reads it: each line is its epoch's row
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", epoch=2, iteration=9,
                                                                    train_error=88.0, test_error=93.0, **at)}, {}))
-    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", epoch=3, iteration=12,
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", epoch=3, iteration=13,
                                                                    train_error=87.0, test_error=92.0, **at)}, {}))
     assert capsys.readouterr().out.splitlines() == [
         "plain-8-s0: epoch 1/5 iteration 4/20 train 89.00% test 94.00% 100 img/s",
         "plain-8-s0: epoch 2/5 iteration 8/20 train 88.00% test 93.00% 200 img/s",
-        "plain-8-s0: epoch 3/5 iteration 12/20 train 87.00% test 92.00% 200 img/s"]
+        "plain-8-s0: epoch 3/5 iteration 12/20 train 87.00% test 92.00% 300 img/s"]
+
+
+def test_an_earlier_attempts_status_prints_no_epochs_and_each_new_attempt_says_where_it_resumed(tmp_path, capsys):
+    import pandas as pd
+
+    from resdepth.cli.progress import LiveDisplay
+    from resdepth.results.runs import METRIC_COLUMNS
+    from resdepth.sweep.cell import CellOutcome
+    from resdepth.sweep.runner import SweepProgress
+
+    cell = type("Cell", (), {"name": "plain-8-s0", "run_dir": tmp_path})()
+    planned = [type("Planned", (), {"cell": cell})()]
+    rows = [dict(epoch=e, iteration=4 * e, lr=0.1, train_loss=1.0, train_error=90.0 - e, test_error=95.0 - e,
+                 test_loss=1.0, epoch_seconds=0.1, images_per_second=100.0) for e in (1, 2, 3, 4, 5)]
+    pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(tmp_path / "metrics.csv", index=False)
+    # a run killed at epoch 5 (its status.json still says running), resumed by this sweep
+    old = RunStatus(state="running", epoch=5, epochs=10, iteration=20, iterations=40, train_error=85.0,
+                    test_error=90.0, started=1.0)
+    display = LiveDisplay(total=1)
+    display.log_lines(SweepProgress(planned, {cell.name: old}, {}, {cell.name: 1.0}))
+    assert capsys.readouterr().out == ""  # the earlier attempt's epochs are not this sweep's to say
+    # the new attempt, then Slurm requeues it: each says where it resumed
+    new = dict(state="running", epochs=10, iterations=40, train_error=85.0, test_error=90.0, started_epoch=5,
+               started_iteration=20)
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(epoch=5, iteration=21, started=2.0, **new)}, {},
+                                    {cell.name: 1.0}))
+    requeued = dict(new, started_iteration=21)
+    display.log_lines(SweepProgress(planned, {cell.name: RunStatus(epoch=5, iteration=22, started=3.0,
+                                                                   **requeued)}, {}, {cell.name: 1.0}))
+    assert capsys.readouterr().out.splitlines() == [
+        "plain-8-s0: resumed at iteration 20/40, after epoch 5/10 (train 85.00% test 90.00%)",
+        "plain-8-s0: resumed at iteration 21/40, after epoch 5/10 (train 85.00% test 90.00%)"]
+    # stopped again before its worker wrote a status: the end line alone
+    RunStatus(state="interrupted", epoch=5, epochs=10, iteration=20, iterations=40, train_error=85.0,
+              test_error=90.0, started=1.0).write(tmp_path)
+    other = LiveDisplay(total=1)
+    other.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "interrupted")}, {cell.name: 1.0}))
+    assert capsys.readouterr().out.splitlines() == [
+        "plain-8-s0: interrupted: epoch 5/10 iteration 20/40 train 85.00% test 90.00% - img/s"]
 
 
 def test_fused_cells_each_say_done(tmp_path, cli_env, resdepth_cli, tiny_args):
@@ -348,9 +388,9 @@ def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(t
     cell = type("Cell", (), {"name": "plain-8-s0", "run_dir": tmp_path})()
     planned = [type("Planned", (), {"cell": cell})()]
     display = LiveDisplay(total=1)
-    before = dict(epoch=4, epochs=5, iteration=52, iterations=55, train_error=40.0, test_error=45.0)
+    before = dict(epoch=4, epochs=5, iteration=52, iterations=55, train_error=40.0, test_error=45.0, started=1.0)
     display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="interrupted", **before)}, {}))  # stale
-    before.update(started_epoch=4, started_iteration=52)
+    before.update(started_epoch=4, started_iteration=52, started=2.0)
     display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
     display.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", **before)}, {}))
     last = dict(before, epoch=5, iteration=55, train_error=30.0, test_error=35.0, images_per_second=512.0)

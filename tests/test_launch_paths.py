@@ -105,8 +105,10 @@ def test_the_dry_runs_speed_probe_uses_one_indexed_device(tmp_path, fake_cuda_ma
     assert [where(r) for r in machine.records()] == [("cuda:1", 1, 0), ("cuda:0", 0, 0), ("cuda:1", 1, 0)]
 
 
-def test_planning_a_compiled_cuda_sweep_touches_no_gpu(tmp_path, fake_cuda_machine, tiny_config, tiny_sweep):
+def test_planning_a_compiled_cuda_sweep_touches_no_gpu(tmp_path, fake_cuda_machine, tiny_config, tiny_sweep,
+                                                       monkeypatch):
     # its compile check looks for Triton's compiler; a trial compile here would start CUDA in the planning process
+    monkeypatch.setenv("CC", "gcc")  # the compiler the check looks for, whatever this machine's PATH holds
     machine = fake_cuda_machine(2)
     sweep = tiny_sweep(tmp_path / "r", kinds=["plain"], train=tiny_config(device="cuda", threads=None, compile=True))
     assert [item.device for item in plan_sweep(sweep)] == ["cuda:0"]

@@ -55,6 +55,7 @@ class LiveDisplay(ProgressDisplay):
         self.overall = self.progress.add_task("sweep", total=total, info="") if self.progress else None
         self.tasks: dict[str, Any] = {}
         self.logged: dict[str, int] = {}  # the last epoch a line was printed for, by cell
+        self.attempts: dict[str, float] = {}  # the attempt those lines follow (its status.json `started`), by cell
         self.ended: set[str] = set()  # the cells whose end was printed
 
     def update(self, snapshot: SweepProgress) -> None:
@@ -91,27 +92,32 @@ class LiveDisplay(ProgressDisplay):
         two polls (or before the end) are read from metrics.csv, and the last epoch is left to the end line."""
         run_dirs = {item.cell.name: item.cell.run_dir for item in snapshot.planned}
         for name, status in snapshot.running.items():
-            if status.state != "running" or name in self.ended:
+            if status.state != "running" or name in self.ended or earlier_attempt(snapshot, name, status):
                 continue  # not started yet (still the last attempt's status.json), or already said
             self.say_epochs(name, status, run_dirs.get(name), min(status.epoch, status.epochs - 1))
         for item in snapshot.planned:
             outcome = snapshot.outcomes.get(item.cell.name)
             if outcome is not None and item.cell.name not in self.ended:
                 self.ended.add(item.cell.name)
-                status = RunStatus.read(item.cell.run_dir)
-                if status and outcome.state != "busy":  # a busy cell's status is another process's run
+                status = RunStatus.read_or_none(item.cell.run_dir)
+                if status and outcome.state != "busy" and not earlier_attempt(snapshot, item.cell.name, status):
                     self.say_epochs(item.cell.name, status, item.cell.run_dir, status.epoch - 1)
                 numbers = f": {epoch_line(status, status)}" if status and status.epoch else ""
                 self.say(item.cell.name, f"{outcome.state}{numbers}" +
                          (f" ({outcome.error})" if outcome.error else ""))
 
     def say_epochs(self, name: str, status: RunStatus, run_dir: Path | None, last: int) -> None:
-        """Where a resumed run started, when first seen; then a line for each epoch not said yet up to `last`: the
-        status's own, the ones before it from metrics.csv."""
-        if name not in self.logged and status.started_iteration:
-            self.say(name, resumed_line(status, epoch_rows(run_dir, status.started_epoch)))
-        said = self.logged.setdefault(name, status.started_epoch)
-        rows = epoch_rows(run_dir, said + 1, last) if last > said and not (last == said + 1 == status.epoch) else {}
+        """Where an attempt resumed, when first seen (a cell's first, or a retry's or requeue's within the sweep);
+        then a line for each epoch not said yet up to `last`, from its metrics.csv row (status.json's iteration has
+        moved on into the next epoch by the time a poll reads it), the status's own numbers where that row cannot
+        be read."""
+        if self.attempts.get(name) != status.started:
+            self.attempts[name] = status.started
+            self.logged[name] = status.started_epoch
+            if status.started_iteration:
+                self.say(name, resumed_line(status, epoch_rows(run_dir, status.started_epoch)))
+        said = self.logged[name]
+        rows = epoch_rows(run_dir, said + 1, last) if last > said else {}
         for epoch in range(said + 1, last + 1):
             numbers = rows.get(epoch) or (status if epoch == status.epoch else None)
             if numbers is not None:
@@ -121,6 +127,11 @@ class LiveDisplay(ProgressDisplay):
     @staticmethod
     def say(name: str, line: str) -> None:
         console.print(f"{name}: {line}", highlight=False, soft_wrap=True, markup=False)
+
+
+def earlier_attempt(snapshot: SweepProgress, name: str, status: RunStatus) -> bool:
+    """Whether the cell's status.json is still the one an earlier attempt left (`SweepProgress.earlier`)."""
+    return name in snapshot.earlier and status.started == snapshot.earlier[name]
 
 
 @dataclass

@@ -231,12 +231,21 @@ class RayExecutor(Executor):
         CPUs (or GPU) for Ray to start a queued one before its cancel arrived."""
         with self._lock:
             jobs = list(self._running.items())
-        for ref, _ in sorted(jobs, key=lambda job: (job[1][0] / TASK_FILE).exists()):
+        for ref, _ in sorted(jobs, key=lambda job: maybe_started(job[1][0])):
             self.ray.cancel(ref)
 
     def shutdown(self) -> None:
         if self._owns_connection and self.ray.is_initialized():
             self.ray.shutdown()  # a cluster this process started stops; a joined one only loses this driver
+
+
+def maybe_started(run_dir: Path) -> bool:
+    """Whether an attempt may be running the cell (its task.json; one a dead attempt left counts too): a folder
+    that cannot be read counts as started, so an interrupt still cancels every job."""
+    try:
+        return (run_dir / TASK_FILE).exists()
+    except OSError:
+        return True
 
 
 def import_ray() -> Any:

@@ -15,7 +15,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -230,9 +230,8 @@ def device_slots(sweep: SweepConfig) -> list[str]:
         slots = [device if device not in ("auto", "cpu") else "cpu"] * min(sweep.jobs, cpu_cores())
     check_cuda_graph_device(sweep.train.cuda_graph, slots[0])
     # a trial compile on CUDA would start CUDA in this planning process: there, each run tries before it compiles
-    device_type = torch.device(slots[0]).type
-    check_compile_possible(asked_compile(sweep.train, fused=parse_fuse(sweep.fuse) != 1), device_type,
-                           trial=device_type == "cpu")
+    check_compile_possible(asked_compile(sweep.train, fused=parse_fuse(sweep.fuse) != 1), slots[0],
+                           trial=slots[0] == "cpu")
     return slots
 
 
@@ -400,6 +399,9 @@ class SweepProgress:
     planned: list[PlannedCell]
     running: dict[str, RunStatus]
     outcomes: dict[str, CellOutcome]
+    # each started cell's status.json `started` as its job was submitted: a status still carrying it is an earlier
+    # attempt's (a resumed cell's worker has not written its own yet, or never will: stopped before it started)
+    earlier: dict[str, float | None] = field(default_factory=dict)
 
 
 def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell],
@@ -418,6 +420,7 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
     free = list(slots)
     running: dict[Future[CellOutcome], tuple[list[PlannedCell], str]] = {}
     outcomes: dict[str, CellOutcome] = {}
+    earlier: dict[str, float | None] = {}
     interrupted = False
     while queue or running:
         if stop_requested() and not interrupted:
@@ -436,6 +439,10 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
             save_sweep(sweep)
             saved = True
         if starting:
+            for items, _ in starting:
+                for item in items:
+                    status = RunStatus.read_or_none(item.cell.run_dir)
+                    earlier[item.cell.name] = status.started if status else None
             futures = executor.submit_all([CellJob(items[0].cell.run_dir, slot, threads,
                                                    tuple(item.cell.run_dir for item in items[1:]))
                                            for items, slot in starting])
@@ -448,7 +455,7 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
                 outcomes[item.cell.name] = outcome
         live = {item.cell.name: RunStatus.read_or_none(item.cell.run_dir)
                 for items, _ in running.values() for item in items}
-        on_progress(SweepProgress(planned, {k: v for k, v in live.items() if v}, outcomes))
+        on_progress(SweepProgress(planned, {k: v for k, v in live.items() if v}, outcomes, earlier))
         if not running and interrupted:
             break
     executor.shutdown()

@@ -11,8 +11,10 @@ import functools
 import logging
 import os
 import platform
+import re
 import shutil
 import socket
+import tempfile
 import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -83,12 +85,13 @@ def compile_unavailable(device_type: str) -> str | None:
     return None
 
 
-def compile_fails(device_type: str) -> str | None:
+def compile_fails(device: str) -> str | None:
     """Why torch.compile fails on this machine, or None when it works: the compiler check, then a trial compile of a
-    two-op function, which meets what a present compiler does not prove (missing Python headers, a cache folder
-    that cannot be written, a /tmp mounted noexec). Known once per process and setting: about a second."""
+    two-op function on `device` (cpu, cuda, cuda:N), which meets what a present compiler does not prove (missing
+    Python headers, a cache folder that cannot be written, a /tmp mounted noexec). Known once per process and
+    setting: a few seconds the first time (the build's headers), then nothing."""
     settings = tuple(os.environ.get(name) for name in ("TORCHINDUCTOR_CACHE_DIR", "TMPDIR", "PATH", "CC", "CXX"))
-    return trial_compile(device_type, settings)
+    return trial_compile(device, settings)
 
 
 def _two_ops(x: torch.Tensor) -> torch.Tensor:
@@ -96,14 +99,15 @@ def _two_ops(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def trial_compile(device_type: str, settings: tuple[str | None, ...]) -> str | None:
-    """Compile and run `_two_ops` anew (a fresh code object, torch's caches off: a cached kernel, perhaps built on
-    another machine sharing this home folder, would prove nothing); the failure's first line, or None."""
+def trial_compile(device: str, settings: tuple[str | None, ...]) -> str | None:
+    """Compile and run `_two_ops` anew: a fresh code object, built in a fresh folder inside torch's cache folder
+    (where a noexec mount would show) and removed after, so no kernel cached before, perhaps by another machine
+    sharing this home folder, can stand in for a build. The failure's gist, or None."""
     try:
-        import torch._inductor.config as inductor_config  # imports dynamo, which makes its cache folder
+        import torch._inductor.config  # imports dynamo, which makes its cache folder
     except OSError as exc:  # a second import would fail otherwise, half-registered
         return compile_failure(exc)
-    reason = compile_unavailable(device_type)
+    reason = compile_unavailable(torch.device(device).type)
     if reason:
         return reason
     prepare_compiling()  # torch's empty notices kept off the terminal from the first compile on
@@ -111,27 +115,64 @@ def trial_compile(device_type: str, settings: tuple[str | None, ...]) -> str | N
     quiet = logging.getLogger("torch._inductor")  # its warning that a failed build's folder was kept
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    folder = None
     try:
-        caches_off = {"force_disable_caches": True} if hasattr(inductor_config, "force_disable_caches") else {}
-        with inductor_config.patch(caches_off), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "dynamo_pgo force disabled": what caches_off asks for
-            torch.compile(fresh)(torch.ones(4, device=device_type))
+        folder = tempfile.mkdtemp(prefix="resdepth-trial-", dir=torch_cache_folder())
+        with fresh_build_folder(folder), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.compile(fresh)(torch.ones(4, device=device))
     except Exception as exc:  # noqa: BLE001 - whatever the failure: it is reported, in a line, not raised
         return compile_failure(exc)
     finally:
         quiet.setLevel(level)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
     return None
 
 
+def torch_cache_folder() -> str | None:
+    """Where torch.compile writes and loads its builds (TORCHINDUCTOR_CACHE_DIR, by default under /tmp); None in
+    a torch whose layout differs (the system's temporary folder stands in)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        try:
+            from torch._inductor.runtime.runtime_utils import cache_dir  # torch < 2.6
+        except ImportError:
+            return None
+    return cache_dir()
+
+
+def fresh_build_folder(folder: str) -> contextlib.AbstractContextManager[Any]:
+    """torch's own switch to an empty cache (its in-memory caches cleared too), inside `folder`."""
+    from torch._inductor import utils
+
+    fresh = getattr(utils, "fresh_cache", None) or getattr(utils, "fresh_inductor_cache", None)  # before 2.8
+    if fresh is None:
+        return contextlib.nullcontext()
+    try:
+        return fresh(dir=folder)
+    except TypeError:  # a torch without its `dir`
+        return fresh()
+
+
 def compile_failure(exc: BaseException) -> str:
-    first = " ".join(str(exc).split("\n", 1)[0].split())[:240]
-    return f"torch.compile fails on this machine ({type(exc).__name__}: {first}): docs/install.md says what it needs"
+    """The gist of a failed compile: the compiler's first words where torch's message holds them (after its
+    "Output:", below the command line), else a compiler-style "error:" line, else the message's first line."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    output = lines.index("Output:") + 1 if "Output:" in lines else len(lines)
+    said = [line for line in lines if re.search(r"(^|\s)error:", line)]
+    gist = lines[output] if output < len(lines) else said[0] if said else lines[0] if lines else ""
+    return (f"torch.compile fails on this machine ({type(exc).__name__}: {gist[:240]}): docs/install.md says what "
+            "it needs")
 
 
-def check_compile_possible(flag: str | None, device_type: str, trial: bool = True) -> None:
-    """Refuse an asked-for compile (flag: the option that asks for it, None: not asked) that fails here (trial:
+def check_compile_possible(flag: str | None, device: str, trial: bool = True) -> None:
+    """Refuse an asked-for compile (flag: the option that asks for it, None: not asked) that fails on device (trial:
     found by compiling, `compile_fails`; else by looking, `compile_unavailable`)."""
-    reason = (compile_fails if trial else compile_unavailable)(device_type) if flag else None
+    if not flag:
+        return
+    reason = compile_fails(device) if trial else compile_unavailable(torch.device(device).type)
     if reason:
         raise UserError(f"{flag}: {reason}; or train without {flag}")
 

@@ -165,7 +165,7 @@ class FusedTrainer(Engine):
         configs = [config.for_family() for config in configs]  # as Trainer: the family's protocol defaults filled in
         check_fusable(configs)
         config = configs[0]
-        check_compile_possible(asked_compile(config, fused=True), device.type)
+        check_compile_possible(asked_compile(config, fused=True), str(device))
         self.config, self.device = config, device
         self.data_fingerprint = dataset.fingerprint()
         self.data = dataset.to(device)

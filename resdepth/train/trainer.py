@@ -249,7 +249,7 @@ class Trainer(RunProgress, Engine):
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, dataset: Dataset):
         config = config.for_family()
         check_cuda_graph_device(config.cuda_graph, str(device))
-        check_compile_possible(asked_compile(config), device.type)
+        check_compile_possible(asked_compile(config), str(device))
         torch.manual_seed(config.seed)
         self.data_fingerprint = dataset.fingerprint()
         self.data = dataset.to(device)
