@@ -119,7 +119,7 @@ class LiveDisplay(ProgressDisplay):
         said = self.logged[name]
         rows = epoch_rows(run_dir, said + 1, last) if last > said else {}
         for epoch in range(said + 1, last + 1):
-            numbers = rows.get(epoch) or (status if epoch == status.epoch else None)
+            numbers = epoch_numbers(epoch, rows, status)
             if numbers is not None:
                 self.say(name, epoch_line(status, numbers))
         self.logged[name] = max(last, said)
@@ -159,6 +159,11 @@ def epoch_rows(run_dir: Path | None, first: int, last: int | None = None) -> dic
             for row in wanted.itertuples()}
 
 
+def epoch_numbers(epoch: int, rows: dict[int, EpochRow], status: RunStatus) -> EpochRow | RunStatus | None:
+    """An epoch's numbers: its metrics.csv row, else status.json's own while the run is at that epoch."""
+    return rows.get(epoch) or (status if status.epoch == epoch else None)
+
+
 def resumed_line(status: RunStatus, rows: dict[int, EpochRow]) -> str:
     """'resumed at iteration 52/55, after epoch 4/5 (train 40.00% test 45.00%)': with the numbers of the epoch it
     resumed after, while status.json still has them or metrics.csv does."""
@@ -166,7 +171,7 @@ def resumed_line(status: RunStatus, rows: dict[int, EpochRow]) -> str:
     if not status.started_epoch:  # within the first epoch
         return line
     line += f", after epoch {status.started_epoch}/{status.epochs}"
-    numbers = rows.get(status.started_epoch) or (status if status.epoch == status.started_epoch else None)
+    numbers = epoch_numbers(status.started_epoch, rows, status)
     return f"{line} (train {pct(numbers.train_error)}% test {pct(numbers.test_error)}%)" if numbers else line
 
 

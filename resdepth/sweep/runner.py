@@ -439,10 +439,7 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
             save_sweep(sweep)
             saved = True
         if starting:
-            for items, _ in starting:
-                for item in items:
-                    status = RunStatus.read_or_none(item.cell.run_dir)
-                    earlier[item.cell.name] = status.started if status else None
+            earlier.update(started_marks([item for items, _ in starting for item in items]))
             futures = executor.submit_all([CellJob(items[0].cell.run_dir, slot, threads,
                                                    tuple(item.cell.run_dir for item in items[1:]))
                                            for items, slot in starting])
@@ -460,6 +457,16 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
             break
     executor.shutdown()
     return outcomes
+
+
+def started_marks(items: list[PlannedCell]) -> dict[str, float | None]:
+    """Each cell's status.json `started` before its job is submitted (None: no status yet), for
+    `SweepProgress.earlier`."""
+    marks = {}
+    for item in items:
+        status = RunStatus.read_or_none(item.cell.run_dir)
+        marks[item.cell.name] = status.started if status else None
+    return marks
 
 
 def queue_retries(planned: list[PlannedCell]) -> None:
