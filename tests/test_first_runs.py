@@ -330,6 +330,21 @@ def test_a_fresh_run_first_seen_epochs_in_is_not_called_resumed_and_each_epoch_s
         "plain-8-s0: epoch 1/5 iteration 4/20 train 89.00% test 94.00% 100 img/s",
         "plain-8-s0: epoch 2/5 iteration 8/20 train 88.00% test 93.00% 200 img/s",
         "plain-8-s0: epoch 3/5 iteration 12/20 train 87.00% test 92.00% 300 img/s"]
+    # then interrupted in epoch 4: the end line says where, and epoch 3's numbers are not said again
+    from resdepth.sweep.cell import CellOutcome
+
+    RunStatus(state="interrupted", epoch=3, iteration=14, train_error=87.0, test_error=92.0, **at).write(tmp_path)
+    display.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "interrupted")}))
+    assert capsys.readouterr().out.splitlines() == ["plain-8-s0: interrupted at iteration 14/20, after epoch 3/5"]
+    # a run that diverged in epoch 4 after a last poll at epoch 2: epoch 3 (its last finite epoch) is said first
+    other = LiveDisplay(total=1)
+    other.log_lines(SweepProgress(planned, {cell.name: RunStatus(state="running", epoch=2, iteration=9,
+                                                                 train_error=88.0, test_error=93.0, **at)}, {}))
+    RunStatus(state="diverged", epoch=3, iteration=15, train_error=87.0, test_error=92.0, **at).write(tmp_path)
+    other.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "diverged")}))
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "plain-8-s0: epoch 3/5 iteration 12/20 train 87.00% test 92.00% 300 img/s",
+        "plain-8-s0: diverged at iteration 15/20, after epoch 3/5"]
 
 
 def test_an_earlier_attempts_status_prints_no_epochs_and_each_new_attempt_says_where_it_resumed(tmp_path, capsys):
@@ -368,7 +383,7 @@ def test_an_earlier_attempts_status_prints_no_epochs_and_each_new_attempt_says_w
     other = LiveDisplay(total=1)
     other.log_lines(SweepProgress(planned, {}, {cell.name: CellOutcome(tmp_path, "interrupted")}, {cell.name: 1.0}))
     assert capsys.readouterr().out.splitlines() == [
-        "plain-8-s0: interrupted: epoch 5/10 iteration 20/40 train 85.00% test 90.00% - img/s"]
+        "plain-8-s0: interrupted at iteration 20/40, after epoch 5/10 (train 85.00% test 90.00%)"]
 
 
 def test_fused_cells_each_say_done(tmp_path, cli_env, resdepth_cli, tiny_args):

@@ -89,7 +89,8 @@ class LiveDisplay(ProgressDisplay):
         last epoch's numbers. Lines are keyed on the epoch, not the state: a status.json read between the run's
         last epoch and its process's exit says done too, and one read before a resumed run rewrote it is stale.
         Where this attempt started is status.json's own (a first poll may come epochs in); epochs finished between
-        two polls (or before the end) are read from metrics.csv, and the last epoch is left to the end line."""
+        two polls (or before the end) are read from metrics.csv, and a finished run's last epoch is left to its end
+        line."""
         run_dirs = {item.cell.name: item.cell.run_dir for item in snapshot.planned}
         for name, status in snapshot.running.items():
             if status.state != "running" or name in self.ended or earlier_attempt(snapshot, name, status):
@@ -99,12 +100,22 @@ class LiveDisplay(ProgressDisplay):
             outcome = snapshot.outcomes.get(item.cell.name)
             if outcome is not None and item.cell.name not in self.ended:
                 self.ended.add(item.cell.name)
-                status = RunStatus.read_or_none(item.cell.run_dir)
-                if status and outcome.state != "busy" and not earlier_attempt(snapshot, item.cell.name, status):
-                    self.say_epochs(item.cell.name, status, item.cell.run_dir, status.epoch - 1)
-                numbers = f": {epoch_line(status, status)}" if status and status.epoch else ""
-                self.say(item.cell.name, f"{outcome.state}{numbers}" +
-                         (f" ({outcome.error})" if outcome.error else ""))
+                self.say_end(snapshot, item.cell.name, item.cell.run_dir, outcome.state, outcome.error)
+
+    def say_end(self, snapshot: SweepProgress, name: str, run_dir: Path, state: str, error: str | None) -> None:
+        """The epochs not said yet, then the end line: a finished run's with its last epoch's numbers (said there
+        only), a stopped one's with where it stopped, and that epoch's numbers unless its own line gave them."""
+        status = RunStatus.read_or_none(run_dir)
+        fresh = status is not None and state != "busy" and not earlier_attempt(snapshot, name, status)
+        if status and fresh:
+            self.say_epochs(name, status, run_dir, status.epoch - 1 if state == "done" else status.epoch)
+        if status is None or (not status.epoch and not status.iteration):
+            line = state
+        elif state in ("done", "busy"):
+            line = f"{state}: {epoch_line(status, status)}" if status.epoch else state
+        else:
+            line = stopped_line(state, status, said=fresh)
+        self.say(name, line + (f" ({error})" if error else ""))
 
     def say_epochs(self, name: str, status: RunStatus, run_dir: Path | None, last: int) -> None:
         """Where an attempt resumed, when first seen (a cell's first, or a retry's or requeue's within the sweep);
@@ -173,6 +184,18 @@ def resumed_line(status: RunStatus, rows: dict[int, EpochRow]) -> str:
     line += f", after epoch {status.started_epoch}/{status.epochs}"
     numbers = epoch_numbers(status.started_epoch, rows, status)
     return f"{line} (train {pct(numbers.train_error)}% test {pct(numbers.test_error)}%)" if numbers else line
+
+
+def stopped_line(state: str, status: RunStatus, said: bool) -> str:
+    """'interrupted at iteration 37/55, after epoch 3/5': where a run that did not finish stopped, with its last
+    epoch's numbers where no epoch line of this sweep gave them."""
+    line = f"{state} at iteration {status.iteration}/{status.iterations}"
+    if not status.epoch:
+        return line
+    line += f", after epoch {status.epoch}/{status.epochs}"
+    if said or status.train_error is None or status.test_error is None:
+        return line
+    return f"{line} (train {pct(status.train_error)}% test {pct(status.test_error)}%)"
 
 
 def epoch_line(status: RunStatus, numbers: RunStatus | EpochRow) -> str:
