@@ -17,7 +17,7 @@ from ..results.runs import ensure_writable_dir, own_output_dir
 from ..train.construct import ConstructionMismatch, construct_from_run
 from ..train.devices import resolve_device
 from ..train.trainer import TrainConfig
-from .console import console, errors, read_runs, warn
+from .console import console, errors, print_full_width, read_runs, warn
 from .options import DEVICE, FAMILY_PATHS, FIGURE_FORMATS, import_named_families
 from .progress import EvalDisplay
 
@@ -90,7 +90,7 @@ def construct(
     for row in result.comparisons:
         view.add_row(row.split, f"{row.images:,}", f"{row.source_error:.2f}", f"{row.constructed_error:.2f}",
                      f"{row.images - row.disagreements:,}/{row.images:,}")
-    console.print(view)
+    print_full_width(view)
     console.print(str(result.out_dir), markup=False, highlight=False, soft_wrap=True)
     protocol, unset = config_args(TrainConfig, result.source_config, PROTOCOL, skip=WHAT_FIELDS)
     console.print(f"train from it with the source run's protocol: resdepth train "

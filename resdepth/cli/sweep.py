@@ -170,7 +170,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     states = final_states(planned, outcomes)
-    console.print(render_summary(planned, outcomes, states))
+    print_full_width(render_summary(planned, outcomes, states))  # a log keeps each note on one line
     print_next_steps(config, planned, outcomes, states, interrupted=bool(received))
     if received:
         return 143 if received[0] == signal.SIGTERM else 130
