@@ -393,6 +393,8 @@ def test_construct_prints_both_errors_and_how_to_train_from_it(results, tmp_path
     assert code == 0, err
     assert "plain-8 err %" in out and "plain-14 err %" in out and "128/128" in out and "64/64" in out
     assert "--kind plain --depth 14 --dataset synthetic" in out and "--init" in out
+    # the warm-up's threshold and length in config.json are the family's, filled in: not carried over as changed
+    assert "--warmup-max-iterations" not in out and "warmup_until_error" not in out, out
 
 
 @pytest.mark.parametrize("args, message", [

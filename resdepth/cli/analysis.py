@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -92,13 +92,24 @@ def construct(
                      f"{row.images - row.disagreements:,}/{row.images:,}")
     print_full_width(view)
     console.print(str(result.out_dir), markup=False, highlight=False, soft_wrap=True)
-    protocol, unset = config_args(TrainConfig, result.source_config, PROTOCOL, skip=WHAT_FIELDS)
+    protocol, unset = config_args(TrainConfig, changed_by_run(result.source_config), PROTOCOL, skip=WHAT_FIELDS)
     console.print(f"train from it with the source run's protocol: resdepth train "
                   f"{shlex.join([*result.train_args, *protocol])} --out DIR", markup=False, highlight=False,
                   soft_wrap=True)
     if unset:
         console.print(f"note: the source run also set {', '.join(unset)}, which only a sweep file sets (no option): "
                       "give them in one to train exactly as it did", markup=False, highlight=False, soft_wrap=True)
+
+
+def changed_by_run(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config.json settings less the values its family filled in where the options left them open (the
+    warm-up's threshold and length): those are defaults, which the new run's family fills in again."""
+    filled = TrainConfig(kind=config["kind"], depth=config["depth"]).for_family()
+    return {key: value for key, value in config.items()
+            if not (key in FAMILY_FILLED and value == getattr(filled, key))}
+
+
+FAMILY_FILLED = frozenset({"warmup_until_error", "warmup_max_iterations"})  # what TrainConfig.for_family fills in
 
 
 def lesion(
