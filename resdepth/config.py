@@ -96,7 +96,7 @@ def from_dict(cls: type[T], payload: Any, where: str, prefix: str = "", ignore: 
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(payload) - known - ignore)
     if unknown:
-        raise UserError(f"{where}: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})")
+        raise UserError(f"{where}: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(known | ignore))})")
     values = {}
     for name, value in payload.items():
         if name in ignore:

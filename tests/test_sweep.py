@@ -192,8 +192,15 @@ def test_sweep_files_load_and_bad_ones_name_path_key_and_expectation(tmp_path):
     with pytest.raises(UserError, match=r"bad.toml: key train.lr: expected float, got 'fast'"):
         load_sweep_file(bad)
     bad.write_text("depths = [20]\ncolour = 3\n")
-    with pytest.raises(UserError, match="unknown key colour"):
+    with pytest.raises(UserError, match="unknown key colour") as raised:
         load_sweep_file(bad)
+    known = str(raised.value).partition("(known: ")[2].rstrip(")").split(", ")
+    assert {"data", "train", "slurm"} <= set(known)  # the tables are keys too
+    # a cell's depth, kind and seed come from the sweep's lists: in [train] they would be overwritten unseen
+    for key, value in (("depth", "14"), ("kind", '"residual"'), ("seed", "7")):
+        bad.write_text(f"depths = [20]\n[train]\n{key} = {value}\n")
+        with pytest.raises(UserError, match=rf"\[train\] sets {key}, .* top-level list, {key}s = \[...\]"):
+            load_sweep_file(bad)
     bad.write_text("depths = [20\n")
     with pytest.raises(UserError, match="not valid TOML"):
         load_sweep_file(bad)

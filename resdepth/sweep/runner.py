@@ -525,13 +525,21 @@ def load_sweep_file(path: Path) -> SweepConfig:
             raise UserError(f"{path}: [{section}] must be a table")
     if "data" in tables["train"]:
         raise UserError(f"{path}: put the dataset's keys in a [data] table, not in [train]")
+    per_cell = sorted(tables["train"].keys() & PER_CELL_KEYS.keys())
+    if per_cell:
+        key = per_cell[0]
+        raise UserError(f"{path}: [train] sets {key}, which each cell takes from the sweep: give it as a top-level "
+                        f"list, {PER_CELL_KEYS[key]} = [...]")
     if {"iterations", "epochs"} <= tables["train"].keys():
         raise UserError(f"{path}: [train] sets both iterations and epochs: keep one, the run's length")
     where = str(path)
     data = from_dict(DataConfig, tables["data"], where, "data.")
     train = from_dict(TrainConfig, {**tables["train"], "data": data}, where, "train.")
     slurm = from_dict(SlurmConfig, tables["slurm"], where, "slurm.")
-    return from_dict(SweepConfig, {**payload, "train": train, "slurm": slurm}, where)
+    return from_dict(SweepConfig, {**payload, "train": train, "slurm": slurm}, where, ignore=frozenset({"data"}))
+
+
+PER_CELL_KEYS = {"depth": "depths", "kind": "kinds", "seed": "seeds"}  # [train] keys a sweep sets per cell, from these
 
 
 def execution_fields() -> list[str]:
