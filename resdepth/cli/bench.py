@@ -53,7 +53,7 @@ def bench(
 ) -> None:
     """Images/s of resdepth's training step vs the common PIL + DataLoader recipe, FLOP/s and peak memory."""
     if json_out is not None:
-        check_output_file(json_out, "--json")  # before minutes of measuring, not after
+        check_output_file(json_out, "--json", "bench.json")  # before minutes of measuring, not after
     data = (DataConfig(dataset="cifar10", data_dir=data_dir) if data_dir else
             DataConfig(dataset="synthetic", synthetic_train=synthetic_train, synthetic_test=16))
     config = BenchConfig(depths=tuple(parse_list(depths, int, "--depths")), kind=kind, device=device or "auto",

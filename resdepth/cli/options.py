@@ -129,6 +129,6 @@ def given_values(group: list[ConfigOption], owner: type, options: dict[str, Any]
     return {name: value for name, value in values.items() if value is not None}
 
 
-def check_output_file(path: Path, option: str) -> None:
+def check_output_file(path: Path, option: str, example: str) -> None:
     if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise UserError(f"{option} {path}: not a file in a writable folder; name a file such as bench.json")
+        raise UserError(f"{option} {path}: not a file in a writable folder; name a file such as {example}")

@@ -54,8 +54,8 @@ def plot(
 def table(
     results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read "
                                                      "(recursively).")],
-    csv: Annotated[Path | None, typer.Option("--csv", help="Also write the numbers (unrounded columns) to this "
-                                                              "CSV file.")] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Also write the numbers (4 decimals, where the "
+                                                              "printed table has 2) to this CSV file.")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for papers and READMEs) "
                                                               "instead.")] = False,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run instead (seed, state, epochs, final errors, "
@@ -107,7 +107,9 @@ def report(
 
     out = out or results_dir / "report.html"
     if results_dir.is_dir():
-        check_output_file(out, "--out")
+        if not out.is_dir():  # a new folder is made, as table --csv and plot --out make theirs
+            ensure_writable_dir(out.parent)
+        check_output_file(out, "--out", "report.html")
     page, warnings = build_report(results_dir, out)
     warn(warnings)
     atomic_write_bytes(out, page.encode())
