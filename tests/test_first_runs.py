@@ -5,10 +5,12 @@ import stat
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
 from resdepth.results.runs import RunStatus
+from resdepth.sweep.cell import is_locked
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -394,6 +396,33 @@ def test_fused_cells_each_say_done(tmp_path, cli_env, resdepth_cli, tiny_args):
     for seed in (0, 1):
         lines = [line for line in result.stdout.splitlines() if f"-s{seed}: " in line]
         assert lines and ": done: epoch 1/1 " in lines[-1], result.stdout
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_sweep_whose_reader_goes_stops_its_cells_as_on_ctrl_c_and_exits_141(tmp_path, cli_env, resdepth_cli,
+                                                                            tiny_args, jobs):
+    # `resdepth sweep ... | head -1`: rich's own way out (exit 1 at the next line) left --jobs 2's workers training
+    sweep = subprocess.Popen([resdepth_cli, "sweep", "--kinds", "plain", "--depths", "8", "--seeds", "0,1", "--jobs",
+                              str(jobs), "--epochs", "400", *tiny_args, "--out", "runs"], cwd=tmp_path, env=cli_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert sweep.stdout.readline().startswith(b"runs: 2 cell(s)")
+        sweep.stdout.close()  # the reader goes; the next epoch line finds no one
+        assert sweep.wait(timeout=300) == 141, sweep.stderr.read().decode()
+    finally:
+        sweep.kill()
+    assert sweep.stderr.read() == b""
+    states = {cell.name: RunStatus.read(cell).state for cell in (tmp_path / "runs").iterdir() if cell.is_dir()}
+    assert set(states.values()) <= {"interrupted"} and "plain-8-s0" in states, states
+    assert not any(is_locked(tmp_path / "runs" / name) for name in states)  # no worker left behind
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a file that is always full) here")
+def test_output_that_cannot_be_written_is_one_line_on_stderr_not_a_traceback(tmp_path, cli_env, resdepth_cli):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([resdepth_cli, "models"], env=cli_env, stdout=full, stderr=subprocess.PIPE, text=True,
+                                timeout=120)
+    assert result.returncode == 1 and result.stderr == "error: cannot write the output (No space left on device)\n"
 
 
 def test_a_resumed_run_prints_no_stale_line_and_ends_with_done_and_its_numbers(tmp_path, capsys):

@@ -17,12 +17,14 @@ import typer
 from .._version import __version__
 from ..errors import UserError
 from . import analysis, bench, models, results, sweep
-from .console import console, errors
+from .console import OUTPUT_CLOSED, OutputClosed, console, errors
 from .options import hide_flag_types
 
 
 class Commands(typer.core.TyperGroup):
-    """resdepth's commands: a UserError raised anywhere in one becomes one line on stderr and exit code 2."""
+    """resdepth's commands: a UserError raised anywhere in one becomes one line on stderr and exit code 2. Output
+    that cannot be written (a sweep first stops its cells as on Ctrl-C): its reader gone (`| head`), exit code 141;
+    a full disk, a line on stderr and exit code 1."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -30,6 +32,18 @@ class Commands(typer.core.TyperGroup):
         except UserError as exc:
             errors.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
+        except BrokenPipeError:  # written past the console (`resdepth ... | head`): nothing more of it is read
+            console.silence()
+            raise typer.Exit(OUTPUT_CLOSED) from None
+        except OutputClosed as exc:
+            if exc.reason is None:
+                raise typer.Exit(OUTPUT_CLOSED) from None
+            try:
+                errors.print(f"error: cannot write the output ({exc.reason})", highlight=False, soft_wrap=True,
+                             markup=False)
+            except OutputClosed:
+                pass
+            raise typer.Exit(1) from None
 
 
 hide_flag_types()

@@ -3,6 +3,7 @@ control characters from every text they print; warnings; tables printed whole wh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,19 +15,55 @@ from rich.table import Table
 from ..results.runs import load_runs, printable
 
 
+class OutputClosed(Exception):
+    """Standard output (or error) cannot be written: its reader has gone (`resdepth ... | head`: no reason) or its
+    disk is full (the reason)."""
+
+    def __init__(self, reason: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class SafeConsole(Console):
     """A Console that strips control characters from all text it is given, whatever its source (a folder name, a
-    dataset name, status.json's error), while its own styling and cursor controls still reach the terminal."""
+    dataset name, status.json's error), while its own styling and cursor controls still reach the terminal. Output
+    that cannot be written raises OutputClosed, for the command to end as it must (rich exits at once, code 1)."""
 
     def _render_buffer(self, buffer: Iterable[Segment]) -> str:
         # Rich renders text segments and its own control segments apart: only the text is cleaned.
         return super()._render_buffer(segment if segment.control else Segment(printable(segment.text), segment.style)
                                       for segment in buffer)
 
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except OSError as exc:  # a full disk under a log, say
+            self.silence()
+            raise OutputClosed(exc.strerror or str(exc)) from None
+
+    def on_broken_pipe(self) -> None:
+        self.silence()
+        raise OutputClosed
+
+    def silence(self) -> None:
+        """This console's output goes nowhere from here on: every later write to it, the interpreter's last flush
+        included, would fail again."""
+        try:
+            fd = self.file.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file of the system's: just stop writing
+            self.quiet = True
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
 
 # no :emoji: codes: a family path such as mylab.nets:family:... must print as written
 console = SafeConsole(emoji=False)
 errors = SafeConsole(stderr=True, emoji=False)
+
+
+OUTPUT_CLOSED = 141  # the exit code of a command whose reader went (`| head`): 128 + SIGPIPE, as a shell says
 
 
 def read_runs(results_dir: Path) -> list[Any]:

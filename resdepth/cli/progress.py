@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..results.runs import METRICS_FILE, RunStatus, read_metrics
 from ..sweep.runner import SweepProgress
 from ..train.data import LoadProgress
-from .console import console, pct, rate
+from .console import OutputClosed, console, pct, rate
 
 Display = TypeVar("Display", bound="ProgressDisplay")
 
@@ -57,12 +57,18 @@ class LiveDisplay(ProgressDisplay):
         self.logged: dict[str, int] = {}  # the last epoch a line was printed for, by cell
         self.attempts: dict[str, float] = {}  # the attempt those lines follow (its status.json `started`), by cell
         self.ended: set[str] = set()  # the cells whose end was printed
+        self.closed: OutputClosed | None = None  # the output cannot be written: the sweep stops as on Ctrl-C
 
     def update(self, snapshot: SweepProgress) -> None:
-        if self.progress:
-            self.update_bars(snapshot)
-        else:
-            self.log_lines(snapshot)
+        if self.closed:
+            return
+        try:
+            if self.progress:
+                self.update_bars(snapshot)
+            else:
+                self.log_lines(snapshot)
+        except OutputClosed as closed:
+            self.closed = closed
 
     def update_bars(self, snapshot: SweepProgress) -> None:
         assert self.progress is not None

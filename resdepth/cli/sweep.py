@@ -165,13 +165,15 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     try:
         with display:
             outcomes = run_sweep(config, executor, planned, on_progress=display.update,
-                                 stop_requested=lambda: bool(received))
+                                 stop_requested=lambda: bool(received) or display.closed is not None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     states = final_states(planned, outcomes)
     print_full_width(render_summary(planned, outcomes, states))  # a log keeps each note on one line
-    print_next_steps(config, planned, outcomes, states, interrupted=bool(received))
+    print_next_steps(config, planned, outcomes, states, interrupted=bool(received) or display.closed is not None)
+    if display.closed is not None:
+        raise display.closed  # its exit code and line, as for any command (app.Commands)
     if received:
         return 143 if received[0] == signal.SIGTERM else 130
     ended = set(states.values())
