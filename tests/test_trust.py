@@ -386,6 +386,35 @@ def test_a_worker_log_planted_as_a_link_is_replaced_not_appended_through(planted
     assert not (planted.outside / "created.log").exists() and planted.checksums() == before
 
 
+@pytest.mark.parametrize("plant", ["link", "fifo"])
+def test_a_resumed_runs_csvs_planted_as_a_link_or_fifo_are_refused_not_copied_in_nor_blocking(tmp_path, plant):
+    from resdepth.results.runs import METRIC_COLUMNS, MetricsWriter, open_to_append
+    from resdepth.train.gradients import GradientLog
+
+    outside = tmp_path / "private.csv"
+    outside.write_text("a,private\nfile,outside\n")
+    os.chmod(outside, 0o600)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("metrics.csv", "gradients.csv"):
+        path = run_dir / name
+        if plant == "link":
+            path.symlink_to(outside)
+        else:
+            os.mkfifo(path)  # opened without O_NONBLOCK it would wait for a writer forever
+        word = "is a link" if plant == "link" else "is not a regular file"
+        gradients = GradientLog([], torch.device("cpu"))
+        gradients.rows = 1  # as a resumed run's checkpoint counts them
+        with pytest.raises(UserError, match=word):
+            MetricsWriter(path, list(METRIC_COLUMNS), keep_rows=1) if name == "metrics.csv" else gradients.open(path)
+        assert outside.read_text() == "a,private\nfile,outside\n" and (path.is_symlink() or plant == "fifo")
+    (run_dir / "metrics.csv").unlink()
+    (run_dir / "metrics.csv").symlink_to(outside)
+    with pytest.raises(OSError):  # a link put in place between two rows: not appended through
+        open_to_append(run_dir / "metrics.csv")
+    assert outside.read_text() == "a,private\nfile,outside\n"
+
+
 # ---------------------------------------------------------------------------------------------- unbounded resources
 def deflate_bomb(path: Path, unpacked: int) -> None:
     """A zip laid out like a torch checkpoint whose tensor data is `unpacked` zero bytes, deflated to a few kB."""

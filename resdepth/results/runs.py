@@ -19,7 +19,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 import pandas as pd
 import torch
@@ -164,17 +164,28 @@ class MetricsWriter:
         self.rows = keep_rows
 
     def append(self, row: dict[str, float | int]) -> None:
-        with self.path.open("a", newline="") as handle:
+        with open_to_append(self.path) as handle:
             writer = csv.DictWriter(handle, fieldnames=self.columns, lineterminator="\n")
             writer.writerow({k: row.get(k, "") for k in self.columns})
         self.rows += 1
 
 
 def truncate_csv(path: Path, keep_rows: int, columns: list[str]) -> None:
-    """Keep the header and the first keep_rows rows: rows written after the last checkpoint are redone on resume."""
-    lines = path.read_text().splitlines(keepends=True)[: keep_rows + 1] if path.exists() and keep_rows else []
+    """Keep the header and the first keep_rows rows: rows written after the last checkpoint are redone on resume.
+    A link or a FIFO in the file's place is refused, not read (it could copy a file from outside into the folder)."""
+    lines: list[str] = []
+    if keep_rows:
+        try:
+            lines = read_folder_file(path, MAX_CSV_BYTES).decode(errors="replace").splitlines(keepends=True)
+        except FileNotFoundError:
+            pass
     header = ",".join(columns) + "\n"
-    atomic_write_bytes(path, (header + "".join(lines[1:])).encode())
+    atomic_write_bytes(path, (header + "".join(lines[1:keep_rows + 1])).encode())
+
+
+def open_to_append(path: Path) -> TextIO:
+    """A run's CSV opened to add rows; a link put in its place is refused (ELOOP), not written through."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)), "a", newline="")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..results.runs import GRADIENT_COLUMNS, truncate_csv
+from ..results.runs import GRADIENT_COLUMNS, open_to_append, truncate_csv
 
 # One step in 10: ~39 samples per CIFAR-10 epoch (390 steps), enough for a mean, and the norms' cost falls to
 # noise (BENCHMARKS.md); an epoch shorter than 10 steps still samples its first step.
@@ -67,7 +67,7 @@ class GradientLog:
         """Append the epoch's mean norm per layer (one host sync) and start the next epoch's sums."""
         means = [repr(value) if self.steps else "" for value in (self.sums / max(self.steps, 1)).tolist()]
         count = len(self.names)
-        with self.path.open("a", newline="") as handle:
+        with open_to_append(self.path) as handle:
             writer = csv.writer(handle, lineterminator="\n")
             layers = zip(self.names, means[:count], means[count:], strict=True)
             for layer, (name, grad, weight) in enumerate(layers, start=1):
