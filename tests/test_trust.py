@@ -363,6 +363,11 @@ def test_links_in_the_folder_are_never_read_or_written_through(planted, run_cli)
     shutil.rmtree(planted.results / "plots")
     (planted.results / "plots").symlink_to(planted.outside)
     one_line_refusal(run_cli("plot", str(planted.results)), "plots is a link")
+    for folder, command in (("analysis", ["analyze", str(planted.results)]), ("lesion", ["lesion", str(planted.results)]),
+                            ("landscape", ["landscape", str(planted.results / "residual-8-s0")])):
+        shutil.rmtree(planted.results / folder, ignore_errors=True)
+        (planted.results / folder).symlink_to(planted.outside)  # the folder each writes into by default
+        one_line_refusal(run_cli(*command, "--device", "cpu"), f"{folder} is a link")
     config = planted.results / "residual-8-s0" / "config.json"
     shutil.copy(config, planted.outside / "config.json")
     config.unlink()

@@ -138,13 +138,13 @@ def lesion(
     config.check()  # before reading anything
     import_named_families(kinds)
     runs = read_runs(results_dir)
+    out_dir = out or own_output_dir(results_dir / "lesion")  # before minutes of lesions, not after
     where = resolve_device(device or "auto")
     console.print(f"lesions: test split, {'all images' if images is None else f'{images:,} images'} per run, "
                   f"evaluation mode, fp32, on {where}", markup=False, highlight=False, soft_wrap=True)
     with EvalDisplay("lesions") as display:
         result = lesion_runs(runs, config, where, on_progress=display)
     warn(result.notes)
-    out_dir = out or results_dir / "lesion"
     ensure_writable_dir(out_dir)
     for path in write_lesion(result, build_figures(result), out_dir, chosen_formats):
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
@@ -178,7 +178,7 @@ def landscape(
     config = LandscapeConfig(resolution, span, images, dims, seed, batch_size)
     config.check()
     import_named_families(kinds)
-    out_dir = out or run_dirs[0].parent / "landscape"
+    out_dir = out or own_output_dir(run_dirs[0].parent / "landscape")
     where = resolve_device(device or "auto")
     console.print(f"landscape: {resolution}{f'x{resolution}' if dims == 2 else ''} points in [-{span:g}, {span:g}], "
                   f"{images:,} training images per point, evaluation mode, fp32, on {where}; saved as it fills in "
