@@ -109,6 +109,11 @@ def from_dict(cls: type[T], payload: Any, where: str, prefix: str = "", ignore: 
     return cls(**values)
 
 
+def fits_int64(value: int) -> bool:
+    """Whether a JSON or TOML integer fits the 64 bits that numpy, pandas and the OS take (Python's have no bound)."""
+    return -2**63 <= value < 2**63
+
+
 def check_type(value: Any, hint: Any, where: str) -> Any:
     """value if it fits the annotation (ints for floats, lists for tuples); else one line saying what was expected."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
@@ -118,9 +123,10 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
             return value
         if option_type is bool and isinstance(value, bool):
             return value
-        if option_type is int and isinstance(value, int) and not isinstance(value, bool):
+        if option_type is int and isinstance(value, int) and not isinstance(value, bool) and fits_int64(value):
             return value
-        if option_type is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if option_type is float and isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                isinstance(value, float) or fits_int64(value)):
             return float(value)
         if option_type is str and isinstance(value, str):
             return value
@@ -134,8 +140,16 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
             key_type, value_type = typing.get_args(option_type)
             return {check_type(key, key_type, where): check_type(item, value_type, f"{where}.{key}")
                     for key, item in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool) and not fits_int64(value):
+        raise UserError(f"{where}: {shown(value)} is out of range")
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options).replace("NoneType", "nothing")
-    raise UserError(f"{where}: expected {expected}, got {value!r}")
+    raise UserError(f"{where}: expected {expected}, got {shown(value)}")
+
+
+def shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut short (a file may hold a megabyte in one value)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def parse_value(text: str, hint: Any, where: str) -> Any:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import struct
 import sys
 import zlib
@@ -270,6 +271,31 @@ def test_folder_values_reach_a_page_escaped_and_a_terminal_without_escape_sequen
     assert planted.checksums() == before
 
 
+def test_names_and_numbers_no_figure_lock_or_family_record_can_take_are_shown_as_written(planted, run_cli):
+    """A kind, a dataset and a setting with mathtext in them (matplotlib parsed them, or failed the drawing), a family
+    record of infinite numbers, lock files of a pid and a time past the OS's: each command still ends as usual."""
+    before = planted.checksums()
+    for name in ("plain-8-s0", "residual-8-s0"):
+        edit_json(planted.results / name / "config.json", kind="x$\\foo{$\x1b[2J", resolved__family__name="x$\\foo{$",
+                  data__dataset="d$\\bar{$", resolved__family__stages=float("inf"))
+        (planted.results / name / "lock").write_text(json.dumps({"pid": 10**30, "host": "elsewhere", "time": 1e400}))
+    edit_json(planted.results / "residual-8-s0" / "config.json", lr=0.05)  # two settings: the by-setting figure
+    for args in (["plot", str(planted.results), "--out", str(planted.results / "figures")],
+                 ["report", str(planted.results), "--out", str(planted.results / "report.html")],
+                 ["status", str(planted.results)]):
+        code, out, err = run_cli(*args, columns=400)
+        assert code == 0 and "Traceback" not in out + err and "\x1b" not in out + err, (args, out, err)
+    from resdepth.sweep.cell import RunLock, describe_owner
+
+    lock = RunLock(planted.results / "plain-8-s0")
+    assert describe_owner(lock.owner()) == f"running elsewhere: pid {10**30} on elsewhere since ?"
+    assert not lock.is_stale()  # another host's: judged by the run's status.json, written minutes ago
+    (lock.path).write_text(json.dumps({"pid": 10**30, "host": socket.gethostname(), "time": 1.0}))
+    assert lock.is_stale()  # no such process here
+    assert "x$\\foo{$" in (planted.results / "report.html").read_text()
+    assert not planted.marker.exists() and planted.checksums() == before
+
+
 def set_metrics_cell(run_dir: Path, column: str, value: str) -> None:
     lines = (run_dir / "metrics.csv").read_text().splitlines()
     header = lines[0].split(",")
@@ -294,10 +320,15 @@ MALFORMED = {  # what is planted in plain-8-s0, and the words the one line (or t
     "train size text": (lambda d: edit_json(d / "config.json", data__train_size="x"),
                         "key data.train_size: expected int or nothing"),
     "epoch inf": (lambda d: set_metrics_cell(d, "epoch", "inf"), "has an epoch or iteration that is not a number"),
+    "column twice": (lambda d: (d / "metrics.csv").write_text("epoch," + (d / "metrics.csv").read_text()),
+                     "names the column epoch twice"),
     "iteration 1e400": (lambda d: set_metrics_cell(d, "iteration", "1e400"),
                         "has an epoch or iteration that is not a number"),
     "deep JSON": (lambda d: (d / "config.json").write_text("[" * 200_000 + "]" * 200_000), "config.json"),
     "net kind a number": (nest_net_kind, "key net.kind: expected str, got 5"),
+    # numbers past what numpy, pandas and the OS take: JSON's integers have no bound
+    "depth 10**30": (lambda d: edit_json(d / "config.json", depth=10**30), "key depth: " + str(10**30) + " is out of"),
+    "updated 10**400": (lambda d: edit_json(d / "status.json", updated=10**400), "key updated: 1000"),
 }
 
 
@@ -363,7 +394,8 @@ def test_links_in_the_folder_are_never_read_or_written_through(planted, run_cli)
     shutil.rmtree(planted.results / "plots")
     (planted.results / "plots").symlink_to(planted.outside)
     one_line_refusal(run_cli("plot", str(planted.results)), "plots is a link")
-    for folder, command in (("analysis", ["analyze", str(planted.results)]), ("lesion", ["lesion", str(planted.results)]),
+    for folder, command in (("analysis", ["analyze", str(planted.results)]),
+                            ("lesion", ["lesion", str(planted.results)]),
                             ("landscape", ["landscape", str(planted.results / "residual-8-s0")])):
         shutil.rmtree(planted.results / folder, ignore_errors=True)
         (planted.results / folder).symlink_to(planted.outside)  # the folder each writes into by default

@@ -674,7 +674,7 @@ def family_of_run(config: dict[str, Any]) -> Family:
     record = config.get("resolved", {}).get("family") if isinstance(config.get("resolved"), dict) else None
     try:
         return from_record(kind, record) if isinstance(record, dict) else Family(kind)
-    except (TypeError, ValueError, KeyError, AttributeError):
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
         return Family(kind)  # a hand-edited record: the name is still the family
 
 

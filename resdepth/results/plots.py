@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import UserError
@@ -143,10 +144,8 @@ def study_name(study: tuple[str, str]) -> str:
 
 
 def study_title(study: tuple[str, str]) -> str:
-    """(dataset, setting) as a figure's title names it: 'cifar10', or 'cifar10 (iterations 400)'; as plain text
-    (a '$' in a folder's dataset name is no mathtext)."""
-    title = f"{study[0]} ({study[1]})" if study[1] else study[0]
-    return printable(title).replace("$", r"\$")
+    """(dataset, setting) as a figure's title names it: 'cifar10', or 'cifar10 (iterations 400)'."""
+    return f"{study[0]} ({study[1]})" if study[1] else study[0]
 
 
 def plot_figure1(runs: list[Run], kind: str = "plain", x: str = "iterations") -> Figure:
@@ -471,13 +470,29 @@ def parse_formats(text: str) -> list[str]:
 
 def save_figures(figures: dict[str, Figure], out_dir: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Write every figure in every format as out_dir/<stem>.<format>; returns the paths written."""
-    paths = []
-    for stem, figure in figures.items():
-        for fmt in formats:
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format=fmt, dpi=200)
-            paths.append(write_output(out_dir / f"{stem}.{fmt}", buffer.getvalue()))
-    return paths
+    return [write_output(out_dir / f"{stem}.{fmt}", figure_bytes(figure, fmt))
+            for stem, figure in figures.items() for fmt in formats]
+
+
+def figure_bytes(figure: Figure, fmt: str) -> bytes:
+    """The figure drawn in a format (png at 200 dpi), every text in it shown as written (`literal_texts`)."""
+    literal_texts(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=fmt, dpi=200)
+    return buffer.getvalue()
+
+
+def literal_texts(figure: Figure) -> None:
+    """Titles, labels, legends and notes shown as written: kind, dataset and setting names come from folders, where
+    a '$' would be parsed as mathtext (or fail the drawing) and a control character reach the terminal in a
+    missing-glyph warning. Tick labels keep matplotlib's own mathtext (10^k)."""
+    ticks = {axis.offsetText for axes in figure.axes for axis in (axes.xaxis, axes.yaxis)}
+    ticks |= {text for axes in figure.axes for axis in (axes.xaxis, axes.yaxis)
+              for tick in axis.get_major_ticks() + axis.get_minor_ticks() for text in (tick.label1, tick.label2)}
+    for text in figure.findobj(Text):
+        if text not in ticks:
+            text.set_parse_math(False)
+            text.set_text(printable(text.get_text()))
 
 
 def save_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, Figure], out_dir: Path,

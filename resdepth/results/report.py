@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 import time
@@ -94,9 +93,10 @@ def bullet_list(lines: Iterable[str], css: str) -> str:
 
 
 def svg_figure(name: str, figure: Any) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="svg")  # matplotlib draws the text as paths: no font to fetch
-    return embedded_figure(name, "image/svg+xml", buffer.getvalue())
+    from .plots import figure_bytes
+
+    # matplotlib draws the text as paths: no font to fetch
+    return embedded_figure(name, "image/svg+xml", figure_bytes(figure, "svg"))
 
 
 def embedded_figure(name: str, mime: str, data: bytes) -> str:

@@ -300,6 +300,9 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
     if not lines:
         raise ValueError(f"{path} is empty")
     header, body, note = lines[0], lines[1:], None
+    repeated = [c for c in dict.fromkeys(header) if header.count(c) > 1]
+    if repeated:
+        raise ValueError(f"{path} names the column {repeated[0]} twice")
     missing = [c for c in METRIC_COLUMNS if c not in header]
     if missing:
         raise ValueError(f"{path} lacks the columns {', '.join(missing)}")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from ..config import from_dict
 from ..errors import UserError
@@ -83,16 +84,21 @@ class RunLock:
             return time.time() - self.path.stat().st_mtime > 5 if self.path.exists() else True
         if owner.get("host") == socket.gethostname():
             pid = owner.get("pid")
-            return not pid_alive(pid if isinstance(pid, int) and not isinstance(pid, bool) else -1)
+            return not pid_alive(pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 else -1)
         status = RunStatus.read_or_none(self.path.parent)
         written = owner.get("time")
-        last_sign = status.updated if status else written if isinstance(written, (int, float)) else 0
+        last_sign = status.updated if status else written if clock_time(written) else 0
         return time.time() - last_sign > STALE_FOREIGN_LOCK_SECONDS
 
     def release(self) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+
+def clock_time(value: Any) -> bool:
+    """Whether a lock file's time is a time the clock can show (a hand-made 1e400 is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2**40
 
 
 def pid_alive(pid: int) -> bool:
@@ -112,7 +118,7 @@ def describe_owner(owner: dict | None) -> str:
     if not owner:
         return "running elsewhere"
     started = owner.get("time")
-    since = time.strftime("%H:%M", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+    since = time.strftime("%H:%M", time.localtime(started)) if clock_time(started) else "?"
     return f"running elsewhere: pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {since}"
 
 
