@@ -349,3 +349,10 @@ def test_the_table_says_which_precision_produced_its_numbers(tmp_path, write_run
     assert "--precision fp32" in note
     code, out, _ = run_cli("table", str(tmp_path / "residual-20-s0"))
     assert code == 0 and "precision: fp32 (as the paper trained)." in out
+
+
+def test_a_markdown_cell_shows_a_folders_text_not_markup():
+    from resdepth.results.tables import markdown_text
+
+    # a '|' would add a column to the pasted table, a tag would be HTML in a README, a control character raw bytes
+    assert markdown_text("a|b<img src=x>\x1b[2J\nc") == "a\\|b&lt;img src=x&gt;[2J c"

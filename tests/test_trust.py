@@ -266,6 +266,7 @@ def test_folder_values_reach_a_page_escaped_and_a_terminal_without_escape_sequen
         assert not any(c in out + err for c in "\x1b\x07\x9b"), (command, out + err)
     code, out, err = run_cli("table", str(planted.results), "--markdown", "--runs")
     assert code == 0 and not any(c in out + err for c in "\x1b\x07\x9b") and "alert(1)" in out
+    assert "<script>" not in out and "&lt;script&gt;" in out  # Markdown shows the name, renders no HTML of it
     page = (planted.results / "report.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert planted.checksums() == before

@@ -6,6 +6,7 @@ The runs are grouped as `groups.group_runs` groups them, as the plots are: a row
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pandas as pd
 from ..errors import UserError
 from ..models.families import TABLE6, Family, PaperNumber, family_of_run
 from .groups import GroupKey, group_runs, is_complete, on_paper_axes, paper_differences, paper_number, run_precision
-from .runs import Run, atomic_write_bytes
+from .runs import Run, atomic_write_bytes, printable
 
 # He et al. 2016, Table 6 (the residual family's reference, families.TABLE6): CIFAR-10 test error (%) by depth.
 PAPER_TABLE6: dict[int, float] = {number.depth: number.test_error for number in TABLE6.numbers}
@@ -385,12 +386,18 @@ def to_markdown(summary: pd.DataFrame, runs: bool = False) -> str:
     """The summary (or, with runs, a `summarize_runs` frame) as a Markdown table with its notes below."""
     headers, rows, notes = display_runs(summary) if runs else display_table(summary)
     if summary["dataset"].nunique() == 1:  # a terminal table says it in its title; a pasted table must too
-        notes.insert(0, f"dataset: {summary['dataset'].iloc[0]}")
+        notes.insert(0, f"dataset: {markdown_text(summary['dataset'].iloc[0])}")
     numeric = set(headers) - TEXT_HEADERS
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h in numeric else "---" for h in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(markdown_text(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
+
+
+def markdown_text(text: str) -> str:
+    """A cell's text as Markdown shows it, not as markup: a '|' would start a column, a '<' an HTML tag, and a
+    folder's names are anyone's."""
+    return html.escape(printable(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
