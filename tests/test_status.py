@@ -61,6 +61,12 @@ def test_a_narrow_terminal_leaves_columns_out_instead_of_cutting_names_and_numbe
     assert ("where" in text) == (width == 200)
 
 
+def test_status_piped_or_logged_keeps_every_column_whatever_columns_says(tmp_path, half_run_sweep, run_cli):
+    half_run_sweep(tmp_path)
+    code, out, err = run_cli("status", str(tmp_path), columns=60)  # not a terminal: no width to fit
+    assert code == 0 and "where" in out and "elapsed" in out and "…" not in out, err
+
+
 def write_status(run_dir: Path, **fields) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps({"kind": "plain", "depth": 8, "batch_size": 32, "iterations": 100,

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.segment import Segment
 from rich.table import Table
 
@@ -79,7 +79,7 @@ def warn(lines: Any) -> None:
         errors.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
-def print_full_width(view: Table) -> None:
+def print_full_width(view: Table | Group) -> None:
     """A terminal gets the table at its own width; a pipe or a log at the table's full width, never numbers cut to
     '…' to fit 80 columns."""
     needed = view.__rich_measure__(console, console.options.update(max_width=10_000)).maximum

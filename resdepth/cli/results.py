@@ -134,8 +134,8 @@ def status(
         raise UserError(f"--interval must be a positive number of seconds, got {interval}")
     folder = read_folder_status(results_dir)
     warn(folder.warnings)
-    if not watch:
-        console.print(status_view(folder, console.width))
+    if not watch:  # piped or logged, every column: no terminal's width to fit
+        print_full_width(status_view(folder, console.width if console.is_terminal else 10_000))
         return
     try:
         with Live(status_view(folder, console.width), console=console, auto_refresh=False) as live:
