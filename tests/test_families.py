@@ -361,7 +361,9 @@ def test_a_family_by_entry_point_runs_through_the_command_line_with_its_paper_nu
     code, out, err = run_cli("models", "gated", "--depths", "4,5")
     assert code == 0, err
     assert "gated" in out and "2n+2 (n >= 1)" in out and "Lab 2025: 4" in out and "tinyfam-nets 0.1" in out
-    assert "gated-4" in out and "gated: no 5-layer net (depths 2n+2 (n >= 1))" in out
+    assert "gated-4" in out and "gated: no 5-layer net (depths 2n+2 (n >= 1): try 4 or 6)" in out
+    code, out, err = run_cli("models", "gated", "--depths", "5")  # nothing to list: a user error, as train's
+    assert code == 2 and err == "error: gated: no 5-layer net (depths 2n+2 (n >= 1): try 4 or 6)\n", err
     args = ["sweep", "--kind", "gated", "--depths", "4,8", *tiny_args, "--epochs", "1", "--out", str(tmp_path)]
     code, _, err = run_cli(*args)
     assert code == 0, err

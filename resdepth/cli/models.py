@@ -39,6 +39,8 @@ def models(
     if not families and not rows:
         raise UserError(f"no network or family matches {pattern!r}: try 'resnet*', 'preact*' or leave the pattern "
                         "out for all")
+    if (wanted or wide) and not rows and skipped:  # nothing was built: each family says why
+        raise UserError("; ".join(skipped))
     if families:
         described = [describe_family(f) for f in families]
         print_full_width(render_families(described))
@@ -67,7 +69,8 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None, nu
             continue
         for depth in depths or widths_depths(family, widths):
             if not family.depths.allows(depth):
-                skipped.append(f"{family.name}: no {depth}-layer net (depths {family.depths})")
+                nearest = " or ".join(map(str, family.depths.nearest(depth)))
+                skipped.append(f"{family.name}: no {depth}-layer net (depths {family.depths}: try {nearest})")
                 continue
             for width in widths or [None]:
                 params, multiply_adds = count_network(family.name, depth, num_classes,
