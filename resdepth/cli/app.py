@@ -76,7 +76,9 @@ def main_options(
 COMMANDS = (models.models, sweep.train, sweep.sweep, results.plot, results.table, analysis.analyze, analysis.construct,
             analysis.lesion, analysis.landscape, results.report, results.status, bench.bench)
 for command in COMMANDS:
-    app.command()(command)
+    # the list in `resdepth --help` gets the docstring's first paragraph as one line: kept as written, it broke
+    # mid-sentence where the source's lines end
+    app.command(short_help=" ".join((command.__doc__ or "").split("\n\n")[0].split()))(command)
 
 
 def main() -> None:
