@@ -263,10 +263,12 @@ def contour_figure(frame: pd.DataFrame, study: tuple[str, str], value: str = "tr
     figure = Figure(figsize=(FIG_WIDTH, 1.0 + 3.0 * len(depths)), layout="constrained")
     FigureCanvasAgg(figure)
     grid = figure.subplots(len(depths), len(variants), squeeze=False)
+    what = "training loss" if value == "train_loss" else "training error (%)"
     for row, depth in enumerate(depths):
         twins = [n for n in nets if n.depth == depth]
         levels = contour_levels(np.concatenate([mean_grid(rows_of(frame, n), value).to_numpy().ravel()
                                                 for n in twins]), value)
+        drawn = None
         for column, variant in enumerate(variants):
             axes = grid[row][column]
             net = next((n for n in twins if n.variant == variant), None)
@@ -275,16 +277,24 @@ def contour_figure(frame: pd.DataFrame, study: tuple[str, str], value: str = "tr
             axes.tick_params(labelsize=FONT - 1)
             axes.xaxis.set_major_locator(MaxNLocator(5))
             axes.yaxis.set_major_locator(MaxNLocator(5))
+            if row == len(depths) - 1:
+                axes.set_xlabel("a (first direction)", fontsize=FONT - 1)
+            if column == 0:
+                axes.set_ylabel("b (second direction)", fontsize=FONT - 1)
             if net is None:
                 axes.text(0.5, 0.5, "no run", transform=axes.transAxes, ha="center", va="center", fontsize=FONT)
                 continue
             values = mean_grid(rows_of(frame, net), value)
             drawn = axes.contour(values.columns, values.index, values.to_numpy(), levels=levels, cmap="summer",
                                  linewidths=0.9)
-            axes.clabel(drawn, drawn.levels[::4], fontsize=FONT - 3, inline=True)
+            # dark labels: summer's light end is unreadable as text on white
+            axes.clabel(drawn, drawn.levels[::4], fontsize=FONT - 3, inline=True, colors="0.15", fmt="%g")
             axes.plot([0], [0], marker="+", color="black", markersize=7)
+        if drawn is not None:  # one scale per row: the twins share its levels
+            scale = figure.colorbar(drawn, ax=list(grid[row]), shrink=0.85, aspect=30)
+            scale.set_label(what, fontsize=FONT - 1)
+            scale.ax.tick_params(labelsize=FONT - 1)
     images = int(frame["images"].max())
-    what = "training loss" if value == "train_loss" else "training error (%)"
     figure.suptitle(f"{study_title(study)}: {what} around the trained weights (Li et al. 2018, Fig. 5)\n"
                     f"filter-normalised random directions, {images:,} training images, evaluation mode;\n"
                     "the same contour levels for each depth's twins", fontsize=TITLE_FONT)
