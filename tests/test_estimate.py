@@ -99,10 +99,12 @@ def test_a_probe_on_a_busy_machine_says_so(tmp_path, monkeypatch, tiny_sweep):
     estimate = estimate_plan(sweep, plan_sweep(sweep))
     assert estimate.cells["plain-8-s0"].speed.load >= 1
     assert any("probed while other processes kept this machine busy" in line for line in estimate.basis)
+    busy_again = estimate_plan(sweep, plan_sweep(sweep))  # still busy: the busy probe is used, not redone
+    assert busy_again.cells["plain-8-s0"].speed.source == "probe" and not busy_again.cells["plain-8-s0"].speed.now
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    (speeds_path()).unlink()
-    quiet = estimate_plan(sweep, plan_sweep(sweep))
-    assert quiet.cells["plain-8-s0"].speed.load == 0 and not any("busy" in line for line in quiet.basis)
+    quiet = estimate_plan(sweep, plan_sweep(sweep))  # quiet now: the busy probe is measured again, and replaced
+    assert quiet.cells["plain-8-s0"].speed.load == 0 and quiet.cells["plain-8-s0"].speed.now
+    assert not any("busy" in line for line in quiet.basis)
 
 
 @pytest.mark.parametrize("changes, fuse, caveat", [

@@ -166,8 +166,10 @@ def depth_speeds(configs: dict[int, TrainConfig], slot: str, threads: int,
     PROBE_MAX_DEPTH), else interpolated from those by forward multiply-adds."""
     device = resolve_device(slot)
     cache = read_speeds()
+    quiet = busy_load() < BUSY_LOAD
     known = {depth: speed for depth, config in configs.items()
-             if (speed := cached_speed(cache, config, device, threads)) is not None}
+             if (speed := cached_speed(cache, config, device, threads)) is not None
+             and not (quiet and speed.load is not None and speed.load >= BUSY_LOAD)}  # a busy probe: measured again
     probed = [d for d in configs if d <= PROBE_MAX_DEPTH] or [min(configs)]
     for depth in sorted({min(configs), max(probed)} - known.keys()):
         on_progress(f"measuring depth {depth} on {slot} ({threads} thread(s)): a few training steps")
@@ -189,8 +191,13 @@ def cached_speed(cache: dict[str, dict[str, Any]], config: TrainConfig, device: 
     return None
 
 
+def busy_load() -> float:
+    """The 1-minute load average per core: at BUSY_LOAD or above, a probe shares the cores with other work."""
+    return os.getloadavg()[0] / cpu_cores()
+
+
 def probe_and_remember(config: TrainConfig, device: Any, threads: int) -> Speed:
-    load = os.getloadavg()[0] / cpu_cores()
+    load = busy_load()
     saved_threads = torch.get_num_threads()
     try:
         images_per_second = probe_speed(config, device, threads)
