@@ -203,11 +203,12 @@ def landscape_runs(run_dirs: Sequence[Path], config: LandscapeConfig, out_dir: P
                         "each with its own --out")
     for run in runs:  # a family the folder names by import path is refused before anything is written
         family_named_by_folder(run.config.get("kind"), str(run.path / CONFIG_FILE))
-    ensure_writable_dir(out_dir)  # only once the runs are known to be finished runs of families resdepth may build
     frames, data, groups = [], DataCache(), group_runs(runs)
     for key, group in groups.items():
         for run in group:
             trained = load_trained(run, key, data, device)
+            # made once a run's weights have loaded: a refused checkpoint leaves no empty folder behind
+            ensure_writable_dir(out_dir)
             grid = fill_grid(trained, config, out_dir / f"{run.path.name}{GRID_SUFFIX}", device, on_progress, force)
             frames.append(grid_rows(trained, grid, config))
     return Landscape(pd.concat(frames, ignore_index=True).reindex(columns=with_axes(LANDSCAPE_COLUMNS, groups)))
