@@ -140,7 +140,7 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
             key_type, value_type = typing.get_args(option_type)
             return {check_type(key, key_type, where): check_type(item, value_type, f"{where}.{key}")
                     for key, item in value.items()}
-    if isinstance(value, int) and not isinstance(value, bool) and not fits_int64(value):
+    if isinstance(value, int) and not isinstance(value, bool) and not fits_int64(value) and {int, float} & set(options):
         raise UserError(f"{where}: {shown(value)} is out of range")
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options).replace("NoneType", "nothing")
     raise UserError(f"{where}: expected {expected}, got {shown(value)}")

@@ -2,6 +2,7 @@
 centre is the run's own loss, a grid is saved as it fills and resumes to the same values, and the command writes
 its CSV and figures or fails in one line without writing anything."""
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -215,3 +216,15 @@ def test_a_run_of_a_family_by_import_path_is_drawn_only_when_the_user_names_it(
     code, _, err = run_cli(*args, "--kind", "tinyfam_nets:gated")
     assert code == 0, err
     assert len(pd.read_csv(tmp_path / "gated" / "landscape" / "landscape.csv")) == 3
+
+
+@pytest.mark.parametrize("value", ["train_loss", "train_error"])
+def test_a_flat_landscape_of_one_contour_level_or_none_is_still_drawn(value):
+    from resdepth.analysis.landscape import LANDSCAPE_COLUMNS, contour_figure
+
+    # a well-trained net over a small span: losses below Li et al.'s lowest level (0.1), errors in one 5% step
+    rows = [dict(dataset="synthetic", setting="", kind=kind, shortcut="A" if kind == "residual" else None, depth=8,
+                 seed=0, run=f"{kind}-8-s0", a=a, b=b, train_loss=0.01 + 0.001 * abs(a), train_error=1.0 + abs(b),
+                 images=64, epoch=2) for kind in ("plain", "residual") for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    figure = contour_figure(pd.DataFrame(rows, columns=list(LANDSCAPE_COLUMNS)), ("synthetic", ""), value)
+    figure.savefig(io.BytesIO(), format="png")  # the colour scale of one level was an IndexError here

@@ -355,4 +355,5 @@ def test_a_markdown_cell_shows_a_folders_text_not_markup():
     from resdepth.results.tables import markdown_text
 
     # a '|' would add a column to the pasted table, a tag would be HTML in a README, a control character raw bytes
-    assert markdown_text("a|b<img src=x>\x1b[2J\nc") == "a\\|b&lt;img src=x&gt;[2J c"
+    assert markdown_text("a|b<img src=x>\x1b[2J\nc") == "a\\|b&lt;img src=x&gt;\\[2J c"
+    assert markdown_text("![x](http://a/b)") == "!\\[x\\](http://a/b)"  # no image fetched where it is pasted

@@ -32,7 +32,16 @@ from torch import nn
 from ..errors import UserError
 from ..models.families import family_named_by_folder
 from ..results.groups import group_runs
-from ..results.plots import FIG_WIDTH, FONT, TITLE_FONT, depth_colours, save_outputs, study_name, study_title
+from ..results.plots import (
+    FIG_WIDTH,
+    FONT,
+    TITLE_FONT,
+    as_written,
+    depth_colours,
+    save_outputs,
+    study_name,
+    study_title,
+)
 from ..results.runs import CHECKPOINT_FILE, CONFIG_FILE, atomic_write_bytes, ensure_writable_dir, load_runs, read_json
 from ..train.construct import finished_run
 from .responses import IDENTITY_COLUMNS, DataCache, nets_of, rows_of, studies, study_rows, with_axes
@@ -235,7 +244,7 @@ def build_figures(landscape: Landscape) -> dict[str, Figure]:
         if rows["b"].nunique() > 1:
             figures[f"landscape-2d-{study_name(study)}"] = contour_figure(rows, study)
             figures[f"landscape-2d-error-{study_name(study)}"] = contour_figure(rows, study, "train_error")
-    return figures
+    return as_written(figures)
 
 
 def mean_grid(rows: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -291,7 +300,7 @@ def contour_figure(frame: pd.DataFrame, study: tuple[str, str], value: str = "tr
             # dark labels: summer's light end is unreadable as text on white
             axes.clabel(drawn, drawn.levels[::4], fontsize=FONT - 3, inline=True, colors="0.15", fmt="%g")
             axes.plot([0], [0], marker="+", color="black", markersize=7)
-        if drawn is not None:  # one scale per row: the twins share its levels
+        if drawn is not None and len(drawn.levels) > 1:  # one scale per row, the twins' levels (one level: no scale)
             scale = figure.colorbar(drawn, ax=list(grid[row]), shrink=0.85, aspect=30)
             scale.set_label(what, fontsize=FONT - 1)
             scale.ax.tick_params(labelsize=FONT - 1)

@@ -31,7 +31,16 @@ from ..errors import UserError
 from ..models.families import lesion_blocks
 from ..models.nets import LesionBlock
 from ..results.groups import group_runs, is_complete
-from ..results.plots import BAND_ALPHA, FIG_WIDTH, FONT, TITLE_FONT, save_outputs, study_name, study_title
+from ..results.plots import (
+    BAND_ALPHA,
+    FIG_WIDTH,
+    FONT,
+    TITLE_FONT,
+    as_written,
+    save_outputs,
+    study_name,
+    study_title,
+)
 from ..results.runs import Run
 from .responses import IDENTITY_COLUMNS, DataCache, Net, nets_of, rows_of, studies, study_rows, with_axes
 from .trained import EvalProgress, OnEvalProgress, TrainedRun, load_trained, loss_and_error, split_images
@@ -200,7 +209,7 @@ def build_figures(result: LesionResult) -> dict[str, Figure]:
         figures[f"lesion-blocks-{study_name(study)}"] = blocks_figure(rows, study)
         if rows["lesion"].isin(["delete-k", "swap-k"]).any():
             figures[f"lesion-k-{study_name(study)}"] = k_figure(rows, study)
-    return figures
+    return as_written(figures)
 
 
 Panel = tuple[Axes, Net | None, int, str]  # axes, the net it shows (None: no runs), depth, variant

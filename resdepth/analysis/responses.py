@@ -37,6 +37,7 @@ from ..results.plots import (
     FIG_WIDTH,
     FONT,
     TITLE_FONT,
+    as_written,
     depth_colours,
     save_outputs,
     study_name,
@@ -362,7 +363,7 @@ def build_figures(analysis: Analysis, std: str = "std") -> dict[str, Figure]:
                                                                       measure)
     for study in studies(analysis.gradients) if not analysis.gradients.empty else []:
         figures[f"gradients-{study_name(study)}"] = gradient_figure(study_rows(analysis.gradients, study), study)
-    return figures
+    return as_written(figures)
 
 
 def figure7(frame: pd.DataFrame, study: tuple[str, str], std: str = "std", measure: str = "bn_output") -> Figure:

@@ -192,8 +192,12 @@ def cached_speed(cache: dict[str, dict[str, Any]], config: TrainConfig, device: 
 
 
 def busy_load() -> float:
-    """The 1-minute load average per core: at BUSY_LOAD or above, a probe shares the cores with other work."""
-    return os.getloadavg()[0] / cpu_cores()
+    """The 1-minute load average per core: at BUSY_LOAD or above, a probe shares the cores with other work (0 where
+    the system keeps none, as on Windows)."""
+    try:
+        return os.getloadavg()[0] / cpu_cores()
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def probe_and_remember(config: TrainConfig, device: Any, threads: int) -> Speed:

@@ -39,11 +39,15 @@ class SafeConsole(Console):
             super()._check_buffer()
         except OSError as exc:  # a full disk under a log, say
             self.silence()
-            raise OutputClosed(exc.strerror or str(exc)) from None
+            self.closed = OutputClosed(exc.strerror or str(exc))
+            raise self.closed from None
+
+    closed: OutputClosed | None = None  # set once a write failed: a progress bar's refresh thread cannot raise it
 
     def on_broken_pipe(self) -> None:
         self.silence()
-        raise OutputClosed
+        self.closed = OutputClosed()
+        raise self.closed
 
     def silence(self) -> None:
         """This console's output goes nowhere from here on: every later write to it, the interpreter's last flush

@@ -69,6 +69,7 @@ class LiveDisplay(ProgressDisplay):
                 self.log_lines(snapshot)
         except OutputClosed as closed:
             self.closed = closed
+        self.closed = self.closed or console.closed  # the bars are drawn by their own thread, which it ended
 
     def update_bars(self, snapshot: SweepProgress) -> None:
         assert self.progress is not None

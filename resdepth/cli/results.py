@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UserError
-from ..results.runs import atomic_write_bytes, ensure_writable_dir, own_output_dir, printable
+from ..results.runs import atomic_write_bytes, check_writable_dir, ensure_writable_dir, own_output_dir, printable
 from ..sweep.runner import SweepConfig
 from .console import console, duration, errors, pct, print_full_width, rate, read_runs, thousands, warn
 from .options import check_output_file
@@ -106,12 +106,13 @@ def report(
     from ..results.report import build_report
 
     out = out or results_dir / "report.html"
-    if results_dir.is_dir():
-        if not out.is_dir():  # a new folder is made, as table --csv and plot --out make theirs
-            ensure_writable_dir(out.parent)
-        check_output_file(out, "--out", "report.html")
+    if results_dir.is_dir():  # refused before the page is built; a new folder is made, as plot --out makes its own
+        check_writable_dir(out.parent)
+        if out.parent.is_dir():
+            check_output_file(out, "--out", "report.html")
     page, warnings = build_report(results_dir, out)
     warn(warnings)
+    ensure_writable_dir(out.parent)
     atomic_write_bytes(out, page.encode())
     console.print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained): open it in a browser", markup=False,
                   highlight=False, soft_wrap=True)

@@ -111,7 +111,7 @@ def build_figures(runs: list[Run], x: str = "iterations", paper: bool = False) -
         if len({c.key.axes for c in curves}) > 1:
             figures[f"figure6-{study_name((dataset, ''))}-by-{file_slug('_'.join(keys))}{suffix}"] = \
                 figure6_by_setting(curves, x, paper=paper)
-    return figures
+    return as_written(figures)
 
 
 def paper_tick_notes(runs: list[Run]) -> list[str]:
@@ -480,6 +480,14 @@ def figure_bytes(figure: Figure, fmt: str) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format=fmt, dpi=200)
     return buffer.getvalue()
+
+
+def as_written(figures: dict[str, Figure]) -> dict[str, Figure]:
+    """Each figure with its texts shown as written (`literal_texts`): as every build_figures returns them, saved
+    here or by a caller of the Python API."""
+    for figure in figures.values():
+        literal_texts(figure)
+    return figures
 
 
 def literal_texts(figure: Figure) -> None:

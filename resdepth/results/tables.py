@@ -386,18 +386,21 @@ def to_markdown(summary: pd.DataFrame, runs: bool = False) -> str:
     """The summary (or, with runs, a `summarize_runs` frame) as a Markdown table with its notes below."""
     headers, rows, notes = display_runs(summary) if runs else display_table(summary)
     if summary["dataset"].nunique() == 1:  # a terminal table says it in its title; a pasted table must too
-        notes.insert(0, f"dataset: {markdown_text(summary['dataset'].iloc[0])}")
+        notes.insert(0, f"dataset: {summary['dataset'].iloc[0]}")
     numeric = set(headers) - TEXT_HEADERS
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h in numeric else "---" for h in headers) + "|"]
     lines += ["| " + " | ".join(markdown_text(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
+    return "\n".join(lines + [""] + [f"- {markdown_text(note)}" for note in notes]) + "\n"
 
 
 def markdown_text(text: str) -> str:
-    """A cell's text as Markdown shows it, not as markup: a '|' would start a column, a '<' an HTML tag, and a
-    folder's names are anyone's."""
-    return html.escape(printable(text), quote=False).replace("|", "\\|").replace("\n", " ")
+    """A cell's or a note's text as Markdown shows it, not as markup, for a folder's names are anyone's: a '|' would
+    start a column, a '<' an HTML tag, a '[' a link or an image."""
+    escaped = html.escape(printable(text), quote=False).replace("\n", " ")
+    for mark in "|[]":
+        escaped = escaped.replace(mark, "\\" + mark)
+    return escaped
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
