@@ -126,6 +126,8 @@ def test_interrupt_checkpoints_the_running_cell_and_cancels_waiting_ones(ray_clu
     status = RunStatus.read(started)
     assert status.state == "interrupted" and 0 < status.iteration < status.iterations
     assert not any((cell / LOCK_FILE).exists() for cell in cells)
+    # the cancelled ones too, as `status` reads them: interrupted (with how to resume), not pending for good
+    assert {RunStatus.read(cell).state for cell in cells if cell != started} == {"interrupted"}
     planned, outcomes = run_sweep_now(sweep)  # the same command again: resume the one, start the other three
     assert sorted(p.action for p in planned) == ["new", "new", "new", "resume"]
     assert {o.state for o in outcomes.values()} == {"done"}

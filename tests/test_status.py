@@ -130,7 +130,9 @@ def test_a_finished_sweep_prints_where_its_results_are_and_the_next_commands(tmp
     assert not any(line.startswith("resume:") for line in lines)
 
 
-def test_an_interrupted_sweep_prints_how_to_resume(tmp_path, cli_env, resdepth_cli, tiny_args):
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_an_interrupted_sweep_prints_how_to_resume(tmp_path, cli_env, resdepth_cli, tiny_args, stop, code):
+    # SIGHUP: the terminal closed; it ended the sweep at once, its --jobs workers training on unwatched
     out = tmp_path / "r"
     victim = subprocess.Popen([resdepth_cli, "sweep", "--depths", "8", "--kinds", "plain,residual", "--epochs", "40",
                                *tiny_args,
@@ -141,9 +143,9 @@ def test_an_interrupted_sweep_prints_how_to_resume(tmp_path, cli_env, resdepth_c
     while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:
         assert time.time() < deadline, "no epoch ended"
         time.sleep(0.05)
-    victim.send_signal(signal.SIGINT)
+    victim.send_signal(stop)
     stdout, stderr = victim.communicate(timeout=120)
-    assert victim.returncode == 130, stderr
+    assert victim.returncode == code, stderr
     assert f"resume: resdepth sweep --resume {out}" in " ".join(stdout.split())
     code = subprocess.run([resdepth_cli, "status", str(out)], env=cli_env, capture_output=True, text=True, timeout=120)
     assert "interrupted" in code.stdout and "not started" in code.stdout

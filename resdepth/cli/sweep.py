@@ -137,6 +137,10 @@ def sweep(
     raise typer.Exit(execute(with_grid(config, grid), dry_run))
 
 
+# a closed terminal (SIGHUP) stops the cells as Ctrl-C does, instead of leaving its workers training unwatched
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def execute(config: SweepConfig, dry_run: bool) -> int:
     """Plan, show the plan, run with a live display, print the summary; returns the exit code. A command refused
     while planning or for missing data writes nothing, not even the results folder."""
@@ -160,7 +164,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
                   + ", ".join(f"{n} {a}" for a, n in counts.items()))
     executor = make_executor(config)
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda s, _f: received.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda s, _f: received.append(s)) for sig in STOP_SIGNALS}
     display = LiveDisplay(len(planned))
     try:
         with display:
@@ -175,7 +179,7 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     if display.closed is not None:
         raise display.closed  # its exit code and line, as for any command (app.Commands)
     if received:
-        return 143 if received[0] == signal.SIGTERM else 130
+        return 128 + received[0]  # as a shell reports a process the signal ended: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
     ended = set(states.values())
     return 1 if "failed" in ended else 3 if "diverged" in ended else 4 if "busy" in ended else 0
 
@@ -247,7 +251,8 @@ def render_summary(planned: list[PlannedCell], outcomes: dict[str, Any], states:
         table.add_column(column, justify="right" if "err" in column or column == "epochs" else "left")
     for item in planned:
         status = RunStatus.read_or_none(item.cell.run_dir)
-        table.add_row(item.cell.name, states[item.cell.name], f"{status.epoch}/{status.epochs}" if status else "-",
+        epochs = f"{status.epoch}/{status.epochs}" if status and status.epochs else "-"  # not started: no 0/0
+        table.add_row(item.cell.name, states[item.cell.name], epochs,
                       pct(status.train_error if status else None), pct(status.test_error if status else None),
                       summary_note(item, outcomes.get(item.cell.name), status, states[item.cell.name]))
     return table

@@ -214,6 +214,15 @@ def set_state(run_dir: Path, state: str, error: str | None = None) -> None:
     status.write(run_dir)
 
 
+def cancelled_before_start(run_dir: Path) -> CellOutcome:
+    """A queued cell a stop cancelled: interrupted in its status.json too, as `status` then shows it (with how to
+    resume), not pending for good."""
+    status = RunStatus.read_or_none(run_dir)
+    if status is not None and status.state == "pending":
+        set_state(run_dir, "interrupted")
+    return CellOutcome(run_dir, "interrupted", error="cancelled before it started")
+
+
 def mark_failed(run_dir: Path, error: str) -> CellOutcome:
     set_state(run_dir, "failed", error)
     if not (run_dir / ERROR_FILE).is_file():

@@ -36,6 +36,7 @@ from .cell import (
     CellOutcome,
     RunLock,
     busy_outcome,
+    cancelled_before_start,
     is_locked,
     job_outcome,
     last_line,
@@ -214,7 +215,7 @@ class RayExecutor(Executor):
         try:
             return done.result()
         except self.ray.exceptions.TaskCancelledError:
-            return job_outcome([CellOutcome(d, "interrupted", error="cancelled before it started") for d in run_dirs])
+            return job_outcome([cancelled_before_start(run_dir) for run_dir in run_dirs])
         except Exception as exc:  # noqa: BLE001 - the job raised: its message is the cell's error
             reason = f"Ray task ended without a result ({type(exc).__name__}): {last_line(str(exc))}"
             return job_outcome([self._without_result(run_dir, reason, exc) for run_dir in run_dirs])
@@ -424,8 +425,8 @@ class SlurmExecutor(Executor):
                 submitted = self.executor.submit_array(tasks)
         except Exception as exc:  # noqa: BLE001 - the job raised: its message is the cell's error
             reason = "; ".join(line.removeprefix("sbatch: error: ") for line in said[-3:]) or last_line(str(exc))
-            raise UserError(f"Slurm refused the jobs ({reason}): check "
-                            "--slurm-partition/--slurm-account/--slurm-qos/--slurm-time against `sinfo`") from None
+            raise UserError(f"Slurm refused the jobs ({reason}): check that `sinfo` reaches the cluster from here, "
+                            "then --slurm-partition/--slurm-account/--slurm-qos/--slurm-time against it") from None
         futures: list[Future[CellOutcome]] = [Future() for _ in submitted]
         with self._lock:
             for task, slurm_job, future in zip(tasks, submitted, futures, strict=True):
@@ -475,7 +476,7 @@ class SlurmExecutor(Executor):
             if status.state not in ("running", "pending"):  # the run recorded its own end
                 return outcome_from_status(run_dir, exit_code=0)
             if self._interrupted and status.state == "pending":
-                return CellOutcome(run_dir, "interrupted", error="cancelled before it started")
+                return cancelled_before_start(run_dir)
             if self._interrupted:  # stopped before it could checkpoint: resumable all the same
                 set_state(run_dir, "interrupted")
                 return CellOutcome(run_dir, "interrupted", error="stopped before its mid-epoch checkpoint")
