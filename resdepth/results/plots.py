@@ -150,13 +150,13 @@ def study_title(study: tuple[str, str]) -> str:
 
 def plot_figure1(runs: list[Run], kind: str = "plain", x: str = "iterations") -> Figure:
     """Figure 1 style for one dataset's runs of one kind: training error (left), test error (right)."""
-    return figure1(one_dataset(group_curves(runs)), kind, x)
+    return literal_texts(figure1(one_dataset(group_curves(runs)), kind, x))
 
 
 def plot_figure6(runs: list[Run], x: str = "iterations", paper: bool = False) -> Figure:
     """Figure 6 style for one dataset's runs: a panel per kind, dashed training error, bold test error, dotted
     validation error; ResNet-110 vs ResNet-1202 in a third panel when both are there."""
-    return figure6(one_dataset(group_curves(runs)), x, paper=paper)
+    return literal_texts(figure6(one_dataset(group_curves(runs)), x, paper=paper))
 
 
 def figure1(curves: list[SeedCurves], variant: str, x: str) -> Figure:
@@ -475,8 +475,7 @@ def save_figures(figures: dict[str, Figure], out_dir: Path, formats: Sequence[st
 
 
 def figure_bytes(figure: Figure, fmt: str) -> bytes:
-    """The figure drawn in a format (png at 200 dpi), every text in it shown as written (`literal_texts`)."""
-    literal_texts(figure)
+    """The figure drawn in a format (png at 200 dpi)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format=fmt, dpi=200)
     return buffer.getvalue()
@@ -485,12 +484,10 @@ def figure_bytes(figure: Figure, fmt: str) -> bytes:
 def as_written(figures: dict[str, Figure]) -> dict[str, Figure]:
     """Each figure with its texts shown as written (`literal_texts`): as every build_figures returns them, saved
     here or by a caller of the Python API."""
-    for figure in figures.values():
-        literal_texts(figure)
-    return figures
+    return {stem: literal_texts(figure) for stem, figure in figures.items()}
 
 
-def literal_texts(figure: Figure) -> None:
+def literal_texts(figure: Figure) -> Figure:
     """Titles, labels, legends and notes shown as written: kind, dataset and setting names come from folders, where
     a '$' would be parsed as mathtext (or fail the drawing) and a control character reach the terminal in a
     missing-glyph warning. Tick labels keep matplotlib's own mathtext (10^k)."""
@@ -501,6 +498,7 @@ def literal_texts(figure: Figure) -> None:
         if text not in ticks:
             text.set_parse_math(False)
             text.set_text(printable(text.get_text()))
+    return figure
 
 
 def save_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, Figure], out_dir: Path,
