@@ -1,6 +1,7 @@
 """A new user's first runs: workers started from any folder, files others can read, failures that say why."""
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from resdepth.results.runs import RunStatus
-from resdepth.sweep.cell import is_locked
+from resdepth.sweep.cell import EXIT_CODES, is_locked
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -418,6 +419,35 @@ def test_a_sweep_whose_reader_goes_stops_its_cells_as_on_ctrl_c_and_exits_141(tm
     states = {cell.name: RunStatus.read_or_none(cell) for cell in (tmp_path / "runs").iterdir() if cell.is_dir()}
     assert {status.state for status in states.values() if status} <= {"interrupted"} and "plain-8-s0" in states
     assert not any(is_locked(tmp_path / "runs" / name) for name in states)  # no worker left behind
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this system")
+def test_a_closed_terminal_stops_the_sweep_and_its_workers_as_ctrl_c_does(tmp_path, cli_env, resdepth_cli, tiny_args,
+                                                                          wait_for_rows):
+    # a hangup reaches the terminal's whole process group: the workers died of it, their cells failed
+    sweep = subprocess.Popen([resdepth_cli, "sweep", "--kinds", "plain", "--depths", "8", "--seeds", "0,1", "--jobs",
+                              "2", "--epochs", "400", *tiny_args, "--out", "runs"], cwd=tmp_path, env=cli_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        for seed in (0, 1):
+            wait_for_rows(tmp_path / "runs" / f"plain-8-s{seed}" / "metrics.csv", 1, timeout=240)
+        os.killpg(sweep.pid, signal.SIGHUP)
+        assert sweep.wait(timeout=300) == 129, sweep.stderr.read().decode()
+    finally:
+        sweep.kill()
+    for seed in (0, 1):
+        status = RunStatus.read(tmp_path / "runs" / f"plain-8-s{seed}")
+        assert (status.state, status.error) == ("interrupted", None) and status.iteration > 0
+    # each worker stops itself, checkpointing where it is, rather than dying of the hangup
+    worker = subprocess.Popen([sys.executable, "-m", "resdepth.sweep.worker", "runs/plain-8-s0", "--device", "cpu"],
+                              cwd=tmp_path, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        rows = len((tmp_path / "runs" / "plain-8-s0" / "metrics.csv").read_text().splitlines())
+        wait_for_rows(tmp_path / "runs" / "plain-8-s0" / "metrics.csv", rows, timeout=240)
+        worker.send_signal(signal.SIGHUP)
+        assert worker.wait(timeout=300) == EXIT_CODES["interrupted"], worker.stderr.read().decode()
+    finally:
+        worker.kill()
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a file that is always full) here")

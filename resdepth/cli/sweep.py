@@ -3,7 +3,7 @@ configs, the plan (and the dry run's table and time estimate), the run under a l
 commands to run next.
 
 A sweep's exit code says how its cells ended: 0 all done, 1 some failed, 3 some diverged, 4 some busy in another
-sweep process, 130/143 interrupted (SIGINT/SIGTERM)."""
+sweep process, 130/143/129 interrupted (SIGINT/SIGTERM/SIGHUP)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..models.families import WIDTH, get_family, load_named_families
 from ..results.runs import CHECKPOINT_FILE, RunStatus, check_writable_dir, ensure_writable_dir, warmup_end
 from ..results.tables import describe_warmup_end
+from ..sweep.cell import STOP_SIGNALS
 from ..sweep.cluster import SlurmConfig
 from ..sweep.grid import parse_grid_words
 from ..sweep.runner import (
@@ -135,10 +136,6 @@ def sweep(
                          f"{', '.join(not_resumed)} (give them on the command line or in a sweep file to use them)",
                          markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(execute(with_grid(config, grid), dry_run))
-
-
-# a closed terminal (SIGHUP) stops the cells as Ctrl-C does, instead of leaving its workers training unwatched
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def execute(config: SweepConfig, dry_run: bool) -> int:

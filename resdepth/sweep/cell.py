@@ -245,7 +245,9 @@ def job_outcome_from_status(run_dirs: list[Path], exit_code: int, log: Path | No
     return job_outcome(outcomes)
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what a sweep's interrupt and Ctrl-C send its workers
+# A stop, not a failure: Ctrl-C and a sweep's interrupt (SIGINT), SIGTERM, and a closed terminal (SIGHUP, which
+# reaches the sweep and its workers alike); the sweep and its workers each checkpoint and end interrupted on these.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def outcome_from_status(run_dir: Path, exit_code: int, log: Path | None = None) -> CellOutcome:

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .cell import EXIT_CODES, each_cell, run_cells
+from .cell import EXIT_CODES, STOP_SIGNALS, each_cell, run_cells
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     def request_stop(signum: int, _frame: object) -> None:
         received.append(signum)  # the training loop checkpoints at the next iteration and returns
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, request_stop)
     outcome = run_cells(args.run_dirs, args.device, args.threads, lambda: bool(received))
     states = {cell.state for cell in each_cell(outcome)}
     if "interrupted" in states and received and received[0] == signal.SIGTERM:
