@@ -5,6 +5,7 @@ landscape load their code and matplotlib only when they run."""
 from __future__ import annotations
 
 import shlex
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -103,13 +104,13 @@ def construct(
 
 def changed_by_run(config: dict[str, Any]) -> dict[str, Any]:
     """A run's config.json settings less the values its family filled in where the options left them open (the
-    warm-up's threshold and length): those are defaults, which the new run's family fills in again."""
-    filled = TrainConfig(kind=config["kind"], depth=config["depth"]).for_family()
-    return {key: value for key, value in config.items()
-            if not (key in FAMILY_FILLED and value == getattr(filled, key))}
-
-
-FAMILY_FILLED = frozenset({"warmup_until_error", "warmup_max_iterations"})  # what TrainConfig.for_family fills in
+    warm-up's threshold and length, `TrainConfig.for_family`): those are defaults, which the new run's family fills
+    in again."""
+    left_open = TrainConfig(kind=config["kind"], depth=config["depth"])
+    filled = left_open.for_family()
+    defaults = {f.name: getattr(filled, f.name) for f in fields(TrainConfig)
+                if getattr(left_open, f.name) != getattr(filled, f.name)}
+    return {key: value for key, value in config.items() if not (key in defaults and value == defaults[key])}
 
 
 def lesion(

@@ -84,7 +84,7 @@ class RunLock:
             return time.time() - self.path.stat().st_mtime > 5 if self.path.exists() else True
         if owner.get("host") == socket.gethostname():
             pid = owner.get("pid")
-            return not pid_alive(pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 else -1)
+            return not pid_alive(pid if isinstance(pid, int) and not isinstance(pid, bool) else -1)
         status = RunStatus.read_or_none(self.path.parent)
         written = owner.get("time")
         last_sign = status.updated if status else written if clock_time(written) else 0
@@ -102,7 +102,7 @@ def clock_time(value: Any) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
-    if pid <= 0:
+    if not 0 < pid < 2**31:  # no process has it (and os.kill cannot take a pid past the OS's)
         return False
     try:
         os.kill(pid, 0)
