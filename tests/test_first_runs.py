@@ -5,6 +5,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -448,6 +449,31 @@ def test_a_closed_terminal_stops_the_sweep_and_its_workers_as_ctrl_c_does(tmp_pa
         assert worker.wait(timeout=300) == EXIT_CODES["interrupted"], worker.stderr.read().decode()
     finally:
         worker.kill()
+
+
+def test_workers_of_a_killed_sweep_checkpoint_and_stop_rather_than_train_on_unwatched(tmp_path, cli_env,
+                                                                                       resdepth_cli, tiny_args,
+                                                                                       wait_for_rows):
+    # SIGKILL (or the OOM killer) gives the sweep no chance to stop them: they noticed nothing, and held their cells
+    sweep = subprocess.Popen([resdepth_cli, "sweep", "--kinds", "plain", "--depths", "8", "--seeds", "0,1", "--jobs",
+                              "2", "--epochs", "400", *tiny_args, "--out", "runs"], cwd=tmp_path, env=cli_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for seed in (0, 1):
+            wait_for_rows(tmp_path / "runs" / f"plain-8-s{seed}" / "metrics.csv", 1, timeout=240)
+        sweep.kill()
+        sweep.wait(timeout=60)
+        deadline = time.monotonic() + 120
+        cells = [tmp_path / "runs" / f"plain-8-s{seed}" for seed in (0, 1)]
+        while any(is_locked(cell) for cell in cells):
+            assert time.monotonic() < deadline, "the workers went on training"
+            time.sleep(0.2)
+    finally:
+        sweep.kill()
+    for cell in cells:
+        status = RunStatus.read(cell)
+        assert (status.state, status.error) == ("interrupted", None) and status.iteration > 0
+        assert status.epoch < 400
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a file that is always full) here")

@@ -90,7 +90,8 @@ class LocalProcessExecutor(Executor):
     def submit(self, job: CellJob) -> Future[CellOutcome]:
         future: Future[CellOutcome] = Future()
         device, env = worker_device(job.device, os.environ)
-        command = python_command("-m", "resdepth.sweep.worker", *map(str, job.run_dirs), "--device", device)
+        command = python_command("-m", "resdepth.sweep.worker", *map(str, job.run_dirs), "--device", device,
+                                 "--parent", str(os.getpid()))
         if job.threads:
             command += ["--threads", str(job.threads)]
         log = open_log(job.run_dir / WORKER_LOG)

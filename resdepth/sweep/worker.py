@@ -1,10 +1,11 @@
 """Entry point of one local worker process:
-`python -m resdepth.sweep.worker RUN_DIR [RUN_DIR ...] --device D [--threads T]`
+`python -m resdepth.sweep.worker RUN_DIR [RUN_DIR ...] --device D [--threads T] [--parent PID]`
 (several folders: a fused group, trained as one job)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", type=Path, nargs="+")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--parent", type=int, default=None, help="the sweep's pid: its death stops the cells")
     args = parser.parse_args(argv)
     received: list[int] = []
 
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for stop in STOP_SIGNALS:
         signal.signal(stop, request_stop)
-    outcome = run_cells(args.run_dirs, args.device, args.threads, lambda: bool(received))
+    outcome = run_cells(args.run_dirs, args.device, args.threads,
+                        lambda: bool(received) or parent_gone(args.parent))
     states = {cell.state for cell in each_cell(outcome)}
     if "interrupted" in states and received and received[0] == signal.SIGTERM:
         return 143
@@ -33,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         states.discard("busy")
         return next((EXIT_CODES[s] for s in ("failed", "diverged", "interrupted") if s in states), 0)
     return EXIT_CODES.get(outcome.state, 1)
+
+
+def parent_gone(parent: int | None) -> bool:
+    """Whether the sweep that started this worker has died without stopping it (SIGKILL, a crash, the OOM killer):
+    its orphans are adopted by another process, and would otherwise train on unwatched, holding their cells."""
+    return parent is not None and os.getppid() != parent
 
 
 if __name__ == "__main__":
