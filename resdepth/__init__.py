@@ -16,9 +16,18 @@ import sys
 from types import ModuleType
 
 from ._version import __version__
-from .models import build_model, list_models
 
 __all__ = ["__version__", "build_model", "list_models"]
+
+
+def __getattr__(name: str) -> object:
+    # torch loads with the first network asked for, not with the package: `resdepth` starts at once, so a Ctrl-C in
+    # its first seconds reaches the command line's own handling rather than an import's traceback
+    if name in ("build_model", "list_models"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'resdepth' has no attribute {name!r}")
 
 # Modules that stood at the top before the folders (0.1): their import paths keep working (`from resdepth.families
 # import Family` in a user's family module, `from resdepth.data import DataConfig`), each as the module it moved

@@ -82,7 +82,7 @@ def cli_options() -> tuple[set[str], dict[str, set[str]]]:
     """The app's own options (--version) and each command's options, as click sees them."""
     import typer
 
-    from resdepth.cli import app
+    from resdepth.cli.app import app
 
     group = typer.main.get_command(app)
 

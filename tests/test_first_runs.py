@@ -476,6 +476,27 @@ def test_workers_of_a_killed_sweep_checkpoint_and_stop_rather_than_train_on_unwa
         assert status.epoch < 400
 
 
+def test_ctrl_c_while_the_commands_load_is_exit_130_not_a_traceback(cli_env, resdepth_cli):
+    # torch takes seconds to import, on the first command a new user types; Python printed the import's traceback
+    command = subprocess.Popen([resdepth_cli, "models"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    time.sleep(0.3)
+    command.send_signal(signal.SIGINT)
+    out, err = command.communicate(timeout=120)
+    assert (command.returncode, out, err) == (130, "", "")
+
+
+def test_ctrl_c_inside_a_command_is_exit_130_not_typers_aborted_and_exit_1(run_cli, monkeypatch):
+    from resdepth.models import families
+
+    def interrupted(pattern):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(families, "list_families", interrupted)
+    code, out, err = run_cli("models")
+    assert (code, out, err) == (130, "", "")
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a file that is always full) here")
 def test_output_that_cannot_be_written_is_one_line_on_stderr_not_a_traceback(tmp_path, cli_env, resdepth_cli):
     with open("/dev/full", "w") as full:

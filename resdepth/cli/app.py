@@ -16,13 +16,14 @@ import typer
 
 from .._version import __version__
 from ..errors import UserError
-from . import analysis, bench, models, results, sweep
+from . import INTERRUPTED, analysis, bench, models, results, sweep
 from .console import OUTPUT_CLOSED, OutputClosed, console, errors
 from .options import hide_flag_types
 
 
 class Commands(typer.core.TyperGroup):
-    """resdepth's commands: a UserError raised anywhere in one becomes one line on stderr and exit code 2. Output
+    """resdepth's commands: a UserError raised anywhere in one becomes one line on stderr and exit code 2; a Ctrl-C,
+    exit code 130 (`sweep` and `train` stop their runs first, as they say). Output
     that cannot be written (a sweep first stops its cells as on Ctrl-C): its reader gone (`| head`), exit code 141;
     a full disk, a line on stderr and exit code 1."""
 
@@ -32,6 +33,8 @@ class Commands(typer.core.TyperGroup):
         except UserError as exc:
             errors.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # Ctrl-C: what a command had written stays; train and sweep checkpoint first
+            raise typer.Exit(INTERRUPTED) from None
         except BrokenPipeError:  # written past the console (`resdepth ... | head`): nothing more of it is read
             console.silence()
             raise typer.Exit(OUTPUT_CLOSED) from None
