@@ -486,7 +486,20 @@ def test_ctrl_c_while_the_commands_load_is_exit_130_not_a_traceback(cli_env, res
     assert (command.returncode, out, err) == (130, "", "")
 
 
-def test_ctrl_c_inside_a_command_is_exit_130_not_typers_aborted_and_exit_1(run_cli, monkeypatch):
+@pytest.mark.parametrize("args, line", [
+    (["sweep", "--depht", "20"], "error: No such option: --depht (Possible options: --depths, --epochs). Try "
+                                 "'resdepth sweep --help' for help."),
+    (["swep"], "error: No such command 'swep'. Did you mean 'sweep'? Try 'resdepth --help' for help."),
+    (["train", "--epochs", "two"], "error: Invalid value for '--epochs': "),
+    (["table"], "error: Missing argument 'results_dir'. Try 'resdepth table --help' for help."),
+])
+def test_a_mistyped_command_line_is_one_line_and_exit_2_not_a_usage_box(cli_env, resdepth_cli, args, line):
+    result = subprocess.run([resdepth_cli, *args], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, len(result.stderr.splitlines())) == (2, "", 1), result.stderr
+    assert result.stderr.startswith(line)
+
+
+def test_ctrl_c_inside_a_command_is_exit_130_and_says_nothing(run_cli, monkeypatch):
     from resdepth.models import families
 
     def interrupted(pattern):

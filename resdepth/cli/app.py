@@ -10,6 +10,7 @@ stderr and exit code 2. The CLI package is the only layer that prints or exits; 
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -26,6 +27,18 @@ class Commands(typer.core.TyperGroup):
     exit code 130 (`sweep` and `train` stop their runs first, as they say). Output
     that cannot be written (a sweep first stops its cells as on Ctrl-C): its reader gone (`| head`), exit code 141;
     a full disk, a line on stderr and exit code 1."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as exc:
+            if not is_usage_error(exc):
+                raise
+            say_usage_error(exc)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -47,6 +60,27 @@ class Commands(typer.core.TyperGroup):
             except OutputClosed:
                 pass
             raise typer.Exit(1) from None
+
+
+def is_usage_error(exc: BaseException) -> bool:
+    """A mistyped command line, told apart by click's public exception interface (`format_message`, `exit_code`)
+    rather than its classes: Typer vendors its own click, which the versions pyproject allows place differently."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def say_usage_error(exc: Any) -> None:
+    """One line, with where to look: `error: No such option: --depht (Possible options: --depths, --epochs). Try
+    'resdepth sweep --help' for help.` Where no arguments were given, the help has been shown already."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        return
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += ("" if message.endswith((".", "?")) else ".") + f" Try '{ctx.command_path} --help' for help."
+    try:
+        errors.print(f"error: {message}", highlight=False, soft_wrap=True, markup=False)
+    except OutputClosed:
+        pass
 
 
 hide_flag_types()
@@ -86,4 +120,4 @@ for command in COMMANDS:
 
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2 (see Commands), never a traceback."""
-    app()  # click itself turns usage errors into a message and exit code 2
+    app()  # a mistyped command line: one line too, and click's exit code 2 (Commands.main)
