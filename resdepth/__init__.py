@@ -16,8 +16,9 @@ import sys
 from types import ModuleType
 
 from ._version import __version__
+from .errors import UserError
 
-__all__ = ["__version__", "build_model", "list_models"]
+__all__ = ["UserError", "__version__", "build_model", "list_models"]
 
 
 def __getattr__(name: str) -> object:
@@ -57,5 +58,5 @@ class _MovedModules(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_loader(name, _MovedModule(moved_to)) if moved_to else None
 
 
-if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
+if not any(type(finder).__name__ == _MovedModules.__name__ for finder in sys.meta_path):  # reload too
     sys.meta_path.append(_MovedModules())

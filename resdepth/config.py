@@ -9,6 +9,7 @@ field by its flag through `flag()`, so adding a training option is one line in o
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import types
 import typing
 from dataclasses import MISSING, Field, fields, is_dataclass
@@ -107,6 +108,39 @@ def from_dict(cls: type[T], payload: Any, where: str, prefix: str = "", ignore: 
         else:
             values[name] = check_type(value, hint, f"{where}: key {prefix}{name}")
     return cls(**values)
+
+
+def check_fields(config: Any) -> None:
+    """Check a config built in Python as from_dict checks one read from a file: each field of its annotation's type,
+    numpy's numbers taken as Python's (as JSON writes them), nested configs by their own validate(). A
+    UserError names the field: `TrainConfig.epochs: expected int or nothing, got 1.5`."""
+    hints = typing.get_type_hints(type(config))
+    for field in fields(config):
+        hint = hints[field.name]
+        if is_dataclass(hint):
+            if not isinstance(getattr(config, field.name), hint):
+                raise UserError(f"{type(config).__name__}.{field.name}: expected a {hint.__name__}, got "
+                                f"{shown(getattr(config, field.name))}")
+            continue
+        value = check_type(plain(getattr(config, field.name)), hint, f"{type(config).__name__}.{field.name}")
+        object.__setattr__(config, field.name, value)  # frozen configs too: the same value, as its own type
+
+
+def plain(value: Any) -> Any:
+    """numpy's (and any other) integer and real numbers as Python's int and float, inside lists and dicts too."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(item) for item in value)
+    if isinstance(value, dict):
+        return {plain(key): plain(item) for key, item in value.items()}
+    if type(value).__name__ == "bool_":  # numpy's bool is no number
+        return bool(value)
+    return value
 
 
 def fits_int64(value: int) -> bool:

@@ -7,7 +7,7 @@ import pytest
 
 from resdepth.config import cli_fields, flag, flag_name, from_dict
 from resdepth.errors import UserError
-from resdepth.sweep.cell import read_run_config
+from resdepth.train import load_run_config
 from resdepth.sweep.cluster import SlurmConfig
 from resdepth.sweep.runner import SweepConfig, load_saved_sweep, plan_sweep
 from resdepth.train.data import DataConfig
@@ -29,7 +29,7 @@ EARLIER_CONFIG = {
 
 def test_a_config_json_of_an_earlier_version_still_loads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(EARLIER_CONFIG))
-    config = read_run_config(tmp_path)
+    config = load_run_config(tmp_path)
     assert (config.kind, config.depth, config.seed, config.lr_milestones) == ("plain", 20, 1, (0.5, 0.75))
     assert config.data == DataConfig()
 
@@ -38,7 +38,7 @@ def test_what_a_run_writes_reads_back_as_the_same_config(tmp_path, tiny_config):
     config = tiny_config(lr=0.05, lr_milestones=(0.4, 0.8))
     run_training(config, tmp_path)
     resolved = config.for_family()  # config.json holds the family's values where the config left them open
-    assert read_run_config(tmp_path) == resolved and (resolved.shortcut, resolved.warmup_max_iterations) == ("A", 4000)
+    assert load_run_config(tmp_path) == resolved and (resolved.shortcut, resolved.warmup_max_iterations) == ("A", 4000)
 
 
 @pytest.mark.parametrize("change, message", [

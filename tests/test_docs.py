@@ -154,8 +154,12 @@ def test_the_python_api_page_runs_as_it_stands(tmp_path):
     # tables and analysis, so that the API the page documents cannot drift from the package.
     (code,) = python_blocks(ROOT / "docs" / "python-api.md")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-c", code + "\nprint(sorted(figures), len(summary), len(per_run))"],
+    result = subprocess.run([sys.executable, "-c", code + "\nprint(sorted(figures), len(summary), len(per_run), "
+                                                          "sorted(outcomes), len(lesions.table) > 0, "
+                                                          "len(landscape.table))"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("\n")[-2] == "['figure7-synthetic', 'gradients-synthetic'] 1 3"
+    assert result.stdout.split("\n")[-2] == ("['figure7-synthetic', 'gradients-synthetic'] 1 3 ['plain-8-s0', "
+                                             "'residual-8-s0'] True 25")
+    assert result.stderr == ""  # the library prints nothing
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["r8", "r8-s1", "r8-s2"]

@@ -60,13 +60,13 @@ def test_the_safe_start_runs_a_module_without_the_working_folder_on_sys_path(tmp
 # ---------------------------------------------------------------------------------------------- failures
 def test_a_worker_that_crashes_before_training_says_why_and_where_its_log_is(tmp_path, tiny_config):
     from resdepth.results.runs import ERROR_FILE, write_config
-    from resdepth.sweep.cell import read_run_config
+    from resdepth.train import load_run_config
     from resdepth.sweep.executors import WORKER_LOG, CellJob, LocalProcessExecutor
 
     run_dir = tmp_path / "plain-8-s0"
     run_dir.mkdir()
     write_config(run_dir, asdict(tiny_config(kind="plain")))
-    read_run_config(run_dir)  # a good config: the worker fails on its command line, before it reads the folder
+    load_run_config(run_dir)  # a good config: the worker fails on its command line, before it reads the folder
     job = CellJob(run_dir, "cpu", threads="two")  # type: ignore[arg-type] - what a broken caller might pass
     outcome = LocalProcessExecutor().submit(job).result(timeout=120)
     log = run_dir / WORKER_LOG

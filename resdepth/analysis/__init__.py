@@ -2,6 +2,8 @@
 (Figure 7, `responses.py`), a trained run loaded back for evaluation (`trained.py`), lesion studies (`lesion.py`) and
 loss landscapes (`landscape.py`)."""
 
+from .landscape import LandscapeConfig, landscape_runs
+from .lesion import LesionConfig, lesion_runs
 from .responses import analyze, build_figures
 
-__all__ = ["analyze", "build_figures"]
+__all__ = ["LandscapeConfig", "LesionConfig", "analyze", "build_figures", "landscape_runs", "lesion_runs"]

@@ -55,6 +55,8 @@ LOSS_LEVELS_MAX = 10.0  # Li et al.'s contour plots stop at loss 10 (plot_2D.py:
 
 @dataclass(frozen=True)
 class LandscapeConfig:
+    """What `resdepth landscape` evaluates (Li et al. 2018): the loss on a grid of two filter-normalised directions."""
+
     resolution: int = 21  # points per axis; Li et al. use 51 (2601 evaluations per 2D plot)
     span: float = 1.0  # a and b from -span to span: Li et al.'s [-1, 1]
     images: int = 2000  # a fixed class-balanced subset of the training split (Li et al. use all 50k)
@@ -191,15 +193,18 @@ def fill_grid(trained: TrainedRun, config: LandscapeConfig, path: Path, device: 
 
 @dataclass
 class Landscape:
+    """What landscape_runs measured: one row per run and grid point, and a note for each run it left out."""
+
     table: pd.DataFrame  # LANDSCAPE_COLUMNS, one row per run x grid point
     notes: list[str] = field(default_factory=list)
 
 
-def landscape_runs(run_dirs: Sequence[Path], config: LandscapeConfig, out_dir: Path,
+def landscape_runs(run_dirs: Sequence[Path | str], config: LandscapeConfig, out_dir: Path | str,
                    device: torch.device | None = None, on_progress: OnEvalProgress = lambda _: None,
                    force: bool = False) -> Landscape:
     """Each finished run's grid, saved as out_dir/<run folder>.grid.json while it fills."""
     config.check()
+    run_dirs, out_dir = [Path(run_dir) for run_dir in run_dirs], Path(out_dir)
     device = device or torch.device("cpu")
     runs = []
     for run_dir in run_dirs:

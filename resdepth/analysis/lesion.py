@@ -53,6 +53,8 @@ LESION_CSV = "lesion.csv"
 
 @dataclass(frozen=True)
 class LesionConfig:
+    """What `resdepth lesion` evaluates (Veit et al. 2016): blocks deleted and swapped, k at a time."""
+
     images: int | None = None  # test images per net; None: the run's whole test split (Veit et al.: all 10k)
     max_k: int = 10  # Veit et al. Figure 5 go to 20 of ResNet-110's 54 blocks; 10 of ResNet-56's 27 here
     draws: int = 5  # random draws per k (the paper's bands)
@@ -78,6 +80,8 @@ class Lesion:
 
 @dataclass
 class LesionResult:
+    """What lesion_runs measured: one row per run and lesion, and a note for each run it could not lesion."""
+
     table: pd.DataFrame  # LESION_COLUMNS, one row per run x lesion
     notes: list[str] = field(default_factory=list)
 

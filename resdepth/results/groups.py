@@ -29,6 +29,14 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def config_difference(saved: dict[str, Any], asked: dict[str, Any], most: int = 3) -> str:
+    """'lr: 0.1 there, 0.05 asked', for the first few fields where two configs compute different things ('' where
+    they compute the same)."""
+    old, new = comparable(saved), comparable(asked)
+    diffs = [f"{key}: {old.get(key)} there, {new.get(key)} asked" for key in new if old.get(key) != new.get(key)]
+    return "; ".join(diffs[:most])
+
+
 @dataclass(frozen=True, order=True)
 class GroupKey:
     """What the seeds of one group share. shortcut is '' for plain nets, which have none. setting is '' unless

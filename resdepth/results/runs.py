@@ -261,6 +261,9 @@ class Run:
     def finished(self) -> bool:
         return self.status == "done"
 
+    def __repr__(self) -> str:  # the whole config and metrics filled a notebook's screen per run
+        return f"Run({str(self.path)!r}, status={self.status!r}, epochs={len(self.metrics)})"
+
     def setting(self, key: str, default: Any = None) -> Any:
         """A config value, looking into the nested data section too (config['data'][key])."""
         if key in self.config:

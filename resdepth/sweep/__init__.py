@@ -3,6 +3,6 @@ run (`runner.py`), one cell's lock and lifecycle (`cell.py`), the executors behi
 local processes (`executors.py`), Ray and Slurm (`cluster.py`), the worker process and how it starts
 (`worker.py`, `startup.py`), and what `status` reads of a sweep (`watch.py`)."""
 
-from .runner import SweepConfig, make_cells, plan_sweep, run_sweep
+from .runner import SweepConfig, make_cells, make_executor, plan_sweep, run_sweep
 
-__all__ = ["SweepConfig", "make_cells", "plan_sweep", "run_sweep"]
+__all__ = ["SweepConfig", "make_cells", "make_executor", "plan_sweep", "run_sweep"]

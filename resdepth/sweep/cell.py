@@ -14,18 +14,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..config import from_dict
 from ..errors import UserError
 from ..results.runs import (
-    CONFIG_FILE,
     ERROR_FILE,
     LOCK_FILE,
-    RUN_CONFIG_SECTIONS,
     RunStatus,
     atomic_write_bytes,
     read_json,
 )
-from ..train.trainer import RunResult, TrainConfig, run_training
+from ..train.trainer import RunResult, load_run_config, run_training
 
 STALE_FOREIGN_LOCK_SECONDS = 900  # a lock from another host whose run shows no progress for this long is dead
 
@@ -168,7 +165,7 @@ def train_group(run_dirs: list[Path], device: str, threads: int | None,
     for run_dir in run_dirs:
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
         try:
-            configs[run_dir] = read_run_config(run_dir)
+            configs[run_dir] = load_run_config(run_dir)
             configs[run_dir].device, configs[run_dir].threads = device, threads or configs[run_dir].threads
         except UserError as exc:
             outcomes[run_dir] = mark_failed(run_dir, str(exc))
@@ -196,16 +193,6 @@ def train_guarded(run_dirs: list[Path], train: Callable[[], list[RunResult]]) ->
         return [mark_failed(run_dir, f"{type(exc).__name__}: {exc}") for run_dir in run_dirs]
     return [CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
             for run_dir, result in zip(run_dirs, results, strict=True)]
-
-
-def read_run_config(run_dir: Path) -> TrainConfig:
-    """The run's config.json as a TrainConfig, strictly (the sections training adds, resolved and environment,
-    are read elsewhere); a UserError names the file and what is wrong in it."""
-    path = run_dir / CONFIG_FILE
-    payload = read_json(path)
-    if payload is None:
-        raise UserError(f"{path} is missing or not valid JSON: rerun the sweep, or delete the folder to start over")
-    return from_dict(TrainConfig, payload, str(path), ignore=RUN_CONFIG_SECTIONS)
 
 
 def set_state(run_dir: Path, state: str, error: str | None = None) -> None:

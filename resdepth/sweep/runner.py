@@ -25,10 +25,10 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from ..config import EXECUTION, from_dict, option
+from ..config import EXECUTION, check_fields, from_dict, option
 from ..errors import UserError
 from ..models.families import FIGURE6_FAMILIES, Family, check_builds, family_named_by_folder, get_family
-from ..results.groups import comparable
+from ..results.groups import comparable, config_difference
 from ..results.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -116,6 +116,8 @@ class SweepConfig:
 
     def validate(self) -> None:
         """Everything that can be checked without running: a dry run refuses what the real run would."""
+        check_fields(self)
+        check_fields(self.slurm)
         if not self.depths or not self.kinds or not self.seeds:
             raise UserError("a sweep needs at least one depth, one kind and one seed")
         self.check_size()
@@ -371,10 +373,7 @@ def saved_config(cell: Cell) -> TrainConfig | None:
 def describe_difference(cell: Cell) -> str:
     """'lr: 0.1 there, 0.05 asked', for the first few protocol fields where the folder and the sweep differ."""
     saved = saved_config(cell)
-    old = comparable(asdict(saved)) if saved else {}
-    new = comparable(asdict(cell.config))
-    diffs = [f"{key}: {old.get(key)} there, {new.get(key)} asked" for key in new if old.get(key) != new.get(key)]
-    return "; ".join(diffs[:3])
+    return config_difference(asdict(saved) if saved else {}, asdict(cell.config))
 
 
 def prepare_run_dir(item: PlannedCell) -> None:
@@ -410,7 +409,22 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
     """Run every runnable cell on the executor, one job (a cell, or a fused group) per slot at a time; returns each
     cell's outcome.
     sweep.json is (re)written only when some cell starts: a sweep that only skips or finds busy cells (when planned,
-    or since) changes nothing."""
+    or since) changes nothing. A KeyboardInterrupt (Ctrl-C in a script or notebook) stops the running cells as
+    stop_requested does, waits for them to checkpoint, and goes on up."""
+    running: dict[Future[CellOutcome], tuple[list[PlannedCell], str]] = {}
+    try:
+        return run_jobs(sweep, executor, planned, running, on_progress, stop_requested, poll_seconds)
+    except KeyboardInterrupt:
+        executor.interrupt()
+        wait(list(running))
+        executor.shutdown()
+        raise
+
+
+def run_jobs(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell],
+             running: dict[Future[CellOutcome], tuple[list[PlannedCell], str]],
+             on_progress: Callable[[SweepProgress], None], stop_requested: Callable[[], bool],
+             poll_seconds: float) -> dict[str, CellOutcome]:
     queue = planned_jobs(planned)  # one cell each, or a fused group
     saved = False
     if queue:
@@ -418,7 +432,6 @@ def run_sweep(sweep: SweepConfig, executor: Executor, planned: list[PlannedCell]
     slots = device_slots(sweep)
     threads = task_threads(sweep)
     free = list(slots)
-    running: dict[Future[CellOutcome], tuple[list[PlannedCell], str]] = {}
     outcomes: dict[str, CellOutcome] = {}
     earlier: dict[str, float | None] = {}
     interrupted = False

@@ -5,6 +5,6 @@ norms (`gradients.py`) and the constructed deeper net that `--init` starts from 
 
 from .data import DataConfig
 from .fused import run_fused_training
-from .trainer import RunResult, TrainConfig, run_training
+from .trainer import RunResult, TrainConfig, load_run_config, run_training
 
-__all__ = ["DataConfig", "RunResult", "TrainConfig", "run_fused_training", "run_training"]
+__all__ = ["DataConfig", "RunResult", "TrainConfig", "load_run_config", "run_fused_training", "run_training"]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import DATA, option
+from ..config import DATA, check_fields, option
 from ..errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
@@ -146,6 +146,7 @@ DISPLAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # --dataset-name:
 
 def check_data_config(config: DataConfig) -> None:
     """Refuse values no dataset can satisfy, before anything is loaded or written."""
+    check_fields(config)
     if config.dataset not in DATASETS:
         raise UserError(f"unknown dataset {config.dataset!r}: use one of {', '.join(DATASETS)}")
     for name in ("train_size", "test_size", "synthetic_train", "synthetic_test"):

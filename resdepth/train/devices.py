@@ -241,6 +241,25 @@ def pytorch_default_precision() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@contextlib.contextmanager
+def caller_state_kept() -> Iterator[None]:
+    """What a run sets process-wide, put back as the caller had it once the run returns (a script or notebook goes
+    on as before): the global random state it seeds (CPU, and CUDA where the caller had started it), this process's
+    threads, the TF32 and cuDNN switches."""
+    threads = torch.get_num_threads()
+    backends = torch.backends
+    switches = (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark,
+                backends.cudnn.deterministic)
+    started = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=started):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark,
+         backends.cudnn.deterministic) = switches
+
+
 # ---------------------------------------------------------------------------------------------- random states
 CPU_GENERATOR_STATE_BYTES = 5056  # a CPU torch.Generator's state; a CUDA one's is 16 bytes (seed and offset)
 

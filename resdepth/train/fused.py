@@ -35,7 +35,13 @@ from ..errors import UserError
 from ..models.families import weight_layers
 from ..results.groups import comparable
 from .data import Dataset, model_inputs, normalize
-from .devices import check_compile_possible, precision_context, prepare_compiling, set_cudnn_mode
+from .devices import (
+    caller_state_kept,
+    check_compile_possible,
+    precision_context,
+    prepare_compiling,
+    set_cudnn_mode,
+)
 from .gradients import GradientLog
 from .protocol import RunProgress
 from .trainer import (
@@ -45,6 +51,7 @@ from .trainer import (
     TrainConfig,
     asked_compile,
     build_run_network,
+    ctrl_c_stops,
     prepare_runs,
     resolve_iterations,
     sgd_optimizer,
@@ -363,11 +370,18 @@ class FusedTrainer(Engine):
 
 
 # ---------------------------------------------------------------------------------------------- a group's run
-def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
+def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path] | list[str],
                        should_stop: Callable[[], bool] = lambda: False,
                        dataset: Dataset | None = None) -> list[RunResult]:
-    """Train (or resume) the runs in run_dirs as one fused job; each folder ends as its single run's would.
-    Returns one RunResult per run, in order."""
+    """Train (or resume) the runs in run_dirs as one fused job; each folder ends as its single run's would (a
+    Ctrl-C too: see run_training). Returns one RunResult per run, in order."""
+    run_dirs = [Path(run_dir) for run_dir in run_dirs]
+    with caller_state_kept():
+        return train_fused(configs, run_dirs, should_stop, dataset)
+
+
+def train_fused(configs: list[TrainConfig], run_dirs: list[Path], should_stop: Callable[[], bool],
+                dataset: Dataset | None) -> list[RunResult]:
     configs, device, dataset = prepare_runs(configs, run_dirs, dataset)
     resolved = [resolve_iterations(config, len(dataset.train_labels)) for config in configs]
     trainer: FusedTrainer | None = None
@@ -379,7 +393,8 @@ def run_fused_training(configs: list[TrainConfig], run_dirs: list[Path],
                      "fused_with": [name for name in names if name != member.run_dir.name]}
             write_run_config(trainer, member, config, dataset, fused=fused)
         trainer.start(dataset.num_classes)
-        return train_to_the_end(trainer, should_stop)
+        with ctrl_c_stops() as pressed:
+            return train_to_the_end(trainer, lambda: should_stop() or pressed())
     except (MemoryError, RuntimeError) as exc:  # CUDA's OutOfMemoryError is a RuntimeError
         if ran_out_of_memory(exc):
             raise out_of_memory(len(configs), device, exc) from None

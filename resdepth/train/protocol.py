@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..config import EXECUTION, flag, option
+from ..config import EXECUTION, check_fields, flag, option
 from ..errors import UserError
 from ..models.families import Family, check_network, get_family
 from ..results.tensorboard_log import check_tensorboard_installed
@@ -131,6 +131,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse values that cannot train, with the fix in the message."""
+        check_fields(self)
         for name in ("batch_size", "iterations", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{flag(TrainConfig, name)} must be a positive integer, got {getattr(self, name)}")

@@ -12,10 +12,13 @@ one member is itself; `fused.FusedTrainer` is one with K members.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..config import check_fields, from_dict
 from ..errors import UserError
 from ..models import count_parameters
 from ..models.families import (
@@ -32,14 +36,17 @@ from ..models.families import (
     recorded_version,
     weight_layers,
 )
+from ..results.groups import config_difference
 from ..results.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     GRADIENTS_FILE,
     METRICS_FILE,
+    RUN_CONFIG_SECTIONS,
     MetricsWriter,
     RunStatus,
     atomic_write_bytes,
+    check_writable_dir,
     ensure_writable_dir,
     metric_columns,
     read_checkpoint,
@@ -49,10 +56,11 @@ from ..results.runs import (
     write_config,
 )
 from ..results.tensorboard_log import TensorBoardLog
-from .construct import describe_init, load_init
+from .construct import check_init, describe_init, load_init
 from .data import Dataset, load_dataset, model_inputs, normalize
 from .devices import (
     CapturedStep,
+    caller_state_kept,
     check_compile_possible,
     check_cuda_graph_device,
     compile_fails,
@@ -75,6 +83,8 @@ COMPILE_MIN_ITERATIONS = 2_000  # ~250k images: minutes of CPU training, against
 
 @dataclass
 class RunResult:
+    """How a run_training call ended: its state, how far it got, and its final test error (%) once done."""
+
     state: str  # done, diverged or interrupted
     epochs_done: int
     iterations_done: int
@@ -387,19 +397,24 @@ class Trainer(RunProgress, Engine):
         return loss_sum.view(1), wrong.view(1)
 
 
-def run_training(config: TrainConfig, run_dir: Path, should_stop: Callable[[], bool] = lambda: False,
+def run_training(config: TrainConfig, run_dir: Path | str, should_stop: Callable[[], bool] = lambda: False,
                  dataset: Dataset | None = None) -> RunResult:
     """Train (or resume) the run in run_dir: metrics.csv gets a row as each epoch ends, and status.json says how
     the run ended (done, diverged or interrupted) whichever entry point called it. A finished run asked again
-    trains nothing and returns its result."""
-    (config,), device, dataset = prepare_runs([config], [run_dir], dataset)
-    trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
-    try:
-        write_run_config(trainer, trainer, config, dataset)
-        trainer.start(dataset.num_classes)
-        return train_to_the_end(trainer, should_stop)[0]
-    finally:
-        trainer.close()
+    trains nothing and returns its result; a folder holding a run of another config is refused (UserError).
+    Ctrl-C (a notebook's interrupt) checkpoints the run where it is, then raises KeyboardInterrupt. What the run
+    sets process-wide (the global random state, threads, TF32 and cuDNN switches) is the caller's again after."""
+    run_dir = Path(run_dir)
+    with caller_state_kept():
+        (config,), device, dataset = prepare_runs([config], [run_dir], dataset)
+        trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
+        try:
+            write_run_config(trainer, trainer, config, dataset)
+            trainer.start(dataset.num_classes)
+            with ctrl_c_stops() as pressed:
+                return train_to_the_end(trainer, lambda: should_stop() or pressed())[0]
+        finally:
+            trainer.close()
 
 
 def prepare_runs(configs: list[TrainConfig], run_dirs: list[Path],
@@ -407,15 +422,59 @@ def prepare_runs(configs: list[TrainConfig], run_dirs: list[Path],
     """What a single run and a fused group check and set up before their engine: each config with its family's
     values filled in and valid, each folder writable and begun (if at all) on today's networks; the device, this
     process's threads and GPU, and the data."""
+    check_run_list(configs, run_dirs)
+    configs = [replace(config) for config in configs]
+    for config in configs:
+        check_fields(config)  # numpy's numbers as Python's, before the family is looked up by the kind
     configs = [config.for_family() for config in configs]
     for config in configs:
         config.validate()
     for run_dir, config in zip(run_dirs, configs, strict=True):
-        ensure_writable_dir(run_dir)
+        check_writable_dir(run_dir)
+        check_same_run(run_dir, config)
         check_same_network(run_dir, config.kind)
     device = resolve_device(configs[0].device)
     prepare_process(configs[0], device)
-    return configs, device, dataset or load_dataset(configs[0].data)
+    dataset = dataset or load_dataset(configs[0].data)
+    for run_dir, config in zip(run_dirs, configs, strict=True):  # nothing is made before the data has loaded
+        if config.init and not (run_dir / CHECKPOINT_FILE).exists():
+            check_init(config.init, config.kind, config.depth, config.shortcut, dataset.num_classes)
+        ensure_writable_dir(run_dir)
+    return configs, device, dataset
+
+
+def check_run_list(configs: list[TrainConfig], run_dirs: list[Path]) -> None:
+    """One folder per config, each named once: two models written into one folder would leave neither."""
+    if not configs or len(configs) != len(run_dirs):
+        raise UserError(f"give one run folder per config: got {len(configs)} config(s) and {len(run_dirs)} "
+                        "folder(s)")
+    resolved = [Path(run_dir).resolve() for run_dir in run_dirs]
+    twice = next((run_dir for run_dir, where in zip(run_dirs, resolved, strict=True) if resolved.count(where) > 1),
+                 None)
+    if twice is not None:
+        raise UserError(f"{twice} is given twice: each run needs its own folder")
+
+
+def load_run_config(run_dir: Path | str) -> TrainConfig:
+    """The run's config.json as a TrainConfig, strictly (the sections training adds, resolved and environment,
+    are read elsewhere); a UserError names the file and what is wrong in it."""
+    path = Path(run_dir) / CONFIG_FILE
+    payload = read_json(path)
+    if payload is None:
+        raise UserError(f"{path} is missing or not valid JSON: rerun the sweep, or delete the folder to start over")
+    return from_dict(TrainConfig, payload, str(path), ignore=RUN_CONFIG_SECTIONS)
+
+
+def check_same_run(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse a folder that holds a run of another config (the sweep plans these as `mismatch`): training on would
+    record this config beside the other run's weights and rows."""
+    if read_json(run_dir / CONFIG_FILE) is None:
+        return
+    saved = load_run_config(run_dir)
+    differs = config_difference(asdict(saved.for_family()), asdict(config))
+    if differs:
+        raise UserError(f"{run_dir} holds a run of another config ({differs}): train into another folder, or "
+                        "delete this one to start over")
 
 
 def write_run_config(engine: Engine, run: RunProgress, config: TrainConfig, dataset: Dataset, **extra: Any) -> None:
@@ -460,6 +519,30 @@ def prepare_process(config: TrainConfig, device: torch.device) -> None:
         torch.set_num_threads(config.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # streams, graphs and cuDNN handles of this process are made on the run's GPU
+
+
+@contextlib.contextmanager
+def ctrl_c_stops() -> Iterator[Callable[[], bool]]:
+    """Training called from Python's main thread (a script, a notebook): a Ctrl-C is a stop request, so the runs
+    checkpoint where they are and end `interrupted`, and KeyboardInterrupt is raised once they have. A second
+    Ctrl-C interrupts at once. A caller with its own SIGINT handler (the command line, a sweep's worker) keeps it."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
+        return
+    pressed: list[int] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        pressed.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def train_to_the_end(engine: Engine, should_stop: Callable[[], bool] = lambda: False) -> list[RunResult]:
