@@ -234,3 +234,101 @@ def test_a_planted_cache_is_decoded_again_never_inflated_nor_followed(tmp_path, 
     followed: list = []
     load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)), on_progress=followed.append)
     assert [e for e in followed if e.notice is None] and private.exists()
+
+
+# ---------------------------------------------------------------------------------------------- folders as users have them
+def folder_config(root, **changes):
+    return DataConfig(dataset="folder", data_dir=str(root), **changes)
+
+
+def test_a_link_to_nothing_or_a_folder_that_cannot_be_read_is_one_line(tmp_path, monkeypatch):
+    # both were tracebacks (FileNotFoundError from stat, PermissionError from iterdir), in train and --dry-run
+    write_folder(tmp_path)
+    (tmp_path / "train" / "cat" / "zz.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(UserError, match=re.escape(f"cannot read {tmp_path / 'train' / 'cat' / 'zz.png'} (No such")):
+        load_dataset(folder_config(tmp_path))
+    (tmp_path / "train" / "cat" / "zz.png").unlink()
+    from pathlib import Path
+
+    real = Path.iterdir
+
+    def refused(self):
+        if self.name == "dog":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", refused)  # chmod 000 binds no root, whom CI may run as
+    with pytest.raises(UserError, match="cannot read .*dog \\(Permission denied\\): check its permissions"):
+        load_dataset(folder_config(tmp_path))
+
+
+def test_an_image_that_cannot_be_read_is_not_called_undecodable(tmp_path):
+    from resdepth.train.data import decode_image
+
+    with pytest.raises(UserError, match="cannot read .*\\(No such file or directory\\): check its permissions, or "
+                                        "remove it"):
+        decode_image(tmp_path / "gone.png")
+
+
+def test_one_class_is_refused_and_the_dry_run_refuses_classes_that_differ(tmp_path):
+    from resdepth.train.data import check_data_present
+
+    write_folder(tmp_path)
+    for split in ("train", "test"):
+        for image in (tmp_path / split / "dog").iterdir():
+            image.unlink()
+    with pytest.raises(UserError, match="holds one class with images \\(cat\\): a classifier needs at least two"):
+        load_dataset(folder_config(tmp_path))
+    (tmp_path / "test" / "dog" / "0.tif").write_bytes(b"")  # a class folder with no images it counts
+    Image.new("RGB", (32, 32)).save(tmp_path / "train" / "dog" / "0.png")
+    message = "only in train: dog\\); a class folder counts once it holds images \\(.bmp, .gif, .jpeg, .jpg, .png"
+    with pytest.raises(UserError, match=message):
+        check_data_present(folder_config(tmp_path))  # the dry run said "data ready"
+
+
+def test_a_read_only_folder_is_cached_apart_from_another_with_the_same_names_and_times(tmp_path, monkeypatch):
+    # the fallback cache was named by file names, sizes and times only: an archive's fixed dates gave one folder's
+    # pixels to another
+    import os
+
+    from resdepth.train import data as data_module
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(data_module.os, "access", lambda path, mode: False)  # read-only, even to root
+    means = []
+    for name, colour in (("a", (200, 10, 10)), ("b", (10, 10, 200))):
+        for split in ("train", "test"):
+            for cls in ("cat", "dog"):
+                (tmp_path / name / split / cls).mkdir(parents=True)
+                Image.new("RGB", (32, 32), colour).save(tmp_path / name / split / cls / "0.bmp")
+                os.utime(tmp_path / name / split / cls / "0.bmp", ns=(1_577_836_800 * 10**9,) * 2)
+        means.append(load_dataset(folder_config(tmp_path / name)).train_images.float().mean(dim=(0, 2, 3)))
+    assert means[0][0] > 150 and means[1][2] > 150
+    assert len(list((tmp_path / "home" / ".cache" / "resdepth" / "folders").iterdir())) == 2
+
+
+def test_an_edited_folder_keeps_one_cache_not_one_per_edit(tmp_path):
+    write_folder(tmp_path)
+    for edit in range(3):
+        Image.new("RGB", (32, 32), (edit, 0, 0)).save(tmp_path / "train" / "cat" / f"new{edit}.png")
+        load_dataset(folder_config(tmp_path))
+    assert len(list(tmp_path.glob(".resdepth-cache-*.pt"))) == 1
+
+
+def test_a_relative_data_dir_is_recorded_absolute_and_names_the_results_folder(tmp_path, monkeypatch, run_cli):
+    # recorded as given, a resume from another folder could not find the data; results went to results/folder
+    import json
+
+    write_folder(tmp_path / "images")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = ["--depth", "8", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--device", "cpu"]
+    code, _, err = run_cli("train", "--dataset", "folder", "--data-dir", "images", *args)
+    assert code == 0, err
+    config = json.loads((tmp_path / "results" / "images" / "residual-8-s0" / "config.json").read_text())
+    assert config["data"]["data_dir"] == str(tmp_path / "images")
+    code, _, err = run_cli("train", "--dataset", "folder", "--data-dir", "./images/", *args)  # the same folder
+    assert code == 0 and "different config" not in err, err
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, err = run_cli("sweep", "--resume", str(tmp_path / "results" / "images"))
+    assert code == 0, err

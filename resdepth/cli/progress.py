@@ -82,14 +82,14 @@ class LiveDisplay(ProgressDisplay):
         for name, status in snapshot.running.items():
             if name not in self.tasks:
                 self.tasks[name] = self.progress.add_task(name, total=status.iterations or None, info="")
-            train = status.live_train_error if status.live_train_error is not None else status.train_error
             self.progress.update(self.tasks[name], total=status.iterations or None, completed=status.iteration,
-                                 info=f"{status.device} epoch {min(status.epoch + 1, status.epochs)}/{status.epochs} "
-                                      f"train {pct(train)}% test {pct(status.test_error)}% "
-                                      f"{rate(status.images_per_second)} img/s")
+                                 info=bar_info(status))
+        run_dirs = {item.cell.name: item.cell.run_dir for item in snapshot.planned}
         for name, outcome in snapshot.outcomes.items():
-            if name in self.tasks:
-                self.progress.update(self.tasks.pop(name), description=f"{name} {outcome.state}")
+            if name in self.tasks:  # redrawn from the final status.json: the last poll may be an epoch behind
+                final = RunStatus.read_or_none(run_dirs[name]) if name in run_dirs else None
+                fields = dict(completed=final.iteration, info=bar_info(final, live=False)) if final else {}
+                self.progress.update(self.tasks.pop(name), description=f"{name} {outcome.state}", **fields)
 
     def log_lines(self, snapshot: SweepProgress) -> None:
         """A line when a run resumes from a checkpoint, one per epoch it finishes, and one when it ends, with its
@@ -145,6 +145,16 @@ class LiveDisplay(ProgressDisplay):
     @staticmethod
     def say(name: str, line: str) -> None:
         console.print(f"{name}: {line}", highlight=False, soft_wrap=True, markup=False)
+
+
+def bar_info(status: RunStatus, live: bool = True) -> str:
+    """A cell's bar: its device, epoch, errors and speed; before its first status with numbers, only that it starts."""
+    if not status.epochs:
+        return f"{status.device or ''} starting".strip()
+    train = status.live_train_error if live and status.live_train_error is not None else status.train_error
+    epoch = min(status.epoch + 1, status.epochs) if live else status.epoch
+    return (f"{status.device} epoch {epoch}/{status.epochs} train {pct(train)}% test {pct(status.test_error)}% "
+            f"{rate(status.images_per_second)} img/s")
 
 
 def earlier_attempt(snapshot: SweepProgress, name: str, status: RunStatus) -> bool:

@@ -21,6 +21,7 @@ from ..bench.estimate import estimate_plan
 from ..config import PROTOCOL, flag
 from ..errors import UserError
 from ..models.families import WIDTH, get_family, load_named_families
+from ..results.groups import absolute_path
 from ..results.runs import CHECKPOINT_FILE, RunStatus, check_writable_dir, ensure_writable_dir, warmup_end
 from ..results.tables import describe_warmup_end
 from ..sweep.cell import STOP_SIGNALS
@@ -80,6 +81,8 @@ def apply_overrides(train: TrainConfig, options: dict[str, Any]) -> TrainConfig:
     if "iterations" in given:
         given["epochs"] = None  # the command line's length replaces a sweep file's epochs too
     data = replace(train.data, **given_values(TRAINING_OPTIONS, DataConfig, options))
+    if data.data_dir:  # recorded absolute: a resume, or a colleague, reads it from anywhere
+        data = replace(data, data_dir=absolute_path(data.data_dir))
     return replace(train, **given, data=data)
 
 

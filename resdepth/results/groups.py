@@ -5,6 +5,7 @@ executed, and the grouping of runs into seeds of one setting that the table, the
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
@@ -26,7 +27,15 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     kept = {k: v for k, v in config.items() if k not in ignored}
     if isinstance(kept.get("data"), dict):  # the dataset's display name is a label, not what the run computes
         kept["data"] = {k: v for k, v in kept["data"].items() if k != "dataset_name"}
+        if isinstance(kept["data"].get("data_dir"), str):  # one folder, however given (relative: from here)
+            kept["data"]["data_dir"] = absolute_path(kept["data"]["data_dir"])
     return kept
+
+
+def absolute_path(path: str) -> str:
+    """A folder as an absolute path, ~ expanded and links kept as named (a path recorded relative to where it was
+    given is ambiguous from anywhere else)."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def config_difference(saved: dict[str, Any], asked: dict[str, Any], most: int = 3) -> str:
@@ -84,7 +93,7 @@ def dataset_name(config: dict[str, Any]) -> str:
         return file_safe(given)
     if dataset != "folder" or not data.get("data_dir"):
         return dataset
-    return file_safe(PurePath(str(data["data_dir"]).rstrip("/\\")).name) or dataset
+    return file_safe(PurePath(absolute_path(str(data["data_dir"]))).name) or dataset
 
 
 def file_safe(name: str) -> str:

@@ -28,7 +28,7 @@ except ImportError:  # Python 3.10
 from ..config import EXECUTION, check_fields, from_dict, option
 from ..errors import UserError
 from ..models.families import FIGURE6_FAMILIES, Family, check_builds, family_named_by_folder, get_family
-from ..results.groups import comparable, config_difference
+from ..results.groups import absolute_path, comparable, config_difference, dataset_name
 from ..results.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -101,7 +101,9 @@ class SweepConfig:
                          panel=WHAT)
 
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("results") / (self.name or self.train.data.dataset)
+        """--out; else results/ and the sweep's name, or the dataset as tables name it (an image folder's own name)."""
+        return Path(self.out) if self.out else Path("results") / (self.name or dataset_name({"data": asdict(
+            self.train.data)}))
 
     def check_size(self) -> None:
         """Refuse a grid larger than any study runs before anything is planned (a 300k-cell sweep.json took minutes
@@ -547,6 +549,8 @@ def load_sweep_file(path: Path) -> SweepConfig:
         raise UserError(f"{path}: [train] sets both iterations and epochs: keep one, the run's length")
     where = str(path)
     data = from_dict(DataConfig, tables["data"], where, "data.")
+    if data.data_dir:  # relative to where the sweep is started, as a --data-dir would be; recorded absolute
+        data = replace(data, data_dir=absolute_path(data.data_dir))
     train = from_dict(TrainConfig, {**tables["train"], "data": data}, where, "train.")
     slurm = from_dict(SlurmConfig, tables["slurm"], where, "slurm.")
     return from_dict(SweepConfig, {**payload, "train": train, "slurm": slurm}, where, ignore=frozenset({"data"}))

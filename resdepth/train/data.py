@@ -6,6 +6,7 @@ training device; there are no per-sample transforms and no loader worker process
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -217,6 +218,7 @@ def check_folder_present(config: DataConfig) -> DataCheck:
         files = {split: _class_files(root, split) for split in ("train", "test")}
     except UserError as exc:
         return DataCheck(False, str(exc))
+    check_same_classes(root, files)  # nothing a run does would mend it: refused, as the run refuses it
     train, test = (sum(len(paths) for paths in files[split].values()) for split in ("train", "test"))
     cache = _cache_path(root, files)
     decoded = f"decoded once before the first run, kept in {cache}" if not cache.exists() else "decoded (cached)"
@@ -237,15 +239,18 @@ def check_split_sizes(config: DataConfig, train: int, test: int, classes: int) -
     cannot satisfy: a run when it loads the data, a dry run from the counts (`sized_check`)."""
     if config.val_size and config.val_size >= train:
         raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has {train})")
-    for name, images in (("train_size", train - config.val_size), ("test_size", test)):
+    from ..results.groups import dataset_name
+
+    named = dataset_name({"data": asdict(config)})
+    for name, images, after in (("train_size", train - config.val_size, " after --val-size" if config.val_size else ""),
+                                ("test_size", test, "")):
         if (getattr(config, name) or 0) > images:
             split = name.split("_")[0]
             raise UserError(f"--{name.replace('_', '-')} {getattr(config, name)} is more than the {images} "
-                            f"{split} images of {config.dataset} (after any --val-size): ask for at most "
-                            f"{images}, or leave it out for all")
+                            f"{split} images of {named}{after}: ask for at most {images}, or leave it out for all")
     if config.train_size is not None and config.train_size < classes:
         raise UserError(f"--train-size {config.train_size} is fewer images than the {classes} classes of "
-                        f"{config.dataset}: ask for at least one image per class, or leave it out for all")
+                        f"{named}: ask for at least one image per class, or leave it out for all")
 
 
 def load_dataset(config: DataConfig, on_progress: OnLoadProgress = lambda _: None) -> Dataset:
@@ -455,12 +460,7 @@ def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) 
         raise UserError(f"--data-dir {root} is not a readable folder: it must hold train/<class>/ and "
                         "test/<class>/ images")
     files = {split: _class_files(root, split) for split in ("train", "test")}
-    classes = sorted(files["train"])
-    if sorted(files["test"]) != classes:
-        only = {split: sorted(set(files[split]) - set(files[other]))
-                for split, other in (("train", "test"), ("test", "train"))}
-        differ = "; ".join(f"only in {split}: {', '.join(names)}" for split, names in only.items() if names)
-        raise UserError(f"{root}/train and {root}/test must hold the same class folders with images ({differ})")
+    classes = check_same_classes(root, files)
     cache = _cache_path(root, files)
     if cache.exists():
         try:
@@ -484,10 +484,14 @@ def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) 
         on_progress(LoadProgress(notice=notice))
     try:
         torch.save({"name": dataset.name, "classes": classes, **tensors, "notices": notices}, cache)
+        remove_older_caches(cache)
     except OSError as exc:  # read-only data and cache: decoding again next time is slower but correct
         on_progress(LoadProgress(notice=f"could not keep the decoded images in {cache} ({exc.strerror or exc}): "
                                         "the folder is decoded again next time"))
     return dataset
+
+
+IMAGES_COUNTED = "images (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ") directly inside it"
 
 
 def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
@@ -495,31 +499,72 @@ def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise UserError(f"{folder} is missing: --dataset folder needs {root}/train/<class>/ and {root}/test/<class>/")
     # hidden files are never images: macOS leaves ._name.jpg beside name.jpg on foreign disks
-    classes = {d.name: sorted(p for p in d.iterdir()
-                              if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-               for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    classes = {d.name: sorted(p for p in listed(d) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+               for d in sorted(listed(folder)) if d.is_dir() and not d.name.startswith(".")}
     classes = {name: paths for name, paths in classes.items() if paths}
     if not classes:
-        raise UserError(f"{folder} holds no class folders with images (.jpg, .png, ...)")
+        raise UserError(f"{folder} holds no class folders with {IMAGES_COUNTED}")
     return classes
 
 
+def listed(folder: Path) -> list[Path]:
+    """A data folder's entries, or one line saying why it cannot be read."""
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise UserError(f"cannot read {folder} ({exc.strerror or exc}): check its permissions") from None
+
+
+def check_same_classes(root: Path, files: dict[str, dict[str, list[Path]]]) -> list[str]:
+    """The classes, sorted: the same class folders with images in train/ and test/, at least two of them."""
+    classes = sorted(files["train"])
+    if sorted(files["test"]) != classes:
+        only = {split: sorted(set(files[split]) - set(files[other]))
+                for split, other in (("train", "test"), ("test", "train"))}
+        differ = "; ".join(f"only in {split}: {', '.join(names)}" for split, names in only.items() if names)
+        raise UserError(f"{root}/train and {root}/test must hold the same class folders with images ({differ}); a "
+                        f"class folder counts once it holds {IMAGES_COUNTED}")
+    if len(classes) < 2:
+        raise UserError(f"{root} holds one class with images ({classes[0]}): a classifier needs at least two class "
+                        "folders in train/ and test/")
+    return classes
+
+
+CACHE_PREFIX = ".resdepth-cache-"
+
+
 def _cache_path(root: Path, files: dict[str, dict[str, list[Path]]]) -> Path:
+    """Where the folder's decoded images are kept: in the folder, named by its files' names, sizes and times (an
+    edit makes a new one); for a read-only folder, in ~/.cache/resdepth/folders, named by the folder's own path too,
+    since two folders of the same file names and times (an archive's fixed dates) are not the same images."""
     digest = hashlib.sha1()
     for split in sorted(files):
         for cls in sorted(files[split]):
             for path in files[split][cls]:
-                stat = path.stat()
+                try:
+                    stat = path.stat()
+                except OSError as exc:
+                    raise UserError(f"cannot read {path} ({exc.strerror or exc}): a link to nothing? remove it or "
+                                    "restore what it names") from None
                 digest.update(f"{split}/{cls}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    name = f".resdepth-cache-{digest.hexdigest()[:16]}.pt"
     if os.access(root, os.W_OK):
-        return root / name
+        return root / f"{CACHE_PREFIX}{digest.hexdigest()[:16]}.pt"
     fallback = Path.home() / ".cache" / "resdepth" / "folders"
     try:
         fallback.mkdir(parents=True, exist_ok=True)
     except OSError:
         pass  # no writable cache anywhere: torch.save below fails and the folder is decoded again next time
-    return fallback / name
+    folder = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    return fallback / f"{CACHE_PREFIX}{folder}-{digest.hexdigest()[:16]}.pt"
+
+
+def remove_older_caches(cache: Path) -> None:
+    """The caches this folder's earlier contents left (185 MB each for CIFAR-10): only the newest is ever read."""
+    folder = cache.name.removeprefix(CACHE_PREFIX).rpartition("-")[0]  # '' beside the images; else the folder's hash
+    for old in cache.parent.glob(f"{CACHE_PREFIX}{folder}-*.pt" if folder else f"{CACHE_PREFIX}*.pt"):
+        if old != cache:
+            with contextlib.suppress(OSError):
+                old.unlink()
 
 
 MODE_NAMES = {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "RGBA", "P": "palette",
@@ -577,6 +622,8 @@ def decode_image(path: Path) -> tuple[torch.Tensor, str]:
                 width, height = handle.size
                 raise UserError(f"{path} is {width}x{height}; resdepth needs 32x32 images (resize the folder first)")
             return torch.from_numpy(np.array(handle.convert("RGB"))).permute(2, 0, 1), handle.mode
+    except (PermissionError, FileNotFoundError) as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror}): check its permissions, or remove it") from None
     except Image.DecompressionBombError:
         raise UserError(f"{path} declares an image too large to decode safely; resdepth needs 32x32 images "
                         "(remove it or resize the folder)") from None
