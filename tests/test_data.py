@@ -136,6 +136,10 @@ def test_cifar_offline_without_a_copy_says_where_to_put_it(tmp_path, monkeypatch
     with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz") as info:
         load_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
     assert str(tmp_path) in str(info.value) and "--dataset" in str(info.value)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"half a download")
+    with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz is damaged or incomplete \(its checksum does not "
+                                        r"match\) and a new copy could not be downloaded \(URLError\)"):
+        load_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
 
 
 def test_decoding_a_folder_reports_progress_its_cache_and_converted_images(tmp_path):

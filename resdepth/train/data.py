@@ -429,6 +429,10 @@ def load_torchvision_cifar(name: str, root: Path) -> Dataset:
         if root.is_dir() and not os.access(root, os.W_OK) and not archive.exists():
             raise UserError(f"{name} is not in {root} and that folder is not writable: pass --data-dir to a "
                             "writable folder") from None
+        if archive.is_file():  # torchvision tried to fetch it again: the copy there failed its checksum
+            raise UserError(f"{archive} is damaged or incomplete (its checksum does not match) and a new copy could "
+                            f"not be downloaded ({type(exc).__name__}): replace it with a good copy from "
+                            f"{cls.url}") from None
         raise UserError(
             f"{name} is not in {root} and could not be downloaded ({type(exc).__name__}): put {cls.filename} "
             f"(from {cls.url}) in {root}, pass --data-dir to a folder holding it, or use --dataset folder/synthetic"
