@@ -141,3 +141,19 @@ def test_every_cell_starts_in_a_fresh_worker_process(ray_cluster, tmp_path, tiny
     assert {o.state for o in outcomes.values()} == {"done"}
     pids = {RunStatus.read(tmp_path / name).pid for name in ("plain-8-s0", "residual-8-s0")}
     assert len(pids) == 2 and os.getpid() not in pids
+
+
+@pytest.mark.parametrize("given", ["--address", "$RAY_ADDRESS"])
+def test_a_cluster_address_that_nothing_answers_is_one_line_before_ray_starts(monkeypatch, given):
+    # with $RAY_ADDRESS Ray itself retried for minutes, printing its own warnings
+    import socket
+
+    from resdepth.sweep.cluster import connect_ray
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening: the connection is refused
+        ray = type("Ray", (), {"init": lambda **kwargs: pytest.fail("Ray was started")})
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        with pytest.raises(UserError, match=f"no Ray cluster answers at \\{given} {address} "):
+            connect_ray(ray, address if given == "--address" else None)

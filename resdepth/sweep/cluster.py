@@ -258,13 +258,15 @@ def import_ray() -> Any:
 
 
 def connect_ray(ray: Any, address: str | None) -> None:
-    """Join the cluster at address (auto: the one `ray start` runs here); None: $RAY_ADDRESS, else a new local one."""
-    if address and address != "auto" and not address.startswith("ray://"):
-        host, _, port = address.rpartition(":")
+    """Join the cluster at address (auto: the one `ray start` runs here); None: $RAY_ADDRESS, else a new local one.
+    A HOST:PORT, given or in $RAY_ADDRESS, is probed first: Ray itself retries a dead one for minutes, warning."""
+    named, given = (address, "--address") if address else (os.environ.get("RAY_ADDRESS"), "$RAY_ADDRESS")
+    if named and named != "auto" and not named.startswith("ray://"):
+        host, _, port = named.rpartition(":")
         try:
             socket.create_connection((host, int(port)), timeout=10).close()
         except (OSError, ValueError) as exc:
-            raise UserError(f"no Ray cluster answers at --address {address} ({exc}): give the head node's HOST:PORT "
+            raise UserError(f"no Ray cluster answers at {given} {named} ({exc}): give the head node's HOST:PORT "
                             "that `ray start --head` printed, or auto on a node of the cluster") from None
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
