@@ -98,6 +98,27 @@ def test_cli_slurm_errors_are_one_line_and_exit_2(tmp_path, cli_env, resdepth_cl
         "error: --executor slurm needs Slurm's sbatch on PATH: run the sweep from a login node of the cluster"]
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_slurm_that_does_not_answer_is_refused_before_any_folder_is_made(tmp_path, cli_env, resdepth_cli, tiny_args,
+                                                                         dry_run):
+    # sbatch refused every job only once the cells' folders had been prepared; the dry run said all was well
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (tools / "sinfo").write_text("#!/bin/sh\necho 'sinfo: error: resolve_ctls_from_dns_srv: res_nsearch error' >&2\n"
+                                 "echo 'sinfo: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+    for tool in tools.iterdir():
+        tool.chmod(0o755)
+    env = {**cli_env, "PATH": f"{tools}{os.pathsep}{Path(sys.executable).parent}"}
+    result = subprocess.run([resdepth_cli, "sweep", "--executor", "slurm", "--depths", "8", "--epochs", "2", *tiny_args,
+                             "--out", "r", *(["--dry-run"] if dry_run else [])], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and not (tmp_path / "r").exists()
+    assert result.stderr.strip().splitlines() == [
+        "error: Slurm does not answer here (sinfo: fatal: Could not establish a configuration source): run the sweep "
+        "from a login node of the cluster, where `sinfo` lists its partitions"]
+
+
 def test_bad_slurm_values_are_refused_while_planning(tmp_path, cli_env, resdepth_cli, tiny_args):
     result = subprocess.run([resdepth_cli, "sweep", "--executor", "slurm", "--slurm-time", "0", "--depths", "8",
                              "--epochs", "2", *tiny_args, "--out", "r"],

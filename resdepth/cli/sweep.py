@@ -33,6 +33,7 @@ from ..sweep.runner import (
     WHAT,
     PlannedCell,
     SweepConfig,
+    check_executor,
     count_actions,
     device_slots,
     execution_not_resumed,
@@ -145,6 +146,8 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     """Plan, show the plan, run with a live display, print the summary; returns the exit code. A command refused
     while planning or for missing data writes nothing, not even the results folder."""
     planned = plan_sweep(config)
+    if any(item.device for item in planned):  # a cluster that cannot take them: refused before anything is written
+        check_executor(config)
     if dry_run:  # every check the run makes before training, without loading the data or writing anything
         check_inits(planned, expected_classes(config.train.data))
         if any(item.device for item in planned):

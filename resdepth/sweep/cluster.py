@@ -260,6 +260,17 @@ def import_ray() -> Any:
 def connect_ray(ray: Any, address: str | None) -> None:
     """Join the cluster at address (auto: the one `ray start` runs here); None: $RAY_ADDRESS, else a new local one.
     A HOST:PORT, given or in $RAY_ADDRESS, is probed first: Ray itself retries a dead one for minutes, warning."""
+    check_ray_address(address)
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise UserError(f"cannot join a Ray cluster ({exc}): start one with `ray start --head`, "
+                        "or leave --address out to start a local one") from None
+
+
+def check_ray_address(address: str | None) -> None:
+    """A HOST:PORT (--address, else $RAY_ADDRESS) that nothing answers, in one line; auto, ray:// and none are
+    Ray's to find."""
     named, given = (address, "--address") if address else (os.environ.get("RAY_ADDRESS"), "$RAY_ADDRESS")
     if named and named != "auto" and not named.startswith("ray://"):
         host, _, port = named.rpartition(":")
@@ -268,11 +279,6 @@ def connect_ray(ray: Any, address: str | None) -> None:
         except (OSError, ValueError) as exc:
             raise UserError(f"no Ray cluster answers at {given} {named} ({exc}): give the head node's HOST:PORT "
                             "that `ray start --head` printed, or auto on a node of the cluster") from None
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    except ConnectionError as exc:
-        raise UserError(f"cannot join a Ray cluster ({exc}): start one with `ray start --head`, "
-                        "or leave --address out to start a local one") from None
 
 
 def remote_call(ray: Any, **options: Any) -> Any:
@@ -542,8 +548,26 @@ def check_slurm_config(config: SlurmConfig, device: str, gpus_per_job: float) ->
 
 
 def check_sbatch(config: SlurmConfig) -> None:
-    if config.cluster == "slurm" and shutil.which("sbatch") is None:
+    """sbatch here, and a controller that answers `sinfo` (otherwise every job would be refused at submission)."""
+    if config.cluster != "slurm":
+        return
+    if shutil.which("sbatch") is None:
         raise UserError("--executor slurm needs Slurm's sbatch on PATH: run the sweep from a login node of the cluster")
+    if shutil.which("sinfo") is None:
+        return
+    try:
+        answer = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True,
+                                timeout=SLURM_ANSWER_SECONDS, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"Slurm did not answer `sinfo` within {SLURM_ANSWER_SECONDS} s: check that the cluster's "
+                        "controller is up and reachable from here") from None
+    if answer.returncode != 0:
+        said = next((line for line in reversed(answer.stderr.splitlines()) if line.strip()), "no reason given")
+        raise UserError(f"Slurm does not answer here (sinfo: {said.strip().removeprefix('sinfo: ')}): run the sweep from a login node of the "
+                        "cluster, where `sinfo` lists its partitions")
+
+
+SLURM_ANSWER_SECONDS = 30
 
 
 @contextlib.contextmanager

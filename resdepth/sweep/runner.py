@@ -45,7 +45,17 @@ from ..train.devices import check_compile_possible, check_cuda_graph_device, res
 from ..train.fused import auto_fuse, group_label, parse_fuse
 from ..train.trainer import TrainConfig, asked_compile
 from .cell import CellOutcome, RunLock, busy_outcome, describe_owner, each_cell, is_locked, mark_failed
-from .cluster import CLUSTER, RayExecutor, SlurmConfig, SlurmExecutor, check_slurm_config
+from .cluster import (
+    CLUSTER,
+    RayExecutor,
+    SlurmConfig,
+    SlurmExecutor,
+    check_ray_address,
+    check_sbatch,
+    check_slurm_config,
+    import_ray,
+    import_submitit,
+)
 from .executors import CellJob, Executor, LocalProcessExecutor, SequentialExecutor
 from .grid import apply_axes, axis_label, axis_values, grid_axes, grid_points
 
@@ -283,6 +293,18 @@ def make_executor(sweep: SweepConfig) -> Executor:
     if sweep.executor == "sequential" or (sweep.executor == "auto" and len(device_slots(sweep)) == 1):
         return SequentialExecutor()
     return LocalProcessExecutor()
+
+
+def check_executor(sweep: SweepConfig) -> None:
+    """What a Ray or Slurm sweep needs from here, checked before anything is written and by a dry run: the package,
+    and a cluster that answers (Slurm's sbatch and controller; a Ray HOST:PORT). Ray's nodes are checked once it
+    starts (probe tasks)."""
+    if sweep.executor == "ray":
+        import_ray()
+        check_ray_address(sweep.ray_address)
+    elif sweep.executor == "slurm":
+        import_submitit()
+        check_sbatch(sweep.slurm)
 
 
 # ---------------------------------------------------------------------------------------------- planning
