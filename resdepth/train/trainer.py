@@ -431,8 +431,8 @@ def prepare_runs(configs: list[TrainConfig], run_dirs: list[Path],
         config.validate()
     for run_dir, config in zip(run_dirs, configs, strict=True):
         check_writable_dir(run_dir)
+        check_same_network(run_dir, config.kind)  # first: the reason no config of today would resume it
         check_same_run(run_dir, config)
-        check_same_network(run_dir, config.kind)
     device = resolve_device(configs[0].device)
     prepare_process(configs[0], device)
     dataset = dataset or load_dataset(configs[0].data)
