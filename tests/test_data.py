@@ -240,7 +240,7 @@ def test_a_planted_cache_is_decoded_again_never_inflated_nor_followed(tmp_path, 
     assert [e for e in followed if e.notice is None] and private.exists()
 
 
-# ---------------------------------------------------------------------------------------------- folders as users have them
+# ------------------------------------------------------------------------------------- folders as users have them
 def folder_config(root, **changes):
     return DataConfig(dataset="folder", data_dir=str(root), **changes)
 
@@ -262,15 +262,15 @@ def test_a_link_to_nothing_or_a_folder_that_cannot_be_read_is_one_line(tmp_path,
         return real(self)
 
     monkeypatch.setattr(Path, "iterdir", refused)  # chmod 000 binds no root, whom CI may run as
-    with pytest.raises(UserError, match="cannot read .*dog \\(Permission denied\\): check its permissions"):
+    with pytest.raises(UserError, match=r"cannot read .*dog \(Permission denied\): check its permissions"):
         load_dataset(folder_config(tmp_path))
 
 
 def test_an_image_that_cannot_be_read_is_not_called_undecodable(tmp_path):
     from resdepth.train.data import decode_image
 
-    with pytest.raises(UserError, match="cannot read .*\\(No such file or directory\\): check its permissions, or "
-                                        "remove it"):
+    with pytest.raises(UserError, match=r"cannot read .*\(No such file or directory\): check its permissions, or "
+                                        r"remove it"):
         decode_image(tmp_path / "gone.png")
 
 

@@ -252,9 +252,16 @@ def test_checkpoint_cadences_read_as_epochs_iterations_or_minutes():
     assert Cadence.parse("auto").per_epoch and Cadence.parse("auto", "cuda") == Cadence(seconds=60.0)
     assert Cadence(iterations=3).due(3, 0.0) and not Cadence(iterations=3).due(2, 1e9)
     assert Cadence(seconds=60.0).due(1, 60.0) and not Cadence(seconds=60.0).due(10**6, 59.0)
-    for bad in ("0", "-3", "min", "0min", "5 minutes", "1e3"):
+    for bad in ("0", "-3", "min", "0min", "5 minutes", "1e3", "\u00b2", "\u00b9min", "\uff15"):  # digits int() refuses
         with pytest.raises(UserError, match="--checkpoint-every"):
             Cadence.parse(bad)
+    from resdepth.train.devices import check_device_name
+    from resdepth.train.fused import parse_fuse
+
+    for refused, named in ((lambda: check_device_name("cuda:\u00b2"), "unknown device"),
+                           (lambda: parse_fuse("\u00b2"), "--fuse must be")):
+        with pytest.raises(UserError, match=named):
+            refused()
 
 
 @pytest.mark.parametrize("cadence, metric_syncs", [("epoch", 4), ("1000", 1)])

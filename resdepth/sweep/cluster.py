@@ -563,7 +563,8 @@ def check_sbatch(config: SlurmConfig) -> None:
                         "controller is up and reachable from here") from None
     if answer.returncode != 0:
         said = next((line for line in reversed(answer.stderr.splitlines()) if line.strip()), "no reason given")
-        raise UserError(f"Slurm does not answer here (sinfo: {said.strip().removeprefix('sinfo: ')}): run the sweep from a login node of the "
+        said = said.strip().removeprefix("sinfo: ")
+        raise UserError(f"Slurm does not answer here (sinfo: {said}): run the sweep from a login node of the "
                         "cluster, where `sinfo` lists its partitions")
 
 

@@ -34,7 +34,8 @@ PYTORCH_DEFAULT_PRECISION = {"cuda": "PyTorch default: tf32 convolutions, fp32 m
 def check_device_name(name: str) -> None:
     """The spelling of --device, checked without touching any GPU (a sweep may be planned on a login node)."""
     kind, _, index = name.partition(":")
-    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+    number = index.isascii() and index.isdigit()  # str.isdigit alone takes '²', which torch refuses
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not number)):
         raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
 
 

@@ -79,7 +79,7 @@ def parse_fuse(value: str | int) -> int | None:
     text = str(value).strip().lower()
     if text == "auto":
         return None
-    if text.isdigit() and int(text) >= 1:
+    if text.isascii() and text.isdigit() and int(text) >= 1:
         return int(text)
     raise UserError(f"--fuse must be a number of models per job (1: no fusing) or auto, got {value!r}")
 

@@ -203,10 +203,11 @@ class Cadence:
             value = "1min" if device_type == "cuda" else "epoch"
         if value == "epoch":
             return cls()
-        if value.isdigit() and int(value) >= 1:
+        if value.isascii() and value.isdigit() and int(value) >= 1:
             return cls(iterations=int(value))
         minutes = value.removesuffix("min").strip()
-        if value.endswith("min") and minutes.replace(".", "", 1).isdigit() and float(minutes) > 0:
+        number = minutes.isascii() and minutes.replace(".", "", 1).isdigit()  # str.isdigit alone takes '²'
+        if value.endswith("min") and number and float(minutes) > 0:
             return cls(seconds=float(minutes) * 60)
         raise UserError(f"--checkpoint-every must be auto, epoch, a number of iterations (2000) or of minutes (5min), "
                         f"got {text!r}")
