@@ -260,3 +260,43 @@ def test_a_cell_whose_folder_cannot_be_written_fails_alone(tmp_path, tiny_sweep,
     _, outcomes = run_sweep_now(tiny_sweep(tmp_path))
     assert outcomes["plain-8-s0"].state == "failed" and "cannot write results to" in outcomes["plain-8-s0"].error
     assert outcomes["residual-8-s0"].state == "done"
+
+
+def test_a_resumed_cell_runs_with_the_execution_settings_asked_now(tmp_path, tiny_sweep):
+    # --checkpoint-every, --compile, --tensorboard given to a resume were silently dropped: the cell read its first
+    # attempt's config.json
+    from resdepth.sweep import make_cells, make_executor
+    from resdepth.train import load_run_config, run_training
+
+    sweep = replace(tiny_sweep(tmp_path), kinds=["residual"])
+    sweep = replace(sweep, train=replace(sweep.train, epochs=3))
+    cell = make_cells(sweep)[0]
+    steps = iter(range(10**6))
+    assert run_training(cell.config, cell.run_dir, should_stop=lambda: next(steps) >= 5).state == "interrupted"
+    resumed = replace(sweep, train=replace(sweep.train, checkpoint_every="2", eval_batch_size=16))
+    planned = plan_sweep(resumed)
+    assert [item.action for item in planned] == ["resume"]
+    assert run_sweep(resumed, make_executor(resumed), planned)[cell.name].state == "done"
+    config = load_run_config(cell.run_dir)
+    assert (config.checkpoint_every, config.eval_batch_size) == ("2", 16)
+    assert "resolved" in json.loads((cell.run_dir / "config.json").read_text())
+
+
+def test_a_resume_removes_the_temp_files_of_any_write_a_kill_cut_short(tmp_path, tiny_config):
+    # only the checkpoint's were removed: a kill inside a status.json write left its .tmp for good
+    from resdepth.train import run_training
+
+    steps = iter(range(10**6))
+    run_training(tiny_config(epochs=3), tmp_path, should_stop=lambda: next(steps) >= 5)
+    for name in (".status.json.0a1b2c3d.tmp", ".checkpoint.pt.deadbeef.tmp", ".metrics.csv.00000000.tmp"):
+        (tmp_path / name).write_bytes(b"half")
+    (tmp_path / "mine.tmp").write_bytes(b"a user's file")  # not one of resdepth's: left alone
+    assert run_training(tiny_config(epochs=3), tmp_path).state == "done"
+    assert sorted(path.name for path in tmp_path.glob("*.tmp")) == ["mine.tmp"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_sweep_file_may_give_the_checkpoint_cadence_as_a_number(tmp_path):
+    path = tmp_path / "cadence.toml"
+    path.write_text("depths = [8]\n[train]\ncheckpoint_every = 2000\n")  # was refused: expected str, got 2000
+    assert load_sweep_file(path).train.checkpoint_every == "2000"

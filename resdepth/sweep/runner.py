@@ -28,7 +28,7 @@ except ImportError:  # Python 3.10
 from ..config import EXECUTION, check_fields, from_dict, option
 from ..errors import UserError
 from ..models.families import FIGURE6_FAMILIES, Family, check_builds, family_named_by_folder, get_family
-from ..results.groups import absolute_path, comparable, config_difference, dataset_name
+from ..results.groups import EXECUTION_FIELDS, absolute_path, comparable, config_difference, dataset_name
 from ..results.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -412,6 +412,20 @@ def prepare_run_dir(item: PlannedCell) -> None:
     if item.action in ("new", "replace") or not (run_dir / CONFIG_FILE).exists():
         write_config(run_dir, asdict(item.cell.config))
         RunStatus(state="pending").write(run_dir)
+    else:
+        take_execution_settings(run_dir, item.cell.config)
+
+
+def take_execution_settings(run_dir: Path, config: TrainConfig) -> None:
+    """A resumed cell runs as this sweep asks (--checkpoint-every, --compile, ...: how it runs, not what it computes),
+    not as its first attempt did: its config.json takes them before its worker reads it. Device and threads come
+    from the cell's slot."""
+    saved = read_json(run_dir / CONFIG_FILE)
+    asked = asdict(config)
+    changed = {key: asked[key] for key in EXECUTION_FIELDS
+               if key not in ("device", "threads") and isinstance(saved, dict) and saved.get(key) != asked[key]}
+    if changed:
+        write_config(run_dir, {**saved, **changed})
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -569,6 +583,8 @@ def load_sweep_file(path: Path) -> SweepConfig:
                         f"list, {PER_CELL_KEYS[key]} = [...]")
     if {"iterations", "epochs"} <= tables["train"].keys():
         raise UserError(f"{path}: [train] sets both iterations and epochs: keep one, the run's length")
+    if type(tables["train"].get("checkpoint_every")) is int:  # TOML's 2000 for the text "2000" (N iterations)
+        tables["train"]["checkpoint_every"] = str(tables["train"]["checkpoint_every"])
     where = str(path)
     data = from_dict(DataConfig, tables["data"], where, "data.")
     if data.data_dir:  # relative to where the sweep is started, as a --data-dir would be; recorded absolute

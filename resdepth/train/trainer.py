@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 import signal
 import threading
 import time
@@ -498,11 +499,15 @@ def check_same_network(run_dir: Path, kind: str) -> None:
                         "sweep into another --out folder")
 
 
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # create_temp_beside's names
+
+
 def read_resume_checkpoint(run_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:
     """The run folder's checkpoint to resume from (None: there is none), refused if trained on other data. A
     checkpoint write cut short by a kill leaves a temporary file, removed here: the previous checkpoint is intact."""
-    for leftover in run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
-        leftover.unlink(missing_ok=True)
+    for leftover in run_dir.glob(".*.tmp"):  # status.json's, metrics', ... too: each an atomic write a kill cut short
+        if TEMP_NAME.fullmatch(leftover.name):
+            leftover.unlink(missing_ok=True)
     path = run_dir / CHECKPOINT_FILE
     if not path.exists():
         return None
