@@ -245,6 +245,36 @@ def test_a_kill_loses_only_the_steps_since_the_last_checkpoint_of_the_cadence(tm
     assert_same_run(tmp_path / "straight" / "s0", tmp_path / "killed" / "s0")
 
 
+def test_a_kill_between_a_fused_groups_checkpoint_writes_leaves_every_member_at_one_iteration(
+        tmp_path, tiny_config, assert_same_run, monkeypatch):
+    # each member's checkpoint was written and renamed in turn: a kill between two left them at two iterations, and
+    # the resumed group's member behind trained its last steps alone, in another float order than the group
+    from resdepth.train import trainer
+
+    config = tiny_config(epochs=4, checkpoint_every="3")
+    configs = [config, replace(config, seed=1)]
+    straight = [tmp_path / "straight" / name for name in ("s0", "s1")]
+    killed = [tmp_path / "killed" / name for name in ("s0", "s1")]
+    run_fused_training(configs, straight)
+    writes = itertools.count(1)
+    real = trainer.write_temp_beside
+
+    def kill_at_the_fourth(path, data):  # the group's second checkpoint (iteration 6), once s0's file is written
+        if next(writes) == 4:
+            raise Killed
+        return real(path, data)
+
+    monkeypatch.setattr(trainer, "write_temp_beside", kill_at_the_fourth)
+    with pytest.raises(Killed):
+        run_fused_training(configs, killed)
+    monkeypatch.undo()
+    saved = [torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] for run_dir in killed]
+    assert saved == [3, 3] and not list((tmp_path / "killed").rglob(".*.tmp"))
+    run_fused_training(configs, killed)
+    for a, b in zip(straight, killed, strict=True):
+        assert_same_run(a, b)
+
+
 def test_checkpoint_cadences_read_as_epochs_iterations_or_minutes():
     assert Cadence.parse("epoch").per_epoch and Cadence.parse(" Epoch ") == Cadence()
     assert Cadence.parse("2000") == Cadence(iterations=2000) and Cadence.parse("5min") == Cadence(seconds=300.0)

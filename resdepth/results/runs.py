@@ -70,15 +70,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a reader never sees half a file. The file gets
     the mode a plain open() gives under the user's umask (mkstemp's 0600 would hide a shared results folder from
     the colleagues the umask lets read it)."""
+    replace_all([(write_temp_beside(path, data), path)])
+
+
+def write_temp_beside(path: Path, data: bytes) -> Path:
+    """data in a new temp file beside path, on the disk (fsync), for `replace_all` to put in place."""
     fd, tmp = create_temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def replace_all(staged: list[tuple[Path, Path]]) -> None:
+    """Each (temp file, path): the temp file renamed over its path; those not renamed yet are removed if one fails."""
+    try:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
         raise
 
 

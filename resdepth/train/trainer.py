@@ -46,14 +46,15 @@ from ..results.runs import (
     RUN_CONFIG_SECTIONS,
     MetricsWriter,
     RunStatus,
-    atomic_write_bytes,
     check_writable_dir,
     ensure_writable_dir,
     metric_columns,
     read_checkpoint,
     read_json,
     read_metrics,
+    replace_all,
     sync_file,
+    write_temp_beside,
     write_config,
 )
 from ..results.tensorboard_log import TensorBoardLog
@@ -212,10 +213,10 @@ class Engine:
         return checkpoint_state(member, self.model_weights(member), self.model_momentum(member), self.param_groups,
                                 self.data_fingerprint)
 
-    def save_checkpoint(self, member: RunProgress) -> None:
+    def checkpoint_bytes(self, member: RunProgress) -> bytes:
         buffer = io.BytesIO()
         torch.save(self.checkpoint(member), buffer)
-        atomic_write_bytes(member.run_dir / CHECKPOINT_FILE, buffer.getvalue())
+        return buffer.getvalue()
 
     def load_checkpoint(self, member: RunProgress, state: dict[str, Any], path: Path | None = None) -> None:
         """Restore a checkpoint read onto the CPU (`read_checkpoint`): tensors move to this engine's device."""
@@ -563,7 +564,7 @@ def train_to_the_end(engine: Engine, should_stop: Callable[[], bool] = lambda: F
         if should_stop():
             for member in engine.active:
                 member.pause()
-                logs[id(member)].save_checkpoint(engine, member)
+            save_checkpoints(engine, engine.active, logs)
             finish(engine.active, logs, "interrupted")
             break
         engine.train_step()
@@ -581,27 +582,47 @@ def end_epochs(engine: Engine, ended: list[RunProgress], logs: dict[int, RunLogs
     """Rows, status and checkpoints of the epochs that just ended; returns the models that are now done or
     diverged, to be dropped."""
     leaving: list[RunProgress] = []
+    saving: list[RunProgress] = []
     for member, row in zip(ended, engine.close_epochs(ended), strict=True):
         logs[id(member)].append(member, row)
         if not math.isfinite(row["train_loss"]):
             leaving += finish([member], logs, "diverged")  # no checkpoint: it keeps the last finite epoch
-            continue
-        if member.finished or logs[id(member)].checkpoint_due(member, epoch_ended=True):
-            logs[id(member)].save_checkpoint(engine, member)  # the last one always: analysis reads its weights
-        if member.finished:
-            leaving += finish([member], logs, "done")
-    return leaving
+        elif member.finished or logs[id(member)].checkpoint_due(member, epoch_ended=True):
+            saving.append(member)  # the last one always: analysis reads its weights
+    save_checkpoints(engine, saving, logs)
+    return leaving + finish([member for member in saving if member.finished], logs, "done")
 
 
 def save_due_checkpoints(engine: Engine, members: list[RunProgress], logs: dict[int, RunLogs]) -> None:
     """Inside an epoch, the checkpoints that an iteration or minute cadence has made due (with its epoch so far)."""
+    due = []
     for member in members:
         epoch = member.in_progress
         if epoch is None or not logs[id(member)].checkpoint_due(member, epoch_ended=False):
             continue
         if torch.isfinite(epoch.loss_sum).item():  # a diverging epoch is not kept: its row will record the NaN
             member.pause()
-            logs[id(member)].save_checkpoint(engine, member)
+            due.append(member)
+    save_checkpoints(engine, due, logs)
+
+
+def save_checkpoints(engine: Engine, members: list[RunProgress], logs: dict[int, RunLogs]) -> None:
+    """The members' checkpoints, as one: every file is whole on the disk before any replaces its last one, so a kill
+    leaves a fused group's members at one iteration (resumed at two, the one ahead would finish first and the other
+    train its last steps alone, in another float order than the group that was never killed)."""
+    staged = []
+    try:
+        for member in members:
+            logs[id(member)].sync(member)  # the rows each checkpoint counts reach the disk first
+            staged.append((write_temp_beside(member.run_dir / CHECKPOINT_FILE, engine.checkpoint_bytes(member)),
+                           member.run_dir / CHECKPOINT_FILE))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    replace_all(staged)
+    for member in members:
+        logs[id(member)].saved(member)
 
 
 def finish(members: list[RunProgress], logs: dict[int, RunLogs], state: str) -> list[RunProgress]:
@@ -654,9 +675,8 @@ class RunLogs:
             return epoch_ended
         return self.cadence.due(run.iteration - self.saved_iteration, time.monotonic() - self.saved_at)
 
-    def save_checkpoint(self, engine: Engine, run: RunProgress) -> None:
-        self.sync(run)  # the rows this checkpoint counts reach the disk first: after a power loss, none is missing
-        engine.save_checkpoint(run)
+    def saved(self, run: RunProgress) -> None:
+        """Its checkpoint is written (`save_checkpoints`): the cadence counts from here."""
         self.saved_iteration, self.saved_at = run.iteration, time.monotonic()
 
     def append(self, run: RunProgress, row: dict[str, float | int]) -> None:
