@@ -339,6 +339,21 @@ def test_a_busy_member_is_left_alone_and_the_rest_of_its_group_trains(tmp_path, 
         "residual-8-s0"]  # the two that were free trained together
 
 
+def test_a_members_damaged_checkpoint_fails_that_cell_alone_and_the_rest_train_on(tmp_path, fused_sweep):
+    # the whole group failed, each healthy cell's error naming the other's checkpoint
+    from resdepth.sweep.cell import run_cells
+
+    planned = plan_sweep(fused_sweep(tmp_path))
+    for item in planned:
+        item.cell.run_dir.mkdir(parents=True)
+        write_config(item.cell.run_dir, asdict(item.cell.config))
+    damaged = planned[1].cell.run_dir
+    (damaged / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    outcomes = each_cell(run_cells([item.cell.run_dir for item in planned], "cpu", 1, lambda: False))
+    assert [o.state for o in outcomes] == ["done", "failed", "done"]
+    assert "checkpoint.pt" in outcomes[1].error and str(damaged) in outcomes[1].error
+
+
 def test_sigkill_then_resume_of_a_fused_sweep_is_bit_identical(tmp_path, cli_env, resdepth_cli, tiny_args,
                                                               assert_same_run, wait_for_rows, run_cli):
     args = ["sweep", "--depths", "8", "--kind", "residual", "--seeds", "0,1,2", "--fuse", "3", "--epochs", "12",

@@ -16,10 +16,12 @@ from typing import Any
 
 from ..errors import UserError
 from ..results.runs import (
+    CHECKPOINT_FILE,
     ERROR_FILE,
     LOCK_FILE,
     RunStatus,
     atomic_write_bytes,
+    read_checkpoint,
     read_json,
 )
 from ..train.trainer import RunResult, load_run_config, run_training
@@ -167,7 +169,10 @@ def train_group(run_dirs: list[Path], device: str, threads: int | None,
         try:
             configs[run_dir] = load_run_config(run_dir)
             configs[run_dir].device, configs[run_dir].threads = device, threads or configs[run_dir].threads
+            if len(run_dirs) > 1 and (run_dir / CHECKPOINT_FILE).exists():
+                read_checkpoint(run_dir / CHECKPOINT_FILE)  # one cell's damaged checkpoint fails it alone
         except UserError as exc:
+            configs.pop(run_dir, None)
             outcomes[run_dir] = mark_failed(run_dir, str(exc))
     group = list(configs)
     if not group:
