@@ -2,6 +2,7 @@
 Trainer, or an earlier `resdepth bench`), the total over the job slots, and whether the data is here."""
 
 import json
+import os
 
 import pytest
 
@@ -85,6 +86,12 @@ def test_the_dry_run_says_the_data_is_missing_and_the_cluster_is_not_estimated(t
     assert "64,000" in text and "data not ready: cifar10 is not in" in text and "cifar-10-python.tar.gz" in text
     assert not (tmp_path / "r").exists() and not (tmp_path / "nothing").exists()
     pytest.importorskip("submitit", reason="the slurm extra is not installed")
+    tools = tmp_path / "bin"  # a login node: sbatch, and a controller that answers sinfo
+    tools.mkdir()
+    for tool, script in (("sbatch", "exit 0"), ("sinfo", "echo debug")):
+        (tools / tool).write_text(f"#!/bin/sh\n{script}\n")
+        (tools / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
     code, out, err = run_cli("sweep", "--depths", "20", "--kinds", "plain", "--device", "cpu", "--executor", "slurm",
                          "--dry-run", "--out", str(tmp_path / "r"))
     assert code == 0, err

@@ -300,3 +300,20 @@ def test_a_sweep_file_may_give_the_checkpoint_cadence_as_a_number(tmp_path):
     path = tmp_path / "cadence.toml"
     path.write_text("depths = [8]\n[train]\ncheckpoint_every = 2000\n")  # was refused: expected str, got 2000
     assert load_sweep_file(path).train.checkpoint_every == "2000"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text.splitlines()[0] + "\ngarbage\n\x00\x01,,,\n", "is damaged at line 2 \\(garbage\\)"),
+    (lambda text: "".join(text.splitlines(keepends=True)[:2]), "holds 1 of the 2 rows its checkpoint counts"),
+])
+def test_a_damaged_metrics_csv_is_refused_at_resume_not_carried_into_the_results(tmp_path, tiny_config, damage,
+                                                                                   message):
+    # its garbage lines were kept as rows; `table` then left the finished run out
+    from resdepth.train import run_training
+
+    steps = iter(range(10**6))
+    run_training(tiny_config(epochs=4), tmp_path, should_stop=lambda: next(steps) >= 9)  # after epoch 2
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(damage(metrics.read_text()))
+    with pytest.raises(UserError, match=f"metrics.csv {message}: restore it, or delete checkpoint.pt and rerun"):
+        run_training(tiny_config(epochs=4), tmp_path)

@@ -93,8 +93,9 @@ def test_an_image_declaring_a_huge_size_is_refused_before_decoding(tmp_path, wid
     from PIL import Image
 
     for split in ("train", "test"):
-        (tmp_path / split / "cat").mkdir(parents=True)
-        Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / split / "cat" / "0.png")
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / split / cls / "0.png")
     bomb = tmp_path / "train" / "cat" / "bomb.png"
     bomb.write_bytes(png_declaring(width, height))
     with pytest.raises(UserError, match=f"{bomb} {message}"):

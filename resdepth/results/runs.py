@@ -195,8 +195,26 @@ def truncate_csv(path: Path, keep_rows: int, columns: list[str]) -> None:
             lines = read_folder_file(path, MAX_CSV_BYTES).decode(errors="replace").splitlines(keepends=True)
         except FileNotFoundError:
             pass
+    kept = lines[1:keep_rows + 1]
+    check_kept_rows(path, kept, keep_rows, columns)
     header = ",".join(columns) + "\n"
-    atomic_write_bytes(path, (header + "".join(lines[1:keep_rows + 1])).encode())
+    atomic_write_bytes(path, (header + "".join(kept)).encode())
+
+
+def check_kept_rows(path: Path, kept: list[str], keep_rows: int, columns: list[str]) -> None:
+    """The rows a resume keeps must be the rows its checkpoint counts: as many, each of the file's columns and
+    starting with its epoch. A file damaged or cut short is refused rather than carried on into the results."""
+    fix = f"restore it, or delete {CHECKPOINT_FILE} and rerun (a sweep: with --retry-failed) to start the run over"
+    if path.exists() and len(kept) < keep_rows:
+        raise UserError(f"{path} holds {len(kept)} of the {keep_rows} rows its checkpoint counts: {fix}")
+    for number, fields in enumerate(csv.reader(kept), start=2):
+        if len(fields) != len(columns) or not fields[0].isascii() or not fields[0].isdigit():
+            raise UserError(f"{path} is damaged at line {number} ({shown_line(','.join(fields))}): {fix}")
+
+
+def shown_line(text: str) -> str:
+    printable = "".join(char if char.isprintable() else "?" for char in text)
+    return printable if len(printable) <= 60 else printable[:57] + "..."
 
 
 def open_to_append(path: Path) -> TextIO:
