@@ -317,3 +317,20 @@ def test_a_damaged_metrics_csv_is_refused_at_resume_not_carried_into_the_results
     metrics.write_text(damage(metrics.read_text()))
     with pytest.raises(UserError, match=f"metrics.csv {message}: restore it, or delete checkpoint.pt and rerun"):
         run_training(tiny_config(epochs=4), tmp_path)
+
+
+def test_a_checkpoint_without_its_config_is_not_resumed_as_a_new_cell(tmp_path, tiny_sweep, tiny_config):
+    # planned as "new", its config.json was written afresh and the worker resumed the unknown checkpoint under it
+    from resdepth.train import run_training
+
+    sweep = replace(tiny_sweep(tmp_path), kinds=["residual"])
+    cell = plan_sweep(sweep)[0].cell
+    steps = iter(range(10**6))
+    run_training(cell.config, cell.run_dir, should_stop=lambda: next(steps) >= 3)
+    (cell.run_dir / "config.json").unlink()
+    with pytest.raises(UserError, match="holds a run with a different config \\(no config.json beside its "
+                                        "checkpoint.pt\\); 1 folder\\(s\\) differ"):
+        plan_sweep(sweep)
+    with pytest.raises(UserError, match="holds a checkpoint.pt but no config.json: what it trained cannot be told"):
+        run_training(cell.config, cell.run_dir)
+    assert [item.action for item in plan_sweep(replace(sweep, force=True))] == ["replace"]

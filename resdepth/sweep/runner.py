@@ -371,8 +371,8 @@ def plan_cell(cell: Cell, retry_failed: bool) -> PlannedCell:
 
 def plan_action(cell: Cell, retry_failed: bool) -> str:
     existing = saved_config(cell)
-    if existing is None:
-        return "new"
+    if existing is None:  # a checkpoint without its config.json: what it trained cannot be told, so not resumed
+        return "mismatch" if (cell.run_dir / CHECKPOINT_FILE).exists() else "new"
     if comparable(asdict(existing)) != comparable(asdict(cell.config)):
         return "mismatch"
     status = RunStatus.read(cell.run_dir)
@@ -397,7 +397,9 @@ def saved_config(cell: Cell) -> TrainConfig | None:
 def describe_difference(cell: Cell) -> str:
     """'lr: 0.1 there, 0.05 asked', for the first few protocol fields where the folder and the sweep differ."""
     saved = saved_config(cell)
-    return config_difference(asdict(saved) if saved else {}, asdict(cell.config))
+    if saved is None:
+        return f"no {CONFIG_FILE} beside its {CHECKPOINT_FILE}"
+    return config_difference(asdict(saved), asdict(cell.config))
 
 
 def prepare_run_dir(item: PlannedCell) -> None:

@@ -471,6 +471,9 @@ def check_same_run(run_dir: Path, config: TrainConfig) -> None:
     """Refuse a folder that holds a run of another config (the sweep plans these as `mismatch`): training on would
     record this config beside the other run's weights and rows."""
     if read_json(run_dir / CONFIG_FILE) is None:
+        if (run_dir / CHECKPOINT_FILE).exists():
+            raise UserError(f"{run_dir} holds a {CHECKPOINT_FILE} but no {CONFIG_FILE}: what it trained cannot be "
+                            "told; train into another folder, or delete this one to start over")
         return
     saved = load_run_config(run_dir)
     differs = config_difference(asdict(saved.for_family()), asdict(config))
