@@ -357,3 +357,18 @@ def test_a_markdown_cell_shows_a_folders_text_not_markup():
     # a '|' would add a column to the pasted table, a tag would be HTML in a README, a control character raw bytes
     assert markdown_text("a|b<img src=x>\x1b[2J\nc") == "a\\|b&lt;img src=x&gt;\\[2J c"
     assert markdown_text("![x](http://a/b)") == "!\\[x\\](http://a/b)"  # no image fetched where it is pasted
+
+
+def test_a_run_whose_process_is_gone_is_stopped_in_the_table_as_in_status(tmp_path, write_run):
+    # table and report said "seed 3 running at epoch 5/20" for a run killed long ago; status said stopped
+    import json
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run_dir = write_run(tmp_path, "residual", 20, seed=3, test=(50.0, 30.0), planned_epochs=20, state="running")
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "pid": int(gone.stdout)}))
+    write_run(tmp_path, "residual", 20, seed=4, test=(50.0, 30.0), planned_epochs=20, state="running")  # this pid
+    _, rows, _ = display_table(summarize(load_runs(tmp_path)[0]))
+    assert "seed 3 stopped at epoch 2/20" in rows[0][-1] and "seed 4 running at epoch 2/20" in rows[0][-1]

@@ -406,7 +406,34 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
     if note:
         notes.append(note)
     status = RunStatus.read(run_dir)
-    return Run(run_dir, config, metrics, status.state if status else "unknown", *warmup_end(status))
+    state = status.state if status else "unknown"
+    if status and state == "running" and writer_gone(status, time.time()):
+        state = STOPPED  # killed, or its node lost: `status` says the same
+    return Run(run_dir, config, metrics, state, *warmup_end(status))
+
+
+STOPPED = "stopped"  # status.json says running, but its process is gone (killed, node lost): resume it
+STALE_FOREIGN_LOCK_SECONDS = 900  # a run on another host that shows no progress for this long is dead
+
+
+def writer_gone(status: RunStatus, now: float) -> bool:
+    """Whether the process that wrote 'running' is gone: on this host, its pid is; on another, it has written
+    nothing for STALE_FOREIGN_LOCK_SECONDS."""
+    if status.host == socket.gethostname():
+        return not pid_alive(status.pid)
+    return now - status.updated >= STALE_FOREIGN_LOCK_SECONDS
+
+
+def pid_alive(pid: int) -> bool:
+    if not 0 < pid < 2**31:  # no process has it (and os.kill cannot take a pid past the OS's)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def warmup_end(status: RunStatus | None) -> tuple[int | None, str | None]:

@@ -19,14 +19,15 @@ from ..results.runs import (
     CHECKPOINT_FILE,
     ERROR_FILE,
     LOCK_FILE,
+    STALE_FOREIGN_LOCK_SECONDS,
     RunStatus,
     atomic_write_bytes,
+    pid_alive,
     read_checkpoint,
     read_json,
 )
 from ..train.trainer import RunResult, load_run_config, run_training
 
-STALE_FOREIGN_LOCK_SECONDS = 900  # a lock from another host whose run shows no progress for this long is dead
 
 EXIT_CODES = {"done": 0, "failed": 1, "diverged": 3, "busy": 4, "interrupted": 130}
 
@@ -98,18 +99,6 @@ class RunLock:
 def clock_time(value: Any) -> bool:
     """Whether a lock file's time is a time the clock can show (a hand-made 1e400 is not)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2**40
-
-
-def pid_alive(pid: int) -> bool:
-    if not 0 < pid < 2**31:  # no process has it (and os.kill cannot take a pid past the OS's)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def describe_owner(owner: dict | None) -> str:

@@ -19,20 +19,21 @@ from ..models.families import Family, family_of_run
 from ..results.runs import (
     CONFIG_FILE,
     REPLACED_MARK,
+    STOPPED,
     TERMINAL_STATES,
     RunStatus,
     check_run_config,
     config_problem,
     find_run_dirs,
     read_json,
+    writer_gone,
 )
 from ..train.trainer import TrainConfig, steps_per_epoch
-from .cell import STALE_FOREIGN_LOCK_SECONDS, is_locked, pid_alive
+from .cell import is_locked
 from .cluster import TASK_FILE
 from .runner import SWEEP_FILE, SweepConfig, make_cells
 
 NOT_STARTED = "not started"  # a cell of sweep.json whose folder the sweep has not made yet
-STOPPED = "stopped"  # status.json says running, but its process is gone (killed, node lost): resume it
 UNREADABLE = "unreadable"  # its config.json or status.json is not what resdepth writes (the note says what)
 
 
@@ -233,9 +234,8 @@ def process_alive(run_dir: Path, status: RunStatus, now: float) -> bool:
     """Is the process that wrote 'running' still at it? Exactly on its own host; elsewhere by its lock and how
     recently it wrote status.json (the rule the sweep runner uses for a lock held on another host)."""
     if status.host == socket.gethostname():
-        return pid_alive(status.pid)
-    recent = now - status.updated < STALE_FOREIGN_LOCK_SECONDS
-    return recent or is_locked(run_dir)
+        return not writer_gone(status, now)
+    return not writer_gone(status, now) or is_locked(run_dir)
 
 
 def where(run_dir: Path, status: RunStatus) -> str:
