@@ -34,6 +34,8 @@ class Commands(typer.core.TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except Exception as exc:
+            if type(exc).__name__ == "Abort":  # click's Ctrl-C while it parses (Typer < 0.16): no traceback either
+                sys.exit(INTERRUPTED)
             if not is_usage_error(exc):
                 raise
             say_usage_error(exc)
