@@ -34,7 +34,7 @@ class Commands(typer.core.TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except Exception as exc:
-            if type(exc).__name__ == "Abort":  # click's Ctrl-C while it parses (Typer < 0.16): no traceback either
+            if type(exc).__name__ == "Abort":  # a Ctrl-C while click parses, in Typers that raise it
                 sys.exit(INTERRUPTED)
             if not is_usage_error(exc):
                 raise
