@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 import types
 import typing
 from dataclasses import MISSING, Field, fields, is_dataclass
@@ -112,8 +113,9 @@ def from_dict(cls: type[T], payload: Any, where: str, prefix: str = "", ignore: 
 
 def check_fields(config: Any) -> None:
     """Check a config built in Python as from_dict checks one read from a file: each field of its annotation's type,
-    numpy's numbers taken as Python's (as JSON writes them), nested configs by their own validate(). A
-    UserError names the field: `TrainConfig.epochs: expected int or nothing, got 1.5`."""
+    numpy's numbers taken as Python's and paths as text (as JSON writes them), nested configs by their own validate().
+    The config's values are replaced in place by these equal plain ones. A UserError names the field:
+    `TrainConfig.epochs: expected int or nothing, got 1.5`."""
     hints = typing.get_type_hints(type(config))
     for field in fields(config):
         hint = hints[field.name]
@@ -127,9 +129,12 @@ def check_fields(config: Any) -> None:
 
 
 def plain(value: Any) -> Any:
-    """numpy's (and any other) integer and real numbers as Python's int and float, inside lists and dicts too."""
+    """numpy's (and any other) integer and real numbers as Python's int and float, paths as text, inside lists and
+    dicts too."""
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):

@@ -339,19 +339,25 @@ def test_a_busy_member_is_left_alone_and_the_rest_of_its_group_trains(tmp_path, 
         "residual-8-s0"]  # the two that were free trained together
 
 
-def test_a_members_damaged_checkpoint_fails_that_cell_alone_and_the_rest_train_on(tmp_path, fused_sweep):
-    # the whole group failed, each healthy cell's error naming the other's checkpoint
+@pytest.mark.parametrize("damaged_file", ["checkpoint.pt", "metrics.csv"])
+def test_a_members_damaged_files_fail_that_cell_alone_and_the_rest_train_on(tmp_path, fused_sweep, damaged_file):
+    # the whole group failed, each healthy cell's error naming the other's file
     from resdepth.sweep.cell import run_cells
 
     planned = plan_sweep(fused_sweep(tmp_path))
+    run_dirs = [item.cell.run_dir for item in planned]
     for item in planned:
         item.cell.run_dir.mkdir(parents=True)
         write_config(item.cell.run_dir, asdict(item.cell.config))
-    damaged = planned[1].cell.run_dir
-    (damaged / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
-    outcomes = each_cell(run_cells([item.cell.run_dir for item in planned], "cpu", 1, lambda: False))
+    steps = iter(range(10**6))
+    interrupted = each_cell(run_cells(run_dirs, "cpu", 1, lambda: next(steps) >= 5))  # inside its second epoch
+    assert [o.state for o in interrupted] == ["interrupted"] * 3
+    damaged = run_dirs[1] / damaged_file
+    damaged.write_bytes(b"PK\x03\x04 cut short" if damaged_file == "checkpoint.pt" else b"epoch\ngarbage\n")
+    outcomes = each_cell(run_cells(run_dirs, "cpu", 1, lambda: False))
     assert [o.state for o in outcomes] == ["done", "failed", "done"]
-    assert "checkpoint.pt" in outcomes[1].error and str(damaged) in outcomes[1].error
+    assert str(damaged) in outcomes[1].error
+    assert json.loads((run_dirs[2] / "config.json").read_text())["fused"]["fused_with"] == [run_dirs[0].name]
 
 
 def test_sigkill_then_resume_of_a_fused_sweep_is_bit_identical(tmp_path, cli_env, resdepth_cli, tiny_args,

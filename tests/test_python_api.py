@@ -57,7 +57,7 @@ def test_a_folder_holding_a_run_of_another_config_is_refused_not_relabelled(tmp_
     before = (tmp_path / "r" / "config.json").read_bytes()
     for other, named in ((replace(config, kind="plain", lr=0.5), "kind: residual there, plain asked"),
                          (replace(config, epochs=3), "epochs: 1 there, 3 asked")):
-        with pytest.raises(UserError, match=f"holds a run of another config \\({named}"):
+        with pytest.raises(UserError, match=f"holds a run with a different config \\({named}"):
             run_training(other, tmp_path / "r")
     assert (tmp_path / "r" / "config.json").read_bytes() == before
     assert run_training(replace(config, threads=2), tmp_path / "r").state == "done"  # how it runs is no difference

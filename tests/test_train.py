@@ -249,7 +249,7 @@ def test_a_kill_between_a_fused_groups_checkpoint_writes_leaves_every_member_at_
         tmp_path, tiny_config, assert_same_run, monkeypatch):
     # each member's checkpoint was written and renamed in turn: a kill between two left them at two iterations, and
     # the resumed group's member behind trained its last steps alone, in another float order than the group
-    from resdepth.train import trainer
+    from resdepth.results import runs
 
     config = tiny_config(epochs=4, checkpoint_every="3")
     configs = [config, replace(config, seed=1)]
@@ -257,14 +257,14 @@ def test_a_kill_between_a_fused_groups_checkpoint_writes_leaves_every_member_at_
     killed = [tmp_path / "killed" / name for name in ("s0", "s1")]
     run_fused_training(configs, straight)
     writes = itertools.count(1)
-    real = trainer.write_temp_beside
+    real = runs.write_temp_beside
 
     def kill_at_the_fourth(path, data):  # the group's second checkpoint (iteration 6), once s0's file is written
-        if next(writes) == 4:
+        if path.name == "checkpoint.pt" and next(writes) == 4:
             raise Killed
         return real(path, data)
 
-    monkeypatch.setattr(trainer, "write_temp_beside", kill_at_the_fourth)
+    monkeypatch.setattr(runs, "write_temp_beside", kill_at_the_fourth)
     with pytest.raises(Killed):
         run_fused_training(configs, killed)
     monkeypatch.undo()

@@ -94,7 +94,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation.",
                                       rich_help_panel=WHAT)] = TrainConfig.seed,
     out: Annotated[Path | None, typer.Option(help="Results folder; the run goes to its sub-folder "
-                                                     "<family>-<depth>-s<seed>. \\[default: results/<dataset>]",
+                                                     "<family>-<depth>-s<seed>. \\[default: "
+                                                     "results/<dataset or image folder>]",
                                                 rich_help_panel=WHAT)] = None,
     force: Annotated[bool, typer.Option("--force",
                                         help="Start a run folder whose config differs over (the old folder is "

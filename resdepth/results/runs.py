@@ -17,6 +17,7 @@ import socket
 import stat
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -98,6 +99,30 @@ def replace_all(staged: list[tuple[Path, Path]]) -> None:
         raise
 
 
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # create_temp_beside's names: .<file>.<8 hex digits>.tmp
+
+
+def remove_leftover_temps(folder: Path) -> None:
+    """The temp files of atomic writes a kill cut short (the files they were to replace are intact)."""
+    for leftover in folder.glob(".*.tmp"):
+        if TEMP_NAME.fullmatch(leftover.name):
+            leftover.unlink(missing_ok=True)
+
+
+def stage_all(writes: list[tuple[Path, Callable[[], bytes]]]) -> list[tuple[Path, Path]]:
+    """Each (path, data) written to a temp file beside its path, all on the disk before `replace_all` puts any in
+    place; if one fails, those written are removed."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in writes:
+            staged.append((write_temp_beside(path, data()), path))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return staged
+
+
 def create_temp_beside(path: Path) -> tuple[int, Path]:
     """A new, exclusively created temp file next to path, opened for writing with mode 0666 less the umask (the
     kernel applies the umask, so nothing has to read it)."""
@@ -176,7 +201,7 @@ class MetricsWriter:
 
     def __init__(self, path: Path, columns: list[str], keep_rows: int = 0):
         self.path, self.columns = path, columns
-        truncate_csv(path, keep_rows, columns)
+        truncate_csv(path, keep_rows, columns, required=True)
         self.rows = keep_rows
 
     def append(self, row: dict[str, float | int]) -> None:
@@ -186,17 +211,21 @@ class MetricsWriter:
         self.rows += 1
 
 
-def truncate_csv(path: Path, keep_rows: int, columns: list[str]) -> None:
+def truncate_csv(path: Path, keep_rows: int, columns: list[str], required: bool = False) -> None:
     """Keep the header and the first keep_rows rows: rows written after the last checkpoint are redone on resume.
-    A link or a FIFO in the file's place is refused, not read (it could copy a file from outside into the folder)."""
+    A link or a FIFO in the file's place is refused, not read (it could copy a file from outside into the folder).
+    required: the file must hold those rows (metrics.csv; a run of an older resdepth may lack gradients.csv)."""
     lines: list[str] = []
+    present = False
     if keep_rows:
         try:
             lines = read_folder_file(path, MAX_CSV_BYTES).decode(errors="replace").splitlines(keepends=True)
+            present = True
         except FileNotFoundError:
             pass
     kept = lines[1:keep_rows + 1]
-    check_kept_rows(path, kept, keep_rows, columns)
+    if present or required:
+        check_kept_rows(path, kept, keep_rows, columns)
     header = ",".join(columns) + "\n"
     atomic_write_bytes(path, (header + "".join(kept)).encode())
 
@@ -205,7 +234,7 @@ def check_kept_rows(path: Path, kept: list[str], keep_rows: int, columns: list[s
     """The rows a resume keeps must be the rows its checkpoint counts: as many, each of the file's columns and
     starting with its epoch. A file damaged or cut short is refused rather than carried on into the results."""
     fix = f"restore it, or delete {CHECKPOINT_FILE} and rerun (a sweep: with --retry-failed) to start the run over"
-    if path.exists() and len(kept) < keep_rows:
+    if len(kept) < keep_rows:
         raise UserError(f"{path} holds {len(kept)} of the {keep_rows} rows its checkpoint counts: {fix}")
     for number, fields in enumerate(csv.reader(kept), start=2):
         if len(fields) != len(columns) or not fields[0].isascii() or not fields[0].isdigit():

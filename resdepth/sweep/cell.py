@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -16,18 +17,15 @@ from typing import Any
 
 from ..errors import UserError
 from ..results.runs import (
-    CHECKPOINT_FILE,
     ERROR_FILE,
     LOCK_FILE,
     STALE_FOREIGN_LOCK_SECONDS,
     RunStatus,
     atomic_write_bytes,
     pid_alive,
-    read_checkpoint,
     read_json,
 )
 from ..train.trainer import RunResult, load_run_config, run_training
-
 
 EXIT_CODES = {"done": 0, "failed": 1, "diverged": 3, "busy": 4, "interrupted": 130}
 
@@ -147,8 +145,9 @@ def run_cells(run_dirs: list[Path], device: str, threads: int | None, should_sto
 
 def train_group(run_dirs: list[Path], device: str, threads: int | None,
                 should_stop: Callable[[], bool]) -> dict[Path, CellOutcome]:
-    """Train cells whose locks this process holds, fused; a cell whose config cannot be read fails alone first. A
-    failure of the fused job itself (out of memory, ...) fails every cell of it, with the reason."""
+    """Train cells whose locks this process holds, fused; a cell whose config cannot be read fails alone first, and
+    so does a cell whose own files the group refuses. A failure of the fused job itself (out of memory, ...) fails
+    every cell of it, with the reason."""
     from ..train.fused import run_fused_training  # torch.func and the fused trainer: only for jobs that fuse
 
     outcomes: dict[Path, CellOutcome] = {}
@@ -158,8 +157,6 @@ def train_group(run_dirs: list[Path], device: str, threads: int | None,
         try:
             configs[run_dir] = load_run_config(run_dir)
             configs[run_dir].device, configs[run_dir].threads = device, threads or configs[run_dir].threads
-            if len(run_dirs) > 1 and (run_dir / CHECKPOINT_FILE).exists():
-                read_checkpoint(run_dir / CHECKPOINT_FILE)  # one cell's damaged checkpoint fails it alone
         except UserError as exc:
             configs.pop(run_dir, None)
             outcomes[run_dir] = mark_failed(run_dir, str(exc))
@@ -169,8 +166,26 @@ def train_group(run_dirs: list[Path], device: str, threads: int | None,
     if len(group) == 1:  # nothing left to fuse with: the cell trains as any single run
         single = partial(run_training, configs[group[0]], group[0], should_stop=should_stop)
         return {**outcomes, group[0]: train_guarded(group, lambda: [single()])[0]}
-    fused = partial(run_fused_training, [configs[run_dir] for run_dir in group], group, should_stop=should_stop)
-    return {**outcomes, **dict(zip(group, train_guarded(group, fused), strict=True))}
+    try:
+        results = run_fused_training([configs[run_dir] for run_dir in group], group, should_stop=should_stop)
+    except UserError as exc:
+        named = cell_named_by(str(exc), group)
+        if named is None:
+            return {**outcomes, **{run_dir: mark_failed(run_dir, str(exc)) for run_dir in group}}
+        # one cell's own files (a damaged checkpoint or metrics.csv, another network version) fail it alone; the
+        # rest train on as a smaller group, each from its own checkpoint
+        outcomes[named] = mark_failed(named, str(exc))
+        rest = [run_dir for run_dir in group if run_dir != named]
+        return {**outcomes, **train_group(rest, device, threads, should_stop)}
+    except Exception as exc:  # noqa: BLE001 - a crash fails only these cells; the sweep goes on
+        return {**outcomes, **dict(zip(group, crashed(group, exc), strict=True))}
+    return {**outcomes, **dict(zip(group, outcomes_of(group, results), strict=True))}
+
+
+def cell_named_by(message: str, run_dirs: list[Path]) -> Path | None:
+    """The one cell whose folder a message names (as a whole path: s1 is not s10), else None."""
+    named = [run_dir for run_dir in run_dirs if re.search(re.escape(str(run_dir)) + r"(?![\w.-])", message)]
+    return named[0] if len(named) == 1 else None
 
 
 def train_guarded(run_dirs: list[Path], train: Callable[[], list[RunResult]]) -> list[CellOutcome]:
@@ -181,10 +196,18 @@ def train_guarded(run_dirs: list[Path], train: Callable[[], list[RunResult]]) ->
     except UserError as exc:
         return [mark_failed(run_dir, str(exc)) for run_dir in run_dirs]
     except Exception as exc:  # noqa: BLE001 - a crash fails only these cells; the sweep goes on
-        trace = traceback.format_exc()
-        for run_dir in run_dirs:
-            atomic_write_bytes(run_dir / ERROR_FILE, trace.encode())
-        return [mark_failed(run_dir, f"{type(exc).__name__}: {exc}") for run_dir in run_dirs]
+        return crashed(run_dirs, exc)
+    return outcomes_of(run_dirs, results)
+
+
+def crashed(run_dirs: list[Path], exc: Exception) -> list[CellOutcome]:
+    trace = "".join(traceback.format_exception(exc))
+    for run_dir in run_dirs:
+        atomic_write_bytes(run_dir / ERROR_FILE, trace.encode())
+    return [mark_failed(run_dir, f"{type(exc).__name__}: {exc}") for run_dir in run_dirs]
+
+
+def outcomes_of(run_dirs: list[Path], results: list[RunResult]) -> list[CellOutcome]:
     return [CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
             for run_dir, result in zip(run_dirs, results, strict=True)]
 

@@ -547,6 +547,9 @@ def check_slurm_config(config: SlurmConfig, device: str, gpus_per_job: float) ->
                         f"{gpus_per_job:g} (to share a GPU between cells use --executor ray)")
 
 
+SLURM_ANSWER_SECONDS = 30  # sinfo's answer from a controller that is up takes well under a second
+
+
 def check_sbatch(config: SlurmConfig) -> None:
     """sbatch here, and a controller that answers `sinfo` (otherwise every job would be refused at submission)."""
     if config.cluster != "slurm":
@@ -567,8 +570,6 @@ def check_sbatch(config: SlurmConfig) -> None:
         raise UserError(f"Slurm does not answer here (sinfo: {said}): run the sweep from a login node of the "
                         "cluster, where `sinfo` lists its partitions")
 
-
-SLURM_ANSWER_SECONDS = 30
 
 
 @contextlib.contextmanager

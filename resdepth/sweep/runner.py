@@ -85,7 +85,7 @@ class SweepConfig:
     grid: dict[str, list[Any]] = option(help="Other axes: KEY=V1,V2.", panel=WHAT, default_factory=dict, cli=False,
                                         default_text="none")
     out: str | None = option(None, help="Results folder; one sub-folder per run.", panel=WHAT,
-                             default_text="results/<name or dataset>")
+                             default_text="results/<name, dataset or image folder>")
     train: TrainConfig = option(help="Each run's training.", default_factory=TrainConfig, cli=False)
     executor: str = option("auto", help="auto (in-process for one job at a time, a process per job for several), "
                                         "sequential, local, ray (a task per cell on a Ray cluster) or slurm (a job "
@@ -111,9 +111,13 @@ class SweepConfig:
                          panel=WHAT)
 
     def out_dir(self) -> Path:
-        """--out; else results/ and the sweep's name, or the dataset as tables name it (an image folder's own name)."""
-        return Path(self.out) if self.out else Path("results") / (self.name or dataset_name({"data": asdict(
-            self.train.data)}))
+        """--out; else results/ and the sweep's name, or the dataset (an image folder: the folder's own name, so two
+        folders' sweeps do not meet in results/folder). --dataset-name, a label, leaves it as it is."""
+        if self.out:
+            return Path(self.out)
+        data = self.train.data
+        unlabelled = {"dataset": data.dataset, "data_dir": data.data_dir}
+        return Path("results") / (self.name or dataset_name({"data": unlabelled}))
 
     def check_size(self) -> None:
         """Refuse a grid larger than any study runs before anything is planned (a 300k-cell sweep.json took minutes

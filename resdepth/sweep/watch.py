@@ -233,9 +233,7 @@ def planned_iterations(config: dict) -> int | None:
 def process_alive(run_dir: Path, status: RunStatus, now: float) -> bool:
     """Is the process that wrote 'running' still at it? Exactly on its own host; elsewhere by its lock and how
     recently it wrote status.json (the rule the sweep runner uses for a lock held on another host)."""
-    if status.host == socket.gethostname():
-        return not writer_gone(status, now)
-    return not writer_gone(status, now) or is_locked(run_dir)
+    return not writer_gone(status, now) or (status.host != socket.gethostname() and is_locked(run_dir))
 
 
 def where(run_dir: Path, status: RunStatus) -> str:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..config import DATA, check_fields, option
 from ..errors import UserError
+from ..results.groups import dataset_name
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 IMAGE_SIZE = 32
@@ -239,9 +240,7 @@ def check_split_sizes(config: DataConfig, train: int, test: int, classes: int) -
     cannot satisfy: a run when it loads the data, a dry run from the counts (`sized_check`)."""
     if config.val_size and config.val_size >= train:
         raise UserError(f"--val-size {config.val_size} leaves no training images (the training set has {train})")
-    from ..results.groups import dataset_name
-
-    named = dataset_name({"data": asdict(config)})
+    named = dataset_name({"data": asdict(config)})  # as tables and figures name it
     for name, images, after in (("train_size", train - config.val_size, " after --val-size" if config.val_size else ""),
                                 ("test_size", test, "")):
         if (getattr(config, name) or 0) > images:
@@ -418,6 +417,7 @@ def default_data_dir() -> Path:
 def load_torchvision_cifar(name: str, root: Path) -> Dataset:
     """CIFAR-10/100 from torchvision: downloaded with its checksum into root, or read from there."""
     from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     archive = root / cls.filename
@@ -429,7 +429,7 @@ def load_torchvision_cifar(name: str, root: Path) -> Dataset:
         if root.is_dir() and not os.access(root, os.W_OK) and not archive.exists():
             raise UserError(f"{name} is not in {root} and that folder is not writable: pass --data-dir to a "
                             "writable folder") from None
-        if archive.is_file():  # torchvision tried to fetch it again: the copy there failed its checksum
+        if archive.is_file() and not check_integrity(str(archive), cls.tgz_md5):  # so torchvision fetched it again
             raise UserError(f"{archive} is damaged or incomplete (its checksum does not match) and a new copy could "
                             f"not be downloaded ({type(exc).__name__}): replace it with a good copy from "
                             f"{cls.url}") from None

@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,10 @@ from ..results.runs import (
     read_checkpoint,
     read_json,
     read_metrics,
+    remove_leftover_temps,
     replace_all,
+    stage_all,
     sync_file,
-    write_temp_beside,
     write_config,
 )
 from ..results.tensorboard_log import TensorBoardLog
@@ -478,7 +479,7 @@ def check_same_run(run_dir: Path, config: TrainConfig) -> None:
     saved = load_run_config(run_dir)
     differs = config_difference(asdict(saved.for_family()), asdict(config))
     if differs:
-        raise UserError(f"{run_dir} holds a run of another config ({differs}): train into another folder, or "
+        raise UserError(f"{run_dir} holds a run with a different config ({differs}): train into another folder, or "
                         "delete this one to start over")
 
 
@@ -503,15 +504,10 @@ def check_same_network(run_dir: Path, kind: str) -> None:
                         "sweep into another --out folder")
 
 
-TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # create_temp_beside's names
-
-
 def read_resume_checkpoint(run_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:
     """The run folder's checkpoint to resume from (None: there is none), refused if trained on other data. A
     checkpoint write cut short by a kill leaves a temporary file, removed here: the previous checkpoint is intact."""
-    for leftover in run_dir.glob(".*.tmp"):  # status.json's, metrics', ... too: each an atomic write a kill cut short
-        if TEMP_NAME.fullmatch(leftover.name):
-            leftover.unlink(missing_ok=True)
+    remove_leftover_temps(run_dir)
     path = run_dir / CHECKPOINT_FILE
     if not path.exists():
         return None
@@ -613,17 +609,10 @@ def save_checkpoints(engine: Engine, members: list[RunProgress], logs: dict[int,
     """The members' checkpoints, as one: every file is whole on the disk before any replaces its last one, so a kill
     leaves a fused group's members at one iteration (resumed at two, the one ahead would finish first and the other
     train its last steps alone, in another float order than the group that was never killed)."""
-    staged = []
-    try:
-        for member in members:
-            logs[id(member)].sync(member)  # the rows each checkpoint counts reach the disk first
-            staged.append((write_temp_beside(member.run_dir / CHECKPOINT_FILE, engine.checkpoint_bytes(member)),
-                           member.run_dir / CHECKPOINT_FILE))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    replace_all(staged)
+    for member in members:
+        logs[id(member)].sync(member)  # the rows each checkpoint counts reach the disk first
+    replace_all(stage_all([(member.run_dir / CHECKPOINT_FILE, partial(engine.checkpoint_bytes, member))
+                           for member in members]))
     for member in members:
         logs[id(member)].saved(member)
 
