@@ -24,7 +24,15 @@ from pathlib import Path
 
 import torch
 
-from resdepth.results.runs import METRICS_FILE, MetricsWriter, RunStatus, metric_columns, sync_file
+from resdepth.results.runs import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    MetricsWriter,
+    RunStatus,
+    atomic_write_bytes,
+    metric_columns,
+    sync_file,
+)
 from resdepth.train.data import DataConfig, load_dataset
 from resdepth.train.trainer import Trainer, TrainConfig, resolve_iterations
 
@@ -66,7 +74,8 @@ def costs(depth: int, folder: Path, dataset, repeats: int) -> dict[str, float]:
     gradients.open(folder / "gradients.csv")
     status = RunStatus(state="running", epoch=1, epochs=164, iteration=391, iterations=64_000)
     measured = {
-        "checkpoint": median_ms(lambda: trainer.save_checkpoint(trainer), repeats),
+        "checkpoint": median_ms(lambda: atomic_write_bytes(folder / CHECKPOINT_FILE, trainer.checkpoint_bytes(trainer)),
+                                repeats),
         "rows": median_ms(lambda: (writer.append(row), gradients.end_epoch(1, 391)), repeats),
         "row syncs": median_ms(lambda: (sync_file(writer.path), sync_file(gradients.path)), repeats),
         "status": median_ms(lambda: status.update(folder, epoch=2), repeats),

@@ -199,18 +199,18 @@ def test_gradient_rows_written_after_the_last_checkpoint_are_redone_on_resume_no
                                                                                            tiny_config):
     config = tiny_config(kind="plain", epochs=4)
     run_training(config, tmp_path / "reference")
-    save = Trainer.save_checkpoint
+    checkpoint_bytes = Trainer.checkpoint_bytes
 
-    def killed_before_the_third_checkpoint(trainer: Trainer, member: Trainer) -> None:
+    def killed_before_the_third_checkpoint(trainer: Trainer, member: Trainer) -> bytes:
         if member.epoch == 3:
             raise Killed  # epoch 3's rows are in both CSVs; the checkpoint on disk is epoch 2's
-        save(trainer, member)
+        return checkpoint_bytes(trainer, member)
 
-    monkeypatch.setattr(Trainer, "save_checkpoint", killed_before_the_third_checkpoint)
+    monkeypatch.setattr(Trainer, "checkpoint_bytes", killed_before_the_third_checkpoint)
     with pytest.raises(Killed):
         run_training(config, tmp_path / "cut")
     assert len(pd.read_csv(tmp_path / "cut" / "gradients.csv")) == 3 * 8
-    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    monkeypatch.setattr(Trainer, "checkpoint_bytes", checkpoint_bytes)
     run_training(config, tmp_path / "cut")
     reference, resumed = (pd.read_csv(tmp_path / name / "gradients.csv") for name in ("reference", "cut"))
     assert resumed["epoch"].tolist() == [e for e in (1, 2, 3, 4) for _ in range(8)]
