@@ -20,7 +20,7 @@ PACKAGE = Path(resdepth.__file__).parent
 
 # Lowest first. Siblings on one level (sweep/, analysis/) never import each other.
 LEVELS: list[set[str]] = [{"errors", "_version"}, {"config"}, {"models"}, {"results"}, {"train"},
-                          {"sweep", "analysis"}, {"bench"}, {"cli"}]
+                          {"sweep", "analysis"}, {"bench"}, {"cli"}, {"__main__"}]
 LEVEL = {part: index for index, parts in enumerate(LEVELS) for part in parts}
 
 

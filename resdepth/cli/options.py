@@ -29,8 +29,8 @@ from ..train.trainer import TrainConfig
 def hide_flag_types() -> None:
     """A flag takes no value: its help row shows no type. (Typer 0.29 shows `<bool>` after every flag, --help
     included; TyperOption.display_type_rich is the one place its rich help asks an option for that column.)"""
-    show_type = typer.core.TyperOption.display_type_rich
-    if getattr(show_type, "hides_flags", False):
+    show_type = getattr(typer.core.TyperOption, "display_type_rich", None)
+    if show_type is None or getattr(show_type, "hides_flags", False):  # a Typer without it shows no `<bool>`
         return
 
     def display_type_rich(self: Any, ctx: Any) -> str | None:

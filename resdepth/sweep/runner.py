@@ -571,6 +571,9 @@ def load_sweep_file(path: Path) -> SweepConfig:
     """A TOML sweep file: top-level sweep keys and [train] (TrainConfig), [data] (DataConfig), [slurm] tables."""
     try:
         payload = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"cannot read sweep file {path}: no such file (the project's sweep files are in the sweeps/ "
+                        "folder of its checkout)") from None
     except OSError as exc:
         raise UserError(f"cannot read sweep file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
