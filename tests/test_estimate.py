@@ -35,7 +35,7 @@ def test_finished_cells_cost_nothing_and_a_resumed_one_only_what_is_left(tmp_pat
     sweep = tiny_sweep(tmp_path, kinds=["plain"], train=tiny_config(epochs=2))
     run_sweep_now(sweep)
     status = json.loads((tmp_path / "plain-8-s0" / "status.json").read_text())
-    status.update(state="interrupted", iteration=5)
+    status.update(state="interrupted", iteration=5, saved_iteration=5)  # as a run stopped at 5 writes it
     (tmp_path / "plain-8-s0" / "status.json").write_text(json.dumps(status))
     planned = plan_sweep(sweep)
     assert planned[0].action == "resume"
@@ -126,3 +126,21 @@ def test_the_compile_caveat_is_given_only_for_runs_that_compile(tmp_path, tiny_c
     basis = estimate_plan(sweep, plan_sweep(sweep)).basis
     caveats = [line for line in basis if "measured without torch.compile" in line]
     assert (caveats == []) if caveat is None else (len(caveats) == 1 and caveat in caveats[0]), caveats
+
+
+def test_a_killed_cell_is_estimated_from_its_last_checkpoint(tmp_path, tiny_sweep):
+    from dataclasses import replace
+
+    from resdepth.bench.estimate import cell_iterations
+    from resdepth.results.runs import RunStatus
+    from resdepth.train import run_training
+    from resdepth.train.data import check_data_present
+
+    sweep = replace(tiny_sweep(tmp_path), kinds=["residual"])
+    sweep = replace(sweep, train=replace(sweep.train, epochs=4))  # 16 iterations
+    cell = plan_sweep(sweep)[0].cell
+    steps = iter(range(10**6))
+    run_training(cell.config, cell.run_dir, should_stop=lambda: next(steps) >= 6)
+    RunStatus.read(cell.run_dir).update(cell.run_dir, state="running", iteration=9)  # reported after it, then killed
+    [item] = plan_sweep(sweep)
+    assert item.action == "resume" and cell_iterations(item, check_data_present(sweep.train.data)) == 16 - 6

@@ -162,3 +162,28 @@ def test_version(run_cli):
 
     code, out, _ = run_cli("--version")
     assert code == 0 and out.startswith(f"resdepth {__version__} (torch ")
+
+
+def test_a_killed_cell_says_which_checkpoint_its_resume_starts_from(tmp_path, tiny_config, run_cli):
+    # status showed the live iteration (33), the dry run planned from it, and the resume started from 30
+    from resdepth.train import run_training
+
+    class Killed(Exception):
+        pass
+
+    steps = iter(range(10**6))
+
+    def kill_before_step_8() -> bool:
+        if next(steps) >= 7:
+            raise Killed
+        return False
+
+    with pytest.raises(Killed):
+        run_training(tiny_config(epochs=4, checkpoint_every="3"), tmp_path / "r", should_stop=kill_before_step_8)
+    status = RunStatus.read(tmp_path / "r")
+    assert status.saved_iteration == 6  # written with the checkpoint of iteration 6
+    status.update(tmp_path / "r", iteration=7, pid=dead_pid())  # a progress report after it, then the kill
+    [cell] = read_folder_status(tmp_path).cells
+    assert (cell.state, cell.iteration, cell.resumes_from) == ("stopped", 7, 6)
+    code, out, _ = run_cli("status", str(tmp_path))
+    assert code == 0 and "resume the sweep, from iteration 6 (its last checkpoint)" in " ".join(out.split())

@@ -125,7 +125,11 @@ def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:
     if planned is None:
         return None
     status = RunStatus.read(item.cell.run_dir) if item.action == "resume" else None
-    return max(0, planned - status.iteration) if status else planned
+    if status is None:
+        return planned
+    # after a kill, status.json's iteration may be past the checkpoint the resume starts from
+    done = status.saved_iteration if status.saved_iteration is not None else status.iteration
+    return max(0, planned - done)
 
 
 def will_compile(item: PlannedCell, data: DataCheck) -> bool:

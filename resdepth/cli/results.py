@@ -205,7 +205,9 @@ def table_width(rows: list[dict[str, str]], columns: list[str]) -> int:
 
 def status_note(cell: Any) -> str:
     if cell.state == "stopped":
-        return "its process is gone (killed, or its node lost): resume the sweep"
+        known = cell.resumes_from is not None
+        resumes = f", from iteration {cell.resumes_from:,} (its last checkpoint)" if known else ""
+        return f"its process is gone (killed, or its node lost): resume the sweep{resumes}"
     if cell.error:
         return cell.error
     if cell.state == "running" and cell.updated_ago is not None and cell.updated_ago > 120:

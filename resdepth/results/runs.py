@@ -271,6 +271,8 @@ class RunStatus:
     # where this attempt started: a resumed run's checkpoint (0, 0: from the start)
     started_epoch: int = 0
     started_iteration: int = 0
+    # the last checkpoint's iteration, where a resume starts: after a kill, `iteration` may be steps past it
+    saved_iteration: int | None = None
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     device: str = ""

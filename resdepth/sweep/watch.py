@@ -55,6 +55,7 @@ class CellState:
     eta: float | None = None  # running cells: training time left at the current img/s (evaluation not counted)
     where: str = ""  # host and device, and the Slurm job where there is one
     updated_ago: float | None = None  # seconds since status.json was last written
+    resumes_from: int | None = None  # a stopped cell's last checkpoint, where it is behind its last iteration
     error: str | None = None
 
     @property
@@ -214,6 +215,8 @@ def read_cell_files(name: str, run_dir: Path, now: float) -> CellState:
                      iterations=status.iterations or planned, train_error=status.train_error,
                      test_error=status.test_error, images_per_second=status.images_per_second,
                      where=where(run_dir, status), updated_ago=max(0.0, now - status.updated), error=status.error)
+    if state == STOPPED and status.saved_iteration is not None and status.saved_iteration < status.iteration:
+        cell.resumes_from = status.saved_iteration
     if state != "pending":
         cell.elapsed = max(0.0, (now if state == "running" else status.updated) - status.started)
     if state == "running" and cell.iterations and status.images_per_second:

@@ -668,8 +668,10 @@ class RunLogs:
         return self.cadence.due(run.iteration - self.saved_iteration, time.monotonic() - self.saved_at)
 
     def saved(self, run: RunProgress) -> None:
-        """Its checkpoint is written (`save_checkpoints`): the cadence counts from here."""
+        """Its checkpoint is written (`save_checkpoints`): the cadence counts from here, and status.json says where a
+        resume would start."""
         self.saved_iteration, self.saved_at = run.iteration, time.monotonic()
+        self.status.update(run.run_dir, saved_iteration=run.iteration)
 
     def append(self, run: RunProgress, row: dict[str, float | int]) -> None:
         """The epoch just ended: its metrics row, its gradient norms, its events and its status."""
@@ -705,7 +707,8 @@ def starting_status(run: RunProgress) -> RunStatus:
     """status.json as a run (re)starts: a resumed run shows its last finished epoch's numbers, not blanks."""
     status = RunStatus(state="running", epoch=run.epoch, epochs=run.epochs, iteration=run.iteration,
                        iterations=run.config.iterations, device=device_label(run.device),
-                       started_epoch=run.epoch, started_iteration=run.iteration, **warmup_progress(run))
+                       started_epoch=run.epoch, started_iteration=run.iteration,
+                       saved_iteration=run.iteration if run.iteration else None, **warmup_progress(run))
     if run.epoch:
         try:
             metrics, _ = read_metrics(run.run_dir / METRICS_FILE)
