@@ -147,18 +147,19 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
     """Plan, show the plan, run with a live display, print the summary; returns the exit code. A command refused
     while planning or for missing data writes nothing, not even the results folder."""
     planned = plan_sweep(config)
-    if any(item.device for item in planned):  # a cluster that cannot take them: refused before anything is written
+    runs_any = any(item.device for item in planned)
+    if runs_any:  # a cluster that cannot take the cells: refused before anything is written
         check_executor(config)
     if dry_run:  # every check the run makes before training, without loading the data or writing anything
         check_inits(planned, expected_classes(config.train.data))
-        if any(item.device for item in planned):
+        if runs_any:
             check_writable_dir(config.out_dir())
         estimate = estimate_plan(config, planned, on_progress=lambda line: errors.print(f"[dim]{line}[/]",
                                                                                         highlight=False))
         print_full_width(render_plan(config, planned, estimate))  # piped: folders and fused jobs are never cut to "…"
         print_estimate(estimate)
         return 0
-    if any(item.device for item in planned):
+    if runs_any:
         with DataLoadDisplay() as show:  # fail fast, before any cell starts: missing data is a user error
             classes = load_dataset(config.train.data, on_progress=show).num_classes
         check_inits(planned, classes)

@@ -166,20 +166,19 @@ def train_group(run_dirs: list[Path], device: str, threads: int | None,
     if len(group) == 1:  # nothing left to fuse with: the cell trains as any single run
         single = partial(run_training, configs[group[0]], group[0], should_stop=should_stop)
         return {**outcomes, group[0]: train_guarded(group, lambda: [single()])[0]}
-    try:
-        results = run_fused_training([configs[run_dir] for run_dir in group], group, should_stop=should_stop)
-    except UserError as exc:
-        named = cell_named_by(str(exc), group)
-        if named is None:
-            return {**outcomes, **{run_dir: mark_failed(run_dir, str(exc)) for run_dir in group}}
+
+    def fail_it_alone(exc: UserError) -> list[CellOutcome] | None:
         # one cell's own files (a damaged checkpoint or metrics.csv, another network version) fail it alone; the
         # rest train on as a smaller group, each from its own checkpoint
-        outcomes[named] = mark_failed(named, str(exc))
-        rest = [run_dir for run_dir in group if run_dir != named]
-        return {**outcomes, **train_group(rest, device, threads, should_stop)}
-    except Exception as exc:  # noqa: BLE001 - a crash fails only these cells; the sweep goes on
-        return {**outcomes, **dict(zip(group, crashed(group, exc), strict=True))}
-    return {**outcomes, **dict(zip(group, outcomes_of(group, results), strict=True))}
+        named = cell_named_by(str(exc), group)
+        if named is None:
+            return None
+        failed = mark_failed(named, str(exc))
+        rest = train_group([run_dir for run_dir in group if run_dir != named], device, threads, should_stop)
+        return [failed if run_dir == named else rest[run_dir] for run_dir in group]
+
+    fused = partial(run_fused_training, [configs[run_dir] for run_dir in group], group, should_stop=should_stop)
+    return {**outcomes, **dict(zip(group, train_guarded(group, fused, fail_it_alone), strict=True))}
 
 
 def cell_named_by(message: str, run_dirs: list[Path]) -> Path | None:
@@ -188,26 +187,19 @@ def cell_named_by(message: str, run_dirs: list[Path]) -> Path | None:
     return named[0] if len(named) == 1 else None
 
 
-def train_guarded(run_dirs: list[Path], train: Callable[[], list[RunResult]]) -> list[CellOutcome]:
-    """The cells' outcomes from train()'s results; a UserError or a crash fails every one of them, with the reason
-    (and the traceback in error.txt)."""
+def train_guarded(run_dirs: list[Path], train: Callable[[], list[RunResult]],
+                  refused: Callable[[UserError], list[CellOutcome] | None] = lambda _exc: None) -> list[CellOutcome]:
+    """The cells' outcomes from train()'s results; a UserError (unless `refused` settles it) or a crash fails every
+    one of them, with the reason (and the traceback in error.txt)."""
     try:
         results = train()
     except UserError as exc:
-        return [mark_failed(run_dir, str(exc)) for run_dir in run_dirs]
+        return refused(exc) or [mark_failed(run_dir, str(exc)) for run_dir in run_dirs]
     except Exception as exc:  # noqa: BLE001 - a crash fails only these cells; the sweep goes on
-        return crashed(run_dirs, exc)
-    return outcomes_of(run_dirs, results)
-
-
-def crashed(run_dirs: list[Path], exc: Exception) -> list[CellOutcome]:
-    trace = "".join(traceback.format_exception(exc))
-    for run_dir in run_dirs:
-        atomic_write_bytes(run_dir / ERROR_FILE, trace.encode())
-    return [mark_failed(run_dir, f"{type(exc).__name__}: {exc}") for run_dir in run_dirs]
-
-
-def outcomes_of(run_dirs: list[Path], results: list[RunResult]) -> list[CellOutcome]:
+        trace = traceback.format_exc()
+        for run_dir in run_dirs:
+            atomic_write_bytes(run_dir / ERROR_FILE, trace.encode())
+        return [mark_failed(run_dir, f"{type(exc).__name__}: {exc}") for run_dir in run_dirs]
     return [CellOutcome(run_dir, result.state, final_test_error=result.final_test_error)
             for run_dir, result in zip(run_dirs, results, strict=True)]
 
