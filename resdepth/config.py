@@ -148,6 +148,12 @@ def plain(value: Any) -> Any:
     return value
 
 
+def digits(text: str) -> bool:
+    """Whether text is a plain decimal number, 0-9 only: str.isdigit alone also takes '²' and '５', which int()
+    refuses or reads unexpectedly."""
+    return text.isascii() and text.isdigit()
+
+
 def fits_int64(value: int) -> bool:
     """Whether a JSON or TOML integer fits the 64 bits that numpy, pandas and the OS take (Python's have no bound)."""
     return -2**63 <= value < 2**63

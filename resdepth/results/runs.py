@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, TextIO
 import pandas as pd
 import torch
 
-from ..config import check_type, from_dict
+from ..config import check_type, digits, from_dict
 from ..errors import UserError
 
 # Errors are in percent. train_* are measured on the augmented mini-batches during the epoch, in training
@@ -94,9 +94,13 @@ def replace_all(staged: list[tuple[Path, Path]]) -> None:
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+        discard(staged)
         raise
+
+
+def discard(staged: list[tuple[Path, Path]]) -> None:
+    for tmp, _ in staged:
+        tmp.unlink(missing_ok=True)
 
 
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # create_temp_beside's names: .<file>.<8 hex digits>.tmp
@@ -117,8 +121,7 @@ def stage_all(writes: list[tuple[Path, Callable[[], bytes]]]) -> list[tuple[Path
         for path, data in writes:
             staged.append((write_temp_beside(path, data()), path))
     except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+        discard(staged)
         raise
     return staged
 
@@ -237,7 +240,7 @@ def check_kept_rows(path: Path, kept: list[str], keep_rows: int, columns: list[s
     if len(kept) < keep_rows:
         raise UserError(f"{path} holds {len(kept)} of the {keep_rows} rows its checkpoint counts: {fix}")
     for number, fields in enumerate(csv.reader(kept), start=2):
-        if len(fields) != len(columns) or not fields[0].isascii() or not fields[0].isdigit():
+        if len(fields) != len(columns) or not digits(fields[0]):
             raise UserError(f"{path} is damaged at line {number} ({shown_line(','.join(fields))}): {fix}")
 
 

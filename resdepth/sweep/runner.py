@@ -32,7 +32,6 @@ from ..results.groups import EXECUTION_FIELDS, absolute_path, comparable, config
 from ..results.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
-    RUN_CONFIG_SECTIONS,
     TERMINAL_STATES,
     RunStatus,
     ensure_writable_dir,
@@ -43,7 +42,7 @@ from ..results.runs import (
 from ..train.data import DataConfig, expected_classes
 from ..train.devices import check_compile_possible, check_cuda_graph_device, resolve_device
 from ..train.fused import auto_fuse, group_label, parse_fuse
-from ..train.trainer import TrainConfig, asked_compile
+from ..train.trainer import TrainConfig, asked_compile, run_config
 from .cell import CellOutcome, RunLock, busy_outcome, describe_owner, each_cell, is_locked, mark_failed
 from .cluster import (
     CLUSTER,
@@ -395,7 +394,7 @@ def saved_config(cell: Cell) -> TrainConfig | None:
     payload = read_json(path)
     if payload is None:
         return None
-    return from_dict(TrainConfig, payload, str(path), ignore=RUN_CONFIG_SECTIONS).for_family()
+    return run_config(payload, path).for_family()
 
 
 def describe_difference(cell: Cell) -> str:
@@ -427,9 +426,11 @@ def take_execution_settings(run_dir: Path, config: TrainConfig) -> None:
     not as its first attempt did: its config.json takes them before its worker reads it. Device and threads come
     from the cell's slot."""
     saved = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(saved, dict):
+        return  # its worker refuses it, naming the file
     asked = asdict(config)
     changed = {key: asked[key] for key in EXECUTION_FIELDS
-               if key not in ("device", "threads") and isinstance(saved, dict) and saved.get(key) != asked[key]}
+               if key not in ("device", "threads") and saved.get(key) != asked[key]}
     if changed:
         write_config(run_dir, {**saved, **changed})
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
+from ..config import digits
 from ..errors import UserError
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
@@ -34,8 +35,7 @@ PYTORCH_DEFAULT_PRECISION = {"cuda": "PyTorch default: tf32 convolutions, fp32 m
 def check_device_name(name: str) -> None:
     """The spelling of --device, checked without touching any GPU (a sweep may be planned on a login node)."""
     kind, _, index = name.partition(":")
-    number = index.isascii() and index.isdigit()  # str.isdigit alone takes '²', which torch refuses
-    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not number)):
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not digits(index))):
         raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
 
 

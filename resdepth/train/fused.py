@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from ..config import digits
 from ..errors import UserError
 from ..models.families import weight_layers
 from ..results.groups import comparable
@@ -79,7 +80,7 @@ def parse_fuse(value: str | int) -> int | None:
     text = str(value).strip().lower()
     if text == "auto":
         return None
-    if text.isascii() and text.isdigit() and int(text) >= 1:
+    if digits(text) and int(text) >= 1:
         return int(text)
     raise UserError(f"--fuse must be a number of models per job (1: no fusing) or auto, got {value!r}")
 

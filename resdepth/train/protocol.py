@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..config import EXECUTION, check_fields, flag, option
+from ..config import EXECUTION, check_fields, digits, flag, option
 from ..errors import UserError
 from ..models.families import Family, check_network, get_family
 from ..results.tensorboard_log import check_tensorboard_installed
@@ -203,11 +203,10 @@ class Cadence:
             value = "1min" if device_type == "cuda" else "epoch"
         if value == "epoch":
             return cls()
-        if value.isascii() and value.isdigit() and int(value) >= 1:
+        if digits(value) and int(value) >= 1:
             return cls(iterations=int(value))
         minutes = value.removesuffix("min").strip()
-        number = minutes.isascii() and minutes.replace(".", "", 1).isdigit()  # str.isdigit alone takes '²'
-        if value.endswith("min") and number and float(minutes) > 0:
+        if value.endswith("min") and digits(minutes.replace(".", "", 1)) and float(minutes) > 0:
             return cls(seconds=float(minutes) * 60)
         raise UserError(f"--checkpoint-every must be auto, epoch, a number of iterations (2000) or of minutes (5min), "
                         f"got {text!r}")

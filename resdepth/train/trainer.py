@@ -465,18 +465,24 @@ def load_run_config(run_dir: Path | str) -> TrainConfig:
     payload = read_json(path)
     if payload is None:
         raise UserError(f"{path} is missing or not valid JSON: rerun the sweep, or delete the folder to start over")
+    return run_config(payload, path)
+
+
+def run_config(payload: Any, path: Path) -> TrainConfig:
+    """A config.json's contents (read from path) as a TrainConfig, strictly."""
     return from_dict(TrainConfig, payload, str(path), ignore=RUN_CONFIG_SECTIONS)
 
 
 def check_same_run(run_dir: Path, config: TrainConfig) -> None:
     """Refuse a folder that holds a run of another config (the sweep plans these as `mismatch`): training on would
     record this config beside the other run's weights and rows."""
-    if read_json(run_dir / CONFIG_FILE) is None:
+    payload = read_json(run_dir / CONFIG_FILE)
+    if payload is None:
         if (run_dir / CHECKPOINT_FILE).exists():
             raise UserError(f"{run_dir} holds a {CHECKPOINT_FILE} but no {CONFIG_FILE}: what it trained cannot be "
                             "told; train into another folder, or delete this one to start over")
         return
-    saved = load_run_config(run_dir)
+    saved = run_config(payload, run_dir / CONFIG_FILE)
     differs = config_difference(asdict(saved.for_family()), asdict(config))
     if differs:
         raise UserError(f"{run_dir} holds a run with a different config ({differs}): train into another folder, or "
