@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import textwrap
 import types
 import typing
 from dataclasses import MISSING, Field, fields, is_dataclass
@@ -33,6 +34,21 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None, panel:
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def documented(cls: type[T]) -> type[T]:
+    """Append each field's help to the class docstring, so help(TrainConfig) in Python says what --help says."""
+    hints = typing.get_type_hints(cls)
+    lines = [(cls.__doc__ or cls.__name__).rstrip(), "", "Fields (and their command-line flags):"]
+    for field in fields(cls):
+        default = field.default_factory() if field.default_factory is not MISSING else field.default
+        hint = hints[field.name]
+        kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        flag_text = f" ({flag_name(field)})" if field.metadata.get("cli") and not is_dataclass(hint) else ""
+        lines.append(f"    {field.name}: {kind}{flag_text}")
+        lines += textwrap.wrap(help_text(field, default), 108, initial_indent=" " * 8, subsequent_indent=" " * 8)
+    cls.__doc__ = "\n".join(lines)
+    return cls
 
 
 def flag_name(field: Field) -> str:

@@ -82,3 +82,12 @@ def test_every_option_is_declared_once_with_its_help(cls, run_cli):
     for field in cli_fields(cls):
         assert flag_name(field).split("/")[0] in text, f"{flag_name(field)} is missing from {command} --help"
     assert flag(TrainConfig, "batch_size") == "--batch-size" and flag(SlurmConfig, "cpus_per_job") == "--slurm-cpus"
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, DataConfig, SweepConfig, SlurmConfig])
+def test_help_of_a_config_class_in_python_shows_each_field_and_its_help(cls):
+    text = " ".join(cls.__doc__.split())  # unwrapped, as the words stand
+    for field in fields(cls):
+        assert f" {field.name}: " in text, f"help({cls.__name__}) does not show {field.name}"
+        assert " ".join(field.metadata["help"].split()) in text
+    assert "(--batch-size)" in " ".join(TrainConfig.__doc__.split())

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..config import flag_name, option
+from ..config import documented, flag_name, option
 from ..errors import UserError
 from ..results.runs import CONFIG_FILE, RunStatus, ensure_writable_dir, read_json, write_json
 from . import startup
@@ -353,6 +353,7 @@ SLURM_ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NOD
 RESULT_GRACE_SECONDS = 30.0  # a shared filesystem may show a job's result file a little after the job has ended
 
 
+@documented
 @dataclass
 class SlurmConfig:
     """What `--executor slurm` asks Slurm for, per cell (one array task each); saved in sweep.json."""

@@ -25,7 +25,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from ..config import EXECUTION, check_fields, from_dict, option
+from ..config import EXECUTION, check_fields, documented, from_dict, option
 from ..errors import UserError
 from ..models.families import FIGURE6_FAMILIES, Family, check_builds, family_named_by_folder, get_family
 from ..results.groups import EXECUTION_FIELDS, absolute_path, comparable, config_difference, dataset_name
@@ -66,6 +66,7 @@ INVOCATION_FIELDS = ("retry_failed", "force")
 MAX_CELLS = 10_000  # the paper's whole §4.2 is under 100 cells; a larger grid is a typo or a planted sweep.json
 
 
+@documented
 @dataclass
 class SweepConfig:
     """A grid of runs and how to execute it; saved as the results folder's sweep.json."""

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import DATA, check_fields, option
+from ..config import DATA, check_fields, documented, option
 from ..errors import UserError
 from ..results.groups import dataset_name
 
@@ -30,6 +30,7 @@ PAD = 4  # §4.2: "4 pixels are padded on each side"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
+@documented
 @dataclass
 class DataConfig:
     """The dataset a run trains and tests on, and the subsets and split taken from it."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..config import EXECUTION, check_fields, digits, flag, option
+from ..config import EXECUTION, check_fields, digits, documented, flag, option
 from ..errors import UserError
 from ..models.families import Family, check_network, get_family
 from ..results.tensorboard_log import check_tensorboard_installed
@@ -45,6 +45,7 @@ DEPTH_HELP = ("Layers: 6n+2 for plain, residual, preact (20, 32, 44, 56, 110, 12
               "for preact-bottleneck (164, 1001).")
 
 
+@documented
 @dataclass
 class TrainConfig:
     """One run's training protocol and how it executes; saved as the run's config.json."""
