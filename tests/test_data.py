@@ -104,6 +104,21 @@ def test_image_folder_refuses_other_sizes(tmp_path):
         load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
 
 
+def test_every_image_that_cannot_be_used_is_counted_and_the_first_ones_named(tmp_path):
+    # only the first was named: a folder with ten bad files took ten runs to mend
+    write_folder(tmp_path, per_class=5)
+    bad = [tmp_path / split / "dog" / f"{i}.png" for split in ("train", "test") for i in range(4)]
+    for path in bad:
+        path.write_bytes(b"not an image")
+    with pytest.raises(UserError) as refused:
+        load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)))
+    message = str(refused.value)
+    assert message.startswith(f"8 images cannot be used. The first: cannot decode image {bad[0]}")
+    assert all(str(path) in message for path in bad[:6]) and str(bad[6]) not in message
+    assert message.endswith(" and 2 more") and "\n" not in message
+    assert not list(tmp_path.glob(".resdepth-cache-*.pt"))  # nothing half-decoded is kept
+
+
 def test_image_folder_ignores_hidden_files_and_names_classes_that_differ(tmp_path):
     write_folder(tmp_path)
     (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # not an image

@@ -483,6 +483,7 @@ def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) 
     for split in ("train", "test"):
         images, labels = decoder.decode_split(files[split], classes)
         tensors[f"{split}_images"], tensors[f"{split}_labels"] = images, labels
+    decoder.check_all_usable()
     dataset = Dataset(root.name, classes, **tensors)
     notices = [decoder.conversion_notice()] if decoder.converted else []
     for notice in notices:
@@ -577,6 +578,9 @@ MODE_NAMES = {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "RGBA", "P
               "1": "black-and-white", "CMYK": "CMYK", "I;16": "16-bit grayscale", "I": "32-bit grayscale"}
 
 
+FAILED_NAMED = 6  # images named in the message when several cannot be used (the count says how many in all)
+
+
 class FolderDecoder:
     """Decodes an image folder's files into uint8 tensors, reporting its progress and counting the images that
     were not RGB (converted with PIL: gray copied to the three channels, an alpha channel dropped)."""
@@ -586,6 +590,7 @@ class FolderDecoder:
         self.done = 0
         self.converted: dict[str, int] = {}  # PIL mode -> images of that mode
         self.example: Path | None = None
+        self.failed: list[tuple[Path, str]] = []  # every image that cannot be used, so one message names them all
 
     def decode_split(self, files: dict[str, list[Path]], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
@@ -601,11 +606,27 @@ class FolderDecoder:
         return torch.stack(images), torch.tensor(labels)
 
     def decode(self, path: Path) -> torch.Tensor:
-        image, mode = decode_image(path)
+        try:
+            image, mode = decode_image(path)
+        except UserError as exc:
+            self.failed.append((path, str(exc)))
+            return torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)  # never trained on: the load fails
         if mode != "RGB":
             self.converted[mode] = self.converted.get(mode, 0) + 1
             self.example = self.example or path
         return image
+
+    def check_all_usable(self) -> None:
+        """One UserError for every image that cannot be used: the first one's reason, and the others' names."""
+        if not self.failed:
+            return
+        first = self.failed[0][1]
+        if len(self.failed) == 1:
+            raise UserError(first)
+        others = [str(path) for path, _ in self.failed[1:FAILED_NAMED]]
+        more = len(self.failed) - FAILED_NAMED
+        raise UserError(f"{len(self.failed)} images cannot be used. The first: {first}. The others: "
+                        f"{', '.join(others)}{f' and {more} more' if more > 0 else ''}")
 
     def conversion_notice(self) -> str:
         kinds = ", ".join(f"{count} {MODE_NAMES.get(mode, mode)}" for mode, count in sorted(self.converted.items()))
