@@ -14,7 +14,7 @@ from resdepth.results.runs import METRIC_COLUMNS, VAL_COLUMNS, RunStatus, metric
 from resdepth.train.data import DataConfig
 from resdepth.train.fused import run_fused_training
 from resdepth.train.protocol import learning_rate
-from resdepth.train.trainer import Cadence, TrainConfig, resolve_iterations, run_training
+from resdepth.train.trainer import Cadence, TrainConfig, load_run_config, resolve_iterations, run_training
 
 
 def test_paper_defaults():
@@ -135,6 +135,30 @@ def test_resuming_in_the_middle_of_a_warmup_is_exact(tmp_path, tiny_config, asse
     assert (resumed.warmup_end_reason, resumed.warmup_end_iteration) == (straight.warmup_end_reason,
                                                                          straight.warmup_end_iteration)
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_config_json_records_each_attempt_and_a_finished_run_asked_again_keeps_its_record(tmp_path, tiny_config):
+    # config.json had held the last attempt's machine only, and a finished run asked again from another machine
+    # (or with other threads) took that machine as its own, though it trained nothing
+    config = tiny_config(epochs=4, threads=1)
+    calls = iter(range(1000))
+    run_training(config, tmp_path, should_stop=lambda: next(calls) == 6)
+    run_training(replace(config, threads=2), tmp_path)
+    record = json.loads((tmp_path / "config.json").read_text())
+    attempts = record["attempts"]
+    assert [a["from_iteration"] for a in attempts] == [0, 6]
+    assert [a["environment"]["threads"] for a in attempts] == [1, 2] and record["environment"] == attempts[-1][
+        "environment"]
+    assert attempts[0]["execution"] == {key: record["resolved"][key] for key in attempts[0]["execution"]}
+    written = (tmp_path / "config.json").read_bytes()
+    assert run_training(replace(config, threads=1), tmp_path).state == "done"
+    assert (tmp_path / "config.json").read_bytes() == written
+    assert load_run_config(tmp_path) == replace(config, threads=2).for_family()
+    from resdepth.results import load_runs
+    from resdepth.results.report import trained_on
+
+    host = attempts[0]["environment"]["host"]
+    assert trained_on(load_runs(tmp_path)[0][0]) == f"{host} (cpu) from 0; {host} (cpu) from 6"
 
 
 def test_resuming_before_the_cap_still_ends_the_warmup_there(tmp_path, tiny_config):

@@ -12,7 +12,7 @@ from pathlib import PurePath
 from typing import Any
 
 from ..models.families import Family, PaperNumber, family_of_run, family_order, recorded_version
-from .runs import Run
+from .runs import RUN_CONFIG_SECTIONS, Run
 
 # TrainConfig fields that change how a run executes but not what it computes: a resumed run may change them,
 # and runs that differ only in them are seeds of one setting.
@@ -129,8 +129,8 @@ def setting_order(axes: tuple[tuple[str, str], ...]) -> tuple:
 
 # Saved config keys that do not make runs different experiments: the group key, the seed, how a run executed,
 # where its data lives, and raw values that "resolved" holds as they took effect (--epochs -> iterations).
-NOT_PROTOCOL = {"kind", "depth", "shortcut", "seed", "epochs", "iterations", "precision", "resolved", "environment",
-                "fused", "data", "options", *EXECUTION_FIELDS}
+NOT_PROTOCOL = {"kind", "depth", "shortcut", "seed", "epochs", "iterations", "precision", *RUN_CONFIG_SECTIONS, "data",
+                "options", *EXECUTION_FIELDS}
 # The warm-up settings only matter to a run that warmed up; which runs do is "resolved"'s warmup (a mode such as
 # auto or deep is only the rule that decided it).
 WARMUP_FIELDS = ("warmup", "warmup_min_depth", "warmup_lr", "warmup_until_error", "warmup_max_iterations")
@@ -256,11 +256,15 @@ def paper_differences(run: Run) -> list[str]:
     paper_shortcut = family.protocol.shortcut
     if family.shortcuts and paper_shortcut and (config.get("shortcut") or paper_shortcut) != paper_shortcut:
         differences.append(f"shortcut {config.get('shortcut')} (paper: {shortcut_words(paper_shortcut)})")
-    iterations = resolved.get("iterations", config.get("iterations", PAPER_ITERATIONS))
-    if iterations != PAPER_ITERATIONS:
-        differences.append(f"trained {iterations:,} iterations (paper: 64k)")
     number = paper_number(run)
+    iterations = resolved.get("iterations", config.get("iterations", PAPER_ITERATIONS))
+    if number and number.trained:
+        differences.append(f"{iterations:,} iterations, lr /10 at {milestone_words(config)} (paper: {number.trained})")
+    elif iterations != PAPER_ITERATIONS:
+        differences.append(f"trained {iterations:,} iterations (paper: 64k)")
     expected = {**PAPER_TRAINING, "batch_size": (number.batch_size if number else 128, "batch {}")}
+    if number and number.trained:  # its schedule is the note above
+        del expected["lr_milestones"]
     for key, (paper, words) in expected.items():
         value = config.get(key, paper)
         if (list(value) if isinstance(value, (list, tuple)) else value) != paper:
@@ -270,12 +274,17 @@ def paper_differences(run: Run) -> list[str]:
     differences += split_differences(data, resolved)
     if not data.get("augment", True):
         differences.append("no augmentation (paper: pad 4, random crop, flip)")
-    differences += warmup_differences(run, family)
+    differences += [] if number and number.trained else warmup_differences(run, family)
     differences += init_differences(config, resolved)
     differences += option_differences(config, family)
     if resolved.get("precision", config.get("precision")) == "bf16":
         differences.append("bf16 (paper: fp32)")
     return differences
+
+
+def milestone_words(config: dict[str, Any]) -> str:
+    milestones = config.get("lr_milestones", PAPER_TRAINING["lr_milestones"][0])
+    return ", ".join(f"{m:.0%}" for m in milestones) if isinstance(milestones, (list, tuple)) else "?"
 
 
 def init_differences(config: dict[str, Any], resolved: dict[str, Any]) -> list[str]:

@@ -28,7 +28,7 @@ FIGURE_SECTIONS = (("analyze", "analysis", "Analysis", ("figure7-*.png", "gradie
                    ("lesion", "lesion", "Lesion studies (Veit et al. 2016)", ("lesion-blocks-*.png", "lesion-k-*.png")),
                    ("landscape", "landscape", "Loss landscapes (Li et al. 2018)",
                     ("landscape-2d-*.png", "landscape-1d-*.png")))
-NOT_CONFIG = ("resolved", "environment")  # shown apart from the training config
+NOT_CONFIG = ("resolved", "environment", "attempts")  # shown apart from the training config
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -140,6 +140,23 @@ def groups_html(runs: list[Run], page_dir: Path) -> str:
     return "".join(parts)
 
 
+def trained_on(run: Run) -> str:
+    """Each attempt's machine and the iteration it started from (config.json's attempts; before they were recorded,
+    the last machine): 'vm (cpu) from 0; node7 (cuda:0) from 32,000'."""
+    attempts = run.config.get("attempts")
+    if not isinstance(attempts, list) or not attempts:
+        return machine_of(run.config.get("environment"))
+    return "; ".join(f"{machine_of(attempt.get('environment'))} from {attempt.get('from_iteration', '?'):,}"
+                     if isinstance(attempt.get("from_iteration"), int) else machine_of(attempt.get("environment"))
+                     for attempt in attempts if isinstance(attempt, dict))
+
+
+def machine_of(environment: Any) -> str:
+    if not isinstance(environment, dict):
+        return "?"
+    return f"{environment.get('host', '?')} ({environment.get('device', '?')})"
+
+
 def section_of(name: str) -> Callable[[Run], dict[str, Any]]:
     """A run's config.json section (resolved, environment) as flat key-value pairs."""
     return lambda run: flat(run.config.get(name, {}))
@@ -154,9 +171,10 @@ def runs_table(runs: list[Run], page_dir: Path) -> str:
         rows.append(f"<tr><td>{esc(run.path.name)}</td><td>{esc(run.status)}</td>"
                     f"<td class='num'>{int(last['epoch'])}</td>"
                     f"<td class='num'>{int(last['iteration']):,}</td><td class='num'>{last['train_error']:.2f}</td>"
-                    f"<td class='num'>{last['test_error']:.2f}</td><td>{links}</td></tr>")
+                    f"<td class='num'>{last['test_error']:.2f}</td><td>{esc(trained_on(run))}</td>"
+                    f"<td>{links}</td></tr>")
     head = ("<table class='runs'><thead><tr><th>run</th><th>state</th><th>epochs</th><th>iterations</th>"
-            "<th>train err %</th><th>test err %</th><th>files</th></tr></thead><tbody>")
+            "<th>train err %</th><th>test err %</th><th>trained on</th><th>files</th></tr></thead><tbody>")
     return head + "".join(rows) + "</tbody></table>"
 
 

@@ -44,7 +44,7 @@ CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE =
 )
 # What training adds to a run's config.json beside the TrainConfig fields: the values as they took effect
 # (iterations, milestones, sizes, params), the machine it ran on, and the fused group it trained in (--fuse).
-RUN_CONFIG_SECTIONS = frozenset({"resolved", "environment", "fused"})
+RUN_CONFIG_SECTIONS = frozenset({"resolved", "environment", "fused", "attempts"})
 GRADIENTS_FILE = "gradients.csv"
 CONSTRUCTED_KEY = "constructed_from"  # config.json of a net `resdepth construct` built: a starting point, not a run
 # A run is pending, running, interrupted (resumable), or in one of these:

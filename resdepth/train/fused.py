@@ -388,12 +388,12 @@ def train_fused(configs: list[TrainConfig], run_dirs: list[Path], should_stop: C
     trainer: FusedTrainer | None = None
     try:
         trainer = FusedTrainer(resolved, run_dirs, device, dataset)  # stacking K models may run out of memory
+        trainer.start(dataset.num_classes)
         names = [run_dir.name for run_dir in run_dirs]
         for config, member in zip(configs, trainer.members, strict=True):
             fused = {"group": group_label(names), "models": len(names),
                      "fused_with": [name for name in names if name != member.run_dir.name]}
             write_run_config(trainer, member, config, dataset, fused=fused)
-        trainer.start(dataset.num_classes)
         with ctrl_c_stops() as pressed:
             return train_to_the_end(trainer, lambda: should_stop() or pressed())
     except (MemoryError, RuntimeError) as exc:  # CUDA's OutOfMemoryError is a RuntimeError

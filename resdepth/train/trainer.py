@@ -412,8 +412,8 @@ def run_training(config: TrainConfig, run_dir: Path | str, should_stop: Callable
         (config,), device, dataset = prepare_runs([config], [run_dir], dataset)
         trainer = Trainer(resolve_iterations(config, len(dataset.train_labels)), run_dir, device, dataset)
         try:
-            write_run_config(trainer, trainer, config, dataset)
             trainer.start(dataset.num_classes)
+            write_run_config(trainer, trainer, config, dataset)
             with ctrl_c_stops() as pressed:
                 return train_to_the_end(trainer, lambda: should_stop() or pressed())[0]
         finally:
@@ -490,10 +490,28 @@ def check_same_run(run_dir: Path, config: TrainConfig) -> None:
 
 
 def write_run_config(engine: Engine, run: RunProgress, config: TrainConfig, dataset: Dataset, **extra: Any) -> None:
-    """The run's config.json: its config as given (the family's values filled in), what it resolved to, the machine
-    and anything its engine adds (a fused group, its members)."""
-    write_config(run.run_dir, {**asdict(config), "resolved": describe_run(run, engine, dataset),
-                               "environment": environment(run.device), **extra})
+    """The run's config.json, as each attempt starts (its checkpoint read): its config as given (the family's values
+    filled in), what it resolved to, the machine and anything its engine adds (a fused group, its members), and
+    under `attempts` each attempt's start, machine and execution. A finished run asked again is left as it is: its
+    record names the machines that trained it, not the one that asked."""
+    if run.finished:
+        return
+    resolved, machine = describe_run(run, engine, dataset), environment(run.device)
+    attempt = {"from_iteration": run.iteration, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "environment": machine, "execution": {key: resolved[key] for key in ATTEMPT_EXECUTION}, **extra}
+    write_config(run.run_dir, {**asdict(config), "resolved": resolved, "environment": machine, **extra,
+                               "attempts": [*earlier_attempts(run), attempt]})
+
+
+# How an attempt trained that may change across a resume (the execution options as they took effect)
+ATTEMPT_EXECUTION = ("precision", "compile", "channels_last", "cuda_graph", "cudnn_benchmark")
+
+
+def earlier_attempts(run: RunProgress) -> list[dict[str, Any]]:
+    """The attempts config.json records before this one, when this one resumes (a run started over has none)."""
+    saved = read_json(run.run_dir / CONFIG_FILE) if run.iteration else None
+    attempts = saved.get("attempts") if isinstance(saved, dict) else None
+    return [attempt for attempt in attempts if isinstance(attempt, dict)] if isinstance(attempts, list) else []
 
 
 def check_same_network(run_dir: Path, kind: str) -> None:
