@@ -144,3 +144,19 @@ def test_a_killed_cell_is_estimated_from_its_last_checkpoint(tmp_path, tiny_swee
     RunStatus.read(cell.run_dir).update(cell.run_dir, state="running", iteration=9)  # reported after it, then killed
     [item] = plan_sweep(sweep)
     assert item.action == "resume" and cell_iterations(item, check_data_present(sweep.train.data)) == 16 - 6
+    # --retry-failed goes on from the checkpoint too (it was estimated from 0); without a checkpoint it starts over
+    RunStatus.read(cell.run_dir).update(cell.run_dir, state="diverged", iteration=9)
+    [retried] = plan_sweep(replace(sweep, retry_failed=True))
+    assert retried.action == "retry" and cell_iterations(retried, check_data_present(sweep.train.data)) == 16 - 6
+    (cell.run_dir / "checkpoint.pt").unlink()
+    [again] = plan_sweep(replace(sweep, retry_failed=True))
+    assert cell_iterations(again, check_data_present(sweep.train.data)) == 16
+
+
+def test_a_family_whose_depths_all_cost_the_same_is_estimated_flat(monkeypatch):
+    # a user's family that ignores the depth: the fit divided by a zero spread (a traceback in the dry run)
+    monkeypatch.setattr("resdepth.bench.estimate.count_multiply_adds", lambda network: 5_000_000)
+    cost = fit_image_cost({20: 0.002, 56: 0.004}, "residual")
+    assert cost(110) == pytest.approx(0.003)
+    monkeypatch.setattr("resdepth.bench.estimate.count_multiply_adds", lambda network: 0)
+    assert fit_image_cost({20: 0.002}, "residual")(56) == pytest.approx(0.002)

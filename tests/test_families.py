@@ -29,7 +29,7 @@ from resdepth.models.families import (
 from resdepth.results.plots import build_figures
 from resdepth.results.runs import load_runs
 from resdepth.results.tables import display_table, summarize
-from resdepth.sweep.runner import SweepConfig, plan_sweep
+from resdepth.sweep.runner import SweepConfig, load_saved_sweep, plan_sweep
 from resdepth.sweep.watch import read_folder_status
 from resdepth.train.trainer import TrainConfig, run_training
 
@@ -358,6 +358,14 @@ def test_a_family_by_path_is_swept_resumed_tabled_and_plotted_without_importing_
     assert [(cell.name, cell.state) for cell in status.cells] == [
         ("tinyfam_nets.gated-4-s0", "done"), ("tinyfam_nets.gated-4-s1", "not started"),
         ("tinyfam_nets.gated-6-s0", "done"), ("tinyfam_nets.gated-6-s1", "not started")]
+    # --resume asks the user to name the family, and --kind then sets the sweep's kinds: the message names them all
+    (tmp_path / "a" / "sweep.json").write_text(json.dumps({**saved, "kinds": ["tinyfam_nets:gated", "residual"]}))
+    with pytest.raises(UserError, match=r"name the sweep's kinds yourself, --kind tinyfam_nets:gated,residual$"):
+        load_saved_sweep(tmp_path / "a")
+    from resdepth.cli.sweep import resume_command
+
+    assert resume_command(replace(sweep, kinds=["tinyfam_nets:gated", "residual"])).endswith(
+        "--kind tinyfam_nets:gated,residual")
 
 
 def test_a_family_by_entry_point_runs_through_the_command_line_with_its_paper_numbers(tmp_path, user_family,

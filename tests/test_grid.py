@@ -53,6 +53,22 @@ def test_a_2x2_grid_gives_four_cells_with_their_configs_and_resumes_exactly(tmp_
     assert [p.action for p in plan_sweep(cut)] == ["skip-done"] * 4
 
 
+def test_a_grid_given_out_of_alphabetical_order_resumes_its_own_cells(tmp_path, tiny_sweep, run_sweep_now):
+    # sweep.json had saved the grid's keys sorted, so --resume and status named every cell lr...-w... and planned
+    # all of them again beside the finished w...-lr... folders
+    sweep = tiny_sweep(tmp_path, kinds=["residual"], grid={"width": [2], "lr": [0.05, 0.1]})
+    planned, _ = run_sweep_now(sweep)
+    names = ["residual-8-w2-lr0.05-s0", "residual-8-w2-lr0.1-s0"]
+    assert [p.cell.name for p in planned] == names
+    assert list(json.loads((tmp_path / "sweep.json").read_text())["grid"]) == ["width", "lr"]
+    assert [(p.cell.name, p.action) for p in plan_sweep(load_saved_sweep(tmp_path))] == [
+        (name, "skip-done") for name in names]
+    # a sweep.json written sorted (before the order was kept), or the same grid given in the other order
+    for grid in ({"lr": [0.05, 0.1], "width": [2]}, {"width": [2], "lr": [0.05, 0.1]}):
+        again = replace(sweep, grid=grid)
+        assert sorted((p.cell.name, p.action) for p in plan_sweep(again)) == [(n, "skip-done") for n in names]
+
+
 def test_without_a_grid_names_are_unchanged_and_only_seeds_fuse(tmp_path, tiny_sweep):
     assert [c.name for c in make_cells(tiny_sweep(tmp_path))] == ["plain-8-s0", "residual-8-s0"]
     # a width other than 1 is in the name like a shortcut other than the default, grid or not
@@ -178,7 +194,7 @@ def test_a_grid_is_grouped_by_its_axes_in_table_csv_figures_and_report(tmp_path,
         "residual nets: lr 0.1, width 2"]
     assert "figure6-synthetic-lr0.05_width2" in figures  # and each setting's own Figure 6, as before
     page, _ = build_report(tmp_path, tmp_path / "report.html")
-    assert "<th>lr</th>" in page and "<th>width</th>" in page and "lr 0.05, width 2" in page
+    assert "<th class='num'>lr</th>" in page and "<th class='num'>width</th>" in page and "lr 0.05, width 2" in page
     code, out, err = run_cli("status", str(tmp_path))  # status and a dry run of --resume see the grid's cells
     assert code == 0 and all(name in out for name in GRID_CELLS) and "4 done" in out, err
     code, out, err = run_cli("sweep", "--resume", str(tmp_path), "--dry-run")
@@ -249,3 +265,20 @@ def test_analyze_and_lesion_csvs_have_a_column_per_axis_as_the_table_has(tmp_pat
             ("0.05", "1"), ("0.05", "2"), ("0.1", "1"), ("0.1", "2")]
     top = analysis.gradients.groupby("axis_lr")["lr"].max()  # the epochs' lr starts at the axis's value
     assert {axis: float(axis) for axis in top.index} == top.to_dict()
+
+
+def test_a_grid_value_the_dataset_cannot_give_is_refused_before_any_cell_starts(tmp_path, run_cli, tiny_args):
+    # --train-size 2000 alone was refused, but as a grid value its cell failed after the others had trained; and
+    # the dry run estimated every cell from the sweep's own split sizes
+    args = ["sweep", "--kind", "residual", "--depths", "8", "--epochs", "1", *tiny_args, "--out", str(tmp_path / "r")]
+    for dry in (["--dry-run"], []):
+        code, out, err = run_cli(*args, "--grid", "train_size=64,2000", *dry)
+        assert code == 2 and err.strip() == ("error: cell residual-8-train2000-s0: --train-size 2000 is more than the "
+                                             "128 train images of synthetic: ask for at most 128, or leave it out for "
+                                             "all"), (out, err)
+        assert not (tmp_path / "r").exists()
+    code, out, _ = run_cli(*args, "--grid", "train_size=64,96", "--dry-run", columns=200)
+    assert code == 0 and "residual-8-train64-s0" in out
+    iterations = {line.split("│")[1].strip(): line.split("│")[4].strip() for line in out.splitlines()
+                  if "train64" in line or "train96" in line}
+    assert iterations == {"residual-8-train64-s0": "2", "residual-8-train96-s0": "3"}, out

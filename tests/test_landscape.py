@@ -193,8 +193,8 @@ def test_the_report_shows_the_lesion_and_landscape_figures(results, run_cli, tmp
     assert "Lesion studies (Veit et al. 2016)" in page and "Loss landscapes (Li et al. 2018)" in page
     for stem in ("lesion-blocks-synthetic", "lesion-k-synthetic", "landscape-2d-synthetic",
                  "landscape-2d-error-synthetic", "landscape-1d-synthetic"):
-        assert f"<figcaption>{stem}</figcaption>" in page
-    assert "<figcaption>landscape-1d-linked" not in page and "landscape-1d-linked.png is a link" in page  # a warning
+        assert f"<code>{stem}</code></figcaption>" in page
+    assert "<code>landscape-1d-linked" not in page and "landscape-1d-linked.png is a link" in page  # a warning
     assert page.count("data:image/png;base64,") == 5
 
 

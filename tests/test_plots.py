@@ -2,6 +2,7 @@
 legends, labels and y range are as the paper's, and `resdepth plot` writes the files or fails in one line."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -116,19 +117,48 @@ def test_seeds_are_averaged_with_a_band_for_their_range(tmp_path, write_run):
     assert panel.get_ylim() == (0.0, 100.0)  # curves end above 20%: automatic range (next 10% above the max)
 
 
-def test_unfinished_runs_are_drawn_with_what_they_have_and_marked(tmp_path, write_run):
+def test_unfinished_runs_are_drawn_apart_from_the_finished_seeds_mean_and_marked_by_how_they_ended(tmp_path,
+                                                                                                      write_run):
+    # the mean had taken a stopped seed in for its first epochs (a kink where it left) and the circle sat at the
+    # finished seed's end; the table counts finished runs only, and now the figure does too
     write_run(tmp_path, "residual", 20, seed=0, test=(40.0, 12.0, 8.0))
     write_run(tmp_path, "residual", 20, seed=1, test=(42.0,), state="running", planned_epochs=3)
     write_run(tmp_path, "residual", 32, seed=0, test=(30.0, 10.0, 7.0), state=None)  # copied: no status.json
+    write_run(tmp_path, "residual", 44, seed=0, test=(45.0, 30.0), state="interrupted", planned_epochs=3)
+    write_run(tmp_path, "residual", 44, seed=1, test=(47.0,), state="interrupted", planned_epochs=3)
+    write_run(tmp_path, "residual", 56, seed=0, test=(50.0, math.nan), state="diverged", planned_epochs=3)
     runs, _ = load_runs(tmp_path)
     figure = plot_figure6(runs)
-    assert legend_texts(figure)[:2] == ["20-layer", "32-layer"] and legend_texts(figure)[-1] == "unfinished runs"
+    texts = legend_texts(figure)
+    assert texts[:4] == ["20-layer", "32-layer", "44-layer", "56-layer"]
+    assert {"stopped run (not averaged)", "unfinished (resumable)", "diverged or failed", "range of 2 seeds"} <= set(
+        texts)
     panel = lines_by_label(figure.axes[0])
-    assert panel["residual-20 test_error"].get_ydata().tolist() == [41.0, 12.0, 8.0]  # mean over the seeds there
-    end = panel["_unfinished residual-20 test_error"]  # an open circle ends an unfinished curve
-    assert end.get_marker() == "o" and end.get_markerfacecolor() == "white" and end.get_ydata().tolist() == [8.0]
+    assert panel["residual-20 test_error"].get_ydata().tolist() == [40.0, 12.0, 8.0]  # the finished seed alone
+    assert "_unfinished residual-20 test_error" in panel  # the stopped seed's own end, not the mean's
+    stopped = [line for line in figure.axes[0].get_lines() if line.get_label() == "_stopped residual-20 test_error"]
+    assert [line.get_ydata().tolist() for line in stopped] == [[42.0]]
+    end = panel["_unfinished residual-20 test_error"]
+    assert end.get_marker() == "o" and end.get_markerfacecolor() == "white" and end.get_ydata().tolist() == [42.0]
+    assert panel["residual-44 test_error"].get_ydata().tolist() == [46.0, 30.0]  # none finished: the mean of all
+    assert panel["_unfinished residual-44 test_error"].get_ydata().tolist() == [30.0]
+    assert panel["_broken residual-56 test_error"].get_marker() == "X"  # diverged: it cannot go on as it is
     assert "_unfinished residual-32 test_error" not in panel
-    assert "unfinished runs" not in legend_texts(plot_figure6([r for r in runs if r.setting("depth") == 32]))
+    only_32 = legend_texts(plot_figure6([r for r in runs if r.setting("depth") == 32]))
+    assert not {"unfinished (resumable)", "stopped run (not averaged)", "range of 2 seeds"} & set(only_32)
+
+
+def test_a_depth_has_one_colour_in_every_folders_figures(tmp_path, write_run):
+    # colours went by position among a folder's depths: 14 layers were orange in one folder and blue in another
+    for depth in (14, 20, 56):
+        write_run(tmp_path / "all", "residual", depth)
+    write_run(tmp_path / "some", "residual", 56)
+    write_run(tmp_path / "some", "residual", 14)
+    colours = {}
+    for folder in ("all", "some"):
+        panel = lines_by_label(plot_figure6(load_runs(tmp_path / folder)[0]).axes[0])
+        colours[folder] = {depth: panel[f"residual-{depth} test_error"].get_color() for depth in (14, 56)}
+    assert colours["all"] == colours["some"] and len(set(colours["all"].values())) == 2
 
 
 def test_epoch_axis_and_plain_iterations_for_short_runs(tmp_path, write_run):
@@ -235,12 +265,12 @@ def test_validation_error_is_a_dotted_third_line_in_figures_1_and_6(tmp_path, wr
     val = lines_by_label(figure.axes[0])["plain-20 val_error"]
     assert val.get_linestyle() == ":" and val.get_ydata().tolist() == [46.0, 15.0, 11.0]  # the mean over seeds
     assert len(figure.axes[0].collections) == 2  # bands for training and test error only
-    assert legend_texts(figure)[-3:] == ["training error", "test error", "validation error"]
+    assert legend_texts(figure)[-4:] == ["training error", "test error", "validation error", "range of 2 seeds"]
     assert "dotted = validation error" in figure._suptitle.get_text()
     train_axes, test_axes = plot_figure1(runs, "plain").axes
     assert lines_by_label(test_axes)["plain-20 val_error"].get_linestyle() == ":"
     assert "plain-20 val_error" not in lines_by_label(train_axes) and "validation" in test_axes.get_title()
-    assert legend_texts(plot_figure1(runs, "plain"))[-2:] == ["test error", "validation error"]
+    assert legend_texts(plot_figure1(runs, "plain"))[-3:] == ["test error", "validation error", "range of 2 seeds"]
 
 
 def test_resnet_110_and_1202_get_the_papers_third_panel(tmp_path, write_run):
@@ -342,3 +372,13 @@ def test_image_folder_runs_are_named_by_the_folder_in_titles_and_file_names(tmp_
     figures = build_figures(load_runs(tmp_path)[0])
     assert sorted(figures) == ["figure1-plain-cifar10-jpeg", "figure6-cifar10-jpeg"]
     assert figures["figure6-cifar10-jpeg"]._suptitle.get_text().startswith("cifar10-jpeg:")
+
+
+def test_a_figure_by_setting_wraps_many_settings_onto_rows_of_legible_panels(tmp_path, write_run):
+    # eight settings had made one row of eight panels, 28 inches wide, their titles overlapping
+    for lr in (0.2, 0.1, 0.05, 0.02, 0.01, 0.005):
+        write_run(tmp_path / f"lr{lr}", "residual", 20, lr=lr)
+    figure = build_figures(load_runs(tmp_path)[0])["figure6-cifar10-by-lr"]
+    shown = [axes for axes in figure.axes if axes.get_visible()]
+    assert len(shown) == 6 and len(figure.axes) == 8 and figure.get_figwidth() <= 4 * 3.5
+    assert len({round(axes.get_position().y0, 3) for axes in shown}) == 2  # two rows of panels

@@ -5,6 +5,7 @@ import html
 import json
 import shutil
 import subprocess
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -145,5 +146,26 @@ def test_cifar10_residual_nets_stand_beside_the_papers_table_6(tmp_path):
     (run_dir / "status.json").write_text(json.dumps({"state": "done"}))
     page, _ = build_report(tmp_path, tmp_path / "report.html")
     text = html.unescape(page)
-    assert "<th>paper Table 6</th><th>paper&#x27;s statistic</th><th>Δ vs paper</th>" in page
+    assert "<th class='num'>paper Table 6</th><th>paper&#x27;s statistic</th><th class='num'>Δ vs paper</th>" in page
     assert "<td class='num'>8.75</td><td class=''>one run</td><td class='num'>+0.50</td>" in text
+
+
+def test_the_page_reads_on_a_phone_says_why_a_run_failed_and_cites_each_familys_paper(tmp_path, write_run):
+    write_run(tmp_path, "residual", 20, seed=0)
+    write_run(tmp_path, "residual", 20, seed=1, test=(50.0,), state="failed", planned_epochs=3)
+    status = json.loads((tmp_path / "residual-20-s1" / "status.json").read_text())
+    status["error"] = "worker process died (signal 9)"
+    (tmp_path / "residual-20-s1" / "status.json").write_text(json.dumps(status))
+    (tmp_path / "residual-20-s1" / "error.txt").write_text("Traceback ...")
+    write_run(tmp_path, "preact", 110, resolved={"summary": "§4.2"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        page, _ = build_report(tmp_path, tmp_path / "report.html")
+    # the failed run's end, far above the 0-20% axis, had been drawn unclipped and collapsed the figures' layout
+    assert not [w for w in caught if "constrained_layout" in str(w.message)]
+    assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in page
+    assert page.count("<div class='scroll'><table") >= 3  # wide tables scroll inside a narrow screen
+    assert "failed: worker process died (signal 9)" in page and "href='residual-20-s1/error.txt'" in page
+    assert "Identity Mappings in Deep Residual Networks" in page and "section 4.2" in page
+    assert "Figure 6 style: dashed training error" in page
+    assert "\\u00a7" not in page and "§4.2" in page  # config values as written, not JSON's escapes

@@ -372,3 +372,19 @@ def test_a_run_whose_process_is_gone_is_stopped_in_the_table_as_in_status(tmp_pa
     write_run(tmp_path, "residual", 20, seed=4, test=(50.0, 30.0), planned_epochs=20, state="running")  # this pid
     _, rows, _ = display_table(summarize(load_runs(tmp_path)[0]))
     assert "seed 3 stopped at epoch 2/20" in rows[0][-1] and "seed 4 running at epoch 2/20" in rows[0][-1]
+
+
+def test_one_experiment_trained_twice_is_one_seed_not_two(tmp_path, write_run):
+    # the same config and seed under two folder names (a grid axis naming the default's value, w1, beside an earlier
+    # run without the axis) had been averaged as two seeds: "77.20 (77.20±0.00)" over 2 runs
+    write_run(tmp_path, "residual", 20, seed=0, test=(50.0, 20.0, 9.0))
+    copy = write_run(tmp_path / "again", "residual", 20, seed=0, test=(50.0, 20.0, 9.5))
+    write_run(tmp_path, "residual", 20, seed=1, test=(50.0, 20.0, 10.0))
+    longer = write_run(tmp_path / "longer", "residual", 20, seed=0, test=(50.0, 20.0, 8.0))
+    config = json.loads((longer / "config.json").read_text())  # trained longer on other data: not a repeat
+    (longer / "config.json").write_text(json.dumps({**config, "resolved": {**config["resolved"], "iterations": 1}}))
+    runs, notes = load_runs(tmp_path)
+    assert sorted(str(run.path.relative_to(tmp_path)) for run in runs) == [
+        "longer/residual-20-s0", "residual-20-s0", "residual-20-s1"]
+    assert notes == [f"left out {copy}: the same config and seed as {tmp_path / 'residual-20-s0'} (trained twice, or "
+                     "a copy), counted once"]

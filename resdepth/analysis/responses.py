@@ -341,7 +341,14 @@ def studies(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def study_rows(frame: pd.DataFrame, study: tuple[str, str]) -> pd.DataFrame:
-    return frame[(frame["dataset"].astype(str) == study[0]) & (frame["setting"].fillna("").astype(str) == study[1])]
+    """The study's rows that its figures average: of a net with finished runs, only theirs (as `plot` and `table`
+    leave its unfinished seeds out of the mean); of a net with none finished, all (marked unfinished)."""
+    rows = frame[(frame["dataset"].astype(str) == study[0]) & (frame["setting"].fillna("").astype(str) == study[1])]
+    if "finished" not in rows:  # a landscape's rows: finished runs only
+        return rows
+    net = [rows["kind"], rows["shortcut"].fillna("").astype(str), rows["depth"]]
+    any_finished = rows["finished"].astype(bool).groupby(net).transform("any")
+    return rows[rows["finished"].astype(bool) | ~any_finished]
 
 
 def check_std(std: str) -> None:

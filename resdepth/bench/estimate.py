@@ -17,15 +17,16 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import UserError
 from ..models import count_multiply_adds
 from ..models.families import build_network
-from ..results.runs import RunStatus, write_json
+from ..results.runs import CHECKPOINT_FILE, RunStatus, write_json
 from ..sweep.runner import RUNNABLE, PlannedCell, SweepConfig, cpu_cores, device_slots, planned_jobs, task_threads
 from ..train.data import DataCheck, DataConfig, check_data_present, make_synthetic
 from ..train.devices import resolve_device, resolved_precision
@@ -70,8 +71,9 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
                   on_progress: Callable[[str], None] = lambda _: None) -> PlanEstimate:
     """Iterations and time per planned cell on this machine, measuring what the speed cache does not hold."""
     data = check_data_present(sweep.train.data)
+    data_of = cells_data(planned, sweep.train.data, data)
     runnable = [item for item in planned if item.action in RUNNABLE]
-    cells = {item.cell.name: CellEstimate(cell_iterations(item, data) if item in runnable else None, None)
+    cells = {item.cell.name: CellEstimate(cell_iterations(item, data_of(item)) if item in runnable else None, None)
              for item in planned}
     if sweep.executor in ("ray", "slurm"):
         basis = [f"no time estimate: the cells run on {sweep.executor} nodes, not on this machine"]
@@ -88,8 +90,9 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
     for item in runnable:
         estimate = cells[item.cell.name]
         estimate.speed = speeds[item.device, speed_setting(item.cell.config), item.cell.config.depth]
-        estimate.seconds = cell_seconds(item.cell.config, estimate.iterations, data, estimate.speed.images_per_second)
-        if will_compile(item, data) and not estimate.speed.compile:
+        estimate.seconds = cell_seconds(item.cell.config, estimate.iterations, data_of(item),
+                                        estimate.speed.images_per_second)
+        if will_compile(item, data_of(item)) and not estimate.speed.compile:
             eager.add("group" if item.group else "run")
     seconds = job_seconds(runnable, cells)
     total = None if None in seconds else wall_time([s for s in seconds if s is not None], len(slots))
@@ -98,6 +101,20 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
         basis.append("a fused job is timed as its cells one after another in one slot: `resdepth bench --fuse 1,2,4` "
                      "measures what fusing changes on this machine")
     return PlanEstimate(cells, total, basis, data)
+
+
+def cells_data(planned: list[PlannedCell], base: DataConfig, data: DataCheck) -> Callable[[PlannedCell], DataCheck]:
+    """Each cell's data as its run sees it: a grid over data fields (train_size, val_size, ...) gives cells other
+    split sizes than the sweep's own, which may be more than the dataset holds (refused here, as the run would)."""
+    checks = {json.dumps(asdict(base), sort_keys=True, default=str): data}
+    for item in planned:
+        key = json.dumps(asdict(item.cell.config.data), sort_keys=True, default=str)
+        if key not in checks:
+            try:
+                checks[key] = check_data_present(item.cell.config.data)
+            except UserError as exc:
+                raise UserError(f"cell {item.cell.name}: {exc}") from None
+    return lambda item: checks[json.dumps(asdict(item.cell.config.data), sort_keys=True, default=str)]
 
 
 def speed_setting(config: TrainConfig) -> str:
@@ -124,7 +141,9 @@ def cell_iterations(item: PlannedCell, data: DataCheck) -> int | None:
     planned = planned_iterations(item.cell.config, data)
     if planned is None:
         return None
-    status = RunStatus.read(item.cell.run_dir) if item.action == "resume" else None
+    # a resume and a retry (--retry-failed) both go on from the cell's checkpoint; without one they start over
+    goes_on = item.action in ("resume", "retry") and (item.cell.run_dir / CHECKPOINT_FILE).exists()
+    status = RunStatus.read(item.cell.run_dir) if goes_on else None
     if status is None:
         return planned
     # after a kill, status.json's iteration may be past the checkpoint the resume starts from
@@ -225,10 +244,13 @@ def fit_image_cost(seconds_per_image: dict[int, float], kind: str,
         return float(count_multiply_adds(build_network(kind, depth, net_options=options)))
 
     points = [(macs(depth), cost) for depth, cost in seconds_per_image.items()]
+    mean_x, mean_y = (sum(v) / len(points) for v in zip(*points, strict=True))
+    if not any(x for x, _ in points):  # a family that counts no multiply-adds: its measured cost, flat
+        return lambda depth: mean_y
     fixed, per_mac = 0.0, sum(x * y for x, y in points) / sum(x * x for x, _ in points)
-    if len(points) > 1:
-        mean_x, mean_y = (sum(v) / len(points) for v in zip(*points, strict=True))
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)  # 0: every depth builds the same net (a user's family may)
+    if len(points) > 1 and spread > 0:
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
         if mean_y - slope * mean_x >= 0 and slope > 0:
             fixed, per_mac = mean_y - slope * mean_x, slope
     return lambda depth: fixed + per_mac * macs(depth)

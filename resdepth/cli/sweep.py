@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..bench.estimate import estimate_plan
+from ..bench.estimate import cells_data, estimate_plan
 from ..config import PROTOCOL, flag
 from ..errors import UserError
 from ..models.families import WIDTH, get_family, load_named_families
@@ -46,7 +46,7 @@ from ..sweep.runner import (
     task_threads,
 )
 from ..train.construct import check_init
-from ..train.data import DataConfig, expected_classes, load_dataset
+from ..train.data import DataConfig, check_data_present, expected_classes, load_dataset
 from ..train.protocol import DEPTH_HELP, KIND_HELP, TrainConfig
 from .console import console, duration, errors, pct, print_full_width, rate, thousands
 from .options import SWEEP_OPTIONS, TRAINING_OPTIONS, given_values, with_options
@@ -115,8 +115,9 @@ def sweep(
     sweep_file: Annotated[Path | None, typer.Argument(help="TOML sweep file (see sweeps/); options given here "
                                                               "override it.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Resume the sweep saved in this results folder: its grid and "
-                                                     "protocol; how to execute comes from the command line or a "
-                                                     "sweep file given with it.",
+                                                     "protocol, and how it executed (--jobs, --checkpoint-every, "
+                                                     "...) where the command line or a sweep file given with it "
+                                                     "does not say.",
                                                    rich_help_panel=WHAT)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells, their folders and devices; train nothing.",
                                           rich_help_panel=WHAT)] = False,
@@ -160,6 +161,8 @@ def execute(config: SweepConfig, dry_run: bool) -> int:
         print_estimate(estimate)
         return 0
     if runs_any:
+        # a grid over data fields: each cell's split sizes checked, as the dry run does, before any cell starts
+        cells_data([item for item in planned if item.device], config.train.data, check_data_present(config.train.data))
         with DataLoadDisplay() as show:  # fail fast, before any cell starts: missing data is a user error
             classes = load_dataset(config.train.data, on_progress=show).num_classes
         check_inits(planned, classes)
@@ -286,6 +289,8 @@ def resume_command(config: SweepConfig, *extra: str) -> str:
     the command line (a sweep file's [slurm] table is named, not spelled out)."""
     default = SweepConfig()
     args = ["resdepth", "sweep", "--resume", str(config.out_dir())]
+    if any(":" in kind for kind in config.kinds):  # a family by path is imported only when the user names it
+        args += ["--kind", ",".join(config.kinds)]
     for name in ("executor", "ray_address", "jobs", "gpus", "jobs_per_gpu", "gpus_per_job"):
         value = getattr(config, name)
         if value != getattr(default, name):

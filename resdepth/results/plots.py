@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +19,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.text import Text
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, MultipleLocator
 
 from ..errors import UserError
 from ..models.families import builtin_families, file_name
@@ -36,6 +38,7 @@ PAPER_Y_MAX = 20.0  # the paper's figures show 0-20% error and clip the first, h
 # half of it (a single column). Test error is the bold line, as in the paper's Figure 6.
 FIG_WIDTH, FIG_HEIGHT, FONT, TITLE_FONT = 7.0, 3.2, 9, 10
 TRAIN_WIDTH, TEST_WIDTH, VAL_WIDTH, BAND_ALPHA = 1.3, 2.2, 1.6, 0.18
+STOPPED_WIDTH = 0.8  # a run that stopped beside finished seeds: thin, apart from their mean
 # Line style, width and point marker per metric in Figure 6 (dashed training, bold test, dotted validation); the
 # point markers are drawn only on curves with few points (short runs), where overlapping lines would hide each other.
 STYLES = {"train_error": ("--", TRAIN_WIDTH, "s"), "test_error": ("-", TEST_WIDTH, "o"),
@@ -43,22 +46,38 @@ STYLES = {"train_error": ("--", TRAIN_WIDTH, "s"), "test_error": ("-", TEST_WIDT
 STYLE_WORDS = {"train_error": "training error", "test_error": "test error", "val_error": "validation error"}
 MARKED_POINTS = 30  # curves with at most this many points show them
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+# A depth's colour wherever it is drawn, so figures of different folders compare by colour: the paper's depths in
+# its order, 164 and 1001 (2016b), the test depths 8 and 14 as 20 and 32 (they seldom share a figure with them).
+# Depths are served in this order; one without a colour, or whose colour a figure already gave, takes the first
+# colour the figure leaves free.
+DEPTH_COLOURS = {20: 0, 32: 1, 44: 2, 56: 3, 110: 4, 1202: 5, 164: 6, 1001: 7, 8: 0, 14: 1}
+MAX_SETTING_COLUMNS = 4  # panels side by side in a by-setting figure: each stays legible on a page
+PANEL_TITLE_CHARS = 44  # what a 3.5 in panel's title holds on a line at TITLE_FONT
 DEEPEST_PAIR = (110, 1202)  # Figure 6, right: ResNet-110 against ResNet-1202, in a panel of their own
-LEGEND_ENTRY_WIDTH = 1.7  # inches a legend entry takes at FONT, the longest ("warm-up end (cap)") included
+# Inches a legend entry takes at FONT: its key and gaps, and each character of its label (measured on DejaVu Sans:
+# "warm-up end (cap)" takes 1.7)
+LEGEND_KEY_WIDTH, LEGEND_CHAR_WIDTH = 0.55, 0.068
 PAPER_TICK_WIDTH = 0.05  # the paper's final test error: a tick this share of the x range long, after the curve's end
 
 
 @dataclass
 class SeedCurves:
-    """The seeds of one setting averaged: one row per logged iteration, mean and range of the errors (%)."""
+    """The seeds of one setting averaged: one row per logged iteration, mean and range of the errors (%). The mean
+    is over the finished runs, as the table's is; runs that stopped early are drawn apart (`stopped`), each to where
+    it stopped. Only where no run finished is the mean over the stopped ones."""
 
     key: GroupKey
-    runs: list[Run]
+    runs: list[Run]  # the runs the mean is over
     frame: pd.DataFrame  # iteration, epoch, runs, {train,test[,val]}_error_{mean,min,max}
+    stopped: list[Run] = field(default_factory=list)  # unfinished runs beside finished ones: drawn one by one
 
     @property
     def finished(self) -> bool:
         return all(is_complete(run) for run in self.runs)
+
+    @property
+    def all_runs(self) -> list[Run]:
+        return self.runs + self.stopped
 
     @property
     def metrics(self) -> list[str]:
@@ -75,9 +94,16 @@ class SeedCurves:
 
 
 def group_curves(runs: list[Run]) -> list[SeedCurves]:
-    """One SeedCurves per dataset x kind (x shortcut) x depth. Where a seed has stopped early the mean goes on over the
-    seeds that reached that iteration (the `runs` column says how many)."""
-    return [SeedCurves(key, group, average_seeds(group)) for key, group in group_runs(runs).items()]
+    """One SeedCurves per dataset x kind (x shortcut) x depth: the mean over its finished runs, its unfinished ones
+    apart. Where no run finished, the mean over them all goes on over the seeds that reached each iteration (the
+    `runs` column says how many)."""
+    curves = []
+    for key, group in group_runs(runs).items():
+        finished = [run for run in group if is_complete(run)]
+        stopped = [run for run in group if not is_complete(run)] if finished else []
+        averaged = finished or group
+        curves.append(SeedCurves(key, averaged, average_seeds(averaged), stopped))
+    return curves
 
 
 def average_seeds(runs: list[Run]) -> pd.DataFrame:
@@ -218,21 +244,27 @@ def figure6_by_setting(curves: list[SeedCurves], x: str, paper: bool = False) ->
     variants = list(dict.fromkeys(c.key.variant for c in curves))
     colours = depth_colours(c.key.depth for c in curves)
     xaxis = XAxis.choose(x, curves)
-    figure, grid = new_grid(len(variants), len(settings))
+    columns = min(len(settings), MAX_SETTING_COLUMNS)  # more settings wrap onto further rows of the same kind
+    per_variant = math.ceil(len(settings) / columns)
+    figure, grid = new_grid(len(variants) * per_variant, columns)
+    panels = [(grid[v * per_variant + i // columns][i % columns], variant, setting)
+              for v, variant in enumerate(variants) for i, setting in enumerate(settings)]
+    used = {id(axes) for axes, _, _ in panels}
+    for spare in (axes for row in grid for axes in row if id(axes) not in used):
+        spare.set_visible(False)  # the last row of a kind, where its settings do not fill it
     ticked: set[str] = set()
-    for row, variant in zip(grid, variants, strict=True):
-        for axes, setting in zip(row, settings, strict=True):
-            members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
-            ticked |= draw_panel(axes, members, xaxis, colours, paper)
-            style_axes(axes, f"{variant} nets: {axes_text(setting)}", xaxis, ylabel=axes is row[0])
-            if not members:  # the grid is not full: say so rather than leave a blank the eye reads as a result
-                axes.text(0.5, 0.5, "no runs", transform=axes.transAxes, ha="center", va="center", fontsize=FONT,
-                          color="0.5")
-    top = set_error_range([axes for row in grid for axes in row], curves)
-    for row, variant in zip(grid, variants, strict=True):
-        for axes, setting in zip(row, settings, strict=True):
-            members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
-            note_off_axis(axes, members, METRICS, top)
+    for axes, variant, setting in panels:
+        members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
+        ticked |= draw_panel(axes, members, xaxis, colours, paper)
+        title = textwrap.fill(f"{variant} nets: {axes_text(setting)}", PANEL_TITLE_CHARS)  # several keys: lines
+        style_axes(axes, title, xaxis, ylabel=axes in [row[0] for row in grid])
+        if not members:  # the grid is not full: say so rather than leave a blank the eye reads as a result
+            axes.text(0.5, 0.5, "no runs", transform=axes.transAxes, ha="center", va="center", fontsize=FONT,
+                      color="0.5")
+    top = set_error_range([axes for axes, _, _ in panels], curves)
+    for axes, variant, setting in panels:
+        members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
+        note_off_axis(axes, members, METRICS, top)
     keys = ", ".join(dict.fromkeys(name for setting in settings for name, _ in setting))
     figure.suptitle(f"{curves[0].key.dataset} by {keys}: {style_words(curves)}", fontsize=TITLE_FONT)
     finish_figure6(figure, curves, colours, ticked)
@@ -313,18 +345,50 @@ def draw(axes: Axes, curve: SeedCurves, metric: str, xaxis: XAxis, colour: str, 
     axes.plot(xs, frame[f"{metric}_mean"], color=colour, linewidth=width, linestyle=style, label=curve.label(metric),
               marker=STYLES[metric][2] if few else None, markersize=3.5 if metric == "test_error" else 3)
     if not curve.finished:
-        axes.plot(xs.iloc[-1:], frame[f"{metric}_mean"].iloc[-1:], color=colour, marker="o", markerfacecolor="white",
-                  markersize=6, linestyle="none", label=f"_unfinished {curve.label(metric)}")
+        mark_end(axes, xs.iloc[-1], frame[f"{metric}_mean"].iloc[-1], colour, end_kind(curve.runs),
+                 f"{curve.label(metric)}")
     if len(curve.runs) > 1 and metric != "val_error":  # a third band would mostly repeat the test error's
         axes.fill_between(xs, frame[f"{metric}_min"], frame[f"{metric}_max"], color=colour, alpha=BAND_ALPHA,
                           linewidth=0)
+    for run in curve.stopped:
+        draw_stopped(axes, run, curve, metric, xaxis, colour, style)
+
+
+# How an unfinished curve ends: an open circle where it stopped and may resume (interrupted, stopped, running), a
+# cross where it cannot go on as it is (diverged, failed)
+END_MARKS = {"unfinished": ("o", "unfinished (resumable)"), "broken": ("X", "diverged or failed")}
+
+
+def end_kind(runs: list[Run]) -> str:
+    return "broken" if any(run.status in ("diverged", "failed") for run in runs) else "unfinished"
+
+
+def mark_end(axes: Axes, x: float, y: float, colour: str, kind: str, label: str) -> None:
+    marker = END_MARKS[kind][0]
+    axes.plot([x], [y], color=colour, marker=marker, markerfacecolor="white", markersize=6, linestyle="none",
+              label=f"_{kind} {label}", zorder=3)  # clipped: an end above the axis is named in the panel
+
+
+def draw_stopped(axes: Axes, run: Run, curve: SeedCurves, metric: str, xaxis: XAxis, colour: str,
+                 style: str) -> None:
+    """A run of a finished setting that stopped early: its own thin line, to where it stopped, and its end mark;
+    it is not in the mean (the table leaves it out too)."""
+    if metric not in run.metrics:
+        return
+    frame = run.metrics.dropna(subset=[metric])
+    if frame.empty:
+        return
+    xs = frame[xaxis.column] / xaxis.divisor
+    axes.plot(xs, frame[metric], color=colour, linewidth=STOPPED_WIDTH, linestyle=style, alpha=0.7,
+              label=f"_stopped {curve.label(metric)}")
+    mark_end(axes, xs.iloc[-1], frame[metric].iloc[-1], colour, end_kind([run]), curve.label(metric))
 
 
 def mark_warmup_ends(axes: Axes, curve: SeedCurves, xaxis: XAxis, colour: str) -> None:
     """A small triangle on the x axis, in the depth's colour, where each run's warm-up ended: filled when the
     training error fell below the threshold (§4.2), open when the cap ended it. On the axis rather than on the
     curve: in the paper's 0-20% range a curve is still far above the top at the end of a warm-up."""
-    for run in curve.runs:
+    for run in curve.all_runs:
         if run.warmup_end_iteration is None:
             continue
         x = warmup_end_x(run, xaxis)
@@ -332,7 +396,7 @@ def mark_warmup_ends(axes: Axes, curve: SeedCurves, xaxis: XAxis, colour: str) -
             continue
         axes.plot([x], [0.025], transform=axes.get_xaxis_transform(), clip_on=False, linestyle="none", marker="^",
                   markersize=6, color=colour, markerfacecolor=colour if run.warmup_end_reason != "cap" else "white",
-                  label=f"_warm-up end {curve.label(run.warmup_end_reason or '')}")
+                  label=f"_warm-up end {curve.label(run.warmup_end_reason or '')}", zorder=3)  # above the spine
 
 
 def warmup_end_x(run: Run, xaxis: XAxis) -> float | None:
@@ -385,6 +449,7 @@ def set_error_range(panels: list[Axes], curves: list[SeedCurves]) -> float:
         top = min(100.0, 10 * math.ceil(highest / 10 + 1e-9)) if math.isfinite(highest) else 100.0
     for axes in panels:
         axes.set_ylim(0, top)
+        axes.yaxis.set_major_locator(MultipleLocator(5 if top <= PAPER_Y_MAX else 10 if top <= 50 else 20))
     return top
 
 
@@ -404,7 +469,7 @@ def note_off_axis(axes: Axes, curves: list[SeedCurves], metrics: Sequence[str], 
             lines.append(f"{curve.key.variant}-{curve.key.depth} ends above the axis:\n{ends}")
     if lines:
         axes.text(0.98, 0.97, "\n".join(lines), transform=axes.transAxes, ha="right", va="top", fontsize=FONT - 1,
-                  bbox={"facecolor": "white", "edgecolor": "0.7", "boxstyle": "round,pad=0.3"})
+                  bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7", "boxstyle": "round,pad=0.3"})
 
 
 def add_legend(figure: Figure, curves: list[SeedCurves], colours: dict[int, str],
@@ -418,10 +483,18 @@ def add_legend(figure: Figure, curves: list[SeedCurves], colours: dict[int, str]
     points = any(len(c.frame) <= MARKED_POINTS for c in curves)  # the keys show the point markers the curves do
     handles += [Line2D([], [], color=grey, linestyle=style, linewidth=STYLES[metric][1], label=STYLE_WORDS[metric],
                        marker=STYLES[metric][2] if points else None, markersize=3.5) for metric, style in styles]
-    if not all(c.finished for c in curves):
-        handles.append(Line2D([], [], color=grey, marker="o", markerfacecolor="white", markersize=6,
-                              linestyle="none", label="unfinished runs"))
-    reasons = {run.warmup_end_reason for c in curves for run in c.runs if run.warmup_end_iteration is not None}
+    banded = [c for c in curves if len(c.runs) > 1]
+    if banded:
+        handles.append(Patch(color=grey, alpha=BAND_ALPHA * 2, linewidth=0, label=f"range of {seeds_words(banded)}"))
+    if any(c.stopped for c in curves):
+        handles.append(Line2D([], [], color=grey, linewidth=STOPPED_WIDTH, label="stopped run (not averaged)"))
+    ends = {end_kind(c.runs) for c in curves if not c.finished} | {end_kind([r]) for c in curves for r in c.stopped}
+    for kind in ("unfinished", "broken"):
+        if kind in ends:
+            marker, words = END_MARKS[kind]
+            handles.append(Line2D([], [], color=grey, marker=marker, markerfacecolor="white", markersize=6,
+                                  linestyle="none", label=words))
+    reasons = {run.warmup_end_reason for c in curves for run in c.all_runs if run.warmup_end_iteration is not None}
     fixed = any(c.key.family.protocol.fixed_warmup for c in curves)  # 2016b: a fixed 400 iterations, ended as a cap
     cap_words = "warm-up end (cap, fixed)" if fixed else "warm-up end (cap)"
     for reason, face, words in (("threshold", grey, "warm-up end (threshold)"), ("cap", "white", cap_words)):
@@ -431,9 +504,22 @@ def add_legend(figure: Figure, curves: list[SeedCurves], colours: dict[int, str]
     if paper_ticks:
         handles.append(Line2D([], [], color=grey, marker="_", markersize=12, markeredgewidth=3, linestyle="none",
                               label=f"paper ({', '.join(paper_ticks)})"))
-    columns = min(len(handles), max(2, int(figure.get_figwidth() / LEGEND_ENTRY_WIDTH)))
+    longest = max(len(handle.get_label()) for handle in handles)
+    columns = min(len(handles), max(2, int(figure.get_figwidth() / (LEGEND_KEY_WIDTH + LEGEND_CHAR_WIDTH * longest))))
+    if len(depths) % columns and len(handles) > columns:  # the depths fill their own row(s), the keys start anew
+        handles[len(depths):len(depths)] = [blank_entry()] * (columns - len(depths) % columns)
     figure.legend(handles=row_major(handles, columns), loc="outside lower center", ncol=columns, fontsize=FONT,
                   frameon=False)
+
+
+def seeds_words(curves: list[SeedCurves]) -> str:
+    """How many seeds the means are over: '3 seeds', or '2-5 seeds' where settings differ."""
+    counts = sorted({len(c.runs) for c in curves})
+    return f"{counts[-1]} seeds" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
+
+
+def blank_entry() -> Line2D:
+    return Line2D([], [], linestyle="none", label=" ")
 
 
 def row_major(handles: list[Line2D], columns: int) -> list[Line2D]:
@@ -444,8 +530,16 @@ def row_major(handles: list[Line2D], columns: int) -> list[Line2D]:
 
 
 def depth_colours(depths: Iterable[int]) -> dict[int, str]:
-    """The same colour for a depth in every panel and figure of a dataset, shallow to deep."""
-    return {depth: PALETTE[i % len(PALETTE)] for i, depth in enumerate(sorted(set(depths)))}
+    """The same colour for a depth in every panel and figure (DEPTH_COLOURS), and different depths of a figure in
+    different colours, shallow to deep."""
+    present = set(depths)
+    colours: dict[int, str] = {}
+    for depth in [d for d in DEPTH_COLOURS if d in present] + sorted(present - set(DEPTH_COLOURS)):
+        preferred = DEPTH_COLOURS.get(depth)
+        free = [c for c in PALETTE if c not in colours.values()] or list(PALETTE)
+        wanted = PALETTE[preferred] if preferred is not None else None
+        colours[depth] = wanted if wanted in free else free[0]
+    return colours
 
 
 def one_dataset(curves: list[SeedCurves]) -> list[SeedCurves]:

@@ -21,7 +21,17 @@ from urllib.parse import quote
 
 from .._version import __version__
 from ..errors import UserError
-from .runs import CONFIG_FILE, MAX_FIGURE_BYTES, METRICS_FILE, STATUS_FILE, Run, load_runs, read_folder_file
+from .runs import (
+    CONFIG_FILE,
+    ERROR_FILE,
+    MAX_FIGURE_BYTES,
+    METRICS_FILE,
+    STATUS_FILE,
+    WORKER_LOG,
+    Run,
+    load_runs,
+    read_folder_file,
+)
 
 # what `resdepth analyze`, `lesion` and `landscape` write into RESULTS_DIR/analysis/, lesion/ and landscape/
 FIGURE_SECTIONS = (("analyze", "analysis", "Analysis", ("figure7-*.png", "gradients-*.png")),
@@ -37,7 +47,8 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bo
 .meta, .notes, figcaption { color: #555; font-size: 0.9em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #e4e4e4; text-align: left; vertical-align: top; }
-th { background: #f3f5f7; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f5f7; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.scroll { overflow-x: auto; max-width: 100%; }
 figure { margin: 1em 0 2em; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
 details { margin: 0.5em 0; } summary { cursor: pointer; font-weight: 600; }
 code { background: #f3f5f7; padding: 0 0.25em; }
@@ -66,11 +77,41 @@ def build_report(results_dir: Path, out: Path) -> tuple[str, list[str]]:
         sections.append(section("warnings", "Left out", bullet_list(warnings, "notes")))
     datasets = ", ".join(map(str, summary["dataset"].unique()))
     head = (f"<h1>resdepth report: {esc(results_dir)}</h1><p class='meta'>{len(runs)} run(s) of {esc(datasets)} · "
-            f"written {time.strftime('%Y-%m-%d %H:%M')} by resdepth {__version__} · He et al. 2016, "
-            "<i>Deep Residual Learning for Image Recognition</i>, section 4.2</p>")
+            f"written {time.strftime('%Y-%m-%d %H:%M')} by resdepth {__version__} · {papers_cited(runs)}</p>")
     page = (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>resdepth report: {esc(results_dir)}"
-            f"</title><style>{STYLE}</style></head><body>{head}{''.join(sections)}</body></html>\n")
+            f"</title><meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style>"
+            f"</head><body>{head}{''.join(sections)}</body></html>\n")
     return page, warnings
+
+
+PAPERS = {"2016b": "He et al. 2016b, <i>Identity Mappings in Deep Residual Networks</i>"}
+SECTION_4_2 = "He et al. 2016, <i>Deep Residual Learning for Image Recognition</i>, section 4.2"
+
+
+def papers_cited(runs: list[Run]) -> str:
+    """§4.2, and the papers of the other families the runs belong to (2016b for pre-activation nets)."""
+    from ..models.families import family_of_run
+
+    labels = {family.reference.label for family in map(family_of_run, (run.config for run in runs))
+              if family.reference}
+    return " · ".join([SECTION_4_2, *(PAPERS[label] for label in sorted(labels) if label in PAPERS)])
+
+
+# A figure's caption by its file name's start (the file name follows it)
+CAPTIONS = (("figure1-", "Figure 1 style: training error (left) and test error (right) by depth"),
+            ("figure6-", "Figure 6 style: dashed training error, bold test error, a panel per family"),
+            ("figure7-", "Figure 7 style: std of each layer's response, in order (top) and sorted (bottom)"),
+            ("gradients-", "gradient norm of each layer's weights at points of training"),
+            ("lesion-blocks-", "test error with one block deleted at a time"),
+            ("lesion-k-", "test error with k random blocks deleted or k pairs swapped"),
+            ("landscape-2d-error-", "training error around the trained weights, 2D contours"),
+            ("landscape-2d-", "training loss around the trained weights, 2D contours"),
+            ("landscape-1d-", "training loss and error along random directions, 1D slices"))
+
+
+def caption(name: str) -> str:
+    words = next((words for start, words in CAPTIONS if name.startswith(start)), "")
+    return f"{esc(words)} <code>{esc(name)}</code>" if words else f"<code>{esc(name)}</code>"
 
 
 def section(anchor: str, title: str, body: str) -> str:
@@ -81,10 +122,12 @@ def summary_table(headers: list[str], rows: list[list[str]]) -> str:
     from .tables import TEXT_HEADERS
 
     numeric = [i for i, h in enumerate(headers) if h not in TEXT_HEADERS]
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    head = "".join(f"<th class='num'>{esc(h)}</th>" if i in numeric else f"<th>{esc(h)}</th>"
+                   for i, h in enumerate(headers))
     cell = lambda i, v: f"<td class='{'num' if i in numeric else ''}'>{esc(v)}</td>"  # noqa: E731
     body = "".join("<tr>" + "".join(cell(i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table class='summary' id='summary'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f"<div class='scroll'><table class='summary' id='summary'><thead><tr>{head}</tr></thead><tbody>{body}"
+            "</tbody></table></div>")
 
 
 def bullet_list(lines: Iterable[str], css: str) -> str:
@@ -101,7 +144,8 @@ def svg_figure(name: str, figure: Any) -> str:
 
 def embedded_figure(name: str, mime: str, data: bytes) -> str:
     url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
-    return f"<figure><img class='figure' src='{url}' alt='{esc(name)}'><figcaption>{esc(name)}</figcaption></figure>"
+    return (f"<figure><img class='figure' src='{url}' alt='{esc(name)}'><figcaption>{caption(name)}</figcaption>"
+            "</figure>")
 
 
 def figures_section(results_dir: Path, command: str, folder_name: str, title: str, patterns: tuple[str, ...],
@@ -167,15 +211,17 @@ def runs_table(runs: list[Run], page_dir: Path) -> str:
     for run in runs:
         last = run.metrics.iloc[-1]
         links = " ".join(f"<a href='{esc(link(run.path / name, page_dir))}'>{name}</a>"
-                         for name in (METRICS_FILE, CONFIG_FILE, STATUS_FILE) if (run.path / name).exists())
-        rows.append(f"<tr><td>{esc(run.path.name)}</td><td>{esc(run.status)}</td>"
+                         for name in (METRICS_FILE, CONFIG_FILE, STATUS_FILE, ERROR_FILE, WORKER_LOG)
+                         if (run.path / name).exists())
+        state = f"{run.status}: {run.error}" if run.error and run.status in ("failed", "diverged") else run.status
+        rows.append(f"<tr><td>{esc(run.path.name)}</td><td>{esc(state)}</td>"
                     f"<td class='num'>{int(last['epoch'])}</td>"
                     f"<td class='num'>{int(last['iteration']):,}</td><td class='num'>{last['train_error']:.2f}</td>"
                     f"<td class='num'>{last['test_error']:.2f}</td><td>{esc(trained_on(run))}</td>"
                     f"<td>{links}</td></tr>")
     head = ("<table class='runs'><thead><tr><th>run</th><th>state</th><th>epochs</th><th>iterations</th>"
             "<th>train err %</th><th>test err %</th><th>trained on</th><th>files</th></tr></thead><tbody>")
-    return head + "".join(rows) + "</tbody></table>"
+    return "<div class='scroll'>" + head + "".join(rows) + "</tbody></table></div>"
 
 
 def link(path: Path, page_dir: Path) -> str:
@@ -207,10 +253,10 @@ def values_table(runs: list[Run], values_of: Any) -> str:
     keys = list(dict.fromkeys(key for values in per_run for key in values))
     rows = []
     for key in keys:
-        shown = [json.dumps(values.get(key), default=str) for values in per_run]
+        shown = [json.dumps(values.get(key), default=str, ensure_ascii=False) for values in per_run]
         value = shown[0] if len(set(shown)) == 1 else ", ".join(shown)
         rows.append(f"<tr><td>{esc(key)}</td><td>{esc(value)}</td></tr>")
-    return "<table class='config'><tbody>" + "".join(rows) + "</tbody></table>"
+    return "<div class='scroll'><table class='config'><tbody>" + "".join(rows) + "</tbody></table></div>"
 
 
 def esc(value: Any) -> str:

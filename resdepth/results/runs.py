@@ -36,9 +36,10 @@ METRIC_COLUMNS: tuple[str, ...] = (
 )
 VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_error")  # present only when the run holds out a validation split
 # gradients.csv: per epoch and weight layer (1..depth in forward order, the FC last), the L2 norms of the weight's
-# loss gradient and of the weight, averaged over the steps the epoch sampled (resdepth/gradients.py says which).
+# loss gradient and of the weight, averaged over the steps the epoch sampled (resdepth/train/gradients.py says which).
 GRADIENT_COLUMNS: tuple[str, ...] = ("epoch", "iteration", "layer", "name", "grad_norm", "weight_norm", "sampled_steps")
 
+WORKER_LOG = "worker.log"  # a worker process's output, in its job's first run folder
 CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE = (
     "config.json", "metrics.csv", "status.json", "checkpoint.pt", "lock", "error.txt",
 )
@@ -139,7 +140,8 @@ def create_temp_beside(path: Path) -> tuple[int, Path]:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
+    """In the payload's own order: a sweep's grid keys in the order they were given, which its folder names follow."""
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
 # The most resdepth ever writes into each kind of file, with room to spare: a larger file is not one of its own, and
@@ -324,6 +326,7 @@ class Run:
     status: str
     warmup_end_iteration: int | None = None  # from status.json: how the warm-up ended, if it did
     warmup_end_reason: str | None = None
+    error: str | None = None  # from status.json: why it failed or diverged
 
     @property
     def finished(self) -> bool:
@@ -424,7 +427,30 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     if replaced:
         warnings.append(f"left out {len(replaced)} run folder(s) that sweep --force replaced (*{REPLACED_MARK}*, e.g. "
                         f"{replaced[0]}): name one to read it")
-    return runs, warnings
+    runs, repeated = without_repeats(runs)
+    return runs, warnings + repeated
+
+
+def without_repeats(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """The runs with each experiment once: a run of the same config and seed as another (trained twice under two
+    folder names, e.g. before and after a --grid axis named the default's value, or a copy) is one seed, not two.
+    The finished one is kept, else the shallowest, then the first by folder; a note names each one left out."""
+    from .groups import comparable
+
+    kept: dict[str, Run] = {}
+    notes = []
+    for run in sorted(runs, key=lambda r: (not r.finished, len(r.path.parts), str(r.path))):
+        trained = {k: v for k, v in run.config.items() if k not in RUN_CONFIG_SECTIONS}
+        resolved = run.config.get("resolved")  # the length it trained, which --epochs leaves to the data
+        length = resolved.get("iterations") if isinstance(resolved, dict) else None
+        key = json.dumps([comparable(trained), length], sort_keys=True, default=str)
+        if key in kept:
+            notes.append(f"left out {run.path}: the same config and seed as {kept[key].path} (trained twice, or a "
+                         "copy), counted once")
+        else:
+            kept[key] = run
+    chosen = {id(run) for run in kept.values()}
+    return [run for run in runs if id(run) in chosen], notes
 
 
 def read_run(run_dir: Path, notes: list[str]) -> Run | None:
@@ -443,7 +469,8 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
     state = status.state if status else "unknown"
     if status and state == "running" and writer_gone(status, time.time()):
         state = STOPPED  # killed, or its node lost: `status` says the same
-    return Run(run_dir, config, metrics, state, *warmup_end(status))
+    error = status.error if status and isinstance(status.error, str) else None
+    return Run(run_dir, config, metrics, state, *warmup_end(status), error=error)
 
 
 STOPPED = "stopped"  # status.json says running, but its process is gone (killed, node lost): resume it

@@ -31,7 +31,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "final_train_error_mean", "final_test_error_best", "final_test_error_mean", "final_test_error_std",
     "final_test_error_median", "min_epoch_test_error_mean", "val_selected_test_error_mean",
     "paper_test_error", "paper_statistic", "compared_with", "paper_protocol", "vs_paper", "protocol_differences",
-    "precision",
+    "precision", "warmup_still_on",
 )
 RUN_COLUMNS: tuple[str, ...] = (
     "dataset", "setting", "kind", "shortcut", "depth", "seed", "state", "counted", "epochs", "planned_epochs",
@@ -91,7 +91,13 @@ def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
         "vs_paper": ours - number.compared if number is not None and not differences else math.nan,
         "protocol_differences": "; ".join(differences),
         "precision": "/".join(dict.fromkeys(run_precision(run) for run in runs)),  # one: precision splits groups
+        "warmup_still_on": sum(warmed_up_to_the_end(run) for run in finished),
     }
+
+
+def warmed_up_to_the_end(run: Run) -> bool:
+    """A run that warmed up and ended before its warm-up did: it trained at the warm-up's lr (0.01) throughout."""
+    return bool(run.config.get("resolved", {}).get("warmup")) and run.warmup_end_reason is None
 
 
 def seeds_of(runs: list[Run]) -> str:
@@ -234,6 +240,11 @@ def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], li
     columns_paper, notes_paper = paper_columns(summary, families)
     columns += columns_paper
     notes += notes_paper
+    still_on = summary[summary["warmup_still_on"] > 0]
+    if not still_on.empty:
+        nets = ", ".join(dict.fromkeys(f"{row.kind}-{row.depth}" for row in still_on.itertuples()))
+        notes.append(f"warm-up: {nets} ended still warming up, so trained at lr 0.01 throughout (a run shorter "
+                     "than its warm-up; the paper's numbers need the whole schedule).")
     if summary["unfinished"].any():
         columns.append(("unfinished, not counted", _text("unfinished_runs")))
         notes.append("runs: the finished runs, which every number of the row (and Δ) is over; unfinished runs "

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..results.runs import WORKER_LOG
 from .cell import CellOutcome, job_outcome_from_status, run_cells
 from .startup import python_command
-
-WORKER_LOG = "worker.log"  # a worker process's output, in its job's first run folder
 
 
 @dataclass(frozen=True)

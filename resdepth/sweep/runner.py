@@ -10,6 +10,7 @@ cells that differ only in their seed, trained together
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -212,6 +213,7 @@ def make_cells(sweep: SweepConfig, family_of: Callable[[str], Family] = get_fami
     families = {kind: family_of(kind) for kind in sweep.kinds}
     axes = grid_axes(sweep.grid, list(families.values()))
     keys = [axis.key for axis in axes]
+    existing = folder_names(sweep.out_dir()) if len(keys) > 1 else set()
     cells: dict[str, Cell] = {}
     for depth in sweep.depths:
         for kind, family in families.items():
@@ -220,11 +222,33 @@ def make_cells(sweep: SweepConfig, family_of: Callable[[str], Family] = get_fami
                 for seed in sweep.seeds:
                     config = replace(base, seed=seed).for_family(family)
                     name = cell_name(config, family, keys)
+                    if existing and name not in existing:
+                        name = name_in_another_order(config, family, keys, existing) or name
                     if name in cells and comparable(asdict(cells[name].config)) != comparable(asdict(config)):
                         raise UserError(f"two cells of the grid would share the folder {name} (values that read "
                                         "the same in a folder name): give the axis values that differ more")
                     cells.setdefault(name, Cell(name, sweep.out_dir() / name, config))
     return list(cells.values())
+
+
+def folder_names(out_dir: Path) -> set[str]:
+    try:
+        return {entry.name for entry in os.scandir(out_dir) if entry.is_dir(follow_symlinks=False)}
+    except OSError:  # no results folder yet
+        return set()
+
+
+MAX_REORDERED_KEYS = 5  # 120 orders: more grid keys than any study sweeps
+
+
+def name_in_another_order(config: TrainConfig, family: Family, keys: list[str], existing: set[str]) -> str | None:
+    """The folder an earlier sweep made for this cell with the grid's keys in another order (`--grid width=...
+    --grid lr=...` against `--grid lr=... --grid width=...`, or a sweep.json written before the order was kept,
+    which saved them sorted): that folder is this cell's, not a second one beside it."""
+    if len(keys) > MAX_REORDERED_KEYS:
+        return None
+    names = (cell_name(config, family, list(order)) for order in itertools.permutations(keys))
+    return next((name for name in names if name in existing), None)
 
 
 def device_slots(sweep: SweepConfig) -> list[str]:
@@ -637,7 +661,12 @@ def load_saved_sweep(results_dir: Path, execution: SweepConfig | None = None) ->
     it names by path is used only when the user named it too (--kind)."""
     saved = read_saved_sweep(results_dir)
     for kind in saved.kinds:
-        family_named_by_folder(kind, str(results_dir / SWEEP_FILE))
+        try:
+            family_named_by_folder(kind, str(results_dir / SWEEP_FILE))
+        except UserError:  # --kind with --resume sets the sweep's kinds: every one of them, not the path's alone
+            raise UserError(f"{results_dir / SWEEP_FILE} names the family {kind} by import path; resdepth never "
+                            "imports code that a results folder names: if you trust that module, name the sweep's "
+                            f"kinds yourself, --kind {','.join(saved.kinds)}") from None
     how = execution or SweepConfig()
     sweep = replace(saved, **{name: getattr(how, name) for name in execution_fields()})
     try:

@@ -140,8 +140,10 @@ class TrainConfig:
             raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise UserError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.warmup not in WARMUP_MODES:
