@@ -395,6 +395,19 @@ def test_construct_prints_both_errors_and_how_to_train_from_it(results, tmp_path
     assert "--kind plain --depth 14 --dataset synthetic" in out and "--init" in out
     # the warm-up's threshold and length in config.json are the family's, filled in: not carried over as changed
     assert "--warmup-max-iterations" not in out and "warmup_until_error" not in out, out
+    assert "note:" not in out
+
+
+def test_construct_names_the_values_only_a_sweep_file_sets(results, tmp_path, run_cli):
+    # the note said "the source run also set options" and named no value (a width run's --width=2 was already given)
+    source = tmp_path / "src" / "plain-8-s0"
+    shutil.copytree(results / "plain-8-s0", source)
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "lr_decay": 0.2}))
+    code, out, err = run_cli("construct", str(source), "--depth", "14", "--out", str(tmp_path / "c"), "--device",
+                             "cpu", columns=300)
+    assert code == 0, err
+    assert "note: the source run also set lr_decay = 0.2, which only a sweep file sets" in " ".join(out.split())
 
 
 @pytest.mark.parametrize("args, message", [

@@ -137,6 +137,8 @@ def test_lesion_writes_one_row_per_run_and_lesion_and_both_figures(results, run_
     # depth 14: 4 shape-keeping blocks, one pair of them in one stage (layer1.0, layer1.1)
     assert per_run.loc["plain"].to_dict() == {"delete-k": 4, "delete-one": 6, "none": 1, "swap-k": 2}
     assert per_run.loc["plain"].equals(per_run.loc["residual"])
+    # --max-k 2 where only one pair can swap: said, where it had been left to the figure to show
+    assert "plain-14-s0: --max-k 2 reaches k = 2 for deletions and 1 for swaps" in " ".join((out + err).split())
     single = table[(table["lesion"] == "delete-one")]
     cannot = single[single["test_error"].isna()]
     assert sorted(zip(cannot["kind"], cannot["name"], strict=True)) == [("plain", "layer2.0"), ("plain", "layer3.0")]

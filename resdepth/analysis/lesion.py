@@ -151,6 +151,7 @@ def lesion_runs(runs: list[Run], config: LesionConfig, device: torch.device | No
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     refused: set[str] = set()  # families that cannot say what a block is: one line each, not one per run
+    capped: dict[str, tuple[int, int]] = {}  # nets with fewer blocks to lesion than --max-k: the k each kind reaches
     data = DataCache()
     groups = group_runs(runs)
     for key, group in groups.items():
@@ -167,6 +168,11 @@ def lesion_runs(runs: list[Run], config: LesionConfig, device: torch.device | No
                 refused.add(key.kind)
                 continue
             rows += lesion_run(trained, blocks, config, device, on_progress)
+            deletions, swaps = len(shape_keeping(blocks)), len(swappable_pairs(blocks))
+            if min(deletions, swaps) < config.max_k:
+                capped[trained.label] = (min(deletions, config.max_k), min(swaps, config.max_k))
+    notes += [f"{label}: --max-k {config.max_k} reaches k = {deletions} for deletions and {swaps} for swaps (only "
+              "so many blocks keep their shape)" for label, (deletions, swaps) in capped.items()]
     if not rows:
         raise UserError(f"no run could be lesioned ({notes[0]})" if notes else "no run could be lesioned")
     table = pd.DataFrame(rows, columns=with_axes(LESION_COLUMNS, groups))

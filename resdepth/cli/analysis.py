@@ -4,6 +4,7 @@ landscape load their code and matplotlib only when they run."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import fields
 from pathlib import Path
@@ -97,9 +98,13 @@ def construct(
     console.print(f"train from it with the source run's protocol: resdepth train "
                   f"{shlex.join([*result.train_args, *protocol])} --out DIR", markup=False, highlight=False,
                   soft_wrap=True)
+    options = result.source_config.get("options")
+    if "options" in unset and isinstance(options, dict) and set(options) <= {"width"}:  # --width=K above says it
+        unset.remove("options")
     if unset:
-        console.print(f"note: the source run also set {', '.join(unset)}, which only a sweep file sets (no option): "
-                      "give them in one to train exactly as it did", markup=False, highlight=False, soft_wrap=True)
+        values = ", ".join(f"{name} = {json.dumps(result.source_config.get(name))}" for name in unset)
+        console.print(f"note: the source run also set {values}, which only a sweep file sets (no option): give "
+                      "them in one to train exactly as it did", markup=False, highlight=False, soft_wrap=True)
 
 
 def changed_by_run(config: dict[str, Any]) -> dict[str, Any]:
