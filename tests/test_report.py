@@ -157,7 +157,7 @@ def test_the_page_reads_on_a_phone_says_why_a_run_failed_and_cites_each_familys_
     status["error"] = "worker process died (signal 9)"
     (tmp_path / "residual-20-s1" / "status.json").write_text(json.dumps(status))
     (tmp_path / "residual-20-s1" / "error.txt").write_text("Traceback ...")
-    write_run(tmp_path, "preact", 110, resolved={"summary": "§4.2"})
+    write_run(tmp_path, "preact", 110, resolved={"summary": "§4.2", "odd": "a\ud800b"})  # no UTF-8 holds it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         page, _ = build_report(tmp_path, tmp_path / "report.html")
@@ -169,3 +169,4 @@ def test_the_page_reads_on_a_phone_says_why_a_run_failed_and_cites_each_familys_
     assert "Identity Mappings in Deep Residual Networks" in page and "section 4.2" in page
     assert "Figure 6 style: dashed training error" in page
     assert "\\u00a7" not in page and "§4.2" in page  # config values as written, not JSON's escapes
+    assert "a\\ud800b" in page and page.encode()  # shown escaped: the page had failed to be written

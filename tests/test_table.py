@@ -383,8 +383,24 @@ def test_one_experiment_trained_twice_is_one_seed_not_two(tmp_path, write_run):
     longer = write_run(tmp_path / "longer", "residual", 20, seed=0, test=(50.0, 20.0, 8.0))
     config = json.loads((longer / "config.json").read_text())  # trained longer on other data: not a repeat
     (longer / "config.json").write_text(json.dumps({**config, "resolved": {**config["resolved"], "iterations": 1}}))
+    bf16 = write_run(tmp_path / "bf16", "residual", 20, seed=0, test=(50.0, 20.0, 8.5))
+    config = json.loads((bf16 / "config.json").read_text())  # another precision: another setting, not a repeat
+    (bf16 / "config.json").write_text(json.dumps({**config, "resolved": {**config["resolved"], "precision": "bf16"}}))
     runs, notes = load_runs(tmp_path)
     assert sorted(str(run.path.relative_to(tmp_path)) for run in runs) == [
-        "longer/residual-20-s0", "residual-20-s0", "residual-20-s1"]
+        "bf16/residual-20-s0", "longer/residual-20-s0", "residual-20-s0", "residual-20-s1"]
     assert notes == [f"left out {copy}: the same config and seed as {tmp_path / 'residual-20-s0'} (trained twice, or "
                      "a copy), counted once"]
+
+
+def test_a_warm_up_is_said_to_be_still_on_only_where_status_json_says_so_and_a_null_section_reads(tmp_path,
+                                                                                                   write_run):
+    write_run(tmp_path, "residual", 110, seed=0, iterations=40, warmup_end=None, resolved={"warmup": True})
+    copied = write_run(tmp_path, "residual", 110, seed=1, iterations=40, state=None, resolved={"warmup": True})
+    summary = summarize(load_runs(tmp_path)[0])
+    assert summary["warmup_still_on"].tolist() == [1]  # the copy without status.json: not known, not counted
+    _, _, notes = display_table(summary)
+    assert any(note.startswith("warm-up: residual-110 ended still warming up") for note in notes)
+    config = json.loads((copied / "config.json").read_text())
+    (copied / "config.json").write_text(json.dumps({**config, "resolved": None}))  # had crashed table and plot
+    assert len(summarize(load_runs(tmp_path)[0])) >= 1

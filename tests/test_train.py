@@ -161,6 +161,19 @@ def test_config_json_records_each_attempt_and_a_finished_run_asked_again_keeps_i
     assert trained_on(load_runs(tmp_path)[0][0]) == f"{host} (cpu) from 0; {host} (cpu) from 6"
 
 
+def test_a_run_begun_before_attempts_were_recorded_keeps_its_first_machine(tmp_path, tiny_config):
+    config = tiny_config(epochs=4)
+    calls = iter(range(1000))
+    run_training(config, tmp_path, should_stop=lambda: next(calls) == 6)
+    record = json.loads((tmp_path / "config.json").read_text())
+    first = record.pop("attempts")[0]["environment"]
+    (tmp_path / "config.json").write_text(json.dumps(record))  # as an earlier version wrote it
+    run_training(config, tmp_path)
+    attempts = json.loads((tmp_path / "config.json").read_text())["attempts"]
+    assert (attempts[0]["from_iteration"], attempts[0]["environment"]) == (None, first)
+    assert attempts[1]["from_iteration"] == 6
+
+
 def test_resuming_before_the_cap_still_ends_the_warmup_there(tmp_path, tiny_config):
     config = tiny_config(warmup="on", warmup_until_error=0.0, warmup_max_iterations=10, epochs=8)
     calls = iter(range(1000))

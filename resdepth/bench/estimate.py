@@ -71,8 +71,8 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
                   on_progress: Callable[[str], None] = lambda _: None) -> PlanEstimate:
     """Iterations and time per planned cell on this machine, measuring what the speed cache does not hold."""
     data = check_data_present(sweep.train.data)
-    data_of = cells_data(planned, sweep.train.data, data)
     runnable = [item for item in planned if item.action in RUNNABLE]
+    data_of = cells_data(runnable, sweep.train.data, data)  # finished cells are not checked again, as by the run
     cells = {item.cell.name: CellEstimate(cell_iterations(item, data_of(item)) if item in runnable else None, None)
              for item in planned}
     if sweep.executor in ("ray", "slurm"):

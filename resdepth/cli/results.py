@@ -113,7 +113,7 @@ def report(
     page, warnings = build_report(results_dir, out)
     warn(warnings)
     ensure_writable_dir(out.parent)
-    atomic_write_bytes(out, page.encode())
+    atomic_write_bytes(out, page.encode("utf-8", "backslashreplace"))  # a folder name no UTF-8 can hold, escaped
     console.print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained): open it in a browser", markup=False,
                   highlight=False, soft_wrap=True)
 

@@ -115,9 +115,10 @@ def sweep(
     sweep_file: Annotated[Path | None, typer.Argument(help="TOML sweep file (see sweeps/); options given here "
                                                               "override it.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Resume the sweep saved in this results folder: its grid and "
-                                                     "protocol, and how it executed (--jobs, --checkpoint-every, "
-                                                     "...) where the command line or a sweep file given with it "
-                                                     "does not say.",
+                                                     "protocol, and its runs' own execution options "
+                                                     "(--checkpoint-every, --compile, ...) where the command line "
+                                                     "or a sweep file given with it does not say; --jobs, --executor "
+                                                     "and the like only from them.",
                                                    rich_help_panel=WHAT)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells, their folders and devices; train nothing.",
                                           rich_help_panel=WHAT)] = False,

@@ -459,14 +459,24 @@ def final_errors(curve: SeedCurves, metrics: Sequence[str]) -> dict[str, float]:
     return {m: float(values.iloc[-1]) for m, values in means.items() if not values.empty}
 
 
+def stopped_final_errors(run: Run, metrics: Sequence[str]) -> dict[str, float]:
+    """A stopped run's last logged value of each metric."""
+    values = {m: run.metrics[m].dropna() for m in metrics if m in run.metrics}
+    return {m: float(v.iloc[-1]) for m, v in values.items() if not v.empty}
+
+
 def note_off_axis(axes: Axes, curves: list[SeedCurves], metrics: Sequence[str], top: float) -> None:
     """Name the curves that end above the axis, with where they end, in the panel's top right corner."""
     lines = []
     for curve in curves:
-        above = {m: v for m, v in final_errors(curve, metrics).items() if v > top}
-        if above:
-            ends = ", ".join(f"{METRIC_WORDS[m]} {v:.1f}%" for m, v in above.items())
-            lines.append(f"{curve.key.variant}-{curve.key.depth} ends above the axis:\n{ends}")
+        ends = [(f"{curve.key.variant}-{curve.key.depth}", final_errors(curve, metrics))]
+        ends += [(f"{curve.key.variant}-{curve.key.depth} seed {run.setting('seed', '?')} (stopped)",
+                  stopped_final_errors(run, metrics)) for run in curve.stopped]
+        for name, finals in ends:
+            above = {m: v for m, v in finals.items() if v > top}
+            if above:
+                words = ", ".join(f"{METRIC_WORDS[m]} {v:.1f}%" for m, v in above.items())
+                lines.append(f"{name} ends above the axis:\n{words}")
     if lines:
         axes.text(0.98, 0.97, "\n".join(lines), transform=axes.transAxes, ha="right", va="top", fontsize=FONT - 1,
                   bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7", "boxstyle": "round,pad=0.3"})

@@ -188,11 +188,12 @@ def trained_on(run: Run) -> str:
     """Each attempt's machine and the iteration it started from (config.json's attempts; before they were recorded,
     the last machine): 'vm (cpu) from 0; node7 (cuda:0) from 32,000'."""
     attempts = run.config.get("attempts")
-    if not isinstance(attempts, list) or not attempts:
+    attempts = [attempt for attempt in attempts if isinstance(attempt, dict)] if isinstance(attempts, list) else []
+    if not attempts:
         return machine_of(run.config.get("environment"))
     return "; ".join(f"{machine_of(attempt.get('environment'))} from {attempt.get('from_iteration', '?'):,}"
                      if isinstance(attempt.get("from_iteration"), int) else machine_of(attempt.get("environment"))
-                     for attempt in attempts if isinstance(attempt, dict))
+                     for attempt in attempts)
 
 
 def machine_of(environment: Any) -> str:
@@ -260,4 +261,6 @@ def values_table(runs: list[Run], values_of: Any) -> str:
 
 
 def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """Text for the page: markup escaped, and what UTF-8 cannot hold (a lone surrogate from a folder's JSON) shown as
+    its escape rather than failing the page."""
+    return html.escape(str(value).encode("utf-8", "backslashreplace").decode("utf-8"), quote=True)

@@ -432,23 +432,25 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
 
 
 def without_repeats(runs: list[Run]) -> tuple[list[Run], list[str]]:
-    """The runs with each experiment once: a run of the same config and seed as another (trained twice under two
-    folder names, e.g. before and after a --grid axis named the default's value, or a copy) is one seed, not two.
-    The finished one is kept, else the shallowest, then the first by folder; a note names each one left out."""
-    from .groups import comparable
+    """The runs with each experiment once: two runs of one group (the table's notion of one setting: protocol,
+    resolved precision, network version, split sizes, ...) with the same seed and the same --init weights are one
+    seed, not two (trained twice under two folder names, e.g. before and after a --grid axis named the default's
+    value, or a copy). The complete one is kept, else the shallowest, then the first by folder; a note names each
+    one left out."""
+    from .groups import group_runs, is_complete
 
     kept: dict[str, Run] = {}
     notes = []
-    for run in sorted(runs, key=lambda r: (not r.finished, len(r.path.parts), str(r.path))):
-        trained = {k: v for k, v in run.config.items() if k not in RUN_CONFIG_SECTIONS}
-        resolved = run.config.get("resolved")  # the length it trained, which --epochs leaves to the data
-        length = resolved.get("iterations") if isinstance(resolved, dict) else None
-        key = json.dumps([comparable(trained), length], sort_keys=True, default=str)
-        if key in kept:
-            notes.append(f"left out {run.path}: the same config and seed as {kept[key].path} (trained twice, or a "
-                         "copy), counted once")
-        else:
-            kept[key] = run
+    for key, group in group_runs(runs).items():
+        for run in sorted(group, key=lambda r: (not is_complete(r), len(r.path.parts), str(r.path))):
+            init = (run.config.get("resolved") or {}).get("init")
+            same = json.dumps([str(key), run.setting("seed"), init.get("sha256") if isinstance(init, dict) else
+                               None], default=str)
+            if same in kept:
+                notes.append(f"left out {run.path}: the same config and seed as {kept[same].path} (trained twice, "
+                             "or a copy), counted once")
+            else:
+                kept[same] = run
     chosen = {id(run) for run in kept.values()}
     return [run for run in runs if id(run) in chosen], notes
 
@@ -462,6 +464,7 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
     problem = "config.json is not valid JSON" if config is None else config_problem(config)
     if problem:
         raise UserError(problem)
+    config = {key: value for key, value in config.items() if not (key in SECTIONS and value is None)}  # null: absent
     metrics, note = read_metrics(run_dir / METRICS_FILE)
     if note:
         notes.append(note)

@@ -97,7 +97,9 @@ def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
 
 def warmed_up_to_the_end(run: Run) -> bool:
     """A run that warmed up and ended before its warm-up did: it trained at the warm-up's lr (0.01) throughout."""
-    return bool(run.config.get("resolved", {}).get("warmup")) and run.warmup_end_reason is None
+    # without a status.json (copied results) how the warm-up ended is unknown: never said to be still on
+    return bool(run.config.get("resolved", {}).get("warmup")) and run.status != "unknown" and \
+        run.warmup_end_reason is None
 
 
 def seeds_of(runs: list[Run]) -> str:

@@ -508,10 +508,16 @@ ATTEMPT_EXECUTION = ("precision", "compile", "channels_last", "cuda_graph", "cud
 
 
 def earlier_attempts(run: RunProgress) -> list[dict[str, Any]]:
-    """The attempts config.json records before this one, when this one resumes (a run started over has none)."""
+    """The attempts config.json records before this one, when this one resumes (a run started over has none). A
+    config.json written before attempts were recorded gives its machine as one attempt of unknown start."""
     saved = read_json(run.run_dir / CONFIG_FILE) if run.iteration else None
-    attempts = saved.get("attempts") if isinstance(saved, dict) else None
-    return [attempt for attempt in attempts if isinstance(attempt, dict)] if isinstance(attempts, list) else []
+    if not isinstance(saved, dict):
+        return []
+    attempts = saved.get("attempts")
+    if isinstance(attempts, list):
+        return [attempt for attempt in attempts if isinstance(attempt, dict)]
+    machine = saved.get("environment")
+    return [{"from_iteration": None, "environment": machine}] if isinstance(machine, dict) else []
 
 
 def check_same_network(run_dir: Path, kind: str) -> None:
