@@ -449,7 +449,7 @@ def set_error_range(panels: list[Axes], curves: list[SeedCurves]) -> float:
         top = min(100.0, 10 * math.ceil(highest / 10 + 1e-9)) if math.isfinite(highest) else 100.0
     for axes in panels:
         axes.set_ylim(0, top)
-        axes.yaxis.set_major_locator(MultipleLocator(5 if top <= PAPER_Y_MAX else 10 if top <= 50 else 20))
+        axes.yaxis.set_major_locator(MultipleLocator(5 if top <= PAPER_Y_MAX else 10))  # one step in every figure
     return top
 
 
