@@ -106,15 +106,18 @@ def estimate_plan(sweep: SweepConfig, planned: list[PlannedCell],
 def cells_data(planned: list[PlannedCell], base: DataConfig, data: DataCheck) -> Callable[[PlannedCell], DataCheck]:
     """Each cell's data as its run sees it: a grid over data fields (train_size, val_size, ...) gives cells other
     split sizes than the sweep's own, which may be more than the dataset holds (refused here, as the run would)."""
-    checks = {json.dumps(asdict(base), sort_keys=True, default=str): data}
+    def data_key(config: DataConfig) -> str:
+        return json.dumps(asdict(config), sort_keys=True, default=str)
+
+    checks = {data_key(base): data}
     for item in planned:
-        key = json.dumps(asdict(item.cell.config.data), sort_keys=True, default=str)
+        key = data_key(item.cell.config.data)
         if key not in checks:
             try:
                 checks[key] = check_data_present(item.cell.config.data)
             except UserError as exc:
                 raise UserError(f"cell {item.cell.name}: {exc}") from None
-    return lambda item: checks[json.dumps(asdict(item.cell.config.data), sort_keys=True, default=str)]
+    return lambda item: checks[data_key(item.cell.config.data)]
 
 
 def speed_setting(config: TrainConfig) -> str:

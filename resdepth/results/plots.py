@@ -247,23 +247,22 @@ def figure6_by_setting(curves: list[SeedCurves], x: str, paper: bool = False) ->
     columns = min(len(settings), MAX_SETTING_COLUMNS)  # more settings wrap onto further rows of the same kind
     per_variant = math.ceil(len(settings) / columns)
     figure, grid = new_grid(len(variants) * per_variant, columns)
-    panels = [(grid[v * per_variant + i // columns][i % columns], variant, setting)
+    panels = [(grid[v * per_variant + i // columns][i % columns], variant, setting,
+               [c for c in curves if c.key.variant == variant and c.key.axes == setting])
               for v, variant in enumerate(variants) for i, setting in enumerate(settings)]
-    used = {id(axes) for axes, _, _ in panels}
+    used = {id(axes) for axes, _, _, _ in panels}
     for spare in (axes for row in grid for axes in row if id(axes) not in used):
         spare.set_visible(False)  # the last row of a kind, where its settings do not fill it
     ticked: set[str] = set()
-    for axes, variant, setting in panels:
-        members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
+    for axes, variant, setting, members in panels:
         ticked |= draw_panel(axes, members, xaxis, colours, paper)
         title = textwrap.fill(f"{variant} nets: {axes_text(setting)}", PANEL_TITLE_CHARS)  # several keys: lines
         style_axes(axes, title, xaxis, ylabel=axes in [row[0] for row in grid])
         if not members:  # the grid is not full: say so rather than leave a blank the eye reads as a result
             axes.text(0.5, 0.5, "no runs", transform=axes.transAxes, ha="center", va="center", fontsize=FONT,
                       color="0.5")
-    top = set_error_range([axes for axes, _, _ in panels], curves)
-    for axes, variant, setting in panels:
-        members = [c for c in curves if c.key.variant == variant and c.key.axes == setting]
+    top = set_error_range([axes for axes, _, _, _ in panels], curves)
+    for axes, _, _, members in panels:
         note_off_axis(axes, members, METRICS, top)
     keys = ", ".join(dict.fromkeys(name for setting in settings for name, _ in setting))
     figure.suptitle(f"{curves[0].key.dataset} by {keys}: {style_words(curves)}", fontsize=TITLE_FONT)
@@ -455,13 +454,12 @@ def set_error_range(panels: list[Axes], curves: list[SeedCurves]) -> float:
 
 def final_errors(curve: SeedCurves, metrics: Sequence[str]) -> dict[str, float]:
     """The last logged mean of each metric (metrics a curve never logged are left out)."""
-    means = {m: curve.frame[f"{m}_mean"].dropna() for m in metrics if f"{m}_mean" in curve.frame}
-    return {m: float(values.iloc[-1]) for m, values in means.items() if not values.empty}
+    return last_logged({m: curve.frame[f"{m}_mean"] for m in metrics if f"{m}_mean" in curve.frame})
 
 
-def stopped_final_errors(run: Run, metrics: Sequence[str]) -> dict[str, float]:
-    """A stopped run's last logged value of each metric."""
-    values = {m: run.metrics[m].dropna() for m in metrics if m in run.metrics}
+def last_logged(series: dict[str, pd.Series]) -> dict[str, float]:
+    """Each metric's last value that is not missing (a metric with none is left out)."""
+    values = {m: s.dropna() for m, s in series.items()}
     return {m: float(v.iloc[-1]) for m, v in values.items() if not v.empty}
 
 
@@ -471,7 +469,7 @@ def note_off_axis(axes: Axes, curves: list[SeedCurves], metrics: Sequence[str], 
     for curve in curves:
         ends = [(f"{curve.key.variant}-{curve.key.depth}", final_errors(curve, metrics))]
         ends += [(f"{curve.key.variant}-{curve.key.depth} seed {run.setting('seed', '?')} (stopped)",
-                  stopped_final_errors(run, metrics)) for run in curve.stopped]
+                  last_logged({m: run.metrics[m] for m in metrics if m in run.metrics})) for run in curve.stopped]
         for name, finals in ends:
             above = {m: v for m, v in finals.items() if v > top}
             if above:

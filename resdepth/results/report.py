@@ -31,6 +31,7 @@ from .runs import (
     Run,
     load_runs,
     read_folder_file,
+    recorded_attempts,
 )
 
 # what `resdepth analyze`, `lesion` and `landscape` write into RESULTS_DIR/analysis/, lesion/ and landscape/
@@ -187,8 +188,7 @@ def groups_html(runs: list[Run], page_dir: Path) -> str:
 def trained_on(run: Run) -> str:
     """Each attempt's machine and the iteration it started from (config.json's attempts; before they were recorded,
     the last machine): 'vm (cpu) from 0; node7 (cuda:0) from 32,000'."""
-    attempts = run.config.get("attempts")
-    attempts = [attempt for attempt in attempts if isinstance(attempt, dict)] if isinstance(attempts, list) else []
+    attempts = recorded_attempts(run.config)
     if not attempts:
         return machine_of(run.config.get("environment"))
     return "; ".join(f"{machine_of(attempt.get('environment'))} from {attempt.get('from_iteration', '?'):,}"

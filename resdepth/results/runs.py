@@ -46,6 +46,17 @@ CONFIG_FILE, METRICS_FILE, STATUS_FILE, CHECKPOINT_FILE, LOCK_FILE, ERROR_FILE =
 # What training adds to a run's config.json beside the TrainConfig fields: the values as they took effect
 # (iterations, milestones, sizes, params), the machine it ran on, and the fused group it trained in (--fuse).
 RUN_CONFIG_SECTIONS = frozenset({"resolved", "environment", "fused", "attempts"})
+
+
+def recorded_attempts(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """config.json's attempts (each start or resume), those that are JSON objects; a config.json written before
+    attempts were recorded gives its machine as one attempt of unknown start (from_iteration None)."""
+    attempts = config.get("attempts")
+    if isinstance(attempts, list):
+        return [attempt for attempt in attempts if isinstance(attempt, dict)]
+    machine = config.get("environment")
+    return [{"from_iteration": None, "environment": machine}] if isinstance(machine, dict) else []
+
 GRADIENTS_FILE = "gradients.csv"
 CONSTRUCTED_KEY = "constructed_from"  # config.json of a net `resdepth construct` built: a starting point, not a run
 # A run is pending, running, interrupted (resumable), or in one of these:

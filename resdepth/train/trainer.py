@@ -52,6 +52,7 @@ from ..results.runs import (
     read_checkpoint,
     read_json,
     read_metrics,
+    recorded_attempts,
     remove_leftover_temps,
     replace_all,
     stage_all,
@@ -511,13 +512,7 @@ def earlier_attempts(run: RunProgress) -> list[dict[str, Any]]:
     """The attempts config.json records before this one, when this one resumes (a run started over has none). A
     config.json written before attempts were recorded gives its machine as one attempt of unknown start."""
     saved = read_json(run.run_dir / CONFIG_FILE) if run.iteration else None
-    if not isinstance(saved, dict):
-        return []
-    attempts = saved.get("attempts")
-    if isinstance(attempts, list):
-        return [attempt for attempt in attempts if isinstance(attempt, dict)]
-    machine = saved.get("environment")
-    return [{"from_iteration": None, "environment": machine}] if isinstance(machine, dict) else []
+    return recorded_attempts(saved) if isinstance(saved, dict) else []
 
 
 def check_same_network(run_dir: Path, kind: str) -> None:
