@@ -1,4 +1,3 @@
-
 import re
 
 import pytest
@@ -167,7 +166,7 @@ def test_decoding_a_folder_reports_progress_its_cache_and_converted_images(tmp_p
     data = load_dataset(DataConfig(dataset="folder", data_dir=str(tmp_path)), on_progress=events.append)
     progress = [e for e in events if e.notice is None]
     assert progress[0].done == 0 and progress[-1].done == progress[-1].total == 14
-    cache = progress[0].cache
+    cache = progress[-1].cache  # named by the last report, once kept
     assert cache is not None and cache.parent == tmp_path and cache.exists()
     notices = [e.notice for e in events if e.notice]
     assert len(notices) == 1 and "2 of 14 images were not RGB" in notices[0]
@@ -188,8 +187,19 @@ def test_the_cli_shows_where_the_decoded_images_go_and_the_conversion_note(tmp_p
                          "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "r"))
     assert code == 0, err
     text = " ".join(out.split())
-    assert "decoding 17 images once; they are kept in " + str(data / ".resdepth-cache-") in text
-    assert "decoded 17 images" in text and "note: 1 of 17 images were not RGB" in text
+    assert "decoding 17 images" in text and "note: 1 of 17 images were not RGB" in text
+    assert re.search(r"decoded 17 images in \d+ s; they are kept in " + re.escape(str(data / ".resdepth-cache-")), text)
+
+
+def test_a_refused_folder_is_not_said_to_be_kept(tmp_path, run_cli):
+    data = tmp_path / "data"
+    write_folder(data, per_class=4)
+    (data / "train" / "dog" / "broken.png").write_bytes(b"not an image")
+    code, out, err = run_cli("train", "--depth", "8", "--dataset", "folder", "--data-dir", str(data), "--iterations",
+                             "1", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert code == 2 and "cannot decode image" in err and "broken.png" in err
+    assert "decoding 17 images" in out and "kept" not in out and "decoded" not in out
+    assert not list(data.glob(".resdepth-cache-*"))
 
 
 def test_a_dry_run_says_whether_the_data_is_here(tmp_path):

@@ -157,6 +157,19 @@ def test_landscape_writes_grids_csv_and_figures(results, run_cli):
     assert code == 2 and "holds a grid of other settings" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_run_landscaped_alone_says_the_folder_holds_an_earlier_calls_grids(results, run_cli):
+    small = ("--resolution", "2", "--images", "16", "--dims", "1")
+    assert run_cli("landscape", str(results / "plain-8-s0"), *small)[0] == 0
+    code, out, err = run_cli("landscape", str(results / "residual-8-s0"), *small)
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "also holds the grids of plain-8-s0 from an earlier call" in text and "in one call" in text
+    assert pd.read_csv(results / "landscape" / "landscape.csv")["kind"].unique().tolist() == ["residual"]
+    code, out, err = run_cli("landscape", str(results / "plain-8-s0"), str(results / "residual-8-s0"), *small)
+    assert code == 0 and "plain-8-s0: 2 grid points, 2 already saved" in out and "earlier call" not in out
+    assert sorted(pd.read_csv(results / "landscape" / "landscape.csv")["kind"].unique()) == ["plain", "residual"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--resolution", "1"], "--resolution must be at least 2"),
     (["--span", "0"], "--span must be a positive number"),

@@ -242,6 +242,15 @@ def test_runs_trained_differently_are_kept_apart_not_averaged_as_seeds(tmp_path,
     assert code == 0 and out.startswith("| kind | depth |")
 
 
+def test_a_boolean_setting_reads_on_and_off_as_in_folder_names(tmp_path, write_run):
+    for augment in (True, False):
+        run_dir = write_run(tmp_path / f"augment-{augment}", "plain", 20)
+        config = json.loads((run_dir / "config.json").read_text())
+        (run_dir / "config.json").write_text(json.dumps({**config, "data": {**config["data"], "augment": augment}}))
+    summary = summarize(load_runs(tmp_path)[0])
+    assert sorted(summary["setting"]) == ["augment off", "augment on"]
+
+
 def test_image_folders_are_named_by_their_folder_and_two_are_two_datasets(tmp_path, write_run):
     for name in ("jpeg-a", "jpeg-b"):
         final = 20.0 if name == "jpeg-a" else 30.0

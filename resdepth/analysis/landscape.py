@@ -225,7 +225,21 @@ def landscape_runs(run_dirs: Sequence[Path | str], config: LandscapeConfig, out_
             ensure_writable_dir(out_dir)
             grid = fill_grid(trained, config, out_dir / f"{run.path.name}{GRID_SUFFIX}", device, on_progress, force)
             frames.append(grid_rows(trained, grid, config))
-    return Landscape(pd.concat(frames, ignore_index=True).reindex(columns=with_axes(LANDSCAPE_COLUMNS, groups)))
+    table = pd.concat(frames, ignore_index=True).reindex(columns=with_axes(LANDSCAPE_COLUMNS, groups))
+    return Landscape(table, earlier_grids_note(out_dir, names))
+
+
+def earlier_grids_note(out_dir: Path, names: list[str], most: int = 6) -> list[str]:
+    """A note naming the grids an earlier call left in out_dir: landscape.csv and the figures are rewritten from the
+    runs given, so a run landscaped on its own replaces the last one's. Only file names are read: a grid file
+    names a run folder, and following it would let a planted file choose what is loaded."""
+    others = sorted({path.name.removesuffix(GRID_SUFFIX) for path in out_dir.glob(f"*{GRID_SUFFIX}")} - set(names))
+    if not others:
+        return []
+    shown = ", ".join(others[:most]) + (f" and {len(others) - most} more" if len(others) > most else "")
+    return [f"{out_dir} also holds the grids of {shown} from an earlier call; landscape.csv and the figures now "
+            "cover only the runs given: name all the run folders in one call to draw them together (a finished "
+            "grid of the same settings is read, not computed again)"]
 
 
 def grid_rows(trained: TrainedRun, grid: Grid, config: LandscapeConfig) -> pd.DataFrame:

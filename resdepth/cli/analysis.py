@@ -193,3 +193,5 @@ def landscape(
         result = landscape_runs(run_dirs, config, out_dir, where, on_progress=display, force=force)
     for path in write_landscape(result, build_figures(result), out_dir, chosen_formats):
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)

@@ -239,11 +239,13 @@ class DataLoadDisplay(ProgressDisplay):
         if not event.notice and event.done == event.total and event.total:
             self.__exit__()
             self.progress = None
-            console.print(f"decoded {event.total:,} images in {time.monotonic() - self.started:.0f} s", highlight=False)
+            kept = f"; they are kept in {event.cache} for later runs" if event.cache else ""
+            console.print(f"decoded {event.total:,} images in {time.monotonic() - self.started:.0f} s{kept}",
+                          markup=False, highlight=False, soft_wrap=True)
 
     def start(self, event: LoadProgress) -> None:
         self.started = time.monotonic()
-        console.print(f"decoding {event.total:,} images once; they are kept in {event.cache} for later runs",
+        console.print(f"decoding {event.total:,} images",
                       markup=False, highlight=False, soft_wrap=True)
         self.progress = progress_bars("decoding", transient=True)
         # started at the first event, which gives the number of images (a load from the cache never gets here)

@@ -200,11 +200,14 @@ def setting_axes(runs: list[Run]) -> list[tuple[tuple[str, str], ...]]:
 
 
 def shown(value: str | None) -> str:
-    """A protocol value as a label shows it: strings without their JSON quotes, a missing key as '-'."""
+    """A protocol value as a label shows it: strings without their JSON quotes, booleans on/off and null as none (as
+    folder names show them), a missing key as '-'."""
     if value is None:
         return "-"
     decoded = json.loads(value)
-    return decoded if isinstance(decoded, str) else value
+    if isinstance(decoded, bool):
+        return "on" if decoded else "off"
+    return decoded if isinstance(decoded, str) else "none" if decoded is None else value
 
 
 def is_complete(run: Run) -> bool:

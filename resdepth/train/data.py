@@ -62,8 +62,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LoadProgress:
-    """A report from loading a dataset, for a display: `done` of `total` images of an image folder decoded so far
-    (`cache`: the file they will be kept in), or a `notice`, one line the user should read."""
+    """A report from loading a dataset, for a display: `done` of `total` images of an image folder decoded so far,
+    or a `notice`, one line the user should read. The last report (done == total) comes once every image is usable
+    and kept: `cache` names the file later loads read (None where it could not be written)."""
 
     done: int = 0
     total: int = 0
@@ -488,12 +489,15 @@ def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) 
     notices = [decoder.conversion_notice()] if decoder.converted else []
     for notice in notices:
         on_progress(LoadProgress(notice=notice))
+    kept: Path | None = cache
     try:
         torch.save({"name": dataset.name, "classes": classes, **tensors, "notices": notices}, cache)
         remove_older_caches(cache)
     except OSError as exc:  # read-only data and cache: decoding again next time is slower but correct
+        kept = None
         on_progress(LoadProgress(notice=f"could not keep the decoded images in {cache} ({exc.strerror or exc}): "
                                         "the folder is decoded again next time"))
+    on_progress(LoadProgress(decoder.total, decoder.total, kept))
     return dataset
 
 
@@ -601,7 +605,7 @@ class FolderDecoder:
                 images.append(self.decode(path))
                 labels.append(label)
                 self.done += 1
-                if self.done % DECODE_REPORT_EVERY == 0 or self.done == self.total:
+                if self.done % DECODE_REPORT_EVERY == 0 and self.done < self.total:  # the last: once kept
                     self.on_progress(LoadProgress(self.done, self.total, self.cache))
         return torch.stack(images), torch.tensor(labels)
 
