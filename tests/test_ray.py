@@ -157,3 +157,35 @@ def test_a_cluster_address_that_nothing_answers_is_one_line_before_ray_starts(mo
         monkeypatch.setenv("RAY_ADDRESS", address)
         with pytest.raises(UserError, match=f"no Ray cluster answers at \\{given} {address} "):
             connect_ray(ray, address if given == "--address" else None)
+
+
+@pytest.mark.parametrize("server", ["web", "silent"])
+def test_a_port_that_answers_but_not_as_ray_does_is_one_line_before_ray_starts(monkeypatch, server):
+    # an HTTP server at the address: Ray retried for minutes, printing GCS time-outs
+    import http.server
+    import socket
+    import threading
+
+    from resdepth.sweep import cluster
+
+    monkeypatch.setattr(cluster, "PROBE_SECONDS", 1)
+    ray = type("Ray", (), {"init": lambda **kwargs: pytest.fail("Ray was started")})
+    if server == "web":
+        listener = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+        threading.Thread(target=listener.serve_forever, daemon=True).start()
+        message = "--address 127.0.0.1:[0-9]+ answers, but not as a Ray cluster does"
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))  # accepts, never says anything
+        message = "no Ray cluster answers at --address 127.0.0.1:[0-9]+ \\(no answer in 1 s\\)"
+    port = listener.socket.getsockname()[1] if server == "web" else listener.getsockname()[1]
+    with listener:
+        with pytest.raises(UserError, match=message):
+            cluster.connect_ray(ray, f"127.0.0.1:{port}")
+        if server == "web":
+            listener.shutdown()
+
+
+def test_a_ray_clusters_own_address_passes_the_probe(ray_cluster):
+    from resdepth.sweep.cluster import check_ray_address
+
+    check_ray_address(ray_cluster)  # its GCS answers the HTTP/2 opening with a SETTINGS frame

@@ -268,17 +268,34 @@ def connect_ray(ray: Any, address: str | None) -> None:
                         "or leave --address out to start a local one") from None
 
 
+# An HTTP/2 client's opening and an empty SETTINGS frame: a gRPC server such as Ray's GCS answers with its own
+# SETTINGS frame (type 4, the frame header's fourth byte); a web server, ssh or a database answers otherwise.
+HTTP2_OPENING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+SETTINGS_FRAME = 4
+PROBE_SECONDS = 10
+
+
 def check_ray_address(address: str | None) -> None:
-    """A HOST:PORT (--address, else $RAY_ADDRESS) that nothing answers, in one line; auto, ray:// and none are
-    Ray's to find."""
+    """A HOST:PORT (--address, else $RAY_ADDRESS) that nothing answers, or that answers but not as Ray's GCS does
+    (gRPC), in one line: Ray itself retries either for minutes, warning. auto, ray:// and none are Ray's to find;
+    with RAY_USE_TLS the GCS speaks TLS first, and only the connection is probed."""
     named, given = (address, "--address") if address else (os.environ.get("RAY_ADDRESS"), "$RAY_ADDRESS")
-    if named and named != "auto" and not named.startswith("ray://"):
-        host, _, port = named.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=10).close()
-        except (OSError, ValueError) as exc:
-            raise UserError(f"no Ray cluster answers at {given} {named} ({exc}): give the head node's HOST:PORT "
-                            "that `ray start --head` printed, or auto on a node of the cluster") from None
+    if not named or named == "auto" or named.startswith("ray://"):
+        return
+    head = "give the head node's HOST:PORT that `ray start --head` printed (port 6379 unless --port said otherwise)"
+    host, _, port = named.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_SECONDS) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):
+                connection.sendall(HTTP2_OPENING)
+                reply = connection.recv(9)
+                if len(reply) < 4 or reply[3] != SETTINGS_FRAME:
+                    raise UserError(f"{given} {named} answers, but not as a Ray cluster does (Ray's GCS speaks gRPC): "
+                                    f"{head}")
+    except (OSError, ValueError) as exc:
+        what = f"no answer in {PROBE_SECONDS} s" if isinstance(exc, TimeoutError) else str(exc)
+        raise UserError(f"no Ray cluster answers at {given} {named} ({what}): {head}, or auto on a node of the "
+                        "cluster") from None
 
 
 def remote_call(ray: Any, **options: Any) -> Any:
