@@ -504,3 +504,11 @@ def test_construct_refuses_a_family_whose_blocks_cannot_be_made_the_identity(tmp
                            str(tmp_path / "built"))
     assert code == 2 and "holds a preact net: construct adds identity blocks to the paper's plain and residual" in err
     assert not (tmp_path / "built").exists()
+
+
+def test_a_constructed_nets_folder_name_is_made_of_safe_characters(results, tmp_path, run_cli):
+    source = tmp_path / "plain-8\x1b]0;title\x07\n\u202eweird"
+    shutil.copytree(results / "plain-8-s0", source)
+    code, _, err = run_cli("construct", str(source), "--depth", "14", "--out", str(tmp_path / "c"), "--device", "cpu")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["plain-14-from-plain-8.0.title.weird"]

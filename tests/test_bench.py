@@ -92,7 +92,8 @@ def test_a_process_keeps_compiling_the_runs_it_trains_one_after_another(tmp_path
     # default limit of 8 recompiles per function, the 5th compiled run of a process (an in-process sweep) stepped
     # eagerly, silently
     torch._dynamo.reset()
-    with torch._dynamo.config.patch(recompile_limit=8):
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # < 2.6
+    with torch._dynamo.config.patch(**{limit: 8}):
         for seed in range(6):
             graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
             run = trainer(tmp_path / f"s{seed}", compile=True, seed=seed)

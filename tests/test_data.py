@@ -361,3 +361,82 @@ def test_a_relative_data_dir_is_recorded_absolute_and_names_the_results_folder(t
     monkeypatch.chdir(tmp_path / "elsewhere")
     code, _, err = run_cli("sweep", "--resume", str(tmp_path / "results" / "images"))
     assert code == 0, err
+
+
+# ------------------------------------------------------------------------------------- a cache that does not fit
+def planted_cache(root, **changes):
+    """The folder's cache, rewritten with `changes` to its saved values (a cache someone else put there)."""
+    events: list = []
+    load_dataset(folder_config(root), on_progress=events.append)
+    cache = next(e.cache for e in events if e.cache is not None)
+    saved = torch.load(cache, weights_only=True)
+    saved.update(changes)
+    cache.unlink()
+    torch.save(saved, cache)
+    return cache
+
+
+@pytest.mark.parametrize("name, changes", [
+    ("labels past the classes", {"train_labels": torch.full((6,), 99)}),
+    ("negative labels", {"test_labels": torch.full((6,), -1)}),
+    ("labels of another type", {"train_labels": torch.zeros(6, dtype=torch.int32)}),
+    ("labels of another shape", {"train_labels": torch.zeros(6, 1, dtype=torch.int64)}),
+    ("labels that do not follow the files", {"train_labels": torch.tensor([1, 1, 1, 0, 0, 0])}),
+    ("float images", {"train_images": torch.zeros(6, 3, 32, 32)}),
+    ("images of another size", {"test_images": torch.zeros(6, 3, 28, 28, dtype=torch.uint8)}),
+    ("fewer images than files", {"train_images": torch.zeros(5, 3, 32, 32, dtype=torch.uint8),
+                                 "train_labels": torch.tensor([0, 0, 0, 1, 1])}),
+    ("images that are not a tensor", {"train_images": [1, 2, 3]}),
+    ("other classes", {"classes": ["cat", "dog", "eel"]}),
+    ("classes that are not names", {"classes": [1, 2]}),
+    ("notices that are not text", {"notices": [5]}),
+    ("notices that are not a list", {"notices": "note"}),
+    ("a key no cache has", {"extra": torch.zeros(1)}),
+])
+def test_a_cache_that_does_not_fit_its_folder_is_decoded_again(tmp_path, name, changes):
+    # it was used as it was: labels of 99 with 2 classes ended the run with "IndexError: Target 99 is out of bounds"
+    write_folder(tmp_path)
+    planted_cache(tmp_path, **changes)
+    events: list = []
+    data = load_dataset(folder_config(tmp_path), on_progress=events.append)
+    assert [e for e in events if e.notice is None], f"{name}: the cache was used"
+    assert not [e for e in events if e.notice], name
+    assert data.classes == ["cat", "dog"] and data.train_labels.dtype == torch.int64
+    assert data.train_labels.tolist() == data.test_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.train_images.dtype == torch.uint8 and data.test_images.shape == (6, 3, 32, 32)
+    assert data.train_images[0, 0, 0, 0] == 200
+    again: list = []
+    load_dataset(folder_config(tmp_path), on_progress=again.append)
+    assert not [e for e in again if e.notice is None]  # the cache written again is a good one
+
+
+def test_a_cache_names_the_folder_as_it_is_and_its_notices_are_plain_text(tmp_path):
+    write_folder(tmp_path / "images")
+    planted_cache(tmp_path / "images", name="\x1b]0;owned\x07", notices=["look \x1b[2Jhere"])
+    events: list = []
+    data = load_dataset(folder_config(tmp_path / "images"), on_progress=events.append)
+    assert not [e for e in events if e.notice is None]  # the cache fits: used
+    assert data.name == "images" and [e.notice for e in events] == ["look [2Jhere"]  # no ESC: a sequence no more
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path):
+    # open() of a FIFO blocks until someone writes to it: the load hung for ever
+    import os
+    import threading
+
+    write_folder(tmp_path)
+    os.mkfifo(tmp_path / "train" / "cat" / "9.png")
+    outcome: list = []
+
+    def load():
+        try:
+            load_dataset(folder_config(tmp_path))
+        except UserError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the load waits on the FIFO"
+    assert outcome == [f"{tmp_path / 'train' / 'cat' / '9.png'} is not a regular file (a FIFO, device or folder named "
+                       "like an image): remove it"]

@@ -282,3 +282,11 @@ def test_a_grid_value_the_dataset_cannot_give_is_refused_before_any_cell_starts(
     iterations = {line.split("│")[1].strip(): line.split("│")[4].strip() for line in out.splitlines()
                   if "train64" in line or "train96" in line}
     assert iterations == {"residual-8-train64-s0": "2", "residual-8-train96-s0": "3"}, out
+
+
+def test_the_grids_own_axes_count_toward_the_cell_limit(tmp_path, tiny_sweep):
+    values = [round(0.001 * i, 3) for i in range(1, 121)]
+    sweep = tiny_sweep(tmp_path, grid={"lr": values, "momentum": values})  # 28,800 cells: minutes to plan
+    with pytest.raises(UserError, match=r"the sweep has 28,800 cells \(1 depths x 2 kinds x 1 seeds x 120 lr values x "
+                                        r"120 momentum values\): at most 10,000"):
+        sweep.validate()

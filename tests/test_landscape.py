@@ -124,6 +124,19 @@ def test_a_resumed_grid_equals_an_uninterrupted_one_and_was_saved_as_it_filled(r
     np.testing.assert_array_equal(Grid.read(path).loss, whole.loss)
 
 
+def test_a_grid_file_whose_points_were_edited_is_another_grid(results, tmp_path):
+    config = LandscapeConfig(resolution=3, span=1.0, images=32, batch_size=16)
+    path = tmp_path / "g.json"
+    fill_grid(load(results / "plain-8-s0"), config, path, CPU)
+    saved = json.loads(path.read_text())
+    edited = {"a": [5.0], "train_loss": [[1], [2], [None]], "train_error": [[1], [2], [None]]}
+    path.write_text(json.dumps({**saved, **edited}))
+    with pytest.raises(UserError, match="holds a grid of other settings"):
+        fill_grid(load(results / "plain-8-s0"), config, path, CPU)
+    grid = fill_grid(load(results / "plain-8-s0"), config, path, CPU, force=True)
+    assert grid.a == config.axis() and not np.isnan(grid.loss).any()
+
+
 def test_a_grid_of_other_settings_is_refused_unless_forced(results, tmp_path):
     trained = load(results / "plain-8-s0")
     path = tmp_path / "g.json"

@@ -3,6 +3,7 @@ a real headless Chromium: the table and every figure are on the screenshot and n
 
 import html
 import json
+import os
 import shutil
 import subprocess
 import warnings
@@ -170,3 +171,18 @@ def test_the_page_reads_on_a_phone_says_why_a_run_failed_and_cites_each_familys_
     assert "Figure 6 style: dashed training error" in page
     assert "\\u00a7" not in page and "§4.2" in page  # config values as written, not JSON's escapes
     assert "a\\ud800b" in page and page.encode()  # shown escaped: the page had failed to be written
+
+
+def test_the_page_links_a_runs_logs_only_where_they_are_regular_files(tmp_path, write_run):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    results = tmp_path / "r"
+    run_dir = write_run(results, "residual", 20, seed=0, test=(50.0,), state="failed", planned_epochs=3)
+    (run_dir / "error.txt").symlink_to(secret)  # anyone opening the shared page would open the private file
+    os.mkfifo(run_dir / "worker.log")
+    page, _ = build_report(results, results / "report.html")
+    assert "error.txt" not in page and "worker.log" not in page and "private" not in page
+    (run_dir / "error.txt").unlink()
+    (run_dir / "error.txt").write_text("Traceback ...")
+    page, _ = build_report(results, results / "report.html")
+    assert "href='residual-20-s0/error.txt'" in page

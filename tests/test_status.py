@@ -187,3 +187,177 @@ def test_a_killed_cell_says_which_checkpoint_its_resume_starts_from(tmp_path, ti
     assert (cell.state, cell.iteration, cell.resumes_from) == ("stopped", 7, 6)
     code, out, _ = run_cli("status", str(tmp_path))
     assert code == 0 and "resume the sweep, from iteration 6 (its last checkpoint)" in " ".join(out.split())
+
+
+# ---------------------------------------------------------------------------------------------- planted status files
+def edit_status(run_dir: Path, **values) -> None:
+    """status.json with these values, as a planter writes it (NaN and Infinity as Python's json writes them)."""
+    path = run_dir / "status.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+@pytest.fixture
+def finished_copy(tmp_path, finished_sweep):
+    """A copy of a finished sweep of plain-8 and residual-8 (two epochs each), to plant files in."""
+    import shutil
+
+    out = tmp_path / "r"
+    shutil.copytree(finished_sweep(), out)
+    return out
+
+
+def test_status_json_numbers_no_run_writes_are_read_as_not_known(tmp_path):
+    run_dir = tmp_path / "r"
+    write_status(run_dir, state="running")
+    edit_status(run_dir, started=float("nan"), updated=float("inf"), epoch=10**15, epochs=10**15 + 5, iteration=-3,
+                saved_iteration=-1, train_error=float("nan"), images_per_second=float("-inf"))
+    status = RunStatus.read(run_dir)
+    assert (status.started, status.updated, status.epoch, status.epochs, status.iteration) == (0.0, 0.0, 0, 0, 0)
+    assert status.saved_iteration is None and status.train_error is None and status.images_per_second is None
+    edit_status(run_dir, started=-5.0, updated=time.time() + 3600)  # before 1970; an hour ahead of this clock
+    status = RunStatus.read(run_dir)
+    assert (status.started, status.updated) == (0.0, 0.0)
+    now = time.time()
+    edit_status(run_dir, started=now - 10, updated=now + 30)  # another node's clock a little ahead: kept
+    status = RunStatus.read(run_dir)
+    assert (status.started, status.updated) == (now - 10, now + 30)
+
+
+def test_a_progress_line_per_metrics_row_never_a_range_of_status_numbers(tmp_path, capsys):
+    # a planted status.json of a quadrillion epochs made the sweep's progress lines loop over range(1, 1e15),
+    # deaf to Ctrl-C and SIGTERM; now only epochs metrics.csv has rows for are said
+    import pandas as pd
+
+    from resdepth.cli.progress import LiveDisplay, earlier_attempt
+    from resdepth.results.runs import METRIC_COLUMNS
+    from resdepth.sweep.runner import SweepProgress
+
+    cell = type("Cell", (), {"name": "plain-8-s0", "run_dir": tmp_path})()
+    planned = [type("Planned", (), {"cell": cell})()]
+    rows = [dict(epoch=e, iteration=4 * e, lr=0.1, train_loss=1.0, train_error=90.0, test_error=95.0, test_loss=1.0,
+                 epoch_seconds=0.1, images_per_second=100.0) for e in (1, 2)]
+    pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(tmp_path / "metrics.csv", index=False)
+    huge = RunStatus(state="running", epoch=10**15, epochs=10**15 + 5, iteration=8, iterations=8, started=5.0)
+
+    class TooLong(Exception):
+        pass
+
+    def too_long(*_):
+        raise TooLong
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    ended = True
+    try:
+        LiveDisplay(total=1).log_lines(SweepProgress(planned, {cell.name: huge}, {}))
+    except TooLong:  # its traceback is not kept: a frame cut by a signal handler is one pytest cannot show
+        ended = False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert ended, "the progress lines did not end within 10 s"
+    assert capsys.readouterr().out.splitlines() == [
+        "plain-8-s0: epoch 1/1000000000000005 iteration 4/8 train 90.00% test 95.00% 100 img/s",
+        "plain-8-s0: epoch 2/1000000000000005 iteration 8/8 train 90.00% test 95.00% 100 img/s",
+        "plain-8-s0: epoch 1000000000000000/1000000000000005 iteration 8/8 train -% test -% - img/s"]
+    # a `started` of NaN is one attempt, the earlier one's: NaN is unequal to itself
+    nan = RunStatus(state="running", started=float("nan"))
+    assert earlier_attempt(SweepProgress(planned, {cell.name: nan}, {}, {cell.name: float("nan")}), cell.name, nan)
+
+
+def test_resume_of_a_planted_running_status_of_a_quadrillion_epochs_ends(finished_copy, resdepth_cli, cli_env):
+    edit_status(finished_copy / "plain-8-s0", state="running", pid=999999, started=float("nan"), epoch=10**15,
+                epochs=10**15 + 5)
+    result = subprocess.run([resdepth_cli, "sweep", "--resume", str(finished_copy), "--device", "cpu", "--threads",
+                             "1"], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.startswith("plain-8-s0:")]) <= 3, result.stdout
+
+
+@pytest.mark.parametrize("watch", [False, True])
+def test_status_json_updated_infinity_shows_the_cell_without_its_time(finished_copy, run_cli, watch):
+    # duration() raised OverflowError on an elapsed time of inf
+    edit_status(finished_copy / "plain-8-s0", updated=float("inf"))
+    code, out, err = run_cli("status", str(finished_copy), *(["--watch", "--interval", "0.1"] if watch else []))
+    assert code == 0, err
+    [row] = [line.split() for line in out.splitlines() if line.startswith("plain-8-s0")]
+    assert row[1] == "done" and row[6] == "-"  # elapsed: not known
+    assert "2 cell(s): 2 done" in out
+
+
+@pytest.mark.parametrize("task", ["[1, 2, 3]", '"job"', "null", '{"slurm_job": {"a": 1}}', '{"slurm_job": 7}'])
+def test_a_task_json_that_is_not_an_object_names_no_slurm_job(finished_copy, run_cli, task):
+    # where() called .get on a list: AttributeError
+    (finished_copy / "plain-8-s0" / "task.json").write_text(task)
+    code, out, err = run_cli("status", str(finished_copy))
+    assert code == 0, err
+    [row] = [line for line in out.splitlines() if line.startswith("plain-8-s0")]
+    assert " done " in row and ("slurm job 7" in row) == (task == '{"slurm_job": 7}') and "{" not in row
+
+
+def test_a_task_json_that_is_a_fifo_names_no_slurm_job(finished_copy, run_cli):
+    os.mkfifo(finished_copy / "plain-8-s0" / "task.json")
+    code, out, err = run_cli("status", str(finished_copy))
+    assert code == 0 and "2 cell(s): 2 done" in out, err
+
+
+@pytest.mark.parametrize("plant, with_sweep", [("link", True), ("fifo", True), ("not json", True), ("link", False),
+                                               ("fifo", False)])
+def test_a_config_json_that_is_a_link_or_a_fifo_shows_that_cell_unreadable(finished_copy, run_cli, plant,
+                                                                           with_sweep):
+    # status ended with exit 2 for the whole folder (outside a sweep, a config.json that is not JSON is a folder of
+    # something else, skipped with a warning, as before)
+    victim = finished_copy / "plain-8-s0" / "config.json"
+    outside = finished_copy.parent / "outside.json"
+    outside.write_text(victim.read_text())
+    victim.unlink()
+    if plant == "link":
+        victim.symlink_to(outside)
+    elif plant == "fifo":
+        os.mkfifo(victim)
+    else:
+        victim.write_text("[1, 2")
+    if not with_sweep:
+        (finished_copy / "sweep.json").unlink()
+    code, out, err = run_cli("status", str(finished_copy))
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(("plain-8", "residual-8"))}
+    assert " unreadable " in rows["plain-8-s0"] and " done " in rows["residual-8-s0"], out
+    assert "2 cell(s): 1 unreadable, 1 done" in out and "left out" not in err
+    why = {"link": "is a link", "fifo": "is not a regular file", "not json": "is not valid JSON"}[plant]
+    assert why in " ".join(out.split())
+
+
+def test_an_updated_far_in_the_future_keeps_no_foreign_lock_fresh(finished_copy, run_cli):
+    from resdepth.results.runs import writer_gone
+    from resdepth.sweep.cell import RunLock, is_locked
+
+    run_dir = finished_copy / "plain-8-s0"
+    (run_dir / "lock").write_text(json.dumps({"pid": 12345, "host": "node7", "time": time.time()}))
+    edit_status(run_dir, state="running", host="node7", pid=12345, updated=1e11)  # the year 5138
+    assert RunLock(run_dir).is_stale() and not is_locked(run_dir)
+    assert writer_gone(RunStatus(host="node7", updated=1e11), time.time())  # made in memory, not read: the same
+    [cell] = [c for c in read_folder_status(finished_copy).cells if c.name == "plain-8-s0"]
+    assert cell.state == "stopped"
+    code, out, err = run_cli("status", str(finished_copy))
+    assert code == 0 and "1 stopped" in out, err
+
+
+def test_status_escapes_a_lone_surrogate_in_status_json_text(finished_copy, resdepth_cli, cli_env):
+    # printing raised UnicodeEncodeError ("surrogates not allowed")
+    path = finished_copy / "plain-8-s0" / "status.json"
+    status = json.loads(path.read_text())
+    status.update(state="failed", error="boom \ud800", host="node\ud800", device="cpu\ud800")
+    path.write_text(json.dumps(status))  # \ud800 escaped in the JSON, a lone surrogate once read
+    result = subprocess.run([resdepth_cli, "status", str(finished_copy)], env=cli_env, capture_output=True,
+                            timeout=120)
+    out = result.stdout.decode()
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
+    assert "boom \\ud800" in out and "node\\ud800 cpu\\ud800" in out
+
+
+@pytest.mark.parametrize("interval", ["inf", "nan", "1e300"])
+def test_a_watch_interval_no_clock_sleeps_is_one_line(tmp_path, run_cli, half_run_sweep, interval):
+    half_run_sweep(tmp_path)
+    code, _, err = run_cli("status", str(tmp_path), "--watch", "--interval", interval)
+    assert code == 2 and "--interval must be" in err and len(err.strip().splitlines()) == 1

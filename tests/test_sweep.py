@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,3 +339,34 @@ def test_a_checkpoint_without_its_config_is_not_resumed_as_a_new_cell(tmp_path, 
     with pytest.raises(UserError, match=r"holds a checkpoint\.pt but no config\.json: what it trained cannot be told"):
         run_training(cell.config, cell.run_dir)
     assert [item.action for item in plan_sweep(replace(sweep, force=True))] == ["replace"]
+
+
+def test_a_run_folder_that_is_a_link_is_refused_and_never_written_through(tmp_path, tiny_sweep, run_sweep_now,
+                                                                          run_cli):
+    out = tmp_path / "r"
+    run_sweep_now(tiny_sweep(out))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "metrics.csv").write_text("PRECIOUS")
+    shutil.rmtree(out / "residual-8-s0")
+    (out / "residual-8-s0").symlink_to(outside)  # planted in a shared folder: training would write outside it
+    with pytest.raises(UserError, match="residual-8-s0 is a link: resdepth writes a run only into a folder of its own"):
+        plan_sweep(tiny_sweep(out))
+    assert sorted(p.name for p in outside.iterdir()) == ["metrics.csv"]
+    assert (outside / "metrics.csv").read_text() == "PRECIOUS"
+    code, _, err = run_cli("table", str(out))
+    assert code == 0 and "left out" in err and "residual-8-s0: a link to a folder" in " ".join(err.split())
+
+
+def test_the_sweep_summary_shows_a_folders_text_not_markup(tmp_path, tiny_sweep):
+    from rich.console import Console
+
+    from resdepth.cli.sweep import render_summary
+    from resdepth.sweep.runner import PlannedCell, make_cells
+
+    cell = make_cells(tiny_sweep(tmp_path))[0]
+    item = PlannedCell(cell, "busy", note="running elsewhere: on [bold red]H[/][link=http://evil.example]C[/link]")
+    console = Console(record=True, width=300, force_terminal=True)
+    console.print(render_summary([item], {}, {cell.name: "busy"}))
+    assert "[bold red]H[/][link=http://evil.example]C[/link]" in console.export_text()
+    assert "evil.example" not in console.export_text(styles=True).replace("[link=http://evil.example]", "")

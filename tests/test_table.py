@@ -413,3 +413,44 @@ def test_a_warm_up_is_said_to_be_still_on_only_where_status_json_says_so_and_a_n
     config = json.loads((copied / "config.json").read_text())
     (copied / "config.json").write_text(json.dumps({**config, "resolved": None}))  # had crashed table and plot
     assert len(summarize(load_runs(tmp_path)[0])) >= 1
+
+
+def test_a_folders_text_reaches_no_terminal_markup_markdown_or_spreadsheet_formula(tmp_path, write_run, run_cli):
+    payload = "<img src=x onerror=alert(1)>[bold red]X[/][link=http://evil.example]L[/link]"
+    write_run(tmp_path, "residual", 20)
+    other = write_run(tmp_path / "b", "residual", 20)
+    config = json.loads((other / "config.json").read_text())
+    config["kind"] = '=HYPERLINK("http://evil.example","x\u202e\ud800")'  # a formula, a bidi control, a surrogate
+    (other / "config.json").write_text(json.dumps(config))
+    code, out, err = run_cli("table", str(tmp_path), "--csv", str(tmp_path / "t.csv"))
+    assert code == 0, err
+    assert "\u202e" not in out and "\\ud800" in out  # the bidi control left out, the surrogate escaped
+    csv_text = (tmp_path / "t.csv").read_text()
+    assert "'=HYPERLINK(" in csv_text and ",=HYPERLINK" not in csv_text and "\\ud800" in csv_text
+    assert pd.read_csv(tmp_path / "t.csv")["depth"].tolist() == [20, 20]  # numbers stay numbers
+    from resdepth.results.tables import markdown_text, to_markdown
+    from resdepth.results.runs import load_runs
+    runs = load_runs(tmp_path)[0]
+    summary = summarize(runs)
+    assert "\u202e" not in to_markdown(summary) and markdown_text(payload).startswith("&lt;img")
+
+
+def test_a_family_label_from_a_folder_is_shown_as_text_in_every_table_header(tmp_path, write_run, run_cli):
+    from resdepth.results import tables
+
+    payload = "<img src=x onerror=alert(1)>[bold red]X[/][link=http://evil.example]L[/link]"
+    headers, _, _ = tables.display_table(summarize(load_runs(_runs_with_a_label(tmp_path, write_run, payload))[0]))
+    assert any(payload in header for header in headers)  # the planted label does reach the header...
+    code, out, _ = run_cli("table", str(tmp_path), "--markdown")
+    assert code == 0 and "<img" not in out and "&lt;img" in out and "\\[link=http://evil.example\\]" in out
+    code, out, _ = run_cli("table", str(tmp_path), columns=400)
+    assert code == 0 and "[bold" in out and "[/link]" in out  # ...as its text, not as markup
+
+
+def _runs_with_a_label(tmp_path, write_run, label):
+    run_dir = write_run(tmp_path, "mylab.nets:fam", 8, dataset="synthetic")
+    config = json.loads((run_dir / "config.json").read_text())
+    config.setdefault("resolved", {})["family"] = {"reference": {"label": label, "citation": "c", "numbers": [
+        {"depth": 8, "dataset": "synthetic", "test_error": 5.0}]}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return tmp_path

@@ -583,3 +583,98 @@ def test_the_suggested_resume_command_repeats_how_the_sweep_executed(tmp_path, t
     sweep = tiny_sweep(tmp_path, executor="ray", ray_address="auto", gpus_per_job=0.5)
     assert resume_command(sweep, "--retry-failed") == (
         f"resdepth sweep --resume {tmp_path} --executor ray --address auto --gpus-per-job 0.5 --retry-failed")
+
+
+# ---------------------------------------------------------------------------------------------- image folders
+def image_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (32, 32), (200, 10, 10) if cls == "cat" else (10, 10, 200)).save(
+                    root / split / cls / f"{i}.png")
+    return root
+
+
+def test_a_link_at_the_cache_name_is_replaced_never_written_through(tmp_path, monkeypatch):
+    # torch.save(..., cache) followed a dangling link planted at the cache's predictable name, and wrote the decoded
+    # images outside the data folder
+    data = image_folder(tmp_path / "data")
+    events: list = []
+    load_dataset(DataConfig(dataset="folder", data_dir=str(data)), on_progress=events.append)
+    cache = next(e.cache for e in events if e.cache is not None)
+    cache.unlink()
+    outside = tmp_path / "outside" / "written.pt"
+    outside.parent.mkdir()
+    cache.symlink_to(outside)  # a link to nothing: the cache looks absent
+    older = data / ".resdepth-cache-0123456789abcdef.pt"  # an older cache's name, a link to someone's file
+    kept = tmp_path / "outside" / "kept.pt"
+    kept.write_bytes(b"not yours to remove")
+    older.symlink_to(kept)
+    stale, fresh = (data / f".{cache.name}.{hex}.tmp" for hex in ("0badf00d", "5eedf00d"))  # a killed load's temps
+    stale.write_bytes(b"half a cache")
+    fresh.write_bytes(b"another load is writing")
+    os.utime(stale, (1_577_836_800, 1_577_836_800))
+    events.clear()
+    load_dataset(DataConfig(dataset="folder", data_dir=str(data)), on_progress=events.append)
+    assert [e for e in events if e.cache == cache and e.done == e.total]  # kept, in the folder
+    assert not outside.exists() and not cache.is_symlink() and cache.is_file()
+    assert kept.read_bytes() == b"not yours to remove" and not older.is_symlink()
+    assert sorted(p.name for p in data.iterdir()) == sorted(["train", "test", cache.name, fresh.name])
+    fresh.unlink()
+
+    import resdepth.train.data as data_module
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    cache.unlink()
+    events.clear()
+    monkeypatch.setattr(data_module.torch, "save", full)
+    load_dataset(DataConfig(dataset="folder", data_dir=str(data)), on_progress=events.append)
+    assert any("could not keep the decoded images" in (e.notice or "") for e in events)
+    assert sorted(p.name for p in data.iterdir()) == ["test", "train"]  # the temp file is removed
+
+
+@pytest.mark.parametrize("link", ["image", "class folder", "split folder"])
+def test_a_link_out_of_the_data_folder_is_refused_in_one_line(tmp_path, run_cli, link):
+    # a linked image or class folder was decoded from wherever it led, and its pixels kept in the folder's cache
+    from PIL import Image
+
+    from resdepth.train.data import check_data_present
+
+    data = image_folder(tmp_path / "data")
+    private = image_folder(tmp_path / "private")
+    named = {"image": data / "train" / "cat" / "9.png", "class folder": data / "train" / "eel",
+             "split folder": data / "test"}[link]
+    if link == "image":
+        named.symlink_to(private / "train" / "dog" / "0.png")
+    elif link == "class folder":
+        named.symlink_to(private / "train" / "dog", target_is_directory=True)
+        (data / "test" / "eel").mkdir()
+        Image.new("RGB", (32, 32)).save(data / "test" / "eel" / "0.png")
+    else:
+        shutil.rmtree(named)
+        named.symlink_to(private / "test", target_is_directory=True)
+    config = DataConfig(dataset="folder", data_dir=str(data))
+    with pytest.raises(UserError) as refused:
+        load_dataset(config)
+    message = str(refused.value)
+    assert str(named) in message and "outside" in message and "copy" in message and "\n" not in message
+    assert not check_data_present(config).ready  # the dry run says the same
+    assert not list(data.glob(".resdepth-cache-*"))
+    code, out, err = run_cli("train", "--depth", "8", "--iterations", "1", "--batch-size", "4", "--device", "cpu",
+                             "--dataset", "folder", "--data-dir", str(data), "--out", str(tmp_path / "results"))
+    assert code == 2 and str(named) in err and "Traceback" not in err + out
+
+
+def test_links_that_stay_inside_the_data_folder_are_read(tmp_path):
+    data = image_folder(tmp_path / "data")
+    (data / "train" / "cat" / "same.png").symlink_to(data / "test" / "cat" / "0.png")
+    (data / "train" / "eel").symlink_to(Path("..") / "test" / "dog", target_is_directory=True)
+    (data / "test" / "eel").mkdir()
+    (data / "test" / "eel" / "0.png").symlink_to(Path("..") / "dog" / "1.png")
+    loaded = load_dataset(DataConfig(dataset="folder", data_dir=str(data)))
+    assert loaded.classes == ["cat", "dog", "eel"] and len(loaded.train_labels) == 7

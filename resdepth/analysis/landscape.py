@@ -169,10 +169,12 @@ def fill_grid(trained: TrainedRun, config: LandscapeConfig, path: Path, device: 
     to path (atomically) as soon as it is computed. A UserError when path holds another grid (unless force)."""
     settings = grid_settings(trained, config)
     grid = Grid.read(path) if path.exists() else None
-    if grid is not None and grid.settings != settings and not force:
+    # the axes too: a grid file edited to other points than its settings say would be drawn as these settings'
+    same = grid is not None and grid.settings == settings and (grid.a, grid.b) == (config.axis(), config.b_axis())
+    if grid is not None and not same and not force:
         raise UserError(f"{path} holds a grid of other settings or weights: remove it, choose another --out, or "
                         "pass --force to compute it anew")
-    if grid is None or grid.settings != settings:
+    if grid is None or not same:
         grid = Grid.empty(settings, config)
     inputs, labels = split_images(trained, "train", config.images, device)
     model = trained.model

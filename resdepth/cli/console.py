@@ -3,6 +3,7 @@ control characters from every text they print; warnings; tables printed whole wh
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -111,7 +112,7 @@ def ratio(value: float | None) -> str:
 
 def duration(seconds: float | None) -> str:
     """h:mm:ss, with days in front past 24 hours."""
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):
         return "-"
     days, rest = divmod(round(seconds), 86400)
     text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"

@@ -128,18 +128,19 @@ class LiveDisplay(ProgressDisplay):
         """Where an attempt resumed, when first seen (a cell's first, or a retry's or requeue's within the sweep);
         then a line for each epoch not said yet up to `last`, from its metrics.csv row (status.json's iteration has
         moved on into the next epoch by the time a poll reads it), the status's own numbers where that row cannot
-        be read."""
-        if self.attempts.get(name) != status.started:
+        be read. Only epochs that have a row or are the status's own are said: never a range of status.json's
+        numbers, which a planted file may make a quadrillion long."""
+        if name not in self.attempts or not same_time(self.attempts[name], status.started):
             self.attempts[name] = status.started
             self.logged[name] = status.started_epoch
             if status.started_iteration:
                 self.say(name, resumed_line(status, epoch_rows(run_dir, status.started_epoch)))
         said = self.logged[name]
-        rows = epoch_rows(run_dir, said + 1, last) if last > said else {}
-        for epoch in range(said + 1, last + 1):
-            numbers = epoch_numbers(epoch, rows, status)
-            if numbers is not None:
-                self.say(name, epoch_line(status, numbers))
+        numbers: dict[int, EpochRow | RunStatus] = dict(epoch_rows(run_dir, said + 1, last)) if last > said else {}
+        if said < status.epoch <= last:
+            numbers.setdefault(status.epoch, status)
+        for epoch in sorted(numbers):
+            self.say(name, epoch_line(status, numbers[epoch]))
         self.logged[name] = max(last, said)
 
     @staticmethod
@@ -159,7 +160,13 @@ def bar_info(status: RunStatus, live: bool = True) -> str:
 
 def earlier_attempt(snapshot: SweepProgress, name: str, status: RunStatus) -> bool:
     """Whether the cell's status.json is still the one an earlier attempt left (`SweepProgress.earlier`)."""
-    return name in snapshot.earlier and status.started == snapshot.earlier[name]
+    return name in snapshot.earlier and same_time(status.started, snapshot.earlier[name])
+
+
+def same_time(one: float | None, other: float | None) -> bool:
+    """Two status.json `started` marks are one attempt's: equal, or both not a number (NaN is unequal to itself, and
+    would make every poll a new attempt)."""
+    return one == other or (isinstance(one, float) and isinstance(other, float) and one != one and other != other)
 
 
 @dataclass

@@ -89,7 +89,7 @@ def render_text_table(title: str, headers: list[str], rows: list[list[str]]) -> 
     for i, header in enumerate(headers):
         width = max([len(row[i]) for row in rows] + [len(word) for word in header.split()] + [min(len(header), 11)])
         left = header in TEXT_HEADERS
-        view.add_column(header, justify="left" if left else "right", width=width)
+        view.add_column(Text(header), justify="left" if left else "right", width=width)
     for row in rows:
         view.add_row(*map(Text, row))  # text from a folder, never markup
     return view
@@ -131,8 +131,8 @@ def status(
 
     from ..sweep.watch import read_folder_status
 
-    if not interval > 0:
-        raise UserError(f"--interval must be a positive number of seconds, got {interval}")
+    if not 0 < interval <= MAX_INTERVAL:  # NaN and inf too: sleep() takes neither
+        raise UserError(f"--interval must be a positive number of seconds, at most {MAX_INTERVAL:,}, got {interval}")
     folder = read_folder_status(results_dir)
     warn(folder.warnings)
     if not watch:  # piped or logged, every column: no terminal's width to fit
@@ -148,6 +148,8 @@ def status(
         pass  # stopping the watch is not an error: the last table stays on the screen
 
 
+MAX_INTERVAL = 86_400  # a day between refreshes: more is no watch
+
 STATE_STYLES = {"done": "green", "running": "cyan", "failed": "red", "diverged": "red", "unreadable": "red",
                 "stopped": "yellow", "interrupted": "yellow", "pending": "dim", "not started": "dim"}
 
@@ -159,12 +161,14 @@ STATUS_DROP_ORDER = ("note", "where", "elapsed", "img/s", "epoch")  # left out i
 
 def status_view(folder: Any, width: int) -> Any:
     """The status table: a row per cell, then the totals and how to resume stopped cells. Nothing wraps: in a
-    terminal narrower than the table, the columns of STATUS_DROP_ORDER are left out, in that order."""
+    terminal narrower than the table, the columns of STATUS_DROP_ORDER are left out, in that order. Text from the
+    folder (names, state, where, note) is measured as it is shown: controls left out, a lone surrogate escaped."""
     rows = [dict(zip(STATUS_COLUMNS, (
-        cell.name, cell.state, f"{cell.epoch}/{cell.epochs}" if cell.epochs else "-",
+        printable(cell.name), printable(cell.state), f"{cell.epoch}/{cell.epochs}" if cell.epochs else "-",
         f"{cell.iteration:,}/{thousands(cell.iterations)}", pct(cell.train_error), pct(cell.test_error),
         rate(cell.images_per_second) if cell.state == "running" else "-", duration(cell.elapsed),
-        duration(cell.eta), cell.where or "-", status_note(cell)), strict=True)) for cell in folder.cells]
+        duration(cell.eta), printable(cell.where) or "-", printable(status_note(cell))), strict=True))
+        for cell in folder.cells]
     shown = [c for c in STATUS_COLUMNS if c != "note" or any(row["note"] for row in rows)]
     for column in STATUS_DROP_ORDER:
         if table_width(rows, shown) <= width:

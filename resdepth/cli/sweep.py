@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..bench.estimate import cells_data, estimate_plan
 from ..config import PROTOCOL, flag
@@ -228,16 +229,16 @@ def render_plan(config: SweepConfig, planned: list[PlannedCell], estimate: Any) 
         where = f"{len(slots)} job slot(s): {', '.join(slots)}, {task_threads(config)} thread(s) each"
     if fused:
         where += f"; --fuse {config.fuse}: cells that differ only in their seed train as one job"
-    table = Table(title=f"dry run: {config.out_dir()} ({where})")
+    table = Table(title=Text(f"dry run: {config.out_dir()} ({where})"))
     numbers = ("iterations", "img/s", "est. time")
     for column in ("cell", "action", "device", *(["fused job"] if fused else []), *numbers, "folder"):
         table.add_column(column, justify="right" if column in numbers else "left")
     for item in planned:
         guess = estimate.cells[item.cell.name]
-        table.add_row(item.cell.name, item.action, item.device or "-", *([item.group or "-"] if fused else []),
-                      thousands(guess.iterations), rate(guess.speed and guess.speed.images_per_second),
-                      duration(guess.seconds),
-                      str(item.cell.run_dir))
+        table.add_row(*map(Text, (item.cell.name, item.action, item.device or "-",  # a folder's text, never markup
+                                  *([item.group or "-"] if fused else []), thousands(guess.iterations),
+                                  rate(guess.speed and guess.speed.images_per_second), duration(guess.seconds),
+                                  str(item.cell.run_dir))))
     return table
 
 
@@ -261,9 +262,10 @@ def render_summary(planned: list[PlannedCell], outcomes: dict[str, Any], states:
     for item in planned:
         status = RunStatus.read_or_none(item.cell.run_dir)
         epochs = f"{status.epoch}/{status.epochs}" if status and status.epochs else "-"  # not started: no 0/0
-        table.add_row(item.cell.name, states[item.cell.name], epochs,
-                      pct(status.train_error if status else None), pct(status.test_error if status else None),
-                      summary_note(item, outcomes.get(item.cell.name), status, states[item.cell.name]))
+        table.add_row(*map(Text, (item.cell.name, states[item.cell.name], epochs,  # notes quote folders: not markup
+                                  pct(status.train_error if status else None),
+                                  pct(status.test_error if status else None),
+                                  summary_note(item, outcomes.get(item.cell.name), status, states[item.cell.name]))))
     return table
 
 

@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..models.families import builtin_families, file_name
 from .groups import GroupKey, axes_text, group_runs, is_complete, setting_order
 from .runs import Run, atomic_write_bytes, printable
-from .tables import group_differences, nets_by_difference, paper_test_error, summarize
+from .tables import csv_bytes, group_differences, nets_by_difference, paper_test_error, summarize
 
 X_AXES = ("iterations", "epochs")
 FORMATS = ("png", "pdf", "svg")
@@ -606,7 +606,7 @@ def literal_texts(figure: Figure) -> Figure:
 def save_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, Figure], out_dir: Path,
                  formats: Sequence[str]) -> list[Path]:
     """A command's CSVs (out_dir/<name>) and every figure in every format; returns the paths written."""
-    paths = [write_output(out_dir / name, frame.to_csv(index=False).encode()) for name, frame in tables.items()]
+    paths = [write_output(out_dir / name, csv_bytes(frame)) for name, frame in tables.items()]
     return paths + save_figures(figures, out_dir, formats)
 
 

@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -149,6 +150,15 @@ def embedded_figure(name: str, mime: str, data: bytes) -> str:
             "</figure>")
 
 
+def is_regular_file(path: Path) -> bool:
+    """A file the page may link: a regular file, not a link (which may lead out of the folder, to a private file
+    that anyone opening the shared page would then open) nor a FIFO."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def figures_section(results_dir: Path, command: str, folder_name: str, title: str, patterns: tuple[str, ...],
                     warnings: list[str]) -> str:
     """The figures `resdepth <command>` wrote into RESULTS_DIR/<folder_name>/, embedded: regular files inside the
@@ -213,7 +223,7 @@ def runs_table(runs: list[Run], page_dir: Path) -> str:
         last = run.metrics.iloc[-1]
         links = " ".join(f"<a href='{esc(link(run.path / name, page_dir))}'>{name}</a>"
                          for name in (METRICS_FILE, CONFIG_FILE, STATUS_FILE, ERROR_FILE, WORKER_LOG)
-                         if (run.path / name).exists())
+                         if is_regular_file(run.path / name))
         state = f"{run.status}: {run.error}" if run.error and run.status in ("failed", "diverged") else run.status
         rows.append(f"<tr><td>{esc(run.path.name)}</td><td>{esc(state)}</td>"
                     f"<td class='num'>{int(last['epoch'])}</td>"

@@ -9,6 +9,7 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -63,13 +64,16 @@ CONSTRUCTED_KEY = "constructed_from"  # config.json of a net `resdepth construct
 TERMINAL_STATES = ("done", "failed", "diverged")  # not run again unless asked (--retry-failed)
 
 
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 controls but tab and newline: ESC starts them
+# C0 and C1 controls but tab and newline (ESC starts escape sequences), and the bidirectional controls, which make a
+# terminal show text in another order than it is (a name that reads as another)
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
     """Text as a terminal or a figure may show it: control characters (escape sequences that set a terminal's title,
-    write its clipboard or move its cursor) left out. Values read from a results folder are anyone's text."""
-    return CONTROL.sub("", text)
+    write its clipboard or move its cursor) and bidirectional controls left out, and what no encoding can hold (a
+    lone surrogate from a folder's JSON) escaped. Values read from a results folder are anyone's text."""
+    return CONTROL.sub("", text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def metric_columns(with_validation: bool) -> list[str]:
@@ -292,6 +296,7 @@ class RunStatus:
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     device: str = ""
+    # seconds since 1970 (time.time()); read back, 0.0 where status.json holds no time a clock can show (`known`)
     started: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
 
@@ -305,7 +310,29 @@ class RunStatus:
             return None
         if not isinstance(payload, dict):
             raise UserError(f"{path} is not a run's status (a JSON object), got a {type(payload).__name__}")
-        return from_dict(cls, payload, str(path), ignore=frozenset(payload) - set(cls.__dataclass_fields__))
+        status = from_dict(cls, payload, str(path), ignore=frozenset(payload) - set(cls.__dataclass_fields__))
+        return status.known(time.time())
+
+    def known(self, now: float) -> RunStatus:
+        """This status with each number no run writes taken as not known, in place: an error or a speed that is NaN or
+        infinite as None; a count that is negative or past MAX_COUNT as 0 (None where it may be None); a time that is
+        not finite, before 1970, or more than CLOCK_SKEW_SECONDS ahead of `now` as 0.0, which is never fresh (a
+        planted `updated` far ahead would keep the run's lock from ever going stale). The numbers of a planted or
+        damaged status.json then reach no loop, no clock arithmetic and no display as more than unknown."""
+        for name in ("train_error", "test_error", "live_train_error", "images_per_second"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                setattr(self, name, None)
+        for name in ("epoch", "epochs", "iteration", "iterations", "started_epoch", "started_iteration",
+                     "saved_iteration", "warmup_end_iteration"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_COUNT:
+                setattr(self, name, None if name in ("saved_iteration", "warmup_end_iteration") else 0)
+        if not known_time(self.started, now):
+            self.started = 0.0
+        if not known_time(self.updated, now):
+            self.updated = 0.0
+        return self
 
     @classmethod
     def read_or_none(cls, run_dir: Path) -> RunStatus | None:
@@ -360,14 +387,48 @@ def is_run_dir(path: Path) -> bool:
 REPLACED_MARK = ".replaced-"  # `sweep --force` keeps a superseded run as <name>.replaced-<time>
 
 
+OUTPUT_FOLDERS = ("plots", "analysis", "lesion", "landscape")  # what plot, analyze, lesion, landscape write by default
+
+
+@dataclass
+class FolderScan:
+    """What a results folder holds: its run folders, the ones --force replaced (read only when named), and the links
+    to folders inside it, never followed (a link may lead out of the folder, or make one run two)."""
+
+    runs: list[Path]
+    replaced: list[Path]
+    links: list[Path]
+
+
+def scan_results(root: Path) -> FolderScan:
+    """Every folder under root that holds a config.json, walked without recursion (a planted tree of any depth is
+    only slow) and without entering links or hidden folders."""
+    if is_run_dir(root):
+        return FolderScan([root], [], [])
+    found, links, waiting = [], [], [root]
+    while waiting:
+        folder = waiting.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # unreadable: what it holds cannot be read either
+        for entry in entries:
+            if entry.name == CONFIG_FILE and folder != root:
+                found.append(folder)
+            elif not entry.name.startswith(".") and entry.is_dir(follow_symlinks=True):
+                if not entry.is_symlink():
+                    waiting.append(Path(entry.path))
+                elif entry.name not in OUTPUT_FOLDERS:  # those: the commands that write or embed them say
+                    links.append(Path(entry.path))
+    found.sort()
+    replaced = [p for p in found if any(REPLACED_MARK in part for part in p.parts[len(root.parts):])]
+    return FolderScan([p for p in found if p not in replaced], replaced, sorted(links))
+
+
 def find_run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
     """The run folders under root, and apart from them the ones --force replaced (read only when named)."""
-    if is_run_dir(root):
-        return [root], []
-    found = sorted(p.parent for p in root.rglob(CONFIG_FILE)
-                   if not any(part.startswith(".") for part in p.parts[len(root.parts):]))
-    replaced = [p for p in found if any(REPLACED_MARK in part for part in p.parts[len(root.parts):])]
-    return [p for p in found if p not in replaced], replaced
+    scan = scan_results(root)
+    return scan.runs, scan.replaced
 
 
 def read_metrics(path: Path) -> tuple[pd.DataFrame, str | None]:
@@ -411,8 +472,11 @@ def load_runs(root: Path | str) -> tuple[list[Run], list[str]]:
     root = Path(root)
     if not root.exists():
         raise UserError(f"results folder {root} does not exist: pass the --out folder of a sweep, e.g. results/")
-    run_dirs, replaced = find_run_dirs(root)
-    runs, warnings, constructed = [], [], []
+    scan = scan_results(root)
+    run_dirs, replaced = scan.runs, scan.replaced
+    runs, constructed = [], []
+    warnings = [f"left out {link}: a link to a folder; resdepth reads a results folder only through folders of its "
+                "own (a link may lead out of it): move the folder in, or name it" for link in scan.links]
     for run_dir in run_dirs:
         try:
             run = read_run(run_dir, warnings)
@@ -489,6 +553,15 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
 
 STOPPED = "stopped"  # status.json says running, but its process is gone (killed, node lost): resume it
 STALE_FOREIGN_LOCK_SECONDS = 900  # a run on another host that shows no progress for this long is dead
+CLOCK_SKEW_SECONDS = 3600  # a status.json time further ahead of this machine's clock was not written by a live run
+# (an hour: far past any synced clock's skew between nodes, whose live runs must never look stopped)
+MAX_COUNT = 2**40  # more epochs or iterations than any run makes (a year of 30,000 steps a second)
+
+
+def known_time(value: float, now: float) -> bool:
+    """Whether a status.json time is one a run wrote: finite, after 1970, and not ahead of `now` by more than the
+    clocks of two machines differ."""
+    return math.isfinite(value) and 0 < value <= now + CLOCK_SKEW_SECONDS
 
 
 def writer_gone(status: RunStatus, now: float) -> bool:
@@ -496,7 +569,7 @@ def writer_gone(status: RunStatus, now: float) -> bool:
     nothing for STALE_FOREIGN_LOCK_SECONDS."""
     if status.host == socket.gethostname():
         return not pid_alive(status.pid)
-    return now - status.updated >= STALE_FOREIGN_LOCK_SECONDS
+    return not known_time(status.updated, now) or now - status.updated >= STALE_FOREIGN_LOCK_SECONDS
 
 
 def pid_alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -401,7 +402,7 @@ def to_markdown(summary: pd.DataFrame, runs: bool = False) -> str:
     if summary["dataset"].nunique() == 1:  # a terminal table says it in its title; a pasted table must too
         notes.insert(0, f"dataset: {summary['dataset'].iloc[0]}")
     numeric = set(headers) - TEXT_HEADERS
-    lines = ["| " + " | ".join(headers) + " |",
+    lines = ["| " + " | ".join(map(markdown_text, headers)) + " |",
              "|" + "|".join("---:" if h in numeric else "---" for h in headers) + "|"]
     lines += ["| " + " | ".join(markdown_text(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines + [""] + [f"- {markdown_text(note)}" for note in notes]) + "\n"
@@ -416,10 +417,36 @@ def markdown_text(text: str) -> str:
     return escaped
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so as a formula
+
+
+def csv_bytes(frame: pd.DataFrame, **options: Any) -> bytes:
+    """A frame as CSV for a spreadsheet as much as for pandas: a text cell from a folder that a spreadsheet would
+    take for a formula (=HYPERLINK(...)) gets a leading ', and what UTF-8 cannot hold (a lone surrogate) is
+    escaped. Numbers and the '-' of a missing value are left as they are."""
+    def defused(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(FORMULA_STARTS) and value != "-" and not is_number(value):
+            return "'" + value
+        return value
+    text = frame.copy()
+    for name in text.columns:
+        if text[name].dtype == object or pd.api.types.is_string_dtype(text[name]):
+            text[name] = text[name].map(defused)
+    return text.to_csv(index=False, **options).encode("utf-8", "backslashreplace")
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.4f").encode())
+        atomic_write_bytes(path, csv_bytes(frame, float_format="%.4f"))
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --csv file") from None
 

@@ -145,7 +145,11 @@ def take_over_own_lock(run_dir: Path, token: str) -> None:
 
     Without this, a retry on another node would see the lost node's lock as live for STALE_FOREIGN_LOCK_SECONDS.
     """
-    attempt = read_json(run_dir / TASK_FILE) or {}
+    try:
+        attempt = read_json(run_dir / TASK_FILE)
+    except UserError:  # a link or a FIFO in its place: no attempt of ours wrote it
+        return
+    attempt = attempt if isinstance(attempt, dict) else {}
     lock = RunLock(run_dir)
     owner = lock.owner() or {}
     same_process = (owner.get("host"), owner.get("pid")) == (attempt.get("host"), attempt.get("pid"))

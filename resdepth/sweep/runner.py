@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -123,10 +124,14 @@ class SweepConfig:
     def check_size(self) -> None:
         """Refuse a grid larger than any study runs before anything is planned (a 300k-cell sweep.json took minutes
         to plan and to show) and more concurrent jobs than it can start."""
-        cells = len(self.depths) * len(self.kinds) * len(self.seeds)
+        axes = {"depths": len(self.depths), "kinds": len(self.kinds), "seeds": len(self.seeds),
+                **{f"{key} values": len(values) if isinstance(values, list) else 1
+                   for key, values in self.grid.items()}}
+        cells = math.prod(axes.values())
         if cells > MAX_CELLS:
-            raise UserError(f"the sweep has {cells:,} cells ({len(self.depths):,} depths x {len(self.kinds):,} kinds x "
-                            f"{len(self.seeds):,} seeds): at most {MAX_CELLS:,}; split it into several sweeps")
+            sizes = " x ".join(f"{count:,} {what}" for what, count in axes.items())
+            raise UserError(f"the sweep has {cells:,} cells ({sizes}): at most {MAX_CELLS:,}; split it into several "
+                            "sweeps")
         if max(self.jobs, self.jobs_per_gpu) > MAX_CELLS:
             raise UserError(f"--jobs and --jobs-per-gpu take at most {MAX_CELLS:,} (this machine runs {cpu_cores()} "
                             "CPU jobs at once)")
@@ -339,7 +344,9 @@ def check_executor(sweep: SweepConfig) -> None:
 def plan_sweep(sweep: SweepConfig) -> list[PlannedCell]:
     """What each cell will do, judged from its folder; mismatched folders are refused unless --force."""
     sweep.validate()
-    planned = [plan_cell(cell, sweep.retry_failed) for cell in make_cells(sweep)]
+    cells = make_cells(sweep)
+    check_no_linked_folders(cells)
+    planned = [plan_cell(cell, sweep.retry_failed) for cell in cells]
     mismatched = [p for p in planned if p.action == "mismatch"]
     if mismatched and not sweep.force:
         first = mismatched[0].cell
@@ -354,6 +361,16 @@ def plan_sweep(sweep: SweepConfig) -> list[PlannedCell]:
         for item in job:
             item.device = slots[index % len(slots)]
     return planned
+
+
+def check_no_linked_folders(cells: list[Cell]) -> None:
+    """A cell's folder that is a link is refused before anything is written: training would write through it, to
+    wherever it leads (a link planted in a shared results folder could point anywhere)."""
+    linked = [cell.run_dir for cell in cells if cell.run_dir.is_symlink()]
+    if linked:
+        more = f" (and {len(linked) - 1} more)" if len(linked) > 1 else ""
+        raise UserError(f"{linked[0]} is a link{more}: resdepth writes a run only into a folder of its own inside the "
+                        "results folder (a link may lead out of it); remove the link, or use another --out folder")
 
 
 def form_jobs(planned: list[PlannedCell], sweep: SweepConfig, slot: str) -> list[list[PlannedCell]]:

@@ -7,6 +7,8 @@ another terminal or on a cluster's nodes, or after it ended. It returns data; th
 
 from __future__ import annotations
 
+import math
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -129,7 +131,11 @@ def own_run_dirs(run_dirs: list[Path]) -> tuple[list[Path], list[str]]:
     each of the others: a folder from something else is not a pending run."""
     own, skipped = [], []
     for run_dir in run_dirs:
-        config = read_json(run_dir / CONFIG_FILE)
+        try:
+            config = read_json(run_dir / CONFIG_FILE)
+        except UserError:  # a link or a FIFO in a run's config.json: that cell is shown as unreadable (read_cell)
+            own.append(run_dir)
+            continue
         problem = config_problem(config) if isinstance(config, dict) else "config.json is not valid JSON"
         if not problem and not {"kind", "depth"} <= config.keys():
             problem = "config.json is not a resdepth run's (it names no kind and depth)"
@@ -164,16 +170,23 @@ def recorded_families(folder: Path) -> Callable[[str], Family]:
     bare family of that name (its cells then show no shortcut in their names, as the family's default)."""
     recorded: dict[str, Family] = {}
     for config_file in sorted(folder.glob(f"*/{CONFIG_FILE}")):
-        config = read_json(config_file)
+        try:
+            config = read_json(config_file)
+        except UserError:  # a link or a FIFO: its cell shows as unreadable, the sweep's other cells as they are
+            continue
         if isinstance(config, dict) and "kind" in config:
             recorded.setdefault(str(config["kind"]), family_of_run(config))
     return lambda kind: recorded.get(kind) or family_of_run({"kind": kind})
 
 
 def recorded_train_size(run_dir: Path) -> int | None:
-    config = read_json(run_dir / CONFIG_FILE)
+    try:
+        config = read_json(run_dir / CONFIG_FILE)
+    except UserError:  # replaced by a link or a FIFO since its cell was read
+        return None
     resolved = config.get("resolved") if isinstance(config, dict) else None
-    return resolved.get("train_size") if isinstance(resolved, dict) else None
+    size = resolved.get("train_size") if isinstance(resolved, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 def fill_planned_iterations(cells: list[CellState], configs: dict[Path, TrainConfig]) -> None:
@@ -201,6 +214,8 @@ def read_cell(root: Path, run_dir: Path, now: float) -> CellState:
 
 def read_cell_files(name: str, run_dir: Path, now: float) -> CellState:
     config = read_json(run_dir / CONFIG_FILE)
+    if config is None and os.path.lexists(run_dir / CONFIG_FILE):
+        raise UserError(f"{run_dir / CONFIG_FILE} is not valid JSON")
     if config is None:
         return CellState(name, run_dir, NOT_STARTED)
     check_run_config(config, str(run_dir / CONFIG_FILE))
@@ -214,23 +229,30 @@ def read_cell_files(name: str, run_dir: Path, now: float) -> CellState:
     cell = CellState(name, run_dir, state, epoch=status.epoch, epochs=status.epochs or None, iteration=status.iteration,
                      iterations=status.iterations or planned, train_error=status.train_error,
                      test_error=status.test_error, images_per_second=status.images_per_second,
-                     where=where(run_dir, status), updated_ago=max(0.0, now - status.updated), error=status.error)
+                     where=where(run_dir, status), error=status.error)
+    # status.json's times and numbers are as RunStatus.read took them: 0.0 for a time not known, None for a speed
+    if status.updated:
+        cell.updated_ago = max(0.0, now - status.updated)
     if state == STOPPED and status.saved_iteration is not None and status.saved_iteration < status.iteration:
         cell.resumes_from = status.saved_iteration
-    if state != "pending":
-        cell.elapsed = max(0.0, (now if state == "running" else status.updated) - status.started)
-    if state == "running" and cell.iterations and status.images_per_second:
-        batch = int(config.get("batch_size", 128))
-        cell.eta = max(0, cell.iterations - status.iteration) * batch / status.images_per_second
+    until = now if state == "running" else status.updated
+    if state != "pending" and status.started and until:
+        cell.elapsed = max(0.0, until - status.started)
+    batch = config.get("batch_size", 128)
+    if (state == "running" and cell.iterations and status.images_per_second and status.images_per_second > 0
+            and isinstance(batch, int) and batch > 0):
+        eta = max(0, cell.iterations - status.iteration) * batch / status.images_per_second
+        cell.eta = eta if math.isfinite(eta) else None  # a speed of 1e-320 img/s is no time left that a clock shows
     return cell
 
 
 def planned_iterations(config: dict) -> int | None:
     """A run's iterations from its config.json: resolved once it started; else known unless given as --epochs."""
-    resolved = config.get("resolved", {}).get("iterations")
+    resolved = (config.get("resolved") or {}).get("iterations")  # check_run_config: an int, or null or absent
     if resolved is not None:
         return int(resolved)
-    return int(config["iterations"]) if config.get("epochs") is None and "iterations" in config else None
+    iterations = config.get("iterations")
+    return int(iterations) if config.get("epochs") is None and iterations is not None else None
 
 
 def process_alive(run_dir: Path, status: RunStatus, now: float) -> bool:
@@ -240,6 +262,13 @@ def process_alive(run_dir: Path, status: RunStatus, now: float) -> bool:
 
 
 def where(run_dir: Path, status: RunStatus) -> str:
-    attempt = read_json(run_dir / TASK_FILE) or {}
-    job = f" slurm job {attempt['slurm_job']}" if attempt.get("slurm_job") else ""
+    """Host and device, and the Slurm job that task.json names: a task.json that is not an object, a link or a FIFO
+    names none (it only adds to where the run is; the cell's state does not depend on it)."""
+    try:
+        attempt = read_json(run_dir / TASK_FILE)
+    except UserError:
+        attempt = None
+    slurm_job = attempt.get("slurm_job") if isinstance(attempt, dict) else None
+    shown = isinstance(slurm_job, (str, int)) and not isinstance(slurm_job, bool) and 0 < len(str(slurm_job)) <= 64
+    job = f" slurm job {slurm_job}" if shown else ""
     return " ".join(filter(None, (status.host, status.device))) + job

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from torch import nn
 from ..config import DATA, config_args, from_dict
 from ..errors import UserError
 from ..models import CifarNet, count_parameters
-from ..models.families import build_network, family_named_by_folder, get_family, known_family
+from ..models.families import build_network, family_named_by_folder, file_name, get_family, known_family
 from ..results.groups import is_complete
 from ..results.runs import (
     CHECKPOINT_FILE,
@@ -110,7 +111,7 @@ class SavedNet:
 def read_checkpoint_file(path: Path) -> dict[str, Any]:
     """A checkpoint on the CPU, read with `weights_only=True` (never running code it may carry); a UserError
     naming the file when it cannot be used."""
-    if not path.is_file():
+    if not os.path.lexists(path):  # a link or a FIFO is there: read_checkpoint says which, not "missing"
         raise UserError(f"{path} is missing")
     return read_checkpoint(path, fix="name another run folder or checkpoint")
 
@@ -335,7 +336,9 @@ class ConstructionMismatch(RuntimeError):
 
 
 def construction_name(source_dir: Path, target: NetSpec) -> str:
-    return f"{target.label}-from-{source_dir.name}"
+    """The new net's folder name; the source's name reduced to safe characters, as every name resdepth makes is (a
+    folder's name is anyone's: escapes, newlines or bidirectional controls would reach every listing)."""
+    return f"{target.label}-from-{file_name(source_dir.name)}"
 
 
 def construct_from_run(run_dir: Path, depth: int, out: Path, device: torch.device, identity_bn: str = "data",

@@ -12,6 +12,8 @@ import hashlib
 import math
 import os
 import re
+import stat
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -224,7 +226,8 @@ def check_folder_present(config: DataConfig) -> DataCheck:
     check_same_classes(root, files)  # nothing a run does would mend it: refused, as the run refuses it
     train, test = (sum(len(paths) for paths in files[split].values()) for split in ("train", "test"))
     cache = _cache_path(root, files)
-    decoded = f"decoded once before the first run, kept in {cache}" if not cache.exists() else "decoded (cached)"
+    cached = cache.is_file() and not cache.is_symlink()  # a link there is never read
+    decoded = "decoded (cached)" if cached else f"decoded once before the first run, kept in {cache}"
     return sized_check(config, True, f"{root}: {train:,} training and {test:,} test images, {decoded}", train, test)
 
 
@@ -460,6 +463,47 @@ def read_cache(cache: Path, images: int) -> dict[str, Any]:
         return torch.load(handle, map_location="cpu", weights_only=True)
 
 
+CACHE_KEYS = {"name", "classes", "train_images", "train_labels", "test_images", "test_labels", "notices"}
+MAX_NOTICES, MAX_NOTICE_CHARS = 4, 8192  # resdepth writes one notice at most: a line and a path
+
+
+class BrokenCache(ValueError):
+    """A cache whose contents are not what decoding this folder gives: decoded again, as a cache that cannot be read."""
+
+
+def checked_cache(saved: Any, root: Path, files: dict[str, dict[str, list[Path]]],
+                  classes: list[str]) -> tuple[Dataset, list[str]]:
+    """The dataset and notices a cache holds, when they are what decoding the folder's files would give: the same
+    keys, the folder's classes, one (3, 32, 32) uint8 image per listed file and int64 labels that follow the files
+    class by class (a planted cache with labels of 99 ended a run in an IndexError), and notices that are a few
+    lines of text. Anything else raises BrokenCache. The name is the folder's own, never the cache's."""
+    from ..results.runs import printable
+
+    if not isinstance(saved, dict) or set(saved) != CACHE_KEYS:
+        raise BrokenCache("not the keys of a cache")
+    if type(saved["classes"]) is not list or saved["classes"] != classes \
+            or not all(type(name) is str for name in saved["classes"]):
+        raise BrokenCache("other classes")
+    tensors = {}
+    for split in ("train", "test"):
+        counts = [len(files[split][cls]) for cls in classes]
+        expected = torch.repeat_interleave(torch.arange(len(classes), dtype=torch.int64), torch.tensor(counts))
+        images, labels = saved[f"{split}_images"], saved[f"{split}_labels"]
+        for tensor, dtype, shape in ((images, torch.uint8, (sum(counts), 3, IMAGE_SIZE, IMAGE_SIZE)),
+                                     (labels, torch.int64, (sum(counts),))):
+            if not (type(tensor) is torch.Tensor and tensor.dtype == dtype and tuple(tensor.shape) == shape
+                    and tensor.layout == torch.strided and tensor.device.type == "cpu" and tensor.is_contiguous()):
+                raise BrokenCache(f"{split} tensors of another type or shape")
+        if not torch.equal(labels, expected):
+            raise BrokenCache(f"{split} labels that do not follow the files")
+        tensors[f"{split}_images"], tensors[f"{split}_labels"] = images, labels
+    notices = saved["notices"]
+    if type(notices) is not list or len(notices) > MAX_NOTICES \
+            or not all(type(n) is str and len(n) <= MAX_NOTICE_CHARS for n in notices):
+        raise BrokenCache("notices that are not lines of text")
+    return Dataset(root.name, list(classes), **tensors), [printable(notice) for notice in notices]
+
+
 def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) -> Dataset:
     """train/<class>/* and test/<class>/* images of 32x32, decoded once and cached as a tensor file."""
     if not root.is_dir():
@@ -468,13 +512,13 @@ def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) 
     files = {split: _class_files(root, split) for split in ("train", "test")}
     classes = check_same_classes(root, files)
     cache = _cache_path(root, files)
-    if cache.exists():
+    if os.path.lexists(cache):  # a link there too (exists() follows it): read_cache refuses it, and it is removed
         try:
             saved = read_cache(cache, sum(len(paths) for split in files.values() for paths in split.values()))
-            notices = saved.pop("notices", [])
-            dataset = Dataset(**saved)
+            dataset, notices = checked_cache(saved, root, files, classes)
         except Exception:  # noqa: BLE001 - a broken, planted or oversized cache is only a lost speed-up: decode again
-            cache.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # unlink removes a link itself, never its target
+                cache.unlink(missing_ok=True)
         else:
             for notice in notices:  # said again on every load: the user may not have seen the first one
                 on_progress(LoadProgress(notice=notice))
@@ -491,7 +535,7 @@ def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) 
         on_progress(LoadProgress(notice=notice))
     kept: Path | None = cache
     try:
-        torch.save({"name": dataset.name, "classes": classes, **tensors, "notices": notices}, cache)
+        save_cache({"name": dataset.name, "classes": classes, **tensors, "notices": notices}, cache)
         remove_older_caches(cache)
     except OSError as exc:  # read-only data and cache: decoding again next time is slower but correct
         kept = None
@@ -501,16 +545,52 @@ def load_image_folder(root: Path, on_progress: OnLoadProgress = lambda _: None) 
     return dataset
 
 
+def save_cache(saved: dict[str, Any], cache: Path) -> None:
+    """The decoded images written to a new temp file beside the cache and renamed onto its name: a link planted at
+    that predictable name is replaced, never written through (torch.save(..., cache) created or overwrote the file a
+    dangling link named, outside the data folder). The temp file is removed if anything fails."""
+    from ..results.runs import create_temp_beside
+
+    fd, tmp = create_temp_beside(cache)  # O_EXCL: a new file, never a link's target; mode 0666 less the umask
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(saved, handle)
+        os.replace(tmp, cache)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 IMAGES_COUNTED = "images (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ") directly inside it"
+
+
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse a split folder, class folder or image that leads out of the data folder (a link to someone's private
+    images would be decoded, and its pixels kept in the folder's cache for whoever planted it to read). Links that
+    stay inside the folder are read. `root` is the data folder, resolved."""
+    target = Path(os.path.realpath(path))  # realpath, not resolve(): a link loop is left to fail as unreadable
+    if not target.is_relative_to(root):
+        raise UserError(f"{path} is a link to {target}, outside the data folder {root}: resdepth reads only files "
+                        "inside it (a link may lead to someone else's files); copy the files in instead of linking "
+                        "them")
 
 
 def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
     folder = root / split
     if not folder.is_dir():
         raise UserError(f"{folder} is missing: --dataset folder needs {root}/train/<class>/ and {root}/test/<class>/")
+    inside = Path(os.path.realpath(root))
+    check_inside(folder, inside)
     # hidden files are never images: macOS leaves ._name.jpg beside name.jpg on foreign disks
-    classes = {d.name: sorted(p for p in listed(d) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-               for d in sorted(listed(folder)) if d.is_dir() and not d.name.startswith(".")}
+    folders = [d for d in sorted(listed(folder)) if d.is_dir() and not d.name.startswith(".")]
+    classes = {}
+    for d in folders:
+        check_inside(d, inside)  # a class folder inside the folder: a file in it that is not a link is inside too
+        classes[d.name] = sorted(p for p in listed(d) if p.suffix.lower() in IMAGE_SUFFIXES
+                                 and not p.name.startswith("."))
+        for path in classes[d.name]:
+            if path.is_symlink():
+                check_inside(path, inside)
     classes = {name: paths for name, paths in classes.items() if paths}
     if not classes:
         raise UserError(f"{folder} holds no class folders with {IMAGES_COUNTED}")
@@ -563,18 +643,28 @@ def _cache_path(root: Path, files: dict[str, dict[str, list[Path]]]) -> Path:
     try:
         fallback.mkdir(parents=True, exist_ok=True)
     except OSError:
-        pass  # no writable cache anywhere: torch.save below fails and the folder is decoded again next time
+        pass  # no writable cache anywhere: save_cache fails and the folder is decoded again next time
     folder = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
     return fallback / f"{CACHE_PREFIX}{folder}-{digest.hexdigest()[:16]}.pt"
 
 
+STALE_TEMP_SECONDS = 3600  # a cache's temp file this old is a killed load's, not one being written
+
+
 def remove_older_caches(cache: Path) -> None:
-    """The caches this folder's earlier contents left (185 MB each for CIFAR-10): only the newest is ever read."""
+    """The caches this folder's earlier contents left (185 MB each for CIFAR-10): only the newest is ever read. The
+    temp files of loads killed while writing the cache go too, once stale. unlink removes a link in their place,
+    never what it names."""
     folder = cache.name.removeprefix(CACHE_PREFIX).rpartition("-")[0]  # '' beside the images; else the folder's hash
-    for old in cache.parent.glob(f"{CACHE_PREFIX}{folder}-*.pt" if folder else f"{CACHE_PREFIX}*.pt"):
+    pattern = f"{CACHE_PREFIX}{folder}-*.pt" if folder else f"{CACHE_PREFIX}*.pt"
+    for old in cache.parent.glob(pattern):
         if old != cache:
             with contextlib.suppress(OSError):
                 old.unlink()
+    for temp in cache.parent.glob(f".{pattern}.*.tmp"):  # create_temp_beside's names: .<cache name>.<hex>.tmp
+        with contextlib.suppress(OSError):
+            if time.time() - temp.lstat().st_mtime > STALE_TEMP_SECONDS:
+                temp.unlink()
 
 
 MODE_NAMES = {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "RGBA", "P": "palette",
@@ -643,11 +733,26 @@ def decode_image(path: Path) -> tuple[torch.Tensor, str]:
     """One image file as a (3, 32, 32) uint8 RGB tensor, and the PIL mode it was stored in. The size is read from
     the header and checked before any pixel is decoded, so a file that declares a huge image (a decompression
     bomb) costs nothing."""
+    try:
+        # O_NONBLOCK: a FIFO named like an image hung the load in open(); only a regular file is decoded
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as raw:
+            if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+                raise UserError(f"{path} is not a regular file (a FIFO, device or folder named like an image): "
+                                "remove it")
+            image, mode = _decode_open(raw, path)
+        return image, mode
+    except (PermissionError, FileNotFoundError) as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror}): check its permissions, or remove it") from None
+    except OSError:  # a folder named like an image, a link loop
+        raise UserError(f"cannot decode image {path}: remove it or convert it to PNG/JPEG") from None
+
+
+def _decode_open(raw: Any, path: Path) -> tuple[torch.Tensor, str]:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as handle:
+        with Image.open(raw) as handle:
             if handle.size != (IMAGE_SIZE, IMAGE_SIZE):
                 width, height = handle.size
                 raise UserError(f"{path} is {width}x{height}; resdepth needs 32x32 images (resize the folder first)")
