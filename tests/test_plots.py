@@ -382,3 +382,21 @@ def test_a_figure_by_setting_wraps_many_settings_onto_rows_of_legible_panels(tmp
     shown = [axes for axes in figure.axes if axes.get_visible()]
     assert len(shown) == 6 and len(figure.axes) == 8 and figure.get_figwidth() <= 4 * 3.5
     assert len({round(axes.get_position().y0, 3) for axes in shown}) == 2  # two rows of panels
+
+
+def test_a_long_figure_title_wraps_inside_the_figure():
+    # a setting's label had pushed the gradient figure's one-line title past both edges, cut off there
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from resdepth.results.plots import figure_title
+
+    figure = Figure(figsize=(7.0, 3.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.add_subplot()
+    figure_title(figure, "synthetic (init -, iterations 22): L2 norm of each layer's weight gradient, mean over the "
+                         "sampled steps of an epoch\nsecond line")
+    figure.canvas.draw()
+    [title] = [text for text in figure.texts if text.get_text() == figure.get_suptitle()]
+    box = title.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width and figure.get_suptitle().count("\n") == 2

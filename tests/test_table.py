@@ -291,6 +291,17 @@ def test_runs_lists_one_row_per_run_with_best_val_epoch_and_warmup_end(tmp_path,
     assert "| cap at 4,000 |" in out
 
 
+def test_a_run_from_before_init_existed_is_a_seed_of_todays_setting(tmp_path, write_run):
+    # configs of 2026-11 have no "init"; today's say "init": null: the same He init, so one setting of two seeds
+    write_run(tmp_path / "new", "residual", 20, seed=0, init=None)
+    old = write_run(tmp_path / "old", "residual", 20, seed=1)
+    config = json.loads((old / "config.json").read_text())
+    config.pop("init", None)
+    (old / "config.json").write_text(json.dumps(config))
+    summary = summarize(load_runs(tmp_path)[0])
+    assert [(r.setting, r.runs) for r in summary.itertuples()] == [("", 2)]
+
+
 def test_warmup_settings_split_seeds_only_of_runs_that_warmed_up(tmp_path, write_run):
     # runs that never warmed up compute the same whatever their warm-up settings (an older config lacks the cap)
     write_run(tmp_path / "new", "residual", 20, seed=0, warmup="auto", warmup_max_iterations=4000)

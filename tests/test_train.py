@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from resdepth.errors import UserError
-from resdepth.results.runs import METRIC_COLUMNS, VAL_COLUMNS, RunStatus, metric_columns
+from resdepth.results.runs import METRIC_COLUMNS, VAL_COLUMNS, RunStatus, metric_columns, recorded_attempts
 from resdepth.train.data import DataConfig
 from resdepth.train.fused import run_fused_training
 from resdepth.train.protocol import learning_rate
@@ -135,6 +135,26 @@ def test_resuming_in_the_middle_of_a_warmup_is_exact(tmp_path, tiny_config, asse
     assert (resumed.warmup_end_reason, resumed.warmup_end_iteration) == (straight.warmup_end_reason,
                                                                          straight.warmup_end_iteration)
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_run_begun_before_its_layout_was_recorded_resumes_in_that_layout_exactly(tmp_path, tiny_config,
+                                                                                    assert_same_run):
+    # until 2026-11-28 auto meant channels-last off on the CPU and config.json did not record it: a resume took
+    # today's auto (on) and its numbers drifted from the first resumed epoch on
+    straight = tmp_path / "straight"
+    run_training(tiny_config(epochs=4, channels_last=False), straight)
+    old = tmp_path / "old"
+    calls = iter(range(1000))
+    run_training(tiny_config(epochs=4, channels_last=False), old, should_stop=lambda: next(calls) == 6)
+    record = json.loads((old / "config.json").read_text())
+    record["channels_last"] = None  # as that version wrote it: auto, resolved nowhere
+    record["resolved"].pop("channels_last")
+    record.pop("attempts")
+    (old / "config.json").write_text(json.dumps(record))
+    run_training(tiny_config(epochs=4), old)  # auto, as a resume of that folder asks
+    assert_same_run(straight, old)
+    assert [a["execution"]["channels_last"] for a in recorded_attempts(json.loads((old / "config.json").read_text()))
+            if a.get("execution")] == [False]
 
 
 def test_config_json_records_each_attempt_and_a_finished_run_asked_again_keeps_its_record(tmp_path, tiny_config):

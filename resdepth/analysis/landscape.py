@@ -38,6 +38,7 @@ from ..results.plots import (
     TITLE_FONT,
     as_written,
     depth_colours,
+    figure_title,
     save_outputs,
     study_name,
     study_title,
@@ -326,7 +327,7 @@ def contour_figure(frame: pd.DataFrame, study: tuple[str, str], value: str = "tr
             scale.set_label(what, fontsize=FONT - 1)
             scale.ax.tick_params(labelsize=FONT - 1)
     images = int(frame["images"].max())
-    figure.suptitle(f"{study_title(study)}: {what} around the trained weights (Li et al. 2018, Fig. 5)\n"
+    figure_title(figure, f"{study_title(study)}: {what} around the trained weights (Li et al. 2018, Fig. 5)\n"
                     f"filter-normalised random directions, {images:,} training images, evaluation mode;\n"
                     "the same contour levels for each depth's twins", fontsize=TITLE_FONT)
     return figure
@@ -359,7 +360,7 @@ def slice_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
             grid[row][column].grid(True, linewidth=0.5, alpha=0.4)
     grid[0][0].set_ylabel("training loss (log)", fontsize=FONT)
     grid[1][0].set_ylabel("training error (%)", fontsize=FONT)
-    figure.suptitle(f"{study_title(study)}: 1D slice of the training loss (Li et al. 2018), filter-normalised "
+    figure_title(figure, f"{study_title(study)}: 1D slice of the training loss (Li et al. 2018), filter-normalised "
                     "direction", fontsize=TITLE_FONT)
     handles = [Line2D([], [], color=colours[n.depth], linestyle=n.style[0], linewidth=n.style[1], label=n.label)
                for n in nets]

@@ -37,6 +37,7 @@ from ..results.plots import (
     FONT,
     TITLE_FONT,
     as_written,
+    figure_title,
     save_outputs,
     study_name,
     study_title,
@@ -276,7 +277,7 @@ def blocks_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
         axes.set_title(net.label + finished_mark(rows), fontsize=FONT)
     top_axis(panels, frame)
     images = int(frame["images"].max())
-    figure.suptitle(f"{study_title(study)}: test error with one block deleted (Veit et al. 2016, Fig. 3)\n"
+    figure_title(figure, f"{study_title(study)}: test error with one block deleted (Veit et al. 2016, Fig. 3)\n"
                     f"{images:,} test images per net, evaluation mode; mean over seeds, range as a band",
                     fontsize=TITLE_FONT)
     handles = [Line2D([], [], color="C0", marker="o", markersize=3, label="one block deleted"),
@@ -309,8 +310,8 @@ def k_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
         axes.set_title(net.label + finished_mark(rows), fontsize=FONT)
     top_axis(panels, frame)
     draws = int(frame["draw"].max()) + 1
-    figure.suptitle(f"{study_title(study)}: test error with k blocks deleted or k pairs swapped (Veit et al. 2016, "
-                    f"Fig. 5)\n{draws} seeded draws per k, bands over draws and seeds", fontsize=TITLE_FONT)
+    figure_title(figure, f"{study_title(study)}: test error with k blocks deleted or k pairs swapped (Veit et al. "
+                 f"2016, Fig. 5)\n{draws} seeded draws per k, bands over draws and seeds", fontsize=TITLE_FONT)
     handles = [Line2D([], [], color=c, linestyle=s, marker="o", markersize=3, label=label)
                for c, s, label in styles.values()]
     figure.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=FONT, frameon=False)

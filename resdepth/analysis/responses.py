@@ -39,6 +39,7 @@ from ..results.plots import (
     TITLE_FONT,
     as_written,
     depth_colours,
+    figure_title,
     save_outputs,
     study_name,
     study_title,
@@ -411,7 +412,7 @@ def figure7(frame: pd.DataFrame, study: tuple[str, str], std: str = "std", measu
             axes.set_ylim(bottom=0)
         axes.tick_params(labelsize=FONT - 1)
         axes.grid(True, linewidth=0.5, alpha=0.4)
-    figure.suptitle(f"{study_title(study)}: std of {what.title}\n"
+    figure_title(figure, f"{study_title(study)}: std of {what.title}\n"
                     f"{split} split, {images:,} images per net, evaluation mode", fontsize=TITLE_FONT)
     handles = [Line2D([], [], color=colours[n.depth], linestyle=n.style[0], linewidth=n.style[1],
                       label=n.label + ("" if rows_of(frame, n)["finished"].all() else " (unfinished)"))
@@ -472,8 +473,8 @@ def gradient_figure(frame: pd.DataFrame, study: tuple[str, str]) -> Figure:
                 axes.plot(means.index, means.values, color=colours[role], linewidth=1.5, marker="o", markersize=2)
             finished = "" if rows["finished"].all() else " (unfinished)"
             axes.set_title(f"{net.label}{finished}", fontsize=FONT)
-    figure.suptitle(f"{study_title(study)}: L2 norm of each layer's weight gradient, mean over the sampled steps of "
-                    "an epoch", fontsize=TITLE_FONT)
+    figure_title(figure, f"{study_title(study)}: L2 norm of each layer's weight gradient, mean over the sampled "
+                 "steps of an epoch", fontsize=TITLE_FONT)
     epochs = role_epochs(frame)
     handles = [Line2D([], [], color=colours[role], linewidth=2,
                       label=role + (f" (epoch {epochs[role]})" if epochs.get(role) and role != "first epoch" else ""))

@@ -118,12 +118,12 @@ def group_order(key: GroupKey) -> tuple:
 
 def setting_order(axes: tuple[tuple[str, str], ...]) -> tuple:
     """Settings in the order of their values, numbers as numbers (lr 0.01 before 0.1, width 2 before 10), a value
-    that runs do not give ('-') first."""
+    that runs do not give ('-') or give as none (no --init: He init) first."""
     def value(text: str) -> tuple:
         try:
             return (0, float(text), "")
         except ValueError:
-            return (-1 if text == "-" else 1, 0.0, text)
+            return (-1 if text in ("-", "none") else 1, 0.0, text)
     return tuple((name, value(text)) for name, text in axes)
 
 
@@ -135,12 +135,15 @@ NOT_PROTOCOL = {"kind", "depth", "shortcut", "seed", "epochs", "iterations", "pr
 # auto or deep is only the rule that decided it).
 WARMUP_FIELDS = ("warmup", "warmup_min_depth", "warmup_lr", "warmup_until_error", "warmup_max_iterations")
 NOT_DATA_PROTOCOL = {"dataset", "data_dir", "train_size", "test_size", "val_size", "dataset_name"}
+# Protocol fields a later version added, and what a config.json written before them meant: a run of 2026-11 has no
+# `init` (He init, as `"init": null` says now), and must stay a seed of the same setting as today's runs
+ADDED_LATER = {"init": None}
 
 
 def run_protocol(run: Run) -> dict[str, str]:
     """What a run computed beyond its group key and seed, as text: equal protocols make seeds of one setting."""
     config, resolved = run.config, run.config.get("resolved", {})
-    values = {key: value for key, value in config.items() if key not in NOT_PROTOCOL}
+    values = {**ADDED_LATER, **{key: value for key, value in config.items() if key not in NOT_PROTOCOL}}
     data = config.get("data", {})
     values.update({key: value for key, value in data.items() if key not in NOT_DATA_PROTOCOL
                    and (data.get("dataset") == "synthetic" or not key.startswith("synthetic_"))})

@@ -93,6 +93,14 @@ class SeedCurves:
         return f"{self.key.variant}-{self.key.depth} {metric}"
 
 
+def figure_title(figure: Figure, text: str, fontsize: float = TITLE_FONT, **options: object) -> None:
+    """The figure's title, each line wrapped to the figure's width: a setting's label (`(init -, iterations 22)`)
+    had pushed a one-line title past both edges, cut off there."""
+    chars = max(40, int(figure.get_figwidth() * 72 / (fontsize * 0.6)))  # a character is about 0.6 em wide
+    lines = [textwrap.fill(line, chars) for line in text.split("\n")]
+    figure.suptitle("\n".join(lines), fontsize=fontsize, **options)
+
+
 def group_curves(runs: list[Run]) -> list[SeedCurves]:
     """One SeedCurves per dataset x kind (x shortcut) x depth: the mean over its finished runs, its unfinished ones
     apart. Where no run finished, the mean over them all goes on over the seeds that reached each iteration (the
@@ -209,7 +217,7 @@ def figure1(curves: list[SeedCurves], variant: str, x: str) -> Figure:
     top = set_error_range([train_axes, test_axes], curves)
     for axes, metrics, _ in panels:
         note_off_axis(axes, chosen, metrics, top)
-    figure.suptitle(f"{study_title(chosen[0].key.study)}: {variant} nets by depth", fontsize=TITLE_FONT)
+    figure_title(figure, f"{study_title(chosen[0].key.study)}: {variant} nets by depth", fontsize=TITLE_FONT)
     styles = [("test_error", "-"), ("val_error", ":")] if with_val else []
     add_legend(figure, chosen, colours, styles)
     return figure
@@ -230,7 +238,7 @@ def figure6(curves: list[SeedCurves], x: str, paper: bool = False) -> Figure:
     top = set_error_range(axes_list, curves)
     for axes, (_, members) in zip(axes_list, panels, strict=True):
         note_off_axis(axes, members, METRICS, top)
-    figure.suptitle(f"{study_title(curves[0].key.study)}: {style_words(curves)}", fontsize=TITLE_FONT)
+    figure_title(figure, f"{study_title(curves[0].key.study)}: {style_words(curves)}", fontsize=TITLE_FONT)
     finish_figure6(figure, curves, colours, ticked)
     return figure
 
@@ -265,7 +273,7 @@ def figure6_by_setting(curves: list[SeedCurves], x: str, paper: bool = False) ->
     for axes, _, _, members in panels:
         note_off_axis(axes, members, METRICS, top)
     keys = ", ".join(dict.fromkeys(name for setting in settings for name, _ in setting))
-    figure.suptitle(f"{curves[0].key.dataset} by {keys}: {style_words(curves)}", fontsize=TITLE_FONT)
+    figure_title(figure, f"{curves[0].key.dataset} by {keys}: {style_words(curves)}", fontsize=TITLE_FONT)
     finish_figure6(figure, curves, colours, ticked)
     return figure
 

@@ -189,7 +189,7 @@ def groups_html(runs: list[Run], page_dir: Path) -> str:
         parts.append(f"<details><summary>{esc(title)} ({len(members)} run(s), seeds {esc(seeds)})</summary>"
                      f"{runs_table(members, page_dir)}<div class='columns'>"
                      f"<div><h4>config</h4>{values_table(members, config_values)}</div>"
-                     f"<div><h4>resolved at the start</h4>{values_table(members, section_of('resolved'))}</div>"
+                     f"<div><h4>resolved (latest attempt)</h4>{values_table(members, section_of('resolved'))}</div>"
                      f"<div><h4>environment</h4>{values_table(members, section_of('environment'))}</div>"
                      "</div></details>")
     return "".join(parts)

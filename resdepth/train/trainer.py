@@ -270,7 +270,7 @@ class Trainer(RunProgress, Engine):
         self.mean = self.data.pixel_mean()
         self.train_size = len(self.data.train_labels)
         self.batch = min(config.batch_size, self.train_size)
-        self.channels_last = config.channels_last is not False  # None (auto): on for CPU and CUDA alike
+        self.channels_last = channels_last_of(config, run_dir, device)
         self.model = build_run_network(config, dataset.num_classes).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -726,6 +726,19 @@ def warmup_progress(run: RunProgress) -> dict[str, Any]:
 def epoch_progress(row: dict[str, Any]) -> dict[str, Any]:
     """What status.json shows of the last finished epoch."""
     return {key: row[key] for key in ("epoch", "iteration", "train_error", "test_error", "images_per_second")}
+
+
+def channels_last_of(config: TrainConfig, run_dir: Path, device: torch.device) -> bool:
+    """--channels-last, where auto (None) means on for the CPU and CUDA alike; except for a run begun before the
+    layout was recorded (config.json's `resolved` without `channels_last`, 2026-11-28 and earlier), when auto meant
+    off on the CPU: resumed in the layout it began in, its resume stays exact."""
+    if config.channels_last is not None:
+        return config.channels_last
+    saved = read_json(run_dir / CONFIG_FILE) if (run_dir / CHECKPOINT_FILE).exists() else None
+    resolved = saved.get("resolved") if isinstance(saved, dict) else None
+    if isinstance(resolved, dict) and resolved and "channels_last" not in resolved:
+        return device.type == "cuda"
+    return True
 
 
 def starting_status(run: RunProgress) -> RunStatus:
