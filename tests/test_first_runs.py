@@ -478,8 +478,10 @@ def test_workers_of_a_killed_sweep_checkpoint_and_stop_rather_than_train_on_unwa
 
 def test_ctrl_c_while_the_commands_load_is_exit_130_not_a_traceback(cli_env, resdepth_cli):
     # torch takes seconds to import, on the first command a new user types; Python printed the import's traceback
+    # SIGINT as a terminal delivers it, even where this test runs in a background job (whose SIGINT is ignored,
+    # and a child inherits that)
     command = subprocess.Popen([resdepth_cli, "models"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.3)
     command.send_signal(signal.SIGINT)
     out, err = command.communicate(timeout=120)
