@@ -140,16 +140,22 @@ def slurm_job_id() -> str | None:
     return f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID")
 
 
+def recorded_task(run_dir: Path) -> dict[str, Any]:
+    """The attempt task.json records (token, host, pid, slurm_job); {} where there is none: missing, not a JSON
+    object, or a link or a FIFO in its place, which no attempt wrote."""
+    try:
+        attempt = read_json(run_dir / TASK_FILE)
+    except UserError:
+        return {}
+    return attempt if isinstance(attempt, dict) else {}
+
+
 def take_over_own_lock(run_dir: Path, token: str) -> None:
     """Remove a lock left by an earlier attempt of this same task: the scheduler starts it again only once dead.
 
     Without this, a retry on another node would see the lost node's lock as live for STALE_FOREIGN_LOCK_SECONDS.
     """
-    try:
-        attempt = read_json(run_dir / TASK_FILE)
-    except UserError:  # a link or a FIFO in its place: no attempt of ours wrote it
-        return
-    attempt = attempt if isinstance(attempt, dict) else {}
+    attempt = recorded_task(run_dir)
     lock = RunLock(run_dir)
     owner = lock.owner() or {}
     same_process = (owner.get("host"), owner.get("pid")) == (attempt.get("host"), attempt.get("pid"))
@@ -632,7 +638,7 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
 
 def signal_local_task(run_dir: Path) -> bool:
     """SIGINT to the process training this cell on this machine (submitit's local executor), found in task.json."""
-    attempt = read_json(run_dir / TASK_FILE) or {}
+    attempt = recorded_task(run_dir)
     if attempt.get("host") != socket.gethostname() or not attempt.get("pid"):
         return False
     try:

@@ -32,7 +32,7 @@ from ..results.runs import (
 )
 from ..train.trainer import TrainConfig, steps_per_epoch
 from .cell import is_locked
-from .cluster import TASK_FILE
+from .cluster import recorded_task
 from .runner import SWEEP_FILE, SweepConfig, make_cells
 
 NOT_STARTED = "not started"  # a cell of sweep.json whose folder the sweep has not made yet
@@ -264,11 +264,7 @@ def process_alive(run_dir: Path, status: RunStatus, now: float) -> bool:
 def where(run_dir: Path, status: RunStatus) -> str:
     """Host and device, and the Slurm job that task.json names: a task.json that is not an object, a link or a FIFO
     names none (it only adds to where the run is; the cell's state does not depend on it)."""
-    try:
-        attempt = read_json(run_dir / TASK_FILE)
-    except UserError:
-        attempt = None
-    slurm_job = attempt.get("slurm_job") if isinstance(attempt, dict) else None
+    slurm_job = recorded_task(run_dir).get("slurm_job")
     shown = isinstance(slurm_job, (str, int)) and not isinstance(slurm_job, bool) and 0 < len(str(slurm_job)) <= 64
     job = f" slurm job {slurm_job}" if shown else ""
     return " ".join(filter(None, (status.host, status.device))) + job
