@@ -118,6 +118,30 @@ def test_runs_of_the_preact_nets_before_the_first_unit_fix_are_kept_apart_and_no
         1, 1]
 
 
+def test_a_sweep_plans_a_checkpoint_of_an_earlier_network_version_as_another_run_not_a_resume(tmp_path, tiny_config):
+    sweep = SweepConfig(depths=[8], kinds=["preact"], seeds=[0], out=str(tmp_path / "out"),
+                        train=tiny_config(epochs=2))
+    [cell] = plan_sweep(sweep)
+    run_training(cell.cell.config, cell.cell.run_dir)
+    saved = json.loads((cell.cell.run_dir / "config.json").read_text())
+    del saved["resolved"]["family"]["version"]  # written before versions were: version 1
+    (cell.cell.run_dir / "config.json").write_text(json.dumps(saved))
+    (cell.cell.run_dir / "status.json").write_text(json.dumps({"state": "interrupted"}))
+    # before: planned as a resume, which then failed the cell; now refused at planning, with the difference
+    with pytest.raises(UserError, match=r"holds a run with a different config \(network version 1 there, 2 now\)"):
+        plan_sweep(sweep)
+    [forced] = plan_sweep(replace(sweep, force=True))
+    assert forced.action == "replace"
+    # a failed one is kept unless retried, and a retry cannot resume it either
+    (cell.cell.run_dir / "status.json").write_text(json.dumps({"state": "failed"}))
+    assert plan_sweep(sweep)[0].action == "skip-failed"
+    with pytest.raises(UserError, match=r"network version 1 there, 2 now"):
+        plan_sweep(replace(sweep, retry_failed=True))
+    # a finished run of version 1 is read as it is, never resumed: nothing to plan against it
+    (cell.cell.run_dir / "status.json").write_text(json.dumps({"state": "done"}))
+    assert plan_sweep(sweep)[0].action == "skip-done"
+
+
 class TorchBottleneck(nn.Module):
     """The bottleneck unit of KaimingHe/resnet-1k-layers (resnet-pre-act.lua), written from the Lua independently of
     resdepth: where the shape changes a common BN-ReLU feeds both the convs and the 1x1 projection; elsewhere the

@@ -265,6 +265,31 @@ def test_a_progress_line_per_metrics_row_never_a_range_of_status_numbers(tmp_pat
     assert earlier_attempt(SweepProgress(planned, {cell.name: nan}, {}, {cell.name: float("nan")}), cell.name, nan)
 
 
+def test_epochs_finished_between_two_polls_past_twenty_are_counted_in_one_line(tmp_path, capsys):
+    # a planted metrics.csv of a million rows printed a million lines in one poll
+    import pandas as pd
+
+    from resdepth.cli.progress import EPOCH_LINES_AT_ONCE, LiveDisplay
+    from resdepth.results.runs import METRIC_COLUMNS
+    from resdepth.sweep.runner import SweepProgress
+
+    cell = type("Cell", (), {"name": "plain-8-s0", "run_dir": tmp_path})()
+    planned = [type("Planned", (), {"cell": cell})()]
+    epochs = 5000
+    rows = [dict(epoch=e, iteration=e, lr=0.1, train_loss=1.0, train_error=90.0, test_error=95.0, test_loss=1.0,
+                 epoch_seconds=0.1, images_per_second=100.0) for e in range(1, epochs + 1)]
+    pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(tmp_path / "metrics.csv", index=False)
+    status = RunStatus(state="running", epoch=epochs, epochs=epochs + 1, iteration=epochs, iterations=epochs + 1,
+                       started=5.0)
+    LiveDisplay(total=1).log_lines(SweepProgress(planned, {cell.name: status}, {}))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == EPOCH_LINES_AT_ONCE + 1
+    assert lines[0] == f"plain-8-s0: epochs 1-{epochs - 20} finished ({epochs - 20:,} epochs; their numbers are in " \
+                       "metrics.csv)"
+    assert lines[1].startswith(f"plain-8-s0: epoch {epochs - 19}/{epochs + 1} ") and \
+        lines[-1].startswith(f"plain-8-s0: epoch {epochs}/{epochs + 1} ")
+
+
 def test_resume_of_a_planted_running_status_of_a_quadrillion_epochs_ends(finished_copy, resdepth_cli, cli_env):
     edit_status(finished_copy / "plain-8-s0", state="running", pid=999999, started=float("nan"), epoch=10**15,
                 epochs=10**15 + 5)

@@ -17,6 +17,10 @@ from ..sweep.runner import SweepProgress
 from ..train.data import LoadProgress
 from .console import OutputClosed, console, pct, rate
 
+# Epoch lines said for one run at one poll, at most: the rest are counted in one line. A run rarely finishes more
+# between two polls; a planted metrics.csv of a million rows would otherwise print a million lines.
+EPOCH_LINES_AT_ONCE = 20
+
 Display = TypeVar("Display", bound="ProgressDisplay")
 
 
@@ -139,7 +143,12 @@ class LiveDisplay(ProgressDisplay):
         numbers: dict[int, EpochRow | RunStatus] = dict(epoch_rows(run_dir, said + 1, last)) if last > said else {}
         if said < status.epoch <= last:
             numbers.setdefault(status.epoch, status)
-        for epoch in sorted(numbers):
+        epochs = sorted(numbers)
+        if len(epochs) > EPOCH_LINES_AT_ONCE:
+            passed = epochs[:-EPOCH_LINES_AT_ONCE]
+            self.say(name, f"epochs {passed[0]}-{passed[-1]} finished ({len(passed):,} epochs; their numbers are in "
+                           f"{METRICS_FILE})")
+        for epoch in epochs[-EPOCH_LINES_AT_ONCE:]:
             self.say(name, epoch_line(status, numbers[epoch]))
         self.logged[name] = max(last, said)
 

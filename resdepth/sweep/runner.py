@@ -44,7 +44,7 @@ from ..results.runs import (
 from ..train.data import DataConfig, expected_classes
 from ..train.devices import check_compile_possible, check_cuda_graph_device, resolve_device
 from ..train.fused import auto_fuse, group_label, parse_fuse
-from ..train.trainer import TrainConfig, asked_compile, run_config
+from ..train.trainer import TrainConfig, asked_compile, network_change, run_config
 from .cell import CellOutcome, RunLock, busy_outcome, describe_owner, each_cell, is_locked, mark_failed
 from .cluster import (
     CLUSTER,
@@ -423,9 +423,13 @@ def plan_action(cell: Cell, retry_failed: bool) -> str:
     status = RunStatus.read(cell.run_dir)
     state = status.state if status else "pending"
     if state == "done":
-        return "skip-done"
+        return "skip-done"  # read as it is, whatever network version it trained
+    if state in TERMINAL_STATES and not retry_failed:
+        return f"skip-{state}"
+    if network_changed(cell):  # its checkpoint cannot go on training in today's networks
+        return "mismatch"
     if state in TERMINAL_STATES:
-        return "retry" if retry_failed else f"skip-{state}"
+        return "retry"
     return "resume" if (cell.run_dir / CHECKPOINT_FILE).exists() else "new"
 
 
@@ -440,11 +444,18 @@ def saved_config(cell: Cell) -> TrainConfig | None:
 
 
 def describe_difference(cell: Cell) -> str:
-    """'lr: 0.1 there, 0.05 asked', for the first few protocol fields where the folder and the sweep differ."""
+    """'lr: 0.1 there, 0.05 asked', for the first few protocol fields where the folder and the sweep differ; or the
+    network version a checkpoint was trained on, where only that differs."""
     saved = saved_config(cell)
     if saved is None:
         return f"no {CONFIG_FILE} beside its {CHECKPOINT_FILE}"
-    return config_difference(asdict(saved), asdict(cell.config))
+    return config_difference(asdict(saved), asdict(cell.config)) or network_changed(cell)
+
+
+def network_changed(cell: Cell) -> str:
+    """'network version 1 there, 2 now' for a checkpoint that cannot resume (`check_same_network`); '' otherwise."""
+    change = network_change(cell.run_dir, cell.config.kind)
+    return f"network version {change[0]} there, {change[1]} now" if change else ""
 
 
 def prepare_run_dir(item: PlannedCell) -> None:

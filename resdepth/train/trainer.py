@@ -518,15 +518,23 @@ def earlier_attempts(run: RunProgress) -> list[dict[str, Any]]:
 def check_same_network(run_dir: Path, kind: str) -> None:
     """Refuse to resume a run begun on another version of its family's networks (a fix has changed what they
     compute since): its weights would go on training in another function, and its config.json would name only one."""
-    saved = read_json(run_dir / CONFIG_FILE)
-    if not (run_dir / CHECKPOINT_FILE).exists() or not isinstance(saved, dict) or "resolved" not in saved:
-        return
-    was, now = recorded_version(saved), get_family(kind).version
-    if was != now:
+    change = network_change(run_dir, kind)
+    if change:
+        was, now = change
         raise UserError(f"{run_dir} began training on version {was} of the {kind} networks and resdepth now builds "
                         f"version {now} (docs/families.md, Network versions): resuming would mix the two; delete its "
                         f"{CHECKPOINT_FILE} and rerun (a sweep: with --retry-failed) to start it over, or keep it and "
                         "sweep into another --out folder")
+
+
+def network_change(run_dir: Path, kind: str) -> tuple[int, int] | None:
+    """(version begun on, version built now) for a checkpoint begun on another version of its family's networks;
+    None for one of today's, or no checkpoint (a finished run is read, never resumed)."""
+    saved = read_json(run_dir / CONFIG_FILE)
+    if not (run_dir / CHECKPOINT_FILE).exists() or not isinstance(saved, dict) or "resolved" not in saved:
+        return None
+    was, now = recorded_version(saved), get_family(kind).version
+    return (was, now) if was != now else None
 
 
 def read_resume_checkpoint(run_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:
