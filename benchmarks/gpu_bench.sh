@@ -101,7 +101,8 @@ step() {  # step NAME LIMIT LOG COMMAND...: COMMAND in its time box, its output 
   began=$(date +%s)
   timeout -k 5 "$limit" "$@" < /dev/null >> "$WORK/$log" 2>&1
   code=$?
-  echo "$name: exit $code after $(($(date +%s) - began)) s (limit $limit s)$([ "$code" = 124 ] && echo ', CUT')" \
+  # 124: cut at its limit; 137: cut, and killed 5 s later for not ending on SIGTERM
+  echo "$name: exit $code after $(($(date +%s) - began)) s (limit $limit s)$([[ $code = 124 || $code = 137 ]] && echo ', CUT')" \
     | tee -a "$WORK/$log" >> "$OUT/steps.txt"
   pack
 }
@@ -124,8 +125,14 @@ NAIVE=()
   git rev-parse HEAD; git status --short | head -20; } > "$WORK/env.txt" 2>&1
 pack
 TESTS_END=$(($(date +%s) + $(box 150)))
+# collected with the whole output kept: an import error in the test module (a package missing on the machine) is
+# otherwise no test ids and no reason; 5 is pytest's "none collected" (GPU_TESTS_K matching nothing)
 "$PY" -m pytest -o addopts= -q -p no:cacheprovider --collect-only -k "${GPU_TESTS_K:-}" tests/test_gpu.py \
-  2> "$WORK/gpu-tests.log" | grep "::" | head -n "$GPU_TESTS" > "$WORK/gpu-tests.ids"
+  > "$WORK/gpu-collect.log" 2>&1
+COLLECTED=$?
+cat "$WORK/gpu-collect.log" >> "$WORK/gpu-tests.log"
+echo "gpu tests collected: exit $COLLECTED (pytest --collect-only)" | tee -a "$WORK/gpu-tests.log" >> "$OUT/steps.txt"
+grep "::" "$WORK/gpu-collect.log" | head -n "$GPU_TESTS" > "$WORK/gpu-tests.ids"
 while read -r test; do
   step "$test" $((TESTS_END - $(date +%s) < 90 ? TESTS_END - $(date +%s) : 90)) gpu-tests.log \
     "$PY" -m pytest -o addopts= -q -p no:cacheprovider -rs "$test"

@@ -58,17 +58,40 @@ def fastest_step(folder: Path) -> str:
 
 
 def gpu_test_lines(folder: Path) -> list[str]:
-    """One line per GPU test: passed, skipped (with pytest's reason) or failed, and its seconds."""
+    """One line per GPU test: passed, skipped (with pytest's reason), failed or cut, and its seconds; a collection
+    that failed (the test module did not import) says so, with pytest's last error line. Passed or skipped is read from
+    pytest's own count in the test's output, not its exit code: a test that skips (no usable CUDA) exits 0 too."""
     try:
         log = (folder / "gpu-tests.log").read_text()
     except OSError:
         return ["gpu tests: no log"]
-    outcomes = re.findall(r"^(tests/test_gpu\.py::\S+): exit (\d+) after (\d+) s", log, re.MULTILINE)
-    words = {"0": "passed", "5": "not collected", "124": "CUT at its time limit"}
-    lines = [f"gpu test {name.split('::')[1]}: {words.get(code, f'FAILED (exit {code})')} in {seconds} s"
-             for name, code, seconds in outcomes]
+    lines = []
+    collected = re.search(r"^gpu tests collected: exit (\d+).*$", log, re.MULTILINE)
+    if collected and collected.group(1) not in ("0", "5"):
+        before = [line for line in log[:collected.start()].splitlines() if line.strip()]
+        errors = [line[1:].strip() for line in before if line.startswith("E ")]  # pytest's error lines
+        why = errors[-1] if errors else before[-1] if before else ""
+        lines.append(f"gpu tests: COLLECTION FAILED (exit {collected.group(1)}): {why}")
+    start = collected.end() if collected else 0
+    for found in re.finditer(r"^(tests/test_gpu\.py::\S+): exit (\d+) after (\d+) s.*$", log, re.MULTILINE):
+        name, code, seconds = found.groups()
+        lines.append(f"gpu test {name.split('::')[1]}: {test_outcome(code, log[start:found.start()])} in {seconds} s")
+        start = found.end()
     skips = sorted(set(re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.+)$", log, re.MULTILINE)))
     return lines + [f"  skipped because: {reason}" for reason in skips] or ["gpu tests: none ran"]
+
+
+def test_outcome(code: str, output: str) -> str:
+    """A GPU test's outcome from its exit code and its pytest output (the part of the log before its step line)."""
+    if code in ("124", "137"):
+        return "CUT at its time limit"
+    if code == "5":
+        return "not collected"
+    if code != "0":
+        return f"FAILED (exit {code})"
+    counts = re.findall(r"^(?:=+ )?(\d+) (passed|skipped)", output, re.MULTILINE)
+    kinds = {kind for _, kind in counts}
+    return "skipped" if kinds == {"skipped"} else "passed" if "passed" in kinds else "exit 0, no pytest count"
 
 
 def bench_lines(folder: Path) -> list[str]:

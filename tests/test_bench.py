@@ -87,6 +87,19 @@ def test_compiled_steps_follow_the_eager_ones_through_lr_changes_without_recompi
     assert ((ours - theirs).norm() / theirs.norm()).item() < 2e-3
 
 
+def test_a_compiled_run_on_cuda_takes_the_foreach_sgd_that_dynamo_compiles():
+    # dynamo never traces into torch's fused SGD kernel (it breaks the graph around it): a compiled CUDA run kept its
+    # update eager and outside the CUDA graph while gpu_bench.sh and the docs called it compiled
+    from resdepth.train.trainer import TrainConfig, sgd_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    groups = {compiled: sgd_optimizer(params, TrainConfig(), torch.device("cuda"), compiled).param_groups[0]
+              for compiled in (False, True)}
+    assert groups[False]["fused"] and not groups[False]["foreach"]  # eager CUDA: one fused kernel
+    assert groups[True]["foreach"] and not groups[True]["fused"]
+    assert sgd_optimizer(params, TrainConfig(), torch.device("cpu")).param_groups[0]["foreach"]
+
+
 def test_a_process_keeps_compiling_the_runs_it_trains_one_after_another(tmp_path, trainer):
     # each compiled run compiles its SGD update anew (2 graphs: before and after its momentum is born); at dynamo's
     # default limit of 8 recompiles per function, the 5th compiled run of a process (an in-process sweep) stepped

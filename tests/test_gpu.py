@@ -11,6 +11,7 @@ optimizer) moves the curve by far more.
 """
 
 import gc
+import json
 import signal
 import subprocess
 import sys
@@ -58,10 +59,12 @@ def test_cuda_interrupted_run_resumes_with_its_rng_on_the_cpu(tmp_path, gpu_conf
 
 
 def test_cuda_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, cli_env, wait_for_rows):
-    # `python -m resdepth.cli`, not the console script: on a GPU machine resdepth runs from the checkout, uninstalled
+    # `python -m resdepth.cli`, not the console script: on a GPU machine resdepth runs from the checkout, uninstalled.
+    # A checkpoint at each epoch: CUDA's auto cadence (a minute) would leave this seconds-long run none to resume
+    # from, and the rerun would start over and match trivially.
     train = [sys.executable, "-m", "resdepth.cli", "train", "--depth", "8", "--epochs", "12", "--dataset", "synthetic",
              "--synthetic-train", "1024", "--synthetic-test", "256", "--batch-size", "32", "--device", "cuda",
-             "--precision", "fp32"]
+             "--precision", "fp32", "--checkpoint-every", "epoch"]
     assert subprocess.run([*train, "--out", str(tmp_path / "ref")], env=cli_env,
                           timeout=300).returncode == 0
     victim = subprocess.Popen([*train, "--out", str(tmp_path / "cut")], env=cli_env,
@@ -72,8 +75,12 @@ def test_cuda_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, cli_env
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert len(pd.read_csv(run_dir / "metrics.csv")) < 12, "the run finished before it could be killed"
+    saved = read_checkpoint(run_dir / "checkpoint.pt")["iteration"]
+    assert saved > 0, "no checkpoint to resume from"
     assert subprocess.run([*train, "--out", str(tmp_path / "cut")], env=cli_env,
                           timeout=300).returncode == 0
+    attempts = json.loads((run_dir / "config.json").read_text())["attempts"]
+    assert [attempt["from_iteration"] for attempt in attempts] == [0, saved]  # resumed from it, not started over
     assert_close_curves(losses(run_dir), losses(tmp_path / "ref" / "residual-8-s0"))
 
 

@@ -181,3 +181,26 @@ def test_without_fused_fast_or_resnet1202_the_summary_falls_back_or_says_not_mea
     assert ("EXTRAPOLATION Table 6 depth 32: 5 x one --cuda-graph run (per-step time interpolated in depth), "
             "14.3 min") in lines
     assert lines[-1].endswith("in <= 45 min: NOT MEASURED (no measured way at depth 1202)")
+
+
+def test_the_gpu_test_lines_tell_skipped_from_passed_and_name_a_failed_collection(tmp_path):
+    # a test that skips (CUDA unusable: a driver too old for the build) exits 0 as a pass does: the summary said
+    # "passed" for each; a test module that did not import left no ids and no reason: "none ran"
+    ids = "tests/test_gpu.py::test_a\ntests/test_gpu.py::test_b\ntests/test_gpu.py::test_c\ntests/test_gpu.py::test_d"
+    (tmp_path / "gpu-tests.log").write_text(
+        f"{ids}\n\n4 tests collected in 0.50s\ngpu tests collected: exit 0 (pytest --collect-only)\n"
+        "s\nSKIPPED [1] tests/test_gpu.py:31: needs a CUDA GPU\n1 skipped in 0.40s\n"
+        "tests/test_gpu.py::test_a: exit 0 after 3 s (limit 90 s)\n"
+        ".\n1 passed in 12.00s\ntests/test_gpu.py::test_b: exit 0 after 14 s (limit 90 s)\n"
+        "tests/test_gpu.py::test_c: exit 137 after 95 s (limit 90 s), CUT\n"
+        "F\n1 failed in 2.00s\ntests/test_gpu.py::test_d: exit 1 after 4 s (limit 90 s)\n")
+    lines = summary_of(tmp_path)
+    assert [line for line in lines if line.startswith(("gpu test", "  skipped because"))] == [
+        "gpu test test_a: skipped in 3 s", "gpu test test_b: passed in 14 s",
+        "gpu test test_c: CUT at its time limit in 95 s", "gpu test test_d: FAILED (exit 1) in 4 s",
+        "  skipped because: needs a CUDA GPU"]
+    (tmp_path / "gpu-tests.log").write_text(
+        "ImportError while importing test module 'tests/test_gpu.py'.\nE   ModuleNotFoundError: No module named "
+        "'pandas'\n1 error in 0.30s\ngpu tests collected: exit 2 (pytest --collect-only)\n")
+    assert [line for line in summary_of(tmp_path) if line.startswith("gpu test")] == [
+        "gpu tests: COLLECTION FAILED (exit 2): ModuleNotFoundError: No module named 'pandas'"]

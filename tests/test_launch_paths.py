@@ -47,6 +47,15 @@ def test_run_training_sets_and_uses_one_indexed_device(tmp_path, fake_cuda_machi
     assert_each_process_on(machine.records(), {expected}, 1)
 
 
+def test_run_training_gives_the_caller_its_current_gpu_back(tmp_path, fake_cuda_machine, tiny_config):
+    # a run on cuda:3 set the process's current GPU and left it there: a notebook's later "cuda" tensors landed on 3
+    fake_cuda_machine(4)
+    torch.cuda.set_device(1)
+    with pytest.raises(FakeCudaReached):
+        run_training(tiny_config(device="cuda:3"), tmp_path / "run")
+    assert torch.cuda.current_device() == 1
+
+
 def test_a_device_past_the_visible_gpus_is_refused_in_one_line(tmp_path, fake_cuda_machine, tiny_config):
     fake_cuda_machine(4, "2,3")
     with pytest.raises(Exception, match=r"device cuda:2 does not exist: this machine has 2 GPU\(s\)"):

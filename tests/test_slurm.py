@@ -127,6 +127,22 @@ def test_bad_slurm_values_are_refused_while_planning(tmp_path, cli_env, resdepth
     assert result.stderr.strip() == "error: --slurm-time (or [slurm] time) must be at least 1, got 0"
 
 
+@pytest.mark.parametrize("gres, device, message", [
+    ("gpu:2", "cuda", r"--slurm-gres must name one GPU .* got 'gpu:2': a cell trains on one GPU"),
+    ("gpu:a100:1\n#SBATCH --x", "cuda", r"--slurm-gres must name one GPU"),  # it becomes an #SBATCH line
+    ("gpu 1", "auto", r"--slurm-gres must name one GPU"),
+    ("gpu:1", "cpu", r"--slurm-gres asks Slurm for each cell's GPU, but --device cpu trains on the CPU"),
+])
+def test_a_slurm_gres_other_than_one_gpu_is_refused_while_planning(tmp_path, tiny_config, slurm_sweep, gres, device,
+                                                                    message):
+    sweep = slurm_sweep(tmp_path / "r", "local", train=tiny_config(device=device))
+    with pytest.raises(UserError, match=message):
+        plan_sweep(replace(sweep, slurm=replace(sweep.slurm, gres=gres)))
+    assert not (tmp_path / "r").exists()
+    for good in ("gpu", "gpu:1", "gpu:a100:1", "gpu:nvidia_h100_80gb_hbm3:1"):
+        plan_sweep(replace(sweep, train=tiny_config(device="cuda"), slurm=replace(sweep.slurm, gres=good)))
+
+
 def test_the_slurm_table_of_a_sweep_file_is_typed_saved_and_restored(tmp_path, tiny_config, run_sweep_now):
     good = tmp_path / "gpu.toml"
     good.write_text('executor = "slurm"\ndepths = [8]\n[slurm]\npartition = "gpu"\ntime = 90\n'
@@ -401,17 +417,25 @@ def slurm_gpus() -> int:
     return int(match.group(1)) if match else 0
 
 
+@pytest.mark.parametrize("gres", [None, "gpu:1"], ids=["gpus-per-node", "gres"])
 def test_a_real_slurm_gpu_job_uses_the_gpu_slurm_gave_it(slurm_cluster, tmp_path, fake_cuda_machine, tiny_config,
-                                                         slurm_sweep, run_sweep_now):
+                                                         slurm_sweep, run_sweep_now, gres):
     """The GPU launch path through sbatch: Slurm hands each job its CUDA_VISIBLE_DEVICES, and the job's process must
-    end on one indexed device it can see (the fake CUDA records where; the first CUDA tensor then fails the cell)."""
+    end on one indexed device it can see (the fake CUDA records where; the first CUDA tensor then fails the cell).
+    Asked for as --gpus-per-node=1, or as a generic resource (--slurm-gres, for clusters that know GPUs only so)."""
     if slurm_gpus() < 1:
         pytest.skip("the Slurm cluster here offers no GPUs (the loopback one does where it can make device nodes)")
     machine = fake_cuda_machine(2)
     sweep = slurm_sweep(tmp_path, "slurm", train=tiny_config(device="cuda"))  # one thread: the node has 2 CPUs
+    sweep = replace(sweep, slurm=replace(sweep.slurm, gres=gres))
     _, outcomes = run_sweep_now(sweep)
     assert {o.state for o in outcomes.values()} == {"failed"}, outcomes
     records = machine.records()
     assert len(records) == 2 and len({r["pid"] for r in records}) == 2, records
     assert all(r["requested"] == "cuda:0" and r["current"] == 0 for r in records), records
     assert all(r["visible"] in ("0", "1") and r["physical"] == int(r["visible"]) for r in records), records
+    scripts = [path.read_text() for path in tmp_path.rglob("*_submission.sh")]
+    asked = "#SBATCH --gres=gpu:1\n" if gres else "#SBATCH --gpus-per-node=1\n"
+    gpu_lines = [[line for line in script.splitlines() if line.startswith(("#SBATCH --gres", "#SBATCH --gpu"))]
+                 for script in scripts]
+    assert scripts and all(lines == [asked.strip()] for lines in gpu_lines), gpu_lines

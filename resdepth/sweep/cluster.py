@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import shlex
 import shutil
 import signal
@@ -402,6 +403,10 @@ class SlurmConfig:
                                     flag="--slurm-constraint", panel=CLUSTER, default_text="none")
     array_parallelism: int = option(256, help="--executor slurm: array tasks running at once (Slurm's %N).",
                                     flag="--slurm-array-parallelism", panel=CLUSTER)
+    # clusters whose scheduler predates Slurm's cons_tres plugin know GPUs only as a generic resource
+    gres: str | None = option(None, help="--executor slurm: ask for each cell's GPU as this generic resource "
+                                         "(sbatch --gres, e.g. gpu:1 or gpu:a100:1) instead of --gpus-per-node=1.",
+                              flag="--slurm-gres", panel=CLUSTER, default_text="--gpus-per-node=1")
     # requeues after hitting the time limit before a cell is given up (preemption: no limit)
     max_timeouts: int = option(10, help="Requeues after hitting the time limit before a cell is given up.", cli=False)
     setup: list[str] = option(help='Shell lines run first in each job, e.g. ["module load cuda"].', cli=False,
@@ -430,6 +435,7 @@ class SlurmExecutor(Executor):
         self.device = "cuda" if device.startswith("cuda") else device
         self.threads = threads or config.cpus_per_job
         gpus = 0 if device == "cpu" else int(gpus_per_job)
+        resources: dict[str, Any] = {"slurm_gres": config.gres} if config.gres and gpus else {"gpus_per_node": gpus}
         ensure_writable_dir(out_dir)
         self.log_folder = out_dir.resolve() / SLURM_LOGS / "%j"  # submitit puts each job's files in <job id>/
         self.executor = self.submitit.AutoExecutor(folder=self.log_folder, cluster=config.cluster,
@@ -437,7 +443,7 @@ class SlurmExecutor(Executor):
                                                    local_max_num_timeout=config.max_timeouts,
                                                    slurm_python=submitit_python(), local_python=submitit_python())
         self.executor.update_parameters(
-            name=f"resdepth-{name}", timeout_min=config.time, cpus_per_task=self.threads, gpus_per_node=gpus,
+            name=f"resdepth-{name}", timeout_min=config.time, cpus_per_task=self.threads, **resources,
             mem_gb=config.mem_gb, slurm_partition=config.partition, slurm_account=config.account,
             slurm_qos=config.qos, slurm_constraint=config.constraint, slurm_array_parallelism=config.array_parallelism,
             slurm_setup=list(config.setup) or None, local_setup=list(config.setup) or None)
@@ -573,6 +579,21 @@ def check_slurm_config(config: SlurmConfig, device: str, gpus_per_job: float) ->
     if device != "cpu" and gpus_per_job != 1:
         raise UserError(f"Slurm gives a job whole GPUs and a cell trains on one: --gpus-per-job 1, not "
                         f"{gpus_per_job:g} (to share a GPU between cells use --executor ray)")
+    if config.gres is not None:
+        check_gres(config.gres, device)
+
+
+def check_gres(gres: str, device: str) -> None:
+    """--slurm-gres: one GPU, as NAME[:TYPE]:1 or NAME[:TYPE] (a count of 1), and only for cells that train on one.
+    Its text becomes an #SBATCH line, so nothing but a resource's characters passes."""
+    if device == "cpu":
+        raise UserError("--slurm-gres asks Slurm for each cell's GPU, but --device cpu trains on the CPU: drop "
+                        "--slurm-gres (or [slurm] gres)")
+    parts = gres.split(":")
+    count = parts[-1] if len(parts) > 1 and parts[-1].isdigit() else "1"
+    if not re.fullmatch(r"[A-Za-z][\w.-]*(:[\w.-]+)*", gres) or count != "1" or len(parts) > 3:
+        raise UserError(f"--slurm-gres must name one GPU as Slurm's --gres does, NAME[:TYPE][:1] (gpu:1, "
+                        f"gpu:a100:1), got {gres!r}: a cell trains on one GPU")
 
 
 SLURM_ANSWER_SECONDS = 30  # sinfo's answer from a controller that is up takes well under a second

@@ -246,17 +246,21 @@ def pytorch_default_precision() -> Iterator[None]:
 def caller_state_kept() -> Iterator[None]:
     """What a run sets process-wide, put back as the caller had it once the run returns (a script or notebook goes
     on as before): the global random state it seeds (CPU, and CUDA where the caller had started it), this process's
-    threads, the TF32 and cuDNN switches."""
+    threads, the TF32 and cuDNN switches, and its current GPU (a run on cuda:1 sets it; the caller's "cuda" tensors
+    would land there after)."""
     threads = torch.get_num_threads()
     backends = torch.backends
     switches = (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark,
                 backends.cudnn.deterministic)
     started = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    current = torch.cuda.current_device() if started else None  # asked only where CUDA is started: it would start it
     try:
         with torch.random.fork_rng(devices=started):
             yield
     finally:
         torch.set_num_threads(threads)
+        if torch.cuda.is_initialized():  # the run started CUDA, or the caller had: GPU 0 is CUDA's first current one
+            torch.cuda.set_device(current if current is not None else 0)
         (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark,
          backends.cudnn.deterministic) = switches
 

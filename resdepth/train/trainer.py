@@ -124,9 +124,11 @@ def init_weights(config: TrainConfig, num_classes: int) -> dict[str, torch.Tenso
     return network.state_dict()
 
 
-def sgd_optimizer(params: Any, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
-    """§4.2's SGD. The same update either way: fused (one kernel for all parameters) on CUDA, foreach on the CPU."""
-    implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
+def sgd_optimizer(params: Any, config: TrainConfig, device: torch.device, compiled: bool = False) -> torch.optim.SGD:
+    """§4.2's SGD. The same update either way: fused (one kernel for all parameters) on CUDA, foreach on the CPU and
+    wherever the step is compiled: dynamo never traces into the fused kernel (it breaks the graph around it, so the
+    update would stay eager and outside a CUDA graph), while Inductor fuses the foreach update itself."""
+    implementation = {"fused": True} if device.type == "cuda" and not compiled else {"foreach": True}
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                            **implementation)
 
@@ -276,10 +278,10 @@ class Trainer(RunProgress, Engine):
             self.model = self.model.to(memory_format=torch.channels_last)
         steps = steps_per_epoch(self.train_size, config.batch_size)
         super().__init__(config, run_dir, device, steps, GradientLog(weight_layers(self.model), device), True)
-        self.optimizer = sgd_optimizer(self.model.parameters(), config, device)
+        self.compiled = uses_compile(config, device)
+        self.optimizer = sgd_optimizer(self.model.parameters(), config, device, self.compiled)
         self.param_groups = self.optimizer.state_dict()["param_groups"]
         self.state_names = list(self.model.state_dict())
-        self.compiled = uses_compile(config, device)
         if self.compiled:
             prepare_compiling()
         self.forward = torch.compile(self.model, mode=COMPILE_MODES.get(device.type)) if self.compiled else self.model
