@@ -18,8 +18,8 @@
 # Steps, each in its own time box (cut at the time the whole script has left, BUDGET=420 s in all), in this order:
 #   1. environment, and tests/test_gpu.py one test per process, each under `timeout` (no pytest plugin needed) of
 #      at most 90 s: resume after SIGKILL, CUDA graph vs eager and resumed, the last visible GPU, bf16, 2 jobs per
-#      GPU, memory released, fused seeds vs their own runs, the compiled fused group (compiling: the last
-#      two, the slowest)                                                                               <= 150 s
+#      GPU, memory released, fused seeds vs their own runs, --deterministic's same bits, a compiled run and its
+#      resume, the compiled fused group (compiling: the last three, the slowest)                     <= 180 s
 #      A rerun may pick tests: GPU_TESTS_K="fast_fused" (pytest -k), GPU_TESTS=0 for none.
 #   2. resdepth bench: depths 20/56/110, resdepth vs the naive PIL + DataLoader recipe               <= 50 s
 #   2b. the same with --cuda-graph (no naive recipe)                                                  <= 25 s
@@ -124,7 +124,7 @@ NAIVE=()
   "$PY" -c "import torchvision; print('torchvision', torchvision.__version__)" || echo "no torchvision: bench runs --no-naive"
   git rev-parse HEAD; git status --short | head -20; } > "$WORK/env.txt" 2>&1
 pack
-TESTS_END=$(($(date +%s) + $(box 150)))
+TESTS_END=$(($(date +%s) + $(box 180)))
 # collected with the whole output kept: an import error in the test module (a package missing on the machine) is
 # otherwise no test ids and no reason; 5 is pytest's "none collected" (GPU_TESTS_K matching nothing)
 "$PY" -m pytest -o addopts= -q -p no:cacheprovider --collect-only -k "${GPU_TESTS_K:-}" tests/test_gpu.py \

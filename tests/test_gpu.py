@@ -1,7 +1,7 @@
 """What only a CUDA GPU can show: resume after SIGKILL, CUDA-graph runs and their resume, the last visible GPU,
-bf16, two jobs sharing a GPU, memory released when a run ends, and fused seeds (--fuse) on CUDA, eager and with
-their step compiled or captured. Every test skips without CUDA; `benchmarks/gpu_bench.sh` runs this module first
-on a GPU machine.
+bf16, two jobs sharing a GPU, memory released when a run ends, --deterministic's same bits, a compiled run and its
+resume, and fused seeds (--fuse) on CUDA, eager and with their step compiled or captured. Every test skips without
+CUDA; `benchmarks/gpu_bench.sh` runs this module first on a GPU machine.
 
 Tolerances: cuDNN picks convolution algorithms whose backward sums in a varying order (atomics), so two CUDA runs
 of one seed are not bit-identical, resumed or not. Resumed runs are compared with an uninterrupted one by their
@@ -168,6 +168,31 @@ def test_cuda_fused_seeds_follow_their_own_runs_resume_and_free_their_memory(tmp
     assert [r.state for r in run_fused_training(bf16, [tmp_path / "bf16-0", tmp_path / "bf16-1"])] == ["done"] * 2
     curve = losses(tmp_path / "bf16-1")
     assert curve.notna().all() and curve.iloc[-1] < curve.iloc[0] - 0.5
+
+
+def test_cuda_deterministic_runs_are_bit_identical(tmp_path, gpu_config):
+    # --deterministic promises the same bits in every process: cuDNN's deterministic algorithms in place of the
+    # fastest ones cudnn.benchmark times
+    config = replace(gpu_config, deterministic=True, epochs=3)
+    for name in ("a", "b"):
+        assert run_training(config, tmp_path / name).state == "done"
+    columns = ["train_loss", "train_error", "test_loss", "test_error"]
+    metrics = [pd.read_csv(tmp_path / name / "metrics.csv")[columns] for name in ("a", "b")]
+    pd.testing.assert_frame_equal(metrics[0], metrics[1], check_exact=True)
+    weights = [read_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("a", "b")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_cuda_compiled_run_matches_the_eager_run_and_resumes(tmp_path, gpu_config):
+    # --compile alone: torch.compile's CUDA-graph mode for forward and backward, the foreach SGD update compiled;
+    # stopped after 10 steps and resumed, so it compiles twice, on a fresh optimizer and on a loaded one
+    run_training(gpu_config, tmp_path / "eager")
+    compiled = replace(gpu_config, compile=True)
+    seen: list[int] = []
+    stopped = run_training(compiled, tmp_path / "compiled", should_stop=lambda: seen.append(1) or len(seen) > 10)
+    assert stopped.state == "interrupted"
+    assert run_training(compiled, tmp_path / "compiled").state == "done"
+    assert_close_curves(losses(tmp_path / "compiled"), losses(tmp_path / "eager"))
 
 
 @pytest.mark.parametrize("fast", [{"compile": True}, {"cuda_graph": True, "precision": "bf16"}],
