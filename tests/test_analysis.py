@@ -286,6 +286,19 @@ def test_analyze_bad_input_is_one_line_and_writes_nothing(results, change, args,
     assert not (results / "analysis").exists()
 
 
+@pytest.mark.parametrize("command", ["analyze", "lesion"])
+@pytest.mark.parametrize("args, message", [(["--out", "a-file"], "a-file is not a folder"),
+                                           (["--images", "0"], "--images must be")])
+def test_analyze_and_lesion_refuse_their_options_before_any_work(results, run_cli, command, args, message):
+    # a file given as --out was refused only once every layer response (or lesion) had been computed: minutes of
+    # work on a real run, thrown away; --images 0 was refused after the start line had been printed
+    (results.parent / "a-file").write_text("")
+    args = [str(results.parent / arg) if arg == "a-file" else arg for arg in args]
+    code, out, err = run_cli(command, str(results), *args)
+    assert code == 2 and message in err and out == "", out
+    assert not (results / "analysis").exists() and not (results / "lesion").exists()
+
+
 @pytest.mark.parametrize("kind, depth", [("residual", 20), ("preact-bottleneck", 1001), ("preact-bottleneck", 29)])
 def test_the_gradient_figure_draws_each_familys_stage_boundaries(kind, depth):
     # 9n+2 nets with odd n (1001: n = 111) have 3n layers a stage: a 6n+2 rule put the lines one layer off

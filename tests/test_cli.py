@@ -77,6 +77,8 @@ def test_dry_run_lists_cells_folders_and_devices_without_training(tmp_path, run_
     (["sweep", "--depths", "20,abc"], "comma-separated list of ints"),
     (["sweep", "--depths", "20,,56"], "--depths '20,,56' has an empty item: list the values with one comma between "
                                       "each, e.g. 20,56"),
+    (["sweep", "--kinds", ""], "--kind '' has an empty item: list the values with one comma between each, e.g. "
+                               "plain,residual"),
     (["sweep", "/nonexistent/sweep.toml"], "cannot read sweep file /nonexistent/sweep.toml"),
     (["sweep", "--resume", "/nonexistent/results"], "holds no sweep.json"),
 ])
@@ -154,6 +156,9 @@ def test_bad_files_and_values_outside_the_training_options(tmp_path, run_cli):
         assert code == 2 and "is not a sweep that resdepth can resume" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("models", "--num-classes", "-3")
     assert code == 2 and "--num-classes must be a positive integer" in err
+    for widths in ("0", "0,2"):  # 0 had read as no width: width-1 rows, one named as if unwidened
+        code, out, err = run_cli("models", "residual", "--depths", "20", "--widths", widths)
+        assert code == 2 and out == "" and err.strip() == "error: residual nets' option width must be at least 1, got 0"
     code, out, err = run_cli("models", "xyz*")
     assert code == 2 and out == "" and err.strip() == (
         "error: no network or family matches 'xyz*': try 'resnet*', 'preact*' or leave the pattern out for all")

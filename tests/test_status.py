@@ -118,6 +118,18 @@ def test_watch_follows_a_sweep_running_in_another_process_until_it_ends(tmp_path
     assert sweep.wait(timeout=300) == 0, sweep.stderr.read()
     assert watch.returncode == 0, watch.stderr
     assert "2 cell(s): 2 done" in watch.stdout  # it ended by itself once every cell had ended
+    # piped, the table is printed again as cells move (it had stayed empty until the end, then cut to 80 columns)
+    tables = watch.stdout.split("\n\n")
+    assert len(tables) > 2 and any(" running " in table for table in tables[:-1]), watch.stdout
+    assert all(" where" in table for table in tables if table.strip()), watch.stdout  # at full width
+
+
+def test_watch_ends_when_nothing_runs_or_waits_and_says_so(finished_copy, run_cli):
+    # a watch of a folder whose sweep was interrupted refreshed forever: nothing would ever change without a resume
+    edit_status(finished_copy / "plain-8-s0", state="interrupted", iteration=4)
+    code, out, err = run_cli("status", str(finished_copy), "--watch", "--interval", "0.1")
+    assert code == 0, err
+    assert "nothing runs or waits to start: the cells not ended stay so until the sweep is resumed" in out
 
 
 def test_a_finished_sweep_prints_where_its_results_are_and_the_next_commands(tmp_path, run_cli, tiny_args):

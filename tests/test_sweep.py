@@ -47,6 +47,11 @@ def test_a_changed_config_is_refused_unless_forced(tmp_path, tiny_config, tiny_s
     changed = tiny_sweep(tmp_path, kinds=["plain"], train=replace(tiny_config(), lr=0.05))
     with pytest.raises(UserError, match=r"different config.*lr: 0\.1 there, 0\.05 asked.*--force"):
         plan_sweep(changed)
+    # a data setting is named by its own key, not as the whole data table of each side
+    other_data = tiny_sweep(tmp_path, kinds=["plain"], train=tiny_config(data=replace(tiny_config().data,
+                                                                                      synthetic_train=96)))
+    with pytest.raises(UserError, match=r"different config \(data\.synthetic_train: 128 there, 96 asked\)"):
+        plan_sweep(other_data)
     planned, outcomes = run_sweep_now(replace(changed, force=True))
     assert planned[0].action == "replace" and outcomes["plain-8-s0"].state == "done"
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("plain-8-s0.replaced-")]

@@ -4,6 +4,7 @@ and `resdepth table` on good, corrupt and empty folders."""
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -176,6 +177,10 @@ def test_cli_table_prints_the_rich_table_and_exports(results, tmp_path, run_cli)
     assert code == 0, err
     assert "7.00 (8.00±1.00)" in out and "+1.03" in out and "selected on the test set" in out
     assert (tmp_path / "t.csv").stat().st_size > 0 and "t.csv" in err
+    # --csv - : the CSV itself on stdout, for a pipe (it had written a file named -)
+    code, out, err = run_cli("table", str(results), "--csv", "-")
+    assert code == 0 and err == "" and out.encode() == (tmp_path / "t.csv").read_bytes()
+    assert not Path("-").exists()
     code, out, err = run_cli("table", str(results), "--markdown")
     assert code == 0 and out.startswith("| kind | depth |") and "| residual | 56 | 0.85M | 3 |" in out
 
@@ -439,8 +444,8 @@ def test_a_folders_text_reaches_no_terminal_markup_markdown_or_spreadsheet_formu
     csv_text = (tmp_path / "t.csv").read_text()
     assert "'=HYPERLINK(" in csv_text and ",=HYPERLINK" not in csv_text and "\\ud800" in csv_text
     assert pd.read_csv(tmp_path / "t.csv")["depth"].tolist() == [20, 20]  # numbers stay numbers
-    from resdepth.results.tables import markdown_text, to_markdown
     from resdepth.results.runs import load_runs
+    from resdepth.results.tables import markdown_text, to_markdown
     runs = load_runs(tmp_path)[0]
     summary = summarize(runs)
     assert "\u202e" not in to_markdown(summary) and markdown_text(payload).startswith("&lt;img")

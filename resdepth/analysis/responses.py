@@ -201,12 +201,7 @@ def analyze(runs: list[Run], split: str = "test", images: int | None = None,
             device: torch.device | None = None, batch_size: int = EVAL_BATCH) -> Analysis:
     """Layer responses of every run with a checkpoint (the finished runs' final weights; unfinished runs' latest,
     marked) and the gradient norms their training logged. A UserError when no run is finished."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    if images is not None and images < 1:
-        raise UserError(f"--images must be a positive number of images, got {images}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+    check_options(split, images, batch_size)
     device = device or torch.device("cpu")
     if not any(is_complete(run) for run in runs):
         raise UserError(f"none of the {len(runs)} run(s) has finished training: analyze needs trained weights "
@@ -350,6 +345,16 @@ def study_rows(frame: pd.DataFrame, study: tuple[str, str]) -> pd.DataFrame:
     net = [rows["kind"], rows["shortcut"].fillna("").astype(str), rows["depth"]]
     any_finished = rows["finished"].astype(bool).groupby(net).transform("any")
     return rows[rows["finished"].astype(bool) | ~any_finished]
+
+
+def check_options(split: str, images: int | None, batch_size: int) -> None:
+    """The options `analyze` takes, refused in one line before any run is read."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if images is not None and images < 1:
+        raise UserError(f"--images must be a positive number of images, got {images}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
 
 
 def check_std(std: str) -> None:

@@ -15,7 +15,7 @@ from rich import box
 from rich.table import Table
 
 from ..config import PROTOCOL, config_args
-from ..results.runs import ensure_writable_dir, own_output_dir
+from ..results.runs import check_writable_dir, ensure_writable_dir, own_output_dir
 from ..train.construct import ConstructionMismatch, construct_from_run
 from ..train.devices import resolve_device
 from ..train.trainer import TrainConfig
@@ -44,13 +44,16 @@ def analyze(
 ) -> None:
     """Figure 7 (std of each 3x3 layer's response, eval mode) and per-layer gradient norms of trained runs."""
     from ..analysis.responses import analyze as analyze_runs
-    from ..analysis.responses import build_figures, check_std, write_analysis
+    from ..analysis.responses import build_figures, check_options, check_std, write_analysis
     from ..results.plots import parse_formats  # matplotlib: only when drawing
 
     chosen_formats = parse_formats(formats)
     check_std(std)  # before the long analysis, not after it
+    check_options(split, images, batch_size)
     import_named_families(kinds)
     runs = read_runs(results_dir)
+    out_dir = out or own_output_dir(results_dir / "analysis")
+    check_writable_dir(out_dir)  # made only once there is something to write
     where = resolve_device(device or "auto")
     count = "all images" if images is None else f"{images:,} images (class-balanced)"
     console.print(f"layer responses: {split} split, {count} per run, evaluation mode (BN running statistics), fp32, "
@@ -58,7 +61,6 @@ def analyze(
     analysis = analyze_runs(runs, split, images, where, batch_size)
     warn(analysis.notes)
     figures = build_figures(analysis, std)
-    out_dir = out or own_output_dir(results_dir / "analysis")
     ensure_writable_dir(out_dir)
     for path in write_analysis(analysis, figures, out_dir, chosen_formats):
         console.print(str(path), markup=False, highlight=False, soft_wrap=True)
@@ -145,6 +147,7 @@ def lesion(
     import_named_families(kinds)
     runs = read_runs(results_dir)
     out_dir = out or own_output_dir(results_dir / "lesion")  # before minutes of lesions, not after
+    check_writable_dir(out_dir)  # made only once there is something to write
     where = resolve_device(device or "auto")
     console.print(f"lesions: test split, {'all images' if images is None else f'{images:,} images'} per run, "
                   f"evaluation mode, fp32, on {where}", markup=False, highlight=False, soft_wrap=True)

@@ -31,7 +31,7 @@ def models(
 
     check_classes(num_classes)
     wanted = parse_list(depths, int, "--depths") if depths else None
-    wide = parse_list(widths, int, "--widths") if widths else None
+    wide = parse_list(widths, int, "--widths") if widths is not None else None
     found = list_families(pattern)
     warn(f for f in found if isinstance(f, str))
     families = [f for f in found if not isinstance(f, str)]
@@ -64,7 +64,7 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None, nu
     built = families if depths is not None or widths is not None else [f for f in families if not f.builtin]
     skipped = []
     for family in built:
-        if widths and not family.net_option("width"):
+        if widths is not None and not family.net_option("width"):
             skipped.append(f"{family.name}: takes no width option")
             continue
         for depth in depths or widths_depths(family, widths):
@@ -74,8 +74,9 @@ def network_rows(pattern: str, families: list[Any], depths: list[int] | None, nu
                 continue
             for width in widths or [None]:
                 params, multiply_adds = count_network(family.name, depth, num_classes,
-                                                      net_options={"width": width} if width else None)
-                rows.append({"name": f"{family.name}-{depth}" + (f"-w{width}" if width else ""), "kind": family.name,
+                                                      net_options=None if width is None else {"width": width})
+                rows.append({"name": f"{family.name}-{depth}" + ("" if width is None else f"-w{width}"),
+                             "kind": family.name,
                              "depth": depth, "width": width, "params": params, "mflops": multiply_adds / 1e6})
     return rows, skipped
 

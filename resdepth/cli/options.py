@@ -40,12 +40,16 @@ def hide_flag_types() -> None:
     typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
+EXAMPLE_LISTS = {"--kind": "plain,residual", "--seeds": "0,1,2", "--widths": "1,2,4", "--gpus": "0,1"}
+
+
 def parse_list(text: str, kind: type, flag: str) -> list[Any]:
     """'20,32,44' -> [20, 32, 44]; an empty item ('20,,56') or a value of another type is refused."""
     parts = [part.strip() for part in text.split(",")]
     if not all(parts):
+        example = ",".join(p for p in parts if p) or EXAMPLE_LISTS.get(flag, "20,56")
         raise UserError(f"{flag} {text!r} has an empty item: list the values with one comma between each, "
-                        f"e.g. {','.join(p for p in parts if p) or '20,56'}")
+                        f"e.g. {example}")
     try:
         return [kind(part) for part in parts]
     except ValueError:

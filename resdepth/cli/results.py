@@ -5,6 +5,7 @@ command runs, so that `resdepth --help` and `status` start fast."""
 from __future__ import annotations
 
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,7 +56,8 @@ def table(
     results_dir: Annotated[Path, typer.Argument(help="Results folder; every run folder under it is read "
                                                      "(recursively).")],
     csv: Annotated[Path | None, typer.Option("--csv", help="Also write the numbers (4 decimals, where the "
-                                                              "printed table has 2) to this CSV file.")] = None,
+                                                              "printed table has 2) to this CSV file; - prints "
+                                                              "the CSV instead of the table.")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for papers and READMEs) "
                                                               "instead.")] = False,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run instead (seed, state, epochs, final errors, "
@@ -63,10 +65,21 @@ def table(
                                                       "rows.")] = False,
 ) -> None:
     """Table 6 style summary: one row per dataset x kind x depth, seeds as best (mean ± std), beside the paper."""
-    from ..results.tables import display_runs, display_table, summarize, summarize_runs, to_markdown, write_csv
+    from ..results.tables import (
+        csv_bytes,
+        display_runs,
+        display_table,
+        summarize,
+        summarize_runs,
+        to_markdown,
+        write_csv,
+    )
 
     found = read_runs(results_dir)
     summary = summarize_runs(found) if runs else summarize(found)
+    if csv is not None and str(csv) == "-":  # the CSV alone on stdout, for a pipe
+        sys.stdout.buffer.write(csv_bytes(summary, float_format="%.4f"))
+        return
     if csv is not None:
         write_csv(summary, csv)
         errors.print(f"wrote {csv}", markup=False, highlight=False, soft_wrap=True)  # stdout stays the table
@@ -121,8 +134,9 @@ def report(
 def status(
     results_dir: Annotated[Path, typer.Argument(help="Results folder of a sweep (or a folder of sweeps); every run "
                                                      "folder under it is read.")],
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until every cell has ended (done, failed or "
-                                                        "diverged); Ctrl-C stops watching.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until no cell runs or waits to start "
+                                                        "(piped: the table again at each change); Ctrl-C stops "
+                                                        "watching.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
 ) -> None:
     """Each cell's state, epoch, iteration, errors, img/s, elapsed time and ETA, read from the results folder
@@ -139,13 +153,38 @@ def status(
         print_full_width(status_view(folder, console.width if console.is_terminal else 10_000))
         return
     try:
-        with Live(status_view(folder, console.width), console=console, auto_refresh=False) as live:
-            while not folder.ended:
-                time.sleep(interval)
-                folder = read_folder_status(results_dir)
-                live.update(status_view(folder, console.width), refresh=True)
+        if console.is_terminal:
+            with Live(status_view(folder, console.width), console=console, auto_refresh=False) as live:
+                while not folder.at_rest:
+                    time.sleep(interval)
+                    folder = read_folder_status(results_dir)
+                    live.update(status_view(folder, console.width), refresh=True)
+        else:
+            watch_in_lines(results_dir, folder, interval)
     except KeyboardInterrupt:
         pass  # stopping the watch is not an error: the last table stays on the screen
+    if folder.at_rest and not folder.ended:
+        console.print("nothing runs or waits to start: the cells not ended stay so until the sweep is resumed",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
+def watch_in_lines(results_dir: Path, folder: Any, interval: float) -> None:
+    """--watch piped or logged: the whole table, at full width, each time a cell's state, epoch or iteration
+    changes (a log gets each step as it happens, not one table at the end)."""
+    from ..sweep.watch import read_folder_status
+
+    shown = None
+    while True:
+        seen = [(cell.name, cell.state, cell.epoch, cell.iteration) for cell in folder.cells]
+        if seen != shown:
+            if shown is not None:
+                console.print()
+            print_full_width(status_view(folder, 10_000))
+            shown = seen
+        if folder.at_rest:
+            return
+        time.sleep(interval)
+        folder = read_folder_status(results_dir)
 
 
 MAX_INTERVAL = 86_400  # a day between refreshes: more is no watch

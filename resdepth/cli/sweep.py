@@ -283,7 +283,9 @@ def summary_note(item: PlannedCell, outcome: Any, status: RunStatus | None, stat
         iteration, reason = warmup_end(status)
         notes.append(f"warm-up ended: {describe_warmup_end(reason, iteration)}")
     elif status and state == "done" and item.cell.config.uses_warmup():  # a run shorter than its warm-up (preact: 400)
-        notes.append(f"warm-up still on at the end: lr {item.cell.config.warmup_lr:g} throughout")
+        config = item.cell.config
+        notes.append(f"warm-up still on at the end: never at lr {config.lr:g}, at most {config.warmup_lr:g} (the "
+                     "warm-up's)")
     return "; ".join(notes)
 
 

@@ -41,9 +41,23 @@ def absolute_path(path: str) -> str:
 def config_difference(saved: dict[str, Any], asked: dict[str, Any], most: int = 3) -> str:
     """'lr: 0.1 there, 0.05 asked', for the first few fields where two configs compute different things ('' where
     they compute the same)."""
-    old, new = comparable(saved), comparable(asked)
-    diffs = [f"{key}: {old.get(key)} there, {new.get(key)} asked" for key in new if old.get(key) != new.get(key)]
-    return "; ".join(diffs[:most])
+    diffs = differing_fields(comparable(saved), comparable(asked))
+    return "; ".join(f"{key}: {there} there, {here} asked" for key, there, here in diffs[:most])
+
+
+def differing_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) where two configs differ, a nested table (data, options) by its own keys
+    ('data.data_dir'), not as a whole dict."""
+    diffs = []
+    for key in [*new, *(k for k in old if k not in new)]:
+        there, here = old.get(key), new.get(key)
+        if there == here:
+            continue
+        if isinstance(there, dict) and isinstance(here, dict):
+            diffs += differing_fields(there, here, f"{prefix}{key}.")
+        else:
+            diffs.append((f"{prefix}{key}", there, here))
+    return diffs
 
 
 @dataclass(frozen=True, order=True)

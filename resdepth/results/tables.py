@@ -97,7 +97,8 @@ def summarize_group(key: GroupKey, runs: list[Run]) -> dict[str, object]:
 
 
 def warmed_up_to_the_end(run: Run) -> bool:
-    """A run that warmed up and ended before its warm-up did: it trained at the warm-up's lr (0.01) throughout."""
+    """A run that warmed up and ended before its warm-up did: it never trained at lr 0.1, at most at the warm-up's
+    0.01 (lower once a milestone divides the schedule's lr below it)."""
     # without a status.json (copied results) how the warm-up ended is unknown: never said to be still on
     return bool(run.config.get("resolved", {}).get("warmup")) and run.status != "unknown" and \
         run.warmup_end_reason is None
@@ -246,8 +247,8 @@ def display_table(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], li
     still_on = summary[summary["warmup_still_on"] > 0]
     if not still_on.empty:
         nets = ", ".join(dict.fromkeys(f"{row.kind}-{row.depth}" for row in still_on.itertuples()))
-        notes.append(f"warm-up: {nets} ended still warming up, so trained at lr 0.01 throughout (a run shorter "
-                     "than its warm-up; the paper's numbers need the whole schedule).")
+        notes.append(f"warm-up: {nets} ended still warming up, so never trained at lr 0.1, at most 0.01 (a run "
+                     "shorter than its warm-up; the paper's numbers need the whole schedule).")
     if summary["unfinished"].any():
         columns.append(("unfinished, not counted", _text("unfinished_runs")))
         notes.append("runs: the finished runs, which every number of the row (and Δ) is over; unfinished runs "

@@ -102,6 +102,12 @@ class FolderStatus:
         """Every cell is done, failed or diverged: nothing more will happen without a new command."""
         return all(cell.ended for cell in self.cells)
 
+    @property
+    def at_rest(self) -> bool:
+        """No cell runs or waits to start: the rest are ended, interrupted, stopped (their process gone) or
+        unreadable, and stay so until a new command (`sweep --resume`)."""
+        return not any(cell.state in ("running", "pending", NOT_STARTED) for cell in self.cells)
+
 
 def read_folder_status(root: Path) -> FolderStatus:
     """The state of every run under root (recursively) and of the cells its sweep.json files plan."""
