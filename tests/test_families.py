@@ -392,6 +392,28 @@ def test_a_family_by_path_is_swept_resumed_tabled_and_plotted_without_importing_
         "--kind tinyfam_nets:gated,residual")
 
 
+def test_analyze_draws_the_gradients_of_a_family_without_response_layers(tmp_path, user_family, tiny_config,
+                                                                        run_sweep_now, monkeypatch):
+    # analyze gave nothing for such a family, not even the gradient norms its training had logged
+    from resdepth.analysis.responses import analyze, build_figures, write_analysis
+
+    sweep = SweepConfig(depths=[4], kinds=["tinyfam_nets:gated"], seeds=[0], out=str(tmp_path / "a"),
+                        train=tiny_config())
+    _, outcomes = run_sweep_now(sweep)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    import tinyfam_nets
+
+    monkeypatch.delattr(tinyfam_nets.Gated, "response_layers")
+    analysis = analyze(load_runs(tmp_path / "a")[0])
+    assert analysis.responses.empty and not analysis.gradients.empty
+    assert any("has no response_layers() method" in note for note in analysis.notes)
+    figures = build_figures(analysis)
+    assert sorted(figures) == ["gradients-synthetic"]
+    (tmp_path / "analysis").mkdir()
+    written = write_analysis(analysis, figures, tmp_path / "analysis", ["png"])
+    assert sorted(path.name for path in written) == ["gradients-synthetic.png", "gradients.csv"]
+
+
 def test_a_family_by_entry_point_runs_through_the_command_line_with_its_paper_numbers(tmp_path, user_family,
                                                                                       run_cli, tiny_args):
     code, out, err = run_cli("models", "gated", "--depths", "4,5")

@@ -227,7 +227,7 @@ def analyze(runs: list[Run], split: str = "test", images: int | None = None,
                 notes.append(note)
             if gradients is not None:
                 gradient_frames.append(gradients)
-    if not response_rows:
+    if not response_rows and not gradient_frames:  # a net without response_layers() still has its gradients
         raise UserError(f"no run could be analysed ({notes[0]})" if notes else "no run could be analysed")
     if without_gradients:
         notes.append(f"{len(without_gradients)} run(s) have no {GRADIENTS_FILE} (trained before resdepth logged "
@@ -544,7 +544,7 @@ RESPONSES_CSV, GRADIENTS_CSV = "layer_responses.csv", "gradients.csv"
 
 def write_analysis(analysis: Analysis, figures: dict[str, Figure], out_dir: Path, formats: Sequence[str]) -> list[Path]:
     """The CSVs and every figure in every format into out_dir; returns the paths written."""
-    tables = {RESPONSES_CSV: analysis.responses}
+    tables = {RESPONSES_CSV: analysis.responses} if not analysis.responses.empty else {}
     if not analysis.gradients.empty:
         tables[GRADIENTS_CSV] = analysis.gradients
     return save_outputs(tables, figures, out_dir, formats)
