@@ -357,6 +357,17 @@ def test_warmup_ends_are_marked_on_the_x_axis_filled_for_threshold_open_for_cap(
         assert "_warm-up end residual-110 cap" in lines_by_label(axes)
 
 
+def test_warmup_ends_of_two_depths_at_one_iteration_stack_and_seeds_of_one_share_a_height(tmp_path, write_run):
+    # 8 and 14 layers ending their warm-up at iteration 30 drew one triangle over the other: one depth hidden
+    for depth in (8, 14):
+        for seed in (0, 1):
+            write_run(tmp_path, "residual", depth, seed=seed, test=(40.0, 10.0, 7.0), warmup_end=("cap", 30))
+    runs, _ = load_runs(tmp_path)
+    marks = [line for line in plot_figure6(runs).axes[0].get_lines() if line.get_label().startswith("_warm-up")]
+    heights = {(line.get_color(), float(line.get_ydata()[0])) for line in marks}
+    assert len(marks) == 4 and len(heights) == 2 and len({height for _, height in heights}) == 2, heights
+
+
 def test_figure1_of_each_kind_shares_one_y_range_to_compare_side_by_side(tmp_path, write_run):
     write_run(tmp_path, "plain", 20, test=(90.0, 60.0, 50.0), train=(90.0, 55.0, 45.0), dataset="synthetic")
     write_run(tmp_path, "plain", 56, test=(90.0, 70.0, 60.0), train=(90.0, 65.0, 55.0), dataset="synthetic")

@@ -394,16 +394,31 @@ def draw_stopped(axes: Axes, run: Run, curve: SeedCurves, metric: str, xaxis: XA
 def mark_warmup_ends(axes: Axes, curve: SeedCurves, xaxis: XAxis, colour: str) -> None:
     """A small triangle on the x axis, in the depth's colour, where each run's warm-up ended: filled when the
     training error fell below the threshold (§4.2), open when the cap ended it. On the axis rather than on the
-    curve: in the paper's 0-20% range a curve is still far above the top at the end of a warm-up."""
+    curve: in the paper's 0-20% range a curve is still far above the top at the end of a warm-up. Marks of other
+    depths at the same spot stack upwards, so none hides another (two depths often end at the same iteration)."""
     for run in curve.all_runs:
         if run.warmup_end_iteration is None:
             continue
         x = warmup_end_x(run, xaxis)
         if x is None:
             continue
-        axes.plot([x], [0.025], transform=axes.get_xaxis_transform(), clip_on=False, linestyle="none", marker="^",
+        axes.plot([x], [warmup_mark_height(axes, x, colour)], transform=axes.get_xaxis_transform(), clip_on=False,
+                  linestyle="none", marker="^",
                   markersize=6, color=colour, markerfacecolor=colour if run.warmup_end_reason != "cap" else "white",
                   label=f"_warm-up end {curve.label(run.warmup_end_reason or '')}", zorder=3)  # above the spine
+
+
+WARMUP_MARK_Y, WARMUP_MARK_STEP = 0.025, 0.05  # in axes heights: on the x axis, then one marker higher per depth
+
+
+def warmup_mark_height(axes: Axes, x: float, colour: str) -> float:
+    """Where a warm-up mark of this colour goes at x: beside its own colour's marks there (seeds of one net), or
+    above the marks of the other colours within 1% of the curves' width."""
+    near = 0.01 * axes.dataLim.width if axes.dataLim.width > 0 else 0.0
+    nearby = [(line.get_color(), float(line.get_ydata()[0])) for line in axes.get_lines()
+              if str(line.get_label()).startswith("_warm-up end") and abs(float(line.get_xdata()[0]) - x) <= near]
+    own = [height for other, height in nearby if other == colour]
+    return own[0] if own else WARMUP_MARK_Y + WARMUP_MARK_STEP * len({other for other, _ in nearby})
 
 
 def warmup_end_x(run: Run, xaxis: XAxis) -> float | None:
