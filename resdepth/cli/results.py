@@ -160,7 +160,7 @@ def status(
                     folder = read_folder_status(results_dir)
                     live.update(status_view(folder, console.width), refresh=True)
         else:
-            watch_in_lines(results_dir, folder, interval)
+            folder = watch_in_lines(results_dir, folder, interval)
     except KeyboardInterrupt:
         pass  # stopping the watch is not an error: the last table stays on the screen
     if folder.at_rest and not folder.ended:
@@ -168,9 +168,9 @@ def status(
                       markup=False, highlight=False, soft_wrap=True)
 
 
-def watch_in_lines(results_dir: Path, folder: Any, interval: float) -> None:
+def watch_in_lines(results_dir: Path, folder: Any, interval: float) -> Any:
     """--watch piped or logged: the whole table, at full width, each time a cell's state, epoch or iteration
-    changes (a log gets each step as it happens, not one table at the end)."""
+    changes (a log gets each step as it happens, not one table at the end). Returns the folder's last status."""
     from ..sweep.watch import read_folder_status
 
     shown = None
@@ -182,7 +182,7 @@ def watch_in_lines(results_dir: Path, folder: Any, interval: float) -> None:
             print_full_width(status_view(folder, 10_000))
             shown = seen
         if folder.at_rest:
-            return
+            return folder
         time.sleep(interval)
         folder = read_folder_status(results_dir)
 
