@@ -84,16 +84,21 @@ def test_cuda_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, cli_env
     assert_close_curves(losses(run_dir), losses(tmp_path / "ref" / "residual-8-s0"))
 
 
-def test_cuda_graph_run_matches_the_eager_run_and_resumes(tmp_path, gpu_config):
-    # Stopped after 10 steps and resumed: the capture happens twice, on a fresh optimizer and on a loaded one.
+def assert_fast_run_follows_eager_and_resumes(tmp_path, gpu_config, **fast) -> None:
+    """The run with `fast` stopped after 10 steps and resumed, so it captures (or compiles) twice, on a fresh
+    optimizer and on a loaded one; its curve against the eager run's."""
     run_training(gpu_config, tmp_path / "eager")
-    graph = replace(gpu_config, cuda_graph=True)
+    config = replace(gpu_config, **fast)
     seen: list[int] = []
-    stopped = run_training(graph, tmp_path / "graph", should_stop=lambda: seen.append(1) or len(seen) > 10)
+    stopped = run_training(config, tmp_path / "fast", should_stop=lambda: seen.append(1) or len(seen) > 10)
     assert stopped.state == "interrupted"
-    assert run_training(graph, tmp_path / "graph").state == "done"
-    assert losses(tmp_path / "graph").iloc[-1] < losses(tmp_path / "graph").iloc[0] - 0.5
-    assert_close_curves(losses(tmp_path / "graph"), losses(tmp_path / "eager"))
+    assert run_training(config, tmp_path / "fast").state == "done"
+    assert losses(tmp_path / "fast").iloc[-1] < losses(tmp_path / "fast").iloc[0] - 0.5
+    assert_close_curves(losses(tmp_path / "fast"), losses(tmp_path / "eager"))
+
+
+def test_cuda_graph_run_matches_the_eager_run_and_resumes(tmp_path, gpu_config):
+    assert_fast_run_follows_eager_and_resumes(tmp_path, gpu_config, cuda_graph=True)
 
 
 def test_cuda_graph_on_the_last_visible_gpu(tmp_path, gpu_config):
@@ -184,15 +189,9 @@ def test_cuda_deterministic_runs_are_bit_identical(tmp_path, gpu_config):
 
 
 def test_cuda_compiled_run_matches_the_eager_run_and_resumes(tmp_path, gpu_config):
-    # --compile alone: torch.compile's CUDA-graph mode for forward and backward, the foreach SGD update compiled;
-    # stopped after 10 steps and resumed, so it compiles twice, on a fresh optimizer and on a loaded one
-    run_training(gpu_config, tmp_path / "eager")
-    compiled = replace(gpu_config, compile=True)
-    seen: list[int] = []
-    stopped = run_training(compiled, tmp_path / "compiled", should_stop=lambda: seen.append(1) or len(seen) > 10)
-    assert stopped.state == "interrupted"
-    assert run_training(compiled, tmp_path / "compiled").state == "done"
-    assert_close_curves(losses(tmp_path / "compiled"), losses(tmp_path / "eager"))
+    # --compile alone: torch.compile's CUDA-graph mode for forward and backward, the foreach SGD update compiled
+    # (among the last tests: compiling is slow)
+    assert_fast_run_follows_eager_and_resumes(tmp_path, gpu_config, compile=True)
 
 
 @pytest.mark.parametrize("fast", [{"compile": True}, {"cuda_graph": True, "precision": "bf16"}],
