@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 
 from ..errors import UserError
-from ..models.families import family_order, is_plain_twin, known_family, response_layers
+from ..models.families import NoResponseLayers, family_order, is_plain_twin, known_family, response_layers
 from ..results.groups import GroupKey, group_runs, is_complete
 from ..results.plots import (
     BAND_ALPHA,
@@ -210,6 +210,7 @@ def analyze(runs: list[Run], split: str = "test", images: int | None = None,
     response_rows: list[dict[str, Any]] = []
     gradient_frames: list[pd.DataFrame] = []
     without_gradients: list[Path] = []
+    without_layers = 0  # runs of a net that names no response layers (a family of yours may not)
     data = DataCache()
     groups = group_runs(runs)
     for key, group in groups.items():
@@ -217,6 +218,9 @@ def analyze(runs: list[Run], split: str = "test", images: int | None = None,
             identity = run_identity(key, run)
             try:
                 response_rows += run_responses(run, identity, data, split, images, device, batch_size)
+            except NoResponseLayers as exc:
+                notes.append(f"skipped {run.path}: {exc}")
+                without_layers += 1
             except UserError as exc:
                 notes.append(f"skipped {run.path}: {exc}")
             if not (run.path / GRADIENTS_FILE).is_file():
@@ -227,7 +231,7 @@ def analyze(runs: list[Run], split: str = "test", images: int | None = None,
                 notes.append(note)
             if gradients is not None:
                 gradient_frames.append(gradients)
-    if not response_rows and not gradient_frames:  # a net without response_layers() still has its gradients
+    if not response_rows and not (gradient_frames and without_layers):  # such a net still has its gradients
         raise UserError(f"no run could be analysed ({notes[0]})" if notes else "no run could be analysed")
     if without_gradients:
         notes.append(f"{len(without_gradients)} run(s) have no {GRADIENTS_FILE} (trained before resdepth logged "

@@ -633,11 +633,15 @@ def check_output(family: Family, depth: int, num_classes: int, model: Any) -> No
                         "the builder must use its num_classes argument for the last layer")
 
 
+class NoResponseLayers(UserError):
+    """A network that does not say which layers' outputs are its responses: Figure 7 cannot be drawn for it."""
+
+
 def response_layers(model: nn.Module) -> list[ResponseLayer]:
     """The network's layers whose outputs are their responses (Figure 7), in forward order: the model's own
     `response_layers()` (every built-in network has one; see nets.py for what each returns)."""
     if not hasattr(model, "response_layers"):
-        raise UserError(f"{type(model).__name__} has no response_layers() method: add one returning, in forward "
+        raise NoResponseLayers(f"{type(model).__name__} has no response_layers() method: add one returning, in forward "
                         "order, models.ResponseLayer(name, stage, module) for each module whose output is a layer's "
                         "response (e.g. the BN after each conv)")
     return list(model.response_layers())
