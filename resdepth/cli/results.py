@@ -65,20 +65,13 @@ def table(
                                                       "rows.")] = False,
 ) -> None:
     """Table 6 style summary: one row per dataset x kind x depth, seeds as best (mean ± std), beside the paper."""
-    from ..results.tables import (
-        csv_bytes,
-        display_runs,
-        display_table,
-        summarize,
-        summarize_runs,
-        to_markdown,
-        write_csv,
-    )
+    from ..results.tables import display_runs, display_table, summarize, summarize_runs, table_csv, to_markdown
+    from ..results.tables import write_csv
 
     found = read_runs(results_dir)
     summary = summarize_runs(found) if runs else summarize(found)
     if csv is not None and str(csv) == "-":  # the CSV alone on stdout, for a pipe
-        sys.stdout.buffer.write(csv_bytes(summary, float_format="%.4f"))
+        sys.stdout.buffer.write(table_csv(summary))
         return
     if csv is not None:
         write_csv(summary, csv)

@@ -444,10 +444,15 @@ def is_number(text: str) -> bool:
     return True
 
 
+def table_csv(frame: pd.DataFrame) -> bytes:
+    """`table --csv`'s bytes: the numbers to 4 decimals, where the printed table has 2."""
+    return csv_bytes(frame, float_format="%.4f")
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, csv_bytes(frame, float_format="%.4f"))
+        atomic_write_bytes(path, table_csv(frame))
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}): choose another --csv file") from None
 
