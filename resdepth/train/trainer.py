@@ -532,11 +532,20 @@ def check_same_network(run_dir: Path, kind: str) -> None:
 def network_change(run_dir: Path, kind: str) -> tuple[int, int] | None:
     """(version begun on, version built now) for a checkpoint begun on another version of its family's networks;
     None for one of today's, or no checkpoint (a finished run is read, never resumed)."""
-    saved = read_json(run_dir / CONFIG_FILE)
-    if not (run_dir / CHECKPOINT_FILE).exists() or not isinstance(saved, dict) or "resolved" not in saved:
+    saved = resumed_config(run_dir)
+    if saved is None or "resolved" not in saved:
         return None
     was, now = recorded_version(saved), get_family(kind).version
     return (was, now) if was != now else None
+
+
+def resumed_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config.json of a run folder that holds a checkpoint (what a resume goes on from); None without either,
+    or where config.json is not a JSON object."""
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        return None
+    saved = read_json(run_dir / CONFIG_FILE)
+    return saved if isinstance(saved, dict) else None
 
 
 def read_resume_checkpoint(run_dir: Path, data_fingerprint: str) -> dict[str, Any] | None:
@@ -744,8 +753,8 @@ def channels_last_of(config: TrainConfig, run_dir: Path, device: torch.device) -
     off on the CPU: resumed in the layout it began in, its resume stays exact."""
     if config.channels_last is not None:
         return config.channels_last
-    saved = read_json(run_dir / CONFIG_FILE) if (run_dir / CHECKPOINT_FILE).exists() else None
-    resolved = saved.get("resolved") if isinstance(saved, dict) else None
+    saved = resumed_config(run_dir)
+    resolved = saved.get("resolved") if saved is not None else None
     if isinstance(resolved, dict) and resolved and "channels_last" not in resolved:
         return device.type == "cuda"
     return True
